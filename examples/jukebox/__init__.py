@@ -1,0 +1,1 @@
+"""The example application: an office jukebox without the hardware."""

@@ -1,0 +1,5 @@
+import sys
+
+from shmooze.cli.main import main
+
+sys.exit(main())

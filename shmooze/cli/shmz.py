@@ -1,0 +1,122 @@
+"""``shmz``: send one command to one service through the gateway and print the result.
+
+    shmz queue add type=text args='{"text": "hi"}'
+    shmz queue queue
+    shmz --url http://127.0.0.1:8080/ pool add '{"type": "clock"}'
+    shmz watch queue
+
+Exit status: 0 on success, 1 when the command failed, 2 on a usage or connection error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+EXIT_OK, EXIT_COMMAND, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_args(words: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs (values parsed as JSON when they parse) or one JSON object."""
+    if len(words) == 1 and words[0].lstrip().startswith("{"):
+        try:
+            value = json.loads(words[0])
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"arguments are not a JSON object: {exc.msg} at column {exc.colno}") from None
+        if not isinstance(value, dict):
+            raise UsageError("arguments must be a JSON object")
+        return value
+    args: dict[str, Any] = {}
+    for word in words:
+        key, sep, raw = word.partition("=")
+        if not sep or not key:
+            raise UsageError(f"argument {word!r} is not key=value (or give one JSON object)")
+        try:
+            args[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            args[key] = raw
+    return args
+
+
+def default_url() -> str:
+    """``$SHMOOZE_URL``, else the gateway of the current settings file, else port 8080."""
+    if os.environ.get("SHMOOZE_URL"):
+        return os.environ["SHMOOZE_URL"]
+    try:
+        from shmooze import settings
+
+        current = settings.current()
+        return f"http://127.0.0.1:{current.ports['wsgi']}{current.wsgi_prefix}"
+    except Exception:
+        return "http://127.0.0.1:8080/"
+
+
+def show(result: Any) -> None:
+    if result is None:
+        return
+    if isinstance(result, str):
+        sys.stdout.write(result + "\n")
+    else:
+        sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def watch(service: Any, interval_timeout: float) -> int:
+    """Print each change event of a service as it comes, until interrupted."""
+    since = service.call("changes", {"since": 0, "timeout": 0})["version"]
+    while True:
+        answer = service.call("changes", {"since": since, "timeout": interval_timeout},
+                              timeout=interval_timeout + 10)
+        if answer.get("reset"):
+            sys.stdout.write(json.dumps({"version": answer["version"], "kind": "reset"}) + "\n")
+        for event in answer.get("events", []):
+            sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        since = answer["version"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="shmz", description="Send one command to a shmooze service.")
+    parser.add_argument("--url", default=None, help="the gateway's URL (default: $SHMOOZE_URL or settings)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
+    parser.add_argument("--token", default=os.environ.get("SHMOOZE_TOKEN"), help="access token")
+    parser.add_argument("service", help="service name, or 'watch'")
+    parser.add_argument("cmd", help="command name (or, after 'watch', the service)")
+    parser.add_argument("args", nargs="*", help="key=value pairs or one JSON object")
+    try:
+        opts = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_OK if exc.code == 0 else EXIT_USAGE
+
+    from shmooze.client import Client
+    from shmooze.errors import ServiceError, ShmoozeError
+
+    client = Client(opts.url or default_url(), timeout=opts.timeout, token=opts.token)
+    try:
+        if opts.service == "watch":
+            return watch(client.service(opts.cmd), 20.0)
+        args = parse_args(opts.args)
+        show(client.service(opts.service).call(opts.cmd, args))
+        return EXIT_OK
+    except UsageError as exc:
+        sys.stderr.write(f"shmz: {exc}\n")
+        return EXIT_USAGE
+    except ServiceError as exc:
+        sys.stderr.write(f"shmz: {opts.service} {opts.cmd}: {exc}\n")
+        return EXIT_COMMAND
+    except ShmoozeError as exc:
+        sys.stderr.write(f"shmz: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The Python client: call any service, through the gateway or directly.
+
+    client = Client("http://127.0.0.1:8080/")
+    uid = client.queue.add(type="text", args={"text": "hello"})["uid"]
+    client.queue.rm(uids=[uid])
+
+    with client.queue.batch() as batch:
+        q = batch.queue()
+        b = batch.bg()
+    q.result, b.result
+
+Every call has a timeout. Errors raise :class:`~shmooze.errors.ShmoozeError`
+subclasses: :class:`ServiceError` (the command failed), :class:`TransportError`
+(no answer: connection refused, HTTP error) and its subclass :class:`Timeout`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import requests
+
+from shmooze.errors import ServiceError, ShmoozeError, Timeout, TransportError
+
+DEFAULT_TIMEOUT = 10.0
+
+__all__ = ["Client", "ServiceClient", "Batch", "ShmoozeError", "ServiceError", "TransportError", "Timeout"]
+
+
+class _Transport:
+    """One requests session, JSON in and out, with every failure turned into a shmooze error."""
+
+    def __init__(self, timeout: float, token: str | None, session: requests.Session | None):
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.headers = {"Content-Type": "application/json"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+
+    def post(self, url: str, payload: Any, timeout: float | None) -> Any:
+        limit = self.timeout if timeout is None else timeout
+        try:
+            resp = self.session.post(url, data=json.dumps(payload), headers=self.headers, timeout=limit)
+        except requests.Timeout:
+            raise Timeout(f"no answer from {url} within {limit:g} s") from None
+        except requests.RequestException as exc:
+            raise TransportError(f"cannot reach {url}: {_reason(exc)}") from None
+        return _decode(resp, url)
+
+    def get(self, url: str, timeout: float | None) -> Any:
+        limit = self.timeout if timeout is None else timeout
+        try:
+            resp = self.session.get(url, timeout=limit)
+        except requests.Timeout:
+            raise Timeout(f"no answer from {url} within {limit:g} s") from None
+        except requests.RequestException as exc:
+            raise TransportError(f"cannot reach {url}: {_reason(exc)}") from None
+        return _decode(resp, url)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    if "Connection refused" in text:
+        return "connection refused"
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _decode(resp: requests.Response, url: str) -> Any:
+    try:
+        data = resp.json()
+    except ValueError:
+        raise TransportError(f"{url} answered HTTP {resp.status_code} that is not JSON", resp.status_code) from None
+    if resp.status_code != 200:
+        message = data.get("error") if isinstance(data, dict) else None
+        raise TransportError(f"{url}: HTTP {resp.status_code}: {message or resp.reason}", resp.status_code)
+    return data
+
+
+def _result(answer: Any, service: str, cmd: str) -> Any:
+    if not isinstance(answer, dict) or not isinstance(answer.get("success"), bool):
+        raise TransportError(f"{service} answered {cmd} with something that is not a command answer")
+    if not answer["success"]:
+        raise ServiceError(str(answer.get("error", "failed")), service, cmd)
+    return answer.get("result")
+
+
+class ServiceClient:
+    """Calls commands of one service at ``url``; ``svc.NAME(**args)`` calls command NAME."""
+
+    def __init__(self, url: str, name: str = "", timeout: float = DEFAULT_TIMEOUT, token: str | None = None,
+                 transport: _Transport | None = None):
+        self.url = url
+        self.name = name or url
+        self._transport = transport or _Transport(timeout, token, None)
+
+    def call(self, cmd: str, args: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
+        """Run one command; return its result or raise :class:`ServiceError`."""
+        payload = {"cmd": cmd, "args": args or {}}
+        return _result(self._transport.post(self.url, payload, timeout), self.name, cmd)
+
+    def batch(self) -> Batch:
+        return Batch(self)
+
+    def __getattr__(self, cmd: str) -> Any:
+        if cmd.startswith("_"):
+            raise AttributeError(cmd)
+
+        def command(_timeout: float | None = None, **args: Any) -> Any:
+            return self.call(cmd, args, timeout=_timeout)
+
+        command.__name__ = cmd
+        return command
+
+
+class Pending:
+    """One command of a batch; ``result`` is there once the batch is sent."""
+
+    def __init__(self, cmd: str, args: dict[str, Any]):
+        self.cmd = cmd
+        self.args = args
+        self.answer: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.answer and self.answer.get("success"))
+
+    @property
+    def result(self) -> Any:
+        if self.answer is None:
+            raise ShmoozeError(f"batch with {self.cmd} was not sent yet")
+        return _result(self.answer, "batch", self.cmd)
+
+
+class Batch:
+    """Commands collected and sent as one request; each may fail on its own."""
+
+    def __init__(self, service: ServiceClient):
+        self.service = service
+        self.items: list[Pending] = []
+
+    def add(self, cmd: str, args: dict[str, Any] | None = None) -> Pending:
+        item = Pending(cmd, args or {})
+        self.items.append(item)
+        return item
+
+    def __getattr__(self, cmd: str) -> Any:
+        if cmd.startswith("_"):
+            raise AttributeError(cmd)
+        return lambda **args: self.add(cmd, args)
+
+    def send(self, timeout: float | None = None) -> list[Pending]:
+        payload = [{"cmd": i.cmd, "args": i.args} for i in self.items]
+        answers = self.service._transport.post(self.service.url, payload, timeout)
+        if not isinstance(answers, list) or len(answers) != len(self.items):
+            raise TransportError(f"{self.service.name} answered a batch of {len(self.items)} with something else")
+        for item, answer in zip(self.items, answers):
+            item.answer = answer
+        return self.items
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if exc_type is None:
+            self.send()
+
+
+class Client:
+    """A client of every service behind one gateway; ``client.queue`` is the queue's :class:`ServiceClient`."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8080/", timeout: float = DEFAULT_TIMEOUT,
+                 token: str | None = None, session: requests.Session | None = None):
+        self.url = url if url.endswith("/") else url + "/"
+        self._transport = _Transport(timeout, token, session)
+        self._services: dict[str, ServiceClient] = {}
+
+    def service(self, name: str) -> ServiceClient:
+        svc = self._services.get(name)
+        if svc is None:
+            svc = self._services[name] = ServiceClient(self.url + name, name, transport=self._transport)
+        return svc
+
+    def settings(self, timeout: float | None = None) -> dict[str, Any]:
+        """The gateway's public settings."""
+        return self._transport.get(self.url + "settings.json", timeout)
+
+    def __getattr__(self, name: str) -> ServiceClient:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.service(name)

@@ -1,0 +1,106 @@
+"""The gateway: one public port in front of every service.
+
+* ``POST {wsgi_prefix}{service}``: the body goes to that service, its answer comes back unchanged;
+* ``GET {wsgi_prefix}settings.json``: the public settings;
+* ``GET {static_prefix}...``: files from ``static_path``; ``GET /``: its ``index.html``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable
+
+from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.utils import send_from_directory
+from werkzeug.wrappers import Request, Response
+
+from shmooze import protocol
+from shmooze.forward import ForwardError, ServiceProxy
+from shmooze.httpjson import JSONHTTPError, json_response, read_command_body
+from shmooze.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """The gateway's WSGI application for one set of settings."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.prefix: str = settings.wsgi_prefix
+        self.static_prefix: str = settings.static_prefix
+        self.static_path: str = settings.static_path
+        self.max_body_bytes: int = settings.max_body_bytes
+        host = settings.get("service_host", "127.0.0.1")
+        timeout = float(settings.forward_timeout)
+        self.proxies = {
+            name: ServiceProxy(name, host, port, timeout=timeout)
+            for name, port in settings.ports.items()
+            if name != "wsgi"
+        }
+        self.public_settings = protocol.dumps(settings.public())
+        #: Extra routes under the prefix: name -> WSGI app (the WebSocket endpoint adds itself here).
+        self.routes: dict[str, Callable[..., Iterable[bytes]]] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        request = Request(environ)
+        try:
+            response = self.route(request, environ, start_response)
+            if not isinstance(response, Response):
+                return response  # a route that answered by itself (the WebSocket)
+        except HTTPException as exc:
+            response = exc.get_response(environ)
+        except Exception:
+            log.exception("gateway error on %s %s", request.method, request.path)
+            response = json_response(protocol.error("internal error in the gateway"), 500)
+        return response(environ, start_response)
+
+    def route(self, request: Request, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = request.path
+        if path.startswith(self.static_prefix):
+            return self.static(request, path[len(self.static_prefix):])
+        if path in ("/", self.prefix):
+            return self.static(request, "index.html")
+        if not path.startswith(self.prefix):
+            raise JSONHTTPError(404, f"nothing at {path}")
+        name = path[len(self.prefix):]
+        if name == "settings.json":
+            if request.method not in ("GET", "HEAD"):
+                raise JSONHTTPError(405, "settings.json is read with GET", {"Allow": "GET, HEAD"})
+            return json_response(self.public_settings)
+        if name in self.routes:
+            return self.routes[name](environ, start_response)
+        proxy = self.proxies.get(name)
+        if proxy is None:
+            raise JSONHTTPError(404, f"no service named {protocol.short(name, 60)} (services: "
+                                     f"{', '.join(sorted(self.proxies)) or 'none'})")
+        return self.forward(proxy, request)
+
+    def forward(self, proxy: ServiceProxy, request: Request) -> Response:
+        body = read_command_body(request, self.max_body_bytes)
+        try:
+            reply = proxy.post(body, request.mimetype)
+        except ForwardError as exc:
+            log.warning("forward to %s: %s", proxy.name, exc.message)
+            raise JSONHTTPError(exc.status, exc.message) from None
+        return json_response(reply.body, reply.status)
+
+    def static(self, request: Request, subpath: str) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            raise JSONHTTPError(405, "static files are read with GET", {"Allow": "GET, HEAD"})
+        try:
+            return send_from_directory(self.static_path, subpath or "index.html", request.environ,
+                                       max_age=0)
+        except NotFound:
+            raise JSONHTTPError(404, f"no file {protocol.short(subpath, 80)} in the static folder") from None
+
+
+def make_gateway(settings: Settings | None = None) -> Gateway:
+    """The gateway for the given (or current) settings."""
+    if settings is None:
+        from shmooze import settings as current
+
+        settings = current.current()
+    return Gateway(settings)
+
+

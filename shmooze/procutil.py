@@ -1,0 +1,103 @@
+"""Small Linux process helpers: subreaper, reaping orphans, looking at pids."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+from typing import Iterable
+
+log = logging.getLogger(__name__)
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, arg: int) -> bool:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl(option, arg, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants of this process its children, so they are reaped here.
+
+    Without it, processes that a module started and left behind are adopted by
+    pid 1, which in some containers never reaps them.
+    """
+    done = _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    if not done:
+        log.debug("PR_SET_CHILD_SUBREAPER not available")
+    return done
+
+
+def children(pid: int | None = None) -> list[int]:
+    """Direct children of a process (from /proc), empty when unknown."""
+    pid = os.getpid() if pid is None else pid
+    out: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out.extend(int(p) for p in f.read().split())
+    except OSError:
+        pass
+    return out
+
+
+def reap_orphans(managed: Iterable[int]) -> list[int]:
+    """Reap exited children that nobody waits for (adopted orphans); skip pids in ``managed``."""
+    keep = set(managed)
+    reaped = []
+    for child in children():
+        if child in keep or state(child) != "Z":
+            continue
+        try:
+            pid, _ = os.waitpid(child, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        if pid:
+            reaped.append(pid)
+    return reaped
+
+
+def state(pid: int) -> str | None:
+    """The one-letter state of a process (``R``, ``S``, ``Z``...) or ``None`` when there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rfind(b")") + 2:][:1].decode() or None
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    st = state(pid)
+    return st is not None and st not in ("Z", "X")
+
+
+def exists(pid: int) -> bool:
+    """Whether a pid exists at all (a zombie counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kill_group(pgid: int, sig: int) -> bool:
+    """Signal a process group; False when it is already gone."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except OSError as exc:
+        if exc.errno == errno.EPERM:
+            return False
+        raise

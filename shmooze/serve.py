@@ -1,0 +1,163 @@
+"""Serving: run a service or the gateway as its own daemon under gunicorn.
+
+A stateful service (one that holds modules) runs in exactly one gunicorn worker
+process with a pool of threads (``gthread``): one process, so one copy of the
+state; threads, so a slow command never holds up the others. The port itself is
+the single-instance guard: a second copy cannot bind it.
+
+The gateway holds no state; it runs several ``gevent`` workers, so thousands of
+waiting WebSocket watchers cost greenlets, not threads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import Any, Callable
+
+from shmooze import procutil
+from shmooze.errors import SettingsError
+from shmooze.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(service)s %(process)d] %(name)s: %(message)s"
+
+
+class _ServiceFilter(logging.Filter):
+    def __init__(self, service: str):
+        super().__init__()
+        self.service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.service = self.service
+        return True
+
+
+def configure_logging(service: str, level: str | int = "INFO") -> None:
+    """One line per event on stderr, each naming the service and pid."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(_ServiceFilter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def import_object(spec: str) -> Any:
+    """Import ``package.module:attribute``."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SettingsError(f"service {spec!r} must be written 'package.module:attribute'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SettingsError(f"cannot import {module_name!r} for service {spec!r}: {exc}") from None
+    obj = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise SettingsError(f"{module_name!r} has no {attr!r} (service {spec!r})") from None
+    return obj
+
+
+def build_service(settings: Settings, name: str) -> Any:
+    """Build the service object named in settings: ``services[name]`` is a class or factory."""
+    spec = settings.services.get(name)
+    if spec is None:
+        raise SettingsError(f"{settings.path}: no entry for {name!r} in 'services' "
+                            f"(services: {', '.join(sorted(settings.services)) or 'none'})")
+    target = import_object(spec) if isinstance(spec, str) else spec
+    service = target() if callable(target) else target
+    if hasattr(service, "name") and getattr(service, "name", "service") == "service":
+        service.name = name
+    return service
+
+
+class _GunicornApp:
+    """Runs one WSGI app under gunicorn's arbiter, configured in code."""
+
+    def __new__(cls, loader: Callable[[], Any], options: dict[str, Any]) -> Any:
+        from gunicorn.app.base import BaseApplication
+
+        class App(BaseApplication):
+            def load_config(self) -> None:
+                for key, value in options.items():
+                    self.cfg.set(key, value)
+
+            def load(self) -> Any:
+                return loader()
+
+        return App()
+
+
+def gunicorn_options(settings: Settings, name: str, stateful: bool) -> dict[str, Any]:
+    host = settings.get("host", "127.0.0.1")
+    port = settings.ports[name]
+    common = {
+        "bind": [f"{host}:{port}"],
+        "proc_name": f"shmooze-{name}",
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": str(settings.get("log_level", "info")).lower(),
+        "graceful_timeout": float(settings.get("stop_timeout", 15)),
+        "on_starting": lambda server: procutil.become_subreaper(),
+    }
+    if name == "wsgi":
+        return {**common, "workers": int(settings.gateway_workers), "worker_class": "gevent",
+                "worker_connections": int(settings.get("gateway_connections", 4000)), "keepalive": 30}
+    if stateful:
+        return {**common, "workers": 1, "worker_class": "gthread", "threads": int(settings.service_threads),
+                "keepalive": 120}
+    return {**common, "workers": int(settings.get("service_workers", 2)), "worker_class": "gthread",
+            "threads": int(settings.service_threads), "keepalive": 120}
+
+
+_running: list[Any] = []
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    for service in _running:
+        try:
+            service.stop()
+        except Exception:
+            log.exception("error while stopping %s", getattr(service, "name", service))
+
+
+def serve(settings: Settings, name: str) -> None:
+    """Serve the gateway (``name == "wsgi"``) or one service, in the foreground, until signalled."""
+    if name not in settings.ports:
+        raise SettingsError(f"{settings.path}: no port for {name!r} in 'ports' "
+                            f"(ports: {', '.join(sorted(settings.ports))})")
+    from shmooze import settings as current
+
+    current.use(settings)
+    configure_logging(name, str(settings.get("log_level", "INFO")).upper())
+    if name == "wsgi":
+        def load_gateway() -> Any:
+            from shmooze.gateway import make_gateway
+
+            return make_gateway(settings)
+
+        _GunicornApp(load_gateway, gunicorn_options(settings, name, stateful=False)).run()
+        return
+
+    stateful = True
+    spec = settings.services.get(name)
+    if spec is None:
+        raise SettingsError(f"{settings.path}: no entry for {name!r} in 'services' "
+                            f"(services: {', '.join(sorted(settings.services)) or 'none'})")
+
+    def load_service() -> Any:
+        from shmooze.httpjson import service_app
+
+        service = build_service(settings, name)
+        service.start()
+        _running.append(service)
+        return service_app(service, int(settings.max_body_bytes))
+
+    options = gunicorn_options(settings, name, stateful)
+    options["worker_exit"] = _worker_exit
+    _GunicornApp(load_service, options).run()

@@ -1,0 +1,217 @@
+"""The service base: a class whose public methods are its commands.
+
+Example::
+
+    class Counter(Service):
+        name = "counter"
+
+        def __init__(self):
+            super().__init__()
+            self.value = 0
+
+        def increment(self, by: int = 1) -> int:
+            self.value += by
+            self.changed("counter", value=self.value)
+            return self.value
+
+Arguments are the command's ``args`` object, checked against the method's
+signature and type hints before the call. Raise :class:`CommandError` to fail a
+command with a message; any other exception fails it too and is logged.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import threading
+import time
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from shmooze import __version__, protocol
+from shmooze.errors import CommandError
+from shmooze.events import ChangeLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CommandSpec:
+    """What the dispatcher knows of one command method."""
+
+    name: str
+    params: dict[str, inspect.Parameter]
+    required: list[str]
+    hints: dict[str, Any]
+    takes_any: bool  # has **kwargs
+
+
+def _spec(name: str, func: Callable[..., Any]) -> CommandSpec:
+    sig = inspect.signature(func)
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:  # unresolvable annotations: check nothing
+        hints = {}
+    params = {
+        p.name: p
+        for p in sig.parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    required = [n for n, p in params.items() if p.default is p.empty]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    return CommandSpec(name, params, required, {k: v for k, v in hints.items() if k in params}, takes_any)
+
+
+def type_matches(value: Any, hint: Any) -> bool:
+    """Whether a decoded JSON value fits a type hint (builtins, lists, dicts, Optional, Union, Any)."""
+    if hint is Any or hint is object:
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        return any(type_matches(value, h) for h in typing.get_args(hint))
+    if origin in (list, tuple, set, frozenset) or hint in (list, tuple):
+        if not isinstance(value, list):
+            return False
+        inner = typing.get_args(hint)
+        return not inner or all(type_matches(v, inner[0]) for v in value)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            return False
+        inner = typing.get_args(hint)
+        return len(inner) < 2 or all(type_matches(v, inner[1]) for v in value.values())
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def hint_name(hint: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+             list: "a list", dict: "an object", type(None): "null"}
+    if hint in names:
+        return names[hint]
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple, set, frozenset):
+        inner = typing.get_args(hint)
+        return f"a list of {hint_name(inner[0]).split(' ', 1)[-1]}s" if inner else "a list"
+    if origin is dict:
+        return "an object"
+    args = typing.get_args(hint)
+    if args:
+        return " or ".join(hint_name(a) for a in args)
+    return getattr(hint, "__name__", str(hint))
+
+
+class Service:
+    """Base of every shmooze service. Subclasses add commands as public methods."""
+
+    #: The service's name (used in logs and status).
+    name = "service"
+    #: Whether the service must run in exactly one process (it holds state).
+    stateful = True
+
+    def __init__(self) -> None:
+        self.events = ChangeLog()
+        self.started_at = time.time()
+        self._started_mono = time.monotonic()
+        self._commands = self._collect_commands()
+        self._stopped = threading.Event()
+
+    # -- life ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Called once in the serving process before the first request."""
+
+    def stop(self) -> None:
+        """Called once when the serving process stops; stop what :meth:`start` started."""
+        self._stopped.set()
+
+    # -- built-in commands ---------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The service's pid, uptime, version and change version."""
+        return {
+            "service": self.name,
+            "pid": os.getpid(),
+            "uptime": round(time.monotonic() - self._started_mono, 3),
+            "version": __version__,
+            "change_version": self.events.version,
+        }
+
+    def changes(self, since: int = 0, timeout: float = 0.0) -> dict[str, Any]:
+        """Change events after version ``since``, waiting up to ``timeout`` seconds (at most 60)."""
+        return self.events.since(since, min(max(timeout, 0.0), 60.0))
+
+    def commands(self) -> list[str]:
+        """The names of this service's commands."""
+        return sorted(self._commands)
+
+    # -- helpers for subclasses ----------------------------------------------------
+
+    def changed(self, kind: str, **details: Any) -> int:
+        """Publish a change event (see :mod:`shmooze.events`)."""
+        return self.events.publish(kind, service=self.name, **details)
+
+    # -- dispatch ------------------------------------------------------------------
+
+    _NOT_COMMANDS = frozenset({"start", "stop", "changed", "dispatch", "handle", "name", "stateful", "events",
+                               "started_at"})
+
+    def _collect_commands(self) -> dict[str, CommandSpec]:
+        table = {}
+        for attr in dir(type(self)):
+            if attr.startswith("_") or attr in self._NOT_COMMANDS:
+                continue
+            member = getattr(type(self), attr, None)
+            if inspect.isfunction(member):
+                table[attr] = _spec(attr, getattr(self, attr))
+        return table
+
+    def dispatch(self, item: protocol.Item) -> dict[str, Any]:
+        """Run one parsed command and return its answer object; never raises."""
+        if isinstance(item, protocol.Invalid):
+            return protocol.error(item.error)
+        spec = self._commands.get(item.cmd)
+        if spec is None:
+            return protocol.error(f"unknown command {protocol.short(item.cmd, 60)} for {self.name} "
+                                  f"(commands: {', '.join(sorted(self._commands))})")
+        problem = self._check_args(spec, item.args)
+        if problem:
+            return protocol.error(f"{spec.name}: {problem}")
+        try:
+            result = getattr(self, spec.name)(**item.args)
+        except CommandError as exc:
+            return protocol.error(str(exc) or f"{spec.name} failed")
+        except Exception as exc:  # a bug in the command: the service keeps serving
+            log.exception("%s: command %s raised", self.name, spec.name)
+            return protocol.error(f"{spec.name} failed: {type(exc).__name__}: {exc}")
+        return protocol.ok(result)
+
+    def handle(self, request: protocol.Request) -> list[dict[str, Any]]:
+        """Answer every item of a parsed request, in order."""
+        return [self.dispatch(item) for item in request.items]
+
+    @staticmethod
+    def _check_args(spec: CommandSpec, args: dict[str, Any]) -> str | None:
+        if not spec.takes_any:
+            unknown = [a for a in args if a not in spec.params]
+            if unknown:
+                takes = ", ".join(spec.params) or "no arguments"
+                return f"unknown argument {unknown[0]!r} (takes: {takes})"
+        missing = [n for n in spec.required if n not in args]
+        if missing:
+            return f"missing argument {missing[0]!r}"
+        for name, value in args.items():
+            hint = spec.hints.get(name)
+            if hint is not None and not type_matches(value, hint):
+                return f"argument {name!r} must be {hint_name(hint)}, not {protocol.type_name(value)}"
+        return None

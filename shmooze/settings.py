@@ -1,0 +1,163 @@
+"""Application settings, read from one JSON file.
+
+The file is ``$SHMOOZE_SETTINGS`` or ``./settings.json``. Use it as a module::
+
+    from shmooze import settings
+    settings.ports["queue"]
+    settings.get("log_database_path")
+
+The file is read on first use; :func:`load` reads a given file and makes it current.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from shmooze.errors import SettingsError
+
+ENV_VAR = "SHMOOZE_SETTINGS"
+STATIC_DIR = str(Path(__file__).resolve().parent / "static")
+
+DEFAULTS: dict[str, Any] = {
+    "public": [],
+    "wsgi_prefix": "/",
+    "static_prefix": "/static/",
+    "static_path": STATIC_DIR,
+    "log_database_path": None,
+    "max_body_bytes": 1 << 20,
+    "max_line_bytes": 1 << 20,
+    "host": "127.0.0.1",
+    "gateway_workers": 2,
+    "service_threads": 32,
+    "forward_timeout": 30.0,
+    "services": {},
+    "access_token": None,
+    "allowed_origins": [],
+}
+
+
+class Settings:
+    """One loaded settings file: attribute access and :meth:`get`."""
+
+    def __init__(self, data: dict[str, Any], path: str = "<memory>"):
+        self._data = {**DEFAULTS, **data}
+        self.path = path
+        _validate(self._data, path)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_data"][name]
+        except KeyError:
+            raise AttributeError(f"setting {name!r} is not in {self.__dict__.get('path')}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._data
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._data.get(name, default)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._data)
+
+    def public(self) -> dict[str, Any]:
+        """The keys listed in ``public``: what the gateway serves as settings.json."""
+        return {k: self._data[k] for k in self._data.get("public", []) if k in self._data}
+
+    def services(self) -> list[str]:
+        """Service names: every port but the gateway's."""
+        return [name for name in self.ports if name != "wsgi"]
+
+
+def _validate(data: dict[str, Any], path: str) -> None:
+    ports = data.get("ports")
+    if not isinstance(ports, dict) or not ports:
+        raise SettingsError(f"{path}: 'ports' is missing or not an object of service name to port")
+    for name, port in ports.items():
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
+            raise SettingsError(f"{path}: port of {name!r} must be a number from 0 to 65535, not {port!r}")
+    if not isinstance(data.get("public"), list):
+        raise SettingsError(f"{path}: 'public' must be a list of key names")
+    for key in ("wsgi_prefix", "static_prefix"):
+        value = data.get(key)
+        if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/"):
+            raise SettingsError(f"{path}: {key!r} must be a path that starts and ends with '/', not {value!r}")
+
+
+def expand_paths(data: dict[str, Any], base: str | None = None) -> dict[str, Any]:
+    """Expand ``$VAR``, ``${VAR}`` and ``~`` in every string value whose key ends in ``_path``.
+
+    A relative path that results is taken relative to ``base`` (the settings file's folder).
+    """
+    out = dict(data)
+    for key, value in data.items():
+        if key.endswith("_path") and isinstance(value, str) and value:
+            value = os.path.expanduser(os.path.expandvars(value))
+            if base is not None and not os.path.isabs(value):
+                value = os.path.normpath(os.path.join(base, value))
+            out[key] = value
+    return out
+
+
+def read(path: str | os.PathLike[str]) -> Settings:
+    """Read and check one settings file; raise :class:`SettingsError` with a one-line reason."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise SettingsError(f"{path}: settings file not found (set {ENV_VAR} or create ./settings.json)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{path}: cannot read settings: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"{path}: bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: settings must be a JSON object")
+    return Settings(expand_paths(data, os.path.dirname(os.path.abspath(path))), path)
+
+
+def default_path() -> str:
+    return os.environ.get(ENV_VAR) or "settings.json"
+
+
+_current: Settings | None = None
+_lock = threading.Lock()
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read settings (``path``, else ``$SHMOOZE_SETTINGS``, else ``./settings.json``) and make them current."""
+    global _current
+    loaded = read(path if path is not None else default_path())
+    with _lock:
+        _current = loaded
+    return loaded
+
+
+def use(value: Settings | dict[str, Any]) -> Settings:
+    """Make the given settings current (tests and embedding applications)."""
+    global _current
+    with _lock:
+        _current = value if isinstance(value, Settings) else Settings(expand_paths(value))
+    return _current
+
+
+def current() -> Settings:
+    """The current settings, read on first use."""
+    if _current is None:
+        return load()
+    return _current
+
+
+def get(name: str, default: Any = None) -> Any:
+    return current().get(name, default)
+
+
+def __getattr__(name: str) -> Any:
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return getattr(current(), name)

@@ -1,0 +1,685 @@
+"""Server-side WebSockets inside a WSGI app, plus a small synchronous client.
+
+Built on wsproto (sans-I/O). The server side takes over the raw connection of a
+WSGI request: ``environ['gunicorn.socket']`` under gunicorn (meant for the
+``gevent`` worker class, where every connection is a greenlet) or
+``environ['werkzeug.socket']`` under the Werkzeug development server::
+
+    def app(environ, start_response):
+        if is_websocket_request(environ):
+            return websocket_response(environ, start_response, handler)
+        ...
+
+    def handler(ws: WebSocket) -> None:
+        while (text := ws.receive()) is not None:
+            ws.send(text)
+
+``websocket_response`` checks the handshake and the Origin, answers ``101``,
+runs ``handler(ws)`` and then hands the connection back to the server so that
+nothing more is written on it (see :func:`finish_request`).
+
+Only text messages are carried (binary ones close the connection with 1003);
+no extensions (permessage-deflate would cost hundreds of KiB per connection).
+Under gunicorn raise ``--worker-connections`` above the number of WebSocket
+clients you expect: each one holds a connection slot for its whole life.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import select
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Message,
+    Ping,
+    Pong,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, generate_accept_token
+
+from shmooze.errors import ShmoozeError
+
+log = logging.getLogger(__name__)
+
+#: Largest message accepted by default (bytes of UTF-8); bigger ones close with 1009.
+MAX_MESSAGE_BYTES = 1 << 20
+#: Seconds a send may block on a stalled peer before the connection is dropped.
+SEND_TIMEOUT = 10.0
+#: Seconds to wait for the peer's answer to our close frame.
+CLOSE_TIMEOUT = 5.0
+#: Bytes asked of one ``recv``.
+RECV_BYTES = 65536
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_ABNORMAL = 1006
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+Handler = Callable[["WebSocket"], Any]
+StartResponse = Callable[..., Any]
+
+
+class WebSocketError(ShmoozeError):
+    """Root of the WebSocket errors."""
+
+
+class WebSocketClosed(WebSocketError, ConnectionError):
+    """The connection is closed (or closing): nothing more can be sent."""
+
+
+class HandshakeError(WebSocketError):
+    """The opening handshake failed; ``status`` is the HTTP status, if any."""
+
+    def __init__(self, message: str, status: int | None = None, body: bytes = b""):
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def _header_tokens(environ: Mapping[str, Any], key: str) -> set[str]:
+    value = environ.get(key) or ""
+    return {token.strip().lower() for token in value.split(",") if token.strip()}
+
+
+def is_websocket_request(environ: Mapping[str, Any]) -> bool:
+    """True when the request asks to upgrade to a WebSocket (GET, Upgrade, Connection)."""
+    return (
+        environ.get("REQUEST_METHOD") == "GET"
+        and "websocket" in _header_tokens(environ, "HTTP_UPGRADE")
+        and "upgrade" in _header_tokens(environ, "HTTP_CONNECTION")
+    )
+
+
+def handshake_problem(environ: Mapping[str, Any]) -> str | None:
+    """What is wrong with this opening handshake (RFC 6455 4.2.1), or None if it is valid."""
+    if environ.get("REQUEST_METHOD") != "GET":
+        return "a websocket handshake must be a GET request"
+    if environ.get("SERVER_PROTOCOL") != "HTTP/1.1":
+        return "a websocket handshake must use HTTP/1.1"
+    if "websocket" not in _header_tokens(environ, "HTTP_UPGRADE"):
+        return "missing 'Upgrade: websocket' header"
+    if "upgrade" not in _header_tokens(environ, "HTTP_CONNECTION"):
+        return "missing 'Connection: Upgrade' header"
+    if (environ.get("HTTP_SEC_WEBSOCKET_VERSION") or "").strip() != "13":
+        return "unsupported Sec-WebSocket-Version (only 13 is)"
+    key = (environ.get("HTTP_SEC_WEBSOCKET_KEY") or "").strip()
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            raise ValueError(key)
+    except (ValueError, binascii.Error):
+        return "missing or malformed Sec-WebSocket-Key header"
+    return None
+
+
+def _host_port(value: str, scheme: str) -> str | None:
+    """``host[:port]`` lower-cased, without the scheme's default port; None if malformed."""
+    try:
+        parts = urlsplit("//" + value.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return host
+    return f"{host}:{port}"
+
+
+def _split_origin(origin: str) -> tuple[str, str] | None:
+    """``(scheme, host[:port])`` of an Origin value, or None (e.g. ``null``)."""
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if not scheme or not parts.netloc:
+        return None
+    host_port = _host_port(parts.netloc.rsplit("@", 1)[-1], scheme)
+    return (scheme, host_port) if host_port else None
+
+
+def check_origin(environ: Mapping[str, Any], allowed: list[str] | None = None) -> bool:
+    """Whether the request's Origin may open a WebSocket.
+
+    Allowed when there is no Origin header (non-browser clients), when the
+    Origin's host:port equals the request's Host, or when it is listed in
+    ``allowed``: a full origin (``https://app.example.com``), a bare
+    ``host[:port]``, or ``*`` for any.
+    """
+    origin = (environ.get("HTTP_ORIGIN") or "").strip()
+    if not origin:
+        return True
+    allowed = [entry.strip() for entry in (allowed or []) if entry and entry.strip()]
+    if "*" in allowed:
+        return True
+    bare = origin.rstrip("/").lower()
+    if any(entry.rstrip("/").lower() == bare for entry in allowed):
+        return True
+    split = _split_origin(origin)
+    if split is None:
+        return False
+    scheme, host_port = split
+    host = environ.get("HTTP_HOST")
+    if not host and environ.get("SERVER_NAME"):
+        host = f"{environ['SERVER_NAME']}:{environ.get('SERVER_PORT', '')}".rstrip(":")
+    if host and _host_port(host, scheme) == host_port:
+        return True
+    for entry in allowed:
+        if "://" in entry:
+            if _split_origin(entry) == split:
+                return True
+        elif _host_port(entry, scheme) == host_port:
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- connections
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+class _Endpoint:
+    """Message framing, ping/pong and the close handshake shared by both sides.
+
+    One greenlet (or thread) at a time reads; any number may :meth:`send`.
+    """
+
+    _owns_socket = False
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        conn: Connection,
+        *,
+        max_message_size: int = MAX_MESSAGE_BYTES,
+        close_timeout: float = CLOSE_TIMEOUT,
+    ):
+        self._sock = sock
+        self._conn = conn
+        self.max_message_size = max_message_size
+        self.close_timeout = close_timeout
+        #: Code of the close frame received from the peer; 1006 if the connection dropped.
+        self.close_code: int | None = None
+        #: Reason of the close frame received from the peer.
+        self.close_reason: str = ""
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._done = threading.Event()
+        self._messages: deque[str] = deque()
+        self._parts: list[str] = []
+        self._size = 0
+        self._pongs: deque[bytes] = deque(maxlen=16)
+        self._close_deadline = 0.0
+
+    # -- public API
+
+    @property
+    def closed(self) -> bool:
+        """True once a close frame was sent or received, or the connection dropped."""
+        return self._done.is_set() or self._conn.state is not ConnectionState.OPEN
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (for ``select``)."""
+        return self._sock.fileno()
+
+    def send(self, text: str) -> None:
+        """Send one text message; raises :class:`WebSocketClosed` if the connection is closed."""
+        if not isinstance(text, str):
+            raise TypeError(f"send() takes str, not {type(text).__name__}")
+        self._send_event(TextMessage(data=text))
+
+    def receive(self, timeout: float | None = None) -> str | None:
+        """Next text message; None when the connection is closed or ``timeout`` seconds passed.
+
+        Answers pings and the close handshake while waiting. Tell a timeout from
+        a close with :attr:`closed`.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._messages:
+                return self._messages.popleft()
+            if self._done.is_set():
+                return None
+            wait = _remaining(deadline)
+            if not self._recv_lock.acquire(timeout=-1 if wait is None else wait):
+                return None
+            try:
+                if self._messages or self._done.is_set():
+                    continue
+                if self._conn.state is not ConnectionState.OPEN:
+                    self._drain()
+                elif not self._read(_remaining(deadline)):
+                    return None
+            finally:
+                self._recv_lock.release()
+
+    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Start (or finish) the close handshake and wait up to ``close_timeout`` for it."""
+        if self._done.is_set():
+            return
+        self._messages.clear()
+        self._start_close(code, reason)
+        if self._recv_lock.acquire(blocking=False):
+            try:
+                self._drain()
+            finally:
+                self._recv_lock.release()
+        else:
+            # Another greenlet is reading: it will see the peer's answer.
+            self._done.wait(self.close_timeout)
+            self._finish()
+
+    # -- internals
+
+    def _send_event(self, event: Event) -> None:
+        with self._send_lock:
+            if self._done.is_set():
+                raise WebSocketClosed("websocket is closed")
+            try:
+                data = self._conn.send(event)
+            except LocalProtocolError as exc:
+                raise WebSocketClosed("websocket is closed") from exc
+            try:
+                self._sock.sendall(data)
+            except OSError as exc:
+                log.debug("websocket send failed: %s", exc)
+                self._abort()
+                raise WebSocketClosed(f"websocket send failed: {exc}") from exc
+
+    def _send_quietly(self, event: Event) -> None:
+        try:
+            self._send_event(event)
+        except WebSocketClosed:
+            pass
+
+    def _start_close(self, code: int, reason: str) -> None:
+        if self._conn.state is ConnectionState.OPEN:
+            self._close_deadline = time.monotonic() + self.close_timeout
+            self._send_quietly(CloseConnection(code=code, reason=reason))
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Close because of what the peer sent; the reader then drains until the answer."""
+        log.debug("closing websocket: %s %s", code, reason)
+        self._parts.clear()
+        self._size = 0
+        self._start_close(code, reason)
+
+    def _drain(self) -> None:
+        """Read (discarding messages) until the peer answers our close frame, or time runs out."""
+        while not self._done.is_set():
+            wait = self._close_deadline - time.monotonic()
+            if wait <= 0:
+                break
+            self._read(wait)
+        self._finish()
+
+    def _read(self, timeout: float | None) -> bool:
+        """Read once and process what came; False if nothing came within ``timeout``."""
+        sock = self._sock
+        try:
+            pending = getattr(sock, "pending", None)
+            if not (pending and pending()):
+                ready, _, _ = select.select([sock], [], [], timeout)
+                if not ready:
+                    return False
+            data = sock.recv(RECV_BYTES)
+        except (OSError, ValueError) as exc:
+            log.debug("websocket receive failed: %s", exc)
+            data = b""
+        if self._done.is_set():
+            return True
+        if self._conn.state is ConnectionState.CLOSED:
+            self._finish()
+            return True
+        self._conn.receive_data(data or None)
+        for event in self._conn.events():
+            if isinstance(event, Message):
+                self._on_message(event)
+            elif isinstance(event, Ping):
+                if self._conn.state is ConnectionState.OPEN:
+                    self._send_quietly(event.response())
+            elif isinstance(event, Pong):
+                self._pongs.append(bytes(event.payload))
+            elif isinstance(event, CloseConnection):
+                self._on_close(event)
+                break
+        return True
+
+    def _on_message(self, event: Message[Any]) -> None:
+        if self._conn.state is not ConnectionState.OPEN:
+            return  # closing: the rest is discarded
+        if isinstance(event, BytesMessage):
+            self._fail(CLOSE_UNSUPPORTED_DATA, "binary messages are not supported")
+            return
+        data = event.data
+        self._size += len(data) if data.isascii() else len(data.encode("utf-8"))
+        if self._size > self.max_message_size:
+            self._fail(CLOSE_TOO_BIG, f"message larger than {self.max_message_size} bytes")
+            return
+        self._parts.append(data)
+        if event.message_finished:
+            self._messages.append("".join(self._parts))
+            self._parts.clear()
+            self._size = 0
+
+    def _on_close(self, event: CloseConnection) -> None:
+        if self.close_code is None:
+            self.close_code = event.code
+            self.close_reason = event.reason or ""
+        state = self._conn.state
+        if state is ConnectionState.REMOTE_CLOSING:
+            self._send_quietly(event.response())
+        elif state is ConnectionState.OPEN:
+            # wsproto reports a protocol error as a close event: fail the connection.
+            self._send_quietly(CloseConnection(code=event.code, reason=event.reason))
+        self._finish()
+
+    def _abort(self) -> None:
+        if self.close_code is None:
+            self.close_code = CLOSE_ABNORMAL
+        self._finish()
+
+    def _finish(self) -> None:
+        """Mark closed and shut the TCP connection down (which wakes any reader)."""
+        if self._done.is_set():
+            return
+        self._done.set()
+        if self.close_code is None:
+            self.close_code = CLOSE_ABNORMAL
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self._owns_socket:
+            self._sock.close()
+
+
+class WebSocket(_Endpoint):
+    """The server side of one WebSocket connection; make it with :meth:`accept`.
+
+    ``send`` may be called from any greenlet while another one is in ``receive``.
+    Keep one greenlet receiving: that is what answers pings and close frames.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        max_message_size: int = MAX_MESSAGE_BYTES,
+        send_timeout: float | None = SEND_TIMEOUT,
+        close_timeout: float = CLOSE_TIMEOUT,
+        environ: Mapping[str, Any] | None = None,
+    ):
+        sock.settimeout(send_timeout)
+        super().__init__(
+            sock,
+            Connection(ConnectionType.SERVER),
+            max_message_size=max_message_size,
+            close_timeout=close_timeout,
+        )
+        #: The WSGI environ of the handshake request.
+        self.environ: Mapping[str, Any] = environ or {}
+
+    @classmethod
+    def accept(
+        cls,
+        environ: Mapping[str, Any],
+        *,
+        max_message_size: int = MAX_MESSAGE_BYTES,
+        send_timeout: float | None = SEND_TIMEOUT,
+        close_timeout: float = CLOSE_TIMEOUT,
+    ) -> WebSocket:
+        """Answer the handshake (``101``) on the request's raw socket.
+
+        Raises :class:`HandshakeError` (status 400, or 500 without a raw socket).
+        The Origin is not checked here: use :func:`check_origin` first.
+        """
+        problem = handshake_problem(environ)
+        if problem:
+            raise HandshakeError(problem, status=400)
+        sock = raw_socket(environ)
+        if sock is None:
+            raise HandshakeError("the server does not expose the raw socket", status=500)
+        accept = generate_accept_token(environ["HTTP_SEC_WEBSOCKET_KEY"].strip().encode("ascii"))
+        response = (
+            b"HTTP/1.1 101 Switching Protocols\r\n"
+            b"Upgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        ws = cls(
+            sock,
+            max_message_size=max_message_size,
+            send_timeout=send_timeout,
+            close_timeout=close_timeout,
+            environ=environ,
+        )
+        try:
+            sock.sendall(response)
+        except OSError as exc:
+            ws._abort()
+            raise WebSocketClosed(f"handshake failed: {exc}") from exc
+        return ws
+
+    def ping(self, payload: bytes = b"") -> None:
+        """Send a ping (the pong is read by whoever is in :meth:`receive`)."""
+        self._send_event(Ping(payload=payload))
+
+
+def raw_socket(environ: Mapping[str, Any]) -> socket.socket | None:
+    """The client connection's socket: gunicorn's, else the Werkzeug dev server's."""
+    return environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+
+
+def finish_request(environ: Mapping[str, Any]) -> Iterable[bytes]:
+    """Hand the connection back to the server after a WebSocket; return its result.
+
+    gunicorn's gevent (and eventlet) workers: returns ``ALREADY_HANDLED``, the
+    sentinel with which their ``handle_request`` returns without writing a
+    response. The WebSocket already shut the socket down, so the keep-alive
+    loop reads end-of-stream at once and gunicorn closes the connection.
+
+    Other gunicorn workers (sync, gthread): raises ``StopIteration``, which each
+    of them takes as "close this connection, write nothing". The Werkzeug dev
+    server: raises ``ConnectionError``, which it treats as a dropped client.
+    """
+    sock = environ.get("gunicorn.socket")
+    if sock is not None:
+        if type(sock).__module__.split(".")[0] in ("gevent", "eventlet"):
+            from gunicorn.workers.base_async import ALREADY_HANDLED
+
+            return ALREADY_HANDLED  # type: ignore[no-any-return]
+        raise StopIteration("websocket finished")
+    if environ.get("werkzeug.socket") is not None:
+        raise ConnectionError("websocket finished")
+    return []
+
+
+def _json_error(
+    start_response: StartResponse,
+    status: str,
+    message: str,
+    headers: list[tuple[str, str]] | None = None,
+) -> list[bytes]:
+    body = json.dumps({"success": False, "error": message}).encode("utf-8")
+    start_response(
+        status,
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            *(headers or []),
+        ],
+    )
+    return [body]
+
+
+def websocket_response(
+    environ: dict[str, Any],
+    start_response: StartResponse,
+    handler: Handler,
+    allowed_origins: list[str] | None = None,
+    *,
+    max_message_size: int = MAX_MESSAGE_BYTES,
+    send_timeout: float | None = SEND_TIMEOUT,
+    close_timeout: float = CLOSE_TIMEOUT,
+) -> Iterable[bytes]:
+    """Serve a WebSocket from a WSGI app: handshake, ``handler(ws)``, then release the connection.
+
+    Answers 400 (bad handshake) or 403 (Origin refused by :func:`check_origin`)
+    with ``{"success": false, "error": ...}``. After the handler returns the
+    WebSocket is closed (1000, or 1011 if it raised) and the result of
+    :func:`finish_request` is returned; return it from the app unchanged.
+    """
+    problem = handshake_problem(environ)
+    if problem:
+        return _json_error(
+            start_response, "400 Bad Request", problem, [("Sec-WebSocket-Version", "13")]
+        )
+    if not check_origin(environ, allowed_origins):
+        log.info("websocket refused: origin %r not allowed", environ.get("HTTP_ORIGIN"))
+        return _json_error(start_response, "403 Forbidden", "origin not allowed")
+    if raw_socket(environ) is None:
+        return _json_error(
+            start_response, "500 Internal Server Error", "websockets need gunicorn or werkzeug"
+        )
+    try:
+        ws = WebSocket.accept(
+            environ,
+            max_message_size=max_message_size,
+            send_timeout=send_timeout,
+            close_timeout=close_timeout,
+        )
+    except WebSocketClosed as exc:
+        log.debug("websocket handshake dropped: %s", exc)
+        return finish_request(environ)
+    try:
+        handler(ws)
+    except Exception:
+        log.exception("websocket handler failed (%s)", environ.get("PATH_INFO"))
+        ws.close(CLOSE_INTERNAL_ERROR, "internal error")
+    finally:
+        ws.close()
+    return finish_request(environ)
+
+
+# --------------------------------------------------------------------------- client
+
+
+class WebSocketClient(_Endpoint):
+    """A small blocking client for tests, benchmarks and command line watchers."""
+
+    _owns_socket = True
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        origin: str | None = None,
+        timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        max_message_size: int = MAX_MESSAGE_BYTES,
+    ) -> WebSocketClient:
+        """Open ``ws://``/``wss://`` (or ``http(s)://``) ``url``; raises :class:`HandshakeError`.
+
+        ``timeout`` bounds the connect, the handshake and each send.
+        """
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS:
+            raise ValueError(f"not a websocket url: {url!r}")
+        secure = scheme in ("wss", "https")
+        host = parts.hostname or "localhost"
+        port = parts.port or _DEFAULT_PORTS[scheme]
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+        if origin is not None:
+            extra.append((b"Origin", origin.encode("latin-1")))
+
+        sock = socket.create_connection((host, port), timeout=timeout)
+        try:
+            if secure:
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            ws = WSConnection(ConnectionType.CLIENT)
+            netloc = parts.netloc.rsplit("@", 1)[-1]
+            sock.sendall(ws.send(Request(host=netloc, target=target, extra_headers=extra)))
+            conn = cls._handshake(sock, ws)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, conn, max_message_size=max_message_size)
+
+    @staticmethod
+    def _handshake(sock: socket.socket, ws: WSConnection) -> Connection:
+        status: int | None = None
+        body = bytearray()
+        while True:
+            data = sock.recv(RECV_BYTES)
+            if not data:
+                raise HandshakeError("connection closed during the handshake", status, bytes(body))
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    assert ws.connection is not None
+                    return ws.connection  # frames after the 101 stay buffered in it
+                if isinstance(event, RejectConnection):
+                    status = event.status_code
+                    if not event.has_body:
+                        raise HandshakeError(f"handshake rejected with {status}", status)
+                elif isinstance(event, RejectData):
+                    body += event.data
+                    if event.body_finished:
+                        text = bytes(body).decode("utf-8", "replace")
+                        raise HandshakeError(
+                            f"handshake rejected with {status}: {text}", status, bytes(body)
+                        )
+
+    def ping(self, payload: bytes = b"", timeout: float | None = 10.0) -> bool:
+        """Send a ping and wait for its pong (messages read meanwhile stay queued)."""
+        payload = bytes(payload)
+        self._send_event(Ping(payload=payload))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._recv_lock:
+            while payload not in self._pongs:
+                if self.closed:
+                    return False
+                if not self._read(_remaining(deadline)):
+                    return False
+            self._pongs.remove(payload)
+        return True
+
+    def __enter__(self) -> WebSocketClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

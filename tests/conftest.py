@@ -1,0 +1,55 @@
+"""Shared fixtures. The test process is a subreaper so nothing a test starts is left as a zombie."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+for extra in (str(ROOT), str(ROOT / "pymodule"), str(ROOT / "examples")):
+    if extra not in sys.path:
+        sys.path.insert(0, extra)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT), str(ROOT / "pymodule"), str(ROOT / "examples"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+
+from shmooze import procutil  # noqa: E402
+
+procutil.become_subreaper()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes():
+    """Every test ends with no new live descendant of the test process."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield
+    procutil.reap_orphans(())
+    me = psutil.Process()
+
+    def leftovers():
+        procutil.reap_orphans(())
+        out = []
+        for p in me.children(recursive=True):
+            try:
+                if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    from tests.helpers import wait_for
+
+    try:
+        wait_for(lambda: not leftovers(), 10, what="the test's processes to end")
+    except AssertionError:
+        left = leftovers()
+        desc = [f"{p.pid} {' '.join(p.cmdline())[:120]}" for p in left]
+        for p in left:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        pytest.fail(f"test left processes behind: {desc}")
