@@ -24,6 +24,8 @@ Import time matters (module start-up is benchmarked), so only cheap modules
 are imported at load time; ``logging`` is imported lazily when first needed.
 """
 
+from __future__ import annotations
+
 import json
 import select
 import socket
@@ -63,7 +65,7 @@ def _log():
     return _logger
 
 
-def _dumps(obj) -> bytes:
+def _dumps(obj: object) -> bytes:
     """Encode one protocol line (compact JSON + newline, UTF-8)."""
     return (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
 
@@ -76,7 +78,7 @@ class LineTooLongError(ProtocolError):
     """Raised when an incoming line exceeds :data:`MAX_LINE_LENGTH`."""
 
 
-def parse_argv(argv=None):
+def parse_argv(argv: list[str] | None = None) -> tuple[list[str], str, int, int]:
     """Split argv into ``(own_args, host, cmd_port, update_port)``.
 
     The service appends ``HOST CMD_PORT UPDATE_PORT`` to the module's argv;
@@ -123,8 +125,9 @@ class ParentConnection(object):
 
     max_line_length = MAX_LINE_LENGTH
 
-    def __init__(self, host=None, cmd_port=None, update_port=None, argv=None,
-                 connect_timeout=30.0, update_first=False):
+    def __init__(self, host: str | None = None, cmd_port: int | str | None = None,
+                 update_port: int | str | None = None, argv: list[str] | None = None,
+                 connect_timeout: float = 30.0, update_first: bool = False) -> None:
         if host is None or cmd_port is None or update_port is None:
             own, a_host, a_cmd, a_upd = parse_argv(argv)
             host = a_host if host is None else host
@@ -172,7 +175,7 @@ class ParentConnection(object):
         """File descriptor of the update socket."""
         return self.update_socket.fileno()
 
-    def poll(self, timeout=None) -> bool:
+    def poll(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds (None = forever) for command input.
 
         Returns True when :meth:`read_line` / ``handle_one_command`` would not
@@ -198,7 +201,7 @@ class ParentConnection(object):
             if deadline is not None and time.monotonic() >= deadline:
                 return False
 
-    def read_line(self):
+    def read_line(self) -> bytes | None:
         """Read one line from the command stream (blocking).
 
         Returns the line as bytes without its newline, or None at EOF.  Never
@@ -252,7 +255,7 @@ class ParentConnection(object):
             n -= len(data)
         return b"".join(parts)
 
-    def write_answer(self, answer) -> None:
+    def write_answer(self, answer: dict) -> None:
         """Send one answer object on the command stream."""
         self.cmd_socket.sendall(_dumps(answer))
 
@@ -271,7 +274,7 @@ class ParentConnection(object):
                 self._update_closed = True
                 return
 
-    def send_update(self, cmd, args=None) -> bool:
+    def send_update(self, cmd: str, args: dict | None = None) -> bool:
         """Send one update line ``{"cmd": cmd, "args": args}``.
 
         Answers from the service are drained while sending, so this only
@@ -307,11 +310,11 @@ class ParentConnection(object):
             return False
         return True
 
-    def set_parameters(self, parameters) -> bool:
+    def set_parameters(self, parameters: dict) -> bool:
         """Merge ``parameters`` (a dict) into the module's parameters."""
         return self.send_update("set_parameters", {"parameters": dict(parameters)})
 
-    def unset_parameters(self, names) -> bool:
+    def unset_parameters(self, names: list[str] | str) -> bool:
         """Remove the named parameters (a list of names)."""
         if isinstance(names, str):
             names = [names]
@@ -344,14 +347,14 @@ class JSONParentPoller(ParentConnection):
 
     commands = {}
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: object, **kwargs: object) -> None:
         self._timers = []
         self._exit_requested = False
         ParentConnection.__init__(self, *args, **kwargs)
 
     # -- dispatch -------------------------------------------------------
 
-    def find_handler(self, cmd):
+    def find_handler(self, cmd: str) -> object | None:
         """Return a callable taking ``**args`` for ``cmd``, or None."""
         fn = self.commands.get(cmd)
         if fn is None:
@@ -360,7 +363,7 @@ class JSONParentPoller(ParentConnection):
             return fn  # already bound
         return lambda **args: fn(self, **args)
 
-    def dispatch(self, cmd, args):
+    def dispatch(self, cmd: str, args: dict) -> dict:
         """Run the handler for ``cmd`` and return the answer dict."""
         handler = self.find_handler(cmd)
         if handler is None:
@@ -432,14 +435,14 @@ class JSONParentPoller(ParentConnection):
         _log().info("command stream closed by service; exiting")
         self.exit(0)
 
-    def exit(self, status=0) -> None:
+    def exit(self, status: int = 0) -> None:
         """Close connections and exit the process with ``status``."""
         self.close()
         sys.exit(status)
 
     # -- timers ---------------------------------------------------------
 
-    def tick(self, interval, fn):
+    def tick(self, interval: float, fn: object) -> _Timer:
         """Call ``fn()`` every ``interval`` seconds from the serving loop.
 
         Returns a timer object with a ``cancel()`` method.
@@ -448,7 +451,7 @@ class JSONParentPoller(ParentConnection):
         self._timers.append(t)
         return t
 
-    def call_later(self, delay, fn):
+    def call_later(self, delay: float, fn: object) -> _Timer:
         """Call ``fn()`` once after ``delay`` seconds; returns a cancellable timer."""
         t = _Timer(time.monotonic() + delay, None, fn)
         self._timers.append(t)
@@ -485,7 +488,7 @@ class JSONParentPoller(ParentConnection):
 
     # -- loops ----------------------------------------------------------
 
-    def run_once(self, timeout=None) -> bool:
+    def run_once(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` for one command, handle it, fire due timers.
 
         Returns True if a command was handled.
@@ -517,7 +520,7 @@ class JSONParentPoller(ParentConnection):
         self.serve_forever()
 
 
-def command(name=None):
+def command(name: str | None = None) -> object:
     """Decorator marking a :class:`Module` method as custom command ``name``.
 
     ``@command`` uses the method name; ``@command("shout")`` handles the
@@ -554,17 +557,17 @@ class Module(JSONParentPoller):
                     found[cmd_name] = attr
         cls._command_methods = found
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: object, **kwargs: object) -> None:
         #: Local mirror of the parameters this module has set.
         self.parameters = {}
         JSONParentPoller.__init__(self, *args, **kwargs)
 
     @classmethod
-    def main(cls, argv=None, **kwargs) -> None:
+    def main(cls, argv: list[str] | None = None, **kwargs: object) -> None:
         """Connect using ``argv`` (default ``sys.argv``) and serve forever."""
         cls(argv=argv, **kwargs).serve_forever()
 
-    def find_handler(self, cmd):
+    def find_handler(self, cmd: str) -> object | None:
         """Resolve ``cmd`` to ``commands``, a hook, @command or ``do_*`` method."""
         if cmd in self.commands:
             return JSONParentPoller.find_handler(self, cmd)
@@ -581,32 +584,32 @@ class Module(JSONParentPoller):
 
     # -- hooks ----------------------------------------------------------
 
-    def on_init(self, **args):
+    def on_init(self, **args: object) -> object:
         """Handle ``init`` (args come from the client)."""
         return None
 
-    def on_play(self, **args):
+    def on_play(self, **args: object) -> object:
         """Handle ``play``."""
         return None
 
-    def on_suspend(self, **args):
+    def on_suspend(self, **args: object) -> object:
         """Handle ``suspend``."""
         return None
 
-    def on_rm(self, **args):
+    def on_rm(self, **args: object) -> object:
         """Handle ``rm``; the process exits after the answer is sent."""
         return None
 
     # -- updates --------------------------------------------------------
 
-    def set_parameters(self, parameters=None, **kw) -> bool:
+    def set_parameters(self, parameters: dict | None = None, **kw: object) -> bool:
         """Merge parameters (dict and/or keyword arguments) and send them."""
         params = dict(parameters or {})
         params.update(kw)
         self.parameters.update(params)
         return ParentConnection.set_parameters(self, params)
 
-    def unset_parameters(self, names) -> bool:
+    def unset_parameters(self, names: list[str] | str) -> bool:
         """Remove the named parameters."""
         if isinstance(names, str):
             names = [names]
@@ -615,7 +618,7 @@ class Module(JSONParentPoller):
             self.parameters.pop(n, None)
         return ParentConnection.unset_parameters(self, names)
 
-    def rm(self, exit=True) -> bool:
+    def rm(self, exit: bool = True) -> bool:
         """Tell the service we are leaving; exit once the current step ends.
 
         When called from a command handler the answer is still sent first.

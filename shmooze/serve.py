@@ -102,7 +102,7 @@ def gunicorn_options(settings: Settings, name: str, stateful: bool) -> dict[str,
         "accesslog": None,
         "errorlog": "-",
         "loglevel": str(settings.get("log_level", "info")).lower(),
-        "graceful_timeout": float(settings.get("stop_timeout", 15)),
+        "graceful_timeout": int(settings.get("stop_timeout", 15)),
         "on_starting": lambda server: procutil.become_subreaper(),
     }
     if name == "wsgi":

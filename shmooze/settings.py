@@ -67,7 +67,7 @@ class Settings:
         """The keys listed in ``public``: what the gateway serves as settings.json."""
         return {k: self._data[k] for k in self._data.get("public", []) if k in self._data}
 
-    def services(self) -> list[str]:
+    def service_names(self) -> list[str]:
         """Service names: every port but the gateway's."""
         return [name for name in self.ports if name != "wsgi"]
 

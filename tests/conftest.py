@@ -21,9 +21,9 @@ from shmooze import procutil  # noqa: E402
 procutil.become_subreaper()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def no_leftover_processes():
-    """Every test ends with no new live descendant of the test process."""
+    """Every test module ends with no new live descendant of the test process."""
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     yield
     procutil.reap_orphans(())

@@ -13,7 +13,10 @@ import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+for _p in (_TESTS, os.path.dirname(_TESTS), os.path.join(os.path.dirname(_TESTS), "pymodule")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
 from fakeparent import FakeParent, Timeout, pid_gone, wait_pid_gone  # noqa: E402
 

@@ -195,9 +195,13 @@ class Misbehave(object):
         if o.child_ignores_term:
             code = ("import signal, time\n"
                     "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                    "print('ready', flush=True)\n"
                     "while True: time.sleep(3600)\n")
             child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            # only publish the pid once SIGTERM is really ignored
+            child.stdout.readline()
+            child.stdout.close()
             self.updates.set_parameters({"child_pid": child.pid})
         if o.flood:
             def flood():

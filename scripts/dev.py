@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Set up and run the project with nothing but Python 3.
+
+    python3 scripts/dev.py demo    install into .venv and run the example jukebox
+    python3 scripts/dev.py test    install into .venv (and Chromium) and run every test
+    python3 scripts/dev.py bench   install into .venv and run the benchmarks
+
+Only the standard library is used here: it runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = Path(os.environ.get("SHMOOZE_VENV", ROOT / ".venv"))
+BIN = VENV / "bin"
+
+
+def say(text: str) -> None:
+    sys.stderr.write(f"[dev] {text}\n")
+    sys.stderr.flush()
+
+
+def run(*argv: str | os.PathLike[str], **kw) -> None:
+    subprocess.run([str(a) for a in argv], check=True, **kw)
+
+
+def ensure_venv(extras: str) -> None:
+    if not (BIN / "python").exists():
+        say(f"creating {VENV}")
+        try:
+            venv.EnvBuilder(with_pip=True).create(VENV)
+        except Exception as exc:  # e.g. Debian without python3-venv
+            sys.exit(f"[dev] cannot create a virtualenv ({exc}); install the python3-venv package")
+    stamp = VENV / f".installed-{extras or 'base'}"
+    sources = [ROOT / "pyproject.toml", ROOT / "setup.py"]
+    if stamp.exists() and all(stamp.stat().st_mtime >= s.stat().st_mtime for s in sources):
+        return
+    say("installing shmooze and its dependencies")
+    run(BIN / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+        "-e", f"{ROOT}[{extras}]" if extras else str(ROOT))
+    stamp.touch()
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def ensure_chromium() -> None:
+    """Browser tests need Debian's Chromium; install it when we can (root with apt-get)."""
+    if chromium() or os.environ.get("SHMOOZE_NO_BROWSER"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        say("Chromium is not installed and cannot be installed here: browser tests will be skipped")
+        return
+    say("installing Chromium from Debian's packages for the browser tests")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        run("apt-get", "update", "-qq", env=env, stdout=subprocess.DEVNULL)
+        run("apt-get", "install", "-y", "-qq", "chromium", env=env, stdout=subprocess.DEVNULL)
+    except subprocess.CalledProcessError as exc:
+        say(f"could not install Chromium ({exc}); browser tests will be skipped")
+
+
+def main(argv: list[str]) -> int:
+    what = argv[0] if argv else "help"
+    rest = argv[1:]
+    os.chdir(ROOT)
+    if what == "demo":
+        ensure_venv("")
+        settings = rest[0] if rest else str(ROOT / "examples" / "settings.json")
+        os.execv(str(BIN / "shmooze"), [str(BIN / "shmooze"), "run", settings])
+    if what == "test":
+        ensure_venv("test")
+        ensure_chromium()
+        return subprocess.call([str(BIN / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", *rest])
+    if what == "bench":
+        ensure_venv("test")
+        return subprocess.call([str(BIN / "python"), str(ROOT / "bench" / "run.py"), *rest])
+    sys.stderr.write(__doc__ or "")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
