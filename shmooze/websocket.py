@@ -33,6 +33,7 @@ import logging
 import select
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -209,6 +210,25 @@ def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
+def _select_is_cooperative() -> bool:
+    """True when gevent has patched ``select`` (its ``select`` has no FD_SETSIZE limit)."""
+    if "gevent" not in sys.modules:
+        return False
+    from gevent import monkey
+
+    return bool(monkey.is_module_patched("select"))
+
+
+def _wait_readable(sock: socket.socket, timeout: float | None) -> bool:
+    """Wait until ``sock`` is readable (or at EOF); False after ``timeout`` seconds."""
+    if _select_is_cooperative() or not hasattr(select, "poll"):
+        ready, _, _ = select.select([sock], [], [], timeout)
+        return bool(ready)
+    poller = select.poll()  # no FD_SETSIZE limit, unlike select() (clients hold many sockets)
+    poller.register(sock, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(None if timeout is None else timeout * 1000.0))
+
+
 class _Endpoint:
     """Message framing, ping/pong and the close handshake shared by both sides.
 
@@ -349,10 +369,8 @@ class _Endpoint:
         sock = self._sock
         try:
             pending = getattr(sock, "pending", None)
-            if not (pending and pending()):
-                ready, _, _ = select.select([sock], [], [], timeout)
-                if not ready:
-                    return False
+            if not (pending and pending()) and not _wait_readable(sock, timeout):
+                return False
             data = sock.recv(RECV_BYTES)
         except (OSError, ValueError) as exc:
             log.debug("websocket receive failed: %s", exc)

@@ -1,0 +1,122 @@
+"""The stop ladder: ask, wait, SIGTERM, wait, SIGKILL, reap. One function, every rung recorded.
+
+A module runs in its own session, so its pid is also its process group id and
+every signal goes to the whole group: processes the module started are stopped
+with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import subprocess
+import time
+from typing import Callable
+
+from shmooze import procutil
+
+log = logging.getLogger(__name__)
+
+#: The module had exited before anyone asked it to.
+EXITED = "exited"
+#: It exited after being asked (``rm`` and closed streams), within the first wait.
+RM = "rm"
+#: It exited after SIGTERM.
+SIGTERM = "sigterm"
+#: SIGKILL ended it.
+SIGKILL = "sigkill"
+
+RUNGS = (EXITED, RM, SIGTERM, SIGKILL)
+
+
+def wait_exit(proc: subprocess.Popen, timeout: float, pidfd: int | None = None) -> bool:
+    """Wait up to ``timeout`` seconds for the process to exit, and reap it; True if it did."""
+    if proc.poll() is not None:
+        return True
+    if pidfd is not None:
+        try:
+            ready, _, _ = select.select([pidfd], [], [], max(0.0, timeout))
+        except (OSError, ValueError):
+            ready = []
+        if ready:
+            proc.wait()
+            return True
+        return proc.poll() is not None
+    try:
+        proc.wait(max(0.0, timeout))
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in a process group."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    except PermissionError:
+        pass
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rfind(b")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            out.append(int(entry))
+    return out
+
+
+def sweep_group(pgid: int, grace: float = 1.0) -> int:
+    """End what is left of a process group after its leader: SIGTERM, wait ``grace``, SIGKILL.
+
+    Returns how many processes were left.
+    """
+    left = group_members(pgid)
+    if not left:
+        return 0
+    procutil.kill_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if group_members(pgid):
+        procutil.kill_group(pgid, signal.SIGKILL)
+    return len(left)
+
+
+def stop_ladder(proc: subprocess.Popen, request: Callable[[], None] | None, rm_timeout: float,
+                term_timeout: float, kill_timeout: float = 5.0, pidfd: int | None = None,
+                first_rung: str = RM) -> str:
+    """Stop one module process and its group; return the rung that ended it.
+
+    ``request`` asks the module to go (sends ``rm``, closes its streams); it must be
+    bounded in time. ``first_rung`` names an exit during the first wait: ``rm`` when
+    we asked, ``exited`` when the module was leaving on its own.
+    """
+    if proc.poll() is not None:
+        rung = EXITED
+    else:
+        if request is not None:
+            request()
+        if wait_exit(proc, rm_timeout, pidfd):
+            rung = first_rung
+        else:
+            procutil.kill_group(proc.pid, signal.SIGTERM)
+            if wait_exit(proc, term_timeout, pidfd):
+                rung = SIGTERM
+            else:
+                procutil.kill_group(proc.pid, signal.SIGKILL)
+                if not wait_exit(proc, kill_timeout, pidfd):
+                    log.error("pid %d survived SIGKILL for %.1f s (uninterruptible?)", proc.pid, kill_timeout)
+                rung = SIGKILL
+    left = sweep_group(proc.pid)
+    if left:
+        log.info("pid %d left %d process(es) in its group; they were stopped", proc.pid, left)
+    return rung

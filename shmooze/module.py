@@ -1,0 +1,467 @@
+"""One module process, from the service's side: start, command, updates, stop.
+
+Its life is a small state machine; every transition goes through
+:meth:`ModuleProcess._enter`, which checks it against :data:`TRANSITIONS`::
+
+    starting -> initializing -> running -> stopping -> stopped
+        \\______________\\______________/^
+
+``stop`` may be reached from any earlier state and always runs the stop ladder
+(:mod:`shmooze.ladder`), so no process outlives its handle.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import select
+import socket
+import subprocess
+import threading
+import time
+from typing import Any, Callable
+
+from shmooze import ladder, protocol
+from shmooze.errors import CommandError
+from shmooze.ioloop import IOLoop, pidfd as open_pidfd
+from shmooze.moduletype import ModuleType
+
+log = logging.getLogger(__name__)
+
+
+class State(str, enum.Enum):
+    STARTING = "starting"
+    INITIALIZING = "initializing"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+#: Every allowed transition and why it happens.
+TRANSITIONS: dict[tuple[State, State], str] = {
+    (State.STARTING, State.INITIALIZING): "both streams connected; init is sent",
+    (State.STARTING, State.STOPPING): "the process did not connect in time, or exited first",
+    (State.INITIALIZING, State.RUNNING): "init answered with success",
+    (State.INITIALIZING, State.STOPPING): "init failed, timed out, or the module left",
+    (State.RUNNING, State.STOPPING): "rm, a failed command, a closed stream, or the module left",
+    (State.STOPPING, State.STOPPED): "the ladder ended the process and it was reaped",
+}
+
+
+class ModuleError(CommandError):
+    """A command to the module failed: the module answered ``success: false``."""
+
+
+class ModuleBroken(CommandError):
+    """The module broke the protocol (no answer in time, closed stream, garbage): it must be stopped."""
+
+
+class ModuleProcess:
+    """The handle of one module process.
+
+    ``on_update(module, cmd, args)`` is called on the I/O thread for each update
+    line; ``on_gone(module, reason)`` when the module leaves on its own (an ``rm``
+    update, end of its update stream, or its process exiting).
+    """
+
+    def __init__(self, mtype: ModuleType, uid: str, loop: IOLoop, *,
+                 on_update: Callable[[ModuleProcess, str, dict[str, Any]], None] | None = None,
+                 on_gone: Callable[[ModuleProcess, str], None] | None = None,
+                 on_spawn: Callable[[int], None] | None = None,
+                 env: dict[str, str] | None = None, max_line: int = 1 << 20,
+                 host: str = "127.0.0.1"):
+        self.type = mtype
+        self.uid = uid
+        self.loop = loop
+        self.on_update = on_update
+        self.on_gone = on_gone
+        self.on_spawn = on_spawn
+        self.extra_env = env or {}
+        self.max_line = max_line
+        self.host = host
+        self.state = State.STARTING
+        self.parameters: dict[str, Any] = {}
+        self.proc: subprocess.Popen | None = None
+        self.pid: int | None = None
+        self.started_at = time.time()
+        self._started_mono = time.monotonic()
+        self.stopped_at: float | None = None
+        self.ended_by: str | None = None
+        self.stop_reason: str | None = None
+        self.start_failed = False
+        self.returncode: int | None = None
+        self.told: str | None = None  # last of play/suspend sent
+        self.gone_reason: str | None = None
+        self._cmd_sock: socket.socket | None = None
+        self._cmd_buf = protocol.LineBuffer(max_line)
+        self._upd_sock: socket.socket | None = None
+        self._upd_buf = protocol.LineBuffer(max_line)
+        self._upd_chan: Any = None
+        self._pidfd: int | None = None
+        self._pipes: list[Any] = []
+        self._lock = threading.RLock()  # state and parameters
+        self._cmd_lock = threading.Lock()  # one command at a time on the command stream
+        self._stopped = threading.Event()
+        self.log = logging.LoggerAdapter(log, {"uid": uid})
+
+    # -- the state machine -----------------------------------------------------------
+
+    def _enter(self, new: State) -> None:
+        """The one place where the state changes."""
+        with self._lock:
+            why = TRANSITIONS.get((self.state, new))
+            if why is None:
+                raise RuntimeError(f"module {self.uid}: no transition from {self.state.value} to {new.value}")
+            log.debug("module %s (%s, pid %s): %s -> %s: %s", self.uid, self.type.name, self.pid,
+                      self.state.value, new.value, why)
+            self.state = new
+
+    @property
+    def alive(self) -> bool:
+        return self.state in (State.STARTING, State.INITIALIZING, State.RUNNING)
+
+    # -- start -----------------------------------------------------------------------
+
+    def start(self, args: dict[str, Any]) -> None:
+        """Spawn, wait for both connections, send ``init``; on any failure stop and raise."""
+        try:
+            self._spawn_and_connect()
+            self._enter(State.INITIALIZING)
+            self.call("init", args, timeout=self.type.init_timeout or self.type.command_timeout, starting=True)
+            self._enter(State.RUNNING)
+        except CommandError as exc:
+            self.start_failed = True
+            self.stop(f"start failed: {exc}", send_rm=False)
+            raise CommandError(f"module {self.type.name!r} failed to start: {exc}") from None
+
+    def _spawn_and_connect(self) -> None:
+        listeners = []
+        try:
+            for _ in range(2):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.bind((self.host, 0))
+                sock.listen(1)
+                sock.setblocking(False)
+                listeners.append(sock)
+            argv = self.type.command_line() + [self.host, str(listeners[0].getsockname()[1]),
+                                               str(listeners[1].getsockname()[1])]
+            try:
+                self.proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    env=self.type.environment(self.extra_env), cwd=self.type.cwd, start_new_session=True)
+            except OSError as exc:
+                raise CommandError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+            self.pid = self.proc.pid
+            if self.on_spawn is not None:
+                self.on_spawn(self.pid)
+            self._pidfd = open_pidfd(self.pid)
+            self._watch_output()
+            self._accept_both(listeners)
+        except OSError as exc:  # sockets or pidfd: out of file descriptors and the like
+            raise CommandError(f"cannot start: {exc.strerror or exc}") from None
+        finally:
+            for sock in listeners:
+                sock.close()
+
+    def _accept_both(self, listeners: list[socket.socket]) -> None:
+        deadline = time.monotonic() + self.type.connect_timeout
+        conns: dict[int, socket.socket] = {}
+        watch: list[Any] = list(listeners) + ([self._pidfd] if self._pidfd is not None else [])
+        while len(conns) < 2:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                for c in conns.values():
+                    c.close()
+                raise CommandError(f"did not connect within {self.type.connect_timeout:g} s")
+            ready, _, _ = select.select(watch, [], [], min(remaining, 0.25))
+            if self.proc.poll() is not None:
+                for c in conns.values():
+                    c.close()
+                raise CommandError(f"exited with status {self.proc.returncode} before connecting")
+            for i, sock in enumerate(listeners):
+                if sock in ready and i not in conns:
+                    try:
+                        conn, _ = sock.accept()
+                    except BlockingIOError:
+                        continue
+                    conns[i] = conn
+                    watch.remove(sock)
+        self._cmd_sock, self._upd_sock = conns[0], conns[1]
+        self._cmd_sock.setblocking(True)
+        self._cmd_sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._upd_sock.setblocking(False)
+        self._upd_sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.loop.call_soon(self._register_update_stream)
+
+    # -- the update stream (runs on the I/O thread) ----------------------------------
+
+    def _register_update_stream(self) -> None:
+        sock = self._upd_sock
+        if sock is None or sock.fileno() < 0:
+            return
+        self._upd_chan = self.loop.add_reader(sock, self._on_update_readable, max_out=256 << 10)
+        if self._pidfd is not None:
+            self.loop.add_reader(_FdObject(self._pidfd), self._on_exit)
+
+    def _on_update_readable(self) -> None:
+        sock = self._upd_sock
+        if sock is None:
+            return
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.loop.remove(sock)
+            self._left("its update stream closed")
+            return
+        try:
+            lines = list(self._upd_buf.feed(data))
+        except protocol.LineTooLong as exc:
+            self.log.warning("module %s (%s): update %s", self.uid, self.type.name, exc)
+            self.loop.write(self._upd_chan, protocol.encode_line(protocol.error(f"update refused: {exc}")))
+            return
+        for line in lines:
+            answer = self._apply_update(line)
+            if self._upd_chan is not None:
+                self.loop.write(self._upd_chan, protocol.encode_line(answer))
+
+    def _apply_update(self, line: bytes) -> dict[str, Any]:
+        try:
+            item = protocol.to_item(protocol.loads(line))
+        except protocol.BodyError as exc:
+            self.log.warning("module %s (%s) sent a bad update line: %s", self.uid, self.type.name, exc)
+            return protocol.error(f"update is not JSON: {exc}")
+        if isinstance(item, protocol.Invalid):
+            return protocol.error(item.error)
+        args = item.args
+        if item.cmd == "set_parameters":
+            params = args.get("parameters")
+            if not isinstance(params, dict):
+                return protocol.error("set_parameters needs 'parameters', an object")
+            with self._lock:
+                self.parameters.update(params)
+        elif item.cmd == "unset_parameters":
+            names = args.get("parameters")
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                return protocol.error("unset_parameters needs 'parameters', a list of names")
+            with self._lock:
+                for name in names:
+                    self.parameters.pop(name, None)
+        elif item.cmd == "rm":
+            self._left("it removed itself")
+        else:
+            return protocol.error(f"unknown update {protocol.short(item.cmd, 40)} "
+                                  "(updates: set_parameters, unset_parameters, rm)")
+        if self.on_update is not None:
+            try:
+                self.on_update(self, item.cmd, args)
+            except Exception:
+                self.log.exception("update handler failed")
+        return protocol.ok()
+
+    def _on_exit(self) -> None:
+        if self._pidfd is not None:
+            self.loop.remove(_FdObject(self._pidfd))
+        self._left("its process exited")
+
+    def _left(self, reason: str) -> None:
+        with self._lock:
+            if self.gone_reason is not None or not self.alive:
+                return
+            self.gone_reason = reason
+        if self.on_gone is not None and self.state is State.RUNNING:
+            self.on_gone(self, reason)
+
+    def _watch_output(self) -> None:
+        for stream, level in ((self.proc.stdout, logging.INFO), (self.proc.stderr, logging.WARNING)):
+            os.set_blocking(stream.fileno(), False)
+            self._pipes.append(stream)
+            buf = protocol.LineBuffer(self.max_line)
+            self.loop.call_soon(lambda s=stream, b=buf, lv=level: self.loop.add_reader(
+                s, lambda: self._on_output(s, b, lv)))
+
+    def _on_output(self, stream: Any, buf: protocol.LineBuffer, level: int) -> None:
+        try:
+            data = os.read(stream.fileno(), 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.loop.remove(stream)
+            stream.close()
+            return
+        try:
+            for line in buf.feed(data):
+                self._log_output(level, line)
+        except protocol.LineTooLong:
+            self._log_output(level, b"[output line over the line limit dropped]")
+
+    def _log_output(self, level: int, line: bytes) -> None:
+        log.log(level, "module %s (%s, pid %s): %s", self.uid, self.type.name, self.pid,
+                line.decode("utf-8", "replace").rstrip())
+
+    # -- the command stream ----------------------------------------------------------
+
+    def call(self, cmd: str, args: dict[str, Any] | None = None, timeout: float | None = None,
+             starting: bool = False) -> Any:
+        """Send one command and wait for its answer.
+
+        Raises :class:`ModuleError` when the module answered ``success: false`` and
+        :class:`ModuleBroken` when it broke the protocol (the caller stops it).
+        """
+        if not starting and self.state is not State.RUNNING:
+            raise ModuleBroken(f"module {self.uid} is {self.state.value}")
+        limit = self.type.command_timeout if timeout is None else timeout
+        line = protocol.encode_line(protocol.Command(cmd, args or {}).to_json())
+        with self._cmd_lock:
+            sock = self._cmd_sock
+            if sock is None:
+                raise ModuleBroken(f"module {self.uid} has no command stream")
+            deadline = time.monotonic() + limit
+            try:
+                sock.settimeout(limit)
+                sock.sendall(line)
+                raw = self._read_line(sock, deadline)
+            except (socket.timeout, TimeoutError):
+                raise ModuleBroken(f"no answer to {cmd} within {limit:g} s") from None
+            except protocol.LineTooLong as exc:
+                raise ModuleBroken(f"answer to {cmd}: {exc}") from None
+            except OSError as exc:
+                raise ModuleBroken(f"command stream failed during {cmd}: {exc.strerror or exc}") from None
+        try:
+            answer = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ModuleBroken(f"answer to {cmd} is not JSON: {protocol.short(raw)}") from None
+        ok, value = protocol.parse_answer(answer)
+        if not ok:
+            if isinstance(answer, dict) and answer.get("success") is False:
+                raise ModuleError(value)
+            raise ModuleBroken(f"answer to {cmd}: {value}")
+        return value
+
+    def _read_line(self, sock: socket.socket, deadline: float) -> bytes:
+        while True:
+            for line in self._cmd_buf.feed(b""):
+                return line
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout()
+            sock.settimeout(remaining)
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionResetError("closed by the module")
+            for line in self._cmd_buf.feed(data):
+                return line  # any further complete lines stay buffered
+
+    # -- stop ------------------------------------------------------------------------
+
+    def stop(self, reason: str, send_rm: bool = True) -> str:
+        """Run the stop ladder once (later callers wait for it); return the rung that ended the process."""
+        with self._lock:
+            first = self.state not in (State.STOPPING, State.STOPPED)
+            if first:
+                self._enter(State.STOPPING)
+                self.stop_reason = reason
+        if not first:
+            self._stopped.wait()
+            return self.ended_by or ladder.EXITED
+        try:
+            if self.proc is None:
+                self.ended_by = ladder.EXITED
+            else:
+                leaving = self.gone_reason is not None
+                ask = send_rm and not leaving and self._cmd_sock is not None
+
+                def request() -> None:
+                    if ask:
+                        try:
+                            self.call("rm", timeout=self.type.command_timeout, starting=True)
+                        except CommandError:
+                            pass
+                    self._close_streams()
+
+                self.ended_by = ladder.stop_ladder(
+                    self.proc, request, self.type.rm_timeout, self.type.term_timeout,
+                    pidfd=self._pidfd, first_rung=ladder.EXITED if leaving else ladder.RM)
+                self.returncode = self.proc.returncode
+        finally:
+            self._close_streams()
+            self._release()
+            self.stopped_at = time.time()
+            self._enter(State.STOPPED)
+            self._stopped.set()
+        self.log.info("module %s (%s, pid %s) stopped: %s (%s)", self.uid, self.type.name, self.pid,
+                      self.ended_by, reason)
+        return self.ended_by
+
+    def _close_streams(self) -> None:
+        upd, self._upd_sock = self._upd_sock, None
+        cmd, self._cmd_sock = self._cmd_sock, None
+        if upd is not None:
+            self.loop.call_soon(lambda: (self.loop.remove(upd), upd.close()))
+        if cmd is not None:
+            try:
+                cmd.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            cmd.close()
+
+    def _release(self) -> None:
+        fd, self._pidfd = self._pidfd, None
+        pipes, self._pipes = self._pipes, []
+
+        def close_all() -> None:
+            if fd is not None:
+                self.loop.remove(_FdObject(fd))
+                os.close(fd)
+            for stream in pipes:
+                # Read what the module wrote last, so its final words reach the log.
+                self.loop.remove(stream)
+                try:
+                    rest = stream.read() or b""
+                except (OSError, ValueError):
+                    rest = b""
+                for line in rest.splitlines():
+                    self._log_output(logging.INFO, line)
+                stream.close()
+
+        self.loop.call_soon(close_all)
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    # -- views -----------------------------------------------------------------------
+
+    def get_parameters(self, names: list[str] | None = None) -> dict[str, Any]:
+        with self._lock:
+            if names is None:
+                return dict(self.parameters)
+            return {n: self.parameters[n] for n in names if n in self.parameters}
+
+    def snapshot(self) -> dict[str, Any]:
+        """What ``status`` shows of this module."""
+        info: dict[str, Any] = {"uid": self.uid, "type": self.type.name, "state": self.state.value,
+                                "pid": self.pid, "told": self.told}
+        if self.stopped_at is None:
+            info["uptime"] = round(time.monotonic() - self._started_mono, 3)
+        else:
+            info.update(ended_by=self.ended_by, reason=self.stop_reason, returncode=self.returncode,
+                        start_failed=self.start_failed, stopped_at=self.stopped_at)
+        return info
+
+
+class _FdObject:
+    """Wraps a raw fd for the selector (equal and hashable by fd)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+

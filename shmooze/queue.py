@@ -1,0 +1,140 @@
+"""The queue service: modules in order, the top one playing, a background when the queue is empty.
+
+After every change the queue re-establishes one rule: the module on top is
+playing, every other module is suspended, and the background plays only while
+the queue is empty. It sends ``play`` and ``suspend`` only where something
+changed, concurrently; a module that fails one is stopped and removed, and the
+rule is applied again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from shmooze.errors import CommandError
+from shmooze.host import ModuleHost, _by_name
+from shmooze.module import ModuleProcess
+from shmooze.moduletype import ModuleType
+
+
+class Queue(ModuleHost):
+    name = "queue"
+
+    def __init__(self, modules: Iterable[ModuleType], backgrounds: Iterable[ModuleType] = (), **options: Any):
+        super().__init__(modules, **options)
+        self.backgrounds = _by_name(backgrounds, "background")
+        self._queue: list[ModuleProcess] = []
+        self._bg: ModuleProcess | None = None
+
+    # -- placing -----------------------------------------------------------------------
+
+    def _placed(self) -> list[ModuleProcess]:
+        return self._queue + ([self._bg] if self._bg is not None else [])
+
+    def _attach(self, module: ModuleProcess) -> None:
+        self._queue.append(module)
+
+    def _detach(self, uid: str) -> ModuleProcess | None:
+        for i, module in enumerate(self._queue):
+            if module.uid == uid:
+                return self._queue.pop(i)
+        if self._bg is not None and self._bg.uid == uid:
+            module, self._bg = self._bg, None
+            return module
+        return None
+
+    def _orders(self) -> list[tuple[ModuleProcess, str]]:
+        top = self._queue[0] if self._queue else None
+        orders = []
+        for module in self._queue:
+            if module is top and module.told != "play":
+                orders.append((module, "play"))
+            elif module is not top and module.told == "play":
+                orders.append((module, "suspend"))
+        if self._bg is not None:
+            if top is None and self._bg.told != "play":
+                orders.append((self._bg, "play"))
+            elif top is not None and self._bg.told == "play":
+                orders.append((self._bg, "suspend"))
+        return orders
+
+    def _queued(self, uid: str) -> ModuleProcess:
+        with self._lock:
+            for module in self._queue:
+                if module.uid == uid:
+                    return module
+        raise CommandError(f"no module with uid {uid!r} in the queue")
+
+    def _background(self, uid: str) -> ModuleProcess:
+        with self._lock:
+            bg = self._bg
+        if bg is None:
+            raise CommandError("there is no background")
+        if bg.uid != uid:
+            raise CommandError(f"{uid!r} is not the current background ({bg.uid!r})")
+        return bg
+
+    # -- commands ----------------------------------------------------------------------
+
+    def backgrounds_available(self) -> list[str]:
+        """Names of the background types."""
+        return sorted(self.backgrounds)
+
+    def set_bg(self, type: str, args: dict = {}) -> dict:  # noqa: B006 - never mutated
+        """Start a background; the old one is stopped."""
+        module = self._spawn(self.backgrounds, type, args, "background")
+        with self._lock:
+            old, self._bg = self._bg, module
+        self.changed("background", uid=module.uid, type=type)
+        self._log_command("set_bg", {"type": type, "args": args}, {"uid": module.uid}, module.uid)
+        if old is not None:
+            self._retire(old, "replaced by a new background", send_rm=True)
+        self._after_change()
+        return {"uid": module.uid}
+
+    def mv(self, uids: list[str]) -> None:
+        """Reorder: the named modules first, in that order, then the others in their old order."""
+        with self._lock:
+            by_uid = {m.uid: m for m in self._queue}
+            first = []
+            for uid in uids:
+                module = by_uid.pop(uid, None)
+                if module is not None:
+                    first.append(module)
+            self._queue = first + [m for m in self._queue if m.uid in by_uid]
+            order = [m.uid for m in self._queue]
+        self.changed("moved", order=order)
+        self._log_command("mv", {"uids": uids})
+        self._after_change()
+
+    def queue(self, parameters: dict[str, list[str]] = {}) -> list:  # noqa: B006 - never mutated
+        """The queue in order: ``{"uid", "type", "parameters"?}`` (parameters for the types named)."""
+        with self._lock:
+            modules = list(self._queue)
+        return [self._describe(m, parameters) for m in modules]
+
+    def bg(self, parameters: dict[str, list[str]] = {}) -> Any:  # noqa: B006 - never mutated
+        """The background like a queue entry, or null."""
+        with self._lock:
+            bg = self._bg
+        return None if bg is None else self._describe(bg, parameters)
+
+    def tell_module(self, uid: str, cmd: str, args: dict = {}) -> Any:  # noqa: B006 - never mutated
+        """Send a queued module ``do_CMD`` and return its answer."""
+        result = self._tell(self._queued(uid), cmd, args)
+        self._log_command("tell_module", {"uid": uid, "cmd": cmd, "args": args}, result, uid)
+        return result
+
+    def ask_module(self, uid: str, parameters: list[str]) -> dict:
+        """Named parameters of a queued module."""
+        return self._queued(uid).get_parameters(parameters)
+
+    def tell_background(self, uid: str, cmd: str, args: dict = {}) -> Any:  # noqa: B006 - never mutated
+        """Send the background ``do_CMD``; ``uid`` must be the current background's."""
+        result = self._tell(self._background(uid), cmd, args)
+        self._log_command("tell_background", {"uid": uid, "cmd": cmd, "args": args}, result, uid)
+        return result
+
+    def ask_background(self, uid: str, parameters: list[str]) -> dict:
+        """Named parameters of the background."""
+        return self._background(uid).get_parameters(parameters)
