@@ -96,6 +96,8 @@ class ModuleHost(Service):
             self._commands_pool.shutdown(wait=False)
             self.loop.stop()
             procutil.reap_orphans(())
+        if self.command_log is not None:
+            self.command_log.close()
         super().stop()
 
     def _reap_loop(self) -> None:
@@ -225,7 +227,8 @@ class ModuleHost(Service):
         elif cmd == "unset_parameters":
             self.changed("parameters", uid=module.uid, unset=args.get("parameters", []))
         if self.command_log is not None:
-            self.command_log.record("module-update", module.uid, {"cmd": cmd, "args": args}, None)
+            self.command_log.record("module-update", module.uid, {"cmd": cmd, "args": args}, None,
+                                    module.type.name)
 
     def _on_gone(self, module: ModuleProcess, reason: str) -> None:
         """The module is leaving on its own (I/O thread): remove it without blocking this thread."""
@@ -268,7 +271,7 @@ class ModuleHost(Service):
             self._finish(module, "service stopping", True)
             raise CommandError(f"{self.name} is stopping")
         self.changed("added", uid=module.uid, type=type)
-        self._log_command("add", {"type": type, "args": args}, {"uid": module.uid}, module.uid)
+        self._log_command("add", {"type": type, "args": args}, {"uid": module.uid}, module.uid, type)
         self._after_change()
         return {"uid": module.uid}
 
@@ -283,8 +286,9 @@ class ModuleHost(Service):
 
     def tell_module(self, uid: str, cmd: str, args: dict = {}) -> Any:  # noqa: B006 - never mutated
         """Send the module the custom command ``do_CMD`` and return its answer."""
-        result = self._tell(self._find(uid), cmd, args)
-        self._log_command("tell_module", {"uid": uid, "cmd": cmd, "args": args}, result, uid)
+        module = self._find(uid)
+        result = self._tell(module, cmd, args)
+        self._log_command("tell_module", {"uid": uid, "cmd": cmd, "args": args}, result, uid, module.type.name)
         return result
 
     def ask_module(self, uid: str, parameters: list[str]) -> dict:
@@ -300,9 +304,19 @@ class ModuleHost(Service):
                     types=sorted(self.types), watchdog_pid=self._watchdog.proc.pid if self._watchdog else None)
         return info
 
-    def _log_command(self, cmd: str, args: dict[str, Any], result: Any = None, uid: str | None = None) -> None:
+    def _log_command(self, cmd: str, args: dict[str, Any], result: Any = None, uid: str | None = None,
+                     type: str | None = None) -> None:
         if self.command_log is not None:
-            self.command_log.record(f"client-{self.name}", uid, {"cmd": cmd, "args": args}, result)
+            self.command_log.record(f"client-{self.name}", uid, {"cmd": cmd, "args": args}, result, type)
+
+    def history(self, limit: int = 20, type: str | None = None) -> list:
+        """Modules added recently, newest first (from the command log), optionally of one type."""
+        if self.command_log is None:
+            raise CommandError(f"{self.name} keeps no command log (set log_database_path in the settings)")
+        if limit < 0 or limit > 1000:
+            raise CommandError("limit must be from 0 to 1000")
+        return [{"uid": row["uid"], "type": row["type"], "args": row["command"]["args"].get("args", {}),
+                 "time": row["time"]} for row in self.command_log.history(limit, type)]
 
     @staticmethod
     def _describe(module: ModuleProcess, parameters: dict[str, list[str]]) -> dict[str, Any]:

@@ -86,7 +86,7 @@ class Queue(ModuleHost):
         with self._lock:
             old, self._bg = self._bg, module
         self.changed("background", uid=module.uid, type=type)
-        self._log_command("set_bg", {"type": type, "args": args}, {"uid": module.uid}, module.uid)
+        self._log_command("set_bg", {"type": type, "args": args}, {"uid": module.uid}, module.uid, type)
         if old is not None:
             self._retire(old, "replaced by a new background", send_rm=True)
         self._after_change()
@@ -121,8 +121,9 @@ class Queue(ModuleHost):
 
     def tell_module(self, uid: str, cmd: str, args: dict = {}) -> Any:  # noqa: B006 - never mutated
         """Send a queued module ``do_CMD`` and return its answer."""
-        result = self._tell(self._queued(uid), cmd, args)
-        self._log_command("tell_module", {"uid": uid, "cmd": cmd, "args": args}, result, uid)
+        module = self._queued(uid)
+        result = self._tell(module, cmd, args)
+        self._log_command("tell_module", {"uid": uid, "cmd": cmd, "args": args}, result, uid, module.type.name)
         return result
 
     def ask_module(self, uid: str, parameters: list[str]) -> dict:
@@ -131,8 +132,10 @@ class Queue(ModuleHost):
 
     def tell_background(self, uid: str, cmd: str, args: dict = {}) -> Any:  # noqa: B006 - never mutated
         """Send the background ``do_CMD``; ``uid`` must be the current background's."""
-        result = self._tell(self._background(uid), cmd, args)
-        self._log_command("tell_background", {"uid": uid, "cmd": cmd, "args": args}, result, uid)
+        module = self._background(uid)
+        result = self._tell(module, cmd, args)
+        self._log_command("tell_background", {"uid": uid, "cmd": cmd, "args": args}, result, uid,
+                          module.type.name)
         return result
 
     def ask_background(self, uid: str, parameters: list[str]) -> dict:

@@ -73,6 +73,11 @@ def build_service(settings: Settings, name: str) -> Any:
     service = target() if callable(target) else target
     if hasattr(service, "name") and getattr(service, "name", "service") == "service":
         service.name = name
+    log_path = settings.get("log_database_path")
+    if log_path and hasattr(service, "command_log") and service.command_log is None:
+        from shmooze.cmdlog import CommandLog
+
+        service.command_log = CommandLog(log_path, name)
     return service
 
 
@@ -85,7 +90,8 @@ class _GunicornApp:
         class App(BaseApplication):
             def load_config(self) -> None:
                 for key, value in options.items():
-                    self.cfg.set(key, value)
+                    if key in self.cfg.settings:  # settings newer gunicorns add are skipped on older ones
+                        self.cfg.set(key, value)
 
             def load(self) -> Any:
                 return loader()
@@ -104,6 +110,7 @@ def gunicorn_options(settings: Settings, name: str, stateful: bool) -> dict[str,
         "loglevel": str(settings.get("log_level", "info")).lower(),
         "graceful_timeout": int(settings.get("stop_timeout", 15)),
         "on_starting": lambda server: procutil.become_subreaper(),
+        "control_socket_disable": True,  # one per user by default: several services would collide
     }
     if name == "wsgi":
         return {**common, "workers": int(settings.gateway_workers), "worker_class": "gevent",

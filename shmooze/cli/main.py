@@ -1,6 +1,13 @@
 """``shmooze``: serve one service, or run, watch and stop a whole application.
 
-    shmooze serve NAME [--settings FILE]   one service (or ``wsgi``, the gateway) in the foreground
+    shmooze run [SETTINGS]                 every service under supervisord, in the foreground
+    shmooze status [--json]                every service and module of the running application
+    shmooze stop                           stop it (each service stops its modules through the ladder)
+    shmooze restart [SERVICE ...]          restart some services, or all
+    shmooze serve NAME                     one service (or ``wsgi``, the gateway) in the foreground
+
+Commands other than ``run`` find the application by ``--settings``, ``$SHMOOZE_SETTINGS`` or
+``./settings.json``.
 """
 
 from __future__ import annotations
@@ -33,12 +40,66 @@ def cmd_serve(opts: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(opts: argparse.Namespace) -> int:
+    from shmooze.deploy import Runner
+
+    return Runner(_load_settings(opts.settings_file or opts.settings), conf=opts.supervisord_conf).run()
+
+
+def cmd_status(opts: argparse.Namespace) -> int:
+    import json
+
+    from shmooze import deploy
+
+    report = deploy.status(_load_settings(opts.settings))
+    sys.stdout.write((json.dumps(report, indent=2) if opts.json else deploy.format_status(report)) + "\n")
+    return 0
+
+
+def cmd_stop(opts: argparse.Namespace) -> int:
+    from shmooze import deploy
+
+    pid = deploy.stop(_load_settings(opts.settings))
+    sys.stdout.write(f"shmooze: stopped (run pid {pid})\n")
+    return 0
+
+
+def cmd_restart(opts: argparse.Namespace) -> int:
+    from shmooze import deploy
+
+    names = deploy.restart(_load_settings(opts.settings), opts.services)
+    sys.stdout.write(f"shmooze: restarted {', '.join(names)}\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shmooze", description="Run shmooze services and applications.")
     sub = parser.add_subparsers(dest="command", required=True)
+    settings_help = "settings file (default: $SHMOOZE_SETTINGS or ./settings.json)"
+
+    p = sub.add_parser("run", help="run every service under supervisord in the foreground")
+    p.add_argument("settings_file", nargs="?", default=None, metavar="SETTINGS")
+    p.add_argument("--settings", default=None, help=settings_help)
+    p.add_argument("--supervisord-conf", default=None, help="use this supervisord configuration as it is")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="show every service and module")
+    p.add_argument("--settings", default=None, help=settings_help)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("stop", help="stop the running application")
+    p.add_argument("--settings", default=None, help=settings_help)
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("restart", help="restart services (all when none is named)")
+    p.add_argument("services", nargs="*", metavar="SERVICE")
+    p.add_argument("--settings", default=None, help=settings_help)
+    p.set_defaults(func=cmd_restart)
+
     p = sub.add_parser("serve", help="serve one service (or 'wsgi', the gateway) in the foreground")
     p.add_argument("name")
-    p.add_argument("--settings", default=None, help="settings file (default: $SHMOOZE_SETTINGS or ./settings.json)")
+    p.add_argument("--settings", default=None, help=settings_help)
     p.set_defaults(func=cmd_serve)
     return parser
 
@@ -46,11 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     opts = parser.parse_args(argv)
+    from shmooze.deploy import AlreadyRunning, NotRunning
+    from shmooze.errors import ShmoozeError
+
     try:
         return opts.func(opts)
     except SettingsError as exc:
         sys.stderr.write(f"shmooze: {exc}\n")
         return 2
+    except (AlreadyRunning, NotRunning) as exc:
+        sys.stderr.write(f"shmooze: {exc}\n")
+        return 1
+    except ShmoozeError as exc:
+        sys.stderr.write(f"shmooze: {exc}\n")
+        return 1
     except KeyboardInterrupt:
         return 130
 
