@@ -208,8 +208,10 @@ class Runner:
                 conf_path.write_text(supervisord_conf(self.settings, self.paths))
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, self._record)
+            # This process runs no threads, so preexec_fn is safe here: if the runner is killed,
+            # supervisord gets SIGTERM and stops every service through its ladder.
             proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf_path)],
-                                    stdin=subprocess.DEVNULL)
+                                    stdin=subprocess.DEVNULL, preexec_fn=_term_with_parent)
             url = f"http://127.0.0.1:{self.settings.ports['wsgi']}{self.settings.wsgi_prefix}" \
                 if "wsgi" in self.settings.ports else None
             announced = False
@@ -226,8 +228,7 @@ class Runner:
                     out.flush()
                     proc.send_signal(signal.SIGTERM)
                     stopping = True
-                if not announced and url and time.monotonic() < deadline and _port_open(
-                        self.settings.ports["wsgi"]):
+                if not announced and url and time.monotonic() < deadline and self._all_running():
                     out.write(f"shmooze: running; open {url}  (Ctrl-C stops it; logs in {self.paths.logs})\n")
                     out.flush()
                     announced = True
@@ -236,14 +237,19 @@ class Runner:
             lock.release()
 
 
-def _port_open(port: int) -> bool:
-    import socket
+    def _all_running(self) -> bool:
+        """Whether supervisord has every program RUNNING (past its startsecs)."""
+        try:
+            infos = rpc(self.paths, timeout=2).supervisor.getAllProcessInfo()
+        except (OSError, NotRunning, xmlrpc.client.Error):
+            return False
+        return bool(infos) and all(info["statename"] == "RUNNING" for info in infos)
 
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+
+def _term_with_parent() -> None:
+    from shmooze.procutil import PR_SET_PDEATHSIG, _prctl
+
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def service_status(settings: Settings, name: str, timeout: float = 3.0) -> dict[str, Any] | None:

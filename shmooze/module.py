@@ -128,13 +128,21 @@ class ModuleProcess:
         """Spawn, wait for both connections, send ``init``; on any failure stop and raise."""
         try:
             self._spawn_and_connect()
-            self._enter(State.INITIALIZING)
+            self._advance(State.STARTING, State.INITIALIZING)
             self.call("init", args, timeout=self.type.init_timeout or self.type.command_timeout, starting=True)
-            self._enter(State.RUNNING)
+            self._advance(State.INITIALIZING, State.RUNNING)
         except CommandError as exc:
             self.start_failed = True
             self.stop(f"start failed: {exc}", send_rm=False)
+            self._close_streams()  # connected after a concurrent stop closed them
             raise CommandError(f"module {self.type.name!r} failed to start: {exc}") from None
+
+    def _advance(self, old: State, new: State) -> None:
+        """Enter ``new`` from ``old``; a stop that began meanwhile (service stopping) fails the start."""
+        with self._lock:
+            if self.state is not old:
+                raise CommandError(f"stopped while {old.value}")
+            self._enter(new)
 
     def _spawn_and_connect(self) -> None:
         listeners = []

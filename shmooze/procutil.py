@@ -12,6 +12,7 @@ from typing import Iterable
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
 
 
 def _prctl(option: int, arg: int) -> bool:

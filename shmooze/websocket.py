@@ -210,22 +210,35 @@ def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def _select_is_cooperative() -> bool:
-    """True when gevent has patched ``select`` (its ``select`` has no FD_SETSIZE limit)."""
-    if "gevent" not in sys.modules:
-        return False
-    from gevent import monkey
+def _pollers() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """(native ``poll``, cooperative ``poll``): gevent's when gevent has patched ``select``.
 
-    return bool(monkey.is_module_patched("select"))
+    Not ``select()``: it fails on descriptors >= FD_SETSIZE (1024), and gevent's
+    ``select`` calls the real one first, so a server with many connections would break.
+    """
+    if "gevent" in sys.modules:
+        from gevent import monkey
+
+        if monkey.is_module_patched("select"):
+            import gevent.select
+
+            return monkey.get_original("select", "poll"), gevent.select.poll
+    return select.poll, select.poll
 
 
 def _wait_readable(sock: socket.socket, timeout: float | None) -> bool:
     """Wait until ``sock`` is readable (or at EOF); False after ``timeout`` seconds."""
-    if _select_is_cooperative() or not hasattr(select, "poll"):
-        ready, _, _ = select.select([sock], [], [], timeout)
-        return bool(ready)
-    poller = select.poll()  # no FD_SETSIZE limit, unlike select() (clients hold many sockets)
-    poller.register(sock, select.POLLIN | select.POLLPRI)
+    fd = sock.fileno()
+    mask = select.POLLIN | select.POLLPRI
+    native, cooperative = _pollers()
+    poller = native()
+    poller.register(fd, mask)
+    if poller.poll(0):
+        return True
+    if timeout is not None and timeout <= 0:
+        return False
+    poller = cooperative()
+    poller.register(fd, mask)
     return bool(poller.poll(None if timeout is None else timeout * 1000.0))
 
 

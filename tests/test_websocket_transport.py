@@ -26,6 +26,7 @@ from shmooze.websocket import (
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = 1000
+PAD_FDS = 1100  # held open on both sides so sockets get numbers above FD_SETSIZE (1024)
 UPGRADE_HEADERS = {
     "Connection": "Upgrade",
     "Upgrade": "websocket",
@@ -75,10 +76,10 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    _raise_nofile(CONNECTIONS * 3)
+    _raise_nofile(PAD_FDS + CONNECTIONS * 3)
     port = _free_port()
     log_file = tempfile.NamedTemporaryFile(prefix="wsgunicorn-", suffix=".log", delete=False)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WSAPPS_PAD_FDS": str(PAD_FDS)}
     cmd = [
         sys.executable, "-m", "gunicorn",
         "-k", "gevent", "-w", "1",
@@ -213,6 +214,7 @@ def test_thousand_connections_get_a_broadcast(server: Server) -> None:
     start = time.monotonic()
     base = server.count()
     clients: list[WebSocketClient] = []
+    padding = [open(os.devnull, "rb") for _ in range(PAD_FDS)]
     try:
         for _ in range(CONNECTIONS):
             clients.append(WebSocketClient.connect(server.ws, timeout=10))
@@ -223,9 +225,14 @@ def test_thousand_connections_get_a_broadcast(server: Server) -> None:
         got = [ws.receive(timeout=10) for ws in clients]
         assert got.count(text) == CONNECTIONS
         assert psutil.Process(server.proc.pid).children() == [psutil.Process(server.worker_pid)]
+        assert min(ws.fileno() for ws in clients) > 1024
+        worker_fds = psutil.Process(server.worker_pid).num_fds()
+        assert worker_fds > PAD_FDS + CONNECTIONS
     finally:
         for ws in clients:
             ws.close()
+        for f in padding:
+            f.close()
     assert server.wait_count(lambda n: n == base) == base
     assert time.monotonic() - start < 20
 

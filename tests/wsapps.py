@@ -2,6 +2,7 @@
 
 ``/ws`` echoes text messages, ``/broadcast`` (POST body) sends its body to every
 open WebSocket, ``/count`` tells how many are open, anything else answers 200.
+``$WSAPPS_PAD_FDS`` descriptors are held open in the worker.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from shmooze.websocket import WebSocket, WebSocketClosed, websocket_response
 ALLOWED_ORIGINS = ["http://allowed.example"]
 
 clients: set[WebSocket] = set()
+
+# Descriptors held open so that connections get numbers above FD_SETSIZE (1024).
+_padding = [open(os.devnull, "rb") for _ in range(int(os.environ.get("WSAPPS_PAD_FDS", "0")))]
 
 
 def echo(ws: WebSocket) -> None:

@@ -1,0 +1,31 @@
+"""Service factories used by the process-level tests (named in their settings files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shmooze.moduletype import ModuleType, python_module
+from shmooze.pool import Pool
+from shmooze.queue import Queue
+
+HERE = Path(__file__).resolve().parent
+MISBEHAVE = str(HERE / "modules" / "misbehave.py")
+SHOUT = str(HERE.parent / "examples" / "modules" / "shout.sh")
+
+FAST = {"rm_timeout": 0.5, "term_timeout": 0.5}
+
+TYPES = [
+    python_module("good", MISBEHAVE, "--record", **FAST),
+    python_module("child", MISBEHAVE, "--child-ignores-term", **FAST),
+    python_module("stubborn", MISBEHAVE, "--ignore-term", **FAST),
+    python_module("slow", MISBEHAVE, "--slow-command", "5", **FAST),
+    ModuleType("shout", ("bash", SHOUT), **FAST),
+]
+
+
+def make_queue() -> Queue:
+    return Queue(TYPES, backgrounds=[python_module("bg", MISBEHAVE, "--record", **FAST)])
+
+
+def make_pool() -> Pool:
+    return Pool(TYPES)
