@@ -272,8 +272,15 @@ class ModuleHost(Service):
             raise CommandError(f"{self.name} is stopping")
         self.changed("added", uid=module.uid, type=type)
         self._log_command("add", {"type": type, "args": args}, {"uid": module.uid}, module.uid, type)
+        self._remove_if_left(module)
         self._after_change()
         return {"uid": module.uid}
+
+    def _remove_if_left(self, module: ModuleProcess) -> None:
+        """Call once a module is in place: if it left before (during init, or before it was placed,
+        when :meth:`_on_gone` found nothing to remove), remove it now."""
+        if module.gone_reason is not None:
+            self._remove([module.uid], f"module left: {module.gone_reason}", send_rm=False, wait=False)
 
     def modules_available(self) -> list[str]:
         """Names of the module types this service can start."""

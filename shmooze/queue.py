@@ -84,11 +84,17 @@ class Queue(ModuleHost):
         """Start a background; the old one is stopped."""
         module = self._spawn(self.backgrounds, type, args, "background")
         with self._lock:
-            old, self._bg = self._bg, module
+            closing = self._closing
+            if not closing:
+                old, self._bg = self._bg, module
+        if closing:
+            self._finish(module, "service stopping", True)
+            raise CommandError(f"{self.name} is stopping")
         self.changed("background", uid=module.uid, type=type)
         self._log_command("set_bg", {"type": type, "args": args}, {"uid": module.uid}, module.uid, type)
         if old is not None:
             self._retire(old, "replaced by a new background", send_rm=True)
+        self._remove_if_left(module)
         self._after_change()
         return {"uid": module.uid}
 

@@ -73,6 +73,8 @@ def build_service(settings: Settings, name: str) -> Any:
     service = target() if callable(target) else target
     if hasattr(service, "name") and getattr(service, "name", "service") == "service":
         service.name = name
+    if hasattr(service, "max_line"):
+        service.max_line = int(settings.get("max_line_bytes", service.max_line))
     log_path = settings.get("log_database_path")
     if log_path and hasattr(service, "command_log") and service.command_log is None:
         from shmooze.cmdlog import CommandLog

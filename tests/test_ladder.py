@@ -1,0 +1,241 @@
+"""The module state machine and the stop ladder on plain processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from shmooze import ladder
+from shmooze.ioloop import IOLoop, pidfd
+from shmooze.module import TRANSITIONS, ModuleBroken, ModuleProcess, State
+from shmooze.moduletype import ModuleType
+from tests.helpers import gone, wait_for
+
+IGNORE_TERM = ("import signal, sys, time\n"
+               "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+               "print('ready', flush=True)\n"
+               "time.sleep(60)\n")
+
+
+def spawn(argv, **kw) -> subprocess.Popen:
+    """A process in its own session (like a module), so its pid is its group id."""
+    return subprocess.Popen(argv, start_new_session=True, stdin=kw.pop("stdin", subprocess.DEVNULL), **kw)
+
+
+def ready(proc: subprocess.Popen) -> subprocess.Popen:
+    assert proc.stdout.readline().strip() == b"ready"
+    proc.stdout.close()
+    return proc
+
+
+@pytest.fixture
+def procs():
+    """Processes a test starts; killed (group and all) and reaped at the end whatever happened."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        p.wait(5)
+
+
+# -- the state machine -------------------------------------------------------------
+
+
+@pytest.fixture
+def loop():
+    lp = IOLoop("test-io")
+    yield lp
+    lp.stop()
+
+
+def handle(loop) -> ModuleProcess:
+    return ModuleProcess(ModuleType("t", ("true",)), "uid-1", loop)
+
+
+def test_transitions_table_shape():
+    states = set(State)
+    assert {a for a, _ in TRANSITIONS} | {b for _, b in TRANSITIONS} == states
+    # every live state can reach stopping, and stopped is final
+    for s in (State.STARTING, State.INITIALIZING, State.RUNNING):
+        assert (s, State.STOPPING) in TRANSITIONS
+    assert not [t for t in TRANSITIONS if t[0] is State.STOPPED]
+    assert all(isinstance(why, str) and why for why in TRANSITIONS.values())
+
+
+@pytest.mark.parametrize("start", list(State))
+@pytest.mark.parametrize("new", list(State))
+def test_transitions_are_enforced(loop, start, new):
+    m = handle(loop)
+    m.state = start
+    if (start, new) in TRANSITIONS:
+        m._enter(new)
+        assert m.state is new
+    else:
+        with pytest.raises(RuntimeError, match="no transition"):
+            m._enter(new)
+        assert m.state is start
+
+
+def test_happy_path_and_alive(loop):
+    m = handle(loop)
+    assert m.alive
+    for s in (State.INITIALIZING, State.RUNNING):
+        m._enter(s)
+        assert m.alive
+    m._enter(State.STOPPING)
+    assert not m.alive
+    m._enter(State.STOPPED)
+    assert not m.alive
+
+
+def test_stop_without_a_process_and_twice(loop):
+    m = handle(loop)
+    assert m.stop("test") == ladder.EXITED
+    assert m.state is State.STOPPED and m.wait_stopped(0)
+    assert m.stop("again") == ladder.EXITED  # later callers get the recorded rung
+    snap = m.snapshot()
+    assert snap["state"] == "stopped" and snap["ended_by"] == "exited" and snap["reason"] == "test"
+
+
+def test_commands_need_a_running_module(loop):
+    m = handle(loop)
+    with pytest.raises(ModuleBroken, match="is starting"):
+        m.call("play")
+    m.stop("test")
+    with pytest.raises(ModuleBroken, match="is stopped"):
+        m.call("play")
+
+
+def test_start_failure_of_a_missing_program(loop):
+    m = ModuleProcess(ModuleType("t", ("/nonexistent/program",)), "uid-2", loop)
+    with pytest.raises(Exception, match="failed to start: cannot run"):
+        m.start({})
+    assert m.state is State.STOPPED and m.start_failed
+
+
+# -- the ladder on plain processes ---------------------------------------------------
+
+
+def test_already_exited_process(procs):
+    p = spawn(["true"])
+    procs.append(p)
+    wait_for(lambda: p.poll() is not None, 5)
+    asked = []
+    assert ladder.stop_ladder(p, lambda: asked.append(1), 0.2, 0.2) == ladder.EXITED
+    assert asked == []  # nothing to ask
+
+
+def test_exit_on_request_is_rung_rm(procs):
+    p = spawn(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    procs.append(p)
+    t0 = time.monotonic()
+    assert ladder.stop_ladder(p, p.stdin.close, 5, 5) == ladder.RM
+    assert time.monotonic() - t0 < 2
+    assert p.returncode == 0
+    # the caller may name the first rung: "exited" when the module was leaving on its own
+    q = spawn(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    procs.append(q)
+    assert ladder.stop_ladder(q, q.stdin.close, 5, 5, first_rung=ladder.EXITED) == ladder.EXITED
+
+
+@pytest.mark.parametrize("use_pidfd", [False, True])
+def test_sleep_is_terminated(procs, use_pidfd):
+    p = spawn(["sleep", "60"])
+    procs.append(p)
+    fd = pidfd(p.pid) if use_pidfd else None
+    try:
+        t0 = time.monotonic()
+        assert ladder.stop_ladder(p, None, 0.2, 5, pidfd=fd) == ladder.SIGTERM
+        assert time.monotonic() - t0 < 2
+    finally:
+        if fd is not None:
+            os.close(fd)
+    assert p.returncode == -signal.SIGTERM
+    assert gone(p.pid)
+
+
+@pytest.mark.parametrize("use_pidfd", [False, True])
+def test_term_ignoring_process_is_killed(procs, use_pidfd):
+    p = ready(spawn([sys.executable, "-c", IGNORE_TERM], stdout=subprocess.PIPE))
+    procs.append(p)
+    fd = pidfd(p.pid) if use_pidfd else None
+    try:
+        t0 = time.monotonic()
+        assert ladder.stop_ladder(p, None, 0.2, 0.2, pidfd=fd) == ladder.SIGKILL
+        assert time.monotonic() - t0 < 2
+    finally:
+        if fd is not None:
+            os.close(fd)
+    assert p.returncode == -signal.SIGKILL
+
+
+def group_script(child_code: str) -> str:
+    """A leader that starts a child in its group, prints the child's pid and waits for EOF."""
+    return ("import subprocess, sys\n"
+            f"c = subprocess.Popen([sys.executable, '-c', {child_code!r}], stdout=subprocess.PIPE)\n"
+            "c.stdout.readline()\n"
+            "print(c.pid, flush=True)\n"
+            "sys.stdin.read()\n")
+
+
+def test_group_members_are_stopped_with_the_leader(procs):
+    """The leader exits on request; its child ignoring SIGTERM is swept (SIGTERM, then SIGKILL)."""
+    p = spawn([sys.executable, "-c", group_script(IGNORE_TERM)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    procs.append(p)
+    child = int(p.stdout.readline())
+    p.stdout.close()
+    assert os.getpgid(child) == p.pid
+    assert set(ladder.group_members(p.pid)) == {p.pid, child}
+    assert ladder.stop_ladder(p, p.stdin.close, 5, 5) == ladder.RM
+    wait_for(lambda: gone(child), 5, what="the group member to end")
+    assert ladder.group_members(p.pid) == []
+
+
+def test_group_members_are_terminated_with_a_terminated_leader(procs):
+    child_code = "import time\nprint('ready', flush=True)\ntime.sleep(60)\n"
+    leader = ("import subprocess, sys, time\n"
+              f"c = subprocess.Popen([sys.executable, '-c', {child_code!r}], stdout=subprocess.PIPE)\n"
+              "c.stdout.readline()\n"
+              "print(c.pid, flush=True)\n"
+              "time.sleep(60)\n")
+    p = spawn([sys.executable, "-c", leader], stdout=subprocess.PIPE)
+    procs.append(p)
+    child = int(p.stdout.readline())
+    p.stdout.close()
+    t0 = time.monotonic()
+    assert ladder.stop_ladder(p, None, 0.2, 5) == ladder.SIGTERM  # SIGTERM went to the whole group
+    assert time.monotonic() - t0 < 2
+    wait_for(lambda: gone(child), 5, what="the group member to end")
+
+
+def test_sweep_group_of_an_exited_leader(procs):
+    """A leader that had already exited: its group is still swept."""
+    p = spawn([sys.executable, "-c", group_script(IGNORE_TERM)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    procs.append(p)
+    child = int(p.stdout.readline())
+    p.stdout.close()
+    p.stdin.close()
+    wait_for(lambda: p.poll() is not None, 5)
+    assert not gone(child)
+    assert ladder.stop_ladder(p, None, 0.2, 0.2) == ladder.EXITED
+    wait_for(lambda: gone(child), 5, what="the orphaned group member to end")
+    assert ladder.sweep_group(p.pid) == 0
+
+
+def test_wait_exit(procs):
+    p = spawn(["sleep", "60"])
+    procs.append(p)
+    t0 = time.monotonic()
+    assert ladder.wait_exit(p, 0.1) is False
+    assert 0.05 < time.monotonic() - t0 < 1
+    p.terminate()
+    assert ladder.wait_exit(p, 5) is True
+    assert p.returncode == -signal.SIGTERM
