@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import mimetypes
 from typing import Any, Callable, Iterable
 
 from werkzeug.exceptions import HTTPException, NotFound
@@ -17,9 +18,17 @@ from werkzeug.wrappers import Request, Response
 from shmooze import protocol
 from shmooze.forward import ForwardError, ServiceProxy
 from shmooze.httpjson import JSONHTTPError, json_response, read_command_body
-from shmooze.settings import Settings
+from shmooze.push import PushSession, ServiceWatcher
+from shmooze.settings import STATIC_DIR, Settings
 
 log = logging.getLogger(__name__)
+mimetypes.add_type("text/javascript", ".mjs")
+
+#: Commands that change nothing: open to everyone even when an access token is set.
+OPEN_COMMANDS = frozenset({
+    "queue", "bg", "pool", "status", "changes", "commands", "history", "modules_available",
+    "backgrounds_available", "ask_module", "ask_background",
+})
 
 
 class Gateway:
@@ -39,8 +48,12 @@ class Gateway:
             if name != "wsgi"
         }
         self.public_settings = protocol.dumps(settings.public())
-        #: Extra routes under the prefix: name -> WSGI app (the WebSocket endpoint adds itself here).
-        self.routes: dict[str, Callable[..., Iterable[bytes]]] = {}
+        self.token: str | None = settings.get("access_token") or None
+        self.open_commands = OPEN_COMMANDS | frozenset(settings.get("open_commands", []))
+        self.allowed_origins: list[str] = list(settings.get("allowed_origins", []))
+        self.watchers = {name: ServiceWatcher(proxy) for name, proxy in self.proxies.items()}
+        #: Extra routes under the prefix: name -> WSGI app.
+        self.routes: dict[str, Callable[..., Iterable[bytes]]] = {"ws": self.websocket}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         request = Request(environ)
@@ -78,6 +91,8 @@ class Gateway:
 
     def forward(self, proxy: ServiceProxy, request: Request) -> Response:
         body = read_command_body(request, self.max_body_bytes)
+        if self.token is not None:
+            self.check_token(body, request.headers.get("Authorization", ""))
         try:
             reply = proxy.post(body, request.mimetype)
         except ForwardError as exc:
@@ -85,14 +100,58 @@ class Gateway:
             raise JSONHTTPError(exc.status, exc.message) from None
         return json_response(reply.body, reply.status)
 
+    # -- access control ------------------------------------------------------------------
+
+    def needs_token(self, items: list[protocol.Item]) -> bool:
+        return any(isinstance(i, protocol.Command) and i.cmd not in self.open_commands for i in items)
+
+    def token_ok(self, given: str) -> bool:
+        import hmac
+
+        return self.token is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
+    def check_token(self, body: bytes, authorization: str) -> None:
+        """With an access token set, a command that changes state needs ``Authorization: Bearer TOKEN``."""
+        try:
+            items = protocol.parse_request(body).items
+        except protocol.BodyError as exc:
+            raise JSONHTTPError(400, str(exc)) from None
+        if self.needs_token(items) and not self.token_ok(authorization.removeprefix("Bearer ").strip()):
+            raise JSONHTTPError(401, "this command needs the access token (Authorization: Bearer TOKEN)",
+                                {"WWW-Authenticate": "Bearer"})
+
+    # -- the WebSocket ---------------------------------------------------------------------
+
+    def websocket(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        from shmooze.websocket import is_websocket_request, websocket_response
+
+        if not is_websocket_request(environ):
+            raise JSONHTTPError(400, "this is the WebSocket endpoint: connect with a WebSocket")
+        authorized = {"ok": self.token is None}
+
+        def authorize(service: str, items: list[protocol.Item], msg: dict[str, Any]) -> str | None:
+            if authorized["ok"] or not self.needs_token(items):
+                return None
+            if isinstance(msg.get("token"), str) and self.token_ok(msg["token"]):
+                return None
+            return "this command needs the access token (send it as 'token')"
+
+        def handler(ws: Any) -> None:
+            PushSession(ws, self.proxies, self.watchers, authorize).run()
+
+        return websocket_response(environ, start_response, handler, self.allowed_origins or None,
+                                  max_message_size=self.max_body_bytes)
+
     def static(self, request: Request, subpath: str) -> Response:
         if request.method not in ("GET", "HEAD"):
             raise JSONHTTPError(405, "static files are read with GET", {"Allow": "GET, HEAD"})
-        try:
-            return send_from_directory(self.static_path, subpath or "index.html", request.environ,
-                                       max_age=0)
-        except NotFound:
-            raise JSONHTTPError(404, f"no file {protocol.short(subpath, 80)} in the static folder") from None
+        # The application's folder first, then the framework's own (which holds shmooze.js).
+        for folder in dict.fromkeys((self.static_path, STATIC_DIR)):
+            try:
+                return send_from_directory(folder, subpath or "index.html", request.environ, max_age=0)
+            except NotFound:
+                continue
+        raise JSONHTTPError(404, f"no file {protocol.short(subpath, 80)} in the static folder")
 
 
 def make_gateway(settings: Settings | None = None) -> Gateway:

@@ -394,6 +394,11 @@ class _Endpoint:
             self._finish()
             return True
         self._conn.receive_data(data or None)
+        self._process_events()
+        return True
+
+    def _process_events(self) -> None:
+        """Act on the events of the data wsproto holds."""
         for event in self._conn.events():
             if isinstance(event, Message):
                 self._on_message(event)
@@ -405,7 +410,6 @@ class _Endpoint:
             elif isinstance(event, CloseConnection):
                 self._on_close(event)
                 break
-        return True
 
     def _on_message(self, event: Message[Any]) -> None:
         if self._conn.state is not ConnectionState.OPEN:
@@ -668,7 +672,9 @@ class WebSocketClient(_Endpoint):
         except BaseException:
             sock.close()
             raise
-        return cls(sock, conn, max_message_size=max_message_size)
+        client = cls(sock, conn, max_message_size=max_message_size)
+        client._process_events()  # frames that came with the 101
+        return client
 
     @staticmethod
     def _handshake(sock: socket.socket, ws: WSConnection) -> Connection:

@@ -425,6 +425,9 @@ def test_garbage_update_is_answered_and_module_stays(make_queue, caplog):
         uid = q.add("garbage")
         assert q.wait_param(uid, "garbage_sent") is True
     assert any("bad update line" in r.getMessage() for r in caplog.records)
+    # what the service answers such a line (the module never reads it)
+    answer = q.svc._find(uid)._apply_update(b"this is {not json")
+    assert answer["success"] is False and "not JSON" in answer["error"]
     assert q.order() == [uid]
     # later updates still apply and commands still work
     assert q.log(uid) == ["init", "play"]

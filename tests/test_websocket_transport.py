@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+from wsproto.utilities import generate_accept_token
 
 from shmooze.websocket import (
     HandshakeError,
@@ -155,6 +158,55 @@ def test_close_handshake(server: Server) -> None:
     assert ws.close_code == 1000  # the server answered our close frame
     assert ws.receive(timeout=1) is None
     assert server.wait_count(lambda n: n == before) == before  # handler returned
+
+
+def test_server_initiated_close(server: Server) -> None:
+    ws = WebSocketClient.connect(server.http + "/bye", timeout=5)
+    assert ws.receive(timeout=5) == "bye"
+    assert ws.receive(timeout=5) is None
+    assert (ws.close_code, ws.close_reason) == (4000, "done")
+    ws.close()
+
+
+def test_handler_error_closes_with_1011(server: Server) -> None:
+    with WebSocketClient.connect(server.http + "/boom", timeout=5) as ws:
+        ws.send("go")
+        assert ws.receive(timeout=5) is None
+        assert ws.close_code == 1011
+    assert requests.get(server.http + "/", timeout=5).status_code == 200
+
+
+def test_client_reads_frames_sent_with_the_101() -> None:
+    """Frames in the same segment as the handshake answer are not lost."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    answer: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            key = re.search(rb"(?i)sec-websocket-key: *(\S+)", request).group(1)  # type: ignore[union-attr]
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + generate_accept_token(key)
+                + b"\r\n\r\n\x81\x05early\x88\x02\x03\xe8"
+            )
+            answer.append(conn.recv(4096))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        ws = WebSocketClient.connect(f"ws://127.0.0.1:{port}/", timeout=5)
+        assert ws.receive(timeout=5) == "early"
+        assert ws.receive(timeout=5) is None
+        assert ws.close_code == 1000
+        thread.join(timeout=5)
+        assert answer and answer[0][:1] == b"\x88"  # the client answered the close frame
+    finally:
+        listener.close()
 
 
 def test_oversize_message_closed_with_1009(server: Server) -> None:

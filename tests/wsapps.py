@@ -1,6 +1,6 @@
 """WSGI apps for the WebSocket transport tests (served by gunicorn ``-k gevent``).
 
-``/ws`` echoes text messages, ``/broadcast`` (POST body) sends its body to every
+``/ws`` echoes text messages, ``/bye`` greets and closes (4000), ``/boom`` raises, ``/broadcast`` (POST body) sends its body to every
 open WebSocket, ``/count`` tells how many are open, anything else answers 200.
 ``$WSAPPS_PAD_FDS`` descriptors are held open in the worker.
 """
@@ -32,6 +32,18 @@ def echo(ws: WebSocket) -> None:
         clients.discard(ws)
 
 
+def bye(ws: WebSocket) -> None:
+    """Greet, then close from the server side with 4000."""
+    ws.send("bye")
+    ws.close(4000, "done")
+
+
+def boom(ws: WebSocket) -> None:
+    """Fail after the first message (the client should see 1011)."""
+    ws.receive()
+    raise RuntimeError("boom (expected by the tests)")
+
+
 def _json(start_response: Callable[..., Any], data: dict[str, Any]) -> list[bytes]:
     body = json.dumps(data).encode("utf-8")
     start_response(
@@ -45,6 +57,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     path = environ.get("PATH_INFO", "/")
     if path == "/ws":
         return websocket_response(environ, start_response, echo, ALLOWED_ORIGINS)
+    if path in ("/bye", "/boom"):
+        return websocket_response(environ, start_response, bye if path == "/bye" else boom)
     if path == "/broadcast":
         length = int(environ.get("CONTENT_LENGTH") or 0)
         text = environ["wsgi.input"].read(length).decode("utf-8")

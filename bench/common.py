@@ -1,0 +1,349 @@
+"""Shared helpers for the benchmarks: processes, ports, HTTP posting, statistics and result rows."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import psutil
+
+log = logging.getLogger("bench")
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PYTHON = sys.executable
+HOST = "127.0.0.1"
+#: Bytecode caches of every process the benchmarks start go here, so nothing is written in the
+#: project tree while caches still work (the environment sets PYTHONDONTWRITEBYTECODE=1).
+PYCACHE = Path(tempfile.gettempdir()) / "shmooze-bench-pycache"
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run as planned (a service failed, a command failed, a deadline passed)."""
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log to stderr, one line per event (stdout is kept for the result tables)."""
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of every process started here: bytecode caches on, project folders importable."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
+    env["PYTHONUNBUFFERED"] = "1"
+    paths = [str(ROOT), str(ROOT / "pymodule"), str(ROOT / "examples"), str(BENCH)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.update(extra or {})
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    """Whether something accepts connections on ``127.0.0.1:port``."""
+    try:
+        with socket.create_connection((HOST, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something true; raise :class:`BenchError` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _identity(pid: int) -> tuple[int, float] | None:
+    try:
+        return pid, psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+class Proc:
+    """A process started by the benchmarks, in its own session; stopped by its pid only."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+                 log_path: Path | None = None, cwd: str | None = None):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        out: Any = open(log_path, "wb") if log_path else subprocess.DEVNULL
+        try:
+            self.popen = subprocess.Popen(argv, env=env or child_env(), cwd=cwd, stdin=subprocess.DEVNULL,
+                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            if log_path:
+                out.close()
+        self.pid = self.popen.pid
+        self._seen: dict[int, float] = {}
+
+    def log_tail(self, chars: int = 2000) -> str:
+        """The end of the process's log file, for error messages."""
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def remember_descendants(self) -> list[int]:
+        """Note every descendant (pid and start time) so a later stop can check they are gone."""
+        try:
+            kids = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+        for kid in kids:
+            ident = _identity(kid.pid)
+            if ident:
+                self._seen[ident[0]] = ident[1]
+        return [k.pid for k in kids]
+
+    def wait_port(self, port: int, timeout: float = 30.0) -> None:
+        """Return once ``port`` accepts connections; fail early if the process exits."""
+        def ready() -> bool:
+            if self.popen.poll() is not None:
+                raise BenchError(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")
+            return port_open(port)
+
+        wait_until(ready, timeout, f"{self.name} on port {port}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, bounded wait, SIGKILL to its group if needed; then end any descendant left behind."""
+        self.remember_descendants()
+        if self.popen.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %d) ignored SIGTERM for %g s: SIGKILL to its group", self.name, self.pid,
+                            timeout)
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.popen.wait(5)
+        deadline = time.monotonic() + 5.0
+        left = self._left_behind()
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = self._left_behind()
+        for pid in left:
+            log.warning("%s left pid %d behind: SIGKILL", self.name, pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _left_behind(self) -> list[int]:
+        left = []
+        for pid, created in self._seen.items():
+            try:
+                proc = psutil.Process(pid)
+                if proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE:
+                    left.append(pid)
+            except psutil.Error:
+                pass
+        return left
+
+
+class Client:
+    """One kept-alive HTTP connection that posts shmooze commands to ``127.0.0.1:port/path``."""
+
+    def __init__(self, port: int, path: str = "/", timeout: float = 120.0):
+        self.port = port
+        self.path = path
+        self.conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+
+    def raw(self, body: bytes) -> bytes:
+        """Post a body, return the answer body; non-200 statuses raise."""
+        self.conn.request("POST", self.path, body, JSON_HEADERS)
+        resp = self.conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise BenchError(f"POST :{self.port}{self.path} answered {resp.status}: {data[:300]!r}")
+        return data
+
+    def call(self, cmd: str, /, **args: Any) -> Any:
+        """Send one command; return its result or raise with its error."""
+        answer = json.loads(self.raw(encode_command(cmd, **args)))
+        if not answer.get("success"):
+            raise BenchError(f"{cmd} on :{self.port}{self.path} failed: {answer.get('error')}")
+        return answer.get("result")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def encode_command(cmd: str, /, **args: Any) -> bytes:
+    """The HTTP body of one command."""
+    return json.dumps({"cmd": cmd, "args": args}, separators=(",", ":")).encode()
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) with linear interpolation."""
+    if not values:
+        raise ValueError("no values")
+    data = sorted(values)
+    pos = q * (len(data) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def median(values: Sequence[float]) -> float:
+    return percentile(values, 0.5)
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU seconds used so far by these processes (those still there)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def family(pid: int) -> list[int]:
+    """A process and its descendants."""
+    try:
+        return [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return [pid]
+
+
+# -- results ---------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    """One measure: its value, its floor, and how the two compare (or the target it must meet)."""
+
+    measure: str
+    value: float | None
+    unit: str
+    floor: float | None = None
+    floor_label: str = ""
+    compare: str = ""
+    verdict: str = "info"
+    target: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Section:
+    """A titled table of rows, with an optional note printed under it."""
+
+    title: str
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        return row
+
+    def as_json(self) -> dict[str, Any]:
+        return {"title": self.title, "rows": [r.as_json() for r in self.rows], "notes": self.notes}
+
+
+def fmt(value: float | None, unit: str) -> str:
+    """A value with its unit, with a sensible number of digits."""
+    if value is None:
+        return "n/a"
+    if unit in ("req/s", "modules", "count"):
+        return f"{value:,.0f} {unit}"
+    if abs(value) >= 100:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:.1f}"
+    elif abs(value) >= 1:
+        text = f"{value:.2f}"
+    else:
+        text = f"{value:.3f}"
+    return f"{text} {unit}".strip()
+
+
+def verdict(ok: bool) -> str:
+    return "pass" if ok else "FAIL"
+
+
+def ratio_row(measure: str, value: float, unit: str, floor: float, floor_label: str, *,
+              max_ratio: float | None = None, min_ratio: float | None = None, **detail: Any) -> Row:
+    """A row compared to its floor as ``value / floor``, with an optional bound on the ratio."""
+    ratio = value / floor if floor else float("inf")
+    compare = f"{ratio:.2f}x {floor_label}".strip()
+    row = Row(measure, value, unit, floor, floor_label, compare, detail=dict(detail, ratio=ratio))
+    if max_ratio is not None:
+        row.target = f"<= {max_ratio:g}x"
+        row.compare += f" (target {row.target})"
+        row.verdict = verdict(ratio <= max_ratio)
+    elif min_ratio is not None:
+        row.target = f">= {min_ratio:g}x"
+        row.compare += f" (target {row.target})"
+        row.verdict = verdict(ratio >= min_ratio)
+    return row
+
+
+def limit_row(measure: str, value: float, unit: str, *, at_most: float | None = None, at_least: float | None = None,
+              floor: float | None = None, floor_label: str = "", **detail: Any) -> Row:
+    """A row with an absolute target (and optionally a floor shown beside it)."""
+    row = Row(measure, value, unit, floor, floor_label, detail=dict(detail))
+    if floor:
+        row.detail["ratio"] = value / floor
+    if at_most is not None:
+        row.target = f"<= {fmt(at_most, unit)}"
+        row.verdict = verdict(value <= at_most)
+    elif at_least is not None:
+        row.target = f">= {fmt(at_least, unit)}"
+        row.verdict = verdict(value >= at_least)
+    prefix = f"{value / floor:.2f}x {floor_label}; " if floor else ""
+    row.compare = f"{prefix}target {row.target}" if row.target else prefix.rstrip("; ")
+    return row
+
+
+def markdown(section: Section) -> str:
+    """The section as a markdown table (columns: measure, value, floor, ratio or target, verdict)."""
+    lines = [f"### {section.title}", "", "| measure | value | floor | ratio or target | verdict |",
+             "| --- | ---: | ---: | --- | --- |"]
+    for r in section.rows:
+        floor = f"{fmt(r.floor, r.unit)} ({r.floor_label})" if r.floor is not None and r.floor_label else \
+            fmt(r.floor, r.unit) if r.floor is not None else ""
+        lines.append(f"| {r.measure} | {fmt(r.value, r.unit)} | {floor} | {r.compare} | {r.verdict} |")
+    for note in section.notes:
+        lines.append("")
+        lines.append(f"_{note}_")
+    return "\n".join(lines) + "\n"

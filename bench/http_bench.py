@@ -1,0 +1,222 @@
+"""A. HTTP: command round trips to a service, directly and through the gateway, beside a bare-WSGI floor."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import time
+from dataclasses import dataclass
+
+import loadgen
+from common import (HOST, JSON_HEADERS, Client, Row, Section, child_env, cpu_seconds, encode_command, limit_row,
+                    percentile, ratio_row)
+from stack import Stack
+
+log = logging.getLogger("bench.http")
+
+GET_VOLUME = encode_command("get_volume")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one kind of request goes."""
+
+    label: str
+    port: int
+    path: str
+    servers: tuple[str, ...]  # processes that do the work (for server CPU per request)
+
+
+def targets(stack: Stack) -> dict[str, Target]:
+    p = stack.ports
+    return {
+        "floor": Target("bare WSGI floor", p["floor"], "/", ("floor",)),
+        "direct": Target("volume direct", p["volume"], "/", ("volume",)),
+        "gateway": Target("gateway -> volume", p["wsgi"], "/volume", ("wsgi", "volume")),
+        "gw_floor": Target("gateway -> floor", p["wsgi"], "/floor", ("wsgi", "floor")),
+    }
+
+
+def one_connection(stack: Stack, n: int, warmup: int) -> dict[str, list[float]]:
+    """Sequential requests on one kept-alive connection per target, interleaved; latencies in ms."""
+    tg = targets(stack)
+    clients = {k: Client(t.port, t.path) for k, t in tg.items()}
+    times: dict[str, list[float]] = {k: [] for k in tg}
+    try:
+        for _ in range(warmup):
+            for c in clients.values():
+                c.raw(GET_VOLUME)
+        clock = time.perf_counter
+        for _ in range(n):
+            for k, c in clients.items():
+                t0 = clock()
+                c.raw(GET_VOLUME)
+                times[k].append((clock() - t0) * 1000.0)
+    finally:
+        for c in clients.values():
+            c.close()
+    return times
+
+
+def one_connection_section(stack: Stack, n: int, warmup: int) -> Section:
+    times = one_connection(stack, n, warmup)
+    p50 = {k: percentile(v, 0.5) for k, v in times.items()}
+    p99 = {k: percentile(v, 0.99) for k, v in times.items()}
+    sec = Section(f"A1. HTTP round trip, one kept-alive connection ({n} sequential get_volume per target, "
+                  f"interleaved, after {warmup} warm-up)")
+    sec.add(Row("floor p50", p50["floor"], "ms"))
+    sec.add(Row("floor p99", p99["floor"], "ms"))
+    sec.add(ratio_row("direct p50", p50["direct"], "ms", p50["floor"], "floor"))
+    sec.add(ratio_row("direct p99", p99["direct"], "ms", p99["floor"], "floor"))
+    sec.add(ratio_row("gateway -> volume p50", p50["gateway"], "ms", p50["floor"], "floor"))
+    sec.add(ratio_row("gateway -> volume p99", p99["gateway"], "ms", p99["floor"], "floor"))
+    sec.add(limit_row("gateway p50 minus direct p50", p50["gateway"] - p50["direct"], "ms", at_most=0.5))
+    sec.add(ratio_row("gateway -> floor p50 (gateway cost alone)", p50["gw_floor"], "ms", p50["floor"], "floor"))
+    return sec
+
+
+def throughput(stack: Stack, target: Target, procs: int, conns: int, duration: float) -> tuple[loadgen.LoadResult,
+                                                                                                 float]:
+    """Requests/s at ``procs * conns`` connections, and the servers' CPU ms per request."""
+    pids = stack.server_pids(*target.servers)
+    cpu0 = cpu_seconds(pids)
+    t0 = time.monotonic()
+    result = loadgen.run(target.port, target.path, GET_VOLUME, procs, conns, duration, env=child_env())
+    wall = time.monotonic() - t0
+    cpu = cpu_seconds(pids) - cpu0
+    # The servers' CPU over the whole run includes the workers' warm-up requests: few, so ignored.
+    per_req = cpu * 1000.0 / max(result.count, 1)
+    log.info("%s: %.0f req/s, %d errors, load generator %.2f cores, servers %.3f ms CPU/req (run %.1f s)",
+             target.label, result.rps, result.errors, result.loadgen_cores, per_req, wall)
+    if result.errors:
+        raise RuntimeError(f"{target.label}: {result.errors} failed requests under load")
+    return result, per_req
+
+
+def throughput_section(stack: Stack, procs: int, conns: int, duration: float) -> Section:
+    tg = targets(stack)
+    res = {k: throughput(stack, t, procs, conns, duration) for k, t in tg.items()}
+    rps = {k: r.rps for k, (r, _) in res.items()}
+    cpu = {k: c for k, (_, c) in res.items()}
+    sec = Section(f"A2. HTTP throughput, {procs * conns} kept-alive connections "
+                  f"({procs} load processes x {conns}), {duration:g} s per target")
+    sec.add(Row("floor", rps["floor"], "req/s"))
+    sec.add(ratio_row("direct", rps["direct"], "req/s", rps["floor"], "floor"))
+    sec.add(ratio_row("gateway -> volume", rps["gateway"], "req/s", rps["floor"], "floor"))
+    sec.add(ratio_row("gateway -> volume vs direct", rps["gateway"], "req/s", rps["direct"], "direct", min_ratio=0.7))
+    sec.add(ratio_row("gateway -> floor", rps["gw_floor"], "req/s", rps["floor"], "floor"))
+    sec.add(Row("server CPU per request: floor", cpu["floor"], "ms"))
+    sec.add(ratio_row("server CPU per request: direct", cpu["direct"], "ms", cpu["floor"], "floor"))
+    sec.add(ratio_row("server CPU per request: gateway + volume", cpu["gateway"], "ms", cpu["floor"], "floor"))
+    sec.add(ratio_row("server CPU per request: gateway + floor", cpu["gw_floor"], "ms", cpu["floor"], "floor"))
+    busiest = max(r.loadgen_cores for r, _ in res.values())
+    sec.add(Row("load generator CPU (busiest run)", busiest, "cores"))
+    sec.notes.append("Server CPU per request is the user+system CPU of the serving processes (gunicorn masters "
+                     "and workers) during the run divided by the requests completed; 2 cores in all.")
+    return sec
+
+
+# -- the forwarding client -------------------------------------------------------------------
+
+def _http_client(port: int) -> tuple[str, object]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+
+    def hop() -> None:
+        conn.request("POST", "/", GET_VOLUME, JSON_HEADERS)
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"http.client hop answered {resp.status}")
+
+    return "http.client keep-alive", (hop, conn.close)
+
+
+def _service_proxy(port: int) -> tuple[str, object]:
+    from shmooze.forward import ServiceProxy
+
+    proxy = ServiceProxy("floor", HOST, port)
+
+    def hop() -> None:
+        if proxy.post(GET_VOLUME).status != 200:
+            raise RuntimeError("ServiceProxy hop failed")
+
+    return "shmooze ServiceProxy (pooled http.client)", (hop, proxy.close)
+
+
+def _urllib3(port: int) -> tuple[str, object]:
+    import urllib3
+
+    pm = urllib3.PoolManager(maxsize=4)
+    url = f"http://{HOST}:{port}/"
+
+    def hop() -> None:
+        resp = pm.request("POST", url, body=GET_VOLUME, headers=JSON_HEADERS, retries=False)
+        if resp.status != 200:
+            raise RuntimeError(f"urllib3 hop answered {resp.status}")
+
+    return "urllib3.PoolManager", (hop, pm.clear)
+
+
+def _requests(port: int) -> tuple[str, object]:
+    import requests
+
+    session = requests.Session()
+    url = f"http://{HOST}:{port}/"
+
+    def hop() -> None:
+        resp = session.post(url, data=GET_VOLUME, headers=JSON_HEADERS)
+        if resp.status_code != 200:
+            raise RuntimeError(f"requests hop answered {resp.status_code}")
+
+    return "requests.Session", (hop, session.close)
+
+
+def forwarding_section(stack: Stack, n: int, warmup: int, rounds: int = 5) -> Section:
+    """CPU time per hop to the floor server for each HTTP client library, interleaved in rounds."""
+    port = stack.ports["floor"]
+    makers = [_http_client, _service_proxy, _urllib3, _requests]
+    clients = [m(port) for m in makers]
+    cpu: dict[str, float] = {label: 0.0 for label, _ in clients}
+    wall: dict[str, float] = {label: 0.0 for label, _ in clients}
+    try:
+        for _, (hop, _close) in clients:
+            for _ in range(warmup):
+                hop()
+        per_round = max(n // rounds, 1)
+        for _ in range(rounds):
+            for label, (hop, _close) in clients:
+                c0, w0 = time.process_time(), time.perf_counter()
+                for _ in range(per_round):
+                    hop()
+                cpu[label] += time.process_time() - c0
+                wall[label] += time.perf_counter() - w0
+    finally:
+        for _, (_hop, close) in clients:
+            close()
+    total = per_round * rounds
+    ms = {k: v * 1000.0 / total for k, v in cpu.items()}
+    base_label = clients[0][0]
+    sec = Section(f"A3. Forwarding client: client-side CPU per hop to the floor server ({total} hops each, "
+                  f"time.process_time)")
+    sec.add(Row(base_label, ms[base_label], "ms", detail={"wall_ms": wall[base_label] * 1000.0 / total}))
+    for label, _ in clients[1:]:
+        sec.add(ratio_row(label, ms[label], "ms", ms[base_label], "http.client",
+                          wall_ms=wall[label] * 1000.0 / total))
+    sec.notes.append("The gateway forwards with shmooze.forward.ServiceProxy, a pool of kept-alive "
+                     "http.client connections.")
+    return sec
+
+
+def run(stack: Stack, quick: bool) -> list[Section]:
+    """Every HTTP benchmark; fewer requests and shorter windows with ``quick``."""
+    n, warmup = (500, 100) if quick else (2000, 200)
+    duration = 2.0 if quick else 5.0
+    hops = 1000 if quick else 3000
+    sections = []
+    log.info("A1: one connection, %d requests per target", n)
+    sections.append(one_connection_section(stack, n, warmup))
+    log.info("A2: throughput, %g s per target", duration)
+    sections.append(throughput_section(stack, 4, 4, duration))
+    log.info("A3: forwarding clients, %d hops each", hops)
+    sections.append(forwarding_section(stack, hops, 100))
+    return sections

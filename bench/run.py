@@ -1,0 +1,94 @@
+"""Run every shmooze benchmark and print one markdown table per section; also write bench/results.json.
+
+Usage: ``.venv/bin/python bench/run.py [--quick] [--only http|modules] [--out PATH]``
+
+Every process started here is stopped by its pid, even when a benchmark fails, and the
+whole run is bounded by an alarm (``--budget`` seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+for _path in (str(HERE.parent / "pymodule"), str(HERE.parent), str(HERE)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import http_bench  # noqa: E402
+import module_bench  # noqa: E402
+from common import PYCACHE, Section, markdown, setup_logging  # noqa: E402
+from stack import Stack  # noqa: E402
+
+log = logging.getLogger("bench")
+
+
+class BudgetExceeded(Exception):
+    """The run went past its time budget."""
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    raise BudgetExceeded("the benchmark run went past its time budget")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests and modules (under a minute)")
+    parser.add_argument("--only", choices=("http", "modules"), help="run one group of benchmarks")
+    parser.add_argument("--out", type=Path, default=HERE / "results.json", help="where to write the JSON results")
+    parser.add_argument("--budget", type=int, default=0, help="hard limit in seconds (default 150 quick, 420 full)")
+    return parser.parse_args(argv)
+
+
+def environment() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import psutil
+
+    return {"python": sys.version.split()[0], "executable": sys.executable, "platform": platform.platform(),
+            "cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "pycache_prefix": str(PYCACHE)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    setup_logging()
+    budget = opts.budget or (150 if opts.quick else 420)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(budget)
+    started = time.time()
+    t0 = time.monotonic()
+    sections: list[Section] = []
+    try:
+        with Stack() as stack:
+            if opts.only in (None, "http"):
+                sections += http_bench.run(stack, opts.quick)
+            if opts.only in (None, "modules"):
+                sections += module_bench.run(stack, opts.quick)
+    finally:
+        signal.alarm(0)
+    elapsed = time.monotonic() - t0
+    for section in sections:
+        sys.stdout.write(markdown(section) + "\n")
+    sys.stdout.flush()
+    failed = [f"{s.title.split('.')[0]}: {r.measure}" for s in sections for r in s.rows if r.verdict == "FAIL"]
+    results = {"quick": opts.quick, "started": started, "duration_s": round(elapsed, 1),
+               "environment": environment(), "sections": [s.as_json() for s in sections],
+               "failed_targets": failed}
+    opts.out.write_text(json.dumps(results, indent=2) + "\n")
+    log.info("done in %.0f s; results in %s; %d target(s) missed%s", elapsed, opts.out, len(failed),
+             f": {', '.join(failed)}" if failed else "")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

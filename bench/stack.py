@@ -1,0 +1,102 @@
+"""The processes under test: the gateway, three services and the bare-WSGI floor, each on its own port."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+
+from common import PYTHON, Client, Proc, child_env, family, free_port
+
+log = logging.getLogger("bench.stack")
+
+SERVICES = {"volume": "jukebox.volume:Volume", "queue": "benchapps:make_queue", "pool": "benchapps:make_pool"}
+
+
+class Stack:
+    """Starts everything on enter and stops everything (by pid) on exit; a context manager."""
+
+    def __init__(self, gateway_workers: int = 2):
+        self.gateway_workers = gateway_workers
+        self.dir = Path(tempfile.mkdtemp(prefix="shmooze-bench-"))
+        self.ports = {name: free_port() for name in ("wsgi", "volume", "floor", "queue", "pool")}
+        self.procs: dict[str, Proc] = {}
+        self.failed = False
+        self.settings_path = self.dir / "settings.json"
+        self.settings_path.write_text(json.dumps({
+            "ports": self.ports, "services": SERVICES, "gateway_workers": gateway_workers}, indent=2))
+
+    # -- life ----------------------------------------------------------------------------
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.failed = True
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.failed = self.failed or exc_type is not None
+        self.stop()
+
+    def start(self) -> None:
+        """Start the floor, the services and the gateway together; wait for every port."""
+        env = child_env()
+        floor_argv = [PYTHON, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", "32", "--keep-alive", "120",
+                      "--graceful-timeout", "15", "--no-control-socket", "--log-level", "warning",
+                      "-b", f"127.0.0.1:{self.ports['floor']}", "floorapp:app"]
+        self.procs["floor"] = Proc("floor", floor_argv, env, self.dir / "floor.log")
+        for name in ("volume", "queue", "pool", "wsgi"):
+            argv = [PYTHON, "-m", "shmooze", "serve", name, "--settings", str(self.settings_path)]
+            self.procs[name] = Proc(name, argv, env, self.dir / f"{name}.log")
+        with ThreadPoolExecutor(len(self.procs)) as pool:
+            for fut in [pool.submit(p.wait_port, self.ports[n], 60) for n, p in self.procs.items()]:
+                fut.result()
+        # The services start their I/O thread and orphan guard on first use: do it now.
+        for name in ("queue", "pool"):
+            client = Client(self.ports[name])
+            try:
+                client.call("status")
+            finally:
+                client.close()
+        log.info("stack up in %s: ports %s", self.dir, self.ports)
+
+    def stop(self) -> None:
+        """Stop the gateway first, then the services and the floor; keep the logs if something failed."""
+        for name in ("wsgi", "queue", "pool", "volume", "floor"):
+            proc = self.procs.pop(name, None)
+            if proc is None:
+                continue
+            try:
+                proc.stop()
+            except Exception:
+                self.failed = True
+                log.exception("stopping %s (pid %d) failed", name, proc.pid)
+        if self.failed:
+            log.warning("logs of the processes under test kept in %s", self.dir)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- views ---------------------------------------------------------------------------
+
+    def server_pids(self, *names: str) -> list[int]:
+        """The pids (masters and workers) of the named processes."""
+        pids: list[int] = []
+        for name in names:
+            pids.extend(family(self.procs[name].pid))
+        return pids
+
+    def worker_pid(self, name: str) -> int:
+        """The worker process that holds the state of a one-worker service (from ``status``)."""
+        client = Client(self.ports[name])
+        try:
+            return int(client.call("status")["pid"])
+        finally:
+            client.close()

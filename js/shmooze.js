@@ -1,0 +1,375 @@
+/*
+ * shmooze.js: the browser side of shmooze, with no third-party dependency.
+ *
+ *   <script src="/static/shmooze.js"></script>
+ *   <script>
+ *     shmooze.connect().then(function () {
+ *       endpoints.queue.deferQuery({cmd: "queue"}, function (result) { ... });
+ *       endpoints.queue.on("change", function (event) { ... });
+ *     });
+ *   </script>
+ *
+ * or, as an ES module: import shmooze from "/static/shmooze.mjs".
+ *
+ * - settings_data: the gateway's public settings (settings.json);
+ * - endpoints: one Endpoint per service; deferQuery() collects commands and sends them together
+ *   as one batch, forceQuery() sends one now; both also return a Promise;
+ * - endpoint.on("change", fn): the service's change events, pushed over a WebSocket that
+ *   reconnects with backoff; where no WebSocket can be had, long polling of the service's
+ *   "changes" command takes its place;
+ * - elements with class "disconnect-hide" are hidden and "disconnect-show" shown while the
+ *   connection is lost, and the reverse when it comes back.
+ */
+(function (global) {
+  "use strict";
+
+  var shmooze = {
+    settings_data: null,
+    endpoints: {},
+    connected: null,
+    mode: null, // "websocket" or "polling"
+    options: {
+      base: null,              // URL of the gateway's prefix; default: the page's folder
+      websocket: true,         // false: always poll
+      pollTimeout: 20,         // seconds a long poll may wait at the service
+      backoffMin: 250,         // ms
+      backoffMax: 5000,        // ms
+      wsFailuresBeforePolling: 3,
+      requestTimeout: 15000    // ms
+    },
+    stats: {httpRequests: 0, wsMessagesSent: 0, wsMessagesReceived: 0, reconnects: 0}
+  };
+
+  var listeners = {connect: [], disconnect: [], change: []};
+  var ws = null;
+  var wsOpen = false;
+  var wsFailures = 0;
+  var backoff = 0;
+  var pending = {};    // id -> {resolve, reject}
+  var nextId = 1;
+  var reconnectTimer = null;
+  var pollers = {};    // service -> true while a long poll loop runs
+
+  function emit(kind, value) {
+    (listeners[kind] || []).slice().forEach(function (fn) {
+      try { fn(value); } catch (e) { if (global.console) console.error(e); }
+    });
+  }
+
+  shmooze.on = function (kind, fn) {
+    (listeners[kind] = listeners[kind] || []).push(fn);
+    return shmooze;
+  };
+
+  function setConnected(up) {
+    if (shmooze.connected === up) return;
+    shmooze.connected = up;
+    if (typeof document !== "undefined") {
+      var hide = document.querySelectorAll(".disconnect-hide");
+      var show = document.querySelectorAll(".disconnect-show");
+      for (var i = 0; i < hide.length; i++) hide[i].style.display = up ? "" : "none";
+      for (var j = 0; j < show.length; j++) show[j].style.display = up ? "none" : "";
+    }
+    emit(up ? "connect" : "disconnect", shmooze);
+  }
+
+  function baseUrl() {
+    if (shmooze.options.base) return shmooze.options.base.replace(/\/?$/, "/");
+    var prefix = shmooze.settings_data && shmooze.settings_data.wsgi_prefix;
+    if (prefix) return location.protocol + "//" + location.host + prefix;
+    return location.href.replace(/[?#].*$/, "").replace(/[^\/]*$/, "");
+  }
+
+  // -- HTTP -------------------------------------------------------------------------------
+
+  function httpJson(method, url, body) {
+    shmooze.stats.httpRequests++;
+    return new Promise(function (resolve, reject) {
+      var xhr = new XMLHttpRequest();
+      xhr.open(method, url, true);
+      xhr.timeout = shmooze.options.requestTimeout + (body && body.args && body.args.timeout ? body.args.timeout * 1000 : 0);
+      if (body !== undefined) xhr.setRequestHeader("Content-Type", "application/json");
+      var token = shmooze.options.token;
+      if (token) xhr.setRequestHeader("Authorization", "Bearer " + token);
+      xhr.onload = function () {
+        var data;
+        try { data = JSON.parse(xhr.responseText); } catch (e) {
+          reject(new Error("HTTP " + xhr.status + ": answer is not JSON"));
+          return;
+        }
+        if (xhr.status !== 200) {
+          reject(new Error((data && data.error) || ("HTTP " + xhr.status)));
+          return;
+        }
+        resolve(data);
+      };
+      xhr.onerror = function () { reject(new Error("connection failed")); };
+      xhr.ontimeout = function () { reject(new Error("timed out")); };
+      xhr.send(body === undefined ? null : JSON.stringify(body));
+    });
+  }
+
+  // -- the WebSocket ----------------------------------------------------------------------
+
+  function wsUrl() {
+    return baseUrl().replace(/^http/, "ws") + "ws";
+  }
+
+  function wsSend(message) {
+    return new Promise(function (resolve, reject) {
+      var id = nextId++;
+      message.id = id;
+      if (shmooze.options.token) message.token = shmooze.options.token;
+      pending[id] = {resolve: resolve, reject: reject};
+      shmooze.stats.wsMessagesSent++;
+      ws.send(JSON.stringify(message));
+    });
+  }
+
+  function subscribedServices() {
+    var out = {};
+    Object.keys(shmooze.endpoints).forEach(function (name) {
+      var ep = shmooze.endpoints[name];
+      if (ep.listeners.change.length) out[name] = ep.version;
+    });
+    return out;
+  }
+
+  function resubscribe() {
+    var services = subscribedServices();
+    if (!wsOpen || !Object.keys(services).length) return;
+    wsSend({subscribe: services}).then(function (result) {
+      Object.keys(result || {}).forEach(function (name) {
+        var ep = shmooze.endpoints[name];
+        if (ep && ep.version === null) ep.version = result[name].version;
+      });
+    }, function () {});
+  }
+
+  function openWebSocket() {
+    reconnectTimer = null;
+    if (typeof WebSocket === "undefined" || !shmooze.options.websocket) {
+      startPolling();
+      return;
+    }
+    var sock;
+    try { sock = new WebSocket(wsUrl()); } catch (e) { wsClosed(); return; }
+    ws = sock;
+    sock.onopen = function () {
+      wsOpen = true;
+      wsFailures = 0;
+      backoff = 0;
+      shmooze.mode = "websocket";
+      stopPolling();
+      setConnected(true);
+      resubscribe();
+    };
+    sock.onmessage = function (msg) {
+      shmooze.stats.wsMessagesReceived++;
+      var data;
+      try { data = JSON.parse(msg.data); } catch (e) { return; }
+      if (data.event === "change") {
+        var ep = shmooze.endpoints[data.service];
+        if (ep) ep._deliver(data);
+        return;
+      }
+      var waiter = pending[data.id];
+      if (!waiter) return;
+      delete pending[data.id];
+      if (data.answers) waiter.resolve(data.answers);
+      else if (data.success) waiter.resolve(data.result);
+      else waiter.reject(new Error(data.error || "failed"));
+    };
+    sock.onclose = function () {
+      if (ws !== sock) return;
+      ws = null;
+      var wasOpen = wsOpen;
+      wsOpen = false;
+      Object.keys(pending).forEach(function (id) { pending[id].reject(new Error("connection lost")); });
+      pending = {};
+      if (!wasOpen) wsFailures++;
+      wsClosed();
+    };
+  }
+
+  function wsClosed() {
+    setConnected(false);
+    shmooze.stats.reconnects++;
+    if (wsFailures >= shmooze.options.wsFailuresBeforePolling) {
+      // No WebSocket to be had: poll, and try the WebSocket again now and then.
+      startPolling();
+      scheduleReconnect(30000);
+      return;
+    }
+    backoff = Math.min(shmooze.options.backoffMax, backoff ? backoff * 2 : shmooze.options.backoffMin);
+    scheduleReconnect(backoff * (0.75 + Math.random() * 0.5));
+  }
+
+  function scheduleReconnect(delay) {
+    if (reconnectTimer) clearTimeout(reconnectTimer);
+    reconnectTimer = setTimeout(openWebSocket, delay);
+  }
+
+  // -- the polling fallback ---------------------------------------------------------------
+
+  function startPolling() {
+    shmooze.mode = "polling";
+    Object.keys(subscribedServices()).forEach(pollLoop);
+  }
+
+  function stopPolling() {
+    pollers = {};
+  }
+
+  function pollLoop(name) {
+    if (pollers[name] || wsOpen) return;
+    pollers[name] = true;
+    var ep = shmooze.endpoints[name];
+    var delay = 0;
+    function once() {
+      if (!pollers[name] || wsOpen) { delete pollers[name]; return; }
+      var timeout = ep.version === null ? 0 : shmooze.options.pollTimeout;
+      httpJson("POST", ep.url, {cmd: "changes", args: {since: ep.version || 0, timeout: timeout}}).then(function (answer) {
+        delay = 0;
+        setConnected(true);
+        if (answer.success) {
+          var r = answer.result;
+          if (ep.version === null) ep.version = r.version;
+          else if (r.events.length || r.reset) ep._deliver({event: "change", service: name, version: r.version,
+                                                            events: r.events, reset: !!r.reset});
+          else ep.version = r.version;
+        }
+        setTimeout(once, 0);
+      }, function () {
+        setConnected(false);
+        delay = Math.min(shmooze.options.backoffMax, delay ? delay * 2 : shmooze.options.backoffMin);
+        setTimeout(once, delay);
+      });
+    }
+    once();
+  }
+
+  // -- endpoints --------------------------------------------------------------------------
+
+  function Endpoint(name, url) {
+    this.name = name;
+    this.url = url;
+    this.version = null;
+    this.queue = [];
+    this.flushScheduled = false;
+    this.listeners = {change: []};
+  }
+
+  function settle(item, answer) {
+    if (answer && answer.success) {
+      if (item.onResult) item.onResult(answer.result);
+      item.resolve(answer.result);
+    } else {
+      var message = (answer && answer.error) || "failed";
+      if (item.onError) item.onError(message);
+      item.reject(new Error(message));
+    }
+  }
+
+  function failAll(items, err) {
+    items.forEach(function (item) { settle(item, {success: false, error: err.message || String(err)}); });
+  }
+
+  Endpoint.prototype._send = function (items) {
+    var self = this;
+    var commands = items.map(function (item) { return item.data; });
+    var sent;
+    if (wsOpen) {
+      sent = wsSend({service: self.name, batch: commands});
+    } else {
+      sent = httpJson("POST", self.url, commands);
+    }
+    sent.then(function (answers) {
+      items.forEach(function (item, i) { settle(item, answers[i]); });
+    }, function (err) { failAll(items, err); });
+  };
+
+  Endpoint.prototype._enqueue = function (data, onResult, onError) {
+    var item = {data: data, onResult: onResult, onError: onError};
+    var promise = new Promise(function (resolve, reject) { item.resolve = resolve; item.reject = reject; });
+    promise.catch(function () {}); // callers may use callbacks only
+    return {item: item, promise: promise};
+  };
+
+  /* Queue a command; every command deferred in the same turn goes out as one batch. */
+  Endpoint.prototype.deferQuery = function (data, onResult, onError) {
+    var self = this;
+    var entry = this._enqueue(data, onResult, onError);
+    this.queue.push(entry.item);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setTimeout(function () { self.flush(); }, 0);
+    }
+    return entry.promise;
+  };
+
+  /* Send one command now, on its own. */
+  Endpoint.prototype.forceQuery = function (data, onResult, onError) {
+    var entry = this._enqueue(data, onResult, onError);
+    this._send([entry.item]);
+    return entry.promise;
+  };
+
+  Endpoint.prototype.flush = function () {
+    this.flushScheduled = false;
+    var items = this.queue;
+    this.queue = [];
+    if (items.length) this._send(items);
+  };
+
+  /* Listen to the service's change events: fn({service, version, events, reset}). */
+  Endpoint.prototype.on = function (kind, fn) {
+    (this.listeners[kind] = this.listeners[kind] || []).push(fn);
+    if (kind === "change") {
+      if (wsOpen) resubscribe();
+      else if (shmooze.mode === "polling") pollLoop(this.name);
+    }
+    return this;
+  };
+
+  Endpoint.prototype._deliver = function (event) {
+    var seen = this.version;
+    if (seen !== null && !event.reset && event.events) {
+      // A reconnecting client may be sent a change twice (catch-up, then the live feed).
+      event.events = event.events.filter(function (e) { return e.version > seen; });
+      if (!event.events.length) return;
+    }
+    if (typeof event.version === "number") this.version = event.version;
+    this.listeners.change.slice().forEach(function (fn) {
+      try { fn(event); } catch (e) { if (global.console) console.error(e); }
+    });
+    emit("change", event);
+  };
+
+  // -- start ------------------------------------------------------------------------------
+
+  /* Load settings.json, create the endpoints, open the connection. Resolves with shmooze. */
+  shmooze.connect = function (options) {
+    Object.keys(options || {}).forEach(function (k) { shmooze.options[k] = options[k]; });
+    return httpJson("GET", baseUrl() + "settings.json").then(function (data) {
+      shmooze.settings_data = data;
+      global.settings_data = data;
+      var ports = data.ports || {};
+      Object.keys(ports).forEach(function (name) {
+        if (name === "wsgi" || shmooze.endpoints[name]) return;
+        shmooze.endpoints[name] = new Endpoint(name, baseUrl() + name);
+      });
+      openWebSocket();
+      return shmooze;
+    }, function (err) {
+      setConnected(false);
+      throw err;
+    });
+  };
+
+  shmooze.Endpoint = Endpoint;
+  global.shmooze = shmooze;
+  global.Endpoint = Endpoint;
+  global.endpoints = shmooze.endpoints;
+  global.settings_data = null;
+})(typeof globalThis !== "undefined" ? globalThis : window);

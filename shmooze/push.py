@@ -1,0 +1,261 @@
+"""Push: change events and commands over the gateway's WebSocket.
+
+Messages from the browser (JSON text, ``id`` echoed in the answer):
+
+* ``{"id": 1, "service": "queue", "cmd": "add", "args": {...}}`` -> ``{"id": 1, "success": ..., ...}``
+* ``{"id": 2, "service": "queue", "batch": [{...}, ...]}`` -> ``{"id": 2, "answers": [...]}``
+* ``{"id": 3, "subscribe": {"queue": VERSION_OR_NULL, ...}}`` -> ``{"id": 3, "success": true,
+  "result": {"queue": {"version": V}}}``; then events are pushed as
+  ``{"event": "change", "service": "queue", "version": V, "events": [...], "reset"?: true}``
+* ``{"id": 4, "unsubscribe": ["queue"]}``
+
+Each gateway worker long-polls every watched service once (its ``changes`` command)
+and fans each batch of events out to all its subscribers, so 1,000 browsers cost
+one poll per service, not 1,000. Each connection has its own bounded outbox and
+writer, so one slow browser never delays the others; one that falls too far
+behind is disconnected (its page reconnects and reloads).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+from shmooze import protocol
+from shmooze.forward import ForwardError, ServiceProxy
+
+log = logging.getLogger(__name__)
+
+POLL_TIMEOUT = 20.0  # seconds a long poll waits at the service
+OUTBOX_LIMIT = 500  # messages a slow browser may be behind before it is dropped
+
+
+class Subscriber:
+    """One WebSocket connection's outbox, drained by its own writer thread (a greenlet under gevent)."""
+
+    def __init__(self, send: Callable[[str], None], close: Callable[[], None]):
+        self._send = send
+        self._close = close
+        self._outbox: queue.Queue[str | None] = queue.Queue(OUTBOX_LIMIT)
+        self.dropped = False
+        self._writer = threading.Thread(target=self._write_loop, name="ws-writer", daemon=True)
+        self._writer.start()
+
+    def push(self, text: str) -> None:
+        try:
+            self._outbox.put_nowait(text)
+        except queue.Full:
+            if not self.dropped:
+                self.dropped = True
+                log.warning("a WebSocket client fell %d messages behind; disconnecting it", OUTBOX_LIMIT)
+                self._close()
+
+    def _write_loop(self) -> None:
+        while True:
+            text = self._outbox.get()
+            if text is None:
+                return
+            try:
+                self._send(text)
+            except Exception:
+                self._close()
+                return
+
+    def stop(self) -> None:
+        try:
+            self._outbox.put_nowait(None)
+        except queue.Full:
+            pass
+
+
+class ServiceWatcher:
+    """Long-polls one service's change events while anyone subscribes, and fans them out."""
+
+    def __init__(self, proxy: ServiceProxy):
+        self.proxy = proxy
+        self.version: int | None = None
+        self._subscribers: set[Subscriber] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    def subscribe(self, sub: Subscriber) -> None:
+        with self._lock:
+            self._subscribers.add(sub)
+            if self._thread is None:
+                self._ready.clear()
+                self._thread = threading.Thread(target=self._run, name=f"watch-{self.proxy.name}", daemon=True)
+                self._thread.start()
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        with self._lock:
+            self._subscribers.discard(sub)
+
+    def current_version(self, timeout: float = 5.0) -> int | None:
+        self._ready.wait(timeout)
+        return self.version
+
+    def _ask(self, since: int, timeout: float) -> dict[str, Any]:
+        body = protocol.dumps({"cmd": "changes", "args": {"since": since, "timeout": timeout}})
+        reply = self.proxy.post(body)
+        answer = json.loads(reply.body)
+        ok, value = protocol.parse_answer(answer)
+        if not ok:
+            raise ForwardError(502, f"changes failed: {value}")
+        return value
+
+    def _run(self) -> None:
+        backoff = 0.0
+        while True:
+            with self._lock:
+                if not self._subscribers:
+                    self._thread = None
+                    return
+            try:
+                if self.version is None:
+                    self.version = self._ask(0, 0)["version"]
+                    self._ready.set()
+                    continue
+                result = self._ask(self.version, POLL_TIMEOUT)
+                backoff = 0.0
+            except (ForwardError, ValueError, KeyError, TypeError) as exc:
+                log.info("watching %s: %s", self.proxy.name, exc)
+                self._ready.set()
+                backoff = min(5.0, backoff * 2 or 0.25)
+                time.sleep(backoff)
+                continue
+            if result.get("events") or result.get("reset"):
+                self.publish(result)
+            self.version = result["version"]
+
+    def publish(self, result: dict[str, Any]) -> None:
+        message = change_message(self.proxy.name, result)
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for sub in subscribers:
+            sub.push(message)
+
+
+def change_message(service: str, result: dict[str, Any]) -> str:
+    out: dict[str, Any] = {"event": "change", "service": service, "version": result["version"],
+                           "events": result.get("events", [])}
+    if result.get("reset"):
+        out["reset"] = True
+    return json.dumps(out, separators=(",", ":"))
+
+
+class PushSession:
+    """The gateway's side of one WebSocket: commands in, answers and events out."""
+
+    def __init__(self, ws: Any, proxies: dict[str, ServiceProxy], watchers: dict[str, ServiceWatcher],
+                 authorize: Callable[[str, list[protocol.Item], dict[str, Any]], str | None]):
+        self.ws = ws
+        self.proxies = proxies
+        self.watchers = watchers
+        self.authorize = authorize
+        self.subscriber = Subscriber(ws.send, self._close)
+        self.subscribed: set[str] = set()
+
+    def _close(self) -> None:
+        try:
+            self.ws.close(1008, "too slow")
+        except Exception:
+            pass
+
+    def run(self) -> None:
+        try:
+            while True:
+                text = self.ws.receive()
+                if text is None:
+                    if self.ws.closed:
+                        return
+                    continue
+                self.subscriber.push(self.handle(text))
+        finally:
+            for name in self.subscribed:
+                self.watchers[name].unsubscribe(self.subscriber)
+            self.subscriber.stop()
+
+    def handle(self, text: str) -> str:
+        """Answer one message (as JSON text)."""
+        try:
+            msg = protocol.loads(text)
+        except protocol.BodyError as exc:
+            return _reply(None, protocol.error(str(exc)))
+        if not isinstance(msg, dict):
+            return _reply(None, protocol.error("a message must be a JSON object"))
+        mid = msg.get("id")
+        if "subscribe" in msg:
+            return _reply(mid, self.subscribe(msg["subscribe"]))
+        if "unsubscribe" in msg:
+            names = msg["unsubscribe"] if isinstance(msg["unsubscribe"], list) else []
+            for name in names:
+                if name in self.subscribed:
+                    self.subscribed.discard(name)
+                    self.watchers[name].unsubscribe(self.subscriber)
+            return _reply(mid, protocol.ok())
+        service = msg.get("service")
+        proxy = self.proxies.get(service) if isinstance(service, str) else None
+        if proxy is None:
+            return _reply(mid, protocol.error(f"no service named {protocol.short(service, 60)}"))
+        if "batch" in msg:
+            body: Any = msg["batch"]
+            if not isinstance(body, list):
+                return _reply(mid, protocol.error("'batch' must be a list of commands"))
+        else:
+            body = {k: v for k, v in msg.items() if k in ("cmd", "args")}
+        request = protocol.Request([protocol.to_item(c) for c in (body if isinstance(body, list) else [body])],
+                                   isinstance(body, list))
+        refusal = self.authorize(service, request.items, msg)
+        if refusal:
+            return _reply(mid, protocol.error(refusal))
+        try:
+            reply = proxy.post(protocol.dumps(body))
+            answer = json.loads(reply.body)
+        except ForwardError as exc:
+            return _reply(mid, protocol.error(exc.message))
+        except ValueError:
+            return _reply(mid, protocol.error(f"service {service!r} answered something that is not JSON"))
+        if isinstance(body, list):
+            return _reply(mid, {"answers": answer} if isinstance(answer, list) else answer)
+        return _reply(mid, answer)
+
+    def subscribe(self, spec: Any) -> dict[str, Any]:
+        if isinstance(spec, list):
+            spec = {name: None for name in spec}
+        if not isinstance(spec, dict):
+            return protocol.error("'subscribe' must be an object of service name to version (or null)")
+        unknown = [n for n in spec if n not in self.watchers]
+        if unknown:
+            return protocol.error(f"no service named {protocol.short(unknown[0], 60)}")
+        result = {}
+        for name, since in spec.items():
+            watcher = self.watchers[name]
+            if name not in self.subscribed:
+                self.subscribed.add(name)
+                watcher.subscribe(self.subscriber)
+            version = watcher.current_version()
+            if isinstance(since, int) and not isinstance(since, bool) and version is not None and since != version:
+                self._catch_up(name, since)
+            result[name] = {"version": version}
+        return protocol.ok(result)
+
+    def _catch_up(self, name: str, since: int) -> None:
+        """Send a returning client what it missed (or a reset) straight away."""
+        try:
+            missed = self.watchers[name]._ask(since, 0)
+        except (ForwardError, ValueError, KeyError, TypeError):
+            return
+        if missed.get("events") or missed.get("reset"):
+            self.subscriber.push(change_message(name, missed))
+
+
+def _reply(mid: Any, answer: dict[str, Any]) -> str:
+    out = dict(answer)
+    if mid is not None:
+        out["id"] = mid
+    return json.dumps(out, separators=(",", ":"))
