@@ -236,6 +236,22 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total
 
 
+def precise_cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by every thread of one process, to the nanosecond (from schedstat)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e9
+
+
 def family(pid: int) -> list[int]:
     """A process and its descendants."""
     try:
@@ -284,7 +300,7 @@ def fmt(value: float | None, unit: str) -> str:
     """A value with its unit, with a sensible number of digits."""
     if value is None:
         return "n/a"
-    if unit in ("req/s", "modules", "count"):
+    if unit in ("req/s", "processes"):
         return f"{value:,.0f} {unit}"
     if abs(value) >= 100:
         text = f"{value:,.0f}"
@@ -305,8 +321,7 @@ def ratio_row(measure: str, value: float, unit: str, floor: float, floor_label: 
               max_ratio: float | None = None, min_ratio: float | None = None, **detail: Any) -> Row:
     """A row compared to its floor as ``value / floor``, with an optional bound on the ratio."""
     ratio = value / floor if floor else float("inf")
-    compare = f"{ratio:.2f}x {floor_label}".strip()
-    row = Row(measure, value, unit, floor, floor_label, compare, detail=dict(detail, ratio=ratio))
+    row = Row(measure, value, unit, floor, floor_label, f"{ratio:.2f}x", detail=dict(detail, ratio=ratio))
     if max_ratio is not None:
         row.target = f"<= {max_ratio:g}x"
         row.compare += f" (target {row.target})"
@@ -330,7 +345,7 @@ def limit_row(measure: str, value: float, unit: str, *, at_most: float | None = 
     elif at_least is not None:
         row.target = f">= {fmt(at_least, unit)}"
         row.verdict = verdict(value >= at_least)
-    prefix = f"{value / floor:.2f}x {floor_label}; " if floor else ""
+    prefix = f"{value / floor:.2f}x; " if floor else ""
     row.compare = f"{prefix}target {row.target}" if row.target else prefix.rstrip("; ")
     return row
 

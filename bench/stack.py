@@ -24,6 +24,8 @@ class Stack:
         self.gateway_workers = gateway_workers
         self.dir = Path(tempfile.mkdtemp(prefix="shmooze-bench-"))
         self.ports = {name: free_port() for name in ("wsgi", "volume", "floor", "queue", "pool")}
+        #: A second floor, not in the settings: the bare app under the gateway's gunicorn settings.
+        self.gevent_floor_port = free_port()
         self.procs: dict[str, Proc] = {}
         self.failed = False
         self.settings_path = self.dir / "settings.json"
@@ -53,11 +55,17 @@ class Stack:
                       "--graceful-timeout", "15", "--no-control-socket", "--log-level", "warning",
                       "-b", f"127.0.0.1:{self.ports['floor']}", "floorapp:app"]
         self.procs["floor"] = Proc("floor", floor_argv, env, self.dir / "floor.log")
+        gevent_argv = [PYTHON, "-m", "gunicorn", "-k", "gevent", "-w", str(self.gateway_workers),
+                       "--worker-connections", "4000", "--keep-alive", "30", "--graceful-timeout", "15",
+                       "--no-control-socket", "--log-level", "warning",
+                       "-b", f"127.0.0.1:{self.gevent_floor_port}", "floorapp:app"]
+        self.procs["floor_gevent"] = Proc("floor_gevent", gevent_argv, env, self.dir / "floor_gevent.log")
         for name in ("volume", "queue", "pool", "wsgi"):
             argv = [PYTHON, "-m", "shmooze", "serve", name, "--settings", str(self.settings_path)]
             self.procs[name] = Proc(name, argv, env, self.dir / f"{name}.log")
+        ports = dict(self.ports, floor_gevent=self.gevent_floor_port)
         with ThreadPoolExecutor(len(self.procs)) as pool:
-            for fut in [pool.submit(p.wait_port, self.ports[n], 60) for n, p in self.procs.items()]:
+            for fut in [pool.submit(p.wait_port, ports[n], 60) for n, p in self.procs.items()]:
                 fut.result()
         # The services start their I/O thread and orphan guard on first use: do it now.
         for name in ("queue", "pool"):
@@ -70,7 +78,7 @@ class Stack:
 
     def stop(self) -> None:
         """Stop the gateway first, then the services and the floor; keep the logs if something failed."""
-        for name in ("wsgi", "queue", "pool", "volume", "floor"):
+        for name in ("wsgi", "queue", "pool", "volume", "floor", "floor_gevent"):
             proc = self.procs.pop(name, None)
             if proc is None:
                 continue

@@ -20,6 +20,7 @@ class ChangeLog:
         self.version = 0
         self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
         self._cond = threading.Condition()
+        self._closed = False
 
     def publish(self, kind: str, **details: Any) -> int:
         """Record one change; wake every waiter; return the new version."""
@@ -28,6 +29,12 @@ class ChangeLog:
             self._events.append({"version": self.version, "kind": kind, "time": time.time(), **details})
             self._cond.notify_all()
             return self.version
+
+    def close(self) -> None:
+        """Wake every waiter and make later waits return at once (the service is stopping)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     def since(self, version: int, timeout: float = 0.0) -> dict[str, Any]:
         """Events after ``version``, waiting up to ``timeout`` seconds for one.
@@ -38,7 +45,7 @@ class ChangeLog:
         """
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
-            while self.version == version:
+            while self.version == version and not self._closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

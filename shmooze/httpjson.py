@@ -59,19 +59,18 @@ def read_command_body(request: Request, max_bytes: int) -> bytes:
 
 
 def encode_or_fail(request: protocol.Request, answers: list[dict[str, Any]]) -> bytes:
-    """Encode answers; an answer whose result is not JSON becomes an error answer."""
+    """Encode answers; an answer whose result is not JSON (or nested too deeply) becomes an error answer."""
     try:
         return protocol.encode_answers(request, answers)
-    except (TypeError, ValueError):
-        fixed = []
-        for answer in answers:
+    except (TypeError, ValueError, RecursionError):
+        parts = []
+        for answer in answers:  # each on its own, so a batch's list adds no level of nesting
             try:
-                protocol.dumps(answer)
-                fixed.append(answer)
-            except (TypeError, ValueError) as exc:
+                parts.append(protocol.dumps(answer))
+            except (TypeError, ValueError, RecursionError) as exc:
                 log.error("answer is not JSON: %s", exc)
-                fixed.append(protocol.error(f"the command's result is not JSON: {exc}"))
-        return protocol.encode_answers(request, fixed)
+                parts.append(protocol.dumps(protocol.error(f"the command's result is not JSON: {exc}")))
+        return b"[" + b",".join(parts) + b"]" if request.batch else parts[0]
 
 
 class CommandApp:

@@ -13,6 +13,7 @@ none) or ``{"success": false, "error": MESSAGE}``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Union
 
@@ -60,14 +61,22 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: valid JSON text, but no answer holding it could be encoded again
+        raise ValueError(f"number {short(text, 40)} is out of range")
+    return value
+
+
 def loads(data: bytes | str) -> Any:
-    """Strict JSON decoding: UTF-8 only, no NaN or Infinity; every failure is a :class:`BodyError`."""
+    """Strict JSON decoding: UTF-8 only, no NaN or Infinity (nor numbers that overflow to it);
+    every failure is a :class:`BodyError`."""
     try:
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
     except UnicodeDecodeError as exc:
         raise BodyError(f"body is not UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise BodyError(f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:

@@ -114,6 +114,7 @@ class ServiceWatcher:
             with self._lock:
                 if not self._subscribers:
                     self._thread = None
+                    self.version = None  # learnt afresh when someone subscribes again
                     return
             try:
                 if self.version is None:

@@ -115,8 +115,11 @@ def gunicorn_options(settings: Settings, name: str, stateful: bool) -> dict[str,
         "control_socket_disable": True,  # one per user by default: several services would collide
     }
     if name == "wsgi":
+        # The gateway holds no state: on stop it gives requests in flight a few seconds, and open
+        # WebSockets (which would hold it for the whole graceful timeout) reconnect elsewhere.
         return {**common, "workers": int(settings.gateway_workers), "worker_class": "gevent",
-                "worker_connections": int(settings.get("gateway_connections", 4000)), "keepalive": 30}
+                "worker_connections": int(settings.get("gateway_connections", 4000)), "keepalive": 30,
+                "graceful_timeout": int(settings.get("gateway_stop_timeout", 3))}
     if stateful:
         return {**common, "workers": 1, "worker_class": "gthread", "threads": int(settings.service_threads),
                 "keepalive": 120}
@@ -125,6 +128,20 @@ def gunicorn_options(settings: Settings, name: str, stateful: bool) -> dict[str,
 
 
 _running: list[Any] = []
+
+
+def _post_worker_init(worker: Any) -> None:
+    """Once the worker is told to stop, release long polls at once, so it need not wait them out."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while worker.alive:
+            time.sleep(0.25)
+        for service in _running:
+            service.events.close()
+
+    threading.Thread(target=watch, name="stop-watch", daemon=True).start()
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
@@ -169,4 +186,5 @@ def serve(settings: Settings, name: str) -> None:
 
     options = gunicorn_options(settings, name, stateful)
     options["worker_exit"] = _worker_exit
+    options["post_worker_init"] = _post_worker_init
     _GunicornApp(load_service, options).run()

@@ -1,0 +1,140 @@
+"""A small stack for bench/push_bench.py and bench/soak.py: a gateway plus the services they name.
+
+Each process is ``python -m shmooze serve NAME --settings PATH`` in its own session, started with
+:class:`common.Proc` and stopped by its pid (then any descendant it left behind, by pid).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import psutil
+
+from common import PYTHON, Client, Proc, child_env, free_port
+
+log = logging.getLogger("bench.stack")
+
+
+def raise_nofile(want: int = 20000) -> int:
+    """Raise the soft RLIMIT_NOFILE towards the hard limit (at most ``want``); return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+class MiniStack:
+    """The gateway ("wsgi") and the given services, started on enter and stopped (by pid) on exit."""
+
+    def __init__(self, services: dict[str, str], prefix: str, extra: dict[str, Any] | None = None,
+                 start_timeout: float = 60.0):
+        self.services = services
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
+        self.ports = {"wsgi": free_port(), **{name: free_port() for name in services}}
+        self.settings: dict[str, Any] = {"ports": self.ports, "services": services, "public": ["ports"],
+                                         "log_database_path": str(self.dir / "log.db"), **(extra or {})}
+        self.settings_path = self.dir / "settings.json"
+        self.settings_path.write_text(json.dumps(self.settings, indent=2))
+        self.start_timeout = start_timeout
+        self.procs: dict[str, Proc] = {}
+        self.failed = False
+
+    def __enter__(self) -> MiniStack:
+        try:
+            self.start()
+        except BaseException:
+            self.failed = True
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.failed = self.failed or exc_type is not None
+        self.stop()
+
+    def start(self) -> None:
+        env = child_env()
+        env.pop("SHMOOZE_SETTINGS", None)
+        for name in [*self.services, "wsgi"]:
+            argv = [PYTHON, "-m", "shmooze", "serve", name, "--settings", str(self.settings_path)]
+            self.procs[name] = Proc(name, argv, env=env, log_path=self.dir / f"{name}.log", cwd=str(self.dir))
+        for name, proc in self.procs.items():
+            proc.wait_port(self.ports[name], self.start_timeout)
+        for name in self.services:  # services boot their I/O thread and orphan guard on first use
+            self.call(name, "status")
+        log.info("stack up in %s: ports %s", self.dir, self.ports)
+
+    def stop(self) -> None:
+        for name in ["wsgi", *self.services]:
+            proc = self.procs.pop(name, None)
+            if proc is None:
+                continue
+            try:
+                proc.stop()
+            except Exception:
+                self.failed = True
+                log.exception("stopping %s (pid %d) failed", name, proc.pid)
+        if self.failed:
+            log.warning("logs of the processes under test kept in %s", self.dir)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- views ---------------------------------------------------------------------------
+
+    def call(self, service: str, cmd: str, /, **args: Any) -> Any:
+        """One command straight to a service (not through the gateway)."""
+        client = Client(self.ports[service], timeout=30)
+        try:
+            return client.call(cmd, **args)
+        finally:
+            client.close()
+
+    def worker_pid(self, service: str) -> int:
+        """The worker process that holds a service's state (from its ``status``)."""
+        return int(self.call(service, "status")["pid"])
+
+    def gateway_workers(self) -> list[psutil.Process]:
+        """The gateway's gunicorn worker processes."""
+        try:
+            return psutil.Process(self.procs["wsgi"].pid).children()
+        except psutil.Error:
+            return []
+
+    def log_tail(self, name: str, chars: int = 3000) -> str:
+        proc = self.procs.get(name)
+        return proc.log_tail(chars) if proc else ""
+
+
+def reap_own_descendants(grace: float = 5.0) -> list[int]:
+    """SIGTERM, then SIGKILL, every descendant of this process still running (each by its pid)."""
+    try:
+        kids = psutil.Process(os.getpid()).children(recursive=True)
+    except psutil.Error:
+        return []
+    alive = [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
+    for kid in alive:
+        try:
+            os.kill(kid.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    _, left = psutil.wait_procs(alive, timeout=grace)
+    for kid in left:
+        try:
+            os.kill(kid.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    time.sleep(0)
+    return [k.pid for k in alive]

@@ -1,0 +1,348 @@
+"""js/shmooze.js and the jukebox demo page in a real (headless) Chromium, against real services.
+
+The queue, pool and volume services and the gateway run as gunicorn daemons (as in
+test_live.py); Playwright drives Debian's Chromium. Skipped where Chromium or the
+Playwright package is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    pytest.skip("the playwright Python package is not installed", allow_module_level=True)
+
+CHROMIUM = "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else shutil.which("chromium")
+if not CHROMIUM:  # pragma: no cover - depends on the machine
+    pytest.skip("no Chromium (/usr/bin/chromium or chromium on PATH) to drive", allow_module_level=True)
+
+from shmooze.client import Client  # noqa: E402
+from tests.helpers import ROOT, free_port, gone, start_service, wait_for, write_settings  # noqa: E402
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TEST_PAGE = Path(__file__).resolve().parent / "browser_static" / "plain.html"
+SERVICES = ("queue", "pool", "volume")
+TIMEOUT_MS = 10_000
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def jukebox(tmp_path_factory):
+    """The demo's three services and the gateway; ``procs["wsgi"]`` may be replaced by a test."""
+    tmp = tmp_path_factory.mktemp("browser")
+    ports = {"wsgi": free_port(), **{name: free_port() for name in SERVICES}}
+    path = write_settings(
+        tmp / "settings.json", ports=ports,
+        services={"queue": "jukebox.app:make_queue", "pool": "jukebox.app:make_pool",
+                  "volume": "jukebox.volume:Volume"},
+        public=["ports", "wsgi_prefix", "app_name"], app_name="test jukebox",
+        static_path=str(ROOT / "examples" / "jukebox" / "static"), log_database_path=str(tmp / "log.db"),
+        # An idle service holds the gateway's 20 s long poll open; don't wait all of it when stopping.
+        stop_timeout=3)
+    procs = {}
+    try:
+        for name in SERVICES:
+            procs[name] = start_service(path, name, tmp)
+        procs["wsgi"] = start_service(path, "wsgi", tmp)
+        url = f"http://127.0.0.1:{ports['wsgi']}/"
+        yield {"path": path, "tmp": tmp, "ports": ports, "url": url, "procs": procs, "client": Client(url)}
+    finally:
+        pids = []
+        # The gateway first: its long polls keep the services' workers busy until it goes.
+        for name in ("wsgi", *SERVICES):
+            proc = procs.get(name)
+            if proc is None:
+                continue
+            pids.append(proc.pid)
+            try:
+                proc.stop()
+            finally:
+                proc.kill_everything()
+                pids.extend(proc._seen)
+        assert all(gone(pid) for pid in pids)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium (fresh temporary profile) for the module; its processes are checked gone."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    pw = sync_playwright().start()
+    started: set[int] = set()
+    try:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
+        try:
+            started = {p.pid for p in me.children(recursive=True)} - before
+            assert any("chromium" in _cmdline(pid) for pid in started), "Chromium was not started"
+            yield chromium
+        finally:
+            started |= {p.pid for p in me.children(recursive=True)} - before
+            chromium.close()
+    finally:
+        pw.stop()
+        wait_for(lambda: all(gone(pid) for pid in started), 15, what="Chromium and the Playwright driver to end")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.NoSuchProcess:
+        return ""
+
+
+class PageNet:
+    """One page's HTTP requests and WebSocket frames, as they happen."""
+
+    def __init__(self, page):
+        self.requests = []  # (method, url, post body)
+        self.sockets = []  # WebSocket URLs opened
+        self.sent = []  # WebSocket frames sent, parsed
+        self.received = []  # WebSocket frames received, parsed
+        page.on("request", lambda r: self.requests.append((r.method, r.url, r.post_data)))
+        page.on("websocket", self._on_socket)
+
+    def _on_socket(self, ws):
+        self.sockets.append(ws.url)
+        ws.on("framesent", lambda payload: self.sent.append(_parse(payload)))
+        ws.on("framereceived", lambda payload: self.received.append(_parse(payload)))
+
+
+def _parse(payload):
+    try:
+        return json.loads(payload)
+    except (TypeError, ValueError):
+        return payload
+
+
+@pytest.fixture
+def page(browser, jukebox):
+    """A page in its own browser context, recording its traffic in ``page.net``; the queue starts empty."""
+    client = jukebox["client"]
+    uids = [item["uid"] for item in client.queue.queue()]
+    if uids:
+        client.queue.rm(uids=uids)
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    try:
+        pg = context.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        pg.net = PageNet(pg)
+        errors = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        yield pg
+        assert not errors, f"JavaScript errors on the page: {errors}"
+    finally:
+        context.close()
+
+
+def open_demo(page, url):
+    page.goto(url)
+    page.wait_for_function("window.jukeboxReady === true && shmooze.mode === 'websocket' && shmooze.connected")
+    page.wait_for_selector("#clock")  # the first answers are in
+
+
+def open_test_page(page, url, **options):
+    """The bare page with shmooze.js, served at the gateway's origin, connected with ``options``."""
+    page.route(url + "plain.html", lambda route: route.fulfill(path=str(TEST_PAGE), content_type="text/html"))
+    page.goto(url + "plain.html")
+    page.evaluate("options => shmooze.connect(options).then(() => true)", options)
+
+
+def add_countdown(client, seconds=30, label="countdown"):
+    return client.queue.add(type="countdown", args={"seconds": seconds, "label": label})["uid"]
+
+
+WATCH_REMAINING = """() => {
+    window.seenRemaining = [];
+    const body = document.getElementById("now-body");
+    const note = () => {
+        const node = document.getElementById("now-remaining");
+        const text = node && node.textContent;
+        if (text && window.seenRemaining[window.seenRemaining.length - 1] !== text) window.seenRemaining.push(text);
+    };
+    new MutationObserver(note).observe(body, {childList: true, subtree: true, characterData: true});
+    note();
+}"""
+
+
+def wait_for_remaining_changes(page, count):
+    page.wait_for_function(f"window.seenRemaining.length >= {count}")
+    return page.evaluate("window.seenRemaining")
+
+
+# -- the tests -----------------------------------------------------------------------------
+
+def test_page_loads_settings_and_endpoints(page, jukebox):
+    open_demo(page, jukebox["url"])
+    assert sorted(page.evaluate("Object.keys(endpoints)")) == ["pool", "queue", "volume"]
+    assert page.evaluate("settings_data.app_name") == "test jukebox"
+    assert page.evaluate("settings_data.ports") == jukebox["ports"]
+    assert page.inner_text("#app-name") == "test jukebox" and page.title() == "test jukebox"
+    assert page.is_visible("#online") and not page.is_visible("#lost") and not page.is_visible("#offline")
+    types = page.eval_on_selector_all("#add-type option", "opts => opts.map(o => o.value)")
+    assert sorted(types) == ["countdown", "shout", "text"]
+    assert page.input_value("#add-type") == "text"
+    assert page.input_value("#volume") == "50" and page.inner_text("#volume-level") == "50%"
+    assert page.wait_for_selector("#clock").inner_text().count(":") == 2
+
+
+def test_add_from_the_page(page, jukebox):
+    open_demo(page, jukebox["url"])
+    text = "one two three four five six seven eight nine ten eleven twelve"
+    page.fill("#add-text", text)
+    page.click("#add-button")
+    item = page.wait_for_selector("#queue li[data-uid]")
+    uid = item.get_attribute("data-uid")
+    assert item.query_selector(".tag").inner_text() == "text"
+    page.wait_for_function("document.querySelector('#now-body .title') && "
+                           f"document.querySelector('#now-body .title').textContent === {json.dumps(text)}")
+    assert page.get_attribute("#now-body", "data-uid") == uid
+    assert page.input_value("#add-text") == ""  # the form is cleared once the add succeeded
+    queued = jukebox["client"].queue.queue()
+    assert [(q["uid"], q["type"]) for q in queued] == [(uid, "text")]
+    # The queue's own parameter events move the spoken words along on the page.
+    page.wait_for_function("document.getElementById('now-spoken').textContent.indexOf('one two') >= 0")
+    # Commands from the page go over the WebSocket, not HTTP.
+    add = [m for m in page.net.sent if isinstance(m, dict) and m.get("service") == "queue"
+           and any(c.get("cmd") == "add" for c in m.get("batch", [m]))]
+    assert len(add) == 1 and add[0]["batch"][0]["args"] == {"type": "text", "args": {"text": text}}
+
+
+def test_parameter_changes_are_pushed_without_polling(page, jukebox):
+    open_demo(page, jukebox["url"])
+    page.evaluate(WATCH_REMAINING)
+    start_requests = len(page.net.requests)
+    start_sockets = len(page.net.sockets)
+    start_received = len(page.net.received)
+    url = page.url
+    add_countdown(jukebox["client"], 30, "launch")
+    seen = wait_for_remaining_changes(page, 5)
+    assert len(set(seen)) >= 5 and all(s.endswith(" s") for s in seen)
+    values = [float(s.split()[0]) for s in seen]
+    assert values == sorted(values, reverse=True) and values[0] <= 30.0
+    assert page.inner_text("#now-body .title") == "launch"
+    assert page.url == url  # no reload
+    assert page.net.requests[start_requests:] == [], "the page made HTTP requests while the WebSocket was up"
+    assert len(page.net.sockets) == start_sockets  # and no new WebSocket either
+    assert page.evaluate("shmooze.mode") == "websocket"
+    pushed = [m for m in page.net.received[start_received:] if isinstance(m, dict) and m.get("event") == "change"
+              and any("remaining" in (e.get("set") or {}) for e in m.get("events", []))]
+    assert len(pushed) >= 4
+
+
+def test_deferred_queries_are_batched_over_the_websocket(page, jukebox):
+    open_demo(page, jukebox["url"])
+    start_requests = len(page.net.requests)
+    start_sent = len(page.net.sent)
+    levels = page.evaluate("""() => {
+        const before = shmooze.stats.wsMessagesSent;
+        const all = [10, 20, 30].map(level => endpoints.volume.deferQuery({cmd: "set_volume", args: {level}}));
+        if (shmooze.stats.wsMessagesSent !== before) throw new Error("deferQuery sent at once");
+        return Promise.all(all).then(results => results.map(r => r.level));
+    }""")
+    assert levels == [10, 20, 30]
+    mine = [m for m in page.net.sent[start_sent:] if isinstance(m, dict) and "set_volume" in json.dumps(m)]
+    assert mine == [{"id": mine[0]["id"], "service": "volume",
+                     "batch": [{"cmd": "set_volume", "args": {"level": lv}} for lv in (10, 20, 30)]}]
+    assert page.net.requests[start_requests:] == []
+    # The volume's change event makes the page read it again.
+    page.wait_for_function("document.getElementById('volume-level').textContent === '30%'")
+
+
+def test_deferred_queries_are_batched_over_http_without_websocket(page, jukebox):
+    open_test_page(page, jukebox["url"], websocket=False)
+    assert page.evaluate("shmooze.mode") == "polling"
+    start = len(page.net.requests)
+    answers = page.evaluate("""() => {
+        const before = shmooze.stats.httpRequests;
+        const all = [endpoints.volume.deferQuery({cmd: "set_volume", args: {level: 40}}),
+                     endpoints.volume.deferQuery({cmd: "set_volume", args: {level: 101}}),
+                     endpoints.volume.deferQuery({cmd: "get_volume"})];
+        if (shmooze.stats.httpRequests !== before) throw new Error("deferQuery sent at once");
+        return Promise.allSettled(all).then(rs => rs.map(r => r.status === "fulfilled" ? r.value : "error: " + r.reason.message));
+    }""")
+    assert answers[0] == {"level": 40, "muted": False} and answers[2] == {"level": 40, "muted": False}
+    assert answers[1].startswith("error: ") and "from 0 to 100" in answers[1]
+    posts = [r for r in page.net.requests[start:] if r[0] == "POST"]
+    assert len(posts) == 1
+    method, url, body = posts[0]
+    assert url == jukebox["url"] + "volume"
+    assert json.loads(body) == [{"cmd": "set_volume", "args": {"level": 40}},
+                                {"cmd": "set_volume", "args": {"level": 101}}, {"cmd": "get_volume"}]
+    assert page.net.sockets == []
+
+
+def test_polling_fallback_delivers_changes(page, jukebox):
+    open_test_page(page, jukebox["url"], websocket=False, pollTimeout=5)
+    page.evaluate("""() => {
+        window.changes = [];
+        endpoints.queue.on("change", event => window.changes.push(event));
+    }""")
+    page.wait_for_function("endpoints.queue.version !== null && shmooze.connected === true")
+    assert page.is_visible("#up") and not page.is_visible("#down")
+    uid = add_countdown(jukebox["client"], 20, "polled")
+    page.wait_for_function(f"""window.changes.filter(c => c.events.some(e =>
+        e.uid === {json.dumps(uid)} && e.set && typeof e.set.remaining === "number")).length >= 3""")
+    changes = page.evaluate("window.changes")
+    assert all(c["service"] == "queue" for c in changes)
+    versions = [c["version"] for c in changes]
+    assert versions == sorted(versions) and len(set(versions)) == len(versions)
+    assert any(e.get("kind") != "parameters" and e.get("uid") == uid for c in changes for e in c["events"])
+    assert page.evaluate("shmooze.mode") == "polling"
+    assert page.net.sockets == [] and page.evaluate("shmooze.stats.wsMessagesSent") == 0
+    polls = [json.loads(body) for method, url, body in page.net.requests
+             if method == "POST" and url == jukebox["url"] + "queue"]
+    assert len(polls) >= 3 and all(p["cmd"] == "changes" for p in polls)
+    assert any(p["args"]["timeout"] == 5 for p in polls)
+
+
+def test_gateway_restart_shows_disconnect_and_resumes(page, jukebox):
+    open_demo(page, jukebox["url"])
+    assert page.is_visible("#online") and not page.is_visible("#lost")
+    procs = jukebox["procs"]
+    old = procs["wsgi"]
+    old.stop()
+    assert gone(old.pid)
+    page.wait_for_selector("#lost", state="visible")
+    assert page.is_visible("#offline") and page.is_hidden("#online")
+    assert page.evaluate("shmooze.connected") is False
+    procs["wsgi"] = start_service(jukebox["path"], "wsgi", Path(tempfile.mkdtemp(dir=jukebox["tmp"])))
+    page.wait_for_selector("#online", state="visible")
+    assert page.is_hidden("#lost") and page.is_hidden("#offline")
+    page.evaluate(WATCH_REMAINING)
+    add_countdown(jukebox["client"], 30, "after restart")
+    page.wait_for_function("document.querySelector('#now-body .title') && "
+                           "document.querySelector('#now-body .title').textContent === 'after restart'")
+    seen = wait_for_remaining_changes(page, 3)
+    assert len(set(seen)) >= 3
+    assert page.evaluate("shmooze.stats.reconnects") >= 1
+
+
+def test_screenshot_with_items_queued(page, jukebox):
+    """The page with a few items queued lays out without overflow; SHMOOZE_SCREENSHOT=PATH keeps a picture."""
+    client = jukebox["client"]
+    add_countdown(client, 90, "tea is ready")
+    client.queue.add(type="text", args={"text": "the quick brown fox jumps over the lazy dog " * 3})
+    client.queue.add(type="shout", args={"text": "hello from bash"})
+    client.pool.add(type="blinker", args={"color": "royalblue"})
+    open_demo(page, jukebox["url"])
+    page.wait_for_function("document.querySelectorAll('#queue li[data-uid]').length === 3")
+    page.wait_for_selector("#lights li[data-uid]")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    labels = page.eval_on_selector_all("#queue li .label", "ls => ls.map(l => l.textContent)")
+    assert labels[0].startswith("tea is ready") and labels[2] == "hello from bash"
+    target = os.environ.get("SHMOOZE_SCREENSHOT")
+    if target:
+        page.screenshot(path=target, full_page=True)
+    for light in client.pool.pool():
+        client.pool.rm(uids=[light["uid"]])

@@ -1,0 +1,179 @@
+"""Change events: versioning, waiting, the WebSocket command path, and ``shmz watch``."""
+
+import json
+import subprocess
+import threading
+import time
+
+import pytest
+
+from shmooze.client import Client
+from shmooze.events import ChangeLog
+from shmooze.websocket import WebSocketClient
+from tests.helpers import PYTHON, Proc, free_port, start_service, wait_for, write_settings
+from tests.sample_service import Sample
+
+
+def test_versions_increase_and_since_returns_only_newer():
+    log = ChangeLog()
+    assert log.since(0) == {"version": 0, "events": []}
+    assert log.publish("a", x=1) == 1
+    assert log.publish("b") == 2
+    result = log.since(1)
+    assert result["version"] == 2 and [e["kind"] for e in result["events"]] == ["b"]
+    assert [e["version"] for e in log.since(0)["events"]] == [1, 2]
+
+
+def test_since_waits_for_a_change_or_times_out():
+    log = ChangeLog()
+    started = time.monotonic()
+    assert log.since(0, timeout=0.2)["events"] == []
+    assert time.monotonic() - started >= 0.19
+    timer = threading.Timer(0.05, lambda: log.publish("late"))
+    timer.start()
+    result = log.since(0, timeout=5)
+    timer.join()
+    assert [e["kind"] for e in result["events"]] == ["late"]
+
+
+def test_reset_when_too_far_behind_or_ahead():
+    log = ChangeLog(keep=3)
+    for i in range(10):
+        log.publish("e", i=i)
+    assert log.since(2) == {"version": 10, "events": [], "reset": True}  # events 3..7 were dropped
+    assert [e["version"] for e in log.since(7)["events"]] == [8, 9, 10]
+    assert log.since(50)["reset"] is True  # a client from before the service restarted
+
+
+def test_service_changes_command_caps_the_wait():
+    svc = Sample()
+    svc.changed("x")
+    assert svc.changes(since=0)["events"][0]["service"] == "sample"
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("push")
+    ports = {"wsgi": free_port(), "volume": free_port(), "queue": free_port()}
+    path = write_settings(tmp / "settings.json", ports=ports, public=["ports"],
+                          services={"volume": "jukebox.volume:Volume", "queue": "tests.apps:make_queue"},
+                          allowed_origins=["http://allowed.example"])
+    procs = [start_service(path, "volume", tmp), start_service(path, "queue", tmp), start_service(path, "wsgi", tmp)]
+    try:
+        yield {"ports": ports, "url": f"http://127.0.0.1:{ports['wsgi']}/", "ws": f"ws://127.0.0.1:{ports['wsgi']}/ws"}
+    finally:
+        for proc in reversed(procs):
+            try:
+                proc.stop()
+            finally:
+                proc.kill_everything()
+
+
+def receive_json(ws, timeout=5.0):
+    text = ws.receive(timeout)
+    assert text is not None, "no message in time"
+    return json.loads(text)
+
+
+def test_websocket_commands_and_batches(gateway):
+    with WebSocketClient.connect(gateway["ws"], timeout=5) as ws:
+        ws.send(json.dumps({"id": 7, "service": "volume", "cmd": "set_volume", "args": {"level": 12}}))
+        assert receive_json(ws) == {"success": True, "result": {"level": 12, "muted": False}, "id": 7}
+        ws.send(json.dumps({"id": 8, "service": "volume", "batch": [{"cmd": "get_volume"}, {"cmd": "nope"}]}))
+        answer = receive_json(ws)
+        assert answer["id"] == 8 and answer["answers"][0]["result"]["level"] == 12
+        assert answer["answers"][1]["success"] is False
+        for bad, fragment in [("{", "not JSON"), ("[1]", "JSON object"),
+                              (json.dumps({"id": 9, "service": "nosuch", "cmd": "x"}), "no service named"),
+                              (json.dumps({"id": 10, "service": "volume", "batch": 3}), "must be a list"),
+                              (json.dumps({"id": 11, "subscribe": {"nosuch": None}}), "no service named")]:
+            ws.send(bad)
+            answer = receive_json(ws)
+            assert answer["success"] is False and fragment in answer["error"], answer
+        ws.send(json.dumps({"id": 12, "service": "volume", "cmd": "get_volume"}))
+        assert receive_json(ws)["result"]["level"] == 12  # still serving after bad messages
+
+
+def test_subscribers_get_change_events_pushed(gateway):
+    client = Client(gateway["url"])
+    with WebSocketClient.connect(gateway["ws"], timeout=5) as ws:
+        ws.send(json.dumps({"id": 1, "subscribe": {"volume": None}}))
+        first = receive_json(ws)
+        version = first["result"]["volume"]["version"]
+        client.volume.set_volume(level=33)
+        event = receive_json(ws)
+        assert event["event"] == "change" and event["service"] == "volume" and event["version"] > version
+        assert event["events"][-1]["kind"] == "volume" and event["events"][-1]["level"] == 33
+
+
+def test_returning_subscriber_catches_up(gateway):
+    client = Client(gateway["url"])
+    since = client.volume.changes(since=0)["version"]
+    client.volume.set_volume(level=44)
+    client.volume.set_volume(level=45)
+    with WebSocketClient.connect(gateway["ws"], timeout=5) as ws:
+        ws.send(json.dumps({"id": 1, "subscribe": {"volume": since}}))
+        levels = {}
+
+        def caught_up():
+            msg = receive_json(ws)
+            for e in msg.get("events", []):
+                if e["kind"] == "volume":
+                    levels[e["version"]] = e["level"]
+            return {44, 45} <= set(levels.values())
+
+        wait_for(caught_up, 10, interval=0, what="the missed events")
+        assert [levels[v] for v in sorted(levels)][-2:] == [44, 45]
+
+
+def test_module_parameters_are_pushed(gateway):
+    client = Client(gateway["url"])
+    with WebSocketClient.connect(gateway["ws"], timeout=5) as ws:
+        ws.send(json.dumps({"id": 1, "subscribe": ["queue"]}))
+        receive_json(ws)
+        uid = client.queue.add(type="good")["uid"]
+        seen = []
+
+        def got_play():
+            msg = json.loads(ws.receive(5) or "{}")
+            seen.extend(msg.get("events", []))
+            return any(e["kind"] == "parameters" and e["uid"] == uid and "play" in e.get("set", {}).get("log", [])
+                       for e in seen)
+
+        wait_for(got_play, 10, interval=0, what="the module's play to be pushed")
+        assert any(e["kind"] == "added" and e["uid"] == uid for e in seen)
+        client.queue.rm(uids=[uid])
+
+
+def test_foreign_origin_is_refused_and_allowed_one_accepted(gateway):
+    from shmooze.websocket import HandshakeError
+
+    with pytest.raises(HandshakeError) as info:
+        WebSocketClient.connect(gateway["ws"], origin="http://evil.example", timeout=5)
+    assert info.value.status == 403
+    WebSocketClient.connect(gateway["ws"], origin="http://allowed.example", timeout=5).close()
+
+
+def test_plain_get_on_the_websocket_endpoint_is_a_json_error(gateway):
+    import requests
+
+    resp = requests.get(gateway["url"] + "ws", timeout=5)
+    assert resp.status_code == 400 and resp.json()["success"] is False
+
+
+def test_shmz_watch_prints_events(gateway, tmp_path):
+    watcher = Proc([PYTHON, "-m", "shmooze.cli.shmz", "--url", gateway["url"], "watch", "volume"],
+                   log_path=tmp_path / "watch.log")
+    try:
+        client = Client(gateway["url"])
+
+        def printed():
+            client.volume.set_volume(level=77)
+            return any(json.loads(line).get("level") == 77 for line in watcher.log().splitlines() if line.startswith("{"))
+
+        wait_for(printed, 15, interval=0.2, what="shmz watch to print the change")
+    finally:
+        watcher.stop(timeout=10)
+    proc = subprocess.run([PYTHON, "-m", "shmooze.cli.shmz", "--url", f"http://127.0.0.1:{free_port()}/",
+                           "watch", "volume"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "connection refused" in proc.stderr
