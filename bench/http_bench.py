@@ -31,6 +31,7 @@ def targets(stack: Stack) -> dict[str, Target]:
     p = stack.ports
     return {
         "floor": Target("bare WSGI floor", p["floor"], "/", ("floor",)),
+        "floor_gevent": Target("bare WSGI floor, gevent", stack.gevent_floor_port, "/", ("floor_gevent",)),
         "direct": Target("volume direct", p["volume"], "/", ("volume",)),
         "gateway": Target("gateway -> volume", p["wsgi"], "/volume", ("wsgi", "volume")),
         "gw_floor": Target("gateway -> floor", p["wsgi"], "/floor", ("wsgi", "floor")),
@@ -72,6 +73,10 @@ def one_connection_section(stack: Stack, n: int, warmup: int) -> Section:
     sec.add(ratio_row("gateway -> volume p99", p99["gateway"], "ms", p99["floor"], "floor"))
     sec.add(limit_row("gateway p50 minus direct p50", p50["gateway"] - p50["direct"], "ms", at_most=0.5))
     sec.add(ratio_row("gateway -> floor p50 (gateway cost alone)", p50["gw_floor"], "ms", p50["floor"], "floor"))
+    sec.add(ratio_row("floor under the gateway's settings (gevent) p50", p50["floor_gevent"], "ms", p50["floor"],
+                      "floor"))
+    sec.notes.append("The floor is floorapp.py under gunicorn gthread, 1 worker, 32 threads (a service's "
+                     "settings); the gevent floor is the same app under 2 gevent workers (the gateway's).")
     return sec
 
 
@@ -93,23 +98,32 @@ def throughput(stack: Stack, target: Target, procs: int, conns: int, duration: f
     return result, per_req
 
 
-def throughput_section(stack: Stack, procs: int, conns: int, duration: float) -> Section:
+def throughput_section(stack: Stack, procs: int, conns: int, duration: float, rounds: int) -> Section:
+    """Each target in turn, ``rounds`` times; requests/s and CPU per request averaged over the rounds."""
     tg = targets(stack)
-    res = {k: throughput(stack, t, procs, conns, duration) for k, t in tg.items()}
-    rps = {k: r.rps for k, (r, _) in res.items()}
-    cpu = {k: c for k, (_, c) in res.items()}
+    runs: dict[str, list[tuple[loadgen.LoadResult, float]]] = {k: [] for k in tg}
+    for _ in range(rounds):
+        for k, t in tg.items():
+            runs[k].append(throughput(stack, t, procs, conns, duration))
+    rps = {k: sum(r.rps for r, _ in v) / len(v) for k, v in runs.items()}
+    cpu = {k: sum(c for _, c in v) / len(v) for k, v in runs.items()}
     sec = Section(f"A2. HTTP throughput, {procs * conns} kept-alive connections "
-                  f"({procs} load processes x {conns}), {duration:g} s per target")
-    sec.add(Row("floor", rps["floor"], "req/s"))
-    sec.add(ratio_row("direct", rps["direct"], "req/s", rps["floor"], "floor"))
-    sec.add(ratio_row("gateway -> volume", rps["gateway"], "req/s", rps["floor"], "floor"))
+                  f"({procs} load processes x {conns}), {rounds} x {duration:g} s per target, interleaved")
+    sec.add(Row("floor", rps["floor"], "req/s", detail={"rounds": [r.rps for r, _ in runs["floor"]]}))
+    sec.add(ratio_row("direct", rps["direct"], "req/s", rps["floor"], "floor",
+                      rounds=[r.rps for r, _ in runs["direct"]]))
+    sec.add(ratio_row("gateway -> volume", rps["gateway"], "req/s", rps["floor"], "floor",
+                      rounds=[r.rps for r, _ in runs["gateway"]]))
     sec.add(ratio_row("gateway -> volume vs direct", rps["gateway"], "req/s", rps["direct"], "direct", min_ratio=0.7))
     sec.add(ratio_row("gateway -> floor", rps["gw_floor"], "req/s", rps["floor"], "floor"))
+    sec.add(ratio_row("floor under the gateway's settings (gevent)", rps["floor_gevent"], "req/s", rps["floor"],
+                      "floor"))
     sec.add(Row("server CPU per request: floor", cpu["floor"], "ms"))
     sec.add(ratio_row("server CPU per request: direct", cpu["direct"], "ms", cpu["floor"], "floor"))
     sec.add(ratio_row("server CPU per request: gateway + volume", cpu["gateway"], "ms", cpu["floor"], "floor"))
     sec.add(ratio_row("server CPU per request: gateway + floor", cpu["gw_floor"], "ms", cpu["floor"], "floor"))
-    busiest = max(r.loadgen_cores for r, _ in res.values())
+    sec.add(ratio_row("server CPU per request: gevent floor", cpu["floor_gevent"], "ms", cpu["floor"], "floor"))
+    busiest = max(r.loadgen_cores for v in runs.values() for r, _ in v)
     sec.add(Row("load generator CPU (busiest run)", busiest, "cores"))
     sec.notes.append("Server CPU per request is the user+system CPU of the serving processes (gunicorn masters "
                      "and workers) during the run divided by the requests completed; 2 cores in all.")
@@ -171,10 +185,39 @@ def _requests(port: int) -> tuple[str, object]:
     return "requests.Session", (hop, session.close)
 
 
+def _gateway_app(port: int) -> tuple[str, object]:
+    """The gateway's WSGI app called in this process (werkzeug request/response plus the ServiceProxy hop)."""
+    import io
+
+    from shmooze.gateway import Gateway
+    from shmooze.settings import Settings
+
+    gateway = Gateway(Settings({"ports": {"wsgi": 1, "floor": port}}))
+    base = {"REQUEST_METHOD": "POST", "PATH_INFO": "/floor", "SCRIPT_NAME": "", "QUERY_STRING": "",
+            "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(GET_VOLUME)), "SERVER_NAME": HOST,
+            "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "HTTP_HOST": HOST}
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> None:
+        statuses.append(status)
+
+    def hop() -> None:
+        environ = dict(base, **{"wsgi.input": io.BytesIO(GET_VOLUME)})
+        b"".join(gateway(environ, start_response))
+        if not statuses.pop().startswith("200"):
+            raise RuntimeError("the gateway app did not answer 200")
+
+    def close() -> None:
+        for proxy in gateway.proxies.values():
+            proxy.close()
+
+    return "gateway WSGI app in-process (werkzeug + ServiceProxy)", (hop, close)
+
+
 def forwarding_section(stack: Stack, n: int, warmup: int, rounds: int = 5) -> Section:
     """CPU time per hop to the floor server for each HTTP client library, interleaved in rounds."""
     port = stack.ports["floor"]
-    makers = [_http_client, _service_proxy, _urllib3, _requests]
+    makers = [_http_client, _service_proxy, _gateway_app, _urllib3, _requests]
     clients = [m(port) for m in makers]
     cpu: dict[str, float] = {label: 0.0 for label, _ in clients}
     wall: dict[str, float] = {label: 0.0 for label, _ in clients}
@@ -203,20 +246,21 @@ def forwarding_section(stack: Stack, n: int, warmup: int, rounds: int = 5) -> Se
         sec.add(ratio_row(label, ms[label], "ms", ms[base_label], "http.client",
                           wall_ms=wall[label] * 1000.0 / total))
     sec.notes.append("The gateway forwards with shmooze.forward.ServiceProxy, a pool of kept-alive "
-                     "http.client connections.")
+                     "http.client connections; the in-process gateway row is its whole WSGI app without "
+                     "gunicorn and gevent.")
     return sec
 
 
 def run(stack: Stack, quick: bool) -> list[Section]:
     """Every HTTP benchmark; fewer requests and shorter windows with ``quick``."""
     n, warmup = (500, 100) if quick else (2000, 200)
-    duration = 2.0 if quick else 5.0
+    duration, rounds = (2.0, 1) if quick else (3.0, 2)
     hops = 1000 if quick else 3000
     sections = []
     log.info("A1: one connection, %d requests per target", n)
     sections.append(one_connection_section(stack, n, warmup))
-    log.info("A2: throughput, %g s per target", duration)
-    sections.append(throughput_section(stack, 4, 4, duration))
+    log.info("A2: throughput, %d x %g s per target", rounds, duration)
+    sections.append(throughput_section(stack, 4, 4, duration, rounds))
     log.info("A3: forwarding clients, %d hops each", hops)
     sections.append(forwarding_section(stack, hops, 100))
     return sections

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 
 from common import (BENCH, HOST, PYTHON, BenchError, Client, Proc, Row, Section, child_env, encode_command, fmt,
-                    limit_row, median, percentile, ratio_row, wait_until)
+                    limit_row, median, percentile, precise_cpu_seconds, ratio_row, wait_until)
 from stack import Stack
 
 log = logging.getLogger("bench.modules")
@@ -30,7 +30,8 @@ TRIVIAL = "trivial"
 class FloorParent:
     """Spawns ``floor_child.py`` against its own listening socket, as a module host would, minus everything else."""
 
-    def __init__(self) -> None:
+    def __init__(self, python_flags: tuple[str, ...] = ()) -> None:
+        self.python_flags = list(python_flags)
         self.listener = socket.socket()
         self.listener.bind((HOST, 0))
         self.listener.listen(16)
@@ -41,7 +42,7 @@ class FloorParent:
     def cycle(self) -> tuple[float, float]:
         """One child: (spawn until its answer arrived, exit command until reaped), in ms."""
         t0 = time.perf_counter()
-        proc = subprocess.Popen([PYTHON, FLOOR_CHILD, HOST, str(self.port)], env=self.env, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([PYTHON, *self.python_flags, FLOOR_CHILD, HOST, str(self.port)], env=self.env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         conn = None
         try:
@@ -101,16 +102,19 @@ def add_rm_cycles(port: int, n: int) -> tuple[list[float], list[float]]:
 
 def start_stop_section(stack: Stack, n: int, warmup: int) -> tuple[Section, dict[str, float]]:
     floor = FloorParent()
+    bare = FloorParent(("-S",))
     try:
         for _ in range(warmup):
             floor.cycle()
+            bare.cycle()
         add_rm_cycles(stack.ports["queue"], warmup)
         add_rm_cycles(stack.ports["pool"], warmup)
-        f_start, f_stop, q_add, q_rm, p_add, p_rm = [], [], [], [], [], []
+        f_start, f_stop, q_add, q_rm, p_add, p_rm, bare_start = [], [], [], [], [], [], []
         for _ in range(n):  # interleaved, one of each per round
             s, e = floor.cycle()
             f_start.append(s)
             f_stop.append(e)
+            bare_start.append(bare.cycle()[0])
             a, r = add_rm_cycles(stack.ports["queue"], 1)
             q_add += a
             q_rm += r
@@ -119,6 +123,7 @@ def start_stop_section(stack: Stack, n: int, warmup: int) -> tuple[Section, dict
             p_rm += r
     finally:
         floor.close()
+        bare.close()
     fs, fe = median(f_start), median(f_stop)
     sec = Section(f"B1. Module start and stop, one at a time ({n} cycles each, interleaved, after {warmup} warm-up)")
     sec.add(Row("floor: spawn until the child answered, p50", fs, "ms", detail={"p90": percentile(f_start, .9)}))
@@ -131,6 +136,10 @@ def start_stop_section(stack: Stack, n: int, warmup: int) -> tuple[Section, dict
                       floor_label="floor", p90=percentile(q_rm, .9)))
     sec.add(limit_row("pool rm (until reaped), p50", median(p_rm), "ms", at_most=10.0, floor=fe,
                       floor_label="floor", p90=percentile(p_rm, .9)))
+    sec.add(ratio_row("floor child under python -S (no site-packages .pth hooks), p50", median(bare_start), "ms",
+                      fs, "floor"))
+    sec.notes.append("Every child runs the service's interpreter (.venv/bin/python), as python_module() "
+                     "does; the -S row shows what the interpreter's site start-up costs of each start.")
     return sec, {"add": median(q_add), "rm": median(q_rm), "floor_start": fs, "floor_stop": fe}
 
 
@@ -186,16 +195,11 @@ def _uss(pid: int) -> int:
     return psutil.Process(pid).memory_full_info().uss
 
 
-def _cpu(pid: int) -> float:
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
-
-
 def _idle_cpu_share(pid: int, seconds: float) -> float:
     """Share of one core that the process used while nobody sent it anything."""
-    c0, t0 = _cpu(pid), time.monotonic()
+    c0, t0 = precise_cpu_seconds(pid), time.monotonic()
     time.sleep(seconds)
-    return (_cpu(pid) - c0) / (time.monotonic() - t0)
+    return (precise_cpu_seconds(pid) - c0) / (time.monotonic() - t0)
 
 
 def _alive(pid: int) -> bool:
@@ -287,7 +291,7 @@ def pool_section(stack: Stack, count: int, clients: int, queries: int, idle_s: f
     sec.add(Row("pool worker idle CPU, empty", idle_before * 100, "% of a core"))
     sec.add(Row(f"pool worker idle CPU, {count} modules", idle_after * 100, "% of a core"))
     sec.add(Row(f"rm all {count} in one rm, total", rm_s, "s", detail={"per_module_ms": rm_s * 1000 / count}))
-    sec.add(limit_row("module processes left after rm", float(len(left)), "count", at_most=0))
+    sec.add(limit_row("module processes left after rm", float(len(left)), "processes", at_most=0))
     if with_title != count:
         sec.notes.append(f"only {with_title} of {count} modules showed their title parameter in the pool query")
     return sec
@@ -313,6 +317,17 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 serverurl=unix://{dir}/supervisor.sock
 
 [program:floor]
+command={python} {child} --term-exits 127.0.0.1 {port}
+autostart=false
+autorestart=false
+startsecs=0
+startretries=0
+stopsignal=TERM
+stopwaitsecs=5
+stdout_logfile=NONE
+stderr_logfile=NONE
+
+[program:floor_killed]
 command={python} {child} 127.0.0.1 {port}
 autostart=false
 autorestart=false
@@ -343,7 +358,7 @@ def supervisor_section(stack: Stack, n: int, warmup: int, ours: dict[str, float]
         transport = SupervisorTransport(None, None, f"unix://{workdir}/supervisor.sock")
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
-    start_rpc, start_ready, stop_rpc = [], [], []
+    start_rpc, start_ready, stop_rpc, stop_killed = [], [], [], []
     try:
         def up() -> bool:
             if proc.popen.poll() is not None:
@@ -355,9 +370,9 @@ def supervisor_section(stack: Stack, n: int, warmup: int, ours: dict[str, float]
 
         wait_until(up, 20, "supervisord to answer")
         rpc = connect()
-        for i in range(warmup + n):
+        def cycle(program: str) -> tuple[float, float, float]:
             t0 = time.perf_counter()
-            rpc.supervisor.startProcess("floor", True)
+            rpc.supervisor.startProcess(program, True)
             t1 = time.perf_counter()
             conn, _ = listener.accept()
             try:
@@ -365,14 +380,20 @@ def supervisor_section(stack: Stack, n: int, warmup: int, ours: dict[str, float]
                 conn.sendall(b'{"cmd":"init"}\n')
                 _read_line(conn)
                 t2 = time.perf_counter()
-                rpc.supervisor.stopProcess("floor", True)
+                rpc.supervisor.stopProcess(program, True)
                 t3 = time.perf_counter()
             finally:
                 conn.close()
+            return (t1 - t0) * 1000.0, (t2 - t0) * 1000.0, (t3 - t2) * 1000.0
+
+        for i in range(warmup + n):
+            a, b, c = cycle("floor")
+            d = cycle("floor_killed")[2]
             if i >= warmup:
-                start_rpc.append((t1 - t0) * 1000.0)
-                start_ready.append((t2 - t0) * 1000.0)
-                stop_rpc.append((t3 - t2) * 1000.0)
+                start_rpc.append(a)
+                start_ready.append(b)
+                stop_rpc.append(c)
+                stop_killed.append(d)
     finally:
         listener.close()
         proc.stop()
@@ -380,14 +401,17 @@ def supervisor_section(stack: Stack, n: int, warmup: int, ours: dict[str, float]
                   f"cycles of the floor child after {warmup} warm-up)")
     sec.add(Row("supervisord startProcess returned, p50", median(start_rpc), "ms"))
     sec.add(Row("supervisord start until the child answered, p50", median(start_ready), "ms"))
-    sec.add(Row("supervisord stopProcess (until reaped), p50", median(stop_rpc), "ms"))
+    sec.add(Row("supervisord stopProcess (until reaped), child exits in order on SIGTERM, p50", median(stop_rpc),
+                "ms"))
+    sec.add(Row("supervisord stopProcess, child killed outright by SIGTERM, p50", median(stop_killed), "ms"))
     sec.add(ratio_row("queue add vs supervisord start until answered", ours["add"], "ms", median(start_ready),
                       "supervisord", max_ratio=1.0))
     sec.add(ratio_row("queue rm vs supervisord stopProcess", ours["rm"], "ms", median(stop_rpc), "supervisord",
                       max_ratio=1.0))
-    sec.notes.append("supervisord's program is floor_child.py (the same child as the B1 floor; it dies on "
-                     "SIGTERM). Our add includes the module's init and play round trips, supervisord's start "
-                     "until answered includes one line exchanged with the child.")
+    sec.notes.append("supervisord's program is floor_child.py, the B1 floor child; for the compared stop it "
+                     "exits on SIGTERM through normal interpreter clean-up (--term-exits), as our module does "
+                     "after rm. Our add includes the module's init and play round trips, supervisord's start "
+                     "until answered one line exchanged with the child.")
     return sec
 
 

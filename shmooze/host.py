@@ -234,9 +234,13 @@ class ModuleHost(Service):
         """The module is leaving on its own (I/O thread): remove it without blocking this thread."""
         self._ladders.submit(self._remove, [module.uid], f"module left: {reason}", False, True)
 
-    def _tell(self, module: ModuleProcess, cmd: str, args: dict[str, Any]) -> Any:
+    def _tell(self, module: ModuleProcess, cmd: str, args: dict[str, Any], logged_as: str) -> Any:
+        """Send ``do_CMD``; log it as ``logged_as``; a broken module is removed."""
         try:
-            return module.call("do_" + cmd, args)
+            result = module.call("do_" + cmd, args)
+            self._log_command(logged_as, {"uid": module.uid, "cmd": cmd, "args": args}, result, module.uid,
+                              module.type.name)
+            return result
         except ModuleError as exc:
             raise CommandError(f"module {module.uid} ({module.type.name}): {exc}") from None
         except ModuleBroken as exc:
@@ -293,10 +297,7 @@ class ModuleHost(Service):
 
     def tell_module(self, uid: str, cmd: str, args: dict = {}) -> Any:  # noqa: B006 - never mutated
         """Send the module the custom command ``do_CMD`` and return its answer."""
-        module = self._find(uid)
-        result = self._tell(module, cmd, args)
-        self._log_command("tell_module", {"uid": uid, "cmd": cmd, "args": args}, result, uid, module.type.name)
-        return result
+        return self._tell(self._find(uid), cmd, args, "tell_module")
 
     def ask_module(self, uid: str, parameters: list[str]) -> dict:
         """The named parameters of a module, as it last reported them."""

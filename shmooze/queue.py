@@ -58,7 +58,8 @@ class Queue(ModuleHost):
                 orders.append((self._bg, "suspend"))
         return orders
 
-    def _queued(self, uid: str) -> ModuleProcess:
+    def _find(self, uid: str) -> ModuleProcess:
+        """Only queued modules answer to tell_module and ask_module (the background has its own)."""
         with self._lock:
             for module in self._queue:
                 if module.uid == uid:
@@ -125,24 +126,9 @@ class Queue(ModuleHost):
             bg = self._bg
         return None if bg is None else self._describe(bg, parameters)
 
-    def tell_module(self, uid: str, cmd: str, args: dict = {}) -> Any:  # noqa: B006 - never mutated
-        """Send a queued module ``do_CMD`` and return its answer."""
-        module = self._queued(uid)
-        result = self._tell(module, cmd, args)
-        self._log_command("tell_module", {"uid": uid, "cmd": cmd, "args": args}, result, uid, module.type.name)
-        return result
-
-    def ask_module(self, uid: str, parameters: list[str]) -> dict:
-        """Named parameters of a queued module."""
-        return self._queued(uid).get_parameters(parameters)
-
     def tell_background(self, uid: str, cmd: str, args: dict = {}) -> Any:  # noqa: B006 - never mutated
         """Send the background ``do_CMD``; ``uid`` must be the current background's."""
-        module = self._background(uid)
-        result = self._tell(module, cmd, args)
-        self._log_command("tell_background", {"uid": uid, "cmd": cmd, "args": args}, result, uid,
-                          module.type.name)
-        return result
+        return self._tell(self._background(uid), cmd, args, "tell_background")
 
     def ask_background(self, uid: str, parameters: list[str]) -> dict:
         """Named parameters of the background."""
