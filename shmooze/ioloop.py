@@ -14,6 +14,7 @@ import heapq
 import itertools
 import logging
 import os
+import select
 import selectors
 import socket
 import threading
@@ -163,6 +164,22 @@ class IOLoop:
             fn()
         except Exception:
             log.exception("error in I/O callback")
+
+
+def wait_readable(objs: list[Any], timeout: float) -> list[Any]:
+    """The objects (sockets, files or raw fds) readable within ``timeout`` seconds.
+
+    Like ``select.select`` for reading, but with ``poll``: a service holding a few hundred
+    modules has descriptors above FD_SETSIZE (1024), which ``select`` refuses.
+    """
+    poller = select.poll()
+    by_fd: dict[int, Any] = {}
+    for obj in objs:
+        fd = obj if isinstance(obj, int) else obj.fileno()
+        by_fd[fd] = obj
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+    events = poller.poll(max(0, int(timeout * 1000 + 0.999)))
+    return [by_fd[fd] for fd, _ in events if fd in by_fd]
 
 
 def pidfd(pid: int) -> int | None:

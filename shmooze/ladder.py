@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 import subprocess
 import time
 from typing import Callable
 
 from shmooze import procutil
+from shmooze.ioloop import wait_readable
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def wait_exit(proc: subprocess.Popen, timeout: float, pidfd: int | None = None) 
         return True
     if pidfd is not None:
         try:
-            ready, _, _ = select.select([pidfd], [], [], max(0.0, timeout))
+            ready = wait_readable([pidfd], max(0.0, timeout))
         except (OSError, ValueError):
             ready = []
         if ready:

@@ -16,7 +16,6 @@ import enum
 import json
 import logging
 import os
-import select
 import socket
 import subprocess
 import threading
@@ -25,7 +24,7 @@ from typing import Any, Callable
 
 from shmooze import ladder, protocol
 from shmooze.errors import CommandError
-from shmooze.ioloop import IOLoop, pidfd as open_pidfd
+from shmooze.ioloop import IOLoop, pidfd as open_pidfd, wait_readable
 from shmooze.moduletype import ModuleType
 
 log = logging.getLogger(__name__)
@@ -183,7 +182,7 @@ class ModuleProcess:
                 for c in conns.values():
                     c.close()
                 raise CommandError(f"did not connect within {self.type.connect_timeout:g} s")
-            ready, _, _ = select.select(watch, [], [], min(remaining, 0.25))
+            ready = wait_readable(watch, min(remaining, 0.25))
             if self.proc.poll() is not None:
                 for c in conns.values():
                     c.close()
@@ -227,14 +226,23 @@ class ModuleProcess:
             self.loop.remove(sock)
             self._left("its update stream closed")
             return
-        try:
-            lines = list(self._upd_buf.feed(data))
-        except protocol.LineTooLong as exc:
-            self.log.warning("module %s (%s): update %s", self.uid, self.type.name, exc)
-            self.loop.write(self._upd_chan, protocol.encode_line(protocol.error(f"update refused: {exc}")))
-            return
-        for line in lines:
-            answer = self._apply_update(line)
+        # Every line gets its answer, in order: a line over the limit is answered with an error and the
+        # complete lines around it (before it in this chunk, or already buffered after it) are still applied.
+        items: list[bytes | protocol.LineTooLong] = []
+        while True:
+            try:
+                for line in self._upd_buf.feed(data):
+                    items.append(line)
+                break
+            except protocol.LineTooLong as exc:
+                items.append(exc)
+                data = b""
+        for item in items:
+            if isinstance(item, protocol.LineTooLong):
+                self.log.warning("module %s (%s): update %s", self.uid, self.type.name, item)
+                answer = protocol.error(f"update refused: {item}")
+            else:
+                answer = self._apply_update(item)
             if self._upd_chan is not None:
                 self.loop.write(self._upd_chan, protocol.encode_line(answer))
 
@@ -333,6 +341,7 @@ class ModuleProcess:
                 raise ModuleBroken(f"module {self.uid} has no command stream")
             deadline = time.monotonic() + limit
             try:
+                self._check_nothing_unasked(sock, cmd)
                 sock.settimeout(limit)
                 sock.sendall(line)
                 raw = self._read_line(sock, deadline)
@@ -352,6 +361,16 @@ class ModuleProcess:
                 raise ModuleError(value)
             raise ModuleBroken(f"answer to {cmd}: {value}")
         return value
+
+    def _check_nothing_unasked(self, sock: socket.socket, cmd: str) -> None:
+        """Between commands the module must be silent: an extra answer (two answers to one command)
+        would otherwise be taken as the answer to the next command, and every later one too."""
+        if not self._cmd_buf.pending:
+            if not wait_readable([sock], 0):
+                return
+            if not sock.recv(1, socket.MSG_PEEK):
+                raise ConnectionResetError("closed by the module")
+        raise ModuleBroken(f"sent an answer nobody asked for (before {cmd}): it answered a command twice")
 
     def _read_line(self, sock: socket.socket, deadline: float) -> bytes:
         while True:

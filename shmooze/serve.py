@@ -188,3 +188,16 @@ def serve(settings: Settings, name: str) -> None:
     options["worker_exit"] = _worker_exit
     options["post_worker_init"] = _post_worker_init
     _GunicornApp(load_service, options).run()
+
+
+def serve_factory(factory: Callable[[], Any], port: int, name: str = "service", **settings: Any) -> None:
+    """Serve ``factory()`` on ``port`` in the foreground, with no settings file::
+
+        serve_factory(lambda: Queue(TYPES), port=8081, name="queue")
+
+    ``factory`` runs in the serving process (after gunicorn forks), so threads and
+    module processes belong to it.
+    """
+    from shmooze.settings import Settings as Loaded
+
+    serve(Loaded({"ports": {name: port}, "services": {name: factory}, **settings}), name)

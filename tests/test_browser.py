@@ -326,6 +326,7 @@ def test_gateway_restart_shows_disconnect_and_resumes(page, jukebox):
     seen = wait_for_remaining_changes(page, 3)
     assert len(set(seen)) >= 3
     assert page.evaluate("shmooze.stats.reconnects") >= 1
+    print("MODE", page.evaluate("[shmooze.mode, shmooze.stats]"))
 
 
 def test_screenshot_with_items_queued(page, jukebox):

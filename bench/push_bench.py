@@ -1,0 +1,422 @@
+"""Push benchmark: how fast a module's ``set_parameters`` reaches WebSocket watchers, and what watchers cost.
+
+Usage: ``.venv/bin/python bench/push_bench.py [--quick] [--watchers N] [--workers N]``
+
+One stack: the gateway (gunicorn gevent workers, ``gateway_workers``, default 2), the queue (the jukebox
+types plus ``stamp``, bench/push_stamp_module.py), the jukebox pool and volume (so the jukebox page
+works), ``static_path`` = examples/jukebox/static. Measured, in order:
+
+1. latency with 1 watcher: a ``stamp`` module sets ``{"seq", "sent": time.time()}`` every 50 ms; each
+   watcher (bare sockets on one epoll, bench/push_wire.py) takes the kernel's arrival time of the
+   frame that carried it (SO_TIMESTAMPNS, same clock) minus ``sent``. Floor, measured on the same
+   events at the same time: a client long-polling the queue's ``changes`` straight at its port
+   (bench/push_floor.py, its own process): module -> service -> HTTP answer, no gateway. The gap
+   between the two is what the gateway's hop, fan-out and WebSocket framing add;
+2. gateway memory per watcher: RSS (and USS) of the gateway's workers before, and with N (1,000)
+   idle subscribed watchers, divided by N;
+3. latency with N watchers, as in 1, on those same connections (floor measured alongside again);
+4. requests per minute of an idle jukebox page in headless Chromium (Playwright), counted with
+   ``page.on("request")`` over an idle window while a stamp module pushes 10 events/s; target 0 while
+   the WebSocket is up (the original library polled every 50 ms: 1,200/min). In a full run, also the
+   same page with ``window.WebSocket`` removed (the long-polling fallback), for reference.
+
+Prints markdown tables; writes bench/push_results.json. Every process started is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for _path in (str(ROOT / "pymodule"), str(ROOT), str(HERE)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import psutil  # noqa: E402
+
+from common import (PYTHON, Row, Section, child_env, fmt, limit_row, markdown, percentile, ratio_row,  # noqa: E402
+                    setup_logging)
+from push_stack import MiniStack, raise_nofile, reap_own_descendants  # noqa: E402
+from push_wire import Fleet, StampLog  # noqa: E402
+
+log = logging.getLogger("bench.push")
+
+JUKEBOX_STATIC = str(ROOT / "examples" / "jukebox" / "static")
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+ORIGINAL_POLL_PER_MIN = 60_000 / 50  # the original library's page: one request every 50 ms
+P99_TARGET_MS = 50.0
+
+
+class BudgetExceeded(Exception):
+    pass
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    raise BudgetExceeded("the push benchmark went past its time budget")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="shorter windows, 200 watchers, no polling reference")
+    p.add_argument("--watchers", type=int, default=0, help="watchers in the big run (default 1000, quick 200)")
+    p.add_argument("--workers", type=int, default=2, help="gateway workers (gateway_workers; default 2)")
+    p.add_argument("--interval", type=float, default=0.05, help="seconds between stamps (default 0.05)")
+    p.add_argument("--seconds", type=float, default=0, help="length of each latency window (default 20, quick 5)")
+    p.add_argument("--idle", type=float, default=0, help="idle page window in seconds (default 10, quick 5)")
+    p.add_argument("--no-browser", action="store_true", help="skip the Chromium idle-page measure")
+    p.add_argument("--out", type=Path, default=HERE / "push_results.json")
+    p.add_argument("--budget", type=int, default=0, help="hard limit in seconds (default 120 quick, 240 full)")
+    return p.parse_args(argv)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def ms_stats(values: Any) -> dict[str, float]:
+    if not len(values):
+        return {"n": 0}
+    vals = sorted(values)
+    return {"n": len(vals), "p50": percentile(vals, 0.5), "p90": percentile(vals, 0.9), "p99": percentile(vals, 0.99),
+            "max": vals[-1], "min": vals[0]}
+
+
+def cpu_of(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def memory_of(procs: list[psutil.Process]) -> dict[str, float]:
+    rss = uss = 0
+    for p in procs:
+        try:
+            info = p.memory_full_info()
+            rss += info.rss
+            uss += info.uss
+        except psutil.Error:
+            pass
+    return {"rss": rss, "uss": uss}
+
+
+def connections_per_worker(stack: MiniStack) -> list[int]:
+    port = stack.ports["wsgi"]
+    counts = []
+    for w in stack.gateway_workers():
+        try:
+            conns = w.net_connections("tcp")
+        except psutil.Error:
+            conns = []
+        counts.append(sum(1 for c in conns if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED))
+    return counts
+
+
+def subscribe(fleet: Fleet, deadline: float) -> int:
+    mid = fleet.send_all({"subscribe": {"queue": None}})
+    got = fleet.wait_answers(mid, deadline)
+    bad = [w.answers[mid] for w in fleet.watchers if mid in w.answers and not w.answers[mid].get("success")]
+    if bad:
+        raise RuntimeError(f"subscribe failed: {bad[0]}")
+    return got
+
+
+# -- measures -----------------------------------------------------------------------------------
+
+def latency_phase(stack: MiniStack, fleet: Fleet, seconds: float, interval: float) -> dict[str, Any]:
+    """A stamp module speaks every ``interval`` s; the fleet and the floor poller record arrivals."""
+    n = len(fleet.watchers)
+    uid = stack.call("queue", "add", type="stamp", args={"interval": interval})["uid"]
+    floor_proc = None
+    try:
+        fleet.run(1.0, None)  # warm up: the module is playing and events flow
+        start = time.time() + 0.5
+        end = start + seconds
+        run_for = end - time.time() + 1.0  # a second more for the last ones to arrive
+        floor_proc = subprocess.Popen(
+            [PYTHON, str(HERE / "push_floor.py"), str(stack.ports["queue"]), f"{run_for + 0.5:.3f}", repr(start),
+             repr(end)], env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        stamps = StampLog(start, end, n)
+        workers = stack.gateway_workers()
+        service = [psutil.Process(stack.worker_pid("queue"))]
+        me = [psutil.Process()]
+        cpu0 = (cpu_of(workers), cpu_of(service), cpu_of(me), time.monotonic())
+        fleet.run(run_for, stamps.on_text)
+        cpu1 = (cpu_of(workers), cpu_of(service), cpu_of(me), time.monotonic())
+        out, err = floor_proc.communicate(timeout=30)
+        if floor_proc.returncode != 0:
+            raise RuntimeError(f"the floor poller failed: {err.decode(errors='replace')[-1000:]}")
+        floor = json.loads(out)
+    finally:
+        if floor_proc is not None and floor_proc.poll() is None:
+            floor_proc.kill()
+            floor_proc.wait(5)
+        stack.call("queue", "rm", uids=[uid])
+    wall = cpu1[3] - cpu0[3]
+    expected = len(stamps.seqs)
+    open_now = fleet.open_count()
+    complete = sum(1 for c in stamps.per_watcher if c == expected)
+    return {
+        "watchers": n,
+        "watchers_open_at_end": open_now,
+        "closed_by_server": fleet.closed_by_server,
+        "interval_s": interval,
+        "window_s": seconds,
+        "stamps_in_window": expected,
+        "arrivals": len(stamps.kernel),
+        "arrivals_expected": expected * n,
+        "watchers_with_every_stamp": complete,
+        "latency_ms": ms_stats(stamps.kernel),
+        "latency_user_ms": ms_stats(stamps.user),
+        "module_to_service_ms": ms_stats(list(stamps.publish.values())),
+        "floor_ms": ms_stats(floor["kernel_ms"]),
+        "floor_user_ms": ms_stats(floor["user_ms"]),
+        "floor_polls": floor["polls"],
+        "kernel_timestamps": fleet.timestamps and floor["timestamps"],
+        "cpu_core_share": {"gateway_workers": (cpu1[0] - cpu0[0]) / wall, "queue_service": (cpu1[1] - cpu0[1]) / wall,
+                           "bench_client": (cpu1[2] - cpu0[2]) / wall},
+    }
+
+
+def memory_phase(stack: MiniStack, fleet: Fleet, n: int, deadline: float) -> dict[str, Any]:
+    """RSS/USS of the gateway's workers before and with ``n`` idle subscribed watchers."""
+    time.sleep(1.0)
+    workers = stack.gateway_workers()
+    before = memory_of(workers)
+    t0 = time.monotonic()
+    fleet.connect(n, deadline)
+    connect_s = time.monotonic() - t0
+    subscribed = subscribe(fleet, deadline)
+    fleet.run(2.0, None)  # idle: no change events flow
+    after = memory_of(workers)
+    return {"watchers": n, "subscribed": subscribed, "connect_s": connect_s, "before": before, "with": after,
+            "per_watcher_rss_kib": (after["rss"] - before["rss"]) / n / 1024,
+            "per_watcher_uss_kib": (after["uss"] - before["uss"]) / n / 1024,
+            "per_worker_connections": connections_per_worker(stack), "workers": len(workers)}
+
+
+def idle_page(stack: MiniStack, idle: float, polling_reference: bool) -> dict[str, Any]:
+    """Requests an idle jukebox page makes, in headless Chromium, while change events flow."""
+    if not os.path.exists(CHROMIUM):
+        return {"skipped": f"{CHROMIUM} not found"}
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return {"skipped": "playwright is not installed"}
+    url = f"http://127.0.0.1:{stack.ports['wsgi']}/"
+    uid = stack.call("queue", "add", type="stamp", args={"interval": 0.1})["uid"]
+    out: dict[str, Any] = {"url": url, "idle_s": idle, "events_per_s": 10}
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
+            try:
+                out["websocket"] = _watch_page(browser, url, idle, None)
+                if polling_reference:
+                    out["polling"] = _watch_page(browser, url, idle, "window.WebSocket = undefined;")
+            finally:
+                browser.close()
+    finally:
+        stack.call("queue", "rm", uids=[uid])
+    return out
+
+
+def _watch_page(browser: Any, url: str, idle: float, init_script: str | None) -> dict[str, Any]:
+    context = browser.new_context()
+    try:
+        if init_script:
+            context.add_init_script(init_script)
+        page = context.new_page()
+        requests: list[tuple[float, str, str]] = []
+        frames = {"received": 0, "sent": 0, "sockets": 0}
+
+        def on_ws(ws: Any) -> None:
+            frames["sockets"] += 1
+            ws.on("framereceived", lambda _payload: frames.__setitem__("received", frames["received"] + 1))
+            ws.on("framesent", lambda _payload: frames.__setitem__("sent", frames["sent"] + 1))
+
+        page.on("request", lambda r: requests.append((time.monotonic(), r.method, r.url)))
+        page.on("websocket", on_ws)
+        t0 = time.monotonic()
+        page.goto(url, wait_until="load", timeout=20_000)
+        mode = "polling" if init_script else "websocket"
+        page.wait_for_function(f"window.jukeboxReady === true && window.shmooze && shmooze.mode === '{mode}' "
+                               "&& shmooze.connected === true", timeout=15_000)
+        load_s = time.monotonic() - t0
+        page.wait_for_timeout(1500)  # let the first loads settle
+        n0, f0 = len(requests), dict(frames)
+        stats0 = page.evaluate("Object.assign({}, shmooze.stats)")
+        t1 = time.monotonic()
+        page.wait_for_timeout(idle * 1000)
+        t2 = time.monotonic()
+        stats1 = page.evaluate("Object.assign({}, shmooze.stats)")
+        window = requests[n0:]
+        minutes = (t2 - t1) / 60.0
+        return {"mode": page.evaluate("shmooze.mode"), "load_s": load_s, "window_s": t2 - t1,
+                "requests_at_load": n0, "requests_in_window": len(window),
+                "requests_per_min": len(window) / minutes,
+                "js_http_requests_per_min": (stats1["httpRequests"] - stats0["httpRequests"]) / minutes,
+                "ws_frames_received_per_min": (frames["received"] - f0["received"]) / minutes,
+                "ws_frames_sent_per_min": (frames["sent"] - f0["sent"]) / minutes,
+                "websockets_opened": frames["sockets"], "reconnects": stats1.get("reconnects"),
+                "sample_urls": sorted({u for _, _, u in window})[:5]}
+    finally:
+        context.close()
+
+
+# -- report -------------------------------------------------------------------------------------
+
+def build_sections(res: dict[str, Any]) -> list[Section]:
+    sections = []
+    lat = Section("Push latency: module set_parameters -> change event at each WebSocket watcher")
+    for key, label in (("one", "1 watcher"), ("many", None)):
+        phase = res.get(key)
+        if not phase:
+            continue
+        label = label or f"{phase['watchers']:,} watchers"
+        value, floor = phase["latency_ms"], phase["floor_ms"]
+        floor_label = "direct long poll"
+        lat.add(ratio_row(f"{label}: p50", value["p50"], "ms", floor["p50"], floor_label))
+        if key == "many":
+            lat.add(limit_row(f"{label}: p99", value["p99"], "ms", at_most=P99_TARGET_MS, floor=floor["p99"],
+                              floor_label=floor_label))
+        else:
+            lat.add(ratio_row(f"{label}: p99", value["p99"], "ms", floor["p99"], floor_label))
+        lat.add(Row(f"{label}: max", value["max"], "ms", floor["max"], floor_label))
+        lat.add(Row(f"{label}: arrivals (of stamps x watchers)", phase["arrivals"], "count",
+                    compare=f"{phase['arrivals']:,} of {phase['arrivals_expected']:,}; "
+                            f"{phase['watchers_with_every_stamp']:,}/{phase['watchers']:,} watchers got every stamp",
+                    verdict="pass" if phase["arrivals"] == phase["arrivals_expected"] else "FAIL"))
+        mts = phase["module_to_service_ms"]
+        lat.add(Row(f"{label}: module -> service publish, p50 / p99", mts.get("p50"), "ms",
+                    compare=f"p99 {fmt(mts.get('p99'), 'ms')} (part of both value and floor)"))
+        cpu = phase["cpu_core_share"]
+        lat.add(Row(f"{label}: CPU (share of one core)", cpu["gateway_workers"] * 100, "%",
+                    compare=f"gateway workers; queue service {cpu['queue_service'] * 100:.0f} %, "
+                            f"benchmark client {cpu['bench_client'] * 100:.0f} %"))
+    lat.notes.append(
+        "Value: kernel arrival time (SO_TIMESTAMPNS) of the WebSocket frame minus the module's time.time() "
+        "when it set the parameter, one sample per (watcher, stamp); stamps every "
+        f"{res['interval_s'] * 1000:.0f} ms over {res['window_s']:g} s. Floor: the same stamps, long-polled "
+        "with the service's `changes` command straight at the queue's port (no gateway) in a separate "
+        "process at the same time: the cost of module -> service -> HTTP answer, which the gateway's own "
+        "long poll also pays. Value - floor = the gateway's hop plus fan-out plus WebSocket framing.")
+    sections.append(lat)
+
+    mem = res.get("memory")
+    if mem:
+        sec = Section(f"Gateway memory: {mem['watchers']:,} idle subscribed watchers")
+        sec.add(Row("RSS of the gateway workers before", mem["before"]["rss"] / 2**20, "MiB",
+                    compare=f"{mem['workers']} workers; USS {mem['before']['uss'] / 2**20:.1f} MiB"))
+        sec.add(Row(f"RSS with {mem['watchers']:,} watchers", mem["with"]["rss"] / 2**20, "MiB",
+                    compare=f"USS {mem['with']['uss'] / 2**20:.1f} MiB; connections per worker "
+                            f"{mem['per_worker_connections']}; connect {mem['connect_s']:.1f} s"))
+        sec.add(Row("memory per watcher (RSS)", mem["per_watcher_rss_kib"], "KiB",
+                    compare=f"USS {mem['per_watcher_uss_kib']:.1f} KiB per watcher"))
+        sections.append(sec)
+
+    page = res.get("page")
+    if page:
+        sec = Section("Idle page: HTTP requests from the jukebox page in headless Chromium")
+        if page.get("skipped"):
+            sec.notes.append(f"skipped: {page['skipped']}")
+        else:
+            ws = page["websocket"]
+            sec.add(limit_row("requests/min while the WebSocket is up", ws["requests_per_min"], "req/min",
+                              at_most=0, floor=None, floor_label="",
+                              reference=f"{ORIGINAL_POLL_PER_MIN:.0f}/min (original 50 ms polling)"))
+            sec.rows[-1].compare += f"; the original library's 50 ms polling: {ORIGINAL_POLL_PER_MIN:,.0f}/min"
+            sec.add(Row("change frames pushed to the page", ws["ws_frames_received_per_min"], "frames/min",
+                        compare=f"{ws['requests_at_load']} requests at load; {ws['websockets_opened']} WebSocket(s); "
+                                f"frames sent by the page {ws['ws_frames_sent_per_min']:.0f}/min"))
+            poll = page.get("polling")
+            if poll:
+                sec.add(Row("reference: same page without WebSocket (long-poll fallback)", poll["requests_per_min"],
+                            "req/min", compare="one long poll answered per change batch, plus re-queries"))
+            sec.notes.append(f"Idle window {ws['window_s']:.0f} s after load, a stamp module pushing "
+                             f"{page['events_per_s']} change events/s meanwhile; counted with Playwright's "
+                             "page.on('request') (HTTP only: WebSocket frames are counted apart).")
+        sections.append(sec)
+    return sections
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    setup_logging()
+    n = opts.watchers or (200 if opts.quick else 1000)
+    seconds = opts.seconds or (5.0 if opts.quick else 20.0)
+    idle = opts.idle or (5.0 if opts.quick else 10.0)
+    budget = opts.budget or (120 if opts.quick else 240)
+    nofile = raise_nofile(max(20000, 2 * n + 1000))
+    if nofile < n + 200:
+        log.error("RLIMIT_NOFILE %d is too low for %d watchers", nofile, n)
+        return 2
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(budget)
+    started = time.time()
+    t0 = time.monotonic()
+    res: dict[str, Any] = {"quick": opts.quick, "interval_s": opts.interval, "window_s": seconds,
+                           "gateway_workers": opts.workers}
+    fleet: Fleet | None = None
+    try:
+        services = {"queue": "push_apps:make_queue", "pool": "jukebox.app:make_pool",
+                    "volume": "jukebox.volume:Volume"}
+        extra = {"static_path": JUKEBOX_STATIC, "public": ["ports", "wsgi_prefix", "app_name"],
+                 "app_name": "shmooze jukebox (push bench)", "gateway_workers": opts.workers,
+                 "gateway_connections": max(4000, n + 500)}
+        with MiniStack(services, "shmooze-push-", extra) as stack:
+            log.info("1 watcher, %g s", seconds)
+            fleet = Fleet(stack.ports["wsgi"])
+            fleet.connect(1, time.monotonic() + 10)
+            subscribe(fleet, time.monotonic() + 10)
+            res["one"] = latency_phase(stack, fleet, seconds, opts.interval)
+            fleet.close()
+            log.info("memory: %d idle watchers", n)
+            fleet = Fleet(stack.ports["wsgi"])
+            res["memory"] = memory_phase(stack, fleet, n, time.monotonic() + 60)
+            log.info("%d watchers, %g s", n, seconds)
+            res["many"] = latency_phase(stack, fleet, seconds, opts.interval)
+            fleet.close()
+            fleet = None
+            if not opts.no_browser:
+                log.info("idle page in Chromium, %g s", idle)
+                res["page"] = idle_page(stack, idle, polling_reference=not opts.quick)
+            res["gateway_log_warnings"] = [line for line in stack.log_tail("wsgi", 20000).splitlines()
+                                           if " WARNING " in line or " ERROR " in line][-10:]
+    finally:
+        signal.alarm(0)
+        if fleet is not None:
+            fleet.close()
+        reap_own_descendants()
+    res["duration_s"] = round(time.monotonic() - t0, 1)
+    sections = build_sections(res)
+    for section in sections:
+        sys.stdout.write(markdown(section) + "\n")
+    sys.stdout.flush()
+    failed = [f"{s.title.split(':')[0]}: {r.measure}" for s in sections for r in s.rows if r.verdict == "FAIL"]
+    results = {"started": started, "environment": {"python": sys.version.split()[0], "platform": platform.platform(),
+                                                   "cpus": os.cpu_count()},
+               "results": res, "sections": [s.as_json() for s in sections], "failed_targets": failed}
+    opts.out.write_text(json.dumps(results, indent=2) + "\n")
+    log.info("done in %.0f s; results in %s; %d target(s) missed%s", res["duration_s"], opts.out, len(failed),
+             f": {', '.join(failed)}" if failed else "")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
