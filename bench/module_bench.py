@@ -100,7 +100,8 @@ def add_rm_cycles(port: int, n: int) -> tuple[list[float], list[float]]:
     return adds, rms
 
 
-def start_stop_section(stack: Stack, n: int, warmup: int) -> tuple[Section, dict[str, float]]:
+def start_stop_section(stack: Stack, n: int, warmup: int) -> Section:
+    """Add and rm one module at a time on the queue and the pool, interleaved with floor cycles."""
     floor = FloorParent()
     bare = FloorParent(("-S",))
     try:
@@ -127,7 +128,7 @@ def start_stop_section(stack: Stack, n: int, warmup: int) -> tuple[Section, dict
     fs, fe = median(f_start), median(f_stop)
     sec = Section(f"B1. Module start and stop, one at a time ({n} cycles each, interleaved, after {warmup} warm-up)")
     sec.add(Row("floor: spawn until the child answered, p50", fs, "ms", detail={"p90": percentile(f_start, .9)}))
-    sec.add(ratio_row("queue add (until init answered, play sent), p50", median(q_add), "ms", fs, "floor",
+    sec.add(ratio_row("queue add (until init and play answered), p50", median(q_add), "ms", fs, "floor",
                       max_ratio=1.5, p90=percentile(q_add, .9)))
     sec.add(ratio_row("pool add (until init and play answered), p50", median(p_add), "ms", fs, "floor",
                       max_ratio=1.5, p90=percentile(p_add, .9)))
@@ -140,7 +141,7 @@ def start_stop_section(stack: Stack, n: int, warmup: int) -> tuple[Section, dict
                       fs, "floor"))
     sec.notes.append("Every child runs the service's interpreter (.venv/bin/python), as python_module() "
                      "does; the -S row shows what the interpreter's site start-up costs of each start.")
-    return sec, {"add": median(q_add), "rm": median(q_rm), "floor_start": fs, "floor_stop": fe}
+    return sec
 
 
 # -- B2: tell_module through the gateway --------------------------------------------------------
@@ -340,7 +341,8 @@ stderr_logfile=NONE
 """
 
 
-def supervisor_section(stack: Stack, n: int, warmup: int, ours: dict[str, float]) -> Section:
+def supervisor_section(stack: Stack, n: int, warmup: int) -> Section:
+    """Start/stop cycles through supervisord, interleaved with our add/rm cycles on the queue."""
     from supervisor.xmlrpc import SupervisorTransport
 
     workdir = stack.dir / "supervisor"
@@ -354,11 +356,12 @@ def supervisor_section(stack: Stack, n: int, warmup: int, ours: dict[str, float]
     conf.write_text(SUPERVISOR_CONF.format(dir=workdir, python=PYTHON, child=FLOOR_CHILD, port=port))
     proc = Proc("supervisord", [PYTHON, "-m", "supervisor.supervisord", "-c", str(conf)], child_env(),
                 workdir / "stdout.log")
+
     def connect() -> Any:
         transport = SupervisorTransport(None, None, f"unix://{workdir}/supervisor.sock")
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
-    start_rpc, start_ready, stop_rpc, stop_killed = [], [], [], []
+    start_rpc, start_ready, stop_rpc, stop_killed, our_add, our_rm = [], [], [], [], [], []
     try:
         def up() -> bool:
             if proc.popen.poll() is not None:
@@ -370,6 +373,7 @@ def supervisor_section(stack: Stack, n: int, warmup: int, ours: dict[str, float]
 
         wait_until(up, 20, "supervisord to answer")
         rpc = connect()
+
         def cycle(program: str) -> tuple[float, float, float]:
             t0 = time.perf_counter()
             rpc.supervisor.startProcess(program, True)
@@ -389,7 +393,10 @@ def supervisor_section(stack: Stack, n: int, warmup: int, ours: dict[str, float]
         for i in range(warmup + n):
             a, b, c = cycle("floor")
             d = cycle("floor_killed")[2]
+            add, rm = add_rm_cycles(stack.ports["queue"], 1)
             if i >= warmup:
+                our_add += add
+                our_rm += rm
                 start_rpc.append(a)
                 start_ready.append(b)
                 stop_rpc.append(c)
@@ -398,16 +405,16 @@ def supervisor_section(stack: Stack, n: int, warmup: int, ours: dict[str, float]
         listener.close()
         proc.stop()
     sec = Section(f"B4. Side by side with supervisord (XML-RPC on a unix socket, startsecs=0; {n} start/stop "
-                  f"cycles of the floor child after {warmup} warm-up)")
+                  f"cycles of the floor child, interleaved with {n} queue add/rm cycles, after {warmup} warm-up)")
     sec.add(Row("supervisord startProcess returned, p50", median(start_rpc), "ms"))
     sec.add(Row("supervisord start until the child answered, p50", median(start_ready), "ms"))
     sec.add(Row("supervisord stopProcess (until reaped), child exits in order on SIGTERM, p50", median(stop_rpc),
                 "ms"))
     sec.add(Row("supervisord stopProcess, child killed outright by SIGTERM, p50", median(stop_killed), "ms"))
-    sec.add(ratio_row("queue add vs supervisord start until answered", ours["add"], "ms", median(start_ready),
+    sec.add(ratio_row("queue add vs supervisord start until answered, p50", median(our_add), "ms",
+                      median(start_ready), "supervisord", max_ratio=1.0))
+    sec.add(ratio_row("queue rm vs supervisord stopProcess, p50", median(our_rm), "ms", median(stop_rpc),
                       "supervisord", max_ratio=1.0))
-    sec.add(ratio_row("queue rm vs supervisord stopProcess", ours["rm"], "ms", median(stop_rpc), "supervisord",
-                      max_ratio=1.0))
     sec.notes.append("supervisord's program is floor_child.py, the B1 floor child; for the compared stop it "
                      "exits on SIGTERM through normal interpreter clean-up (--term-exits), as our module does "
                      "after rm. Our add includes the module's init and play round trips, supervisord's start "
@@ -422,11 +429,11 @@ def run(stack: Stack, quick: bool) -> list[Section]:
     count = 100 if quick else 500
     sup_cycles = 5 if quick else 20
     log.info("B1: add/rm, %d cycles", cycles)
-    b1, ours = start_stop_section(stack, cycles, warmup)
+    b1 = start_stop_section(stack, cycles, warmup)
     log.info("B2: tell_module, %d round trips", tells)
     b2 = tell_section(stack, tells, 50)
     log.info("B4: supervisord, %d cycles", sup_cycles)
-    b4 = supervisor_section(stack, sup_cycles, 2, ours)
+    b4 = supervisor_section(stack, sup_cycles, 2)
     log.info("B3: pool of %d modules", count)
     b3 = pool_section(stack, count, 4, 10 if quick else 30, 1.0 if quick else 2.0)
     return [b1, b2, b3, b4]

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(budget)
     started = time.time()
+    load_before = os.getloadavg()
     t0 = time.monotonic()
     sections: list[Section] = []
     try:
@@ -77,12 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.alarm(0)
     elapsed = time.monotonic() - t0
+    load_after = os.getloadavg()
     for section in sections:
         sys.stdout.write(markdown(section) + "\n")
+    sys.stdout.write(f"_Run of {elapsed:.0f} s on {os.cpu_count()} cores; 1-minute load average "
+                     f"{load_before[0]:.2f} before, {load_after[0]:.2f} after (other work on the machine adds "
+                     f"noise to every figure)._\n")
     sys.stdout.flush()
     failed = [f"{s.title.split('.')[0]}: {r.measure}" for s in sections for r in s.rows if r.verdict == "FAIL"]
     results = {"quick": opts.quick, "started": started, "duration_s": round(elapsed, 1),
-               "environment": environment(), "sections": [s.as_json() for s in sections],
+               "environment": environment(), "loadavg_before": load_before, "loadavg_after": load_after,
+               "sections": [s.as_json() for s in sections],
                "failed_targets": failed}
     opts.out.write_text(json.dumps(results, indent=2) + "\n")
     log.info("done in %.0f s; results in %s; %d target(s) missed%s", elapsed, opts.out, len(failed),

@@ -193,7 +193,9 @@
   }
 
   function wsClosed() {
-    setConnected(false);
+    // While the polling fallback runs, it alone says whether the connection is up: a failed
+    // retry of the WebSocket must not show the page as disconnected.
+    if (!Object.keys(pollers).length) setConnected(false);
     shmooze.stats.reconnects++;
     if (wsFailures >= shmooze.options.wsFailuresBeforePolling) {
       // No WebSocket to be had: poll, and try the WebSocket again now and then.

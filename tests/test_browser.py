@@ -306,6 +306,54 @@ def test_polling_fallback_delivers_changes(page, jukebox):
     assert any(p["args"]["timeout"] == 5 for p in polls)
 
 
+# Where no WebSocket can be opened (a proxy that refuses upgrades): every attempt closes before it opens.
+# The retry that shmooze.js makes every 30 s while it polls is shortened to 300 ms here.
+NO_WEBSOCKET = """
+    window.wsAttempts = 0;
+    window.WebSocket = function (url) {
+        window.wsAttempts++;
+        const sock = this;
+        sock.url = url;
+        sock.readyState = 0;
+        setTimeout(() => {
+            sock.readyState = 3;
+            if (sock.onerror) sock.onerror({type: "error"});
+            if (sock.onclose) sock.onclose({type: "close", code: 1006, wasClean: false});
+        }, 10);
+    };
+    window.WebSocket.prototype.send = function () { throw new Error("not open"); };
+    window.WebSocket.prototype.close = function () {};
+    const realSetTimeout = window.setTimeout;
+    window.setTimeout = function (fn, ms, ...rest) { return realSetTimeout(fn, ms >= 30000 ? 300 : ms, ...rest); };
+"""
+
+
+def test_falls_back_to_polling_when_websocket_fails(page, jukebox):
+    page.add_init_script(NO_WEBSOCKET)
+    open_test_page(page, jukebox["url"])
+    page.evaluate("""() => {
+        window.changes = [];
+        window.disconnects = 0;
+        shmooze.on("disconnect", () => window.disconnects++);
+        endpoints.queue.on("change", event => window.changes.push(event));
+    }""")
+    # Three failed opens (after backoffs of about 0.25, 0.5 and 1 s), then long polling.
+    page.wait_for_function("shmooze.mode === 'polling' && shmooze.connected === true && endpoints.queue.version !== null")
+    assert page.evaluate("window.wsAttempts") == 3
+    assert page.is_visible("#up") and page.is_hidden("#down")
+    failures = page.evaluate("window.disconnects")
+    # Later tries of the WebSocket fail too; polling still works, so the page stays connected.
+    attempts = page.evaluate("window.wsAttempts")
+    page.wait_for_function(f"window.wsAttempts >= {attempts + 3}")
+    assert page.evaluate("[window.disconnects, shmooze.connected]") == [failures, True]
+    assert page.is_visible("#up") and page.is_hidden("#down")
+    uid = add_countdown(jukebox["client"], 20, "fallback")
+    page.wait_for_function(f"""window.changes.filter(c => c.events.some(e =>
+        e.uid === {json.dumps(uid)} && e.set && typeof e.set.remaining === "number")).length >= 3""")
+    assert page.evaluate("[shmooze.mode, window.disconnects, shmooze.stats.wsMessagesSent]") == ["polling", failures, 0]
+    assert page.net.sockets == []  # the stub never reached the network
+
+
 def test_gateway_restart_shows_disconnect_and_resumes(page, jukebox):
     open_demo(page, jukebox["url"])
     assert page.is_visible("#online") and not page.is_visible("#lost")
@@ -326,7 +374,6 @@ def test_gateway_restart_shows_disconnect_and_resumes(page, jukebox):
     seen = wait_for_remaining_changes(page, 3)
     assert len(set(seen)) >= 3
     assert page.evaluate("shmooze.stats.reconnects") >= 1
-    print("MODE", page.evaluate("[shmooze.mode, shmooze.stats]"))
 
 
 def test_screenshot_with_items_queued(page, jukebox):

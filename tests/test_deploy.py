@@ -62,8 +62,9 @@ def test_run_status_restart_stop(tmp_path):
         out = shmooze("restart", "queue", "--settings", str(path))
         assert out.returncode == 0, out.stderr
         wait_for(lambda: gone(module_pid), 10, what="the module to stop with its service")
-        queue_log = (tmp_path / "run" / "logs" / "queue.log").read_text()
-        assert f"module {uid} (good, pid {module_pid}) stopped: rm (service stopping)" in queue_log
+        stopped = f"module {uid} (good, pid {module_pid}) stopped: rm (service stopping)"
+        wait_for(lambda: stopped in (tmp_path / "run" / "logs" / "queue.log").read_text(), 10,
+                 what="the ladder's line in the queue's log")
         new = wait_for(lambda: client.queue.status(), 20)
         assert new["pid"] != old_pid and new["modules"] == []
 
