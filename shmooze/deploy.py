@@ -228,7 +228,8 @@ class Runner:
                     out.flush()
                     proc.send_signal(signal.SIGTERM)
                     stopping = True
-                if not announced and url and time.monotonic() < deadline and self._all_running():
+                if not announced and url and time.monotonic() < deadline and self._all_running() \
+                        and _port_open(self.settings.ports["wsgi"]):
                     out.write(f"shmooze: running; open {url}  (Ctrl-C stops it; logs in {self.paths.logs})\n")
                     out.flush()
                     announced = True
@@ -244,6 +245,16 @@ class Runner:
         except (OSError, NotRunning, xmlrpc.client.Error):
             return False
         return bool(infos) and all(info["statename"] == "RUNNING" for info in infos)
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def _term_with_parent() -> None:

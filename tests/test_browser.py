@@ -388,7 +388,12 @@ def test_screenshot_with_items_queued(page, jukebox):
     page.wait_for_selector("#lights li[data-uid]")
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     labels = page.eval_on_selector_all("#queue li .label", "ls => ls.map(l => l.textContent)")
-    assert labels[0].startswith("tea is ready"), labels
+    assert labels[0].startswith("tea is ready") and labels[1].startswith("the quick") and all(labels), labels
+    # The queue's labels have room to be read (they were cut to a few letters in a one-column card).
+    assert page.eval_on_selector("#queue li .label", "l => l.scrollWidth <= l.clientWidth"), labels[0]
+    page.set_viewport_size({"width": 600, "height": 900})
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.set_viewport_size({"width": 1100, "height": 900})
     target = os.environ.get("SHMOOZE_SCREENSHOT")
     if target:
         page.screenshot(path=target, full_page=True)

@@ -126,16 +126,17 @@ class Host:
         self.svc = Pool(types, max_line=MAX_LINE) if kind == "pool" else Queue(types, max_line=MAX_LINE)
         self.raws: list[RawModule] = []
 
-    def __call__(self, cmd: str, **args):
-        return self.svc.dispatch(protocol.Command(cmd, args))
+    def __call__(self, _cmd: str, **args):
+        return self.svc.dispatch(protocol.Command(_cmd, args))
 
-    def ok(self, cmd: str, **args):
-        answer = self(cmd, **args)
-        assert answer["success"] is True, (cmd, args, answer)
+    def ok(self, _cmd: str, **args):
+        answer = self(_cmd, **args)
+        assert answer["success"] is True, (_cmd, args, answer)
         return answer.get("result")
 
     def add_raw(self, play: bool = True) -> RawModule:
-        """Add a raw module, answering ``init`` (and ``play``) as the test."""
+        """Add a raw module, answering ``init`` as the test; with ``play``, answer ``play`` too and
+        return once ``add`` answered, else return at once (call :meth:`added` after answering ``play``)."""
         result: dict = {}
         thread = threading.Thread(target=lambda: result.update(answer=self("add", type="raw")))
         thread.start()
@@ -147,17 +148,27 @@ class Host:
             cmd = LineSock(socket.create_connection((host, int(cmd_port)), timeout=10))
             upd = LineSock(socket.create_connection((host, int(upd_port)), timeout=10))
             raw = RawModule(report, cmd, upd, int(pid))
+            raw.thread, raw.result = thread, result
             self.raws.append(raw)
             raw.expect("init")
             raw.answer()
             if play:
                 raw.expect("play")
                 raw.answer()
-        finally:
+        except BaseException:
             thread.join(10)
-        assert result["answer"]["success"] is True, result
-        raw.uid = result["answer"]["result"]["uid"]
+            raise
+        if play:
+            self.added(raw)
         return raw
+
+    @staticmethod
+    def added(raw: RawModule) -> str:
+        raw.thread.join(10)
+        answer = raw.result["answer"]
+        assert answer["success"] is True, answer
+        raw.uid = answer["result"]["uid"]
+        return raw.uid
 
     def uids(self) -> list[str]:
         return [m["uid"] for m in self.ok("status")["modules"]]
@@ -379,6 +390,7 @@ def test_garbage_answer_to_play_removes_the_module(garbage):
         raw = h.add_raw(play=False)
         raw.expect("play")
         raw.answer(raw=garbage + b"\n")
+        h.added(raw)  # add answers: the module was placed, then failed play
         entry = h.wait_removed(raw)
         assert "play" in entry["reason"] or "failed" in entry["reason"], entry
         h.good_still_works(good)
@@ -394,6 +406,7 @@ def test_two_answers_to_play_remove_the_module_at_its_next_command(kind):
         raw.expect("play")
         raw.answer()
         raw.answer({"success": True, "result": "a second answer"})
+        h.added(raw)
         COUNTS["modules:double-answer"] += 1
         good = h.ok("add", type="good")["uid"]  # in the queue it goes below the raw one, suspended
         answer = h("tell_module", uid=raw.uid, cmd="echo", args={"n": 2})

@@ -33,7 +33,7 @@
     var p = item.parameters || {};
     if (item.type === "text") return p.spoken ? p.spoken + (p.state === "done" ? "" : "\u2026") : (p.text || "");
     if (item.type === "countdown") return (p.label || "countdown") + " \u00b7 " + fmtSeconds(p.remaining);
-    if (item.type === "shout") return p.text || "";
+    if (item.type === "shout") return p.text || "(text shown once it plays)";  // set on play
     return item.type;
   }
 
@@ -128,7 +128,7 @@
       var dot = el("span", "dot" + (p.lit ? " lit" : ""));
       dot.style.color = p.color || "gray";
       li.appendChild(dot);
-      li.appendChild(el("span", "label", (p.color || "light") + " \u00b7 " + (p.blinks || 0) + " blinks"));
+      li.appendChild(el("span", "label", (p.color || "light") + " \u00b7 " + (p.blinks || 0) + (p.blinks === 1 ? " blink" : " blinks")));
       li.appendChild(button("\u2715", "remove", function () {
         endpoints.pool.forceQuery({cmd: "rm", args: {uids: [item.uid]}});
       }, "small ghost rm"));

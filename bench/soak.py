@@ -1,0 +1,683 @@
+"""Soak: concurrent clients mixing queue commands through the gateway, modules leaving by themselves.
+
+Usage: ``.venv/bin/python bench/soak.py [--seconds 60] [--clients 32] [--per-client 3]``
+
+One stack: the gateway and a queue of tests/modules/misbehave.py types (bench/soak_apps.py): ``stay``
+and ``record`` (stay until removed; ``record`` sets a parameter on every command) and ``leave05``,
+``leave1``, ``leave2`` (leave by themselves 0.5, 1 and 2 s after init). Each client thread keeps at
+most ``--per-client`` modules of its own and mixes ``add``, ``rm``, ``mv``, ``queue``,
+``tell_module`` (``echo``, checked; now and then an unknown command, on purpose) and ``ask_module``
+(``pid``). A WebSocket watcher follows the queue's change events all along.
+
+Phases: cold snapshot of the queue's worker process; a short warm-up with the same load, cleaned
+up, then the "start" snapshot (thread pools and caches are warm); the soak; then load stops, the
+self-leaving modules are waited for (bounded), the queue's content is checked against what the
+clients were told, everything is removed, and the worker's children, fds, threads and RSS are
+compared with the start snapshot.
+
+Checks (exit status 1 if any fails): no unexpected error; the final queue holds exactly the
+staying modules that clients added and did not remove (no phantom, no lost, no leaver left); the
+WebSocket watcher saw every change version, without gap, up to the service's; no child, fd, thread
+or RSS growth beyond small bounds. Prints markdown tables; writes bench/soak_results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import http.client
+import json
+import logging
+import os
+import platform
+import random
+import re
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for _path in (str(ROOT / "pymodule"), str(ROOT), str(HERE)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import psutil  # noqa: E402
+
+from common import Row, Section, markdown, percentile, setup_logging  # noqa: E402
+from push_stack import MiniStack, raise_nofile, reap_own_descendants  # noqa: E402
+from soak_apps import TYPES  # noqa: E402
+
+log = logging.getLogger("bench.soak")
+
+LEAVERS = {name for name, after in TYPES.items() if after is not None}
+STAYERS = set(TYPES) - LEAVERS
+ADD_WEIGHTS = {"stay": 3, "record": 1, "leave05": 2, "leave1": 2, "leave2": 2}
+OP_WEIGHTS = {"rm": 12, "mv": 10, "queue": 26, "tell_module": 26, "ask_module": 26}
+REQUEST_TIMEOUT = 30.0
+#: bounds of the leak check, against the warm "start" snapshot
+FD_SLACK = 5
+THREAD_SLACK = 8
+RSS_SLACK_MIB = 24.0
+RSS_SLACK_FRACTION = 0.20
+
+
+class BudgetExceeded(Exception):
+    pass
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    raise BudgetExceeded("the soak went past its time budget")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=60.0, help="length of the soak (default 60)")
+    p.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
+    p.add_argument("--per-client", type=int, default=3, help="modules each client keeps at most (default 3)")
+    p.add_argument("--warmup", type=float, default=0.0, help="warm-up seconds (default: seconds/6, 3 to 10)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, default=HERE / "soak_results.json")
+    p.add_argument("--budget", type=int, default=0, help="hard limit in seconds (default seconds + 240)")
+    return p.parse_args(argv)
+
+
+# -- what the clients were told -------------------------------------------------------------------
+
+_UID = re.compile(r"'[0-9a-f]{6}-\d+'|\b[0-9a-f]{6}-\d+\b")
+
+
+def normalize(message: str) -> str:
+    text = _UID.sub("UID", message)
+    text = re.sub(r"pid \d+", "pid N", text)
+    text = re.sub(r"\d+(\.\d+)? s\b", "N s", text)
+    return text[:160]
+
+
+class Ledger:
+    """Shared record of every uid the clients added and removed, and of every error they met."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.added: dict[str, str] = {}  # uid -> type
+        self.removed: set[str] = set()  # rm'ed by the client that added it
+        self.lost: dict[str, str] = {}  # staying modules found missing without an rm: uid -> where
+        self.seen_in_queue: set[str] = set()
+        self.errors: collections.Counter[tuple[bool, str]] = collections.Counter()
+        self.examples: dict[tuple[bool, str], str] = {}
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.failed_calls: collections.Counter[str] = collections.Counter()
+        self.latency: dict[str, list[float]] = collections.defaultdict(list)
+        self.counting = True
+
+    def error(self, expected: bool, kind: str, example: str) -> None:
+        with self.lock:
+            self.errors[(expected, kind)] += 1
+            self.examples.setdefault((expected, kind), example[:300])
+
+    def reset_counts(self) -> None:
+        with self.lock:
+            self.errors.clear()
+            self.examples.clear()
+            self.calls.clear()
+            self.failed_calls.clear()
+            self.latency.clear()
+
+
+class SoakClient(threading.Thread):
+    """One client: a kept-alive HTTP connection to the gateway, a few modules of its own."""
+
+    def __init__(self, index: int, port: int, ledger: Ledger, stop: threading.Event, per_client: int, seed: int):
+        super().__init__(name=f"soak-client-{index}", daemon=True)
+        self.index = index
+        self.port = port
+        self.ledger = ledger
+        self.stop_event = stop
+        self.per_client = per_client
+        self.rng = random.Random(seed * 1000 + index)
+        self.own: dict[str, tuple[str, float]] = {}  # uid -> (type, monotonic time of the add's answer)
+        self.conn: http.client.HTTPConnection | None = None
+        self.crashed: str | None = None
+
+    # -- transport
+
+    def call(self, cmd: str, args: dict[str, Any]) -> tuple[bool, Any]:
+        """(True, result) or (False, error message); transport failures are recorded as unexpected."""
+        body = json.dumps({"cmd": cmd, "args": args}).encode()
+        t0 = time.perf_counter()
+        try:
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT)
+            self.conn.request("POST", "/queue", body, {"Content-Type": "application/json"})
+            resp = self.conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            if self.conn is not None:
+                self.conn.close()
+            self.conn = None
+            self._count(cmd, t0, False)
+            self.ledger.error(False, f"transport: {type(exc).__name__}", f"{cmd}: {exc}")
+            return False, None
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            answer = None
+        if resp.status != 200 or not isinstance(answer, dict) or "success" not in answer:
+            self._count(cmd, t0, False)
+            self.ledger.error(False, f"HTTP {resp.status}", f"{cmd}: {data[:200]!r}")
+            return False, None
+        self._count(cmd, t0, bool(answer["success"]))
+        if answer["success"]:
+            return True, answer.get("result")
+        return False, str(answer.get("error", ""))
+
+    def _count(self, cmd: str, t0: float, ok: bool) -> None:
+        ms = (time.perf_counter() - t0) * 1000.0
+        with self.ledger.lock:
+            self.ledger.calls[cmd] += 1
+            if not ok:
+                self.ledger.failed_calls[cmd] += 1
+            self.ledger.latency[cmd].append(ms)
+
+    # -- the mix
+
+    def run(self) -> None:
+        try:
+            while not self.stop_event.is_set():
+                self.step()
+        except Exception as exc:  # a bug in the soak itself: report it, do not hide it
+            log.exception("client %d crashed", self.index)
+            self.crashed = f"{type(exc).__name__}: {exc}"
+        finally:
+            if self.conn is not None:
+                self.conn.close()
+
+    def forget_leavers(self) -> None:
+        """Leavers past their time (plus a grace) are taken as gone; the final check verifies it."""
+        now = time.monotonic()
+        for uid, (mtype, since) in list(self.own.items()):
+            if mtype in LEAVERS and now - since > TYPES[mtype] + 1.5:
+                del self.own[uid]
+
+    def step(self) -> None:
+        self.forget_leavers()
+        rng = self.rng
+        if len(self.own) < self.per_client and (not self.own or rng.random() < 0.3):
+            self.do_add()
+            return
+        op = rng.choices(list(OP_WEIGHTS), weights=list(OP_WEIGHTS.values()))[0]
+        getattr(self, "do_" + op)()
+
+    def pick(self) -> tuple[str, str] | None:
+        if not self.own:
+            return None
+        uid = self.rng.choice(list(self.own))
+        return uid, self.own[uid][0]
+
+    def do_add(self) -> None:
+        mtype = self.rng.choices(list(ADD_WEIGHTS), weights=list(ADD_WEIGHTS.values()))[0]
+        ok, result = self.call("add", {"type": mtype, "args": {"client": self.index}})
+        if ok:
+            uid = result["uid"]
+            with self.ledger.lock:
+                self.ledger.added[uid] = mtype
+            self.own[uid] = (mtype, time.monotonic())
+        elif result is not None:
+            self.ledger.error(False, f"add failed: {normalize(result)}", result)
+
+    def do_rm(self) -> None:
+        picked = self.pick()
+        if picked is None:
+            return
+        uid, _ = picked
+        ok, result = self.call("rm", {"uids": [uid]})
+        del self.own[uid]
+        if ok:
+            with self.ledger.lock:
+                self.ledger.removed.add(uid)
+        elif result is not None:
+            self.ledger.error(False, f"rm failed: {normalize(result)}", result)
+
+    def do_mv(self) -> None:
+        uids = list(self.own)
+        self.rng.shuffle(uids)
+        ok, result = self.call("mv", {"uids": uids})
+        if not ok and result is not None:
+            self.ledger.error(False, f"mv failed: {normalize(result)}", result)
+
+    def do_queue(self) -> None:
+        ok, result = self.call("queue", {})
+        if not ok:
+            if result is not None:
+                self.ledger.error(False, f"queue failed: {normalize(result)}", result)
+            return
+        listed = {entry["uid"] for entry in result}
+        with self.ledger.lock:
+            self.ledger.seen_in_queue |= listed
+        for uid, (mtype, _since) in list(self.own.items()):
+            if uid in listed:
+                continue
+            del self.own[uid]  # a leaver that left: fine; a staying module: lost
+            if mtype in STAYERS:
+                with self.ledger.lock:
+                    self.ledger.lost.setdefault(uid, "missing from a queue listing")
+                self.ledger.error(False, "staying module missing from the queue", f"{uid} ({mtype})")
+
+    def do_tell_module(self) -> None:
+        picked = self.pick()
+        if picked is None:
+            return
+        uid, mtype = picked
+        if self.rng.random() < 0.05:
+            ok, result = self.call("tell_module", {"uid": uid, "cmd": "nope", "args": {}})
+            if ok:
+                self.ledger.error(False, "unknown module command succeeded", f"{uid}: {result!r}")
+            elif result is not None:
+                self.module_error(uid, mtype, result, deliberate="unknown command: do_nope")
+            return
+        token = {"n": self.rng.randrange(1 << 30), "client": self.index}
+        ok, result = self.call("tell_module", {"uid": uid, "cmd": "echo", "args": token})
+        if ok:
+            if result != token:
+                self.ledger.error(False, "echo answered something else", f"{uid}: {result!r} != {token!r}")
+        elif result is not None:
+            self.module_error(uid, mtype, result)
+
+    def do_ask_module(self) -> None:
+        picked = self.pick()
+        if picked is None:
+            return
+        uid, mtype = picked
+        ok, result = self.call("ask_module", {"uid": uid, "parameters": ["pid"]})
+        if ok:
+            if not isinstance(result, dict) or not isinstance(result.get("pid"), int):
+                self.ledger.error(False, "ask_module answered without the pid", f"{uid}: {result!r}")
+        elif result is not None:
+            self.module_error(uid, mtype, result)
+
+    def module_error(self, uid: str, mtype: str, error: str, deliberate: str | None = None) -> None:
+        """Classify a failed tell_module/ask_module."""
+        if deliberate and deliberate in error:
+            self.ledger.error(True, "deliberate: unknown module command", error)
+            return
+        gone = "no module with uid" in error
+        broke = "failed and was removed" in error
+        if (gone or broke) and mtype in LEAVERS:
+            self.own.pop(uid, None)
+            kind = "race: module left by itself (no module with uid)" if gone else \
+                "race: module left while being commanded (failed and was removed)"
+            self.ledger.error(True, kind, error)
+            return
+        if gone or broke:
+            self.own.pop(uid, None)
+            with self.ledger.lock:
+                self.ledger.lost.setdefault(uid, normalize(error))
+        self.ledger.error(False, f"{mtype}: {normalize(error)}", error)
+
+
+class EventWatcher(threading.Thread):
+    """Follows the queue's change events over the gateway's WebSocket; checks versions have no gap."""
+
+    def __init__(self, port: int, stop: threading.Event):
+        super().__init__(name="soak-ws", daemon=True)
+        self.url = f"ws://127.0.0.1:{port}/ws"
+        self.stop_event = stop
+        self.version: int | None = None
+        self.events = 0
+        self.messages = 0
+        self.gaps: list[tuple[int, int]] = []
+        self.resets = 0
+        self.kinds: collections.Counter[str] = collections.Counter()
+        self.problem: str | None = None
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        from shmooze.websocket import WebSocketClient
+
+        try:
+            ws = WebSocketClient.connect(self.url, timeout=10)
+        except Exception as exc:
+            self.problem = f"cannot connect: {exc}"
+            self.ready.set()
+            return
+        try:
+            ws.send(json.dumps({"id": 1, "subscribe": {"queue": None}}))
+            while not self.stop_event.is_set():
+                text = ws.receive(timeout=0.5)
+                if text is None:
+                    if ws.closed:
+                        self.problem = f"closed by the gateway ({ws.close_code} {ws.close_reason})"
+                        return
+                    continue
+                msg = json.loads(text)
+                if msg.get("id") == 1:
+                    self.version = msg["result"]["queue"]["version"]
+                    self.ready.set()
+                    continue
+                if msg.get("event") != "change":
+                    continue
+                self.messages += 1
+                if msg.get("reset"):
+                    self.resets += 1
+                for ev in msg.get("events", []):
+                    v = ev["version"]
+                    if self.version is not None and v != self.version + 1 and not msg.get("reset"):
+                        self.gaps.append((self.version, v))
+                    self.version = v
+                    self.events += 1
+                    self.kinds[ev.get("kind", "?")] += 1
+                if msg.get("version") is not None:
+                    self.version = msg["version"]
+        except Exception as exc:
+            self.problem = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.ready.set()
+            ws.close()
+
+
+# -- phases ---------------------------------------------------------------------------------------
+
+def snapshot(pid: int) -> dict[str, Any]:
+    p = psutil.Process(pid)
+    kids = p.children()
+    zombies = 0
+    for k in kids:
+        try:
+            zombies += k.status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            pass
+    return {"children": len(kids) - zombies, "zombies": zombies, "fds": p.num_fds(), "threads": p.num_threads(),
+            "rss_mib": p.memory_info().rss / 2**20}
+
+
+def gateway_snapshot(stack: MiniStack) -> dict[str, Any]:
+    fds = threads = 0
+    rss = 0.0
+    for w in stack.gateway_workers():
+        try:
+            fds += w.num_fds()
+            threads += w.num_threads()
+            rss += w.memory_info().rss / 2**20
+        except psutil.Error:
+            pass
+    return {"fds": fds, "threads": threads, "rss_mib": rss}
+
+
+def run_load(stack: MiniStack, ledger: Ledger, seconds: float, clients: int, per_client: int,
+             seed: int) -> tuple[float, list[SoakClient]]:
+    stop = threading.Event()
+    threads = [SoakClient(i, stack.ports["wsgi"], ledger, stop, per_client, seed) for i in range(clients)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    try:
+        stop.wait(seconds)
+    finally:
+        stop.set()
+        deadline = time.monotonic() + REQUEST_TIMEOUT + 15
+        for t in threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+    elapsed = time.monotonic() - t0
+    stuck = [t.name for t in threads if t.is_alive()]
+    if stuck:
+        ledger.error(False, "client still waiting after the load stopped", ", ".join(stuck))
+    return elapsed, threads
+
+
+def queue_state(stack: MiniStack) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    return stack.call("queue", "queue"), stack.call("queue", "status")
+
+
+def wait_leavers_gone(stack: MiniStack, added: dict[str, str], timeout: float) -> tuple[float, list[dict[str, Any]]]:
+    """Wait until no self-leaving module is in the queue or starting or stopping; return (seconds, queue)."""
+    t0 = time.monotonic()
+    while True:
+        queue, status = queue_state(stack)
+        leavers = [e for e in queue if e["type"] in LEAVERS]
+        busy = status["stopping"] or [m for m in status["modules"] if m.get("type") in LEAVERS]
+        if not leavers and not busy:
+            return time.monotonic() - t0, queue
+        if time.monotonic() - t0 > timeout:
+            return -1.0, queue
+        time.sleep(0.1)
+
+
+def remove_all(stack: MiniStack, worker: int, baseline_children: int, timeout: float) -> float:
+    """rm every module (through the gateway's port? no: straight, it is cleanup) and wait for the children."""
+    t0 = time.monotonic()
+    queue, _ = queue_state(stack)
+    if queue:
+        stack.call("queue", "rm", uids=[e["uid"] for e in queue])
+    while True:
+        queue, status = queue_state(stack)
+        snap = snapshot(worker)
+        if not queue and not status["modules"] and not status["stopping"] and snap["children"] <= baseline_children \
+                and not snap["zombies"]:
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            return -1.0
+        time.sleep(0.1)
+
+
+def service_log_lines(stack: MiniStack) -> dict[str, collections.Counter[str]]:
+    out: dict[str, collections.Counter[str]] = {}
+    for name in ("queue", "wsgi"):
+        counter: collections.Counter[str] = collections.Counter()
+        for line in stack.log_tail(name, 5_000_000).splitlines():
+            if " WARNING " in line or " ERROR " in line or "Traceback" in line:
+                msg = line.split(": ", 1)[-1] if "]" in line else line
+                counter[normalize(re.sub(r"module \S+ \(", "module UID (", msg))] += 1
+        out[name] = counter
+    return out
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    setup_logging()
+    raise_nofile()
+    warmup = opts.warmup or min(10.0, max(3.0, opts.seconds / 6))
+    budget = opts.budget or int(opts.seconds + warmup + 240)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(budget)
+    started = time.time()
+    t_start = time.monotonic()
+    res: dict[str, Any] = {"seconds": opts.seconds, "clients": opts.clients, "per_client": opts.per_client,
+                           "warmup_s": warmup, "types": {k: v for k, v in TYPES.items()}}
+    checks: list[tuple[str, bool, str]] = []
+    ledger = Ledger()
+    try:
+        with MiniStack({"queue": "soak_apps:make_queue"}, "shmooze-soak-", {"service_threads": 32}) as stack:
+            worker = stack.worker_pid("queue")
+            res["cold"] = snapshot(worker)
+            base_children = res["cold"]["children"]  # the orphan guard
+
+            log.info("warm-up: %d clients for %g s", opts.clients, warmup)
+            run_load(stack, ledger, warmup, opts.clients, opts.per_client, opts.seed + 7)
+            wait_leavers_gone(stack, ledger.added, 20)
+            if remove_all(stack, worker, base_children, 30) < 0:
+                raise RuntimeError("the warm-up's modules did not go within 30 s")
+            time.sleep(1.5)
+            res["start"] = snapshot(worker)
+            res["gateway_start"] = gateway_snapshot(stack)
+            res["warmup_errors"] = {f"{'expected' if e else 'UNEXPECTED'}: {k}": n
+                                    for (e, k), n in ledger.errors.items()}
+            ledger = Ledger()
+
+            stop_ws = threading.Event()
+            watcher = EventWatcher(stack.ports["wsgi"], stop_ws)
+            watcher.start()
+            watcher.ready.wait(10)
+            log.info("soak: %d clients for %g s", opts.clients, opts.seconds)
+            cpu0 = {n: psutil.Process(p).cpu_times() for n, p in (("queue", worker),)}
+            peak = {"children": 0, "threads": 0, "fds": 0, "rss_mib": 0.0}
+            sampling = threading.Event()
+
+            def sample() -> None:
+                while not sampling.wait(0.5):
+                    try:
+                        s = snapshot(worker)
+                    except psutil.Error:
+                        return
+                    for k in peak:
+                        peak[k] = max(peak[k], s[k])
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            elapsed, clients = run_load(stack, ledger, opts.seconds, opts.clients, opts.per_client, opts.seed)
+            sampling.set()
+            sampler.join(5)
+            cpu1 = psutil.Process(worker).cpu_times()
+            res["peak"] = peak
+            res["elapsed_s"] = elapsed
+            res["queue_cpu_share"] = (cpu1.user + cpu1.system - cpu0["queue"].user - cpu0["queue"].system) / elapsed
+            crashed = [f"{c.name}: {c.crashed}" for c in clients if c.crashed]
+
+            log.info("load stopped; waiting for self-leaving modules")
+            leave_s, final_queue = wait_leavers_gone(stack, ledger.added, 20)
+            _, status = queue_state(stack)
+            res["leavers_gone_after_s"] = leave_s
+            final = {e["uid"]: e["type"] for e in final_queue}
+            live = {u: t for u, t in ledger.added.items() if u not in ledger.removed}
+            phantom = sorted(u for u in final if u not in ledger.added)
+            resurrected = sorted(u for u in final if u in ledger.removed)
+            leavers_left = sorted(u for u, t in final.items() if t in LEAVERS)
+            lost = sorted(u for u, t in live.items() if t in STAYERS and u not in final)
+            seen_unknown = sorted(u for u in ledger.seen_in_queue if u not in ledger.added)
+            ended = {m["uid"]: m for m in status.get("ended", [])}
+            res["state"] = {"final_queue": len(final), "added": len(ledger.added), "removed_by_clients":
+                            len(ledger.removed), "expected_staying": sum(1 for t in live.values() if t in STAYERS),
+                            "phantom": phantom, "resurrected": resurrected, "leavers_left": leavers_left,
+                            "lost": {u: {"type": live[u], "seen": ledger.lost.get(u),
+                                         "ended": {k: ended[u].get(k) for k in ("ended_by", "state", "reason")
+                                                   if k in ended[u]} if u in ended else None} for u in lost},
+                            "unknown_uids_seen_mid_run": seen_unknown}
+
+            # the watcher must reach the service's version
+            target = status["change_version"]
+            deadline = time.monotonic() + 10
+            while (watcher.version or 0) < target and time.monotonic() < deadline and watcher.is_alive():
+                time.sleep(0.05)
+            stop_ws.set()
+            watcher.join(5)
+            res["watcher"] = {"events": watcher.events, "messages": watcher.messages, "gaps": watcher.gaps[:10],
+                              "gap_count": len(watcher.gaps), "resets": watcher.resets, "last_version": watcher.version,
+                              "service_version": target, "problem": watcher.problem,
+                              "kinds": dict(watcher.kinds.most_common())}
+
+            log.info("removing every module; measuring leaks")
+            res["remove_all_s"] = remove_all(stack, worker, base_children, 30)
+            time.sleep(1.5)
+            res["end"] = snapshot(worker)
+            res["gateway_end"] = gateway_snapshot(stack)
+            res["service_logs"] = {k: dict(v.most_common(15)) for k, v in service_log_lines(stack).items()}
+    finally:
+        signal.alarm(0)
+        reap_own_descendants()
+
+    # -- checks
+    unexpected = {k: n for (e, k), n in ledger.errors.items() if not e}
+    expected = {k: n for (e, k), n in ledger.errors.items() if e}
+    total = sum(ledger.calls.values())
+    st = res["state"]
+    checks.append(("no unexpected errors", not unexpected and not crashed,
+                   f"{sum(unexpected.values())} unexpected" + (f"; crashed clients: {crashed}" if crashed else "")))
+    checks.append(("self-leaving modules gone after the load", res["leavers_gone_after_s"] >= 0 and not st["leavers_left"],
+                   f"in {res['leavers_gone_after_s']:.1f} s" if res["leavers_gone_after_s"] >= 0 else
+                   f"still there after 20 s: {st['leavers_left'][:5]}"))
+    checks.append(("final queue = staying modules added and not removed",
+                   not st["phantom"] and not st["resurrected"] and not st["lost"],
+                   f"{st['final_queue']} in the queue, {st['expected_staying']} expected; phantom "
+                   f"{len(st['phantom'])}, resurrected {len(st['resurrected'])}, lost {len(st['lost'])}"))
+    checks.append(("no uid in a mid-run listing that no client added", not st["unknown_uids_seen_mid_run"],
+                   f"{len(st['unknown_uids_seen_mid_run'])} unknown"))
+    w = res["watcher"]
+    checks.append(("WebSocket watcher: every change version, no gap", not w["problem"] and not w["gap_count"]
+                   and not w["resets"] and w["last_version"] == w["service_version"],
+                   f"{w['events']:,} events in {w['messages']:,} messages; version {w['last_version']} of "
+                   f"{w['service_version']}; gaps {w['gap_count']}, resets {w['resets']}"
+                   + (f"; {w['problem']}" if w["problem"] else "")))
+    start, end = res["start"], res["end"]
+    rss_bound = max(RSS_SLACK_MIB, start["rss_mib"] * RSS_SLACK_FRACTION)
+    leak_checks = [
+        ("children", end["children"] <= start["children"] and end["zombies"] == 0, "no more than at start, no zombie"),
+        ("fds", end["fds"] <= start["fds"] + FD_SLACK, f"<= start + {FD_SLACK}"),
+        ("threads", end["threads"] <= start["threads"] + THREAD_SLACK, f"<= start + {THREAD_SLACK}"),
+        ("rss_mib", end["rss_mib"] <= start["rss_mib"] + rss_bound, f"<= start + {rss_bound:.0f} MiB"),
+    ]
+    checks.append(("all modules removed, children reaped", res["remove_all_s"] >= 0,
+                   f"in {res['remove_all_s']:.1f} s" if res["remove_all_s"] >= 0 else "not within 30 s"))
+
+    # -- tables
+    load = Section(f"Soak: {opts.clients} clients for {opts.seconds:g} s through the gateway")
+    load.add(Row("requests served", total, "count", compare=f"{total / res['elapsed_s']:.0f} req/s", verdict="info"))
+    load.add(Row("requests/s", total / res["elapsed_s"], "req/s",
+                 compare=f"queue service CPU {res['queue_cpu_share'] * 100:.0f} % of a core"))
+    for cmd in ("add", "rm", "mv", "queue", "tell_module", "ask_module"):
+        lat = ledger.latency.get(cmd) or [0.0]
+        load.add(Row(f"{cmd}: calls (failed)", ledger.calls[cmd], "count",
+                     compare=f"{ledger.failed_calls[cmd]} failed; p50 {percentile(lat, 0.5):.1f} ms, "
+                             f"p99 {percentile(lat, 0.99):.1f} ms"))
+    load.add(Row("modules added / removed by clients / left by themselves (approx.)", len(ledger.added), "count",
+                 compare=f"{len(ledger.removed)} rm'ed; {sum(1 for t in ledger.added.values() if t in LEAVERS)} "
+                         f"self-leaving added; peak children {res['peak']['children']}, peak threads "
+                         f"{res['peak']['threads']}"))
+
+    errs = Section("Soak: errors by kind")
+    for (is_expected, kind), n in sorted(ledger.errors.items(), key=lambda kv: (kv[0][0], -kv[1])):
+        errs.add(Row(kind.replace("|", "/"), n, "count", compare="expected" if is_expected else "UNEXPECTED",
+                     verdict="info" if is_expected else "FAIL"))
+    if not ledger.errors:
+        errs.notes.append("no error at all")
+    for name, lines in res["service_logs"].items():
+        if lines:
+            errs.notes.append(f"{name} log warnings/errors: " + "; ".join(f"{n}x {m}" for m, n in
+                                                                        list(lines.items())[:6]).replace("|", "/"))
+
+    leaks = Section("Soak: queue service worker before / after (all modules removed)")
+    for key, ok, bound in leak_checks:
+        unit = "MiB" if key == "rss_mib" else "count"
+        label = {"rss_mib": "RSS", "fds": "open fds", "threads": "threads", "children": "child processes"}[key]
+        fmt_v = (lambda v: f"{v:.1f}") if key == "rss_mib" else (lambda v: f"{v}")
+        leaks.add(Row(label, end[key], unit, floor=start[key], floor_label="start",
+                      compare=f"cold {fmt_v(res['cold'][key])} -> start {fmt_v(start[key])} -> peak "
+                              f"{fmt_v(res['peak'][key])} -> end {fmt_v(end[key])}; {bound}",
+                      verdict="pass" if ok else "FAIL"))
+    g0, g1 = res["gateway_start"], res["gateway_end"]
+    leaks.add(Row("gateway workers: fds / threads / RSS", g1["fds"], "count", floor=g0["fds"], floor_label="start",
+                  compare=f"threads {g0['threads']} -> {g1['threads']}; RSS {g0['rss_mib']:.1f} -> "
+                          f"{g1['rss_mib']:.1f} MiB"))
+    leaks.notes.append("'start' is measured after a warm-up with the same load (cleaned up), so thread pools "
+                       "that grow on demand and caches are already warm; 'cold' is right after the service started.")
+
+    check_sec = Section("Soak: checks")
+    for name, ok, detail in checks:
+        check_sec.add(Row(name, None, "", compare=detail, verdict="pass" if ok else "FAIL"))
+    for key, ok, bound in leak_checks:
+        check_sec.add(Row(f"back to start level: {key}", end[key], "", floor=start[key], floor_label="start",
+                          compare=bound, verdict="pass" if ok else "FAIL"))
+
+    sections = [load, errs, leaks, check_sec]
+    for section in sections:
+        sys.stdout.write(markdown(section) + "\n")
+    failed = [r.measure for s in (check_sec,) for r in s.rows if r.verdict == "FAIL"]
+    res.update(requests=total, requests_per_s=total / res["elapsed_s"], calls=dict(ledger.calls),
+               failed_calls=dict(ledger.failed_calls), errors_expected=expected, errors_unexpected=unexpected,
+               error_examples={f"{'expected' if e else 'UNEXPECTED'}: {k}": v for (e, k), v in ledger.examples.items()},
+               crashed_clients=crashed, duration_s=round(time.monotonic() - t_start, 1))
+    out = {"started": started, "environment": {"python": sys.version.split()[0], "platform": platform.platform(),
+                                               "cpus": os.cpu_count()},
+           "results": res, "sections": [s.as_json() for s in sections], "failed_checks": failed}
+    opts.out.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    log.info("done in %.0f s; results in %s; %d check(s) failed%s", res["duration_s"], opts.out, len(failed),
+             f": {', '.join(failed)}" if failed else "")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
