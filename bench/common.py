@@ -6,6 +6,7 @@ import http.client
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -252,6 +253,56 @@ def precise_cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def _busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine spent in processes so far (user, nice, system, and steal)."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "steal", 0.0)
+
+
+def _tree_cpu_seconds() -> float:
+    """CPU seconds of this process, its live descendants, and every descendant they (or we) reaped."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        children = []
+    for child in children:
+        try:
+            t = child.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
+class ForeignMeter:
+    """How much CPU the rest of the machine (not this benchmark's process tree) used during a stretch."""
+
+    def __init__(self) -> None:
+        self.busy0 = _busy_cpu_seconds()
+        self.tree0 = _tree_cpu_seconds()
+        self.t0 = time.monotonic()
+
+    def cores(self) -> float:
+        """Average cores used by other processes since this meter was made (noise on every figure)."""
+        wall = time.monotonic() - self.t0
+        other = (_busy_cpu_seconds() - self.busy0) - (_tree_cpu_seconds() - self.tree0)
+        return max(other, 0.0) / wall if wall > 0 else 0.0
+
+
+def noise_note(section: "Section", meter: ForeignMeter, threshold: float = 0.25) -> float:
+    """Note on the section how busy the rest of the machine was while it ran; returns the cores."""
+    cores = meter.cores()
+    text = f"Other processes on the machine used {cores:.2f} cores on average while this section ran"
+    if cores > threshold:
+        text += " (NOISY: its figures are lower bounds of what this machine can do)"
+    section.notes.append(text + ".")
+    section.noise_cores = cores
+    return cores
+
+
 def family(pid: int) -> list[int]:
     """A process and its descendants."""
     try:
@@ -287,13 +338,15 @@ class Section:
     title: str
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    noise_cores: float | None = None
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
         return row
 
     def as_json(self) -> dict[str, Any]:
-        return {"title": self.title, "rows": [r.as_json() for r in self.rows], "notes": self.notes}
+        return {"title": self.title, "rows": [r.as_json() for r in self.rows], "notes": self.notes,
+                "other_processes_cores": self.noise_cores}
 
 
 def fmt(value: float | None, unit: str) -> str:

@@ -10,13 +10,13 @@ import threading
 import time
 import xmlrpc.client
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import psutil
 
-from common import (BENCH, HOST, PYTHON, BenchError, Client, Proc, Row, Section, child_env, encode_command, fmt,
-                    limit_row, median, percentile, precise_cpu_seconds, ratio_row, wait_until)
+from common import (BENCH, HOST, PYTHON, BenchError, Client, ForeignMeter, Proc, Row, Section, child_env,
+                    encode_command, limit_row, median, noise_note, percentile, precise_cpu_seconds, ratio_row,
+                    wait_until)
 from stack import Stack
 
 log = logging.getLogger("bench.modules")
@@ -42,8 +42,9 @@ class FloorParent:
     def cycle(self) -> tuple[float, float]:
         """One child: (spawn until its answer arrived, exit command until reaped), in ms."""
         t0 = time.perf_counter()
-        proc = subprocess.Popen([PYTHON, *self.python_flags, FLOOR_CHILD, HOST, str(self.port)], env=self.env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        argv = [PYTHON, *self.python_flags, FLOOR_CHILD, HOST, str(self.port)]
+        proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
         conn = None
         try:
             conn, _ = self.listener.accept()
@@ -428,12 +429,17 @@ def run(stack: Stack, quick: bool) -> list[Section]:
     tells = 300 if quick else 1000
     count = 100 if quick else 500
     sup_cycles = 5 if quick else 20
-    log.info("B1: add/rm, %d cycles", cycles)
-    b1 = start_stop_section(stack, cycles, warmup)
-    log.info("B2: tell_module, %d round trips", tells)
-    b2 = tell_section(stack, tells, 50)
-    log.info("B4: supervisord, %d cycles", sup_cycles)
-    b4 = supervisor_section(stack, sup_cycles, 2)
-    log.info("B3: pool of %d modules", count)
-    b3 = pool_section(stack, count, 4, 10 if quick else 30, 1.0 if quick else 2.0)
-    return [b1, b2, b3, b4]
+    steps = [
+        ("B1: add/rm, %d cycles" % cycles, lambda: start_stop_section(stack, cycles, warmup)),
+        ("B2: tell_module, %d round trips" % tells, lambda: tell_section(stack, tells, 50)),
+        ("B3: pool of %d modules" % count,
+         lambda: pool_section(stack, count, 4, 10 if quick else 30, 1.0 if quick else 2.0)),
+        ("B4: supervisord, %d cycles" % sup_cycles, lambda: supervisor_section(stack, sup_cycles, 2)),
+    ]
+    sections = []
+    for what, step in steps:
+        log.info("%s", what)
+        meter = ForeignMeter()
+        sections.append(step())
+        noise_note(sections[-1], meter)
+    return sections

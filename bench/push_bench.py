@@ -48,7 +48,7 @@ import psutil  # noqa: E402
 
 from common import (PYTHON, Row, Section, child_env, fmt, limit_row, markdown, percentile, ratio_row,  # noqa: E402
                     setup_logging)
-from push_stack import MiniStack, raise_nofile, reap_own_descendants  # noqa: E402
+from push_stack import MachineMeter, MiniStack, describe_load, raise_nofile, reap_own_descendants  # noqa: E402
 from push_wire import Fleet, StampLog  # noqa: E402
 
 log = logging.getLogger("bench.push")
@@ -157,7 +157,9 @@ def latency_phase(stack: MiniStack, fleet: Fleet, seconds: float, interval: floa
         service = [psutil.Process(stack.worker_pid("queue"))]
         me = [psutil.Process()]
         cpu0 = (cpu_of(workers), cpu_of(service), cpu_of(me), time.monotonic())
+        meter = MachineMeter()
         fleet.run(run_for, stamps.on_text)
+        machine = meter.read()
         cpu1 = (cpu_of(workers), cpu_of(service), cpu_of(me), time.monotonic())
         out, err = floor_proc.communicate(timeout=30)
         if floor_proc.returncode != 0:
@@ -189,6 +191,7 @@ def latency_phase(stack: MiniStack, fleet: Fleet, seconds: float, interval: floa
         "floor_user_ms": ms_stats(floor["user_ms"]),
         "floor_polls": floor["polls"],
         "kernel_timestamps": fleet.timestamps and floor["timestamps"],
+        "machine": machine,
         "cpu_core_share": {"gateway_workers": (cpu1[0] - cpu0[0]) / wall, "queue_service": (cpu1[1] - cpu0[1]) / wall,
                            "bench_client": (cpu1[2] - cpu0[2]) / wall},
     }
@@ -309,13 +312,18 @@ def build_sections(res: dict[str, Any]) -> list[Section]:
         lat.add(Row(f"{label}: CPU (share of one core)", cpu["gateway_workers"] * 100, "%",
                     compare=f"gateway workers; queue service {cpu['queue_service'] * 100:.0f} %, "
                             f"benchmark client {cpu['bench_client'] * 100:.0f} %"))
+        m = phase["machine"]
+        lat.add(Row(f"{label}: other processes on the machine", m["others_cores"], "cores",
+                    compare=describe_load(m), verdict="info" if m["others_cores"] < 0.25 else "busy"))
     lat.notes.append(
         "Value: kernel arrival time (SO_TIMESTAMPNS) of the WebSocket frame minus the module's time.time() "
         "when it set the parameter, one sample per (watcher, stamp); stamps every "
         f"{res['interval_s'] * 1000:.0f} ms over {res['window_s']:g} s. Floor: the same stamps, long-polled "
         "with the service's `changes` command straight at the queue's port (no gateway) in a separate "
         "process at the same time: the cost of module -> service -> HTTP answer, which the gateway's own "
-        "long poll also pays. Value - floor = the gateway's hop plus fan-out plus WebSocket framing.")
+        "long poll also pays. Value - floor = the gateway's hop plus fan-out plus WebSocket framing. "
+        "'other processes' is CPU taken by processes that are not this benchmark's (the machine is shared): "
+        "when it is high ('busy'), the latencies include waiting for a core.")
     sections.append(lat)
 
     mem = res.get("memory")

@@ -138,3 +138,48 @@ def reap_own_descendants(grace: float = 5.0) -> list[int]:
             pass
     time.sleep(0)
     return [k.pid for k in alive]
+
+
+def _family_cpu() -> float:
+    """CPU seconds of this process and every descendant, reaped children included."""
+    me = psutil.Process()
+    total = 0.0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _busy(t: Any) -> float:
+    return sum(getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
+
+
+class MachineMeter:
+    """How busy the machine was during a phase, and how much of that was not this benchmark.
+
+    The machine is shared (2 cores): other sessions' tests and browsers can take the CPU and
+    stretch every latency measured here. ``others_cores`` says how much they took.
+    """
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.sys0 = psutil.cpu_times()
+        self.ours0 = _family_cpu()
+
+    def read(self) -> dict[str, float]:
+        wall = max(1e-6, time.monotonic() - self.t0)
+        sys1 = psutil.cpu_times()
+        busy = _busy(sys1) - _busy(self.sys0)
+        steal = getattr(sys1, "steal", 0.0) - getattr(self.sys0, "steal", 0.0)
+        ours = _family_cpu() - self.ours0
+        return {"wall_s": round(wall, 2), "cores": psutil.cpu_count() or 0, "machine_busy_cores": busy / wall,
+                "ours_cores": ours / wall, "others_cores": max(0.0, (busy - ours) / wall),
+                "steal_cores": steal / wall, "loadavg_1m": os.getloadavg()[0]}
+
+
+def describe_load(m: dict[str, float]) -> str:
+    return (f"machine {m['machine_busy_cores']:.2f} of {m['cores']} cores busy, of which other processes "
+            f"{m['others_cores']:.2f}; load average {m['loadavg_1m']:.1f}")

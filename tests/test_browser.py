@@ -26,13 +26,15 @@ if not CHROMIUM:  # pragma: no cover - depends on the machine
     pytest.skip("no Chromium (/usr/bin/chromium or chromium on PATH) to drive", allow_module_level=True)
 
 from shmooze.client import Client  # noqa: E402
-from tests.helpers import ROOT, free_port, gone, start_service, wait_for, write_settings  # noqa: E402
+from tests.helpers import ROOT, descendants, free_port, gone, start_service, wait_for, write_settings  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TEST_PAGE = Path(__file__).resolve().parent / "browser_static" / "plain.html"
 SERVICES = ("queue", "pool", "volume")
-TIMEOUT_MS = 10_000
+TIMEOUT_MS = 10_000  # for every wait on the page
+
+pytestmark = pytest.mark.timeout(90)
 
 
 # -- fixtures ------------------------------------------------------------------------------
@@ -87,7 +89,7 @@ def browser():
             assert any("chromium" in _cmdline(pid) for pid in started), "Chromium was not started"
             yield chromium
         finally:
-            started |= {p.pid for p in me.children(recursive=True)} - before
+            started |= {kid for pid in list(started) for kid in descendants(pid)}  # renderers started since
             chromium.close()
     finally:
         pw.stop()
@@ -192,7 +194,9 @@ def test_page_loads_settings_and_endpoints(page, jukebox):
     types = page.eval_on_selector_all("#add-type option", "opts => opts.map(o => o.value)")
     assert sorted(types) == ["countdown", "shout", "text"]
     assert page.input_value("#add-type") == "text"
-    assert page.input_value("#volume") == "50" and page.inner_text("#volume-level") == "50%"
+    level = jukebox["client"].volume.get_volume()["level"]
+    page.wait_for_function(f"document.getElementById('volume-level').textContent === '{level}%'")
+    assert page.input_value("#volume") == str(level)
     assert page.wait_for_selector("#clock").inner_text().count(":") == 2
 
 
@@ -339,7 +343,7 @@ def test_falls_back_to_polling_when_websocket_fails(page, jukebox):
     }""")
     # Three failed opens (after backoffs of about 0.25, 0.5 and 1 s), then long polling.
     page.wait_for_function("shmooze.mode === 'polling' && shmooze.connected === true && endpoints.queue.version !== null")
-    assert page.evaluate("window.wsAttempts") == 3
+    assert page.evaluate("window.wsAttempts") >= 3
     assert page.is_visible("#up") and page.is_hidden("#down")
     failures = page.evaluate("window.disconnects")
     # Later tries of the WebSocket fail too; polling still works, so the page stays connected.
