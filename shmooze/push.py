@@ -175,7 +175,11 @@ class PushSession:
                     if self.ws.closed:
                         return
                     continue
-                self.subscriber.push(self.handle(text))
+                try:
+                    reply = self.handle(text)
+                except (RecursionError, ValueError, TypeError) as exc:  # e.g. nesting too deep to re-encode
+                    reply = _reply(None, protocol.error(f"message refused: {type(exc).__name__}"))
+                self.subscriber.push(reply)
         finally:
             for name in self.subscribed:
                 self.watchers[name].unsubscribe(self.subscriber)

@@ -287,3 +287,23 @@ def test_process_limit_reached_during_add(tmp_path):
             proc.stop()
         finally:
             proc.kill_everything()
+
+
+def test_add_and_ladder_work_with_descriptors_above_1024(queue):
+    """A service holding a few hundred modules has fds above FD_SETSIZE: ``add`` must still work and
+    the ladder must still wait for a clean exit (``select`` refused such fds; ``poll`` does not)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 1200:
+        pytest.skip(f"RLIMIT_NOFILE {soft} is too low to open 1100 descriptors")
+    padding = [open(os.devnull, "rb") for _ in range(1100)]
+    try:
+        uid = ok(queue, "add", type="good")["uid"]
+        assert module(queue, uid)._cmd_sock.fileno() > 1024
+        assert ok(queue, "tell_module", uid=uid, cmd="echo", args={"k": 1}) == {"k": 1}
+        ok(queue, "rm", uids=[uid])
+        assert ended(queue, uid)["ended_by"] == ladder.RM  # it exited after rm; no SIGTERM/SIGKILL needed
+    finally:
+        for f in padding:
+            f.close()
