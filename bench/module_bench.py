@@ -111,12 +111,14 @@ def start_stop_section(stack: Stack, n: int, warmup: int) -> Section:
             bare.cycle()
         add_rm_cycles(stack.ports["queue"], warmup)
         add_rm_cycles(stack.ports["pool"], warmup)
-        f_start, f_stop, q_add, q_rm, p_add, p_rm, bare_start = [], [], [], [], [], [], []
+        f_start, f_stop, q_add, q_rm, p_add, p_rm, bare_start, bare_stop = [], [], [], [], [], [], [], []
         for _ in range(n):  # interleaved, one of each per round
             s, e = floor.cycle()
             f_start.append(s)
             f_stop.append(e)
-            bare_start.append(bare.cycle()[0])
+            s, e = bare.cycle()
+            bare_start.append(s)
+            bare_stop.append(e)
             a, r = add_rm_cycles(stack.ports["queue"], 1)
             q_add += a
             q_rm += r
@@ -138,8 +140,10 @@ def start_stop_section(stack: Stack, n: int, warmup: int) -> Section:
                       floor_label="floor", p90=percentile(q_rm, .9)))
     sec.add(limit_row("pool rm (until reaped), p50", median(p_rm), "ms", at_most=10.0, floor=fe,
                       floor_label="floor", p90=percentile(p_rm, .9)))
-    sec.add(ratio_row("floor child under python -S (no site-packages .pth hooks), p50", median(bare_start), "ms",
+    sec.add(ratio_row("floor child under python -S (no site, no .pth hooks): start, p50", median(bare_start), "ms",
                       fs, "floor"))
+    sec.add(ratio_row("floor child under python -S: exit command until reaped, p50", median(bare_stop), "ms",
+                      fe, "floor"))
     sec.notes.append("Every child runs the service's interpreter (.venv/bin/python), as python_module() "
                      "does; the -S row shows what the interpreter's site start-up costs of each start.")
     return sec

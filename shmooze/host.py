@@ -232,7 +232,7 @@ class ModuleHost(Service):
 
     def _on_gone(self, module: ModuleProcess, reason: str) -> None:
         """The module is leaving on its own (I/O thread): remove it without blocking this thread."""
-        self._ladders.submit(self._remove, [module.uid], f"module left: {reason}", False, True)
+        self._remove([module.uid], f"module left: {reason}", send_rm=False, wait=False)
 
     def _tell(self, module: ModuleProcess, cmd: str, args: dict[str, Any], logged_as: str) -> Any:
         """Send ``do_CMD``; log it as ``logged_as``; a broken module is removed."""

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from shmooze import protocol
 from shmooze.forward import ForwardError, ServiceProxy
+from shmooze.websocket import text_frame
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +36,20 @@ OUTBOX_LIMIT = 500  # messages a slow browser may be behind before it is dropped
 
 
 class Subscriber:
-    """One WebSocket connection's outbox, drained by its own writer thread (a greenlet under gevent)."""
+    """One WebSocket connection's outbox of encoded frames, drained by its own writer thread
+    (a greenlet under gevent)."""
 
-    def __init__(self, send: Callable[[str], None], close: Callable[[], None]):
+    def __init__(self, send: Callable[[bytes], None], close: Callable[[], None]):
         self._send = send
         self._close = close
-        self._outbox: queue.Queue[str | None] = queue.Queue(OUTBOX_LIMIT)
+        self._outbox: queue.Queue[bytes | None] = queue.Queue(OUTBOX_LIMIT)
         self.dropped = False
         self._writer = threading.Thread(target=self._write_loop, name="ws-writer", daemon=True)
         self._writer.start()
 
-    def push(self, text: str) -> None:
+    def push(self, frame: bytes) -> None:
         try:
-            self._outbox.put_nowait(text)
+            self._outbox.put_nowait(frame)
         except queue.Full:
             if not self.dropped:
                 self.dropped = True
@@ -56,11 +58,11 @@ class Subscriber:
 
     def _write_loop(self) -> None:
         while True:
-            text = self._outbox.get()
-            if text is None:
+            frame = self._outbox.get()
+            if frame is None:
                 return
             try:
-                self._send(text)
+                self._send(frame)
             except Exception:
                 self._close()
                 return
@@ -134,7 +136,7 @@ class ServiceWatcher:
             self.version = result["version"]
 
     def publish(self, result: dict[str, Any]) -> None:
-        message = change_message(self.proxy.name, result)
+        message = text_frame(change_message(self.proxy.name, result))  # framed once for everyone
         with self._lock:
             subscribers = list(self._subscribers)
         for sub in subscribers:
@@ -158,7 +160,7 @@ class PushSession:
         self.proxies = proxies
         self.watchers = watchers
         self.authorize = authorize
-        self.subscriber = Subscriber(ws.send, self._close)
+        self.subscriber = Subscriber(ws.send_frame, self._close)
         self.subscribed: set[str] = set()
 
     def _close(self) -> None:
@@ -179,7 +181,7 @@ class PushSession:
                     reply = self.handle(text)
                 except (RecursionError, ValueError, TypeError) as exc:  # e.g. nesting too deep to re-encode
                     reply = _reply(None, protocol.error(f"message refused: {type(exc).__name__}"))
-                self.subscriber.push(reply)
+                self.subscriber.push(text_frame(reply))
         finally:
             for name in self.subscribed:
                 self.watchers[name].unsubscribe(self.subscriber)
@@ -256,7 +258,7 @@ class PushSession:
         except (ForwardError, ValueError, KeyError, TypeError):
             return
         if missed.get("events") or missed.get("reset"):
-            self.subscriber.push(change_message(name, missed))
+            self.subscriber.push(text_frame(change_message(name, missed)))
 
 
 def _reply(mid: Any, answer: dict[str, Any]) -> str:

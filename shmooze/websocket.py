@@ -33,6 +33,7 @@ import logging
 import select
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -343,12 +344,18 @@ class _Endpoint:
                 data = self._conn.send(event)
             except LocalProtocolError as exc:
                 raise WebSocketClosed("websocket is closed") from exc
-            try:
-                self._sock.sendall(data)
-            except OSError as exc:
-                log.debug("websocket send failed: %s", exc)
-                self._abort()
-                raise WebSocketClosed(f"websocket send failed: {exc}") from exc
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """Write bytes (send lock held): one plain ``send`` usually takes them all."""
+        try:
+            sent = self._sock.send(data)
+            if sent < len(data):
+                self._sock.sendall(data[sent:])
+        except OSError as exc:
+            log.debug("websocket send failed: %s", exc)
+            self._abort()
+            raise WebSocketClosed(f"websocket send failed: {exc}") from exc
 
     def _send_quietly(self, event: Event) -> None:
         try:
@@ -460,6 +467,23 @@ class _Endpoint:
             self._sock.close()
 
 
+def text_frame(text: str) -> bytes:
+    """One complete server-to-client (unmasked) text frame.
+
+    Server frames are the same bytes for every connection, so an event pushed to
+    1,000 watchers is framed once and written 1,000 times (:meth:`WebSocket.send_frame`).
+    """
+    payload = text.encode("utf-8")
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x81, size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
+
+
 class WebSocket(_Endpoint):
     """The server side of one WebSocket connection; make it with :meth:`accept`.
 
@@ -526,6 +550,13 @@ class WebSocket(_Endpoint):
             ws._abort()
             raise WebSocketClosed(f"handshake failed: {exc}") from exc
         return ws
+
+    def send_frame(self, frame: bytes) -> None:
+        """Send a frame made by :func:`text_frame`; raises :class:`WebSocketClosed` when closed."""
+        with self._send_lock:
+            if self._done.is_set() or self._conn.state is not ConnectionState.OPEN:
+                raise WebSocketClosed("websocket is closed")
+            self._write(frame)
 
     def ping(self, payload: bytes = b"") -> None:
         """Send a ping (the pong is read by whoever is in :meth:`receive`)."""

@@ -177,3 +177,18 @@ def test_shmz_watch_prints_events(gateway, tmp_path):
     proc = subprocess.run([PYTHON, "-m", "shmooze.cli.shmz", "--url", f"http://127.0.0.1:{free_port()}/",
                            "watch", "volume"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "connection refused" in proc.stderr
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 200000])
+def test_text_frame_is_what_a_websocket_client_decodes(size):
+    from wsproto import ConnectionType
+    from wsproto.connection import Connection
+    from wsproto.events import TextMessage
+
+    from shmooze.websocket import text_frame
+
+    text = "é" * (size // 2) + "x" * (size % 2)
+    client = Connection(ConnectionType.CLIENT)
+    client.receive_data(text_frame(text))
+    events = list(client.events())
+    assert len(events) == 1 and isinstance(events[0], TextMessage) and events[0].data == text
