@@ -410,8 +410,10 @@ def test_two_answers_to_play_remove_the_module_at_its_next_command(kind):
     try:
         raw = h.add_raw(play=False)
         raw.expect("play")
-        raw.answer()
-        raw.answer({"success": True, "result": "a second answer"})
+        # Both answers in one write, so the second is with the service before the next command is
+        # sent (an extra answer that arrives later is indistinguishable from a real one).
+        raw.answer(raw=protocol.encode_line({"success": True})
+                   + protocol.encode_line({"success": True, "result": "a second answer"}))
         h.added(raw)
         COUNTS["modules:double-answer"] += 1
         good = h.ok("add", type="good")["uid"]  # in the queue it goes below the raw one, suspended
