@@ -17,7 +17,7 @@ from werkzeug.wrappers import Request, Response
 
 from shmooze import protocol
 from shmooze.forward import ForwardError, ServiceProxy
-from shmooze.httpjson import JSONHTTPError, json_response, read_command_body
+from shmooze.httpjson import JSONHTTPError, json_response, raw_json_response, read_command_body
 from shmooze.push import PushSession, ServiceWatcher
 from shmooze.settings import STATIC_DIR, Settings
 
@@ -56,6 +56,14 @@ class Gateway:
         self.routes: dict[str, Callable[..., Iterable[bytes]]] = {"ws": self.websocket}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(self.prefix):
+            proxy = self.proxies.get(path[len(self.prefix):])
+            if proxy is not None:  # the hot path: a command for a service
+                try:
+                    return self.forward(proxy, environ, start_response)
+                except HTTPException as exc:
+                    return exc.get_response(environ)(environ, start_response)
         request = Request(environ)
         try:
             response = self.route(request, environ, start_response)
@@ -83,22 +91,21 @@ class Gateway:
             return json_response(self.public_settings)
         if name in self.routes:
             return self.routes[name](environ, start_response)
-        proxy = self.proxies.get(name)
-        if proxy is None:
-            raise JSONHTTPError(404, f"no service named {protocol.short(name, 60)} (services: "
-                                     f"{', '.join(sorted(self.proxies)) or 'none'})")
-        return self.forward(proxy, request)
+        raise JSONHTTPError(404, f"no service named {protocol.short(name, 60)} (services: "
+                                 f"{', '.join(sorted(self.proxies)) or 'none'})")
 
-    def forward(self, proxy: ServiceProxy, request: Request) -> Response:
-        body = read_command_body(request, self.max_body_bytes)
+    def forward(self, proxy: ServiceProxy, environ: dict[str, Any],
+                start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """Pass a command body to its service and its answer back, unchanged."""
+        body, mimetype = read_command_body(environ, self.max_body_bytes)
         if self.token is not None:
-            self.check_token(body, request.headers.get("Authorization", ""))
+            self.check_token(body, environ.get("HTTP_AUTHORIZATION", ""))
         try:
-            reply = proxy.post(body, request.mimetype)
+            reply = proxy.post(body, mimetype)
         except ForwardError as exc:
             log.warning("forward to %s: %s", proxy.name, exc.message)
             raise JSONHTTPError(exc.status, exc.message) from None
-        return json_response(reply.body, reply.status)
+        return raw_json_response(start_response, reply.body, reply.status)
 
     # -- access control ------------------------------------------------------------------
 

@@ -8,10 +8,11 @@ POST, 413 for a body over the limit, 415 for another content type.
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any, Callable, Iterable
 
 from werkzeug.exceptions import HTTPException
-from werkzeug.wrappers import Request, Response
+from werkzeug.wrappers import Response
 
 from shmooze import protocol
 
@@ -42,20 +43,50 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
     return resp
 
 
-def read_command_body(request: Request, max_bytes: int) -> bytes:
-    """Check method, content type and size of a command request; return its body."""
-    if request.method != "POST":
-        raise JSONHTTPError(405, f"use POST to send commands, not {request.method}", {"Allow": "POST"})
-    if request.mimetype not in JSON_TYPES:
-        got = request.mimetype or "none"
-        raise JSONHTTPError(415, f"send commands as application/json (or text/json), not {got}")
-    length = request.content_length
-    if length is not None and length > max_bytes:
-        raise JSONHTTPError(413, f"body of {length} bytes is over the limit of {max_bytes} bytes")
-    body = request.stream.read(max_bytes + 1) if length is None else request.get_data(cache=False)
+def read_command_body(environ: dict[str, Any], max_bytes: int) -> tuple[bytes, str]:
+    """Check method, content type and size of a command request; return its body and media type.
+
+    It reads the WSGI environ directly: this runs for every command, at the gateway and at
+    the service, so it stays lean.
+    """
+    method = environ.get("REQUEST_METHOD", "GET")
+    if method != "POST":
+        raise JSONHTTPError(405, f"use POST to send commands, not {method}", {"Allow": "POST"})
+    mimetype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+    if mimetype not in JSON_TYPES:
+        raise JSONHTTPError(415, f"send commands as application/json (or text/json), not {mimetype or 'none'}")
+    stream = environ["wsgi.input"]
+    raw_length = environ.get("CONTENT_LENGTH") or ""
+    if raw_length:
+        try:
+            length = int(raw_length)
+        except ValueError:
+            raise JSONHTTPError(400, f"bad Content-Length {raw_length[:20]!r}") from None
+        if length > max_bytes:
+            raise JSONHTTPError(413, f"body of {length} bytes is over the limit of {max_bytes} bytes")
+        body = stream.read(length) if length > 0 else b""
+    elif environ.get("wsgi.input_terminated"):  # chunked: read no more than the limit allows
+        body = stream.read(max_bytes + 1)
+    else:
+        body = b""
     if len(body) > max_bytes:
         raise JSONHTTPError(413, f"body is over the limit of {max_bytes} bytes")
-    return body
+    return body, mimetype
+
+
+def raw_json_response(start_response: Callable[..., Any], body: bytes, status: int = 200) -> list[bytes]:
+    """Answer JSON bytes straight to the WSGI server (the hot path)."""
+    start_response(f"{status} {_reason(status)}", [("Content-Type", "application/json"),
+                                                   ("Content-Length", str(len(body))),
+                                                   ("Cache-Control", "no-store")])
+    return [body]
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
 
 
 def encode_or_fail(request: protocol.Request, answers: list[dict[str, Any]]) -> bytes:
@@ -81,14 +112,13 @@ class CommandApp:
         self.max_body_bytes = max_body_bytes
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        request = Request(environ)
         try:
-            body = read_command_body(request, self.max_body_bytes)
+            body, _ = read_command_body(environ, self.max_body_bytes)
             try:
                 parsed = protocol.parse_request(body)
             except protocol.BodyError as exc:
                 raise JSONHTTPError(400, str(exc)) from None
-            response = json_response(encode_or_fail(parsed, self.handler(parsed)))
+            return raw_json_response(start_response, encode_or_fail(parsed, self.handler(parsed)))
         except HTTPException as exc:
             response = exc.get_response(environ)
         except Exception:
