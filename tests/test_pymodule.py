@@ -126,7 +126,7 @@ def test_reexports():
 def test_import_is_light():
     """Importing the helper must not pull in heavy modules."""
     code = ("import sys, shmooze_module; "
-            "bad = [m for m in ('logging', 'threading', 'asyncio', 'subprocess') if m in sys.modules]; "
+            "bad = [m for m in ('logging', 'threading', 'asyncio', 'subprocess', 'json', 're') if m in sys.modules]; "
             "print(bad)")
     import subprocess
     from fakeparent import module_env
@@ -445,3 +445,30 @@ def test_misbehave_child_ignores_term(parent):
             pass
         parent.kill()
     assert wait_pid_gone(child)
+
+
+def test_line_codec_matches_the_json_module():
+    """The helper's JSON (on the C accelerator) reads and writes what the json module does."""
+    import json
+
+    import shmooze_module as sm
+
+    for value in [{"cmd": "init", "args": {"text": "h\u00e9llo \u2603 \"q\" \\ \n", "n": -1.5e-7, "big": 2 ** 70}},
+                  [], {}, "x", 0, None, True, [1, [2, [3, {"a": None}]]]]:
+        line = sm._dumps(value)
+        assert line.endswith(b"\n") and b"\n" not in line[:-1]
+        assert json.loads(line) == value
+        assert sm._loads(json.dumps(value)) == value
+        assert sm._loads("  " + json.dumps(value) + " \r\n") == value
+    for bad in ["", "{", "[1,]", "NaN", "Infinity", "{} {}", "{'a': 1}", "tru"]:
+        try:
+            sm._loads(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was accepted")
+    for bad in [float("nan"), {1, 2}, object()]:
+        try:
+            sm._dumps(bad)
+        except (ValueError, TypeError):
+            continue
+        raise AssertionError(f"{bad!r} was encoded")
