@@ -198,7 +198,7 @@ def _service_proxy(port: int) -> tuple[str, object]:
         if proxy.post(GET_VOLUME).status != 200:
             raise RuntimeError("ServiceProxy hop failed")
 
-    return "shmooze ServiceProxy (pooled http.client)", (hop, proxy.close)
+    return "shmooze ServiceProxy (kept-alive sockets)", (hop, proxy.close)
 
 
 def _urllib3(port: int) -> tuple[str, object]:
@@ -289,9 +289,9 @@ def forwarding_section(stack: Stack, n: int, warmup: int, rounds: int = 5) -> Se
     for label, _ in clients[1:]:
         sec.add(ratio_row(label, ms[label], "ms", ms[base_label], "http.client",
                           wall_ms=wall[label] * 1000.0 / total))
-    sec.notes.append("The gateway forwards with shmooze.forward.ServiceProxy, a pool of kept-alive "
-                     "http.client connections; the in-process gateway row is its whole WSGI app without "
-                     "gunicorn and gevent.")
+    sec.notes.append("The gateway forwards with shmooze.forward.ServiceProxy: a pool of kept-alive "
+                     "sockets, one sendall per request, the answer read by its Content-Length; the "
+                     "in-process gateway row is its whole WSGI app without gunicorn and gevent.")
     return sec
 
 

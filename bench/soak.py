@@ -81,9 +81,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--per-client", type=int, default=3, help="modules each client keeps at most (default 3)")
     p.add_argument("--warmup", type=float, default=0.0, help="warm-up seconds (default: seconds/6, 3 to 10)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="a 15 s soak (same checks)")
     p.add_argument("--out", type=Path, default=HERE / "soak_results.json")
     p.add_argument("--budget", type=int, default=0, help="hard limit in seconds (default seconds + 240)")
-    return p.parse_args(argv)
+    opts = p.parse_args(argv)
+    if opts.quick:
+        opts.seconds = min(opts.seconds, 15.0)
+    return opts
 
 
 # -- what the clients were told -------------------------------------------------------------------

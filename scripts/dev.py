@@ -22,6 +22,10 @@ VENV = Path(os.environ.get("SHMOOZE_VENV", ROOT / ".venv"))
 BIN = VENV / "bin"
 
 
+#: Every benchmark, in the order `dev.py bench` runs them (each prints its tables; --quick shortens all).
+BENCHMARKS = ["run.py", "push_bench.py", "cmdlog_bench.py", "soak.py"]
+
+
 def say(text: str) -> None:
     sys.stderr.write(f"[dev] {text}\n")
     sys.stderr.flush()
@@ -91,7 +95,12 @@ def main(argv: list[str]) -> int:
         return subprocess.call([str(BIN / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", *rest])
     if what == "bench":
         ensure_venv("test")
-        return subprocess.call([str(BIN / "python"), str(ROOT / "bench" / "run.py"), *rest])
+        ensure_chromium()  # the idle-page row of the push benchmark loads the demo page
+        status = 0
+        for script in BENCHMARKS:
+            say(f"bench/{script} {' '.join(rest)}")
+            status |= subprocess.call([str(BIN / "python"), str(ROOT / "bench" / script), *rest])
+        return status
     sys.stderr.write(__doc__ or "")
     return 2
 
