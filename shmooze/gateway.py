@@ -52,27 +52,23 @@ class Gateway:
         self.open_commands = OPEN_COMMANDS | frozenset(settings.get("open_commands", []))
         self.allowed_origins: list[str] = list(settings.get("allowed_origins", []))
         self.watchers = {name: ServiceWatcher(proxy) for name, proxy in self.proxies.items()}
+        self.sockets: set[Any] = set()  # open WebSockets, closed with "going away" when the gateway stops
         #: Extra routes under the prefix: name -> WSGI app.
         self.routes: dict[str, Callable[..., Iterable[bytes]]] = {"ws": self.websocket}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if path.startswith(self.prefix):
-            proxy = self.proxies.get(path[len(self.prefix):])
-            if proxy is not None:  # the hot path: a command for a service
-                try:
-                    return self.forward(proxy, environ, start_response)
-                except HTTPException as exc:
-                    return exc.get_response(environ)(environ, start_response)
-        request = Request(environ)
         try:
-            response = self.route(request, environ, start_response)
+            proxy = self.proxies.get(path[len(self.prefix):]) if path.startswith(self.prefix) else None
+            if proxy is not None:  # the hot path, a command for a service, skips Werkzeug's Request
+                return self.forward(proxy, environ, start_response)
+            response = self.route(Request(environ), environ, start_response)
             if not isinstance(response, Response):
                 return response  # a route that answered by itself (the WebSocket)
         except HTTPException as exc:
             response = exc.get_response(environ)
         except Exception:
-            log.exception("gateway error on %s %s", request.method, request.path)
+            log.exception("gateway error on %s %s", environ.get("REQUEST_METHOD"), path)
             response = json_response(protocol.error("internal error in the gateway"), 500)
         return response(environ, start_response)
 
@@ -144,10 +140,21 @@ class Gateway:
             return "this command needs the access token (send it as 'token')"
 
         def handler(ws: Any) -> None:
-            PushSession(ws, self.proxies, self.watchers, authorize).run()
+            self.sockets.add(ws)
+            try:
+                PushSession(ws, self.proxies, self.watchers, authorize).run()
+            finally:
+                self.sockets.discard(ws)
 
         return websocket_response(environ, start_response, handler, self.allowed_origins or None,
                                   max_message_size=self.max_body_bytes)
+
+    def close_websockets(self) -> None:
+        """Tell every open WebSocket the gateway is going away (1001); browsers reconnect elsewhere."""
+        import threading
+
+        for ws in list(self.sockets):  # each close waits for its peer's answer: all at once
+            threading.Thread(target=ws.close, args=(1001, "gateway stopping"), daemon=True).start()
 
     def static(self, request: Request, subpath: str) -> Response:
         if request.method not in ("GET", "HEAD"):

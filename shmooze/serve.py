@@ -128,6 +128,8 @@ def gunicorn_options(settings: Settings, name: str, stateful: bool) -> dict[str,
 
 
 _running: list[Any] = []
+#: What to do as soon as the worker is told to stop (before gunicorn's graceful wait).
+_on_stop: list[Callable[[], None]] = []
 
 
 def _post_worker_init(worker: Any) -> None:
@@ -138,8 +140,8 @@ def _post_worker_init(worker: Any) -> None:
     def watch() -> None:
         while worker.alive:
             time.sleep(0.25)
-        for service in _running:
-            service.events.close()
+        for action in _on_stop:
+            action()
 
     threading.Thread(target=watch, name="stop-watch", daemon=True).start()
 
@@ -165,9 +167,13 @@ def serve(settings: Settings, name: str) -> None:
         def load_gateway() -> Any:
             from shmooze.gateway import make_gateway
 
-            return make_gateway(settings)
+            gateway = make_gateway(settings)
+            _on_stop.append(gateway.close_websockets)
+            return gateway
 
-        _GunicornApp(load_gateway, gunicorn_options(settings, name, stateful=False)).run()
+        options = gunicorn_options(settings, name, stateful=False)
+        options["post_worker_init"] = _post_worker_init
+        _GunicornApp(load_gateway, options).run()
         return
 
     stateful = True
@@ -182,6 +188,7 @@ def serve(settings: Settings, name: str) -> None:
         service = build_service(settings, name)
         service.start()
         _running.append(service)
+        _on_stop.append(service.events.close)
         return service_app(service, int(settings.max_body_bytes))
 
     options = gunicorn_options(settings, name, stateful)

@@ -403,3 +403,15 @@ def test_screenshot_with_items_queued(page, jukebox):
         page.screenshot(path=target, full_page=True)
     for light in client.pool.pool():
         client.pool.rm(uids=[light["uid"]])
+
+
+def test_usable_as_an_es_module(page, jukebox):
+    """``import shmooze from "/static/shmooze.mjs"`` gives the same library as the plain script."""
+    url = jukebox["url"]
+    module_page = TEST_PAGE.with_name("module.html")
+    page.route(url + "module.html", lambda route: route.fulfill(path=str(module_page), content_type="text/html"))
+    page.goto(url + "module.html")
+    page.wait_for_function("window.moduleResult !== undefined")
+    result = page.evaluate("window.moduleResult")
+    assert result["sameObject"] is True
+    assert {"queue", "pool", "volume"} <= set(result["services"])

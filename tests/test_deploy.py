@@ -118,3 +118,20 @@ def test_commands_without_a_run_say_so(tmp_path):
     for cmd in ("status", "stop", "restart"):
         out = shmooze(cmd, "--settings", str(path))
         assert out.returncode == 1 and "not running" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_ctrl_c_stops_everything(tmp_path):
+    path = app_settings(tmp_path)
+    run = start_run(path, tmp_path)
+    try:
+        client = Client(f"http://127.0.0.1:{read_settings(path).ports['wsgi']}/")
+        client.queue.add(type="good")
+        pids = run.remember_descendants()
+        assert len(pids) >= 5  # supervisord, three services and their workers, the module, the guard
+        os.kill(run.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+        assert run.popen.wait(30) == 0
+        assert "stopping every service" in run.log()
+        wait_for(lambda: all(gone(p) for p in pids), 10, what="every process of the run to end")
+        assert not is_locked(RunPaths.for_settings(read_settings(path)).lock)
+    finally:
+        run.kill_everything()
