@@ -415,3 +415,28 @@ def markdown(section: Section) -> str:
         lines.append("")
         lines.append(f"_{note}_")
     return "\n".join(lines) + "\n"
+
+
+class Managed:
+    """Start on ``with``, stop on leaving it (also when starting failed half-way)."""
+
+    failed = False
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.failed = True
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.failed = self.failed or exc_type is not None
+        self.stop()

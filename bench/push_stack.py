@@ -15,12 +15,11 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import psutil
 
-from common import PYTHON, Client, Proc, child_env, free_port
+from common import PYTHON, Managed, Client, Proc, child_env, free_port
 
 log = logging.getLogger("bench.stack")
 
@@ -35,7 +34,7 @@ def raise_nofile(want: int = 20000) -> int:
     return soft
 
 
-class MiniStack:
+class MiniStack(Managed):
     """The gateway ("wsgi") and the given services, started on enter and stopped (by pid) on exit."""
 
     def __init__(self, services: dict[str, str], prefix: str, extra: dict[str, Any] | None = None,
@@ -51,19 +50,6 @@ class MiniStack:
         self.procs: dict[str, Proc] = {}
         self.failed = False
 
-    def __enter__(self) -> MiniStack:
-        try:
-            self.start()
-        except BaseException:
-            self.failed = True
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.failed = self.failed or exc_type is not None
-        self.stop()
 
     def start(self) -> None:
         env = child_env()

@@ -8,16 +8,15 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
 
-from common import PYTHON, Client, Proc, child_env, family, free_port
+from common import PYTHON, Managed, Client, Proc, child_env, family, free_port
 
 log = logging.getLogger("bench.stack")
 
 SERVICES = {"volume": "jukebox.volume:Volume", "queue": "benchapps:make_queue", "pool": "benchapps:make_pool"}
 
 
-class Stack:
+class Stack(Managed):
     """Starts everything on enter and stops everything (by pid) on exit; a context manager."""
 
     def __init__(self, gateway_workers: int = 2):
@@ -34,19 +33,6 @@ class Stack:
 
     # -- life ----------------------------------------------------------------------------
 
-    def __enter__(self) -> Stack:
-        try:
-            self.start()
-        except BaseException:
-            self.failed = True
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.failed = self.failed or exc_type is not None
-        self.stop()
 
     def start(self) -> None:
         """Start the floor, the services and the gateway together; wait for every port."""

@@ -4,36 +4,26 @@
 written against the original shmooze package.
 """
 
-try:
-    from shmooze_module import *  # noqa: F401,F403
-    from shmooze_module import (  # noqa: F401
-        DEFAULT_COMMANDS,
-        MAX_LINE_LENGTH,
-        JSONParentPoller,
-        LineTooLongError,
-        Module,
-        ParentConnection,
-        ProtocolError,
-        command,
-        parse_argv,
-    )
-except ImportError:  # running from a source checkout without pymodule on sys.path
-    import os as _os
-    import sys as _sys
+import os as _os
+import sys as _sys
 
+try:
+    import shmooze_module as _helper  # noqa: F401 - installed with shmooze
+except ImportError:  # a source checkout without pymodule on sys.path
     _sys.path.append(_os.path.join(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))), "pymodule"))
-    from shmooze_module import *  # noqa: F401,F403
-    from shmooze_module import (  # noqa: F401
-        DEFAULT_COMMANDS,
-        MAX_LINE_LENGTH,
-        JSONParentPoller,
-        LineTooLongError,
-        Module,
-        ParentConnection,
-        ProtocolError,
-        command,
-        parse_argv,
-    )
+
+from shmooze_module import *  # noqa: E402,F401,F403
+from shmooze_module import (  # noqa: E402,F401
+    DEFAULT_COMMANDS,
+    MAX_LINE_LENGTH,
+    JSONParentPoller,
+    LineTooLongError,
+    Module,
+    ParentConnection,
+    ProtocolError,
+    command,
+    parse_argv,
+)
 
 __all__ = [
     "DEFAULT_COMMANDS",
