@@ -125,6 +125,10 @@ def is_locked(path: Path) -> bool:
 
 # -- the supervisord configuration -----------------------------------------------------
 
+#: The supervisord group that holds every service of the application.
+GROUP = "shmooze"
+
+
 def stop_wait_seconds(settings: Settings) -> int:
     """How long supervisord waits for a service to stop: its ladders plus a margin."""
     return int(settings.get("stop_timeout", 15)) + 5
@@ -153,7 +157,10 @@ def supervisord_conf(settings: Settings, paths: RunPaths) -> str:
         "",
     ]
     env = f'PYTHONUNBUFFERED="1",SHMOOZE_SETTINGS="{settings_path}"'
-    for name in sorted(settings.ports, key=lambda n: (n == "wsgi", n)):
+    names = sorted(settings.ports, key=lambda n: (n == "wsgi", n))
+    # One group: supervisord stops the programs of a group all at once, groups one after another.
+    lines += [f"[group:{GROUP}]", "programs=" + ",".join(names), ""]
+    for name in names:
         lines += [
             f"[program:{name}]",
             f"command={sys.executable} -m shmooze serve {name} --settings {settings_path}",
@@ -351,9 +358,9 @@ def restart(settings: Settings, names: list[str]) -> list[str]:
             raise ShmoozeError(f"no service named {name!r} (services: {', '.join(sorted(settings.ports))})")
     for name in targets:
         try:
-            server.supervisor.stopProcess(name, True)
+            server.supervisor.stopProcess(f"{GROUP}:{name}", True)
         except xmlrpc.client.Fault as fault:
             if "NOT_RUNNING" not in fault.faultString:
                 raise ShmoozeError(f"cannot stop {name}: {fault.faultString}") from None
-        server.supervisor.startProcess(name, True)
+        server.supervisor.startProcess(f"{GROUP}:{name}", True)
     return targets
