@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import shutil
 import os
 import resource
 import signal
@@ -418,15 +419,36 @@ def markdown(section: Section) -> str:
 
 
 class Managed:
-    """Start on ``with``, stop on leaving it (also when starting failed half-way)."""
+    """Processes started on ``with`` and stopped on leaving it (also when starting failed half-way).
+
+    Subclasses fill ``self.procs`` (name -> Proc) in :meth:`start`; :meth:`stop_order` says which
+    to stop first. Logs in ``self.dir`` are kept when something failed.
+    """
 
     failed = False
+    procs: dict
+    dir: Path
 
     def start(self) -> None:
         raise NotImplementedError
 
+    def stop_order(self) -> list[str]:
+        return list(self.procs)
+
     def stop(self) -> None:
-        raise NotImplementedError
+        for name in self.stop_order():
+            proc = self.procs.pop(name, None)
+            if proc is None:
+                continue
+            try:
+                proc.stop()
+            except Exception:
+                self.failed = True
+                logging.getLogger("bench").exception("stopping %s (pid %d) failed", name, proc.pid)
+        if self.failed:
+            logging.getLogger("bench").warning("logs of the processes under test kept in %s", self.dir)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self):
         try:

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import resource
-import shutil
 import signal
 import tempfile
 import time
@@ -63,20 +62,9 @@ class MiniStack(Managed):
             self.call(name, "status")
         log.info("stack up in %s: ports %s", self.dir, self.ports)
 
-    def stop(self) -> None:
-        for name in ["wsgi", *self.services]:
-            proc = self.procs.pop(name, None)
-            if proc is None:
-                continue
-            try:
-                proc.stop()
-            except Exception:
-                self.failed = True
-                log.exception("stopping %s (pid %d) failed", name, proc.pid)
-        if self.failed:
-            log.warning("logs of the processes under test kept in %s", self.dir)
-        else:
-            shutil.rmtree(self.dir, ignore_errors=True)
+    def stop_order(self) -> list[str]:
+        """The gateway first, then the services (and floors)."""
+        return ["wsgi", *self.services]
 
     # -- views ---------------------------------------------------------------------------
 

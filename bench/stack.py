@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -62,21 +61,9 @@ class Stack(Managed):
                 client.close()
         log.info("stack up in %s: ports %s", self.dir, self.ports)
 
-    def stop(self) -> None:
-        """Stop the gateway first, then the services and the floor; keep the logs if something failed."""
-        for name in ("wsgi", "queue", "pool", "volume", "floor", "floor_gevent"):
-            proc = self.procs.pop(name, None)
-            if proc is None:
-                continue
-            try:
-                proc.stop()
-            except Exception:
-                self.failed = True
-                log.exception("stopping %s (pid %d) failed", name, proc.pid)
-        if self.failed:
-            log.warning("logs of the processes under test kept in %s", self.dir)
-        else:
-            shutil.rmtree(self.dir, ignore_errors=True)
+    def stop_order(self) -> list[str]:
+        """The gateway first, then the services (and floors)."""
+        return ["wsgi", "queue", "pool", "volume", "floor", "floor_gevent"]
 
     # -- views ---------------------------------------------------------------------------
 

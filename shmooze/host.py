@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from shmooze import procutil
 from shmooze.errors import CommandError
 from shmooze.ioloop import IOLoop
-from shmooze.module import ModuleBroken, ModuleError, ModuleProcess, State
+from shmooze.module import ModuleBroken, ModuleError, ModuleProcess
 from shmooze.moduletype import ModuleType
 from shmooze.service import Service
 from shmooze.watchdog import OWNER_VAR, Watchdog

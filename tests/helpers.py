@@ -137,3 +137,15 @@ def start_service(settings_path: Path, name: str, log_dir: Path) -> Proc:
         proc.kill_everything()
         raise
     return proc
+
+
+def report_line(request, line: str) -> None:
+    """Write a line to pytest's terminal even under -q and output capture (fuzz input counts)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        print(line)
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line("")
+        reporter.write_line(line)

@@ -31,7 +31,7 @@ from shmooze.queue import Queue
 from shmooze.service import type_matches
 from shmooze.settings import Settings
 from tests.apps import TYPES
-from tests.helpers import ROOT
+from tests.helpers import ROOT, report_line
 from tests.sample_service import Sample
 
 COUNTS: collections.Counter[str] = collections.Counter()
@@ -46,17 +46,8 @@ SLOW = {"changes"}
 @pytest.fixture(autouse=True, scope="module")
 def report_counts(request):
     yield
-    total = sum(COUNTS.values())
-    line = f"fuzz inputs tried (test_fuzz_http): {total} total; " + ", ".join(
-        f"{k}={v}" for k, v in sorted(COUNTS.items()))
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capture is None:  # pragma: no cover
-        print(line)
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line("")
-        reporter.write_line(line)
+    report_line(request, f"fuzz inputs tried (test_fuzz_http): {sum(COUNTS.values())} total; "
+                + ", ".join(f"{k}={v}" for k, v in sorted(COUNTS.items())))
 
 
 # -- the services under test -------------------------------------------------------------

@@ -27,7 +27,7 @@ from shmooze import ladder, protocol
 from shmooze.moduletype import ModuleType
 from shmooze.pool import Pool
 from shmooze.queue import Queue
-from tests.helpers import ROOT, gone, wait_for
+from tests.helpers import ROOT, gone, wait_for, report_line
 
 RAW = str(ROOT / "tests" / "modules" / "rawmodule.py")
 MISBEHAVE = str(ROOT / "tests" / "modules" / "misbehave.py")
@@ -41,16 +41,8 @@ FUZZ = dict(deadline=None, derandomize=True, database=None,
 @pytest.fixture(autouse=True, scope="module")
 def report_counts(request):
     yield
-    line = f"fuzz inputs tried (test_fuzz_modules): {sum(COUNTS.values())} total; " + ", ".join(
-        f"{k}={v}" for k, v in sorted(COUNTS.items()))
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capture is None:  # pragma: no cover
-        print(line)
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line("")
-        reporter.write_line(line)
+    report_line(request, f"fuzz inputs tried (test_fuzz_modules): {sum(COUNTS.values())} total; "
+                + ", ".join(f"{k}={v}" for k, v in sorted(COUNTS.items())))
 
 
 class LineSock:

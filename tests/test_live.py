@@ -1,7 +1,6 @@
 """The gateway and an example service as real gunicorn daemons, driven by the client and by shmz."""
 
 import json
-import signal
 import subprocess
 
 import pytest
