@@ -135,12 +135,37 @@ class ServiceWatcher:
                 self.publish(result)
             self.version = result["version"]
 
+    def long_poll(self, since: int, timeout: float) -> None:
+        """Wait (up to ``timeout``) until the service has changes after ``since``.
+
+        HTTP long polls (``changes`` with a timeout, as the browser library's fallback sends)
+        wait here, on the gateway's one watcher, instead of each holding one of the service's
+        threads for the whole wait; the caller then asks the service without waiting.
+        """
+        waker = _Wakeup()
+        self.subscribe(waker)
+        try:
+            if self.current_version() == since:
+                waker.event.wait(timeout)
+        finally:
+            self.unsubscribe(waker)
+
     def publish(self, result: dict[str, Any]) -> None:
         message = text_frame(change_message(self.proxy.name, result))  # framed once for everyone
         with self._lock:
             subscribers = list(self._subscribers)
         for sub in subscribers:
             sub.push(message)
+
+
+class _Wakeup:
+    """A subscriber that only notes that something was published."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def push(self, frame: bytes) -> None:
+        self.event.set()
 
 
 def change_message(service: str, result: dict[str, Any]) -> str:

@@ -192,3 +192,30 @@ def test_text_frame_is_what_a_websocket_client_decodes(size):
     client.receive_data(text_frame(text))
     events = list(client.events())
     assert len(events) == 1 and isinstance(events[0], TextMessage) and events[0].data == text
+
+
+def test_http_long_polls_wait_at_the_gateway_not_on_service_threads(gateway):
+    """More long polls than the service has threads (32): commands still answer at once, and every
+    poll returns when a change comes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    url = gateway["url"] + "volume"
+    since = Client(gateway["url"]).volume.changes(since=0)["version"]
+
+    def poll():
+        resp = requests.post(url, json={"cmd": "changes", "args": {"since": since, "timeout": 20}}, timeout=30)
+        return resp.json()["result"]
+
+    with ThreadPoolExecutor(40) as pool:
+        futures = [pool.submit(poll) for _ in range(40)]
+        client = Client(gateway["url"], timeout=3)
+        started = time.monotonic()
+        for _ in range(5):
+            client.volume.get_volume()  # would wait for a free thread if the polls held the service's
+        assert time.monotonic() - started < 2.5
+        assert not any(f.done() for f in futures)  # they are still waiting for a change
+        client.volume.set_volume(level=61)
+        results = [f.result(timeout=15) for f in futures]
+    assert all(r["version"] > since and r["events"][-1]["level"] == 61 for r in results)
