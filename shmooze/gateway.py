@@ -18,19 +18,11 @@ from werkzeug.wrappers import Request, Response
 from shmooze import protocol
 from shmooze.forward import ForwardError, ServiceProxy
 from shmooze.httpjson import JSONHTTPError, json_response, raw_json_response, read_command_body
-from shmooze.push import PushSession, ServiceWatcher
+from shmooze.push import PushSession, ServiceWatcher, wait_for_changes_here
 from shmooze.settings import STATIC_DIR, Settings
 
 log = logging.getLogger(__name__)
 mimetypes.add_type("text/javascript", ".mjs")
-
-#: The longest a long poll waits at the gateway (below the forwarding timeout).
-MAX_LONG_POLL = 25.0
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
 
 #: Commands that change nothing: open to everyone even when an access token is set.
 OPEN_COMMANDS = frozenset({
@@ -104,31 +96,13 @@ class Gateway:
         body, mimetype = read_command_body(environ, self.max_body_bytes)
         if self.token is not None:
             self.check_token(body, environ.get("HTTP_AUTHORIZATION", ""))
-        if b'"changes"' in body:
-            body = self.wait_here(proxy.name, body)
+        body = wait_for_changes_here(self.watchers[proxy.name], body)
         try:
             reply = proxy.post(body, mimetype)
         except ForwardError as exc:
             log.warning("forward to %s: %s", proxy.name, exc.message)
             raise JSONHTTPError(exc.status, exc.message) from None
         return raw_json_response(start_response, reply.body, reply.status)
-
-    def wait_here(self, service: str, body: bytes) -> bytes:
-        """A long poll (``changes`` with a timeout) waits on the gateway's watcher, not on one of the
-        service's threads; then the service is asked the same question without waiting."""
-        try:
-            item = protocol.parse_request(body)
-        except protocol.BodyError:
-            return body
-        if item.batch or not isinstance(item.items[0], protocol.Command) or item.items[0].cmd != "changes":
-            return body
-        args = item.items[0].args
-        since, timeout = args.get("since", 0), args.get("timeout", 0)
-        if set(args) - {"since", "timeout"} or not _is_number(timeout) or timeout <= 0 or \
-                not isinstance(since, int) or isinstance(since, bool):
-            return body  # not a plain long poll: the service answers it as it is
-        self.watchers[service].long_poll(since, min(float(timeout), MAX_LONG_POLL))
-        return protocol.dumps({"cmd": "changes", "args": {"since": since, "timeout": 0}})
 
     # -- access control ------------------------------------------------------------------
 

@@ -158,6 +158,36 @@ class ServiceWatcher:
             sub.push(message)
 
 
+#: The longest a long poll waits at the gateway (below the forwarding timeout).
+MAX_LONG_POLL = 25.0
+
+
+def wait_for_changes_here(watcher: ServiceWatcher, body: bytes) -> bytes:
+    """If ``body`` is a long poll (``changes`` with a timeout), wait for it on the gateway's watcher
+    and return the same question without the wait; any other body is returned as it is.
+
+    Then any number of long polls leave the service's threads free for commands.
+    """
+    if b'"changes"' not in body:
+        return body
+    try:
+        request = protocol.parse_request(body)
+    except protocol.BodyError:
+        return body
+    item = request.items[0] if len(request.items) == 1 and not request.batch else None
+    if not isinstance(item, protocol.Command) or item.cmd != "changes" or set(item.args) - {"since", "timeout"}:
+        return body
+    since, timeout = item.args.get("since", 0), item.args.get("timeout", 0)
+    if not _is_int(since) or not (_is_int(timeout) or isinstance(timeout, float)) or timeout <= 0:
+        return body  # not a plain long poll: the service answers it as it is
+    watcher.long_poll(since, min(float(timeout), MAX_LONG_POLL))
+    return protocol.dumps({"cmd": "changes", "args": {"since": since, "timeout": 0}})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class _Wakeup:
     """A subscriber that only notes that something was published."""
 
@@ -246,7 +276,7 @@ class PushSession:
         if refusal:
             return _reply(mid, protocol.error(refusal))
         try:
-            reply = proxy.post(protocol.dumps(body))
+            reply = proxy.post(wait_for_changes_here(self.watchers[service], protocol.dumps(body)))
             answer = json.loads(reply.body)
         except ForwardError as exc:
             return _reply(mid, protocol.error(exc.message))
