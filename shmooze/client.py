@@ -39,19 +39,16 @@ class _Transport:
             self.headers["Authorization"] = f"Bearer {token}"
 
     def post(self, url: str, payload: Any, timeout: float | None) -> Any:
-        limit = self.timeout if timeout is None else timeout
-        try:
-            resp = self.session.post(url, data=json.dumps(payload), headers=self.headers, timeout=limit)
-        except requests.Timeout:
-            raise Timeout(f"no answer from {url} within {limit:g} s") from None
-        except requests.RequestException as exc:
-            raise TransportError(f"cannot reach {url}: {_reason(exc)}") from None
-        return _decode(resp, url)
+        return self.request("POST", url, timeout, data=json.dumps(payload), headers=self.headers)
 
     def get(self, url: str, timeout: float | None) -> Any:
+        return self.request("GET", url, timeout)
+
+    def request(self, method: str, url: str, timeout: float | None, **kw: Any) -> Any:
+        """One HTTP request with a timeout; every failure becomes a shmooze error."""
         limit = self.timeout if timeout is None else timeout
         try:
-            resp = self.session.get(url, timeout=limit)
+            resp = self.session.request(method, url, timeout=limit, **kw)
         except requests.Timeout:
             raise Timeout(f"no answer from {url} within {limit:g} s") from None
         except requests.RequestException as exc:

@@ -103,7 +103,6 @@ class ModuleProcess:
         self._lock = threading.RLock()  # state and parameters
         self._cmd_lock = threading.Lock()  # one command at a time on the command stream
         self._stopped = threading.Event()
-        self.log = logging.LoggerAdapter(log, {"uid": uid})
 
     # -- the state machine -----------------------------------------------------------
 
@@ -239,7 +238,7 @@ class ModuleProcess:
                 data = b""
         for item in items:
             if isinstance(item, protocol.LineTooLong):
-                self.log.warning("module %s (%s): update %s", self.uid, self.type.name, item)
+                log.warning("module %s (%s): update %s", self.uid, self.type.name, item)
                 answer = protocol.error(f"update refused: {item}")
             else:
                 answer = self._apply_update(item)
@@ -250,7 +249,7 @@ class ModuleProcess:
         try:
             item = protocol.to_item(protocol.loads(line))
         except protocol.BodyError as exc:
-            self.log.warning("module %s (%s) sent a bad update line: %s", self.uid, self.type.name, exc)
+            log.warning("module %s (%s) sent a bad update line: %s", self.uid, self.type.name, exc)
             return protocol.error(f"update is not JSON: {exc}")
         if isinstance(item, protocol.Invalid):
             return protocol.error(item.error)
@@ -277,7 +276,7 @@ class ModuleProcess:
             try:
                 self.on_update(self, item.cmd, args)
             except Exception:
-                self.log.exception("update handler failed")
+                log.exception("update handler failed")
         return protocol.ok()
 
     def _on_exit(self) -> None:
@@ -423,7 +422,7 @@ class ModuleProcess:
             self.stopped_at = time.time()
             self._enter(State.STOPPED)
             self._stopped.set()
-        self.log.info("module %s (%s, pid %s) stopped: %s (%s)", self.uid, self.type.name, self.pid,
+        log.info("module %s (%s, pid %s) stopped: %s (%s)", self.uid, self.type.name, self.pid,
                       self.ended_by, reason)
         return self.ended_by
 

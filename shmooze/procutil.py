@@ -64,14 +64,20 @@ def reap_orphans(managed: Iterable[int]) -> list[int]:
     return reaped
 
 
-def state(pid: int) -> str | None:
-    """The one-letter state of a process (``R``, ``S``, ``Z``...) or ``None`` when there is none."""
+def stat_fields(pid: int) -> list[bytes] | None:
+    """Fields of ``/proc/PID/stat`` after the command name (state first, then ppid, pgrp...)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
-    return data[data.rfind(b")") + 2:][:1].decode() or None
+    return data[data.rfind(b")") + 2:].split()
+
+
+def state(pid: int) -> str | None:
+    """The one-letter state of a process (``R``, ``S``, ``Z``...) or ``None`` when there is none."""
+    fields = stat_fields(pid)
+    return fields[0].decode() if fields else None
 
 
 def alive(pid: int) -> bool:

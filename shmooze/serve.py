@@ -63,12 +63,18 @@ def import_object(spec: str) -> Any:
     return obj
 
 
-def build_service(settings: Settings, name: str) -> Any:
-    """Build the service object named in settings: ``services[name]`` is a class or factory."""
+def service_spec(settings: Settings, name: str) -> Any:
+    """``services[name]``: what builds the service (checked before gunicorn starts, for a clear error)."""
     spec = settings.services.get(name)
     if spec is None:
         raise SettingsError(f"{settings.path}: no entry for {name!r} in 'services' "
                             f"(services: {', '.join(sorted(settings.services)) or 'none'})")
+    return spec
+
+
+def build_service(settings: Settings, name: str) -> Any:
+    """Build the service object named in settings: ``services[name]`` is a class or factory."""
+    spec = service_spec(settings, name)
     target = import_object(spec) if isinstance(spec, str) else spec
     service = target() if callable(target) else target
     if hasattr(service, "name") and getattr(service, "name", "service") == "service":
@@ -101,7 +107,7 @@ class _GunicornApp:
         return App()
 
 
-def gunicorn_options(settings: Settings, name: str, stateful: bool) -> dict[str, Any]:
+def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:
     host = settings.get("host", "127.0.0.1")
     port = settings.ports[name]
     common = {
@@ -120,11 +126,9 @@ def gunicorn_options(settings: Settings, name: str, stateful: bool) -> dict[str,
         return {**common, "workers": int(settings.gateway_workers), "worker_class": "gevent",
                 "worker_connections": int(settings.get("gateway_connections", 4000)), "keepalive": 30,
                 "graceful_timeout": int(settings.get("gateway_stop_timeout", 3))}
-    if stateful:
-        return {**common, "workers": 1, "worker_class": "gthread", "threads": int(settings.service_threads),
+    # A service holds state: exactly one worker process, with a pool of threads.
+    return {**common, "workers": 1, "worker_class": "gthread", "threads": int(settings.service_threads),
                 "keepalive": 120}
-    return {**common, "workers": int(settings.get("service_workers", 2)), "worker_class": "gthread",
-            "threads": int(settings.service_threads), "keepalive": 120}
 
 
 _running: list[Any] = []
@@ -171,16 +175,12 @@ def serve(settings: Settings, name: str) -> None:
             _on_stop.append(gateway.close_websockets)
             return gateway
 
-        options = gunicorn_options(settings, name, stateful=False)
+        options = gunicorn_options(settings, name)
         options["post_worker_init"] = _post_worker_init
         _GunicornApp(load_gateway, options).run()
         return
 
-    stateful = True
-    spec = settings.services.get(name)
-    if spec is None:
-        raise SettingsError(f"{settings.path}: no entry for {name!r} in 'services' "
-                            f"(services: {', '.join(sorted(settings.services)) or 'none'})")
+    service_spec(settings, name)
 
     def load_service() -> Any:
         from shmooze.httpjson import service_app
@@ -191,7 +191,7 @@ def serve(settings: Settings, name: str) -> None:
         _on_stop.append(service.events.close)
         return service_app(service, int(settings.max_body_bytes))
 
-    options = gunicorn_options(settings, name, stateful)
+    options = gunicorn_options(settings, name)
     options["worker_exit"] = _worker_exit
     options["post_worker_init"] = _post_worker_init
     _GunicornApp(load_service, options).run()

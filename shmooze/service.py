@@ -116,8 +116,6 @@ class Service:
 
     #: The service's name (used in logs and status).
     name = "service"
-    #: Whether the service must run in exactly one process (it holds state).
-    stateful = True
 
     def __init__(self) -> None:
         self.events = ChangeLog()
@@ -163,7 +161,7 @@ class Service:
 
     # -- dispatch ------------------------------------------------------------------
 
-    _NOT_COMMANDS = frozenset({"start", "stop", "changed", "dispatch", "handle", "name", "stateful", "events",
+    _NOT_COMMANDS = frozenset({"start", "stop", "changed", "dispatch", "handle", "name", "events",
                                "started_at"})
 
     def _collect_commands(self) -> dict[str, CommandSpec]:
