@@ -48,7 +48,8 @@ def ensure_venv(extras: str) -> None:
     stamp = VENV / f".installed-{extras or 'base'}"
     state = "\n".join([(ROOT / "pyproject.toml").read_text(), *sorted(
         str(p.relative_to(ROOT)) for folder in ("shmooze", "pymodule") for p in (ROOT / folder).rglob("*")
-        if "__pycache__" not in p.parts)])
+        # What installing writes into the tree (the egg-info) is no reason to install again.
+        if "__pycache__" not in p.parts and not any(part.endswith(".egg-info") for part in p.parts))])
     if stamp.exists() and stamp.read_text() == state:
         return
     say("installing shmooze and its dependencies")

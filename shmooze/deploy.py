@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shmooze import logs, procutil
 from shmooze.errors import ShmoozeError
 from shmooze.settings import Settings
 
@@ -134,44 +136,58 @@ def stop_wait_seconds(settings: Settings) -> int:
     return int(settings.get("stop_timeout", 15)) + 5
 
 
+def _conf_value(text: str) -> str:
+    """A value for supervisord's configuration: it expands ``%(name)s``, so ``%`` is doubled."""
+    return text.replace("%", "%%")
+
+
+def service_command(settings_path: str, name: str) -> str:
+    """The command line of one service, quoted as supervisord splits it (shell rules)."""
+    argv = [sys.executable, "-m", "shmooze", "serve", name, "--settings", settings_path]
+    return _conf_value(" ".join(shlex.quote(a) for a in argv))
+
+
 def supervisord_conf(settings: Settings, paths: RunPaths) -> str:
     """One ``[program:NAME]`` a port: ``shmooze serve NAME`` with its own log file."""
     settings_path = os.path.abspath(settings.path)
+    logs = _conf_value(str(paths.logs))
     lines = [
-        "; written by 'shmooze run' from " + settings_path,
+        "; written by 'shmooze run' from " + settings_path.replace("\n", " "),
         "[supervisord]",
         "nodaemon=true",
-        f"logfile={paths.logs / 'supervisord.log'}",
-        f"pidfile={paths.root / 'supervisord.pid'}",
-        f"childlogdir={paths.logs}",
+        f"logfile={logs}/supervisord.log",
+        f"pidfile={_conf_value(str(paths.root / 'supervisord.pid'))}",
+        f"childlogdir={logs}",
         "",
         "[unix_http_server]",
-        f"file={paths.socket}",
+        f"file={_conf_value(str(paths.socket))}",
         "chmod=0700",
         "",
         "[rpcinterface:supervisor]",
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
         "",
         "[supervisorctl]",
-        f"serverurl=unix://{paths.socket}",
+        f"serverurl=unix://{_conf_value(str(paths.socket))}",
         "",
     ]
-    env = f'PYTHONUNBUFFERED="1",SHMOOZE_SETTINGS="{settings_path}"'
     names = sorted(settings.ports, key=lambda n: (n == "wsgi", n))
     # One group: supervisord stops the programs of a group all at once, groups one after another.
     lines += [f"[group:{GROUP}]", "programs=" + ",".join(names), ""]
     for name in names:
         lines += [
             f"[program:{name}]",
-            f"command={sys.executable} -m shmooze serve {name} --settings {settings_path}",
-            f"directory={os.path.dirname(settings_path)}",
-            f"environment={env}",
+            f"command={service_command(settings_path, name)}",
+            f"directory={_conf_value(os.path.dirname(settings_path))}",
+            # The settings path travels on the command line (quoted), not here: supervisord's
+            # environment syntax has no escape for every character a path may hold.
+            'environment=PYTHONUNBUFFERED="1"',
             "autostart=true",
             "autorestart=true",
             "startsecs=1",
             "stopsignal=TERM",
             f"stopwaitsecs={stop_wait_seconds(settings)}",
-            f"stdout_logfile={paths.logs / (name + '.log')}",
+            # supervisord expands a program's log path twice (once as any value, once as a log path).
+            f"stdout_logfile={_conf_value(logs)}/{name}.log",
             "redirect_stderr=true",
             "stdout_logfile_maxbytes=10MB",
             "stdout_logfile_backups=3",
@@ -193,81 +209,181 @@ def rpc(paths: RunPaths, timeout: float = 10.0) -> Any:
 
 # -- run, status, stop, restart --------------------------------------------------------
 
+class PortTaken(ShmoozeError):
+    """A port the settings give a service is already in use: nothing was started."""
+
+
+class StartFailed(ShmoozeError):
+    """A service did not come up: it exited, or did not answer within the start timeout."""
+
+
+def taken_ports(settings: Settings) -> list[str]:
+    """One line for each port in ``ports`` that something already listens on (empty: all free)."""
+    import socket
+
+    host = str(settings.get("host", "127.0.0.1"))
+    problems = []
+    for name, port in sorted(settings.ports.items()):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            # The same option gunicorn binds with: a port left in TIME_WAIT counts as free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, int(port)))
+                continue
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+        holders = ", ".join(procutil.describe(pid) for pid in procutil.listening_pids(int(port)))
+        problems.append(f"port {port} of service {name!r} is taken ({reason})"
+                        + (f" by {holders}" if holders else ""))
+    return problems
+
+
+def service_answers(settings: Settings, name: str, timeout: float = 2.0) -> bool:
+    """Whether a service answers on its port: ``status`` for a service, the public settings for the
+    gateway. A process that runs but does not answer is not up."""
+    if name != "wsgi":
+        return service_status(settings, name, timeout) is not None
+    import requests
+
+    try:
+        url = f"http://127.0.0.1:{settings.ports['wsgi']}{settings.wsgi_prefix}settings.json"
+        return requests.get(url, timeout=timeout).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 class Runner:
-    """``shmooze run``: supervisord in the foreground. Signal handlers only record; the loop acts."""
+    """``shmooze run``: supervisord in the foreground, announced only once every service answers.
+
+    Signal handlers only record; the loop acts. The first Ctrl-C (or SIGTERM) stops every service
+    gracefully (each runs its modules' ladders); a second one kills them at once (each service's
+    orphan guard then ends its modules)."""
 
     def __init__(self, settings: Settings, conf: str | None = None):
         self.settings = settings
         self.paths = RunPaths.for_settings(settings)
         self.conf = conf
-        self.signalled: int | None = None
+        self.signals: list[int] = []
+        #: Pids of the services' processes as supervisord last reported them (for the hard stop).
+        self.service_pids: set[int] = set()
 
     def _record(self, signum: int, frame: Any) -> None:
-        self.signalled = signum
+        self.signals.append(signum)
 
-    def run(self, out: Any = sys.stdout, ready_timeout: float = 60.0) -> int:
+    def say(self, out: Any, text: str) -> None:
+        out.write(f"shmooze: {text}\n")
+        out.flush()
+
+    def run(self, out: Any = sys.stdout, start_timeout: float | None = None) -> int:
+        start_timeout = float(self.settings.get("start_timeout", 30) if start_timeout is None else start_timeout)
         lock = InstanceLock(self.paths.lock)
         lock.acquire()
         try:
+            problems = taken_ports(self.settings)
+            if problems:
+                raise PortTaken("; ".join(problems) + "; nothing was started")
             self.paths.logs.mkdir(parents=True, exist_ok=True)
             conf_path = Path(self.conf) if self.conf else self.paths.conf
             if not self.conf:
                 conf_path.write_text(supervisord_conf(self.settings, self.paths))
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, self._record)
+            self.say(out, f"starting {', '.join(sorted(self.settings.ports))}; "
+                          f"run folder {self.paths.root}, logs in {self.paths.logs}")
             # This process runs no threads, so preexec_fn is safe here: if the runner is killed,
             # supervisord gets SIGTERM and stops every service through its ladder.
             proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf_path)],
                                     stdin=subprocess.DEVNULL, preexec_fn=_term_with_parent)
-            url = f"http://127.0.0.1:{self.settings.ports['wsgi']}{self.settings.wsgi_prefix}" \
-                if "wsgi" in self.settings.ports else None
-            announced = False
-            deadline = time.monotonic() + ready_timeout
-            stopping = False
-            while True:
-                try:
-                    proc.wait(0.1)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                if self.signalled is not None and not stopping:
-                    out.write("shmooze: stopping every service...\n")
-                    out.flush()
-                    proc.send_signal(signal.SIGTERM)
-                    stopping = True
-                if not announced and url and time.monotonic() < deadline and self._all_running() \
-                        and _port_open(self.settings.ports["wsgi"]):
-                    out.write(f"shmooze: running; open {url}  (Ctrl-C stops it; logs in {self.paths.logs})\n")
-                    out.flush()
-                    announced = True
-            return 0 if stopping or proc.returncode == 0 else proc.returncode
+            return self._supervise(proc, out, time.monotonic() + start_timeout)
         finally:
             lock.release()
 
+    def _supervise(self, proc: subprocess.Popen[bytes], out: Any, start_deadline: float) -> int:
+        """The loop: announce once every service answers, stop on a failed start or a signal."""
+        waiting = set(self.settings.ports)  # services not yet seen answering
+        handled = 0  # signals acted on
+        failed = False
+        while True:
+            try:
+                proc.wait(0.1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if len(self.signals) > handled:
+                handled = len(self.signals)
+                if handled == 1:
+                    self.say(out, "stopping every service (Ctrl-C again stops them at once)...")
+                    proc.send_signal(signal.SIGTERM)
+                else:
+                    self.say(out, "stopping at once")
+                    self._kill_now(proc)
+                continue
+            if handled or failed or not waiting:
+                continue
+            infos = self._program_infos()
+            failure = self._start_failure(infos, waiting, start_deadline)
+            if failure:
+                self.say(out, failure)
+                failed = True
+                proc.send_signal(signal.SIGTERM)
+                continue
+            waiting = {name for name in waiting
+                       if infos.get(name, {}).get("statename") != "RUNNING"
+                       or not service_answers(self.settings, name, timeout=1.0)}
+            if not waiting:
+                url = self.url()
+                self.say(out, f"running; open {url}  (Ctrl-C stops it)" if url else "running  (Ctrl-C stops it)")
+        if failed:
+            return 1
+        if handled or proc.returncode == 0:
+            return 0
+        self.say(out, f"supervisord exited with status {proc.returncode}; see {self.paths.logs / 'supervisord.log'}")
+        return proc.returncode if proc.returncode > 0 else 1
 
-    def _all_running(self) -> bool:
-        """Whether supervisord has every program RUNNING (past its startsecs)."""
+    def url(self) -> str | None:
+        if "wsgi" not in self.settings.ports:
+            return None
+        return f"http://127.0.0.1:{self.settings.ports['wsgi']}{self.settings.wsgi_prefix}"
+
+    def _program_infos(self) -> dict[str, dict[str, Any]]:
         try:
             infos = rpc(self.paths, timeout=2).supervisor.getAllProcessInfo()
         except (OSError, NotRunning, xmlrpc.client.Error):
-            return False
-        return bool(infos) and all(info["statename"] == "RUNNING" for info in infos)
+            return {}
+        self.service_pids.update(info["pid"] for info in infos if info.get("pid"))
+        return {info["name"]: info for info in infos}
 
+    def _start_failure(self, infos: dict[str, dict[str, Any]], waiting: set[str], deadline: float) -> str | None:
+        """Why the start failed, with the service's log tail; None while it may still succeed."""
+        for name in sorted(waiting):
+            state = infos.get(name, {}).get("statename")
+            # BACKOFF: it exited before its start time; at the first start that is a broken service,
+            # not a hiccup worth supervisord's retries.
+            if state in ("FATAL", "BACKOFF", "EXITED"):
+                return self._failure_text(name, f"service {name!r} failed to start ({state})")
+        if time.monotonic() > deadline:
+            name = sorted(waiting)[0]
+            return self._failure_text(name, f"service {name!r} did not answer within its start timeout "
+                                            f"({self.settings.get('start_timeout', 30)} s)")
+        return None
 
-def _port_open(port: int) -> bool:
-    import socket
+    def _failure_text(self, name: str, headline: str) -> str:
+        log_path = self.paths.logs / f"{name}.log"
+        tail = logs.tail_lines(log_path, 15)
+        shown = "".join(f"\n  | {line}" for line in tail)
+        return f"{headline}; stopping the others. Last lines of {log_path}:{shown}"
 
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+    def _kill_now(self, proc: subprocess.Popen[bytes]) -> None:
+        """Skip the graceful wait: SIGKILL every service's process group and supervisord. Each
+        service's orphan guard sees its pipe close and ends that service's modules."""
+        self._program_infos()
+        for pid in self.service_pids:
+            procutil.kill_group(pid, signal.SIGKILL)  # supervisord starts each program in its own group
+        proc.kill()
 
 
 def _term_with_parent() -> None:
-    from shmooze.procutil import PR_SET_PDEATHSIG, _prctl
-
-    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    procutil._prctl(procutil.PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def service_status(settings: Settings, name: str, timeout: float = 3.0) -> dict[str, Any] | None:
@@ -296,8 +412,16 @@ def status(settings: Settings) -> dict[str, Any]:
             entry["uptime"] = prog.get("now", 0) - prog.get("start", 0)
         if name != "wsgi":
             entry["status"] = service_status(settings, name)
+            entry["answering"] = entry["status"] is not None
+        else:
+            entry["answering"] = service_answers(settings, name)
         services[name] = entry
     return {"runner_pid": holder_pid(paths.lock), "services": services}
+
+
+def all_up(report: dict[str, Any]) -> bool:
+    """Whether every service of a status report is RUNNING and answering."""
+    return all(e["state"] == "RUNNING" and e.get("answering") for e in report["services"].values())
 
 
 def format_status(report: dict[str, Any]) -> str:
@@ -306,7 +430,8 @@ def format_status(report: dict[str, Any]) -> str:
     for name, entry in report["services"].items():
         st = entry.get("status") or {}
         modules = st.get("modules", [])
-        rows.append((name, entry["state"], str(entry["pid"] or "-"), _duration(entry.get("uptime")),
+        state = entry["state"] if entry.get("answering") or entry["state"] != "RUNNING" else "NOT ANSWERING"
+        rows.append((name, state, str(entry["pid"] or "-"), _duration(entry.get("uptime")),
                      str(len(modules)) if "modules" in st else "-"))
         for m in modules:
             module_rows.append((f"  {name}/{m['uid']}", m["type"], m["state"], str(m.get("pid") or "-"),

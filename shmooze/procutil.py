@@ -108,3 +108,53 @@ def kill_group(pgid: int, sig: int) -> bool:
         if exc.errno == errno.EPERM:
             return False
         raise
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on TCP ``port`` (IPv4 or IPv6), from /proc/net/tcp{,6}."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    # local_address is HEX_IP:HEX_PORT; state 0A is LISTEN; the inode is field 9.
+                    if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(fields[9])
+        except OSError:
+            continue
+    return inodes
+
+
+def listening_pids(port: int) -> list[int]:
+    """Pids of the processes holding a socket that listens on TCP ``port`` (those /proc lets us see)."""
+    targets = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    found = []
+    if not targets:
+        return found
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{entry}/fd/{fd}") in targets:
+                    found.append(int(entry))
+                    break
+            except OSError:
+                continue
+    return sorted(found)
+
+
+def describe(pid: int) -> str:
+    """``pid N (command line)`` for messages, or ``pid N`` when /proc does not tell."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        argv = ""
+    return f"pid {pid} ({argv[:100]})" if argv else f"pid {pid}"

@@ -29,3 +29,23 @@ def make_queue() -> Queue:
 
 def make_pool() -> Pool:
     return Pool(TYPES)
+
+
+#: A module that ignores ``rm`` and SIGTERM, with long ladder timeouts: only SIGKILL ends it soon.
+STUCK = python_module("stuck", MISBEHAVE, "--ignore-term", rm_timeout=30, term_timeout=30)
+
+
+def make_stuck_queue() -> Queue:
+    return Queue([*TYPES, STUCK])
+
+
+def make_failing() -> Queue:
+    raise RuntimeError("this service is broken on purpose (a test)")
+
+
+def make_hanging() -> Queue:
+    """A service that never finishes starting: its port listens, nothing answers."""
+    import threading
+
+    threading.Event().wait(120)
+    return make_queue()

@@ -4,6 +4,7 @@
     shmooze status [--json]                every service and module of the running application
     shmooze stop                           stop it (each service stops its modules through the ladder)
     shmooze restart [SERVICE ...]          restart some services, or all
+    shmooze logs [SERVICE] [-f] [-n N]     a service's log (with its modules' output), or all of them
     shmooze serve NAME                     one service (or ``wsgi``, the gateway) in the foreground
 
 Commands other than ``run`` find the application by ``--settings``, ``$SHMOOZE_SETTINGS`` or
@@ -17,7 +18,7 @@ import logging
 import os
 import sys
 
-from shmooze.errors import SettingsError
+from shmooze.errors import SettingsError, ShmoozeError
 
 log = logging.getLogger("shmooze")
 
@@ -36,7 +37,10 @@ def _load_settings(path: str | None):  # -> Settings
 def cmd_serve(opts: argparse.Namespace) -> int:
     from shmooze.serve import serve
 
-    serve(_load_settings(opts.settings), opts.name)
+    loaded = _load_settings(opts.settings)
+    # What the service starts (modules, application code) finds the same settings.
+    os.environ["SHMOOZE_SETTINGS"] = os.path.abspath(loaded.path)
+    serve(loaded, opts.name)
     return 0
 
 
@@ -53,6 +57,26 @@ def cmd_status(opts: argparse.Namespace) -> int:
 
     report = deploy.status(_load_settings(opts.settings))
     sys.stdout.write((json.dumps(report, indent=2) if opts.json else deploy.format_status(report)) + "\n")
+    return 0 if deploy.all_up(report) else 1
+
+
+def cmd_logs(opts: argparse.Namespace) -> int:
+    from shmooze import deploy, logs
+
+    settings = _load_settings(opts.settings)
+    folder = deploy.RunPaths.for_settings(settings).logs
+    names = [opts.service] if opts.service else sorted(settings.ports)
+    for name in names:
+        if name not in settings.ports and name != "supervisord":
+            raise ShmoozeError(f"no service named {name!r} (services: {', '.join(sorted(settings.ports))})")
+    files = {name: folder / f"{name}.log" for name in names}
+    missing = [str(path) for path in files.values() if not path.exists()]
+    if len(missing) == len(files):
+        raise ShmoozeError(f"no log yet at {', '.join(missing)} (has the application run?)")
+    try:
+        logs.show(files, sys.stdout, lines=opts.lines, follow=opts.follow)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -97,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", default=None, help=settings_help)
     p.set_defaults(func=cmd_restart)
 
+    p = sub.add_parser("logs", help="show a service's log (with its modules' output), or every log")
+    p.add_argument("service", nargs="?", default=None, metavar="SERVICE")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing lines as they are written")
+    p.add_argument("-n", "--lines", type=int, default=40, help="how many last lines to show first (default 40)")
+    p.add_argument("--settings", default=None, help=settings_help)
+    p.set_defaults(func=cmd_logs)
+
     p = sub.add_parser("serve", help="serve one service (or 'wsgi', the gateway) in the foreground")
     p.add_argument("name")
     p.add_argument("--settings", default=None, help=settings_help)
@@ -107,17 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     opts = parser.parse_args(argv)
-    from shmooze.deploy import AlreadyRunning, NotRunning
-    from shmooze.errors import ShmoozeError
-
     try:
         return opts.func(opts)
     except SettingsError as exc:
         sys.stderr.write(f"shmooze: {exc}\n")
         return 2
-    except (AlreadyRunning, NotRunning) as exc:
-        sys.stderr.write(f"shmooze: {exc}\n")
-        return 1
     except ShmoozeError as exc:
         sys.stderr.write(f"shmooze: {exc}\n")
         return 1
