@@ -8,6 +8,7 @@ a static folder at ``/`` that must never shadow the gateway's own routes.
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from werkzeug.test import Client
@@ -17,6 +18,8 @@ from shmooze.httpjson import service_app
 from shmooze.settings import Settings
 from tests.sample_service import Sample
 from tests.test_gateway import backend  # noqa: F401 - a fixture: the sample service on a real port
+from tests.test_pymodule import parent  # noqa: F401 - a fixture: the service side of a module's streams
+from tests.test_queue import make_queue  # noqa: F401 - a fixture: started queues, stopped at the end
 
 
 def post(client, body, path="/", content_type="application/json"):
@@ -102,3 +105,139 @@ def test_a_trailing_slash_reaches_the_service(app_at_root):
     assert post(app_at_root, {"cmd": "add", "args": {"a": 5}}, path="/sample/") == (200, {"success": True, "result": 5})
     assert post(app_at_root, [{"cmd": "nothing"}], path="/sample/", content_type="text/json") == (
         200, [{"success": True}])
+
+
+# -- modules on the original API ---------------------------------------------------------------
+
+def test_original_api_module_with_a_thread_runs_its_own_code_after_rm(parent, tmp_path):
+    from tests.helpers import ROOT
+
+    marker = tmp_path / "marker"
+    parent.spawn([sys.executable, str(ROOT / "tests" / "modules" / "original_api.py")])
+    assert parent.send("init", {"marker": str(marker)}) == {"success": True}
+    parent.wait_param("status", "ready")
+    assert parent.send("play") == {"success": True}
+    parent.wait_update(lambda m: m.get("args", {}).get("parameters", {}).get("beats", 0) >= 5)
+    # packet.good() of recv_update_resp's result (None: the service's answer had none).
+    assert parent.send("do_confirmed") == {"success": True, "result": {"success": True}}
+    parent.wait_param("confirmed", True)
+    assert parent.send("rm") == {"success": True}
+    assert parent.wait_exit() == 0  # ended by its own code, not by a signal
+    assert marker.read_text().startswith("cleaned up after ")
+    assert int(marker.read_text().split()[3]) >= 5
+    assert not [u for u in parent.updates if "raw" in u]  # the thread's lines never mixed with others
+
+
+def test_the_new_module_class_still_ends_at_once_after_rm(parent, tmp_path):
+    script = tmp_path / "new_api.py"
+    marker = tmp_path / "marker"
+    script.write_text(
+        "from shmooze_module import Module\n"
+        "Module.main()\n"
+        f"open({str(marker)!r}, 'w').write('after main')\n")
+    parent.spawn([sys.executable, str(script)])
+    assert parent.send("init") == {"success": True}
+    assert parent.send("rm") == {"success": True}
+    assert parent.wait_exit() == 0
+    assert not marker.exists()
+
+
+def test_poller_cooperates_with_other_bases(parent):
+    import threading
+
+    import shmooze_module
+
+    class Threaded(shmooze_module.JSONParentPoller, threading.Thread):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+
+        def run(self):
+            self.ran = True
+
+    holder = {}
+    t = threading.Thread(target=lambda: holder.setdefault(
+        "m", Threaded(host=parent.host, cmd_port=parent.cmd_port, update_port=parent.update_port)))
+    t.start()
+    parent.accept()
+    t.join(10)
+    m = holder["m"]
+    try:
+        m.start()  # Thread.__init__ ran
+        m.join(10)
+        assert m.ran and m.connection is m
+    finally:
+        m.close()
+
+
+def test_original_connection_names_in_process(parent):
+    """recv_cmd, send_resp, send_update (a dict, or cmd and args), recv_update_resp and packet."""
+    import threading
+
+    import shmooze_module
+    from shmooze.lib import packet
+    from shmooze.modules import assert_success
+
+    assert packet.good is shmooze_module.good is shmooze_module.packet.good and assert_success is packet.assert_success
+    assert packet.good() == {"success": True} and packet.good([1]) == {"success": True, "result": [1]}
+    assert packet.error("no") == {"success": False, "error": "no"}
+    assert packet.assert_success({"success": True, "result": 3}) == 3
+    with pytest.raises(Exception, match="^nope$"):
+        packet.assert_success({"success": False, "error": "nope"})
+    with pytest.raises(Exception, match="malformed"):
+        packet.assert_success([1])
+
+    holder = {}
+    t = threading.Thread(target=lambda: holder.setdefault("c", shmooze_module.ParentConnection(
+        host=parent.host, cmd_port=parent.cmd_port, update_port=parent.update_port)))
+    t.start()
+    parent.accept()
+    t.join(10)
+    conn = holder["c"]
+    try:
+        parent.send_raw(b'{"cmd":"do_x","args":{"a":1}}')
+        assert conn.recv_cmd() == {"cmd": "do_x", "args": {"a": 1}}
+        conn.send_resp(packet.good("done"))
+        assert parent.read_answer() == {"success": True, "result": "done"}
+        conn.send_update({"cmd": "set_parameters", "args": {"parameters": {"a": 1}}})
+        conn.send_update("unset_parameters", {"parameters": ["a"]})
+        parent.wait_update(lambda m: m.get("cmd") == "unset_parameters")
+        assert parent.updates[-2:] == [{"cmd": "set_parameters", "args": {"parameters": {"a": 1}}},
+                                       {"cmd": "unset_parameters", "args": {"parameters": ["a"]}}]
+        assert conn.recv_update_resp() is None and conn.recv_update_resp() is None
+        parent.upd.write_line(b'{"success":false,"error":"refused"}')
+        with pytest.raises(Exception, match="refused"):
+            conn.recv_update_resp()
+        parent.close_cmd()
+        with pytest.raises(shmooze_module.CommandStreamClosed):
+            conn.recv_cmd()
+    finally:
+        conn.close()
+
+
+def test_queue_sends_args_on_every_module_line(make_queue):
+    from shmooze.moduletype import python_module
+    from tests.helpers import ROOT
+
+    q = make_queue([python_module("strict", str(ROOT / "tests" / "modules" / "strict_args.py"),
+                                  rm_timeout=1, term_timeout=1)])
+    uid = q.add("strict")  # init with no args: refused before, were it sent as {"cmd": "init"}
+    assert q.ok("tell_module", uid=uid, cmd="ping") == {"cmd": "do_ping", "args": {}}
+    assert q.ok("tell_module", uid=uid, cmd="ping", args={"n": 1}) == {"cmd": "do_ping", "args": {"n": 1}}
+    q.ok("rm", uids=[uid])
+    assert q.ended(uid)["ended_by"] in ("exited", "rm")
+
+
+def test_original_api_module_in_a_queue_ends_by_itself_after_rm(make_queue, tmp_path):
+    from shmooze import ladder
+    from shmooze.moduletype import python_module
+    from tests.helpers import ROOT
+
+    marker = tmp_path / "marker"
+    q = make_queue([python_module("beater", str(ROOT / "tests" / "modules" / "original_api.py"),
+                                  rm_timeout=5, term_timeout=1)])
+    uid = q.add("beater", marker=str(marker))
+    q.wait_param(uid, "beats")  # on top of the queue: playing, and its thread counts
+    q.ok("rm", uids=[uid])
+    snap = q.ended(uid)
+    assert snap["ended_by"] == ladder.RM  # no signal was needed
+    assert marker.read_text().startswith("cleaned up after ")
