@@ -518,14 +518,22 @@ class ParentConnection(object):
     def close(self) -> None:
         """Close both connections (idempotent)."""
         self.closed = True
-        self._update_closed = True
-        self._update_warned = True  # updates after this are dropped on purpose, without a warning
-        for sock in (getattr(self, "cmd_socket", None), getattr(self, "update_socket", None)):
-            if sock is not None:
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+        _close_quietly(getattr(self, "cmd_socket", None))
+        lock = getattr(self, "_update_lock", None)
+        if lock is None:
+            return
+        with lock:  # not while another thread sends an update: its socket's number could be reused
+            self._update_closed = True
+            self._update_warned = True  # updates after this are dropped on purpose, without a warning
+            _close_quietly(getattr(self, "update_socket", None))
+
+
+def _close_quietly(sock):
+    if sock is not None:
+        try:
+            sock.close()
+        except OSError:
+            pass
 
 
 class JSONParentPoller(ParentConnection):

@@ -54,7 +54,7 @@ def test_a_page_on_the_original_api_works_without_jquery(page, jukebox, original
     # settings.json is loaded by itself and the endpoints made, as the original library did.
     page.wait_for_function("report.ran === 1 && report.added !== null && report.volume !== null")
     report = page.evaluate("report")
-    assert sorted(report["types"]) == ["countdown", "shout", "text"]
+    assert sorted(report["types"]) == ["banner", "countdown", "shout", "text"]
     assert report["volume"] == jukebox["client"].volume.get_volume()
     assert page.evaluate("typeof jQuery") == "undefined" and page.evaluate("BASE_URL") == ""
     assert page.evaluate("settings_data") == public
@@ -80,3 +80,20 @@ def test_a_page_on_the_original_api_works_without_jquery(page, jukebox, original
     assert page.is_visible("#up") and page.is_hidden("#down")
     jukebox["client"].queue.rm(uids=[uid])
     page.wait_for_function("report.queue && report.queue.length === 0")
+
+
+def test_the_demo_shows_its_original_api_banner(page, jukebox):
+    from tests.test_browser import open_demo
+
+    open_demo(page, jukebox["url"])
+    page.select_option("#add-type", "banner")
+    page.fill("#add-text", "ported")
+    page.click("#add-button")
+    item = page.wait_for_selector("#queue li[data-uid]")
+    assert item.query_selector(".tag").inner_text() == "banner"
+    # Its thread scrolls the text across: the page follows the frames it pushes.
+    page.wait_for_function("""(() => {
+        const label = document.querySelector('#queue li[data-uid] .label');
+        return label && /^\\[ *port/.test(label.textContent);
+    })""")
+    jukebox["client"].queue.rm(uids=[item.get_attribute("data-uid")])

@@ -16,6 +16,7 @@ from werkzeug.test import Client
 from shmooze.gateway import Gateway
 from shmooze.httpjson import service_app
 from shmooze.settings import Settings
+from tests.helpers import wait_for
 from tests.sample_service import Sample
 from tests.test_gateway import backend  # noqa: F401 - a fixture: the sample service on a real port
 from tests.test_pymodule import parent  # noqa: F401 - a fixture: the service side of a module's streams
@@ -241,3 +242,42 @@ def test_original_api_module_in_a_queue_ends_by_itself_after_rm(make_queue, tmp_
     snap = q.ended(uid)
     assert snap["ended_by"] == ladder.RM  # no signal was needed
     assert marker.read_text().startswith("cleaned up after ")
+
+
+# -- the demo's module on the original API -----------------------------------------------------
+
+def banner_queue(make_queue):
+    from jukebox.app import QUEUE_TYPES
+
+    banner = next(t for t in QUEUE_TYPES if t.name == "banner")
+    return make_queue([banner, next(t for t in QUEUE_TYPES if t.name == "countdown")])
+
+
+def test_the_demos_banner_scrolls_pauses_and_leaves_by_itself(make_queue):
+    from shmooze import ladder
+
+    q = banner_queue(make_queue)
+    uid = q.add("banner", text="hi", passes=1)  # 27 frames, about 3 s
+    assert q.wait_param(uid, "progress") > 0  # playing on top: the thread draws
+    other = q.add("countdown", seconds=60)
+    q.ok("mv", uids=[other])  # the countdown on top: the banner pauses
+    wait_for(lambda: q.param(uid, "state") == "paused", 10, what="the banner to pause")
+    q.ok("rm", uids=[other])
+    assert q.ok("tell_module", uid=uid, cmd="again") == 0
+    snap = q.ended(uid, timeout=30)  # every frame shown, then it left the queue itself
+    assert snap["ended_by"] == ladder.EXITED
+    assert q.ok("queue") == []
+
+
+def test_the_demos_banner_cleans_up_after_rm(make_queue, caplog):
+    import logging
+
+    from shmooze import ladder
+
+    caplog.set_level(logging.INFO, logger="shmooze.module")  # the module's output is logged there
+    q = banner_queue(make_queue)
+    uid = q.add("banner", text="a long text that takes a while to scroll by", passes=5)
+    q.wait_param(uid, "progress")
+    q.ok("rm", uids=[uid])
+    assert q.ended(uid)["ended_by"] == ladder.RM  # its own code ended it: no signal
+    wait_for(lambda: "banner: screen cleared" in caplog.text, 10, what="the banner's cleanup after its loop")
