@@ -97,6 +97,12 @@ def test_static_folder_at_root_never_shadows_the_gateways_routes(app_at_root):
     assert c.get("/shmooze.js").status_code == 200
 
 
+def test_settings_json_is_served_with_a_static_folder_at_root_and_no_such_file(app_at_root, tmp_path):
+    (tmp_path / "static" / "settings.json").unlink()  # (it answered 404 then, the static folder coming first)
+    resp = app_at_root.get("/settings.json")
+    assert resp.status_code == 200 and sorted(json.loads(resp.get_data())) == ["ports", "title"]
+
+
 def test_the_settings_file_is_never_served_from_a_static_folder(app_at_root):
     resp = app_at_root.get("/copy/s.json")
     assert resp.status_code == 404 and b"SECRET-KEY" not in resp.get_data()
