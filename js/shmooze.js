@@ -259,7 +259,8 @@
     this.version = null;
     this.queue = [];
     this.flushScheduled = false;
-    this.listeners = {change: []};
+    this.alive = null;  // whether the last batch reached the service
+    this.listeners = {change: [], alive: [], dead: []};
   }
 
   function settle(item, answer) {
@@ -286,9 +287,23 @@
     } else {
       sent = httpJson("POST", self.url, commands);
     }
-    sent.then(function (answers) {
+    // Resolves true once the answers are in, false when the batch did not reach the service.
+    return sent.then(function (answers) {
+      self._reached(true);
       items.forEach(function (item, i) { settle(item, answers[i]); });
-    }, function (err) { failAll(items, err); });
+      return true;
+    }, function (err) {
+      self._reached(false);
+      failAll(items, err);
+      return false;
+    });
+  };
+
+  Endpoint.prototype._reached = function (up) {
+    this.alive = up;
+    this.listeners[up ? "alive" : "dead"].slice().forEach(function (fn) {
+      try { fn(); } catch (e) { if (global.console) console.error(e); }
+    });
   };
 
   Endpoint.prototype._enqueue = function (data, onResult, onError) {
@@ -317,14 +332,17 @@
     return entry.promise;
   };
 
+  /* Send the deferred commands now. Resolves true when they reached the service, false when
+     not, null when there was nothing to send. */
   Endpoint.prototype.flush = function () {
     this.flushScheduled = false;
     var items = this.queue;
     this.queue = [];
-    if (items.length) this._send(items);
+    return items.length ? this._send(items) : Promise.resolve(null);
   };
 
-  /* Listen to the service's change events: fn({service, version, events, reset}). */
+  /* Listen to the service's change events: fn({service, version, events, reset}); "alive" and
+     "dead": fn() after each batch that did or did not reach the service. */
   Endpoint.prototype.on = function (kind, fn) {
     (this.listeners[kind] = this.listeners[kind] || []).push(fn);
     if (kind === "change") {

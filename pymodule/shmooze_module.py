@@ -15,7 +15,11 @@ Two layers are provided:
 
 * the original (Python 2 era) API: :class:`ParentConnection` and
   :class:`JSONParentPoller` with a ``commands`` dict of
-  ``name -> function(self, **args)``;
+  ``name -> function(self, **args)``, ``self.connection`` with ``recv_cmd``,
+  ``send_resp``, ``send_update`` and ``recv_update_resp``, and the answer
+  helpers ``good``, ``error`` and ``assert_success`` (``shmooze.lib.packet``).
+  As in the original, ``handle_one_command()`` returns after ``rm`` (the
+  streams are closed then) and the module ends when its own code ends;
 * a friendlier :class:`Module` base class with ``on_init``/``on_play``/
   ``on_suspend``/``on_rm`` hooks, ``do_<name>`` or :func:`command` custom
   commands, timers (:meth:`JSONParentPoller.tick`) and ``MyModule.main()``.
@@ -26,6 +30,7 @@ are imported at load time; ``logging`` is imported lazily when first needed.
 
 from __future__ import annotations
 
+import _thread
 import select
 import socket
 import sys
@@ -35,6 +40,11 @@ __all__ = [
     "MAX_LINE_LENGTH",
     "ProtocolError",
     "LineTooLongError",
+    "CommandStreamClosed",
+    "good",
+    "error",
+    "assert_success",
+    "packet",
     "ParentConnection",
     "JSONParentPoller",
     "Module",
@@ -132,6 +142,46 @@ class LineTooLongError(ProtocolError):
     """Raised when an incoming line exceeds :data:`MAX_LINE_LENGTH`."""
 
 
+class CommandStreamClosed(ConnectionError):
+    """The command stream is closed (after ``rm``, or by the service): no command will come.
+
+    A ``ConnectionError``, so ``except socket.error:`` in a module of the original API catches it.
+    """
+
+
+# -- answers, as the original's shmooze.lib.packet built and checked them ------------------
+
+def good(result: object = None) -> dict:
+    """A success answer; ``result`` is left out when it is None."""
+    if result is None:
+        return {"success": True}
+    return {"success": True, "result": result}
+
+
+def error(message: object) -> dict:
+    """A failure answer carrying ``message``."""
+    return {"success": False, "error": message}
+
+
+def assert_success(answer: object) -> object:
+    """Return an answer's ``result`` (None when it has none); raise if it failed or is malformed."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("success"), bool):
+        raise ProtocolError("malformed answer: %r" % (answer,))
+    if answer["success"]:
+        return answer.get("result")
+    if "error" not in answer:
+        raise ProtocolError("failed answer without an error: %r" % (answer,))
+    raise Exception(answer["error"])
+
+
+class packet(object):
+    """The original's ``shmooze.lib.packet`` without the package: ``from shmooze_module import packet``."""
+
+    good = staticmethod(good)
+    error = staticmethod(error)
+    assert_success = staticmethod(assert_success)
+
+
 def parse_argv(argv: list[str] | None = None) -> tuple[list[str], str, int, int]:
     """Split argv into ``(own_args, host, cmd_port, update_port)``.
 
@@ -192,9 +242,15 @@ class ParentConnection(object):
     Connects to ``host``/``cmd_port``/``update_port`` if given, otherwise to
     the last three entries of ``argv`` (default ``sys.argv``).  Arguments that
     came before those three are kept in :attr:`args`.
+
+    ``__init__`` cooperates through ``super()`` (with no arguments), so a
+    class may mix it with another base, e.g. ``class M(JSONParentPoller,
+    threading.Thread)`` whose ``__init__`` calls ``super().__init__()``.
     """
 
     max_line_length = MAX_LINE_LENGTH
+    #: Bytes of unread update answers kept for :meth:`recv_update_resp` (older ones are dropped).
+    max_unread_answers = 65536
 
     def __init__(self, host: str | None = None, cmd_port: int | str | None = None,
                  update_port: int | str | None = None, argv: list[str] | None = None,
@@ -214,6 +270,11 @@ class ParentConnection(object):
         self._cmd_buf_len = 0
         self._update_closed = False
         self._update_warned = False
+        self._update_unread = bytearray()  # answers on the update stream nobody has read yet
+        # Threads of a module may send updates while another handles commands: one line at a time.
+        self._update_lock = _thread.RLock()
+        #: True once :meth:`close` ran (after ``rm`` for the original API).
+        self.closed = False
         if update_first:
             self.update_socket = self._connect(self.update_port, connect_timeout)
             self.cmd_socket = self._connect(self.cmd_port, connect_timeout)
@@ -223,6 +284,12 @@ class ParentConnection(object):
         # The update socket is non-blocking: writes interleave with draining
         # the service's answers so neither side can deadlock on the other.
         self.update_socket.setblocking(False)
+        super(ParentConnection, self).__init__()
+
+    @property
+    def connection(self) -> "ParentConnection":
+        """The original API's ``self.connection``: here the poller is its own connection."""
+        return self
 
     def _connect(self, port, timeout):
         """Open one TCP connection to the service."""
@@ -330,10 +397,28 @@ class ParentConnection(object):
         """Send one answer object on the command stream."""
         self.cmd_socket.sendall(_dumps(answer))
 
+    send_resp = write_answer  # the original API's name
+
+    def recv_cmd(self) -> dict:
+        """The original API: block until a command arrives and return it decoded.
+
+        Raises :class:`CommandStreamClosed` at the end of the stream and
+        ``ValueError`` for a line that is not JSON.
+        """
+        line = None if self.closed else self.read_line()
+        if line is None:
+            raise CommandStreamClosed("the command stream is closed")
+        return _loads(line.decode("utf-8"))
+
     # -- update stream --------------------------------------------------
 
     def _drain_update(self) -> None:
-        """Read and discard whatever the service sent on the update stream."""
+        """Read whatever the service sent on the update stream, keeping the latest answers."""
+        with self._update_lock:
+            self._drain_update_locked()
+
+    def _drain_update_locked(self) -> None:
+        unread = self._update_unread
         while not self._update_closed:
             try:
                 data = self.update_socket.recv(_READ_CHUNK)
@@ -344,23 +429,56 @@ class ParentConnection(object):
             if not data:
                 self._update_closed = True
                 return
+            unread += data
+            if len(unread) > self.max_unread_answers:  # nobody reads them: keep whole recent lines
+                cut = unread.find(b"\n", len(unread) - self.max_unread_answers)
+                del unread[:len(unread) if cut < 0 else cut + 1]
 
-    def send_update(self, cmd: str, args: dict | None = None) -> bool:
-        """Send one update line ``{"cmd": cmd, "args": args}``.
+    def recv_update_resp(self) -> object:
+        """The original API: wait for the next answer on the update stream and return its result.
+
+        Raises if the answer is a failure, :class:`CommandStreamClosed` if the stream ended.
+        """
+        unread = self._update_unread
+        while True:
+            nl = unread.find(b"\n")
+            if nl >= 0:
+                line = bytes(unread[:nl])
+                del unread[:nl + 1]
+                return assert_success(_loads(line.decode("utf-8")))
+            if self._update_closed:
+                raise CommandStreamClosed("the update stream is closed")
+            try:  # (briefly: another thread sending an update may read the answer for us)
+                select.select([self.update_socket], [], [], 0.1)
+            except (OSError, ValueError):  # closed meanwhile
+                self._update_closed = True
+            self._drain_update()
+
+    def send_update(self, cmd: str | dict, args: dict | None = None) -> bool:
+        """Send one update line ``{"cmd": cmd, "args": args}``, or a whole message dict (as the
+        original API did: ``send_update({"cmd": "rm"})``).
 
         Answers from the service are drained while sending, so this only
         blocks while the service is not reading at all.  Returns False (and
         logs a warning) if the update stream is closed.
         """
-        msg = {"cmd": cmd}
-        if args is not None:
-            msg["args"] = args
+        if isinstance(cmd, dict):
+            msg = cmd
+            cmd = msg.get("cmd")
+        else:
+            msg = {"cmd": cmd}
+            if args is not None:
+                msg["args"] = args
         data = memoryview(_dumps(msg))
+        with self._update_lock:
+            return self._send_update_locked(data, cmd)
+
+    def _send_update_locked(self, data, cmd):
         sock = self.update_socket
         while data:
             if self._update_closed:
                 break
-            self._drain_update()
+            self._drain_update_locked()
             try:
                 sent = sock.send(data)
                 data = data[sent:]
@@ -399,12 +517,23 @@ class ParentConnection(object):
 
     def close(self) -> None:
         """Close both connections (idempotent)."""
-        for sock in (getattr(self, "cmd_socket", None), getattr(self, "update_socket", None)):
-            if sock is not None:
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+        self.closed = True
+        _close_quietly(getattr(self, "cmd_socket", None))
+        lock = getattr(self, "_update_lock", None)
+        if lock is None:
+            return
+        with lock:  # not while another thread sends an update: its socket's number could be reused
+            self._update_closed = True
+            self._update_warned = True  # updates after this are dropped on purpose, without a warning
+            _close_quietly(getattr(self, "update_socket", None))
+
+
+def _close_quietly(sock):
+    if sock is not None:
+        try:
+            sock.close()
+        except OSError:
+            pass
 
 
 class JSONParentPoller(ParentConnection):
@@ -412,16 +541,26 @@ class JSONParentPoller(ParentConnection):
 
     Subclasses set ``commands = {"name": function(self, **args), ...}``.
     ``init``, ``play``, ``suspend`` and ``rm`` succeed as no-ops when absent.
-    After answering ``rm`` (or at EOF of the command stream) the process
-    exits with status 0 via :meth:`exit`.
+
+    As in the original, :meth:`handle_one_command` returns after answering
+    ``rm``; the streams are closed then, and the module's own code runs on to
+    its end (the service's stop ladder ends it if it does not). A call after
+    that, or once the service closed the stream, raises
+    :class:`CommandStreamClosed` (a ``socket.error``); :meth:`serve_forever`
+    just returns. The :class:`Module` class instead ends the process at once
+    (``exit_on_rm``).
     """
 
     commands = {}
 
+    #: End the process after answering ``rm`` or at the end of the command stream (the
+    #: :class:`Module` class); False keeps the original API's behaviour described above.
+    exit_on_rm = False
+
     def __init__(self, *args: object, **kwargs: object) -> None:
         self._timers = []
         self._exit_requested = False
-        ParentConnection.__init__(self, *args, **kwargs)
+        super(JSONParentPoller, self).__init__(*args, **kwargs)
 
     # -- dispatch -------------------------------------------------------
 
@@ -458,17 +597,24 @@ class JSONParentPoller(ParentConnection):
     def handle_one_command(self) -> bool:
         """Read exactly one command line, dispatch it and write the answer.
 
-        Blocks until a line arrives.  Exits the process after ``rm`` or on
-        EOF.  Returns True once a command was answered.
+        Blocks until a line arrives.  Returns True once a command was
+        answered.  After ``rm``, or at the end of the stream, the process exits
+        when ``exit_on_rm`` is set; otherwise the streams are closed and this
+        returns after ``rm`` and raises :class:`CommandStreamClosed` at the end.
         """
+        if self.closed:
+            raise CommandStreamClosed("the command stream is closed (after rm)")
         try:
             line = self.read_line()
         except LineTooLongError as e:
             self._answer({"success": False, "error": str(e)})
             return True
         if line is None:
-            self.on_eof()
-            return False
+            if self.exit_on_rm:
+                self.on_eof()
+                return False
+            self.close()
+            raise CommandStreamClosed("the service closed the command stream")
         cmd = None
         try:
             req = _loads(line.decode("utf-8"))
@@ -488,16 +634,21 @@ class JSONParentPoller(ParentConnection):
                     answer = self.dispatch(cmd, args)
         self._answer(answer)
         if cmd == "rm":
-            self.exit(0)
+            if self.exit_on_rm:
+                self.exit(0)
+            self.close()  # the original API: the module's own code goes on, to its end
         if self._exit_requested:
             self.exit(0)
         return True
 
     def _answer(self, answer):
-        """Write an answer; a dead service means we exit."""
+        """Write an answer; a dead service means we exit (or, for the original API, raise)."""
         try:
             self.write_answer(answer)
         except OSError:
+            if not self.exit_on_rm:
+                self.close()
+                raise CommandStreamClosed("the service closed the command stream")
             _log().info("command stream closed while answering; exiting")
             self.exit(0)
 
@@ -570,10 +721,12 @@ class JSONParentPoller(ParentConnection):
     def run_once(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` for one command, handle it, fire due timers.
 
-        Returns True if a command was handled.
+        Returns True if a command was handled; False at once when the streams are closed.
         """
         if self._exit_requested:
             self.exit(0)
+        if self.closed:
+            return False
         deadline = None if timeout is None else time.monotonic() + timeout
         handled = False
         while True:
@@ -583,15 +736,22 @@ class JSONParentPoller(ParentConnection):
                 wait = nxt
             remaining = None if wait is None else max(0.0, wait - time.monotonic())
             if self.poll(remaining):
-                self.handle_one_command()
+                try:
+                    self.handle_one_command()
+                except CommandStreamClosed:
+                    return False
                 handled = True
             self.run_timers()
             if handled or (deadline is not None and time.monotonic() >= deadline):
                 return handled
 
     def serve_forever(self) -> None:
-        """Handle commands and timers until ``rm`` or EOF exits the process."""
-        while True:
+        """Handle commands and timers until ``rm`` or the end of the command stream.
+
+        With ``exit_on_rm`` (the :class:`Module` class) the process then exits;
+        otherwise this returns, and the module's code after it runs.
+        """
+        while not self.closed:
             self.run_once(None)
 
     def run(self) -> None:
@@ -621,10 +781,12 @@ class Module(JSONParentPoller):
 
     Override :meth:`on_init`, :meth:`on_play`, :meth:`on_suspend` and
     :meth:`on_rm`; add custom commands as ``do_<name>(self, **args)`` methods
-    or with :func:`command`.  Start with ``MyModule.main()``.
+    or with :func:`command`.  Start with ``MyModule.main()``.  After ``rm``
+    (or when the service closes the command stream) the process ends at once.
     """
 
     _command_methods = {}
+    exit_on_rm = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -639,7 +801,7 @@ class Module(JSONParentPoller):
     def __init__(self, *args: object, **kwargs: object) -> None:
         #: Local mirror of the parameters this module has set.
         self.parameters = {}
-        JSONParentPoller.__init__(self, *args, **kwargs)
+        super(Module, self).__init__(*args, **kwargs)
 
     @classmethod
     def main(cls, argv: list[str] | None = None, **kwargs: object) -> None:

@@ -59,7 +59,8 @@ class Gateway:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         try:
-            proxy = self.proxies.get(path[len(self.prefix):]) if path.startswith(self.prefix) else None
+            # A service's URL with or without a trailing slash (POST /queue/ worked in the original).
+            proxy = self.proxies.get(path[len(self.prefix):].removesuffix("/")) if path.startswith(self.prefix) else None
             if proxy is not None:  # the hot path, a command for a service, skips Werkzeug's Request
                 return self.forward(proxy, environ, start_response)
             response = self.route(Request(environ), environ, start_response)
@@ -73,20 +74,23 @@ class Gateway:
         return response(environ, start_response)
 
     def route(self, request: Request, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        """The gateway's own routes (services, ``settings.json``, the WebSocket) before the static
+        folder, always: a static folder at ``/`` must never shadow them (nor serve a private
+        ``settings.json`` it happens to hold)."""
         path = request.path
-        if path.startswith(self.static_prefix):
-            return self.static(request, path[len(self.static_prefix):])
-        if path in ("/", self.prefix):
-            return self.static(request, "index.html")
-        if not path.startswith(self.prefix):
-            raise JSONHTTPError(404, f"nothing at {path}")
-        name = path[len(self.prefix):]
+        name = path[len(self.prefix):] if path.startswith(self.prefix) else None
         if name == "settings.json":
             if request.method not in ("GET", "HEAD"):
                 raise JSONHTTPError(405, "settings.json is read with GET", {"Allow": "GET, HEAD"})
             return json_response(self.public_settings)
         if name in self.routes:
             return self.routes[name](environ, start_response)
+        if path.startswith(self.static_prefix):
+            return self.static(request, path[len(self.static_prefix):])
+        if path in ("/", self.prefix):
+            return self.static(request, "index.html")
+        if name is None:
+            raise JSONHTTPError(404, f"nothing at {path}")
         raise JSONHTTPError(404, f"no service named {protocol.short(name, 60)} (services: "
                                  f"{', '.join(sorted(self.proxies)) or 'none'})")
 
@@ -162,11 +166,26 @@ class Gateway:
             raise JSONHTTPError(405, "static files are read with GET", {"Allow": "GET, HEAD"})
         # The application's folder first, then the framework's own (which holds shmooze.js).
         for folder in dict.fromkeys((self.static_path, STATIC_DIR)):
+            if self.is_settings_file(folder, subpath or "index.html"):
+                break  # a link to the settings file in the static folder: never served
             try:
                 return send_from_directory(folder, subpath or "index.html", request.environ, max_age=0)
             except NotFound:
                 continue
         raise JSONHTTPError(404, f"no file {protocol.short(subpath, 80)} in the static folder")
+
+
+    def is_settings_file(self, folder: str, subpath: str) -> bool:
+        """Whether ``folder/subpath`` is the settings file itself (which holds keys that are not public)."""
+        import os
+
+        from werkzeug.security import safe_join
+
+        full = safe_join(folder, subpath)
+        try:
+            return full is not None and os.path.samefile(full, self.settings.path)
+        except (OSError, ValueError):
+            return False
 
 
 def make_gateway(settings: Settings | None = None) -> Gateway:

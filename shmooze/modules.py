@@ -1,7 +1,8 @@
 """Module-side helper, re-exported from the standalone ``shmooze_module``.
 
 ``from shmooze.modules import JSONParentPoller`` keeps working for code
-written against the original shmooze package.
+written against the original shmooze package (and ``shmooze.lib.packet`` for
+its answer helpers).
 """
 
 import os as _os
@@ -16,23 +17,33 @@ from shmooze_module import *  # noqa: E402,F401,F403
 from shmooze_module import (  # noqa: E402,F401
     DEFAULT_COMMANDS,
     MAX_LINE_LENGTH,
+    CommandStreamClosed,
     JSONParentPoller,
     LineTooLongError,
     Module,
     ParentConnection,
     ProtocolError,
+    assert_success,
     command,
+    error,
+    good,
+    packet,
     parse_argv,
 )
 
 __all__ = [
     "DEFAULT_COMMANDS",
     "MAX_LINE_LENGTH",
+    "CommandStreamClosed",
     "JSONParentPoller",
     "LineTooLongError",
     "Module",
     "ParentConnection",
     "ProtocolError",
+    "assert_success",
     "command",
+    "error",
+    "good",
+    "packet",
     "parse_argv",
 ]

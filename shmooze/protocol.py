@@ -36,7 +36,9 @@ class Command:
     args: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"cmd": self.cmd, "args": self.args} if self.args else {"cmd": self.cmd}
+        """The command as sent on a module's command stream: ``args`` always there, ``{}`` when empty
+        (as the original framework sent it; modules in other languages read ``msg["args"]``)."""
+        return {"cmd": self.cmd, "args": self.args}
 
 
 @dataclass(frozen=True)
@@ -104,9 +106,8 @@ def to_item(value: Any) -> Item:
         args = {}
     if not isinstance(args, dict):
         return Invalid(f"'args' of {cmd!r} must be an object, not {type_name(args)}")
-    extra = set(value) - {"cmd", "args", "id"}
-    if extra:
-        return Invalid(f"command {cmd!r} has unknown fields: {', '.join(sorted(extra))}")
+    # Other top-level keys (a client's tag, an id) are ignored, as the original framework did;
+    # the arguments themselves are checked strictly by the service.
     return Command(cmd, args)
 
 

@@ -95,20 +95,59 @@ def type_matches(value: Any, hint: Any) -> bool:
 
 
 def hint_name(hint: Any) -> str:
+    """A hint in words: ``dict[str, list[str]]`` is "an object of lists of strings"."""
     names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
              list: "a list", dict: "an object", type(None): "null"}
     if hint in names:
         return names[hint]
     origin = typing.get_origin(hint)
+    inner = typing.get_args(hint)
     if origin in (list, tuple, set, frozenset):
-        inner = typing.get_args(hint)
-        return f"a list of {hint_name(inner[0]).split(' ', 1)[-1]}s" if inner else "a list"
+        return f"a list of {_plural(inner[0])}" if inner else "a list"
     if origin is dict:
-        return "an object"
-    args = typing.get_args(hint)
-    if args:
-        return " or ".join(hint_name(a) for a in args)
+        return f"an object of {_plural(inner[1])}" if len(inner) == 2 and inner[1] is not Any else "an object"
+    if inner:
+        return " or ".join(hint_name(a) for a in inner)
     return getattr(hint, "__name__", str(hint))
+
+
+def _plural(hint: Any) -> str:
+    """ "a list of strings" -> "lists of strings"; "null" stays "null"."""
+    words = hint_name(hint).split(" or ")
+    out = []
+    for word in words:
+        article, _, rest = word.partition(" ")
+        if article not in ("a", "an") or not rest:
+            out.append(word)
+            continue
+        head, _, tail = rest.partition(" ")
+        out.append(head + "s" + (" " + tail if tail else ""))
+    return " or ".join(out)
+
+
+def _first_misfit(value: Any, hint: Any, path: str = "") -> tuple[str, Any]:
+    """The path (``['a'][1]``) and value of the deepest part of ``value`` that breaks ``hint``."""
+    origin = typing.get_origin(hint)
+    inner = typing.get_args(hint)
+    if origin in (list, tuple, set, frozenset) and inner and isinstance(value, list):
+        for i, item in enumerate(value):
+            if not type_matches(item, inner[0]):
+                return _first_misfit(item, inner[0], f"{path}[{i}]")
+    if origin is dict and len(inner) == 2 and isinstance(value, dict):
+        for key, item in value.items():
+            if not type_matches(item, inner[1]):
+                return _first_misfit(item, inner[1], f"{path}[{key!r}]")
+    return path, value
+
+
+def mismatch(name: str, value: Any, hint: Any) -> str | None:
+    """Why argument ``name`` does not fit its hint, in words; None when it fits."""
+    if type_matches(value, hint):
+        return None
+    path, part = _first_misfit(value, hint)
+    if not path:
+        return f"argument {name!r} must be {hint_name(hint)}, not {protocol.type_name(part)}"
+    return f"argument {name!r} must be {hint_name(hint)}, but {name}{path} is {protocol.type_name(part)}"
 
 
 class Service:
@@ -210,6 +249,7 @@ class Service:
             return f"missing argument {missing[0]!r}"
         for name, value in args.items():
             hint = spec.hints.get(name)
-            if hint is not None and not type_matches(value, hint):
-                return f"argument {name!r} must be {hint_name(hint)}, not {protocol.type_name(value)}"
+            problem = None if hint is None else mismatch(name, value, hint)
+            if problem:
+                return problem
         return None

@@ -192,7 +192,7 @@ def test_page_loads_settings_and_endpoints(page, jukebox):
     assert page.inner_text("#app-name") == "test jukebox" and page.title() == "test jukebox"
     assert page.is_visible("#online") and not page.is_visible("#lost") and not page.is_visible("#offline")
     types = page.eval_on_selector_all("#add-type option", "opts => opts.map(o => o.value)")
-    assert sorted(types) == ["countdown", "shout", "text"]
+    assert sorted(types) == ["banner", "countdown", "shout", "text"]
     assert page.input_value("#add-type") == "text"
     level = jukebox["client"].volume.get_volume()["level"]
     page.wait_for_function(f"document.getElementById('volume-level').textContent === '{level}%'")

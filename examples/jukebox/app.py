@@ -1,4 +1,4 @@
-"""The jukebox: a queue of things to say and count down, a clock background, and a pool of lights.
+"""The jukebox: a queue of things to say, show and count down, a clock background, and a pool of lights.
 
 ``settings.json`` beside this package names the factories below under
 ``services``; ``shmooze run`` serves them.
@@ -20,6 +20,8 @@ QUEUE_TYPES = [
     python_module("countdown", str(MODULES / "countdown.py"), description="counts down, then leaves"),
     ModuleType("shout", ("bash", str(HERE.parent / "modules" / "shout.sh")),
                description="a bash module that shouts back"),
+    python_module("banner", str(MODULES / "banner.py"),
+                  description="scrolls a text across the screen (written with the original module API)"),
 ]
 BACKGROUND_TYPES = [python_module("clock", str(MODULES / "clock.py"), description="the time")]
 LIGHT_TYPES = [python_module("blinker", str(MODULES / "blinker.py"), description="a blinking light")]

@@ -7,7 +7,7 @@ modules did), publishing a ``beat`` counter every 50 ms while playing.
 """
 
 import select
-import sys
+import socket
 import time
 
 from shmooze.modules import JSONParentPoller
@@ -63,16 +63,19 @@ class CompatModule(JSONParentPoller):
     def select_loop(self):
         """The original style: select on the poller next to our own work."""
         next_beat = time.monotonic() + 0.05
-        while True:
-            timeout = max(0.0, next_beat - time.monotonic())
-            r, _, _ = select.select([self], [], [], timeout)
-            if r:
-                self.handle_one_command()
-            if time.monotonic() >= next_beat:
-                next_beat += 0.05
-                if self.playing:
-                    self.beat += 1
-                    self.set_parameters({"beat": self.beat})
+        try:
+            while not self.closed:  # closed after rm
+                timeout = max(0.0, next_beat - time.monotonic())
+                r, _, _ = select.select([self], [], [], timeout)
+                if r:
+                    self.handle_one_command()
+                if time.monotonic() >= next_beat:
+                    next_beat += 0.05
+                    if self.playing:
+                        self.beat += 1
+                        self.set_parameters({"beat": self.beat})
+        except socket.error:  # the service closed the stream
+            pass
 
 
 if __name__ == "__main__":

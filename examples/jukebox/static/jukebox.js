@@ -5,7 +5,8 @@
   var QUEUE_PARAMS = {
     text: ["text", "spoken", "progress", "state"],
     countdown: ["label", "seconds", "remaining", "state"],
-    shout: ["text", "state"]
+    shout: ["text", "state"],
+    banner: ["text", "shown", "state"]
   };
   var BG_PARAMS = {clock: ["time", "state"]};
   var LIGHT_PARAMS = {blinker: ["color", "lit", "blinks"]};
@@ -34,6 +35,7 @@
     if (item.type === "text") return p.spoken ? p.spoken + (p.state === "done" ? "" : "\u2026") : (p.text || "");
     if (item.type === "countdown") return (p.label || "countdown") + " \u00b7 " + fmtSeconds(p.remaining);
     if (item.type === "shout") return p.text || "(text shown once it plays)";  // set on play
+    if (item.type === "banner") return p.state === "showing" ? "[" + p.shown + "]" : (p.text || "");
     return item.type;
   }
 

@@ -1,0 +1,1 @@
+"""Names the original framework kept under ``shmooze.lib`` (``shmooze.lib.packet``)."""

@@ -1,0 +1,1 @@
+../../js/shmooze-compat.js
