@@ -131,7 +131,16 @@ def test_up_next_and_its_count(page, jukebox):
     # "Up next" is what comes after the one playing.
     assert page.eval_on_selector_all("#queue li[data-uid]", "ls => ls.map(l => l.dataset.uid)") == [second]
     assert page.inner_text("#queue-count") == "1" and page.is_visible("#queue-count")
-    client.queue.rm(uids=[second])
+    assert page.is_hidden(f'#queue li[data-uid="{second}"] button[title="play next"]')  # it is next already
+    # "Play next" puts a row after the one playing, which keeps playing.
+    third = add_countdown(client, 60, "third")
+    page.wait_for_selector(f'#queue li[data-uid="{third}"]')
+    press(page, f'#queue li[data-uid="{third}"] button[title="play next"]')
+    page.wait_for_function(f"[...document.querySelectorAll('#queue li[data-uid]')].map(l => l.dataset.uid).join() "
+                           f"=== {json.dumps(third + ',' + second)}")
+    assert [item["uid"] for item in client.queue.queue()] == [first, third, second]
+    assert page.get_attribute("#now-body", "data-uid") == first
+    client.queue.rm(uids=[second, third])
     page.wait_for_selector("#queue-empty", state="visible")
     assert page.is_hidden("#queue-count")
 
