@@ -2,7 +2,7 @@
 
     shmz queue add type=text args='{"text": "hi"}'
     shmz queue queue
-    shmz --url 127.0.0.1:8080 pool add '{"type": "clock"}'
+    shmz --url 127.0.0.1:8080 pool add '{"type": "blinker"}'
     shmz queue commands          # every command, with its arguments
     shmz queue help add          # one command's description
     shmz watch queue
