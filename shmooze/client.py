@@ -17,7 +17,9 @@ subclasses: :class:`ServiceError` (the command failed), :class:`TransportError`
 from __future__ import annotations
 
 import json
-from typing import Any
+import socket
+from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 import requests
 
@@ -52,15 +54,42 @@ class _Transport:
         except requests.Timeout:
             raise Timeout(f"no answer from {url} within {limit:g} s") from None
         except requests.RequestException as exc:
-            raise TransportError(f"cannot reach {url}: {_reason(exc)}") from None
+            raise TransportError(f"cannot reach {url}: {_reason(exc, url)}") from None
         return _decode(resp, url)
 
 
-def _reason(exc: Exception) -> str:
-    text = str(exc)
-    if "Connection refused" in text:
-        return "connection refused"
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+def base_url(url: str) -> str:
+    """``url`` with ``http://`` in front when it has no scheme, and one ``/`` at its end."""
+    if "://" not in url:
+        url = "http://" + url
+    return url if url.endswith("/") else url + "/"
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and those behind it (urllib3 keeps them in ``args``, ``reason`` and ``__cause__``)."""
+    todo, seen = [exc], set()
+    while todo:
+        cur = todo.pop(0)
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        yield cur
+        todo += [a for a in (*cur.args, getattr(cur, "reason", None), cur.__cause__, cur.__context__)
+                 if isinstance(a, BaseException)]
+
+
+def _reason(exc: Exception, url: str) -> str:
+    """Why a request got no answer, in one line a person can act on."""
+    causes = list(_causes(exc))
+    for cause in causes:
+        if isinstance(cause, socket.gaierror):
+            return f"cannot find host {urlsplit(url).hostname!r} ({cause.strerror or cause})"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+    if isinstance(exc, requests.exceptions.InvalidURL) or isinstance(exc, requests.exceptions.InvalidSchema):
+        return f"not a usable URL ({' '.join(str(exc).split())})"
+    deepest = causes[-1]
+    return " ".join(str(deepest).split()) or type(deepest).__name__
 
 
 def _decode(resp: requests.Response, url: str) -> Any:
@@ -164,11 +193,14 @@ class Batch:
 
 
 class Client:
-    """A client of every service behind one gateway; ``client.queue`` is the queue's :class:`ServiceClient`."""
+    """A client of every service behind one gateway; ``client.queue`` is the queue's :class:`ServiceClient`.
+
+    ``url`` is the gateway's (``http://`` is assumed when it has no scheme).
+    """
 
     def __init__(self, url: str = "http://127.0.0.1:8080/", timeout: float = DEFAULT_TIMEOUT,
                  token: str | None = None, session: requests.Session | None = None):
-        self.url = url if url.endswith("/") else url + "/"
+        self.url = base_url(url)
         self._transport = _Transport(timeout, token, session)
         self._services: dict[str, ServiceClient] = {}
 

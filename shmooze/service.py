@@ -22,6 +22,7 @@ command with a message; any other exception fails it too and is logged.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import threading
@@ -150,6 +151,37 @@ def mismatch(name: str, value: Any, hint: Any) -> str | None:
     return f"argument {name!r} must be {hint_name(hint)}, but {name}{path} is {protocol.type_name(part)}"
 
 
+def type_label(hint: Any) -> str:
+    """A type hint as it reads in Python source: ``int``, ``list[str]``, ``int | None``."""
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
+
+
+def _json_value(value: Any) -> Any:
+    """A default value as JSON, or its repr when it has no JSON form."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _describe(spec: CommandSpec, method: Callable[..., Any]) -> dict[str, Any]:
+    """What ``commands`` tells of one command."""
+    args = []
+    for name, param in spec.params.items():
+        arg: dict[str, Any] = {"name": name, "type": type_label(spec.hints[name]) if name in spec.hints else None,
+                               "required": name in spec.required}
+        if param.default is not param.empty:
+            arg["default"] = _json_value(param.default)
+        args.append(arg)
+    out: dict[str, Any] = {"args": args, "doc": inspect.getdoc(method) or ""}
+    if spec.takes_any:
+        out["more_args"] = True
+    return out
+
+
 class Service:
     """Base of every shmooze service. Subclasses add commands as public methods."""
 
@@ -188,9 +220,9 @@ class Service:
         """Change events after version ``since``, waiting up to ``timeout`` seconds (at most 60)."""
         return self.events.since(since, min(max(timeout, 0.0), 60.0))
 
-    def commands(self) -> list[str]:
-        """The names of this service's commands."""
-        return sorted(self._commands)
+    def commands(self) -> dict[str, Any]:
+        """Each command's arguments (name, type, whether required, default) and description."""
+        return {name: _describe(spec, getattr(self, name)) for name, spec in sorted(self._commands.items())}
 
     # -- helpers for subclasses ----------------------------------------------------
 

@@ -205,7 +205,7 @@ def test_add_from_the_page(page, jukebox):
     text = "one two three four five six seven eight nine ten eleven twelve"
     page.fill("#add-text", text)
     page.click("#add-button")
-    item = page.wait_for_selector("#queue li[data-uid]")
+    item = page.wait_for_selector("#now-body[data-uid]")  # playing at once: "Now playing", not "Up next"
     uid = item.get_attribute("data-uid")
     assert item.query_selector(".tag").inner_text() == "text"
     page.wait_for_function("document.querySelector('#now-body .title') && "
@@ -388,13 +388,14 @@ def test_screenshot_with_items_queued(page, jukebox):
     client.queue.add(type="shout", args={"text": "hello from bash"})
     client.pool.add(type="blinker", args={"color": "royalblue"})
     open_demo(page, jukebox["url"])
-    page.wait_for_function("document.querySelectorAll('#queue li[data-uid]').length === 3")
+    page.wait_for_function("document.querySelectorAll('#queue li[data-uid]').length === 2")
     page.wait_for_selector("#lights li[data-uid]")
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert page.inner_text("#now-body .title") == "tea is ready"
     labels = page.eval_on_selector_all("#queue li .label", "ls => ls.map(l => l.textContent)")
-    assert labels[0].startswith("tea is ready") and labels[1].startswith("the quick") and all(labels), labels
+    assert labels[0].startswith("the quick") and all(labels), labels
     # The queue's labels have room to be read (they were cut to a few letters in a one-column card).
-    assert page.eval_on_selector("#queue li .label", "l => l.scrollWidth <= l.clientWidth"), labels[0]
+    assert page.eval_on_selector("#queue li .label", "l => l.clientWidth >= 0.5 * l.parentNode.clientWidth"), labels[0]
     page.set_viewport_size({"width": 600, "height": 900})
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     page.set_viewport_size({"width": 1100, "height": 900})

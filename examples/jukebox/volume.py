@@ -42,6 +42,7 @@ class Volume(Service):
         return self.get_volume()
 
     def mute(self, muted: bool = True) -> dict:
+        """Mute (or, with muted=false, unmute); the level is kept."""
         with self._lock:
             self.muted = muted
         self.changed("mute", muted=muted)

@@ -2,7 +2,9 @@
 
     shmz queue add type=text args='{"text": "hi"}'
     shmz queue queue
-    shmz --url http://127.0.0.1:8080/ pool add '{"type": "clock"}'
+    shmz --url 127.0.0.1:8080 pool add '{"type": "blinker"}'
+    shmz queue commands          # every command, with its arguments
+    shmz queue help add          # one command's description
     shmz watch queue
 
 Exit status: 0 on success, 1 when the command failed, 2 on a usage or connection error.
@@ -40,7 +42,9 @@ def parse_args(words: list[str]) -> dict[str, Any]:
             raise UsageError(f"argument {word!r} is not key=value (or give one JSON object)")
         try:
             args[key] = json.loads(raw)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as exc:
+            if raw.lstrip()[:1] in ("{", "["):  # meant as JSON: say so rather than send a string
+                raise UsageError(f"{key}: not valid JSON ({exc.msg} at column {exc.colno}): {raw}") from None
             args[key] = raw
     return args
 
@@ -52,8 +56,8 @@ def default_url() -> str:
     try:
         from shmooze import settings
 
-        current = settings.current()
-        return f"http://127.0.0.1:{current.ports['wsgi']}{current.wsgi_prefix}"
+        app_settings = settings.current()
+        return f"http://127.0.0.1:{app_settings.ports['wsgi']}{app_settings.wsgi_prefix}"
     except Exception:
         return "http://127.0.0.1:8080/"
 
@@ -66,6 +70,44 @@ def show(result: Any) -> None:
     else:
         sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+def signature(name: str, spec: dict[str, Any]) -> str:
+    """``name(arg: type, arg: type = default)`` from one entry of a service's ``commands`` answer."""
+    parts = []
+    for arg in spec.get("args", []):
+        text = arg["name"] + (f": {arg['type']}" if arg.get("type") else "")
+        if not arg.get("required"):
+            text += " = " + json.dumps(arg.get("default"), ensure_ascii=False)
+        parts.append(text)
+    if spec.get("more_args"):
+        parts.append("...")
+    return f"{name}({', '.join(parts)})"
+
+
+def show_commands(described: Any, only: str | None = None) -> None:
+    """Print a ``commands`` answer: each command's signature and the first line of its description.
+
+    With ``only``, that one command with its whole description.
+    """
+    if not isinstance(described, dict):  # a service that answers only names
+        if only is not None:
+            raise UsageError(f"this service does not describe its commands ({', '.join(described)})")
+        show("\n".join(described))
+        return
+    if only is not None:
+        if only not in described:
+            raise UsageError(f"no command {only!r} (commands: {', '.join(sorted(described))})")
+        doc = described[only].get("doc") or "(no description)"
+        show(signature(only, described[only]) + "\n\n" + "\n".join("    " + line for line in doc.splitlines()))
+        return
+    lines = []
+    for name in sorted(described):
+        lines.append(signature(name, described[name]))
+        doc = (described[name].get("doc") or "").strip()
+        if doc:
+            lines.append("    " + doc.splitlines()[0])
+    show("\n".join(lines))
 
 
 def watch(service: Any, interval_timeout: float) -> int:
@@ -87,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=None, help="the gateway's URL (default: $SHMOOZE_URL or settings)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
     parser.add_argument("--token", default=os.environ.get("SHMOOZE_TOKEN"), help="access token")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON, as the service sent it")
     parser.add_argument("service", help="service name, or 'watch'")
-    parser.add_argument("cmd", help="command name (or, after 'watch', the service)")
-    parser.add_argument("args", nargs="*", help="key=value pairs or one JSON object")
+    parser.add_argument("cmd", nargs="?", help="command name ('commands' lists them, 'help CMD' describes one; "
+                                                "after 'watch', the service)")
+    parser.add_argument("args", nargs="*", help="key=value pairs or one JSON object (optional)")
     try:
         opts = parser.parse_args(argv)
     except SystemExit as exc:
@@ -100,16 +144,34 @@ def main(argv: list[str] | None = None) -> int:
 
     client = Client(opts.url or default_url(), timeout=opts.timeout, token=opts.token)
     try:
+        if opts.cmd is None:
+            if opts.service == "watch":
+                raise UsageError("watch which service? (shmz watch SERVICE)")
+            raise UsageError(f"which command of {opts.service}? (shmz {opts.service} commands lists them)")
         if opts.service == "watch":
             return watch(client.service(opts.cmd), 20.0)
-        args = parse_args(opts.args)
-        show(client.service(opts.service).call(opts.cmd, args))
+        service = client.service(opts.service)
+        if opts.cmd == "help":
+            if len(opts.args) != 1:
+                raise UsageError(f"help about which command? (shmz {opts.service} help CMD)")
+            show_commands(service.call("commands"), only=opts.args[0])
+        elif opts.cmd == "commands" and not opts.args and not opts.json:
+            show_commands(service.call("commands"))
+        else:
+            result = service.call(opts.cmd, parse_args(opts.args))
+            if opts.json:
+                sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+            else:
+                show(result)
         return EXIT_OK
     except UsageError as exc:
         sys.stderr.write(f"shmz: {exc}\n")
         return EXIT_USAGE
     except ServiceError as exc:
-        sys.stderr.write(f"shmz: {opts.service} {opts.cmd}: {exc}\n")
+        message = str(exc)
+        if message.startswith(f"{opts.cmd}: "):  # the service named the command already
+            message = message[len(opts.cmd) + 2:]
+        sys.stderr.write(f"shmz: {opts.service} {opts.cmd}: {message}\n")
         return EXIT_COMMAND
     except ShmoozeError as exc:
         sys.stderr.write(f"shmz: {exc}\n")

@@ -30,13 +30,19 @@
     return b;
   }
 
+  /* What a queue row says: the text, or the countdown's label (when it has its own) and time left. */
   function describe(item) {
     var p = item.parameters || {};
     if (item.type === "text") return p.spoken ? p.spoken + (p.state === "done" ? "" : "\u2026") : (p.text || "");
-    if (item.type === "countdown") return (p.label || "countdown") + " \u00b7 " + fmtSeconds(p.remaining);
+    if (item.type === "countdown") return ownLabel(p.label, item.type) + fmtSeconds(p.remaining);
     if (item.type === "shout") return p.text || "(text shown once it plays)";  // set on play
     if (item.type === "banner") return p.state === "showing" ? "[" + p.shown + "]" : (p.text || "");
-    return item.type;
+    return "";
+  }
+
+  /* "tea \u00b7 " for a label of its own; nothing when it only repeats the type (shown by the tag). */
+  function ownLabel(label, type) {
+    return label && label !== type ? label + " \u00b7 " : "";
   }
 
   function fmtSeconds(s) {
@@ -45,98 +51,201 @@
     return m ? m + ":" + (r < 10 ? "0" : "") + r.toFixed(1) : r.toFixed(1) + " s";
   }
 
+  /* Change a node's text only when it differs, so an update touches no more of the page than it must. */
+  function setText(node, text) {
+    text = text === undefined || text === null ? "" : String(text);
+    if (node.textContent !== text) node.textContent = text;
+  }
+
   // -- rendering ---------------------------------------------------------------------------
+  //
+  // Every list is keyed by uid: a row is made once, when its module appears, updated in place
+  // while the module lives, and removed with it. Its buttons live as long as the row, so a click
+  // lands even while parameter events update the row ten times a second.
+
+  function KeyedList(list, make, update) {
+    this.list = list;
+    this.make = make;      // item -> row {node, ...}
+    this.update = update;  // (row, item, index) -> nothing
+    this.rows = {};        // uid -> row
+  }
+
+  KeyedList.prototype.render = function (items) {
+    var self = this, wanted = {};
+    items.forEach(function (item) { wanted[item.uid] = true; });
+    Object.keys(this.rows).forEach(function (uid) {
+      if (!wanted[uid]) { self.rows[uid].node.remove(); delete self.rows[uid]; }
+    });
+    items.forEach(function (item, i) {
+      var row = self.rows[item.uid];
+      if (!row) {
+        row = self.rows[item.uid] = self.make(item);
+        row.node.dataset.uid = item.uid;
+      }
+      self.update(row, item, i);
+      var here = self.list.children[i];
+      if (here !== row.node) self.list.insertBefore(row.node, here || null);
+    });
+  };
+
+  /* The buttons that act on one module of the queue, by its type. */
+  function moduleButtons(item) {
+    var uid = item.uid, out = [];
+    if (item.type === "countdown") out.push(button("+10 s", "add ten seconds", function () {
+      tell(uid, "add_time", {seconds: 10});
+    }));
+    if (item.type === "text") out.push(button("faster", "speak faster", function () {
+      tell(uid, "rate", {rate: 8});
+    }));
+    if (item.type === "shout") out.push(button("shout", "shout it", function () {
+      tell(uid, "shout", {});
+    }));
+    return out;
+  }
+
+  function removeButton(endpoint, uid) {
+    return button("\u2715", "remove", function () {
+      endpoints[endpoint].forceQuery({cmd: "rm", args: {uids: [uid]}}, null, notifyError);
+    }, "small ghost rm");
+  }
+
+  var now = null;  // {uid, node parts} of the module shown as playing
 
   function renderNow() {
     var body = $("now-body");
-    body.textContent = "";
     var top = model.queue[0];
     if (!top) {
-      body.className = "empty";
-      body.textContent = "Nothing queued.";
+      if (now || !body.classList.contains("empty")) {
+        now = null;
+        body.textContent = "Nothing queued.";
+        body.className = "empty";
+        delete body.dataset.uid;
+      }
       return;
     }
-    body.className = "";
+    if (!now || now.uid !== top.uid) now = makeNow(body, top);
     var p = top.parameters || {};
+    if (top.type === "countdown") {
+      setText(now.title, p.label && p.label !== top.type ? p.label : fmtSeconds(p.seconds) + " to go");
+      setText(now.remaining, fmtSeconds(p.remaining));
+    } else if (top.type === "text") {
+      setText(now.title, p.text || "");
+      setText(now.spoken, p.spoken ? "\u201c" + p.spoken + "\u201d" : "");
+      var width = Math.round((p.progress || 0) * 100) + "%";
+      if (now.fill.style.width !== width) now.fill.style.width = width;
+    } else {
+      setText(now.title, p.text || top.type);
+    }
+    setText(now.state, p.state || "");
+  }
+
+  /* The "Now playing" card for a module that just came on top: made once, then updated in place. */
+  function makeNow(body, top) {
+    var made = {uid: top.uid};
+    body.textContent = "";
+    body.className = "";
     body.dataset.uid = top.uid;
     body.appendChild(el("span", "tag", top.type));
+    made.title = body.appendChild(el("div", "title"));
     if (top.type === "countdown") {
-      body.appendChild(el("div", "title", p.label || "Countdown"));
-      body.appendChild(el("div", "big", fmtSeconds(p.remaining))).id = "now-remaining";
+      made.remaining = body.appendChild(el("div", "big"));
+      made.remaining.id = "now-remaining";
     } else if (top.type === "text") {
-      body.appendChild(el("div", "title", p.text || ""));
-      body.appendChild(el("div", "state", p.spoken ? "\u201c" + p.spoken + "\u201d" : "")).id = "now-spoken";
-      var bar = el("div", "progress");
-      var fill = el("div");
-      fill.style.width = Math.round((p.progress || 0) * 100) + "%";
-      bar.appendChild(fill);
-      body.appendChild(bar);
-    } else {
-      body.appendChild(el("div", "title", p.text || top.type));
+      made.spoken = body.appendChild(el("div", "state"));
+      made.spoken.id = "now-spoken";
+      var bar = body.appendChild(el("div", "progress"));
+      made.fill = bar.appendChild(el("div"));
     }
-    body.appendChild(el("div", "state", p.state || ""));
+    made.state = body.appendChild(el("div", "state"));
+    var actions = body.appendChild(el("div", "actions"));
+    moduleButtons(top).forEach(function (b) { actions.appendChild(b); });
+    actions.appendChild(removeButton("queue", top.uid));
+    return made;
+  }
+
+  var upNext = null;  // KeyedList of the queue after the module playing
+
+  function makeQueueRow(item) {
+    var li = el("li");
+    var row = {node: li};
+    li.appendChild(el("span", "tag", item.type));
+    row.label = li.appendChild(el("span", "label"));
+    row.state = li.appendChild(el("span", "state"));
+    moduleButtons(item).forEach(function (b) { li.appendChild(b); });
+    row.next = li.appendChild(button("\u25b2", "play next", function () {
+      var top = model.queue[0];
+      var uids = top && top.uid !== item.uid ? [top.uid, item.uid] : [item.uid];
+      endpoints.queue.forceQuery({cmd: "mv", args: {uids: uids}}, null, notifyError);
+    }));
+    li.appendChild(removeButton("queue", item.uid));
+    return row;
+  }
+
+  function updateQueueRow(row, item, i) {
+    setText(row.label, describe(item));
+    setText(row.state, (item.parameters || {}).state || "");
+    row.next.hidden = i === 0;  // the first one up next is next already
   }
 
   function renderQueue() {
-    var list = $("queue");
-    list.textContent = "";
-    model.queue.forEach(function (item, i) {
-      var li = el("li");
-      li.dataset.uid = item.uid;
-      li.appendChild(el("span", "tag", item.type));
-      li.appendChild(el("span", "label", describe(item)));
-      li.appendChild(el("span", "state", (item.parameters || {}).state || ""));
-      if (item.type === "countdown") li.appendChild(button("+10 s", "add ten seconds", function () {
-        tell(item.uid, "add_time", {seconds: 10});
-      }));
-      if (item.type === "text") li.appendChild(button("faster", "speak faster", function () {
-        tell(item.uid, "rate", {rate: 8});
-      }));
-      if (item.type === "shout") li.appendChild(button("shout", "shout it", function () {
-        tell(item.uid, "shout", {});
-      }));
-      if (i > 0) li.appendChild(button("\u25b2", "play next", function () {
-        endpoints.queue.forceQuery({cmd: "mv", args: {uids: [item.uid]}});
-      }));
-      li.appendChild(button("\u2715", "remove", function () {
-        endpoints.queue.forceQuery({cmd: "rm", args: {uids: [item.uid]}});
-      }, "small ghost rm"));
-      list.appendChild(li);
-    });
-    $("queue-empty").hidden = model.queue.length > 0;
-    $("queue-count").textContent = model.queue.length ? String(model.queue.length) : "";
+    upNext = upNext || new KeyedList($("queue"), makeQueueRow, updateQueueRow);
+    var next = model.queue.slice(1);  // the first one is in "Now playing"
+    upNext.render(next);
+    $("queue-empty").hidden = next.length > 0;
+    setText($("queue-count"), next.length ? String(next.length) : "");
   }
 
   function renderBg() {
     var box = $("bg");
-    box.textContent = "";
     if (!model.bg) {
-      box.appendChild(el("span", "empty", "No background."));
+      if (box.dataset.uid || !box.firstChild) {
+        delete box.dataset.uid;
+        box.textContent = "";
+        box.appendChild(el("span", "empty", "No background."));
+      }
       return;
     }
+    if (box.dataset.uid !== model.bg.uid) {
+      box.textContent = "";
+      box.dataset.uid = model.bg.uid;
+      box.appendChild(el("span")).id = "clock";
+      box.appendChild(el("div", "state"));
+    }
     var p = model.bg.parameters || {};
-    box.dataset.uid = model.bg.uid;
-    box.appendChild(el("span", "", p.time || "--:--:--")).id = "clock";
-    box.appendChild(el("div", "state", p.state === "showing" ? "showing while the queue is empty" : "hidden"));
+    setText($("clock"), p.time || "--:--:--");
+    setText(box.lastChild, p.state === "showing" ? "showing while the queue is empty" : "hidden");
+  }
+
+  var lights = null;  // KeyedList of the pool's lights
+
+  function makeLightRow(item) {
+    var li = el("li");
+    var row = {node: li};
+    row.dot = li.appendChild(el("span", "dot"));
+    row.label = li.appendChild(el("span", "label"));
+    li.appendChild(removeButton("pool", item.uid));
+    return row;
+  }
+
+  function updateLightRow(row, item) {
+    var p = item.parameters || {};
+    var cls = "dot" + (p.lit ? " lit" : "");
+    if (row.dot.className !== cls) row.dot.className = cls;
+    if (row.dot.style.color !== (p.color || "gray")) row.dot.style.color = p.color || "gray";
+    setText(row.label, (p.color || "light") + " \u00b7 " + (p.blinks || 0) + (p.blinks === 1 ? " blink" : " blinks"));
   }
 
   function renderLights() {
-    var list = $("lights");
-    list.textContent = "";
-    model.lights.forEach(function (item) {
-      var p = item.parameters || {};
-      var li = el("li");
-      li.dataset.uid = item.uid;
-      var dot = el("span", "dot" + (p.lit ? " lit" : ""));
-      dot.style.color = p.color || "gray";
-      li.appendChild(dot);
-      li.appendChild(el("span", "label", (p.color || "light") + " \u00b7 " + (p.blinks || 0) + (p.blinks === 1 ? " blink" : " blinks")));
-      li.appendChild(button("\u2715", "remove", function () {
-        endpoints.pool.forceQuery({cmd: "rm", args: {uids: [item.uid]}});
-      }, "small ghost rm"));
-      list.appendChild(li);
-    });
-    if (!model.lights.length) list.appendChild(el("li", "empty", "No lights."));
+    lights = lights || new KeyedList($("lights"), makeLightRow, updateLightRow);
+    lights.render(model.lights);
+    $("lights-empty").hidden = model.lights.length > 0;
+  }
+
+  /* What a history row says besides its type: the text, or the countdown's own label and length. */
+  function historyLabel(h) {
+    var a = h.args || {};
+    if (h.type === "countdown") return ownLabel(a.label, h.type) + fmtSeconds(Number(a.seconds) || 10);
+    return a.text || a.label || "";
   }
 
   function renderHistory() {
@@ -145,8 +254,7 @@
     model.history.forEach(function (h) {
       var li = el("li");
       li.appendChild(el("span", "tag", h.type));
-      var a = h.args || {};
-      li.appendChild(el("span", "label", a.text || a.label || (a.seconds ? a.seconds + " s" : h.type)));
+      li.appendChild(el("span", "label", historyLabel(h)));
       li.appendChild(el("span", "when", new Date(h.time * 1000).toLocaleTimeString()));
       list.appendChild(li);
     });
@@ -202,16 +310,21 @@
 
   function tell(uid, cmd, args) {
     endpoints.queue.forceQuery({cmd: "tell_module", args: {uid: uid, cmd: cmd, args: args}}, function (result) {
-      if (cmd === "shout") toast(String(result));
-    }, toast);
+      if (cmd === "shout") notify(String(result));
+    }, notifyError);
   }
 
-  function toast(message) {
-    var box = $("add-error");
-    box.textContent = message;
+  /* A message that goes away after a few seconds: news in #notice, failures in the red #add-error. */
+  var hideTimers = {};
+  function show(id, message) {
+    var box = $(id);
+    box.textContent = String(message);
     box.hidden = false;
-    setTimeout(function () { box.hidden = true; }, 4000);
+    clearTimeout(hideTimers[id]);
+    hideTimers[id] = setTimeout(function () { box.hidden = true; }, 4000);
   }
+  function notify(message) { show("notice", message); }
+  function notifyError(message) { show("add-error", message); }
 
   // -- the add form ------------------------------------------------------------------------
 
@@ -229,23 +342,26 @@
     sync();
     $("add-form").addEventListener("submit", function (ev) {
       ev.preventDefault();
+      var sent = $("add-text").value;
       var args = type.value === "countdown"
-        ? {seconds: Number($("add-seconds").value) || 10, label: "countdown"}
-        : {text: $("add-text").value || "hello"};
+        ? {seconds: Number($("add-seconds").value) || 10}
+        : {text: sent || "hello"};
       $("add-button").disabled = true;
       endpoints.queue.forceQuery({cmd: "add", args: {type: type.value, args: args}}, function () {
-        $("add-text").value = "";
+        // Clear what was sent, not what the user typed while the add was on its way.
+        if ($("add-text").value === sent) $("add-text").value = "";
         $("add-button").disabled = false;
       }, function (err) {
         $("add-button").disabled = false;
-        toast(err);
+        notifyError(err);
       });
     });
   }
 
   function setupControls() {
     $("light-add").addEventListener("click", function () {
-      endpoints.pool.forceQuery({cmd: "add", args: {type: "blinker", args: {color: $("light-color").value}}});
+      endpoints.pool.forceQuery({cmd: "add", args: {type: "blinker", args: {color: $("light-color").value}}},
+                                null, notifyError);
     });
     $("volume").addEventListener("change", function () {
       endpoints.volume.forceQuery({cmd: "set_volume", args: {level: Number($("volume").value)}}, showVolume);
