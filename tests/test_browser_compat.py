@@ -89,11 +89,11 @@ def test_the_demo_shows_its_original_api_banner(page, jukebox):
     page.select_option("#add-type", "banner")
     page.fill("#add-text", "ported")
     page.click("#add-button")
-    item = page.wait_for_selector("#queue li[data-uid]")
+    item = page.wait_for_selector("#now-body[data-uid]")  # playing at once: "Now playing"
     assert item.query_selector(".tag").inner_text() == "banner"
     # Its thread scrolls the text across: the page follows the frames it pushes.
     page.wait_for_function("""(() => {
-        const label = document.querySelector('#queue li[data-uid] .label');
+        const label = document.querySelector('#now-body .title');
         return label && /^\\[ *port/.test(label.textContent);
     })""")
     jukebox["client"].queue.rm(uids=[item.get_attribute("data-uid")])

@@ -133,6 +133,8 @@
       setText(now.spoken, p.spoken ? "\u201c" + p.spoken + "\u201d" : "");
       var width = Math.round((p.progress || 0) * 100) + "%";
       if (now.fill.style.width !== width) now.fill.style.width = width;
+    } else if (top.type === "banner") {
+      setText(now.title, describe(top));
     } else {
       setText(now.title, p.text || top.type);
     }
