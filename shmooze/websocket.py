@@ -516,7 +516,11 @@ class _Endpoint:
         """Act on the events of the data wsproto holds; True if a message, ping, pong or close
         was completed."""
         completed = False
-        for event in self._conn.events():
+        for count, event in enumerate(self._conn.events(), 1):
+            if self._done.is_set():
+                break
+            if count % 256 == 0:
+                _let_others_run()  # 64 KiB of tiny frames is thousands of events
             if isinstance(event, Message):
                 self._on_message(event)
                 completed = completed or bool(event.message_finished)
@@ -527,7 +531,8 @@ class _Endpoint:
                 if not self._pings_allowed():
                     log.warning("closing a websocket: more than %s pings a second", self.max_pings)
                     self._fail(CLOSE_POLICY, "too many pings")
-                    continue
+                    self._finish()  # no waiting for its answer behind the flood
+                    break
                 self._send_quietly(event.response())
             elif isinstance(event, Pong):
                 completed = True

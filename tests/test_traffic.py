@@ -288,8 +288,10 @@ def test_a_ping_flood_is_closed_and_pins_nothing(app):
             deadline = time.monotonic() + 10
             while not ws.closed and time.monotonic() < deadline:
                 ws.receive(0.2)
-            assert ws.close_code == 1008, ws.close_code
+            # 1008 when its close frame arrives before the reset (the flood is not drained politely)
+            assert ws.closed and ws.close_code in (1008, 1006), ws.close_code
             ws.close()
+        assert "more than 20 pings a second" in app["gateway"].log()
     ordinary.check()
 
 
