@@ -8,17 +8,33 @@ last saw, waiting up to a timeout when nothing has yet.
 from __future__ import annotations
 
 import collections
+import itertools
+import json
 import threading
 import time
 from typing import Any
 
 
-class ChangeLog:
-    """The last ``keep`` events of one service, numbered from 1."""
+#: Bytes of JSON the log keeps, and the most one answer of :meth:`ChangeLog.since` carries.
+MAX_LOG_BYTES = 8 << 20
+MAX_ANSWER_BYTES = 4 << 20
 
-    def __init__(self, keep: int = 1000):
+
+class ChangeLog:
+    """The last ``keep`` events of one service, numbered from 1, and at most ``max_bytes`` of them.
+
+    An answer to :meth:`since` carries at most ``max_answer_bytes`` of events; a client further
+    behind than that gets ``reset: true`` (it reloads), never an answer of hundreds of MiB.
+    """
+
+    def __init__(self, keep: int = 1000, max_bytes: int = MAX_LOG_BYTES, max_answer_bytes: int = MAX_ANSWER_BYTES):
         self.version = 0
-        self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
+        self.max_bytes = max_bytes
+        self.max_answer_bytes = max_answer_bytes
+        self._events: collections.deque[dict[str, Any]] = collections.deque()
+        self._sizes: collections.deque[int] = collections.deque()
+        self._bytes = 0
+        self._keep = keep
         self._cond = threading.Condition()
         self._closed = False
 
@@ -26,7 +42,14 @@ class ChangeLog:
         """Record one change; wake every waiter; return the new version."""
         with self._cond:
             self.version += 1
-            self._events.append({"version": self.version, "kind": kind, "time": time.time(), **details})
+            event = {"version": self.version, "kind": kind, "time": time.time(), **details}
+            size = _size(event)
+            self._events.append(event)
+            self._sizes.append(size)
+            self._bytes += size
+            while len(self._events) > self._keep or (self._bytes > self.max_bytes and len(self._events) > 1):
+                self._events.popleft()
+                self._bytes -= self._sizes.popleft()
             self._cond.notify_all()
             return self.version
 
@@ -58,4 +81,16 @@ class ChangeLog:
             oldest = self._events[0]["version"] if self._events else current + 1
             if version + 1 < oldest:
                 return {"version": current, "events": [], "reset": True}
-            return {"version": current, "events": [e for e in self._events if e["version"] > version]}
+            wanted = current - version  # the newest ``wanted`` events, if their bytes fit
+            if sum(itertools.islice(reversed(self._sizes), wanted)) > self.max_answer_bytes:
+                return {"version": current, "events": [], "reset": True}
+            return {"version": current, "events": list(itertools.islice(self._events, len(self._events) - wanted,
+                                                                        None))}
+
+
+def _size(event: dict[str, Any]) -> int:
+    """Bytes of an event as JSON (an event that is not JSON counts as small: it fails later, elsewhere)."""
+    try:
+        return len(json.dumps(event, separators=(",", ":"), default=str))
+    except (TypeError, ValueError, RecursionError):
+        return 64

@@ -6,15 +6,29 @@ the request written in one ``sendall``, and the answer read by its
 sends one). This costs about half of ``urllib3`` and a quarter of ``requests``
 (see bench/). Under gunicorn's gevent worker the sockets are cooperative, so a
 waiting request holds a connection, not a thread.
+
+Kept-alive connections go stale: a service closes one after it has been idle for its
+keep-alive time (``service_keepalive``, 120 s by default). So a connection idle longer
+than ``idle_timeout`` (below that) is never reused, and one the service has closed (its
+end-of-stream is already waiting) is dropped before use. A command is sent again only
+when it cannot have reached the service (the write itself failed on a connection the
+service had closed) or when it changes nothing; otherwise a service that stops while
+running it is answered with :data:`MAY_HAVE_RUN`, never by running it twice.
 """
 
 from __future__ import annotations
 
+import select
+import sys
 import socket
 import threading
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 MAX_HEADER_BYTES = 64 << 10
+#: What a client hears when the service stopped during a command that changes state.
+MAY_HAVE_RUN = "the service stopped while running this command; it may or may not have run"
 
 
 class ForwardError(Exception):
@@ -37,12 +51,39 @@ class Reply:
     content_type: str
 
 
+def _native_poll() -> select.poll:
+    """The real ``select.poll`` even when gevent has patched the module."""
+    if "gevent" in sys.modules:
+        from gevent import monkey
+
+        if monkey.is_module_patched("select"):
+            return monkey.get_original("select", "poll")()
+    return select.poll()
+
+
 class _Connection:
     """One kept-alive socket to the service and what was read past the last answer."""
+
+    max_answer_bytes = 64 << 20
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.buf = b""
+        self.idle_since = time.monotonic()
+
+    def looks_closed(self) -> bool:
+        """True when the service has closed its end (or sent something unasked): not reusable.
+
+        A poll with no wait, on the real ``poll`` even under gevent: it never switches greenlets.
+        """
+        if self.buf:
+            return True
+        try:
+            poller = _native_poll()
+            poller.register(self.sock.fileno(), select.POLLIN | select.POLLPRI)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return True
 
     def close(self) -> None:
         try:
@@ -93,6 +134,9 @@ class _Connection:
                 chunks.append(chunk)
             self.buf = b""
             return Reply(status, b"".join(chunks), content_type), False
+        if length > self.max_answer_bytes:
+            raise ForwardError(502, f"the service's answer of {length} bytes is over the limit of "
+                                    f"{self.max_answer_bytes} bytes")
         while len(body) < length:
             chunk = self.sock.recv(max(65536, length - len(body)))
             if not chunk:
@@ -106,26 +150,48 @@ class ServiceProxy:
     """Posts bodies to ``http://host:port/`` over pooled kept-alive connections."""
 
     def __init__(self, name: str, host: str, port: int, timeout: float = 30.0, connect_timeout: float = 2.0,
-                 max_idle: int = 64):
+                 max_idle: int = 64, idle_timeout: float = 60.0, max_answer_bytes: int = 64 << 20):
         self.name = name
         self.host = host
         self.port = port
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
+        #: A connection idle for longer is closed, not reused (keep it below the service's keep-alive).
+        self.idle_timeout = idle_timeout
+        self.max_answer_bytes = max_answer_bytes
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
         self._host_header = f"{host}:{port}".encode("latin-1")
 
     def _take(self) -> tuple[_Connection, bool]:
+        """A live kept-alive connection (the most recently used), else a new one."""
+        stale = []
+        conn = None
         with self._lock:
-            if self._idle:
-                return self._idle.pop(), True
+            while self._idle:
+                candidate = self._idle.pop()
+                if time.monotonic() - candidate.idle_since > self.idle_timeout:
+                    stale.extend(self._idle)  # older still: every one of them has expired too
+                    stale.append(candidate)
+                    self._idle.clear()
+                elif candidate.looks_closed():
+                    stale.append(candidate)
+                else:
+                    conn = candidate
+                    break
+        for old in stale:
+            old.close()
+        if conn is not None:
+            return conn, True
         sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return _Connection(sock), False
+        conn = _Connection(sock)
+        conn.max_answer_bytes = self.max_answer_bytes
+        return conn, False
 
     def _give_back(self, conn: _Connection) -> None:
+        conn.idle_since = time.monotonic()
         with self._lock:
             if len(self._idle) < self.max_idle:
                 self._idle.append(conn)
@@ -133,8 +199,15 @@ class ServiceProxy:
         conn.close()
 
     def post(self, body: bytes, content_type: str = "application/json", path: str = "/",
-             headers: dict[str, str] | None = None) -> Reply:
-        """Send one command body; retry once when a kept-alive connection was closed by the service."""
+             headers: dict[str, str] | None = None,
+             repeatable: Callable[[], bool] | None = None) -> Reply:
+        """Send one command body and return the service's answer.
+
+        It is sent a second time only when the first try cannot have reached the service (the
+        write failed on a kept-alive connection the service had closed), or when ``repeatable()``
+        says the body only reads (asked only then, so the hot path parses nothing). A service that closes the connection after taking the request
+        is a :class:`ForwardError` 502 with :data:`MAY_HAVE_RUN`.
+        """
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         request = (f"POST {path} HTTP/1.1\r\nHost: ".encode("latin-1") + self._host_header
                    + f"\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
@@ -149,19 +222,22 @@ class ServiceProxy:
                                         f"{self.connect_timeout:g} s")
             except OSError as exc:
                 raise ForwardError(502, f"service {self.name!r} cannot be reached: {exc.strerror or exc}")
+            sent = False
             try:
                 conn.sock.settimeout(self.timeout)
                 conn.sock.sendall(request)
+                sent = True
                 reply, keep = conn.read_reply()
             except (socket.timeout, TimeoutError):
                 conn.close()
                 raise ForwardError(504, f"service {self.name!r} did not answer within {self.timeout:g} s")
             except (_Closed, ConnectionResetError, BrokenPipeError) as exc:
                 conn.close()
-                if reused and attempt == 0:
-                    continue  # the service closed an idle kept-alive connection: the request never arrived
-                raise ForwardError(502, f"service {self.name!r} closed the connection without answering"
-                                        f"{': ' + str(exc) if str(exc) else ''}")
+                if attempt == 0 and ((reused and not sent) or (repeatable is not None and repeatable())):
+                    continue  # it never reached the service, or running it twice changes nothing
+                if not sent:
+                    raise ForwardError(502, f"service {self.name!r} closed the connection: {exc}")
+                raise ForwardError(502, f"service {self.name!r}: {MAY_HAVE_RUN}")
             except ForwardError:
                 conn.close()
                 raise

@@ -17,18 +17,27 @@ from werkzeug.wrappers import Request, Response
 
 from shmooze import protocol
 from shmooze.forward import ForwardError, ServiceProxy
-from shmooze.httpjson import JSONHTTPError, json_response, raw_json_response, read_command_body
+from shmooze.httpjson import JSONHTTPError, error_response, json_response, raw_json_response, read_command_body
 from shmooze.push import PushSession, ServiceWatcher, wait_for_changes_here
+from shmooze.service import READ_ONLY_COMMANDS, only_reads
 from shmooze.settings import STATIC_DIR, Settings
+from shmooze.websocket import check_origin, host_name
 
 log = logging.getLogger(__name__)
 mimetypes.add_type("text/javascript", ".mjs")
 
 #: Commands that change nothing: open to everyone even when an access token is set.
-OPEN_COMMANDS = frozenset({
-    "queue", "bg", "pool", "status", "changes", "commands", "history", "modules_available",
-    "backgrounds_available", "ask_module", "ask_background",
-})
+OPEN_COMMANDS = READ_ONLY_COMMANDS
+#: Host names every gateway answers to (a DNS-rebinding page's Host is its own domain, never these).
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def body_only_reads(body: bytes) -> bool:
+    """Whether a command body only reads (then sending it twice changes nothing)."""
+    try:
+        return only_reads(protocol.parse_request(body).items)
+    except protocol.BodyError:
+        return False
 
 
 class Gateway:
@@ -40,10 +49,15 @@ class Gateway:
         self.static_prefix: str = settings.static_prefix
         self.static_path: str = settings.static_path
         self.max_body_bytes: int = settings.max_body_bytes
+        self.body_timeout = float(settings.body_timeout)
+        self.body_min_rate = float(settings.body_min_rate)
         host = settings.get("service_host", "127.0.0.1")
         timeout = float(settings.forward_timeout)
+        # A kept-alive connection is dropped well before the service would drop it.
+        idle = min(float(settings.forward_idle_timeout), float(settings.service_keepalive) / 2)
         self.proxies = {
-            name: ServiceProxy(name, host, port, timeout=timeout)
+            name: ServiceProxy(name, host, port, timeout=timeout, idle_timeout=idle,
+                               max_answer_bytes=int(settings.max_answer_bytes))
             for name, port in settings.ports.items()
             if name != "wsgi"
         }
@@ -51,6 +65,10 @@ class Gateway:
         self.token: str | None = settings.get("access_token") or None
         self.open_commands = OPEN_COMMANDS | frozenset(settings.get("open_commands", []))
         self.allowed_origins: list[str] = list(settings.get("allowed_origins", []))
+        listen = str(settings.get("host", "127.0.0.1"))
+        self.allowed_hosts = LOCAL_HOSTS | {host_name(listen)} | {
+            host_name(h) for h in settings.get("allowed_hosts", []) if isinstance(h, str)}
+        self.any_ip_host = listen in ("0.0.0.0", "::", "")  # listening everywhere: any address literal
         self.watchers = {name: ServiceWatcher(proxy) for name, proxy in self.proxies.items()}
         self.sockets: set[Any] = set()  # open WebSockets, closed with "going away" when the gateway stops
         #: Extra routes under the prefix: name -> WSGI app.
@@ -59,6 +77,11 @@ class Gateway:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         try:
+            host = environ.get("HTTP_HOST")
+            if host and not self.host_allowed(host):
+                log.warning("refused a request for host %r (not in allowed_hosts)", host[:100])
+                raise JSONHTTPError(400, f"host {protocol.short(host, 60)} is not served here (allowed_hosts)",
+                                    close=True)
             # A service's URL with or without a trailing slash (POST /queue/ worked in the original).
             proxy = self.proxies.get(path[len(self.prefix):].removesuffix("/")) if path.startswith(self.prefix) else None
             if proxy is not None:  # the hot path, a command for a service, skips Werkzeug's Request
@@ -67,7 +90,7 @@ class Gateway:
             if not isinstance(response, Response):
                 return response  # a route that answered by itself (the WebSocket)
         except HTTPException as exc:
-            response = exc.get_response(environ)
+            response = error_response(exc, environ, start_response)
         except Exception:
             log.exception("gateway error on %s %s", environ.get("REQUEST_METHOD"), path)
             response = json_response(protocol.error("internal error in the gateway"), 500)
@@ -97,18 +120,36 @@ class Gateway:
     def forward(self, proxy: ServiceProxy, environ: dict[str, Any],
                 start_response: Callable[..., Any]) -> Iterable[bytes]:
         """Pass a command body to its service and its answer back, unchanged."""
-        body, mimetype = read_command_body(environ, self.max_body_bytes)
+        if "HTTP_ORIGIN" in environ and not check_origin(environ, self.allowed_origins):
+            log.info("refused a command from origin %r", environ["HTTP_ORIGIN"][:100])
+            raise JSONHTTPError(403, "origin not allowed", close=True)
+        body, mimetype = read_command_body(environ, self.max_body_bytes, self.body_timeout, self.body_min_rate)
         if self.token is not None:
             self.check_token(body, environ.get("HTTP_AUTHORIZATION", ""))
         body = wait_for_changes_here(self.watchers[proxy.name], body)
         try:
-            reply = proxy.post(body, mimetype)
+            reply = proxy.post(body, mimetype, repeatable=lambda: body_only_reads(body))
         except ForwardError as exc:
             log.warning("forward to %s: %s", proxy.name, exc.message)
             raise JSONHTTPError(exc.status, exc.message) from None
         return raw_json_response(start_response, reply.body, reply.status)
 
     # -- access control ------------------------------------------------------------------
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether the ``Host`` header names this gateway (a defence against DNS rebinding)."""
+        name = host_name(host)
+        if name in self.allowed_hosts or "*" in self.allowed_hosts:
+            return True
+        if self.any_ip_host:
+            import ipaddress
+
+            try:
+                ipaddress.ip_address(name)
+                return True
+            except ValueError:
+                return False
+        return False
 
     def needs_token(self, items: list[protocol.Item]) -> bool:
         return any(isinstance(i, protocol.Command) and i.cmd not in self.open_commands for i in items)
@@ -147,12 +188,16 @@ class Gateway:
         def handler(ws: Any) -> None:
             self.sockets.add(ws)
             try:
-                PushSession(ws, self.proxies, self.watchers, authorize).run()
+                PushSession(ws, self.proxies, self.watchers, authorize, int(self.settings.ws_max_in_flight),
+                            int(self.settings.ws_outbox_bytes)).run()
             finally:
                 self.sockets.discard(ws)
 
+        s = self.settings
         return websocket_response(environ, start_response, handler, self.allowed_origins or None,
-                                  max_message_size=self.max_body_bytes)
+                                  max_message_size=self.max_body_bytes, ping_interval=float(s.ws_ping_interval),
+                                  idle_timeout=float(s.ws_idle_timeout), message_timeout=float(s.ws_message_timeout),
+                                  max_pings=int(s.ws_max_pings))
 
     def close_websockets(self) -> None:
         """Tell every open WebSocket the gateway is going away (1001); browsers reconnect elsewhere."""

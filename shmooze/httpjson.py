@@ -2,12 +2,17 @@
 
 Transport errors are JSON too (``{"success": false, "error": ...}``) with the
 fitting status: 400 for a body that is not JSON, 405 for a method other than
-POST, 413 for a body over the limit, 415 for another content type.
+POST, 413 for a body over the limit, 415 for another content type, 408 for a body
+that does not arrive in time. After a 408, a 413 or a malformed body the connection
+is closed, so nothing more of that body is ever read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import sys
 from http import HTTPStatus
 from typing import Any, Callable, Iterable
 
@@ -19,16 +24,20 @@ from shmooze import protocol
 log = logging.getLogger(__name__)
 
 JSON_TYPES = frozenset({"application/json", "text/json"})
+#: A body is read in pieces of this size, each under its own deadline.
+BODY_PIECE = 64 << 10
 
 
 class JSONHTTPError(HTTPException):
     """An HTTP error that renders itself as a JSON command answer."""
 
-    def __init__(self, code: int, message: str, headers: dict[str, str] | None = None):
+    def __init__(self, code: int, message: str, headers: dict[str, str] | None = None, close: bool = False):
         super().__init__(message)
         self.code = code
         self.message = message
         self.extra_headers = headers or {}
+        #: Close the connection after answering (what is left of the request is never read).
+        self.close = close
 
     def get_response(self, environ: Any = None, scope: Any = None) -> Response:  # type: ignore[override]
         return json_response(protocol.error(self.message), self.code, self.extra_headers)
@@ -43,11 +52,88 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
     return resp
 
 
-def read_command_body(environ: dict[str, Any], max_bytes: int) -> tuple[bytes, str]:
+def close_connection(start_response: Callable[..., Any]) -> None:
+    """Make gunicorn close this connection after the answer instead of reading (draining) the
+    rest of the request's body; other servers are left to do as they do."""
+    force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+    if callable(force_close):
+        force_close()
+
+
+def error_response(exc: HTTPException, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    """The response for an HTTP error; closes the connection after it when the error says so."""
+    if getattr(exc, "close", False):
+        close_connection(start_response)
+    return exc.get_response(environ)
+
+
+class _BodyTimeout(Exception):
+    """A piece of a request body did not arrive in time."""
+
+
+def _deadline(seconds: float) -> Any:
+    """A deadline on what the block reads (gevent's timeout when gevent runs the sockets; else none,
+    and the socket's own timeout bounds each read)."""
+    if "gevent" in sys.modules:
+        from gevent import Timeout, monkey
+
+        if monkey.is_module_patched("socket"):
+            return Timeout(seconds, _BodyTimeout)
+    return contextlib.nullcontext()
+
+
+def _read_body(environ: dict[str, Any], stream: Any, size: int | None, max_bytes: int,
+               timeout: float, min_rate: float) -> bytes:
+    """Read ``size`` bytes (``None``: to the end of a chunked body, or past ``max_bytes``).
+
+    Each piece of up to 64 KiB must arrive within ``timeout`` plus its size at ``min_rate``
+    bytes a second: a client that trickles gets 408 and its connection closed.
+    """
+    sock = environ.get("gunicorn.socket")
+    prior = sock.gettimeout() if sock is not None else None
+    pieces: list[bytes] = []
+    got = 0
+    want = size if size is not None else max_bytes + 1
+    try:
+        while got < want:
+            ask = min(BODY_PIECE, want - got)
+            budget = timeout + ask / min_rate
+            if sock is not None:
+                sock.settimeout(budget)
+            with _deadline(budget):
+                piece = stream.read(ask)
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+    except (_BodyTimeout, socket.timeout, TimeoutError):
+        log.warning("closed a connection from %s: its body did not arrive in time (%d bytes after %.0f s; "
+                    "body_timeout %g s, body_min_rate %g bytes/s)", environ.get("REMOTE_ADDR", "?"), got,
+                    budget, timeout, min_rate)
+        raise JSONHTTPError(408, f"the request body did not arrive in time (at least {min_rate:g} bytes a "
+                                 f"second after {timeout:g} s)", close=True) from None
+    except (OSError, ValueError) as exc:  # gunicorn's parse errors of a chunked body are among these
+        raise JSONHTTPError(400, f"malformed request body: {protocol.short(str(exc) or type(exc).__name__, 80)}",
+                            close=True) from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("gunicorn."):  # InvalidChunkSize and the like
+            raise JSONHTTPError(400, f"malformed request body: {type(exc).__name__}", close=True) from None
+        raise
+    finally:
+        if sock is not None:
+            try:
+                sock.settimeout(prior)
+            except OSError:
+                pass
+    return b"".join(pieces)
+
+
+def read_command_body(environ: dict[str, Any], max_bytes: int, timeout: float = 10.0,
+                      min_rate: float = 8192) -> tuple[bytes, str]:
     """Check method, content type and size of a command request; return its body and media type.
 
     It reads the WSGI environ directly: this runs for every command, at the gateway and at
-    the service, so it stays lean.
+    the service, so it stays lean. See :func:`_read_body` for ``timeout`` and ``min_rate``.
     """
     method = environ.get("REQUEST_METHOD", "GET")
     if method != "POST":
@@ -63,14 +149,14 @@ def read_command_body(environ: dict[str, Any], max_bytes: int) -> tuple[bytes, s
         except ValueError:
             raise JSONHTTPError(400, f"bad Content-Length {raw_length[:20]!r}") from None
         if length > max_bytes:
-            raise JSONHTTPError(413, f"body of {length} bytes is over the limit of {max_bytes} bytes")
-        body = stream.read(length) if length > 0 else b""
+            raise JSONHTTPError(413, f"body of {length} bytes is over the limit of {max_bytes} bytes", close=True)
+        body = _read_body(environ, stream, length, max_bytes, timeout, min_rate) if length > 0 else b""
     elif environ.get("wsgi.input_terminated"):  # chunked: read no more than the limit allows
-        body = stream.read(max_bytes + 1)
+        body = _read_body(environ, stream, None, max_bytes, timeout, min_rate)
     else:
         body = b""
     if len(body) > max_bytes:
-        raise JSONHTTPError(413, f"body is over the limit of {max_bytes} bytes")
+        raise JSONHTTPError(413, f"body is over the limit of {max_bytes} bytes", close=True)
     return body, mimetype
 
 
@@ -107,9 +193,11 @@ def encode_or_fail(request: protocol.Request, answers: list[dict[str, Any]]) -> 
 class CommandApp:
     """WSGI app that answers command requests with ``handler(parsed_request) -> answers``."""
 
-    def __init__(self, handler: Callable[[protocol.Request], list[dict[str, Any]]], max_body_bytes: int = 1 << 20):
+    def __init__(self, handler: Callable[[protocol.Request], list[dict[str, Any]]], max_body_bytes: int = 1 << 20,
+                 max_answer_bytes: int = 16 << 20):
         self.handler = handler
         self.max_body_bytes = max_body_bytes
+        self.max_answer_bytes = max_answer_bytes
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         try:
@@ -118,15 +206,26 @@ class CommandApp:
                 parsed = protocol.parse_request(body)
             except protocol.BodyError as exc:
                 raise JSONHTTPError(400, str(exc)) from None
-            return raw_json_response(start_response, encode_or_fail(parsed, self.handler(parsed)))
+            answer = encode_or_fail(parsed, self.handler(parsed))
+            if len(answer) > self.max_answer_bytes:
+                answer = too_big_answer(parsed, len(answer), self.max_answer_bytes)
+            return raw_json_response(start_response, answer)
         except HTTPException as exc:
-            response = exc.get_response(environ)
+            response = error_response(exc, environ, start_response)
         except Exception:
             log.exception("unhandled error in command request")
             response = json_response(protocol.error("internal error"), 500)
         return response(environ, start_response)
 
 
-def service_app(service: Any, max_body_bytes: int = 1 << 20) -> CommandApp:
+def too_big_answer(request: protocol.Request, size: int, limit: int) -> bytes:
+    """What replaces an answer over ``max_answer_bytes``: an error for every command of the request."""
+    log.warning("refused to send an answer of %d bytes (max_answer_bytes %d)", size, limit)
+    what = "the batch's answers" if request.batch else "the answer"
+    error = protocol.error(f"{what} would be {size} bytes, over the limit of {limit} bytes: ask for less at once")
+    return encode_or_fail(request, [error for _ in request.items])
+
+
+def service_app(service: Any, max_body_bytes: int = 1 << 20, max_answer_bytes: int = 16 << 20) -> CommandApp:
     """The WSGI app of a :class:`shmooze.service.Service`."""
-    return CommandApp(service.handle, max_body_bytes)
+    return CommandApp(service.handle, max_body_bytes, max_answer_bytes)

@@ -11,13 +11,16 @@ Messages from the browser (JSON text, ``id`` echoed in the answer):
 
 Each gateway worker long-polls every watched service once (its ``changes`` command)
 and fans each batch of events out to all its subscribers, so 1,000 browsers cost
-one poll per service, not 1,000. Each connection has its own bounded outbox and
-writer, so one slow browser never delays the others; one that falls too far
-behind is disconnected (its page reconnects and reloads).
+one poll per service, not 1,000. Each connection has its own outbox (bounded in
+messages and bytes) and writer, so one slow browser never delays the others; one
+that falls too far behind is dropped on its own greenlet (its page reconnects and
+reloads). Messages on one connection run concurrently, each answer carrying its
+``id``; messages with the same ``id`` are answered in the order they came.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import queue
@@ -27,40 +30,60 @@ from typing import Any, Callable
 
 from shmooze import protocol
 from shmooze.forward import ForwardError, ServiceProxy
+from shmooze.service import only_reads
 from shmooze.websocket import text_frame
 
 log = logging.getLogger(__name__)
 
 POLL_TIMEOUT = 20.0  # seconds a long poll waits at the service
 OUTBOX_LIMIT = 500  # messages a slow browser may be behind before it is dropped
+OUTBOX_BYTES = 8 << 20  # ... or bytes
+MAX_IN_FLIGHT = 16  # messages of one WebSocket handled at once
+LANE_LIMIT = 64  # messages with one id waiting their turn
 
 
 class Subscriber:
     """One WebSocket connection's outbox of encoded frames, drained by its own writer thread
-    (a greenlet under gevent)."""
+    (a greenlet under gevent).
 
-    def __init__(self, send: Callable[[bytes], None], close: Callable[[], None]):
+    The outbox holds at most ``OUTBOX_LIMIT`` frames and ``max_bytes`` bytes (one frame larger
+    than that still goes when the outbox is empty). Past either, the connection is dropped, on a
+    greenlet of its own: whoever pushed (the publisher, fanning out to everyone) never waits.
+    """
+
+    def __init__(self, send: Callable[[bytes], None], close: Callable[[], None], max_bytes: int = OUTBOX_BYTES):
         self._send = send
         self._close = close
-        self._outbox: queue.Queue[bytes | None] = queue.Queue(OUTBOX_LIMIT)
+        self.max_bytes = max_bytes
+        self._outbox: queue.Queue[bytes | None] = queue.Queue()
+        self._bytes = 0
+        self._lock = threading.Lock()
         self.dropped = False
         self._writer = threading.Thread(target=self._write_loop, name="ws-writer", daemon=True)
         self._writer.start()
 
     def push(self, frame: bytes) -> None:
-        try:
-            self._outbox.put_nowait(frame)
-        except queue.Full:
-            if not self.dropped:
-                self.dropped = True
-                log.warning("a WebSocket client fell %d messages behind; disconnecting it", OUTBOX_LIMIT)
-                self._close()
+        if self.dropped:
+            return
+        with self._lock:
+            full = self._outbox.qsize() >= OUTBOX_LIMIT or (self._bytes and self._bytes + len(frame) > self.max_bytes)
+            if not full:
+                self._bytes += len(frame)
+                self._outbox.put_nowait(frame)
+                return
+            behind = self._bytes
+        self.dropped = True
+        log.warning("a WebSocket client fell behind (%d messages, %d bytes unread); dropping it",
+                    self._outbox.qsize(), behind)
+        threading.Thread(target=self._close, name="ws-drop", daemon=True).start()
 
     def _write_loop(self) -> None:
         while True:
             frame = self._outbox.get()
             if frame is None:
                 return
+            with self._lock:
+                self._bytes -= len(frame)
             try:
                 self._send(frame)
             except Exception:
@@ -68,10 +91,7 @@ class Subscriber:
                 return
 
     def stop(self) -> None:
-        try:
-            self._outbox.put_nowait(None)
-        except queue.Full:
-            pass
+        self._outbox.put_nowait(None)
 
 
 class ServiceWatcher:
@@ -210,21 +230,27 @@ class PushSession:
     """The gateway's side of one WebSocket: commands in, answers and events out."""
 
     def __init__(self, ws: Any, proxies: dict[str, ServiceProxy], watchers: dict[str, ServiceWatcher],
-                 authorize: Callable[[str, list[protocol.Item], dict[str, Any]], str | None]):
+                 authorize: Callable[[str, list[protocol.Item], dict[str, Any]], str | None],
+                 max_in_flight: int = MAX_IN_FLIGHT, outbox_bytes: int = OUTBOX_BYTES):
         self.ws = ws
         self.proxies = proxies
         self.watchers = watchers
         self.authorize = authorize
-        self.subscriber = Subscriber(ws.send_frame, self._close)
+        self.subscriber = Subscriber(ws.send_frame, self._drop, outbox_bytes)
         self.subscribed: set[str] = set()
+        self._slots = threading.BoundedSemaphore(max(1, max_in_flight))
+        self._lanes: dict[str, collections.deque[Any]] = {}  # id -> messages waiting behind the one running
+        self._lanes_lock = threading.Lock()
 
-    def _close(self) -> None:
+    def _drop(self) -> None:
         try:
-            self.ws.close(1008, "too slow")
+            self.ws.drop(1008, "too slow")
         except Exception:
             pass
 
     def run(self) -> None:
+        """Read messages and start each on its own greenlet (at most ``max_in_flight`` at once;
+        the reader waits for a free one); those with the same id run one after the other."""
         try:
             while True:
                 text = self.ws.receive()
@@ -233,14 +259,56 @@ class PushSession:
                         return
                     continue
                 try:
-                    reply = self.handle(text)
-                except (RecursionError, ValueError, TypeError) as exc:  # e.g. nesting too deep to re-encode
-                    reply = _reply(None, protocol.error(f"message refused: {type(exc).__name__}"))
-                self.subscriber.push(text_frame(reply))
+                    msg: Any = protocol.loads(text)
+                except protocol.BodyError as exc:
+                    self.subscriber.push(text_frame(_reply(None, protocol.error(str(exc)))))
+                    continue
+                self._start(msg)
         finally:
             for name in self.subscribed:
                 self.watchers[name].unsubscribe(self.subscriber)
             self.subscriber.stop()
+
+    def _start(self, msg: Any) -> None:
+        mid = msg.get("id") if isinstance(msg, dict) else None
+        try:
+            key = json.dumps(mid, sort_keys=True)
+        except (TypeError, ValueError, RecursionError):
+            key = "null"
+        with self._lanes_lock:
+            lane = self._lanes.get(key)
+            if lane is not None:
+                if len(lane) < LANE_LIMIT:
+                    lane.append(msg)
+                    return
+                busy = True
+            else:
+                busy = False
+        if busy:
+            self.subscriber.push(text_frame(_reply(mid, protocol.error(
+                f"too many messages with id {protocol.short(key, 40)} are waiting; use distinct ids"))))
+            return
+        self._slots.acquire()
+        with self._lanes_lock:
+            self._lanes[key] = collections.deque([msg])
+        threading.Thread(target=self._run_lane, args=(key,), name="ws-message", daemon=True).start()
+
+    def _run_lane(self, key: str) -> None:
+        try:
+            while True:
+                with self._lanes_lock:
+                    lane = self._lanes[key]
+                    if not lane:
+                        del self._lanes[key]
+                        return
+                    msg = lane.popleft()
+                try:
+                    reply = self.handle_message(msg)
+                except (RecursionError, ValueError, TypeError) as exc:  # e.g. nesting too deep to re-encode
+                    reply = _reply(None, protocol.error(f"message refused: {type(exc).__name__}"))
+                self.subscriber.push(text_frame(reply))
+        finally:
+            self._slots.release()
 
     def handle(self, text: str) -> str:
         """Answer one message (as JSON text)."""
@@ -248,6 +316,10 @@ class PushSession:
             msg = protocol.loads(text)
         except protocol.BodyError as exc:
             return _reply(None, protocol.error(str(exc)))
+        return self.handle_message(msg)
+
+    def handle_message(self, msg: Any) -> str:
+        """Answer one decoded message (as JSON text)."""
         if not isinstance(msg, dict):
             return _reply(None, protocol.error("a message must be a JSON object"))
         mid = msg.get("id")
@@ -276,7 +348,8 @@ class PushSession:
         if refusal:
             return _reply(mid, protocol.error(refusal))
         try:
-            reply = proxy.post(wait_for_changes_here(self.watchers[service], protocol.dumps(body)))
+            data = wait_for_changes_here(self.watchers[service], protocol.dumps(body))
+            reply = proxy.post(data, repeatable=lambda: only_reads(request.items))
             answer = json.loads(reply.body)
         except ForwardError as exc:
             return _reply(mid, protocol.error(exc.message))

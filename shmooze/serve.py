@@ -79,6 +79,12 @@ def build_service(settings: Settings, name: str) -> Any:
     service = target() if callable(target) else target
     if hasattr(service, "name") and getattr(service, "name", "service") == "service":
         service.name = name
+    if hasattr(service, "limit_commands"):  # the threads beyond service_threads stay free for reads
+        service.limit_commands(int(settings.service_threads))
+    events = getattr(service, "events", None)
+    if events is not None and hasattr(events, "max_answer_bytes"):
+        events.max_bytes = int(settings.events_max_bytes)
+        events.max_answer_bytes = int(settings.changes_max_bytes)
     if hasattr(service, "max_line"):
         service.max_line = int(settings.get("max_line_bytes", service.max_line))
     log_path = settings.get("log_database_path")
@@ -127,8 +133,10 @@ def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:
                 "worker_connections": int(settings.get("gateway_connections", 4000)), "keepalive": 30,
                 "graceful_timeout": int(settings.get("gateway_stop_timeout", 3))}
     # A service holds state: exactly one worker process, with a pool of threads.
-    return {**common, "workers": 1, "worker_class": "gthread", "threads": int(settings.service_threads),
-                "keepalive": 120}
+    # service_threads for commands that change state, read_threads more that only reads use.
+    return {**common, "workers": 1, "worker_class": "gthread",
+            "threads": int(settings.service_threads) + int(settings.read_threads),
+            "keepalive": max(1, int(settings.service_keepalive))}
 
 
 _running: list[Any] = []
@@ -189,7 +197,7 @@ def serve(settings: Settings, name: str) -> None:
         service.start()
         _running.append(service)
         _on_stop.append(service.events.close)
-        return service_app(service, int(settings.max_body_bytes))
+        return service_app(service, int(settings.max_body_bytes), int(settings.max_answer_bytes))
 
     options = gunicorn_options(settings, name)
     options["worker_exit"] = _worker_exit

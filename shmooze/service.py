@@ -37,6 +37,18 @@ from shmooze.events import ChangeLog
 
 log = logging.getLogger(__name__)
 
+#: Commands that change nothing (the base's, the queue's and the pool's). They are served even
+#: while every command thread is busy, and the gateway may send them again after a failure.
+READ_ONLY_COMMANDS = frozenset({
+    "queue", "bg", "pool", "status", "changes", "commands", "history", "modules_available",
+    "backgrounds_available", "ask_module", "ask_background",
+})
+
+
+def only_reads(items: list[protocol.Item], read_only: frozenset[str] = READ_ONLY_COMMANDS) -> bool:
+    """Whether running these items changes nothing (invalid ones are answered without running)."""
+    return all(not isinstance(i, protocol.Command) or i.cmd in read_only for i in items)
+
 
 @dataclass
 class CommandSpec:
@@ -187,6 +199,8 @@ class Service:
 
     #: The service's name (used in logs and status).
     name = "service"
+    #: Commands that change nothing: they never wait for a command slot.
+    read_only_commands: frozenset[str] = READ_ONLY_COMMANDS
 
     def __init__(self) -> None:
         self.events = ChangeLog()
@@ -194,6 +208,17 @@ class Service:
         self._started_mono = time.monotonic()
         self._commands = self._collect_commands()
         self._stopped = threading.Event()
+        self._command_slots: threading.BoundedSemaphore | None = None
+        self._slot_count = 0
+
+    def limit_commands(self, slots: int) -> None:
+        """Let at most ``slots`` requests that change state run at once; more are refused at once.
+
+        The serving threads beyond ``slots`` are then always free for reads (``status``,
+        ``queue``, ``changes``...), however many slow commands are running.
+        """
+        self._slot_count = slots
+        self._command_slots = threading.BoundedSemaphore(slots) if slots > 0 else None
 
     # -- life ----------------------------------------------------------------------
 
@@ -233,7 +258,7 @@ class Service:
     # -- dispatch ------------------------------------------------------------------
 
     _NOT_COMMANDS = frozenset({"start", "stop", "changed", "dispatch", "handle", "name", "events",
-                               "started_at"})
+                               "started_at", "limit_commands", "read_only_commands"})
 
     def _collect_commands(self) -> dict[str, CommandSpec]:
         table = {}
@@ -267,7 +292,17 @@ class Service:
 
     def handle(self, request: protocol.Request) -> list[dict[str, Any]]:
         """Answer every item of a parsed request, in order."""
-        return [self.dispatch(item) for item in request.items]
+        slots = self._command_slots
+        if slots is None or only_reads(request.items, self.read_only_commands):
+            return [self.dispatch(item) for item in request.items]
+        if not slots.acquire(blocking=False):
+            busy = protocol.error(f"{self.name} is busy: {self._slot_count} commands are running; "
+                                  "try again in a moment")
+            return [busy for _ in request.items]
+        try:
+            return [self.dispatch(item) for item in request.items]
+        finally:
+            slots.release()
 
     @staticmethod
     def _check_args(spec: CommandSpec, args: dict[str, Any]) -> str | None:

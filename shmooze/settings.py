@@ -37,6 +37,22 @@ DEFAULTS: dict[str, Any] = {
     "services": {},
     "access_token": None,
     "allowed_origins": [],
+    # Under real traffic (see the README's "Safety and limits").
+    "allowed_hosts": [],
+    "service_keepalive": 120.0,
+    "forward_idle_timeout": 60.0,
+    "read_threads": 8,
+    "body_timeout": 10.0,
+    "body_min_rate": 8192,
+    "max_answer_bytes": 16 << 20,
+    "events_max_bytes": 8 << 20,
+    "changes_max_bytes": 4 << 20,
+    "ws_ping_interval": 20.0,
+    "ws_idle_timeout": 60.0,
+    "ws_message_timeout": 30.0,
+    "ws_max_pings": 20,
+    "ws_outbox_bytes": 8 << 20,
+    "ws_max_in_flight": 16,
 }
 
 

@@ -71,11 +71,24 @@ SEND_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
 #: Bytes asked of one ``recv``.
 RECV_BYTES = 65536
+#: The server pings this often (seconds) ...
+PING_INTERVAL = 20.0
+#: ... and closes a connection from which nothing (not even a pong) came for this long.
+IDLE_TIMEOUT = 60.0
+#: Seconds a message may take from its first byte to its last.
+MESSAGE_TIMEOUT = 30.0
+#: Pings a client may send per second (a burst of as many is allowed); more close with 1008.
+MAX_PINGS = 20
+#: Bytes written at once; the writer lets other greenlets run between pieces.
+WRITE_PIECE = 256 << 10
+#: Reads in a row after which a reader lets other greenlets run, even when more data is waiting.
+READS_BEFORE_YIELD = 8
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_ABNORMAL = 1006
+CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 
@@ -140,6 +153,18 @@ def handshake_problem(environ: Mapping[str, Any]) -> str | None:
     return None
 
 
+def host_name(value: str) -> str:
+    """The host of a ``Host`` header (or a bare host or address): lower case, no port or brackets."""
+    value = value.strip().lower()
+    if value.count(":") > 1 and not value.startswith("["):
+        return value  # a bare IPv6 address
+    try:
+        name = urlsplit("//" + value).hostname
+    except ValueError:
+        name = None
+    return (name or value).rstrip(".")
+
+
 def _host_port(value: str, scheme: str) -> str | None:
     """``host[:port]`` lower-cased, without the scheme's default port; None if malformed."""
     try:
@@ -173,7 +198,8 @@ def check_origin(environ: Mapping[str, Any], allowed: list[str] | None = None) -
     """Whether the request's Origin may open a WebSocket.
 
     Allowed when there is no Origin header (non-browser clients), when the
-    Origin's host:port equals the request's Host, or when it is listed in
+    Origin's scheme and host:port are the request's own (scheme ``wsgi.url_scheme``, or
+    https; host the ``Host`` header), or when it is listed in
     ``allowed``: a full origin (``https://app.example.com``), a bare
     ``host[:port]``, or ``*`` for any.
     """
@@ -193,7 +219,10 @@ def check_origin(environ: Mapping[str, Any], allowed: list[str] | None = None) -
     host = environ.get("HTTP_HOST")
     if not host and environ.get("SERVER_NAME"):
         host = f"{environ['SERVER_NAME']}:{environ.get('SERVER_PORT', '')}".rstrip(":")
-    if host and _host_port(host, scheme) == host_port:
+    # The scheme must be the request's own; an https page may also talk to a plain-http gateway
+    # (a TLS proxy in front of it), never an http page (anyone on the path) to an https one.
+    own_scheme = str(environ.get("wsgi.url_scheme") or "http").lower()
+    if host and scheme in (own_scheme, "https") and _host_port(host, scheme) == host_port:
         return True
     for entry in allowed:
         if "://" in entry:
@@ -225,6 +254,11 @@ def _pollers() -> tuple[Callable[[], Any], Callable[[], Any]]:
 
             return monkey.get_original("select", "poll"), gevent.select.poll
     return select.poll, select.poll
+
+
+def _let_others_run() -> None:
+    """Yield to other greenlets (under gevent ``time.sleep`` is gevent's) or threads."""
+    time.sleep(0)
 
 
 def _wait_readable(sock: socket.socket, timeout: float | None) -> bool:
@@ -275,6 +309,16 @@ class _Endpoint:
         self._size = 0
         self._pongs: deque[bytes] = deque(maxlen=16)
         self._close_deadline = 0.0
+        # Keep-alive and budgets; the server side sets them (None: off).
+        self.ping_interval: float | None = None
+        self.idle_timeout: float | None = None
+        self.message_timeout: float | None = None
+        self.max_pings: int | None = None
+        self._last_heard = self._last_ping = time.monotonic()
+        self._partial_since: float | None = None  # when the bytes of an unfinished message began
+        self._ping_tokens = 0.0
+        self._ping_refilled = time.monotonic()
+        self._reads = 0
 
     # -- public API
 
@@ -313,7 +357,12 @@ class _Endpoint:
                     continue
                 if self._conn.state is not ConnectionState.OPEN:
                     self._drain()
-                elif not self._read(_remaining(deadline)):
+                    continue
+                wait = _remaining(deadline)
+                tick = self._keep_alive()
+                if tick is not None and (wait is None or tick < wait):
+                    self._read(tick)  # then the loop checks the keep-alive again
+                elif not self._read(wait):
                     return None
             finally:
                 self._recv_lock.release()
@@ -334,7 +383,51 @@ class _Endpoint:
             self._done.wait(self.close_timeout)
             self._finish()
 
+    def drop(self, code: int = CLOSE_POLICY, reason: str = "") -> None:
+        """Close at once, without the close handshake, for a peer that stopped reading.
+
+        Nothing here waits on the peer (its send buffer may be full): the connection is shut,
+        which ends any send or receive in progress on other greenlets.
+        """
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+        self._finish()
+
     # -- internals
+
+    def _keep_alive(self) -> float | None:
+        """Ping, or close an idle connection or a message that takes too long; return the seconds
+        until this needs doing again (None when the keep-alive is off)."""
+        if self.ping_interval is None and self.idle_timeout is None and self.message_timeout is None:
+            return None
+        now = time.monotonic()
+        if self.message_timeout is not None and self._partial_since is not None \
+                and now - self._partial_since > self.message_timeout:
+            log.warning("closing a websocket: a message was not finished within %g s", self.message_timeout)
+            self._fail(CLOSE_POLICY, f"message not finished within {self.message_timeout:g} s")
+            return 0.0
+        if self.idle_timeout is not None and now - self._last_heard > self.idle_timeout:
+            log.info("closing a websocket: nothing heard (not even a pong) for %g s", self.idle_timeout)
+            self._fail(CLOSE_GOING_AWAY, f"nothing heard for {self.idle_timeout:g} s")
+            return 0.0
+        if self.ping_interval is not None and now - self._last_ping >= self.ping_interval:
+            self._last_ping = now
+            self._send_quietly(Ping(payload=b"shmooze"))
+        checks = [self.ping_interval, self.idle_timeout, self.message_timeout]
+        return max(0.05, min(c for c in checks if c is not None) / 4)
+
+    def _pings_allowed(self) -> bool:
+        """A token bucket: ``max_pings`` a second, in bursts of as many."""
+        if self.max_pings is None:
+            return True
+        now = time.monotonic()
+        self._ping_tokens = min(float(self.max_pings), self._ping_tokens + (now - self._ping_refilled) * self.max_pings)
+        self._ping_refilled = now
+        if self._ping_tokens < 1.0:
+            return False
+        self._ping_tokens -= 1.0
+        return True
 
     def _send_event(self, event: Event) -> None:
         with self._send_lock:
@@ -347,11 +440,18 @@ class _Endpoint:
             self._write(data)
 
     def _write(self, data: bytes) -> None:
-        """Write bytes (send lock held): one plain ``send`` usually takes them all."""
+        """Write bytes (send lock held): one plain ``send`` usually takes them all; a large
+        answer goes in pieces, letting other greenlets run between them."""
         try:
-            sent = self._sock.send(data)
-            if sent < len(data):
-                self._sock.sendall(data[sent:])
+            if len(data) <= WRITE_PIECE:
+                sent = self._sock.send(data)
+                if sent < len(data):
+                    self._sock.sendall(data[sent:])
+                return
+            view = memoryview(data)
+            for start in range(0, len(data), WRITE_PIECE):
+                self._sock.sendall(view[start:start + WRITE_PIECE])
+                _let_others_run()
         except OSError as exc:
             log.debug("websocket send failed: %s", exc)
             self._abort()
@@ -400,23 +500,48 @@ class _Endpoint:
         if self._conn.state is ConnectionState.CLOSED:
             self._finish()
             return True
+        now = time.monotonic()
+        self._last_heard = now
+        if self._partial_since is None:
+            self._partial_since = now
         self._conn.receive_data(data or None)
-        self._process_events()
+        if self._process_events():
+            self._partial_since = None  # something complete came; a trickle never gets here
+        self._reads += 1
+        if self._reads % READS_BEFORE_YIELD == 0:
+            _let_others_run()  # a client that sends without pause must not pin the worker
         return True
 
-    def _process_events(self) -> None:
-        """Act on the events of the data wsproto holds."""
-        for event in self._conn.events():
+    def _process_events(self) -> bool:
+        """Act on the events of the data wsproto holds; True if a message, ping, pong or close
+        was completed."""
+        completed = False
+        for count, event in enumerate(self._conn.events(), 1):
+            if self._done.is_set():
+                break
+            if count % 256 == 0:
+                _let_others_run()  # 64 KiB of tiny frames is thousands of events
             if isinstance(event, Message):
                 self._on_message(event)
+                completed = completed or bool(event.message_finished)
             elif isinstance(event, Ping):
-                if self._conn.state is ConnectionState.OPEN:
-                    self._send_quietly(event.response())
+                completed = True
+                if self._conn.state is not ConnectionState.OPEN:
+                    continue
+                if not self._pings_allowed():
+                    log.warning("closing a websocket: more than %s pings a second", self.max_pings)
+                    self._fail(CLOSE_POLICY, "too many pings")
+                    self._finish()  # no waiting for its answer behind the flood
+                    break
+                self._send_quietly(event.response())
             elif isinstance(event, Pong):
+                completed = True
                 self._pongs.append(bytes(event.payload))
             elif isinstance(event, CloseConnection):
+                completed = True
                 self._on_close(event)
                 break
+        return completed
 
     def _on_message(self, event: Message[Any]) -> None:
         if self._conn.state is not ConnectionState.OPEN:
@@ -619,8 +744,17 @@ def websocket_response(
     max_message_size: int = MAX_MESSAGE_BYTES,
     send_timeout: float | None = SEND_TIMEOUT,
     close_timeout: float = CLOSE_TIMEOUT,
+    ping_interval: float | None = PING_INTERVAL,
+    idle_timeout: float | None = IDLE_TIMEOUT,
+    message_timeout: float | None = MESSAGE_TIMEOUT,
+    max_pings: int | None = MAX_PINGS,
 ) -> Iterable[bytes]:
     """Serve a WebSocket from a WSGI app: handshake, ``handler(ws)``, then release the connection.
+
+    While the handler receives, the server pings every ``ping_interval`` seconds and closes
+    (1001) a connection it heard nothing from for ``idle_timeout``, closes (1008) one whose
+    message takes longer than ``message_timeout`` or that sends more than ``max_pings`` pings
+    a second; each with a log line.
 
     Answers 400 (bad handshake) or 403 (Origin refused by :func:`check_origin`)
     with ``{"success": false, "error": ...}``. After the handler returns the
@@ -649,6 +783,9 @@ def websocket_response(
     except WebSocketClosed as exc:
         log.debug("websocket handshake dropped: %s", exc)
         return finish_request(environ)
+    ws.ping_interval, ws.idle_timeout, ws.message_timeout = ping_interval, idle_timeout, message_timeout
+    ws.max_pings = max_pings
+    ws._ping_tokens = float(max_pings or 0)
     try:
         handler(ws)
     except Exception:

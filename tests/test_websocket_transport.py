@@ -303,6 +303,7 @@ def test_thousand_connections_get_a_broadcast(server: Server) -> None:
         ("https://evil.example", "a.example", ["http://evil.example"], False),
         ("null", "a.example", None, False),
         ("http://x.example", "a.example", ["*"], True),
+        ("http://a.example:443", "a.example:443", None, True),
     ],
 )
 def test_check_origin(origin: str | None, host: str, allowed: list[str] | None, ok: bool) -> None:
@@ -310,6 +311,17 @@ def test_check_origin(origin: str | None, host: str, allowed: list[str] | None, 
     if origin is not None:
         environ["HTTP_ORIGIN"] = origin
     assert check_origin(environ, allowed) is ok
+
+
+@pytest.mark.parametrize(("origin", "scheme", "ok"), [
+    ("https://a.example", "https", True),
+    ("http://a.example:443", "https", False),  # an http page may not drive an https gateway
+    ("http://a.example", "http", True),
+    ("https://a.example:80", "http", True),  # a TLS proxy in front of a plain-http gateway
+])
+def test_check_origin_compares_the_scheme(origin: str, scheme: str, ok: bool) -> None:
+    host = "a.example:443" if scheme == "https" else "a.example:80"
+    assert check_origin({"HTTP_HOST": host, "HTTP_ORIGIN": origin, "wsgi.url_scheme": scheme}) is ok
 
 
 def test_is_websocket_request() -> None:
