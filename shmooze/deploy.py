@@ -266,6 +266,8 @@ class Runner:
         self.signals: list[int] = []
         #: Pids of the services' processes as supervisord last reported them (for the hard stop).
         self.service_pids: set[int] = set()
+        #: The first pid seen for each service while starting: another one means it exited meanwhile.
+        self.start_pids: dict[str, int] = {}
 
     def _record(self, signum: int, frame: Any) -> None:
         self.signals.append(signum)
@@ -356,11 +358,17 @@ class Runner:
     def _start_failure(self, infos: dict[str, dict[str, Any]], waiting: set[str], deadline: float) -> str | None:
         """Why the start failed, with the service's log tail; None while it may still succeed."""
         for name in sorted(waiting):
-            state = infos.get(name, {}).get("statename")
-            # BACKOFF: it exited before its start time; at the first start that is a broken service,
-            # not a hiccup worth supervisord's retries.
-            if state in ("FATAL", "BACKOFF", "EXITED"):
-                return self._failure_text(name, f"service {name!r} failed to start ({state})")
+            info = infos.get(name, {})
+            state = info.get("statename")
+            # Any exit during the start is a broken service, not a hiccup worth supervisord's retries:
+            # BACKOFF (it exited before startsecs), EXITED, or a new pid (it exited and was restarted
+            # between two looks).
+            first_pid = self.start_pids.setdefault(name, info.get("pid") or 0) or info.get("pid") or 0
+            self.start_pids[name] = first_pid
+            restarted = bool(first_pid and info.get("pid") and info["pid"] != first_pid)
+            if state in ("FATAL", "BACKOFF", "EXITED") or restarted:
+                how = state if not restarted else "it exited and was restarted"
+                return self._failure_text(name, f"service {name!r} failed to start ({how})")
         if time.monotonic() > deadline:
             name = sorted(waiting)[0]
             return self._failure_text(name, f"service {name!r} did not answer within its start timeout "

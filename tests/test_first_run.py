@@ -190,12 +190,12 @@ def test_a_copied_settings_file_is_refused_while_the_first_runs(tmp_path):
         first.kill_everything()
 
 
-@pytest.mark.parametrize("factory,headline", [
-    ("tests.apps:make_failing", "failed to start"),
-    ("tests.apps:make_hanging", "did not answer within its start timeout"),
+@pytest.mark.parametrize("factory,start_timeout,headline", [
+    ("tests.apps:make_failing", 30, "failed to start"),  # told at once, long before the start timeout
+    ("tests.apps:make_hanging", 3, "did not answer within its start timeout"),
 ])
-def test_a_service_that_does_not_come_up_fails_the_run(tmp_path, factory, headline):
-    path = app(tmp_path, services={"queue": factory}, start_timeout=3, stop_timeout=2)
+def test_a_service_that_does_not_come_up_fails_the_run(tmp_path, factory, start_timeout, headline):
+    path = app(tmp_path, services={"queue": factory}, start_timeout=start_timeout, stop_timeout=2)
     run = run_app(path, tmp_path)
     try:
         wait_for(lambda: "starting" in run.log(), 10, what="the start line")
