@@ -421,6 +421,10 @@ class JSONParentPoller(ParentConnection):
     def __init__(self, *args: object, **kwargs: object) -> None:
         self._timers = []
         self._exit_requested = False
+        #: None, or (for a module started again after its service restarted) what the service
+        #: remembered: ``{"uid": ..., "parameters": {...}}``, its last parameters. Set before
+        #: the ``init`` handler runs; ``init`` gets the same arguments either way.
+        self.restore_info = None
         ParentConnection.__init__(self, *args, **kwargs)
 
     # -- dispatch -------------------------------------------------------
@@ -479,6 +483,8 @@ class JSONParentPoller(ParentConnection):
                 answer = {"success": False, "error": "malformed command: missing \"cmd\""}
             else:
                 cmd = req["cmd"]
+                if cmd == "init" and isinstance(req.get("restored"), dict):
+                    self.restore_info = req["restored"]
                 args = req.get("args")
                 if args is None:
                     args = {}

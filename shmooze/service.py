@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from shmooze import __version__, protocol
 from shmooze.errors import CommandError
-from shmooze.events import ChangeLog
+from shmooze.events import ChangeLog, epoch_base
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Service:
     name = "service"
 
     def __init__(self) -> None:
-        self.events = ChangeLog()
+        self.events = ChangeLog(base=epoch_base())
         self.started_at = time.time()
         self._started_mono = time.monotonic()
         self._commands = self._collect_commands()
@@ -143,6 +143,7 @@ class Service:
             "uptime": round(time.monotonic() - self._started_mono, 3),
             "version": __version__,
             "change_version": self.events.version,
+            "epoch": self.events.base,
         }
 
     def changes(self, since: int = 0, timeout: float = 0.0) -> dict[str, Any]:
