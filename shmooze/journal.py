@@ -11,7 +11,9 @@ no schema; and the writer appends and fsyncs, nothing more.
 Commands never wait for the disk: :class:`Journal` methods put the change on an
 in-memory queue (under the service's lock, so the order on disk is the order of
 the changes) and return. One writer thread applies changes to its own copy of
-the state, appends them, fsyncs after every batch, and rewrites the file as one
+the state and appends them within a few milliseconds (from then on a crash of the
+service loses nothing), fsyncs at most every ``fsync_interval`` (50 ms: what a
+power cut can lose), and rewrites the file as one
 snapshot when it has grown to several times the state. Parameter updates are
 coalesced: at most one line per module every ``params_interval`` seconds,
 carrying its full parameters as the service last heard them.
@@ -148,18 +150,24 @@ def read(path: str) -> tuple[list[Entry], str | None]:
 # -- writing ----------------------------------------------------------------------------
 
 _STOP = object()
+_SYNC = object()
 
 
 class Journal:
     """The journal of one service: read on creation, then appended by a writer thread."""
 
     def __init__(self, path: str, service: str, *, params_interval: float = 0.5, fsync: bool = True,
-                 compact_min: int = 1000):
+                 compact_min: int = 1000, group_window: float = 0.005,
+                 fsync_interval: float = 0.05):
         self.path = path
         self.service = service
         self.params_interval = params_interval
         self.fsync = fsync
         self.compact_min = compact_min
+        self.group_window = group_window
+        self.fsync_interval = fsync_interval
+        self._unsynced = False
+        self._synced_at = 0.0
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         entries, problem = read(path)
         if problem is not None:
@@ -180,7 +188,11 @@ class Journal:
         self._lines = 0
         self._rewrite()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._params: dict[str, Callable[[], dict[str, Any]]] = {}  # coalesced, written by the writer
+        # Parameter changes: the latest getter per uid, set without a lock or a wake-up (a dict store is
+        # atomic), collected by the writer at most every params_interval.
+        self._dirty: dict[str, Callable[[], dict[str, Any]]] = {}
+        # ... and those of modules whose ``add`` has not reached the writer yet (kept a few seconds).
+        self._unplaced: dict[str, tuple[Callable[[], dict[str, Any]], float]] = {}
         self._params_due = 0.0
         self._written = threading.Condition()
         self._enqueued = 0
@@ -211,7 +223,8 @@ class Journal:
 
     def parameters(self, uid: str, current: Callable[[], dict[str, Any]]) -> None:
         """A module's parameters changed; ``current()`` gives them all (called later, by the writer)."""
-        self._put(("params", uid, current))
+        if not self.closed:
+            self._dirty[uid] = current
 
     def _put(self, item: Any) -> None:
         if self.closed:
@@ -224,11 +237,15 @@ class Journal:
 
     def _writer(self) -> None:
         while True:
-            timeout = None
-            if self._params:
+            timeout = self.params_interval
+            if self._dirty or self._unplaced:
                 timeout = max(0.0, self._params_due - time.monotonic())
+            if self._unsynced:
+                timeout = min(timeout, max(0.0, self._synced_at + self.fsync_interval - time.monotonic()))
             try:
                 item = self._queue.get(timeout=timeout)
+                if item is not _STOP and self.group_window:
+                    time.sleep(self.group_window)  # let a burst gather: one write and one fsync for all
                 items = [item]
                 while True:
                     try:
@@ -238,9 +255,13 @@ class Journal:
             except queue.Empty:
                 items = []
             stop = any(i is _STOP for i in items)
+            now = stop or any(i is _SYNC for i in items)  # write and fsync everything now
             items = [i for i in items if i is not _STOP]
             try:
-                self._write(items, flush_params=stop or time.monotonic() >= self._params_due)
+                self._write([i for i in items if i is not _SYNC], flush_params=now or time.monotonic() >= self._params_due)
+                if self._unsynced and (now or time.monotonic() >= self._synced_at + self.fsync_interval):
+                    os.fsync(self._file.fileno())
+                    self._unsynced, self._synced_at = False, time.monotonic()
             except Exception:
                 log.exception("%s journal %s: write failed; %d change(s) lost", self.service, self.path,
                               len(items))
@@ -257,30 +278,29 @@ class Journal:
         records = []
         for item in items:
             op = item[0]
-            if op == "params":
-                self._params[item[1]] = item[2]
-                continue
             if op == "add":
                 entry = item[1]
                 if item[2] is not None:
                     entry["parameters"] = item[2]()
-                self._params.pop(entry["uid"], None)
                 record = {"op": "add", "entry": entry}
             elif op == "rm":
                 record = {"op": "rm", "uids": item[1]}
-                for uid in item[1]:
-                    self._params.pop(uid, None)
             else:
                 record = {"op": "order", "uids": item[1]}
             self._state.apply(record)
             records.append(record)
-        if flush_params and self._params:
-            for uid, current in self._params.items():
+        if flush_params and (self._dirty or self._unplaced):
+            now = time.monotonic()
+            for uid in list(self._dirty):
+                self._unplaced[uid] = (self._dirty.pop(uid), now + 5.0)
+            for uid, (current, until) in list(self._unplaced.items()):
                 if uid in self._state.entries:
                     record = {"op": "params", "uid": uid, "parameters": current()}
                     self._state.apply(record)
                     records.append(record)
-            self._params.clear()
+                    del self._unplaced[uid]
+                elif until < now:  # never placed (its start failed) or already gone
+                    del self._unplaced[uid]
             self._params_due = time.monotonic() + self.params_interval
         if not records:
             return
@@ -290,9 +310,8 @@ class Journal:
             return
         data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
         self._file.write(data)
-        self._file.flush()
-        if self.fsync:
-            os.fsync(self._file.fileno())
+        self._file.flush()  # in the kernel now: a crash of this process loses nothing
+        self._unsynced = self.fsync  # on the disk within fsync_interval (see _writer)
         self._lines += len(records)
         self.writes += 1
 
@@ -317,10 +336,10 @@ class Journal:
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every change recorded so far is written (parameters included)."""
         deadline = time.monotonic() + timeout
-        self._params_due = 0.0
+        self._put(_SYNC)
         with self._written:
             target = self._enqueued
-            while self._done < target or (self._params and self._thread.is_alive()):
+            while self._done < target:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._thread.is_alive():
                     return False
