@@ -72,6 +72,7 @@ class ModuleHost(Service):
         self.key_window = key_window
         self.log_module_updates = log_module_updates
         self.restoring = False
+        self._restorer: threading.Thread | None = None
         self._keys: dict[str, _KeySlot] = {}
         self._keys_lock = threading.Lock()
         self._lock = threading.RLock()  # the service's lists of modules
@@ -99,7 +100,8 @@ class ModuleHost(Service):
         if self.journal is None and self._journal_path:
             self.journal = Journal(self._journal_path, self.name)
         self.restoring = True
-        threading.Thread(target=self._restore, name=f"{self.name}-restore", daemon=True).start()
+        self._restorer = threading.Thread(target=self._restore, name=f"{self.name}-restore", daemon=True)
+        self._restorer.start()
 
     def _boot(self) -> None:
         with self._boot_lock:
@@ -122,6 +124,9 @@ class ModuleHost(Service):
             if self._closing:
                 return
             self._closing = True
+        if self._restorer is not None:  # it sees _closing, starts nothing more and stops what it started
+            self._restorer.join(60)
+        with self._lock:
             modules = self._all_modules()
         if self._booted:
             log.info("%s stopping: %d module(s)", self.name, len(modules))
@@ -425,6 +430,8 @@ class ModuleHost(Service):
             log.exception("%s: restoring from the journal failed", self.name)
         finally:
             self.restoring = False
+        if self._closing:
+            return
         try:
             self.after_restore()
         except Exception:
@@ -476,8 +483,10 @@ class ModuleHost(Service):
                 left = self.key_window - (wall - entry.get("time", 0))
                 if entry.get("key") and left > 0 and module not in unplaced:
                     self._keys.setdefault(entry["key"], _KeySlot({"uid": module.uid}, now + left))
-        for module in unplaced:
-            self._ladders.submit(self._finish, module, "not placed after restore", True)
+        for module in unplaced:  # in this thread: stop() waits for it
+            self._finish(module, "service stopping" if self._closing else "not placed after restore", True)
+        if self._closing:
+            return
         placed = [m for _, m in started if m not in unplaced]
         self.changed("restored", uids=[m.uid for m in placed])
         log.info("%s: restored %d module(s)", self.name, len(placed))
