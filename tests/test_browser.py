@@ -26,7 +26,7 @@ CHROMIUM = "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else s
 if not CHROMIUM:  # pragma: no cover - depends on the machine
     pytest.skip("no Chromium (/usr/bin/chromium or chromium on PATH) to drive", allow_module_level=True)
 
-from shmooze.client import Client  # noqa: E402
+from shmooze.client import Client, ShmoozeError  # noqa: E402
 from tests.helpers import ROOT, descendants, free_port, gone, start_service, wait_for, write_settings  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -382,6 +382,14 @@ def test_gateway_restart_shows_disconnect_and_resumes(page, jukebox):
     assert page.evaluate("shmooze.stats.reconnects") >= 1
 
 
+def _status(client):
+    """The queue's status, or None while it is restarting."""
+    try:
+        return client.queue.status()
+    except ShmoozeError:
+        return None
+
+
 QUEUED_UIDS = "Array.from(document.querySelectorAll('#queue li[data-uid]')).map(li => li.dataset.uid).join()"
 
 
@@ -400,14 +408,8 @@ def test_restored_queue_shows_without_a_reload(page, jukebox):
 
     os.kill(old["pid"], signal.SIGKILL)
 
-    def restored():
-        try:
-            s = client.queue.status()
-        except Exception:
-            return None
-        return s["pid"] != old["pid"] and not s["restoring"] and s
-
-    new = wait_for(restored, 60, interval=0.2, what="the queue's new worker to restore")
+    new = wait_for(lambda: (s := _status(client)) and s["pid"] != old["pid"] and not s["restoring"] and s, 60,
+                   interval=0.2, what="the queue's new worker to restore")
     assert new["epoch"] > old["change_version"]  # every version of the new instance is above the old ones
     assert [q["uid"] for q in client.queue.queue()] == uids and client.queue.bg()["uid"] == bg
     page.wait_for_function(f"endpoints.queue.version >= {new['epoch']}")
@@ -417,6 +419,28 @@ def test_restored_queue_shows_without_a_reload(page, jukebox):
                            "document.querySelector('#now-body .title').textContent === 'kept 2'")
     assert page.evaluate("window.notReloaded") is True  # the same page: no navigation, no manual reload
     client.queue.rm(uids=uids)
+
+
+def test_polling_page_is_told_to_reset_after_a_restart(page, jukebox):
+    """Without the WebSocket too: the first long poll after the queue restarted answers reset."""
+    client = jukebox["client"]
+    open_test_page(page, jukebox["url"], websocket=False, pollTimeout=5)
+    page.evaluate("""() => {
+        window.changes = [];
+        endpoints.queue.on("change", event => window.changes.push(event));
+    }""")
+    page.wait_for_function("endpoints.queue.version !== null && shmooze.connected === true")
+    uid = add_countdown(client, 120, "polled")
+    page.wait_for_function(f"window.changes.some(c => c.events.some(e => e.uid === {json.dumps(uid)}))")
+    old = client.queue.status()
+    wait_for(lambda: client.queue.status()["journal"]["pending"] == 0, 10)
+    os.kill(old["pid"], signal.SIGKILL)
+    page.wait_for_function("window.changes.some(c => c.reset === true)", timeout=60_000)
+    reset = next(c for c in page.evaluate("window.changes") if c.get("reset"))
+    assert reset["version"] > old["change_version"]
+    new = wait_for(lambda: (s := _status(client)) and s["pid"] != old["pid"] and not s["restoring"] and s, 60)
+    assert [q["uid"] for q in client.queue.queue()] == [uid]
+    client.queue.rm(uids=[uid])
 
 
 def test_screenshot_with_items_queued(page, jukebox):
