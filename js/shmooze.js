@@ -306,8 +306,26 @@
     });
   };
 
+  /* A random client key: a command that starts a module carries one, so that a retry never starts two. */
+  function clientKey() {
+    var bytes = new Uint8Array(12);
+    if (global.crypto && global.crypto.getRandomValues) global.crypto.getRandomValues(bytes);
+    else for (var i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+    return Array.prototype.map.call(bytes, function (b) { return (b + 256).toString(16).slice(1); }).join("");
+  }
+
+  function withKey(data) {
+    var args = data && data.args;
+    if (!data || (data.cmd !== "add" && data.cmd !== "set_bg") || !args || typeof args.type !== "string" ||
+        args.key !== undefined) return data;
+    var copy = {};
+    Object.keys(args).forEach(function (k) { copy[k] = args[k]; });
+    copy.key = clientKey();
+    return {cmd: data.cmd, args: copy};
+  }
+
   Endpoint.prototype._enqueue = function (data, onResult, onError) {
-    var item = {data: data, onResult: onResult, onError: onError};
+    var item = {data: withKey(data), onResult: onResult, onError: onError};
     var promise = new Promise(function (resolve, reject) { item.resolve = resolve; item.reject = reject; });
     promise.catch(function () {}); // callers may use callbacks only
     return {item: item, promise: promise};

@@ -560,6 +560,10 @@ class JSONParentPoller(ParentConnection):
     def __init__(self, *args: object, **kwargs: object) -> None:
         self._timers = []
         self._exit_requested = False
+        #: None, or (for a module started again after its service restarted) what the service
+        #: remembered: ``{"uid": ..., "parameters": {...}}``, its last parameters. Set before
+        #: the ``init`` handler runs; ``init`` gets the same arguments either way.
+        self.restore_info = None
         super(JSONParentPoller, self).__init__(*args, **kwargs)
 
     # -- dispatch -------------------------------------------------------
@@ -625,6 +629,8 @@ class JSONParentPoller(ParentConnection):
                 answer = {"success": False, "error": "malformed command: missing \"cmd\""}
             else:
                 cmd = req["cmd"]
+                if cmd == "init" and isinstance(req.get("restored"), dict):
+                    self.restore_info = req["restored"]
                 args = req.get("args")
                 if args is None:
                     args = {}

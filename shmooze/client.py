@@ -9,6 +9,11 @@
         b = batch.bg()
     q.result, b.result
 
+``add`` and ``set_bg`` of a queue or pool (calls that name a module ``type``) carry a
+client ``key``, made up per call unless given: if the answer is lost (a timeout, a
+dropped connection), the call is sent once more with the same key, and the service
+answers the first result instead of starting a second module.
+
 Every call has a timeout. Errors raise :class:`~shmooze.errors.ShmoozeError`
 subclasses: :class:`ServiceError` (the command failed), :class:`TransportError`
 (no answer: connection refused, HTTP error) and its subclass :class:`Timeout`.
@@ -17,6 +22,7 @@ subclasses: :class:`ServiceError` (the command failed), :class:`TransportError`
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 from typing import Any, Iterator
 from urllib.parse import urlsplit
@@ -26,6 +32,8 @@ import requests
 from shmooze.errors import ServiceError, ShmoozeError, Timeout, TransportError
 
 DEFAULT_TIMEOUT = 10.0
+#: Commands that start a module: they carry a client key, so that a retry never starts two.
+KEYED = frozenset({"add", "set_bg"})
 
 __all__ = ["Client", "ServiceClient", "Batch", "ShmoozeError", "ServiceError", "TransportError", "Timeout"]
 
@@ -121,9 +129,21 @@ class ServiceClient:
         self._transport = transport or _Transport(timeout, token, None)
 
     def call(self, cmd: str, args: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
-        """Run one command; return its result or raise :class:`ServiceError`."""
-        payload = {"cmd": cmd, "args": args or {}}
-        return _result(self._transport.post(self.url, payload, timeout), self.name, cmd)
+        """Run one command; return its result or raise :class:`ServiceError`.
+
+        ``add`` / ``set_bg`` with a ``type`` get a client key and are sent again once, with the same
+        key, when no answer came back."""
+        args = with_key(cmd, args or {})
+        payload = {"cmd": cmd, "args": args}
+        if cmd not in KEYED or "key" not in args:
+            return _result(self._transport.post(self.url, payload, timeout), self.name, cmd)
+        try:
+            answer = self._transport.post(self.url, payload, timeout)
+        except TransportError as exc:
+            if exc.status is not None and exc.status not in (502, 503, 504):
+                raise
+            answer = self._transport.post(self.url, payload, timeout)  # same key: never a second module
+        return _result(answer, self.name, cmd)
 
     def batch(self) -> Batch:
         return Batch(self)
@@ -137,6 +157,13 @@ class ServiceClient:
 
         command.__name__ = cmd
         return command
+
+
+def with_key(cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` with a fresh client key when ``cmd`` starts a module and has none yet."""
+    if cmd in KEYED and isinstance(args.get("type"), str) and "key" not in args:
+        return {**args, "key": secrets.token_urlsafe(12)}
+    return args
 
 
 class Pending:
@@ -166,7 +193,7 @@ class Batch:
         self.items: list[Pending] = []
 
     def add(self, cmd: str, args: dict[str, Any] | None = None) -> Pending:
-        item = Pending(cmd, args or {})
+        item = Pending(cmd, with_key(cmd, args or {}))
         self.items.append(item)
         return item
 

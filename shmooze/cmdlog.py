@@ -3,6 +3,12 @@
 Writes never slow a command down: :meth:`CommandLog.record` puts the row on an
 in-memory queue and returns; one writer thread inserts what has gathered in one
 transaction. Applications read history with :meth:`CommandLog.history`.
+
+The log stays small: the writer deletes rows older than ``max_age`` seconds and,
+when the rows take more than ``max_bytes``, the oldest ones, checking after every
+``prune_every`` rows and at least once a minute. Services record client commands
+and modules leaving; modules' parameter updates only when asked (see
+:class:`shmooze.host.ModuleHost`).
 """
 
 from __future__ import annotations
@@ -32,21 +38,30 @@ CREATE TABLE IF NOT EXISTS log (
 );
 CREATE INDEX IF NOT EXISTS log_cmd_time ON log (cmd, time);
 CREATE INDEX IF NOT EXISTS log_uid ON log (uid);
+CREATE INDEX IF NOT EXISTS log_time ON log (time);
 """
 
 _STOP = object()
 
 
 class CommandLog:
-    """An append-only SQLite log, written by a background thread."""
+    """An append-only SQLite log, written by a background thread, pruned by age and size."""
 
-    def __init__(self, path: str, service: str):
+    def __init__(self, path: str, service: str, max_age: float = 7 * 86400, max_bytes: int = 100_000_000,
+                 prune_every: int = 10_000):
         self.path = path
         self.service = service
+        self.max_age = max_age
+        self.max_bytes = max_bytes
+        self.prune_every = prune_every
+        self.pruned = 0
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
-        with self._connect() as db:
+        db = self._connect(auto_vacuum=True)
+        try:
             db.executescript(SCHEMA)
+        finally:
+            db.close()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._written = threading.Condition()
         self._enqueued = 0
@@ -55,8 +70,10 @@ class CommandLog:
         self._thread = threading.Thread(target=self._writer, name=f"{service}-cmdlog", daemon=True)
         self._thread.start()
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, auto_vacuum: bool = False) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+        if auto_vacuum:  # takes effect on a new file only (before WAL): then pruning shrinks the file
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         return db
@@ -74,11 +91,40 @@ class CommandLog:
             self._enqueued += 1
         self._queue.put(row)
 
+    def prune(self, db: sqlite3.Connection) -> int:
+        """Delete rows past the age limit, then the oldest rows while the rest take more than ``max_bytes``."""
+        deleted = db.execute("DELETE FROM log WHERE time < ?", (time.time() - self.max_age,)).rowcount
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        used = (db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0])
+        used *= page_size
+        if used > self.max_bytes:
+            rows = db.execute("SELECT COUNT(*) FROM log").fetchone()[0]
+            drop = max(1, int(rows * (1 - 0.8 * self.max_bytes / used)))  # down to 80 %: room before the next
+            deleted += db.execute("DELETE FROM log WHERE id IN (SELECT id FROM log ORDER BY id LIMIT ?)",
+                                  (drop,)).rowcount
+        if deleted:
+            db.executescript("PRAGMA incremental_vacuum;")  # (execute() would free one page only)
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the file shrinks at the checkpoint
+            self.pruned += deleted
+            log.info("command log %s: pruned %d old row(s)", self.path, deleted)
+        return deleted
+
     def _writer(self) -> None:
         db = self._connect()
+        since_prune = 0
+        next_prune = 0.0
         try:
             while True:
-                first = self._queue.get()
+                if since_prune >= self.prune_every or time.monotonic() >= next_prune:
+                    try:
+                        self.prune(db)
+                    except sqlite3.Error:
+                        log.exception("command log %s: pruning failed", self.path)
+                    since_prune, next_prune = 0, time.monotonic() + 60
+                try:
+                    first = self._queue.get(timeout=max(0.01, next_prune - time.monotonic()))
+                except queue.Empty:
+                    continue
                 if first is _STOP:
                     return
                 rows = [first]
@@ -104,6 +150,7 @@ class CommandLog:
                         db.execute("ROLLBACK")
                     except sqlite3.Error:
                         pass
+                since_prune += len(rows)
                 with self._written:
                     self._done += len(rows)
                     self._written.notify_all()

@@ -3,6 +3,12 @@
 A service calls :meth:`ChangeLog.publish` whenever its visible state changes;
 clients ask :meth:`ChangeLog.since` for what happened after the version they
 last saw, waiting up to a timeout when nothing has yet.
+
+Versions carry the instance that handed them out: a service's versions start at
+its *epoch* (:func:`epoch_base`, from the time it started), above every version an
+earlier instance could have reached. A client from before a restart asks with a
+version below the epoch and is answered ``reset``, however high or low it was.
+Versions stay below 2**53, so JavaScript holds them exactly.
 """
 
 from __future__ import annotations
@@ -14,6 +20,17 @@ import threading
 import time
 from typing import Any
 
+#: 2024-01-01 UTC: epochs count from here, so that versions stay far below 2**53 for centuries.
+_ORIGIN = 1704067200.0
+#: Versions per millisecond of epoch: an instance would have to publish a million events a second,
+#: on average over its life, before its versions reached the next instance's epoch.
+_PER_MS = 1000
+
+
+def epoch_base(now: float | None = None) -> int:
+    """The first version of a service instance that starts now."""
+    return int(((time.time() if now is None else now) - _ORIGIN) * 1000) * _PER_MS
+
 
 #: Bytes of JSON the log keeps, and the most one answer of :meth:`ChangeLog.since` carries.
 MAX_LOG_BYTES = 8 << 20
@@ -21,14 +38,18 @@ MAX_ANSWER_BYTES = 4 << 20
 
 
 class ChangeLog:
-    """The last ``keep`` events of one service, numbered from 1, and at most ``max_bytes`` of them.
+    """The last ``keep`` events of one service, numbered from ``base + 1`` (``base``: its epoch),
+    and at most ``max_bytes`` of them.
 
-    An answer to :meth:`since` carries at most ``max_answer_bytes`` of events; a client further
-    behind than that gets ``reset: true`` (it reloads), never an answer of hundreds of MiB.
+    ``since(0)`` means "from the start of this instance": a client that knows nothing yet. An
+    answer to :meth:`since` carries at most ``max_answer_bytes`` of events; a client further behind
+    than that gets ``reset: true`` (it reloads), never an answer of hundreds of MiB.
     """
 
-    def __init__(self, keep: int = 1000, max_bytes: int = MAX_LOG_BYTES, max_answer_bytes: int = MAX_ANSWER_BYTES):
-        self.version = 0
+    def __init__(self, keep: int = 1000, base: int = 0, max_bytes: int = MAX_LOG_BYTES,
+                 max_answer_bytes: int = MAX_ANSWER_BYTES):
+        self.base = base
+        self.version = base
         self.max_bytes = max_bytes
         self.max_answer_bytes = max_answer_bytes
         self._events: collections.deque[dict[str, Any]] = collections.deque()
@@ -63,10 +84,12 @@ class ChangeLog:
         """Events after ``version``, waiting up to ``timeout`` seconds for one.
 
         The answer is ``{"version": V, "events": [...]}``; ``"reset": true`` says
-        that events were dropped (the client was too far behind, or the service
-        restarted and its versions started again), so the client should reload.
+        that events were dropped (the client was too far behind, or its version
+        comes from another instance of the service), so the client should reload.
         """
         deadline = time.monotonic() + max(0.0, timeout)
+        if version == 0:
+            version = self.base
         with self._cond:
             while self.version == version and not self._closed:
                 remaining = deadline - time.monotonic()

@@ -15,11 +15,13 @@ import logging
 import os
 import secrets
 import threading
-from typing import Any, Iterable
+import time
+from typing import Any, Callable, Iterable
 
 from shmooze import procutil
 from shmooze.errors import CommandError
 from shmooze.ioloop import IOLoop
+from shmooze.journal import Entry, Journal
 from shmooze.module import ModuleBroken, ModuleError, ModuleProcess
 from shmooze.moduletype import ModuleType
 from shmooze.service import Service
@@ -28,16 +30,51 @@ from shmooze.watchdog import OWNER_VAR, Watchdog
 log = logging.getLogger(__name__)
 
 
+class _KeySlot:
+    """The first answer to a client key (see :meth:`ModuleHost._once`)."""
+
+    def __init__(self, result: Any = None, expires: float = float("inf")):
+        self.done = threading.Event()
+        self.result = result
+        self.expires = expires
+        if result is not None:
+            self.done.set()
+
+
 class ModuleHost(Service):
-    """A service that starts, commands and stops module processes."""
+    """A service that starts, commands and stops module processes.
+
+    ``journal`` (a path or a :class:`~shmooze.journal.Journal`): where the service keeps
+    what it needs to restore its modules after a restart; :meth:`start` restores from it
+    in the background. ``restore_hook(entry) -> bool`` decides per module whether it is
+    restored (``entry``: uid, type, args, kind, parameters). ``key_window``: seconds for
+    which a repeated client ``key`` of ``add`` / ``set_bg`` gets the first answer.
+    ``log_module_updates``: every module's parameter updates go to the command log.
+    """
+
+    _NOT_COMMANDS = Service._NOT_COMMANDS | {"after_restore", "journal", "restore_hook"}
 
     def __init__(self, modules: Iterable[ModuleType], *, max_modules: int = 1000, max_line: int = 1 << 20,
-                 keep_ended: int = 100):
+                 keep_ended: int = 100, journal: str | Journal | None = None,
+                 restore_hook: Callable[[Entry], bool] | None = None, restore_concurrency: int = 8,
+                 key_window: float = 600.0, log_module_updates: bool = False):
         super().__init__()
         self.types = _by_name(modules, "module")
         self.max_modules = max_modules
         self.max_line = max_line
         self.command_log: Any = None  # set by the application (see shmooze.cmdlog)
+        self.journal: Journal | None = None  # set from settings by shmooze.serve, or given here
+        self._journal_path = journal if isinstance(journal, str) else None
+        if isinstance(journal, Journal):
+            self.journal = journal
+        self.restore_hook = restore_hook
+        self.restore_concurrency = max(1, restore_concurrency)
+        self.key_window = key_window
+        self.log_module_updates = log_module_updates
+        self.restoring = False
+        self._restorer: threading.Thread | None = None
+        self._keys: dict[str, _KeySlot] = {}
+        self._keys_lock = threading.Lock()
         self._lock = threading.RLock()  # the service's lists of modules
         self._starting: dict[str, ModuleProcess] = {}
         self._stopping: dict[str, ModuleProcess] = {}
@@ -58,7 +95,13 @@ class ModuleHost(Service):
     # -- life --------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Boot, then restore the journal's modules in the background (:meth:`after_restore` follows)."""
         self._boot()
+        if self.journal is None and self._journal_path:
+            self.journal = Journal(self._journal_path, self.name)
+        self.restoring = True
+        self._restorer = threading.Thread(target=self._restore, name=f"{self.name}-restore", daemon=True)
+        self._restorer.start()
 
     def _boot(self) -> None:
         with self._boot_lock:
@@ -75,10 +118,15 @@ class ModuleHost(Service):
 
     def stop(self) -> None:
         """Stop every module through the ladder (all at once), then the guard and the I/O thread."""
+        if self.journal is not None:
+            self.journal.close()  # what the service holds now is what it restores: not its stopping
         with self._lock:
             if self._closing:
                 return
             self._closing = True
+        if self._restorer is not None:  # it sees _closing, starts nothing more and stops what it started
+            self._restorer.join(60)
+        with self._lock:
             modules = self._all_modules()
         if self._booted:
             log.info("%s stopping: %d module(s)", self.name, len(modules))
@@ -153,8 +201,11 @@ class ModuleHost(Service):
                     return module
         raise CommandError(f"no module with uid {uid!r}")
 
-    def _spawn(self, types: dict[str, ModuleType], type: str, args: dict[str, Any], kind: str) -> ModuleProcess:
-        """Start a module of one of ``types``; it is running (init answered) when this returns."""
+    def _spawn(self, types: dict[str, ModuleType], type: str, args: dict[str, Any], kind: str,
+               uid: str | None = None, restored: dict[str, Any] | None = None) -> ModuleProcess:
+        """Start a module of one of ``types``; it is running (init answered) when this returns.
+
+        ``uid`` and ``restored`` start a module again after a restart (see :meth:`_restore`)."""
         self._boot()
         mtype = types.get(type)
         if mtype is None:
@@ -164,13 +215,15 @@ class ModuleHost(Service):
                 raise CommandError(f"{self.name} is stopping")
             if len(self._all_modules()) >= self.max_modules:
                 raise CommandError(f"{self.name} already holds {self.max_modules} modules, its limit")
-            uid = self._new_uid()
+            uid = uid or self._new_uid()
+            env = {OWNER_VAR: self._token, "SHMOOZE_MODULE_UID": uid}
+            if restored is not None:
+                env["SHMOOZE_RESTORED"] = "1"
             module = ModuleProcess(mtype, uid, self.loop, on_update=self._on_update, on_gone=self._on_gone,
-                                   env={OWNER_VAR: self._token, "SHMOOZE_MODULE_UID": uid},
-                                   max_line=self.max_line, on_spawn=self._watchdog.watch)
+                                   env=env, max_line=self.max_line, on_spawn=self._watchdog.watch)
             self._starting[uid] = module
         try:
-            module.start(args)
+            module.start(args, restored)
         except CommandError:
             self._record_end(module)
             raise
@@ -183,6 +236,8 @@ class ModuleHost(Service):
         """Take modules out of place and start their stop ladders (concurrently, in the background)."""
         with self._lock:
             removed = [m for m in (self._detach(uid) for uid in uids) if m is not None]
+            if self.journal is not None:
+                self.journal.removed([m.uid for m in removed])
         return [self._retire(m, reason, send_rm) for m in removed]
 
     def _retire(self, module: ModuleProcess, reason: str, send_rm: bool) -> concurrent.futures.Future:
@@ -221,12 +276,14 @@ class ModuleHost(Service):
         self._ended.append(module.snapshot())
 
     def _on_update(self, module: ModuleProcess, cmd: str, args: dict[str, Any]) -> None:
-        """An update line from a module (I/O thread): publish it."""
+        """An update line from a module (I/O thread): publish it, journal it, log it if asked."""
         if cmd == "set_parameters":
             self.changed("parameters", uid=module.uid, set=args.get("parameters", {}))
         elif cmd == "unset_parameters":
             self.changed("parameters", uid=module.uid, unset=args.get("parameters", []))
-        if self.command_log is not None:
+        if self.journal is not None and cmd != "rm":
+            self.journal.parameters(module.uid, module.get_parameters)
+        if self.command_log is not None and (cmd == "rm" or self.log_module_updates or module.type.log_updates):
             self.command_log.record("module-update", module.uid, {"cmd": cmd, "args": args}, None,
                                     module.type.name)
 
@@ -264,13 +321,20 @@ class ModuleHost(Service):
 
     # -- shared commands ---------------------------------------------------------------
 
-    def add(self, type: str, args: dict = {}) -> dict:  # noqa: B006 - never mutated
-        """Start a module of a type; answers ``{"uid": UID}`` once the module answered ``init``."""
+    def add(self, type: str, args: dict = {}, key: str | None = None) -> dict:  # noqa: B006 - never mutated
+        """Start a module of a type; answers ``{"uid": UID}`` once the module answered ``init``.
+
+        ``key``: a client's name for this request; a repeat within the key window gets the first answer."""
+        return self._once(key, lambda: self._add(type, args, key))
+
+    def _add(self, type: str, args: dict[str, Any], key: str | None) -> dict:
         module = self._spawn(self.types, type, args, "module")
         with self._lock:
             closing = self._closing
             if not closing:
                 self._attach(module)
+                if self.journal is not None:
+                    self.journal.added(module.uid, type, args, "module", key, module.get_parameters)
         if closing:
             self._finish(module, "service stopping", True)
             raise CommandError(f"{self.name} is stopping")
@@ -309,8 +373,126 @@ class ModuleHost(Service):
             modules = [m.snapshot() for m in self._all_modules()]
             stopping = [m.snapshot() for m in self._stopping.values()]
         info.update(modules=modules, stopping=stopping, ended=list(self._ended),
-                    types=sorted(self.types), watchdog_pid=self._watchdog.proc.pid if self._watchdog else None)
+                    types=sorted(self.types), watchdog_pid=self._watchdog.proc.pid if self._watchdog else None,
+                    restoring=self.restoring, journal=self.journal.status() if self.journal else None)
         return info
+
+    # -- client keys -----------------------------------------------------------------------
+
+    def _once(self, key: str | None, run: Callable[[], dict]) -> dict:
+        """Run ``run`` once per client key: a repeat (a retry) within the window gets the first answer,
+        waiting for it if the first is still starting its module. A failed first attempt is forgotten."""
+        if key is None:
+            return run()
+        if not 0 < len(key) <= 200:
+            raise CommandError("key must be a string of 1 to 200 characters")
+        while True:
+            with self._keys_lock:
+                now = time.monotonic()
+                for old in [k for k, slot in self._keys.items() if slot.expires < now]:
+                    del self._keys[old]
+                slot = self._keys.get(key)
+                if slot is None:
+                    slot = self._keys[key] = _KeySlot()
+                    break
+            if not slot.done.wait(120):
+                raise CommandError("the first command with this key is still running")
+            if slot.result is not None:
+                return slot.result
+        try:
+            result = run()
+        except BaseException:
+            with self._keys_lock:
+                self._keys.pop(key, None)
+            slot.done.set()
+            raise
+        slot.result, slot.expires = result, time.monotonic() + self.key_window
+        slot.done.set()
+        return result
+
+    # -- restoring after a restart ---------------------------------------------------------
+
+    def after_restore(self) -> None:
+        """Called once the journal's modules are back (at once when there was nothing to restore).
+        Applications override it, e.g. to set a default background only when none was restored."""
+
+    def _place_restored(self, modules: list[ModuleProcess], background: ModuleProcess | None) -> list[ModuleProcess]:
+        """Put restored modules in place, before anything added meanwhile (called with the lock held);
+        return those that found no place."""
+        raise NotImplementedError
+
+    def _restore(self) -> None:
+        try:
+            entries = self.journal.recovered if self.journal is not None else []
+            if entries:
+                self._restore_entries(entries)
+        except Exception:
+            log.exception("%s: restoring from the journal failed", self.name)
+        finally:
+            self.restoring = False
+        if self._closing:
+            return
+        try:
+            self.after_restore()
+        except Exception:
+            log.exception("%s: after_restore failed", self.name)
+
+    def _restore_entries(self, entries: list[Entry]) -> None:
+        tables = {"module": self.types, "background": getattr(self, "backgrounds", {})}
+        wanted, dropped = [], []
+        for entry in entries:
+            mtype = tables.get(entry.get("kind"), {}).get(entry.get("type"))
+            if mtype is None:
+                why = f"no {entry.get('kind')} type {entry.get('type')!r} any more"
+            elif not mtype.restore:
+                why = f"type {mtype.name!r} is not restored (restore=False)"
+            elif self.restore_hook is not None and not self.restore_hook(dict(entry)):
+                why = "the application's restore hook declined it"
+            else:
+                wanted.append((entry, mtype))
+                continue
+            log.info("%s: not restoring module %s: %s", self.name, entry.get("uid"), why)
+            dropped.append(entry["uid"])
+        log.info("%s: restoring %d module(s) from %s", self.name, len(wanted), self.journal.path)
+        started: list[tuple[Entry, ModuleProcess]] = []
+        with concurrent.futures.ThreadPoolExecutor(self.restore_concurrency,
+                                                   thread_name_prefix=f"{self.name}-restore") as pool:
+            futures = [pool.submit(self._spawn, tables[e["kind"]], e["type"], e.get("args", {}), e["kind"],
+                                   e["uid"], {"uid": e["uid"], "parameters": e.get("parameters", {})})
+                       for e, _ in wanted]
+            for (entry, _), future in zip(wanted, futures):
+                try:
+                    started.append((entry, future.result()))
+                except CommandError as exc:
+                    log.warning("%s: module %s (%s) could not be restored: %s", self.name, entry["uid"],
+                                entry["type"], exc)
+                    dropped.append(entry["uid"])
+        modules = [m for e, m in started if e["kind"] == "module"]
+        backgrounds = [m for e, m in started if e["kind"] == "background"]
+        with self._lock:
+            if self.journal is not None:
+                self.journal.removed(dropped)
+            if self._closing:
+                unplaced = modules + backgrounds
+            else:
+                unplaced = self._place_restored(modules, backgrounds[-1] if backgrounds else None)
+                unplaced += backgrounds[:-1]
+        now, wall = time.monotonic(), time.time()
+        with self._keys_lock:
+            for entry, module in started:
+                left = self.key_window - (wall - entry.get("time", 0))
+                if entry.get("key") and left > 0 and module not in unplaced:
+                    self._keys.setdefault(entry["key"], _KeySlot({"uid": module.uid}, now + left))
+        for module in unplaced:  # in this thread: stop() waits for it
+            self._finish(module, "service stopping" if self._closing else "not placed after restore", True)
+        if self._closing:
+            return
+        placed = [m for _, m in started if m not in unplaced]
+        self.changed("restored", uids=[m.uid for m in placed])
+        log.info("%s: restored %d module(s)", self.name, len(placed))
+        for module in placed:
+            self._remove_if_left(module)
+        self._after_change()
 
     def _log_command(self, cmd: str, args: dict[str, Any], result: Any = None, uid: str | None = None,
                      type: str | None = None) -> None:

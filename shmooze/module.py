@@ -122,12 +122,17 @@ class ModuleProcess:
 
     # -- start -----------------------------------------------------------------------
 
-    def start(self, args: dict[str, Any]) -> None:
-        """Spawn, wait for both connections, send ``init``; on any failure stop and raise."""
+    def start(self, args: dict[str, Any], restored: dict[str, Any] | None = None) -> None:
+        """Spawn, wait for both connections, send ``init``; on any failure stop and raise.
+
+        ``restored`` (a module started again after a restart) goes beside ``args`` in the
+        ``init`` line, as ``"restored"``: modules that do not look for it see the same ``init``.
+        """
         try:
             self._spawn_and_connect()
             self._advance(State.STARTING, State.INITIALIZING)
-            self.call("init", args, timeout=self.type.init_timeout or self.type.command_timeout, starting=True)
+            self.call("init", args, timeout=self.type.init_timeout or self.type.command_timeout, starting=True,
+                      extra=None if restored is None else {"restored": restored})
             self._advance(State.INITIALIZING, State.RUNNING)
         except CommandError as exc:
             self.start_failed = True
@@ -324,7 +329,7 @@ class ModuleProcess:
     # -- the command stream ----------------------------------------------------------
 
     def call(self, cmd: str, args: dict[str, Any] | None = None, timeout: float | None = None,
-             starting: bool = False) -> Any:
+             starting: bool = False, extra: dict[str, Any] | None = None) -> Any:
         """Send one command and wait for its answer.
 
         Raises :class:`ModuleError` when the module answered ``success: false`` and
@@ -333,7 +338,7 @@ class ModuleProcess:
         if not starting and self.state is not State.RUNNING:
             raise ModuleBroken(f"module {self.uid} is {self.state.value}")
         limit = self.type.command_timeout if timeout is None else timeout
-        line = protocol.encode_line(protocol.Command(cmd, args or {}).to_json())
+        line = protocol.encode_line({**protocol.Command(cmd, args or {}).to_json(), **(extra or {})})
         with self._cmd_lock:
             sock = self._cmd_sock
             if sock is None:

@@ -20,6 +20,10 @@ class ModuleType:
     ``command_timeout`` for each answer on the command stream (``init_timeout`` for
     ``init``), then the stop ladder: ``rm_timeout`` to exit after ``rm`` and closed
     streams, ``term_timeout`` to exit after SIGTERM, before SIGKILL.
+
+    ``restore=False``: after a restart of its service, a module of this type is not
+    started again (a countdown, say). ``log_updates=True``: its parameter updates go
+    to the command log (by default they do not).
     """
 
     name: str
@@ -32,6 +36,8 @@ class ModuleType:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
     description: str = ""
+    restore: bool = True
+    log_updates: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):

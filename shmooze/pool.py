@@ -25,6 +25,10 @@ class Pool(ModuleHost):
     def _detach(self, uid: str) -> ModuleProcess | None:
         return self._pool.pop(uid, None)
 
+    def _place_restored(self, modules: list[ModuleProcess], background: ModuleProcess | None) -> list[ModuleProcess]:
+        self._pool = {**{m.uid: m for m in modules}, **self._pool}
+        return [background] if background is not None else []
+
     def _orders(self) -> list[tuple[ModuleProcess, str]]:
         return [(m, "play") for m in self._pool.values() if m.told != "play"]
 

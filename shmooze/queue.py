@@ -81,13 +81,27 @@ class Queue(ModuleHost):
         """Names of the background types."""
         return sorted(self.backgrounds)
 
-    def set_bg(self, type: str, args: dict = {}) -> dict:  # noqa: B006 - never mutated
-        """Start a background; the old one is stopped."""
+    def _place_restored(self, modules: list[ModuleProcess], background: ModuleProcess | None) -> list[ModuleProcess]:
+        self._queue = modules + self._queue
+        if background is None:
+            return []
+        if self._bg is not None:  # a background was set while restoring: it stays
+            return [background]
+        self._bg = background
+        return []
+
+    def set_bg(self, type: str, args: dict = {}, key: str | None = None) -> dict:  # noqa: B006 - never mutated
+        """Start a background; the old one is stopped. ``key``: as for ``add``."""
+        return self._once(key, lambda: self._set_bg(type, args, key))
+
+    def _set_bg(self, type: str, args: dict[str, Any], key: str | None) -> dict:
         module = self._spawn(self.backgrounds, type, args, "background")
         with self._lock:
             closing = self._closing
             if not closing:
                 old, self._bg = self._bg, module
+                if self.journal is not None:
+                    self.journal.added(module.uid, type, args, "background", key, module.get_parameters)
         if closing:
             self._finish(module, "service stopping", True)
             raise CommandError(f"{self.name} is stopping")
@@ -110,6 +124,8 @@ class Queue(ModuleHost):
                     first.append(module)
             self._queue = first + [m for m in self._queue if m.uid in by_uid]
             order = [m.uid for m in self._queue]
+            if self.journal is not None:
+                self.journal.ordered(order)
         self.changed("moved", order=order)
         self._log_command("mv", {"uids": uids})
         self._after_change()

@@ -91,7 +91,18 @@ def build_service(settings: Settings, name: str) -> Any:
     if log_path and hasattr(service, "command_log") and service.command_log is None:
         from shmooze.cmdlog import CommandLog
 
-        service.command_log = CommandLog(log_path, name)
+        service.command_log = CommandLog(log_path, name, max_age=float(settings.get("log_max_age_days", 7)) * 86400,
+                                         max_bytes=int(settings.get("log_max_bytes", 100_000_000)))
+    if settings.get("log_module_updates") and hasattr(service, "log_module_updates"):
+        service.log_module_updates = True
+    if hasattr(service, "journal") and service.journal is None and not getattr(service, "_journal_path", None):
+        from shmooze.journal import journal_file
+
+        path = journal_file(settings, name)
+        if path:
+            service._journal_path = path  # opened (read, then restored from) when the service starts
+        else:
+            log.info("%s keeps no journal: its modules are not restored after a restart", name)
     return service
 
 

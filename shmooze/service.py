@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from shmooze import __version__, protocol
 from shmooze.errors import CommandError
-from shmooze.events import ChangeLog
+from shmooze.events import ChangeLog, epoch_base
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class Service:
     read_only_commands: frozenset[str] = READ_ONLY_COMMANDS
 
     def __init__(self) -> None:
-        self.events = ChangeLog()
+        self.events = ChangeLog(base=epoch_base())
         self.started_at = time.time()
         self._started_mono = time.monotonic()
         self._commands = self._collect_commands()
@@ -239,6 +239,7 @@ class Service:
             "uptime": round(time.monotonic() - self._started_mono, 3),
             "version": __version__,
             "change_version": self.events.version,
+            "epoch": self.events.base,
         }
 
     def changes(self, since: int = 0, timeout: float = 0.0) -> dict[str, Any]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -17,6 +20,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(ROOT), str(ROOT / "pymodule"), str(ROOT / "examples"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
 from shmooze import procutil  # noqa: E402
+
+# Services that find no journal folder in their settings default to $XDG_STATE_HOME: not the user's.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="shmooze-test-state-")
+atexit.register(shutil.rmtree, os.environ["XDG_STATE_HOME"], True)
 
 procutil.become_subreaper()
 

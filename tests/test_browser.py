@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -25,7 +26,7 @@ CHROMIUM = "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else s
 if not CHROMIUM:  # pragma: no cover - depends on the machine
     pytest.skip("no Chromium (/usr/bin/chromium or chromium on PATH) to drive", allow_module_level=True)
 
-from shmooze.client import Client  # noqa: E402
+from shmooze.client import Client, ShmoozeError  # noqa: E402
 from tests.helpers import ROOT, descendants, free_port, gone, start_service, wait_for, write_settings  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -219,7 +220,8 @@ def test_add_from_the_page(page, jukebox):
     # Commands from the page go over the WebSocket, not HTTP.
     add = [m for m in page.net.sent if isinstance(m, dict) and m.get("service") == "queue"
            and any(c.get("cmd") == "add" for c in m.get("batch", [m]))]
-    assert len(add) == 1 and add[0]["batch"][0]["args"] == {"type": "text", "args": {"text": text}}
+    sent = dict(add[0]["batch"][0]["args"]) if len(add) == 1 else {}
+    assert sent.pop("key", "") and sent == {"type": "text", "args": {"text": text}}  # with a client key
 
 
 def test_parameter_changes_are_pushed_without_polling(page, jukebox):
@@ -378,6 +380,67 @@ def test_gateway_restart_shows_disconnect_and_resumes(page, jukebox):
     seen = wait_for_remaining_changes(page, 3)
     assert len(set(seen)) >= 3
     assert page.evaluate("shmooze.stats.reconnects") >= 1
+
+
+def _status(client):
+    """The queue's status, or None while it is restarting."""
+    try:
+        return client.queue.status()
+    except ShmoozeError:
+        return None
+
+
+QUEUED_UIDS = "Array.from(document.querySelectorAll('#queue li[data-uid]')).map(li => li.dataset.uid).join()"
+
+
+def test_restored_queue_shows_without_a_reload(page, jukebox):
+    """SIGKILL of the queue's worker: the open page shows the restored queue by itself (issue 12)."""
+    client = jukebox["client"]
+    open_demo(page, jukebox["url"])
+    uids = [add_countdown(client, 120, f"kept {i}") for i in range(3)]
+    client.queue.mv(uids=[uids[2]])
+    uids = [uids[2], uids[0], uids[1]]
+    page.wait_for_function(f"{QUEUED_UIDS} === {json.dumps(','.join(uids))}")
+    page.evaluate("window.notReloaded = true")
+    bg = client.queue.bg()["uid"]
+    assert page.get_attribute("#bg", "data-uid") == bg
+    old = wait_for(lambda: (s := client.queue.status()) and s["journal"]["pending"] == 0 and s, 10)
+
+    os.kill(old["pid"], signal.SIGKILL)
+
+    new = wait_for(lambda: (s := _status(client)) and s["pid"] != old["pid"] and not s["restoring"] and s, 60,
+                   interval=0.2, what="the queue's new worker to restore")
+    assert new["epoch"] > old["change_version"]  # every version of the new instance is above the old ones
+    assert [q["uid"] for q in client.queue.queue()] == uids and client.queue.bg()["uid"] == bg
+    page.wait_for_function(f"endpoints.queue.version >= {new['epoch']}")
+    page.wait_for_function(f"{QUEUED_UIDS} === {json.dumps(','.join(uids))} && "
+                           f"document.getElementById('bg').dataset.uid === {json.dumps(bg)}")
+    page.wait_for_function("document.querySelector('#now-body .title') && "
+                           "document.querySelector('#now-body .title').textContent === 'kept 2'")
+    assert page.evaluate("window.notReloaded") is True  # the same page: no navigation, no manual reload
+    client.queue.rm(uids=uids)
+
+
+def test_polling_page_is_told_to_reset_after_a_restart(page, jukebox):
+    """Without the WebSocket too: the first long poll after the queue restarted answers reset."""
+    client = jukebox["client"]
+    open_test_page(page, jukebox["url"], websocket=False, pollTimeout=5)
+    page.evaluate("""() => {
+        window.changes = [];
+        endpoints.queue.on("change", event => window.changes.push(event));
+    }""")
+    page.wait_for_function("endpoints.queue.version !== null && shmooze.connected === true")
+    uid = add_countdown(client, 120, "polled")
+    page.wait_for_function(f"window.changes.some(c => c.events.some(e => e.uid === {json.dumps(uid)}))")
+    old = client.queue.status()
+    wait_for(lambda: client.queue.status()["journal"]["pending"] == 0, 10)
+    os.kill(old["pid"], signal.SIGKILL)
+    page.wait_for_function("window.changes.some(c => c.reset === true)", timeout=60_000)
+    reset = next(c for c in page.evaluate("window.changes") if c.get("reset"))
+    assert reset["version"] > old["change_version"]
+    new = wait_for(lambda: (s := _status(client)) and s["pid"] != old["pid"] and not s["restoring"] and s, 60)
+    assert [q["uid"] for q in client.queue.queue()] == [uid]
+    client.queue.rm(uids=[uid])
 
 
 def test_screenshot_with_items_queued(page, jukebox):

@@ -1,7 +1,9 @@
 """The command log in SQLite: what a scripted session leaves in it, and the history command."""
 
 import json
+import os
 import sqlite3
+import time
 
 from shmooze.cmdlog import CommandLog
 from shmooze.protocol import Command
@@ -35,7 +37,8 @@ def test_record_is_queued_and_flushed(tmp_path):
 
 def test_scripted_session(tmp_path):
     path = str(tmp_path / "log.db")
-    q = Queue(TYPES, backgrounds=[python_module("bg", MISBEHAVE, "--record", rm_timeout=0.5, term_timeout=0.5)])
+    q = Queue(TYPES, backgrounds=[python_module("bg", MISBEHAVE, "--record", rm_timeout=0.5, term_timeout=0.5)],
+              log_module_updates=True)
     q.command_log = CommandLog(path, "queue")
     q.start()
     try:
@@ -74,3 +77,48 @@ def test_history_without_a_log_is_a_clear_error():
     answer = q.dispatch(Command("history"))
     assert answer["success"] is False and "log_database_path" in answer["error"]
     q.stop()
+
+
+def test_parameter_updates_are_not_logged_unless_asked(tmp_path):
+    path = str(tmp_path / "log.db")
+    logged = python_module("logged", MISBEHAVE, "--record", rm_timeout=0.5, term_timeout=0.5, log_updates=True)
+    leaver = python_module("leaver", MISBEHAVE, "--record", "--exit-after", "0.5", rm_timeout=0.5, term_timeout=0.5)
+    q = Queue([leaver, logged])
+    q.command_log = CommandLog(path, "queue")
+    q.start()
+    try:
+        quiet = q.dispatch(Command("add", {"type": "leaver"}))["result"]["uid"]  # leaves: an rm update, logged
+        loud = q.dispatch(Command("add", {"type": "logged"}))["result"]["uid"]
+        deadline = time.monotonic() + 10
+        while q.dispatch(Command("queue"))["result"] != [{"uid": loud, "type": "logged"}]:
+            assert time.monotonic() < deadline, "the module that left is still in the queue"
+            time.sleep(0.02)
+    finally:
+        q.stop()
+    updates = [(uid, cmd, json.loads(inp)["cmd"]) for ns, uid, ty, cmd, inp, _ in rows(path) if ns == "module-update"]
+    assert (loud, "set_parameters", "set_parameters") in updates
+    assert all(uid != quiet for uid, cmd, _ in updates if cmd == "set_parameters")
+    assert (quiet, "rm", "rm") in updates
+
+
+def test_retention_by_age_and_size(tmp_path):
+    path = str(tmp_path / "log.db")
+    clog = CommandLog(path, "queue", max_age=3600, max_bytes=300_000)
+    for i in range(200):
+        clog.record("client-queue", str(i), {"cmd": "add", "args": {"n": i}}, None)
+    assert clog.flush()
+    db = sqlite3.connect(path, isolation_level=None)  # autocommit, like the writer's own connection
+    db.execute("UPDATE log SET time = time - 7200 WHERE CAST(uid AS INTEGER) < 150")  # two hours old
+    assert clog.prune(db) == 150
+    assert sorted(int(r[0]) for r in db.execute("SELECT uid FROM log")) == list(range(150, 200))
+    for i in range(200, 6200):  # ~ 2 MB of rows, past the size limit
+        clog.record("client-queue", str(i), {"cmd": "add", "args": {"text": "x" * 300, "n": i}}, None)
+    assert clog.flush()
+    clog.prune(db)
+    used = (db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0])
+    assert used * db.execute("PRAGMA page_size").fetchone()[0] <= 300_000
+    newest = db.execute("SELECT MAX(CAST(uid AS INTEGER)), COUNT(*) FROM log").fetchone()
+    assert newest[0] == 6199 and 100 < newest[1] < 1000  # the oldest went, the newest stayed
+    assert os.path.getsize(path) < 1_000_000  # the file itself shrank (incremental vacuum)
+    db.close()
+    clog.close()

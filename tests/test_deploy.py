@@ -65,8 +65,9 @@ def test_run_status_restart_stop(tmp_path):
         stopped = f"module {uid} (good, pid {module_pid}) stopped: rm (service stopping)"
         wait_for(lambda: stopped in (tmp_path / "run" / "logs" / "queue.log").read_text(), 10,
                  what="the ladder's line in the queue's log")
-        new = wait_for(lambda: client.queue.status(), 20)
-        assert new["pid"] != old_pid and new["modules"] == []
+        new = wait_for(lambda: (s := client.queue.status()) and not s["restoring"] and s, 20)
+        assert new["pid"] != old_pid and [m["uid"] for m in new["modules"]] == [uid]  # restored (issue 12)
+        assert new["modules"][0]["pid"] != module_pid
 
         pids = run.remember_descendants()
         out = shmooze("stop", "--settings", str(path))

@@ -66,8 +66,9 @@ class ClientLoop:
 def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
     ports = {"wsgi": free_port(), "queue": free_port()}
+    # journal off: these tests are about what clients see; restoring after a kill is tests/test_restore_live.py
     path = write_settings(tmp / "settings.json", ports=ports, services={"queue": "tests.apps:make_queue"},
-                          gateway_workers=2, forward_timeout=CLIENT_TIMEOUT)
+                          gateway_workers=2, forward_timeout=CLIENT_TIMEOUT, journal=False)
     queue = start_service(path, "queue", tmp)
     gateway = start_service(path, "wsgi", tmp)
     try:

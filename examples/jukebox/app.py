@@ -28,11 +28,11 @@ LIGHT_TYPES = [python_module("blinker", str(MODULES / "blinker.py"), description
 
 
 class Jukebox(Queue):
-    """The queue, which starts with the clock as its background."""
+    """The queue, which starts with the clock as its background (unless a background was restored)."""
 
-    def start(self) -> None:
-        super().start()
-        self.set_bg("clock")
+    def after_restore(self) -> None:
+        if self.bg() is None:
+            self.set_bg("clock")
 
 
 def make_queue() -> Queue:

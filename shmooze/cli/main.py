@@ -2,7 +2,8 @@
 
     shmooze run [SETTINGS]                 every service under supervisord, in the foreground
     shmooze status [--json]                every service and module of the running application
-    shmooze stop                           stop it (each service stops its modules through the ladder)
+    shmooze stop [--clear]                 stop it (each service stops its modules through the ladder;
+                                           the queues and pools come back on the next run, unless --clear)
     shmooze restart [SERVICE ...]          restart some services, or all
     shmooze logs [SERVICE] [-f] [-n N]     a service's log (with its modules' output), or all of them
     shmooze serve NAME                     one service (or ``wsgi``, the gateway) in the foreground
@@ -81,10 +82,19 @@ def cmd_logs(opts: argparse.Namespace) -> int:
 
 
 def cmd_stop(opts: argparse.Namespace) -> int:
-    from shmooze import deploy
+    from shmooze import deploy, journal
 
-    pid = deploy.stop(_load_settings(opts.settings))
-    sys.stdout.write(f"shmooze: stopped (run pid {pid})\n")
+    loaded = _load_settings(opts.settings)
+    try:
+        pid = deploy.stop(loaded)
+        sys.stdout.write(f"shmooze: stopped (run pid {pid})\n")
+    except deploy.NotRunning:
+        if not opts.clear:
+            raise
+        sys.stdout.write("shmooze: not running\n")
+    if opts.clear:
+        removed = journal.clear(loaded)
+        sys.stdout.write(f"shmooze: forgot the saved modules ({len(removed)} journal(s) removed)\n")
     return 0
 
 
@@ -114,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stop", help="stop the running application")
     p.add_argument("--settings", default=None, help=settings_help)
+    p.add_argument("--clear", action="store_true",
+                   help="also forget the queues and pools (their journals): the next run starts empty")
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("restart", help="restart services (all when none is named)")

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Any
 
 EXIT_OK, EXIT_COMMAND, EXIT_USAGE = 0, 1, 2
@@ -111,11 +112,26 @@ def show_commands(described: Any, only: str | None = None) -> None:
 
 
 def watch(service: Any, interval_timeout: float) -> int:
-    """Print each change event of a service as it comes, until interrupted."""
+    """Print each change event of a service as it comes, until interrupted.
+
+    When the service restarts, watching goes on: the gap is a line on stderr, then a
+    ``reset`` line (the service's versions carry its instance, so the old one never passes).
+    """
+    from shmooze.errors import TransportError
+
     since = service.call("changes", {"since": 0, "timeout": 0})["version"]
+    pause = 0.2
     while True:
-        answer = service.call("changes", {"since": since, "timeout": interval_timeout},
-                              timeout=interval_timeout + 10)
+        try:
+            answer = service.call("changes", {"since": since, "timeout": interval_timeout},
+                                  timeout=interval_timeout + 10)
+        except TransportError as exc:
+            sys.stderr.write(f"shmz: watch: {exc}; trying again in {pause:g} s\n")
+            sys.stderr.flush()
+            time.sleep(pause)  # a pause between attempts while the service is away
+            pause = min(pause * 2, 5.0)
+            continue
+        pause = 0.2
         if answer.get("reset"):
             sys.stdout.write(json.dumps({"version": answer["version"], "kind": "reset"}) + "\n")
         for event in answer.get("events", []):

@@ -15,9 +15,13 @@ class Countdown(Module):
         if not 0 < seconds <= 24 * 3600:
             raise ValueError("seconds must be more than 0 and at most a day")
         self.remaining = seconds
+        if self.restore_info:  # the queue restarted: carry on from where this countdown was
+            last = self.restore_info.get("parameters", {}).get("remaining")
+            if isinstance(last, (int, float)) and 0 < last <= seconds:
+                self.remaining = float(last)
         self.timer = None
         self.last = None
-        self.set_parameters(label=label, seconds=seconds, remaining=round(seconds, 1), state="waiting")
+        self.set_parameters(label=label, seconds=seconds, remaining=round(self.remaining, 1), state="waiting")
 
     def on_play(self, **_: object) -> None:
         if self.timer is None:
