@@ -13,6 +13,7 @@ connections. Goal: its p99 within 3x of calm, 0 errors, 0 gateway worker restart
 from __future__ import annotations
 
 import argparse
+import os
 import http.client
 import json
 import logging
@@ -34,6 +35,7 @@ from wsproto.events import Ping, TextMessage  # noqa: E402
 
 from common import PYTHON, Proc, child_env, free_port, median, percentile, setup_logging  # noqa: E402
 from shmooze.websocket import WebSocketClient  # noqa: E402
+from tests.test_traffic import on_every_worker  # noqa: E402
 
 log = logging.getLogger("bench.attack")
 ONLY: str | None = None
@@ -86,10 +88,12 @@ def post(port: int, body: Any, conn: http.client.HTTPConnection | None = None) -
 
 
 class NormalClient:
-    """``status`` in a loop over 4 kept-alive connections; latencies are filed under the current phase."""
+    """``status`` in a loop over kept-alive connections on every gateway worker; latencies are filed
+    under the current phase."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, workers: set[int]):
         self.port = port
+        self.workers = workers
         self.phase = "calm"
         self.latencies: dict[str, list[float]] = {"calm": [], "attack": []}
         self.errors: list[str] = []
@@ -97,7 +101,12 @@ class NormalClient:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        conns = [http.client.HTTPConnection("127.0.0.1", self.port, timeout=30) for _ in range(4)]
+        def connect() -> http.client.HTTPConnection:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            conn.connect()
+            return conn
+
+        conns = on_every_worker(self.workers, connect)  # so a pinned worker would show
         i = 0
         while not self.stop.is_set():
             n = i % len(conns)
@@ -117,13 +126,16 @@ class NormalClient:
             conn.close()
 
 
-def _forever(stop: threading.Event, attack: Callable[[], None]) -> Callable[[], None]:
+def _forever(stop: threading.Event, attack: Callable[[], None], pause: float) -> Callable[[], None]:
+    """Repeat ``attack`` until ``stop``, ``pause`` seconds apart (a new connection each time for
+    most: the attack is what the connection does, not how fast connections are opened)."""
     def run() -> None:
         while not stop.is_set():
             try:
                 attack()
             except (OSError, ValueError, http.client.HTTPException):
-                stop.wait(0.05)
+                pass
+            stop.wait(pause)
     return run
 
 
@@ -141,13 +153,24 @@ def attacks(port: int, stop: threading.Event, only: str | None = None) -> list[C
 
     def ping_flood() -> None:
         ws = WebSocketClient.connect(url)
+        burst = b"".join(ws._conn.send(Ping(payload=b"p")) for _ in range(4000))  # ~40 KB of pings
+        sock = ws._sock
+
+        def read_pongs() -> None:  # as the issue's client did
+            try:
+                while sock.recv(1 << 20):
+                    pass
+            except OSError:
+                pass
+
+        reader = threading.Thread(target=read_pongs, daemon=True)
+        reader.start()
         try:
-            while not stop.is_set() and not ws.closed:
-                for _ in range(50):
-                    ws._send_event(Ping(payload=b"p"))
-                ws._read(0)
+            while not stop.is_set() and reader.is_alive():
+                sock.sendall(burst)
         finally:
-            ws.close()
+            sock.close()
+            reader.join(5)
 
     def stalled_subscriber() -> None:
         ws = WebSocketClient.connect(url)
@@ -200,11 +223,16 @@ def attacks(port: int, stop: threading.Event, only: str | None = None) -> list[C
 
     plan = [huge_body, huge_body, ping_flood, ping_flood, stalled_subscriber, stalled_subscriber, publisher,
             trickled_bodies, idle_and_fragment, bad_requests] + [slow_commands] * 12
-    return [_forever(stop, attack) for attack in plan if only is None or attack.__name__ == only]
+    return [_forever(stop, attack, 0.0 if attack in (publisher, slow_commands) else 0.2)
+            for attack in plan if only is None or attack.__name__ == only]
 
 
 def attack_for(port: int, seconds: float, only: str | None = None) -> None:
-    """The attacker process: every attack at once for ``seconds``, then stop them all."""
+    """The attacker process: every attack at once for ``seconds``, then stop them all.
+
+    It runs at nice 10: on a real deployment the attackers' CPU is not the server's.
+    """
+    os.nice(10)
     stop = threading.Event()
     threads = [threading.Thread(target=a, daemon=True) for a in attacks(port, stop, only)]
     for t in threads:
@@ -220,7 +248,7 @@ def run(phase_seconds: float, rounds: int) -> dict[str, Any]:
         port = app.ports["wsgi"]
         post(port, {"cmd": "status"})
         pids = app.gateway_workers()
-        client = NormalClient(port)
+        client = NormalClient(port, pids)
         client.thread.start()
         per_round = []
         for r in range(rounds):

@@ -54,10 +54,14 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
 
 def close_connection(start_response: Callable[..., Any]) -> None:
     """Make gunicorn close this connection after the answer instead of reading (draining) the
-    rest of the request's body; other servers are left to do as they do."""
-    force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+    rest of the request's body, or reading a next request; other servers do as they do."""
+    response = getattr(start_response, "__self__", None)
+    force_close = getattr(response, "force_close", None)
     if callable(force_close):
         force_close()
+    request = getattr(response, "req", None)
+    if request is not None and hasattr(request, "must_close"):
+        request.must_close = True  # what gevent's keep-alive loop looks at before parsing again
 
 
 def error_response(exc: HTTPException, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:

@@ -793,6 +793,9 @@ def websocket_response(
         ws.close(CLOSE_INTERNAL_ERROR, "internal error")
     finally:
         ws.close()
+    from shmooze.httpjson import close_connection
+
+    close_connection(start_response)  # what the peer sent after its last frame is not a request
     return finish_request(environ)
 
 
