@@ -347,9 +347,11 @@ def test_a_subscriber_that_stops_reading_is_dropped_without_stalling_others(app)
             ws.send(json.dumps({"id": 1, "subscribe": {"traffic": None}}))
             assert receive_json(ws)["success"]
         seen: dict[int, float] = {}
+        received = [0] * len(readers)  # bytes each reader has read
 
         def read(n: int, ws) -> None:
             while (text := ws.receive(30)) is not None:
+                received[n] += len(text)
                 if '"marker"' in text:
                     seen[n] = time.monotonic()
                     return
@@ -357,8 +359,11 @@ def test_a_subscriber_that_stops_reading_is_dropped_without_stalling_others(app)
         threads = [threading.Thread(target=read, args=(n, ws), daemon=True) for n, ws in enumerate(readers)]
         for t in threads:
             t.start()
-        for _ in range(60):  # 60 x 200 KB of events; the stalled clients never read again
+        for i in range(60):  # 60 x 200 KB of events; the stalled clients never read again
             post(app["port"], {"cmd": "publish", "args": {"count": 2, "size": 100_000}})
+            # The readers keep up (however loaded this machine is), so only the stalled clients
+            # pass the outbox bound; a reader held up by them fails this wait.
+            wait_for(lambda: min(received) >= 200_000 * (i + 1), 10, what="every reader to get the events")
         post(app["port"], {"cmd": "publish", "args": {"kind": "marker"}})
         published = time.monotonic()
         for t in threads:
