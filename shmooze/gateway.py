@@ -18,6 +18,7 @@ from werkzeug.wrappers import Request, Response
 from shmooze import protocol
 from shmooze.forward import ForwardError, ServiceProxy
 from shmooze.httpjson import JSONHTTPError, json_response, raw_json_response, read_command_body
+from shmooze.metrics import gateway_stats
 from shmooze.push import PushSession, ServiceWatcher, wait_for_changes_here
 from shmooze.settings import STATIC_DIR, Settings
 
@@ -27,7 +28,7 @@ mimetypes.add_type("text/javascript", ".mjs")
 #: Commands that change nothing: open to everyone even when an access token is set.
 OPEN_COMMANDS = frozenset({
     "queue", "bg", "pool", "status", "changes", "commands", "history", "modules_available",
-    "backgrounds_available", "ask_module", "ask_background",
+    "backgrounds_available", "ask_module", "ask_background", "metrics", "output",
 })
 
 
@@ -55,6 +56,9 @@ class Gateway:
         self.sockets: set[Any] = set()  # open WebSockets, closed with "going away" when the gateway stops
         #: Extra routes under the prefix: name -> WSGI app.
         self.routes: dict[str, Callable[..., Iterable[bytes]]] = {"ws": self.websocket}
+        from shmooze import dashboard
+
+        dashboard.add_routes(self)  # metrics and the dashboard (shmooze.dashboard)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -142,9 +146,12 @@ class Gateway:
 
         def handler(ws: Any) -> None:
             self.sockets.add(ws)
+            sessions = gateway_stats().sessions
+            sessions.inc()
             try:
                 PushSession(ws, self.proxies, self.watchers, authorize).run()
             finally:
+                sessions.dec()
                 self.sockets.discard(ws)
 
         return websocket_response(environ, start_response, handler, self.allowed_origins or None,

@@ -123,6 +123,9 @@ class Service:
         self._started_mono = time.monotonic()
         self._commands = self._collect_commands()
         self._stopped = threading.Event()
+        from shmooze.metrics import ServiceStats
+
+        self.stats = ServiceStats()  # what the metrics command hands out (shmooze.metrics)
 
     # -- life ----------------------------------------------------------------------
 
@@ -148,6 +151,14 @@ class Service:
     def changes(self, since: int = 0, timeout: float = 0.0) -> dict[str, Any]:
         """Change events after version ``since``, waiting up to ``timeout`` seconds (at most 60)."""
         return self.events.since(since, min(max(timeout, 0.0), 60.0))
+
+    def metrics(self) -> list:
+        """This service's figures for the gateway's Prometheus endpoint (see :mod:`shmooze.metrics`)."""
+        return self.stats.export(self.name, self._gauges())
+
+    def _gauges(self) -> list:
+        return [("shmooze_change_events", "Change events the service published", "counter", {},
+                 float(self.events.version))]
 
     def commands(self) -> list[str]:
         """The names of this service's commands."""
@@ -175,7 +186,14 @@ class Service:
         return table
 
     def dispatch(self, item: protocol.Item) -> dict[str, Any]:
-        """Run one parsed command and return its answer object; never raises."""
+        """Run one parsed command and return its answer object; never raises. Each is counted and timed."""
+        started = time.monotonic()
+        answer = self._dispatch(item)
+        name = getattr(item, "cmd", "(invalid)")
+        self.stats.command(name, name in self._commands, answer.get("success") is True, time.monotonic() - started)
+        return answer
+
+    def _dispatch(self, item: protocol.Item) -> dict[str, Any]:
         if isinstance(item, protocol.Invalid):
             return protocol.error(item.error)
         spec = self._commands.get(item.cmd)

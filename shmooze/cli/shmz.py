@@ -4,6 +4,7 @@
     shmz queue queue
     shmz --url http://127.0.0.1:8080/ pool add '{"type": "clock"}'
     shmz watch queue
+    shmz logs UID [-f]           what a module printed (see shmooze.cli.modlogs)
 
 Exit status: 0 on success, 1 when the command failed, 2 on a usage or connection error.
 """
@@ -82,6 +83,19 @@ def watch(service: Any, interval_timeout: float) -> int:
         since = answer["version"]
 
 
+def _subcommand_at(words: list[str], name: str) -> int | None:
+    """Where ``name`` stands as the first positional word (after shmz's own options), if it does."""
+    i = 0
+    while i < len(words):
+        if words[i] in ("--url", "--timeout", "--token"):
+            i += 2
+        elif words[i].startswith("-"):
+            i += 1
+        else:
+            return i if words[i] == name else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="shmz", description="Send one command to a shmooze service.")
     parser.add_argument("--url", default=None, help="the gateway's URL (default: $SHMOOZE_URL or settings)")
@@ -90,8 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("service", help="service name, or 'watch'")
     parser.add_argument("cmd", help="command name (or, after 'watch', the service)")
     parser.add_argument("args", nargs="*", help="key=value pairs or one JSON object")
+    words = sys.argv[1:] if argv is None else list(argv)
+    logs_at = _subcommand_at(words, "logs")
     try:
-        opts = parser.parse_args(argv)
+        if logs_at is not None:  # shmz [OPTIONS] logs UID [-f] [-n N]: its own options
+            opts = parser.parse_args(words[:logs_at] + ["logs", "-"])
+            opts.args = words[logs_at + 1:]
+        else:
+            opts = parser.parse_args(words)
     except SystemExit as exc:
         return EXIT_OK if exc.code == 0 else EXIT_USAGE
 
@@ -102,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if opts.service == "watch":
             return watch(client.service(opts.cmd), 20.0)
+        if opts.service == "logs":
+            from shmooze.cli import modlogs
+
+            try:
+                return modlogs.main(client, opts.args)
+            except SystemExit as exc:
+                return EXIT_OK if exc.code == 0 else EXIT_USAGE
         args = parse_args(opts.args)
         show(client.service(opts.service).call(opts.cmd, args))
         return EXIT_OK
