@@ -111,6 +111,7 @@ class ModuleHost(Service):
                 managed = [m.pid for m in self._all_modules() + list(self._stopping.values()) if m.pid]
             managed.append(self._watchdog.proc.pid)
             procutil.reap_orphans(managed)
+            self.ops.tick()
 
     # -- what subclasses provide -------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 REMOVALS = ("rm", "service stopping", "replaced by a new background")
 #: How often (at most) a service publishes an ``output`` change event, in seconds.
 OUTPUT_EVENT_INTERVAL = 0.25
+#: While someone read ``status`` within WATCHED seconds (a dashboard), a ``figures`` event every INTERVAL
+#: tells them the CPU and memory figures moved (so the dashboard need not poll).
+FIGURES_INTERVAL, FIGURES_WATCHED = 2.0, 30.0
 
 
 class HostOps:
@@ -49,6 +53,9 @@ class HostOps:
         self._lock = threading.Lock()
         self._pending_output: dict[str, int] = {}
         self._output_timer = False
+        self._own_meter = usage.Meter()
+        self._status_read = -FIGURES_WATCHED
+        self._figures_sent = 0.0
 
     # -- output ------------------------------------------------------------------------
 
@@ -116,9 +123,23 @@ class HostOps:
         tracker = self._trackers.get(snap["uid"])
         snap.update(tracker.view(now) if tracker is not None else {"restarts": 0})
 
-    def status(self) -> dict[str, Any]:
-        """Extra entries of ``status``: modules waiting to restart and those given up."""
+    def tick(self) -> None:
+        """Called twice a second (the host's reaper loop): publish ``figures`` while status is watched."""
         now = time.monotonic()
+        if now - self._status_read < FIGURES_WATCHED and now - self._figures_sent >= FIGURES_INTERVAL:
+            self._figures_sent = now
+            self.host.changed("figures")
+
+    def status(self) -> dict[str, Any]:
+        """Extra entries of ``status``: the service's own CPU and memory, modules waiting to restart and
+        those given up."""
+        now = time.monotonic()
+        self._status_read = now
+        own = usage.process_figures(os.getpid())
+        info: dict[str, Any] = {}
+        if own is not None:
+            info.update(cpu_seconds=round(own.cpu_seconds, 3), cpu_percent=self._own_meter.percent(own.cpu_seconds),
+                        rss_bytes=own.rss_bytes)
         waiting = []
         with self._lock:
             for uid, plan in self._waiting.items():
@@ -126,7 +147,7 @@ class HostOps:
                 self._add_restart_view(entry, now)
                 waiting.append(entry)
             given_up = list(self._given_up.values())
-        return {"restarting": waiting, "given_up": given_up}
+        return {**info, "restarting": waiting, "given_up": given_up}
 
     # -- life of a module --------------------------------------------------------------
 

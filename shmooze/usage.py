@@ -47,6 +47,14 @@ def scan_groups() -> dict[int, Figures]:
     return {pgid: Figures(a[0], int(a[1]), int(a[2])) for pgid, a in totals.items()}
 
 
+def process_figures(pid: int) -> Figures | None:
+    """Figures of one process (the service itself)."""
+    fields = procutil.stat_fields(pid)
+    if not fields or len(fields) < 22:
+        return None
+    return Figures((int(fields[11]) + int(fields[12])) / _TICKS, int(fields[21]) * _PAGE, 1)
+
+
 def cgroup_figures(path: str | Path) -> Figures | None:
     """Figures of a cgroup v2 folder (None when it cannot be read)."""
     folder = Path(path)

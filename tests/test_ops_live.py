@@ -137,3 +137,19 @@ def test_status_shows_figures_and_restarts(app):
     assert module["policy"] == "on-failure" and module["rss_bytes"] > 0
     client.pool.rm(uids=[uid])
     wait_for(lambda: not client.pool.status()["restarting"], 10, what="no restart after rm")
+
+
+def test_dashboard_routes(app):
+    page = requests.get(app["url"] + "_shmooze/", timeout=10)
+    assert page.status_code == 200 and "dashboard.js" in page.text
+    assert requests.get(app["url"] + "_shmooze", allow_redirects=False, timeout=10).status_code == 308
+    info = requests.get(app["url"] + "_shmooze/services.json", timeout=10).json()
+    assert info["services"] == ["down", "pool"] and info["token_required"] is True
+    assert "shmooze" in requests.get(app["url"] + "_shmooze/shmooze.js", timeout=10).text
+    # Restarting a service needs the token; here no supervisord runs the services, and it says so.
+    assert requests.post(app["url"] + "_shmooze/restart", json={"service": "pool"}, timeout=10).status_code == 401
+    answer = requests.post(app["url"] + "_shmooze/restart", json={"service": "pool"}, timeout=10,
+                           headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert answer["success"] is False and "not running" in answer["error"]
+    assert requests.post(app["url"] + "_shmooze/restart", json={"service": "nosuch"}, timeout=10,
+                         headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404
