@@ -153,3 +153,38 @@ def test_dashboard_routes(app):
     assert answer["success"] is False and "not running" in answer["error"]
     assert requests.post(app["url"] + "_shmooze/restart", json={"service": "nosuch"}, timeout=10,
                          headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404
+
+
+def test_under_shmooze_run_status_figures_and_dashboard_restart(tmp_path):
+    """Under supervisord (``shmooze run``): ``shmooze status`` shows the figures, the dashboard's restart
+    restarts a service through supervisord."""
+    from shmooze.settings import read as read_settings
+    from tests.test_deploy import app_settings, shmooze, start_run
+
+    path = app_settings(tmp_path)
+    data = json.loads(path.read_text())
+    data["access_token"] = TOKEN
+    path.write_text(json.dumps(data))
+    settings = read_settings(path)
+    run = start_run(path, tmp_path)
+    try:
+        url = f"http://127.0.0.1:{settings.ports['wsgi']}/"
+        client = Client(url, token=TOKEN)
+        uid = client.queue.add(type="good")["uid"]
+        out = shmooze("status", "--settings", str(path))
+        assert out.returncode == 0, out.stderr
+        assert "CPU%" in out.stdout and "MEMORY" in out.stdout and "RESTARTS" in out.stdout
+        row = next(line for line in out.stdout.splitlines() if f"queue/{uid}" in line)
+        assert "M " in row + " " and "%" in row, row
+        old_pid = client.queue.status()["pid"]
+        answer = requests.post(url + "_shmooze/restart", json={"service": "queue"}, timeout=60,
+                               headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        assert answer == {"success": True, "result": {"restarted": "queue"}}
+        new = wait_for(lambda: client.queue.status(), 20)
+        assert new["pid"] != old_pid and new["modules"] == []
+        pids = run.remember_descendants()
+        assert shmooze("stop", "--settings", str(path)).returncode == 0
+        run.popen.wait(30)
+        assert all(gone(p) for p in pids)
+    finally:
+        run.kill_everything()
