@@ -44,14 +44,17 @@ class ServiceStats:
                             ["type", "rung"], registry=self.registry)
         self.restarts = Counter("shmooze_module_restarts", "Restarts made by restart policies, by type",
                                 ["type"], registry=self.registry)
-        self._known: set[str] = set()
-        self._lock = threading.Lock()
+        self._children: dict[tuple[str, bool], tuple[Any, Any]] = {}
 
     def command(self, name: str, known: bool, ok: bool, seconds: float) -> None:
         """Count one answered command (unknown names are counted under one label)."""
-        label = name if known else "(unknown)"
-        self.commands.labels(label, "ok" if ok else "error").inc()
-        self.latency.labels(label).observe(seconds)
+        key = (name if known else "(unknown)", ok)
+        children = self._children.get(key)
+        if children is None:  # labels() costs a lock and a lookup: keep each pair of children
+            children = self._children[key] = (self.commands.labels(key[0], "ok" if ok else "error"),
+                                               self.latency.labels(key[0]))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def export(self, service: str, gauges: Iterable[tuple[str, str, str, dict[str, str], float]] = ()) -> list:
         """Every family as JSON: ``[{"name", "help", "type", "samples": [[name, labels, value]]}]``, each

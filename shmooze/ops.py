@@ -218,7 +218,11 @@ class HostOps:
             return
         log.info("module %s (%s) ended (%s); restarting in %.3g s", uid, plan["type"].name, why, delay)
         self.host.changed("restarting", uid=uid, type=plan["type"].name, delay=delay)
-        self.host.loop.call_later(delay, lambda: self.host._ladders.submit(self._restart, uid))
+        self.host.loop.call_later(delay, lambda: self._submit_restart(uid))
+
+    def _submit_restart(self, uid: str) -> None:
+        if not self.host._closing:  # (the ladder threads are gone once the service stopped)
+            self.host._ladders.submit(self._restart, uid)
 
     def cancel(self, uid: str) -> bool:
         """Drop a planned restart (the module was removed while it waited); True if there was one."""
