@@ -66,7 +66,9 @@ def test_dashboard_live(browser, app):  # noqa: F811 - the fixture
         uid = client.pool.add(type="ops")["uid"]
         added = time.monotonic()
         page.wait_for_selector(f"#modules tr[data-uid='{uid}']", timeout=5_000)
-        assert time.monotonic() - added < 1.0 + 0.5  # 1 s, with a little room for the test's own round trip
+        shown_after = time.monotonic() - added
+        print(f"dashboard showed the module {shown_after * 1000:.0f} ms after add answered")
+        assert shown_after < 1.0  # measured here: under 0.1 s
         # Its output streams in once selected.
         page.click(f"#modules tr[data-uid='{uid}'] td:nth-child(2)")
         page.wait_for_selector("#output div:has-text('started')", timeout=5_000)
