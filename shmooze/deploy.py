@@ -434,7 +434,7 @@ def all_up(report: dict[str, Any]) -> bool:
 
 def format_status(report: dict[str, Any]) -> str:
     rows = [("SERVICE", "STATE", "PID", "UPTIME", "MODULES")]
-    module_rows = [("  MODULE", "TYPE", "STATE", "PID", "UPTIME / ENDED BY")]
+    module_rows = [("  MODULE", "TYPE", "STATE", "PID", "UPTIME / ENDED BY", "CPU", "CPU%", "MEMORY", "RESTARTS")]
     for name, entry in report["services"].items():
         st = entry.get("status") or {}
         modules = st.get("modules", [])
@@ -443,11 +443,25 @@ def format_status(report: dict[str, Any]) -> str:
                      str(len(modules)) if "modules" in st else "-"))
         for m in modules:
             module_rows.append((f"  {name}/{m['uid']}", m["type"], m["state"], str(m.get("pid") or "-"),
-                                _duration(m.get("uptime"))))
+                                _duration(m.get("uptime")), *_figures(m)))
+        for m in st.get("restarting", []) + st.get("given_up", []):
+            state = "given up" if m.get("given_up") else f"restart in {m.get('next_try', 0):.1f} s"
+            module_rows.append((f"  {name}/{m['uid']}", m["type"], state, "-", str(m.get("last_end") or "-"),
+                                "-", "-", "-", str(m.get("restarts", 0))))
         for m in st.get("ended", [])[-5:]:
             module_rows.append((f"  {name}/{m['uid']}", m["type"], "ended", str(m.get("pid") or "-"),
-                                str(m.get("ended_by"))))
+                                str(m.get("ended_by")) + (f" ({m['reason']})" if m.get("reason") else ""),
+                                "", "", "", ""))
     return _table(rows) + ("\n\n" + _table(module_rows) if len(module_rows) > 1 else "")
+
+
+def _figures(m: dict[str, Any]) -> tuple[str, str, str, str]:
+    """CPU time, CPU %, resident memory and restarts of a module's status entry."""
+    cpu = f"{m['cpu_seconds']:.1f}s" if isinstance(m.get("cpu_seconds"), (int, float)) else "-"
+    pct = f"{m['cpu_percent']:.0f}%" if isinstance(m.get("cpu_percent"), (int, float)) else "-"
+    rss = f"{m['rss_bytes'] / (1 << 20):.1f}M" if isinstance(m.get("rss_bytes"), int) else "-"
+    restarts = str(m.get("restarts", 0)) + (" (given up)" if m.get("given_up") else "")
+    return cpu, pct, rss, restarts
 
 
 def _duration(seconds: Any) -> str:

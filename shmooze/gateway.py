@@ -18,6 +18,7 @@ from werkzeug.wrappers import Request, Response
 from shmooze import protocol
 from shmooze.forward import ForwardError, ServiceProxy
 from shmooze.httpjson import JSONHTTPError, error_response, json_response, raw_json_response, read_command_body
+from shmooze.metrics import gateway_stats
 from shmooze.push import PushSession, ServiceWatcher, wait_for_changes_here
 from shmooze.service import READ_ONLY_COMMANDS, only_reads
 from shmooze.settings import STATIC_DIR, Settings
@@ -73,6 +74,9 @@ class Gateway:
         self.sockets: set[Any] = set()  # open WebSockets, closed with "going away" when the gateway stops
         #: Extra routes under the prefix: name -> WSGI app.
         self.routes: dict[str, Callable[..., Iterable[bytes]]] = {"ws": self.websocket}
+        from shmooze import dashboard
+
+        dashboard.add_routes(self)  # metrics and the dashboard (shmooze.dashboard)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -187,10 +191,13 @@ class Gateway:
 
         def handler(ws: Any) -> None:
             self.sockets.add(ws)
+            sessions = gateway_stats().sessions
+            sessions.inc()
             try:
                 PushSession(ws, self.proxies, self.watchers, authorize, int(self.settings.ws_max_in_flight),
                             int(self.settings.ws_outbox_bytes)).run()
             finally:
+                sessions.dec()
                 self.sockets.discard(ws)
 
         s = self.settings

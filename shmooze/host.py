@@ -24,6 +24,7 @@ from shmooze.ioloop import IOLoop
 from shmooze.journal import Entry, Journal
 from shmooze.module import ModuleBroken, ModuleError, ModuleProcess
 from shmooze.moduletype import ModuleType
+from shmooze.ops import HostOps
 from shmooze.service import Service
 from shmooze.watchdog import OWNER_VAR, Watchdog
 
@@ -53,6 +54,9 @@ class ModuleHost(Service):
     """
 
     _NOT_COMMANDS = Service._NOT_COMMANDS | {"after_restore", "journal", "restore_hook"}
+
+    #: Which kinds of module a restart policy applies to ("module" or "background").
+    restartable: tuple[str, ...] = ("module",)
 
     def __init__(self, modules: Iterable[ModuleType], *, max_modules: int = 1000, max_line: int = 1 << 20,
                  keep_ended: int = 100, journal: str | Journal | None = None,
@@ -91,6 +95,7 @@ class ModuleHost(Service):
         self._commands_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._watchdog: Watchdog | None = None
         self._reaper: threading.Thread | None = None
+        self.ops = HostOps(self, keep=keep_ended)  # output, figures, restarts (shmooze.ops)
 
     # -- life --------------------------------------------------------------------------
 
@@ -154,6 +159,7 @@ class ModuleHost(Service):
                 managed = [m.pid for m in self._all_modules() + list(self._stopping.values()) if m.pid]
             managed.append(self._watchdog.proc.pid)
             procutil.reap_orphans(managed)
+            self.ops.tick()
 
     # -- what subclasses provide -------------------------------------------------------
 
@@ -220,17 +226,38 @@ class ModuleHost(Service):
             if restored is not None:
                 env["SHMOOZE_RESTORED"] = "1"
             module = ModuleProcess(mtype, uid, self.loop, on_update=self._on_update, on_gone=self._on_gone,
-                                   env=env, max_line=self.max_line, on_spawn=self._watchdog.watch)
+                                   env=env, max_line=self.max_line, on_spawn=self._watchdog.watch,
+                                   on_output=self.ops.on_output)
             self._starting[uid] = module
         try:
             module.start(args, restored)
         except CommandError:
+            self.ops.start_failed(mtype)
             self._record_end(module)
             raise
         finally:
             with self._lock:
                 self._starting.pop(uid, None)
+        self.ops.started(module, args, kind)
         return module
+
+    def _spawn_restart(self, mtype: ModuleType, args: dict[str, Any], kind: str, uid: str) -> ModuleProcess:
+        """Start a module again under its uid, as its restart policy asks (see :mod:`shmooze.ops`)."""
+        module = self._spawn({mtype.name: mtype}, mtype.name, args, kind, uid=uid)
+        with self._lock:
+            placed = not self._closing and self._place_restarted(module, kind)
+        if not placed:
+            self._finish(module, "service stopping" if self._closing else "rm", True)
+            return module
+        self.changed("added", uid=uid, type=mtype.name, restarted=True)
+        self._remove_if_left(module)
+        self._after_change()
+        return module
+
+    def _place_restarted(self, module: ModuleProcess, kind: str) -> bool:
+        """Put a restarted module back in place (lock held); False when it is no longer wanted there."""
+        self._attach(module)
+        return True
 
     def _drop(self, uids: Iterable[str], reason: str, send_rm: bool) -> list[concurrent.futures.Future]:
         """Take modules out of place and start their stop ladders (concurrently, in the background)."""
@@ -273,6 +300,7 @@ class ModuleHost(Service):
 
     def _record_end(self, module: ModuleProcess) -> None:
         module.wait_stopped(60)
+        self.ops.ended(module)
         self._ended.append(module.snapshot())
 
     def _on_update(self, module: ModuleProcess, cmd: str, args: dict[str, Any]) -> None:
@@ -357,6 +385,8 @@ class ModuleHost(Service):
     def rm(self, uids: list[str]) -> None:
         """Remove modules (unknown uids are ignored); returns once their processes are stopped."""
         self._log_command("rm", {"uids": uids})
+        for uid in uids:
+            self.ops.cancel(uid)  # a module waiting to be restarted is removed too
         self._remove(uids, "rm")
 
     def tell_module(self, uid: str, cmd: str, args: dict = {}) -> Any:  # noqa: B006 - never mutated
@@ -370,11 +400,14 @@ class ModuleHost(Service):
     def status(self) -> dict[str, Any]:
         info = super().status()
         with self._lock:
-            modules = [m.snapshot() for m in self._all_modules()]
+            live = self._all_modules()
+            modules = [m.snapshot() for m in live]
             stopping = [m.snapshot() for m in self._stopping.values()]
+        self.ops.add_figures(modules, live)
         info.update(modules=modules, stopping=stopping, ended=list(self._ended),
                     types=sorted(self.types), watchdog_pid=self._watchdog.proc.pid if self._watchdog else None,
                     restoring=self.restoring, journal=self.journal.status() if self.journal else None)
+        info.update(self.ops.status())
         return info
 
     # -- client keys -----------------------------------------------------------------------
@@ -493,6 +526,13 @@ class ModuleHost(Service):
         for module in placed:
             self._remove_if_left(module)
         self._after_change()
+    def output(self, uid: str, after: int = 0, lines: int = 200) -> dict:
+        """What a module printed (running or recently ended): its lines numbered after ``after``, at most
+        ``lines`` of the newest; ``next`` is what to ask after next time."""
+        return self.ops.output(uid, after, lines)
+
+    def _gauges(self) -> list:
+        return super()._gauges() + self.ops.gauges()
 
     def _log_command(self, cmd: str, args: dict[str, Any], result: Any = None, uid: str | None = None,
                      type: str | None = None) -> None:

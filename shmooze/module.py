@@ -25,6 +25,7 @@ from typing import Any, Callable
 from shmooze import ladder, protocol
 from shmooze.errors import CommandError
 from shmooze.ioloop import IOLoop, pidfd as open_pidfd, wait_readable
+from shmooze.limits import Limits
 from shmooze.moduletype import ModuleType
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class ModuleProcess:
                  on_update: Callable[[ModuleProcess, str, dict[str, Any]], None] | None = None,
                  on_gone: Callable[[ModuleProcess, str], None] | None = None,
                  on_spawn: Callable[[int], None] | None = None,
+                 on_output: Callable[[ModuleProcess, str, str], None] | None = None,
                  env: dict[str, str] | None = None, max_line: int = 1 << 20,
                  host: str = "127.0.0.1"):
         self.type = mtype
@@ -77,6 +79,7 @@ class ModuleProcess:
         self.on_update = on_update
         self.on_gone = on_gone
         self.on_spawn = on_spawn
+        self.on_output = on_output  # (module, "stdout" or "stderr", line): see shmooze.output
         self.extra_env = env or {}
         self.max_line = max_line
         self.host = host
@@ -158,6 +161,8 @@ class ModuleProcess:
                 listeners.append(sock)
             argv = self.type.command_line() + [self.host, str(listeners[0].getsockname()[1]),
                                                str(listeners[1].getsockname()[1])]
+            limits = Limits.of(self.type)
+            argv = limits.wrap(argv)
             try:
                 self.proc = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -165,6 +170,7 @@ class ModuleProcess:
             except OSError as exc:
                 raise CommandError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
             self.pid = self.proc.pid
+            limits.apply(self.pid)
             if self.on_spawn is not None:
                 self.on_spawn(self.pid)
             self._pidfd = open_pidfd(self.pid)
@@ -323,8 +329,13 @@ class ModuleProcess:
             self._log_output(level, b"[output line over the line limit dropped]")
 
     def _log_output(self, level: int, line: bytes) -> None:
-        log.log(level, "module %s (%s, pid %s): %s", self.uid, self.type.name, self.pid,
-                line.decode("utf-8", "replace").rstrip())
+        text = line.decode("utf-8", "replace").rstrip()
+        log.log(level, "module %s (%s, pid %s): %s", self.uid, self.type.name, self.pid, text)
+        if self.on_output is not None:
+            try:
+                self.on_output(self, "stderr" if level >= logging.WARNING else "stdout", text)
+            except Exception:
+                log.exception("output handler failed")
 
     # -- the command stream ----------------------------------------------------------
 

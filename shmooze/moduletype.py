@@ -24,6 +24,11 @@ class ModuleType:
     ``restore=False``: after a restart of its service, a module of this type is not
     started again (a countdown, say). ``log_updates=True``: its parameter updates go
     to the command log (by default they do not).
+    Operations (see :mod:`shmooze.restart` and :mod:`shmooze.limits`): ``restart`` is ``"never"``,
+    ``"on-failure"`` or ``"always"``, with backoff from ``restart_delay`` to ``restart_max_delay``
+    seconds, giving up after ``restart_max_starts`` starts within ``restart_window`` seconds;
+    ``limit_memory`` (bytes), ``limit_cpu`` (seconds of CPU time), ``limit_files`` and
+    ``limit_processes`` bound what one module may use.
     """
 
     name: str
@@ -38,6 +43,15 @@ class ModuleType:
     description: str = ""
     restore: bool = True
     log_updates: bool = False
+    restart: str = "never"
+    restart_delay: float = 1.0
+    restart_max_delay: float = 60.0
+    restart_max_starts: int = 5
+    restart_window: float = 60.0
+    limit_memory: int | None = None
+    limit_cpu: float | None = None
+    limit_files: int | None = None
+    limit_processes: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -46,6 +60,9 @@ class ModuleType:
         if not argv:
             raise ValueError(f"module type {self.name!r} needs a command line")
         object.__setattr__(self, "argv", argv)
+        from shmooze.restart import Policy
+
+        Policy.of(self)  # a bad restart setting is an error here, not when the module ends
 
     def command_line(self) -> list[str]:
         argv = list(self.argv)

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from shmooze import protocol
+from shmooze import metrics, protocol
 from shmooze.forward import ForwardError, ServiceProxy
 from shmooze.service import only_reads
 from shmooze.websocket import text_frame
@@ -109,6 +109,7 @@ class ServiceWatcher:
         with self._lock:
             self._subscribers.add(sub)
             if self._thread is None:
+                metrics.gateway_stats().watchers.inc()
                 self._ready.clear()
                 self._thread = threading.Thread(target=self._run, name=f"watch-{self.proxy.name}", daemon=True)
                 self._thread.start()
@@ -135,6 +136,7 @@ class ServiceWatcher:
         while True:
             with self._lock:
                 if not self._subscribers:
+                    metrics.gateway_stats().watchers.dec()
                     self._thread = None
                     self.version = None  # learnt afresh when someone subscribes again
                     return
@@ -176,6 +178,7 @@ class ServiceWatcher:
             subscribers = list(self._subscribers)
         for sub in subscribers:
             sub.push(message)
+        metrics.gateway_stats().events.inc(sum(isinstance(s, Subscriber) for s in subscribers))
 
 
 #: The longest a long poll waits at the gateway (below the forwarding timeout).

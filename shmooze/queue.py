@@ -19,6 +19,7 @@ from shmooze.moduletype import ModuleType
 
 class Queue(ModuleHost):
     name = "queue"
+    restartable = ("background",)  # a queue entry that ends leaves the queue
 
     def __init__(self, modules: Iterable[ModuleType], backgrounds: Iterable[ModuleType] = (), **options: Any):
         super().__init__(modules, **options)
@@ -42,6 +43,12 @@ class Queue(ModuleHost):
             module, self._bg = self._bg, None
             return module
         return None
+
+    def _place_restarted(self, module: ModuleProcess, kind: str) -> bool:
+        if kind != "background" or self._bg is not None:
+            return False  # another background was set meanwhile
+        self._bg = module
+        return True
 
     def _orders(self) -> list[tuple[ModuleProcess, str]]:
         top = self._queue[0] if self._queue else None

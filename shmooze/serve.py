@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from typing import Any, Callable
 
@@ -103,7 +104,52 @@ def build_service(settings: Settings, name: str) -> Any:
             service._journal_path = path  # opened (read, then restored from) when the service starts
         else:
             log.info("%s keeps no journal: its modules are not restored after a restart", name)
+        service.command_log = CommandLog(log_path, name)
+    if hasattr(service, "ops"):
+        _keep_module_output(settings, name, service.ops)
     return service
+
+
+def _keep_module_output(settings: Settings, name: str, ops: Any) -> None:
+    """Module output files go to ``module_output_path``/SERVICE, else the run folder's logs/modules/SERVICE."""
+    from pathlib import Path
+
+    from shmooze.deploy import RunPaths
+
+    folder = settings.get("module_output_path")
+    if folder:
+        ops.output_folder = Path(folder) / name
+    elif settings.path and settings.path != "<memory>":
+        ops.output_folder = RunPaths.for_settings(settings).logs / "modules" / name
+    ops.output_max_bytes = int(settings.get("module_output_max_bytes", ops.output_max_bytes))
+    ops.output_backups = int(settings.get("module_output_backups", ops.output_backups))
+
+
+def _gather_gateway_metrics(settings: Settings) -> dict[str, Any]:
+    """Gateway workers count their push figures in files of one folder, summed at each scrape
+    (prometheus_client's multiprocess mode); the folder is emptied at each start."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from shmooze.deploy import RunPaths
+
+    if settings.get("metrics_path"):
+        folder = Path(settings.get("metrics_path"))
+    elif settings.path and settings.path != "<memory>":
+        folder = RunPaths.for_settings(settings).root / "gateway-metrics"
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="shmooze-gateway-metrics-"))
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+    def child_exit(server: Any, worker: Any) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+    return {"child_exit": child_exit}
 
 
 class _GunicornApp:
@@ -196,6 +242,7 @@ def serve(settings: Settings, name: str) -> None:
 
         options = gunicorn_options(settings, name)
         options["post_worker_init"] = _post_worker_init
+        options.update(_gather_gateway_metrics(settings))
         _GunicornApp(load_gateway, options).run()
         return
 

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 #: while every command thread is busy, and the gateway may send them again after a failure.
 READ_ONLY_COMMANDS = frozenset({
     "queue", "bg", "pool", "status", "changes", "commands", "history", "modules_available",
-    "backgrounds_available", "ask_module", "ask_background",
+    "backgrounds_available", "ask_module", "ask_background", "metrics", "output",
 })
 
 
@@ -219,6 +219,9 @@ class Service:
         """
         self._slot_count = slots
         self._command_slots = threading.BoundedSemaphore(slots) if slots > 0 else None
+        from shmooze.metrics import ServiceStats
+
+        self.stats = ServiceStats()  # what the metrics command hands out (shmooze.metrics)
 
     # -- life ----------------------------------------------------------------------
 
@@ -249,6 +252,14 @@ class Service:
     def commands(self) -> dict[str, Any]:
         """Each command's arguments (name, type, whether required, default) and description."""
         return {name: _describe(spec, getattr(self, name)) for name, spec in sorted(self._commands.items())}
+    def metrics(self) -> list:
+        """This service's figures for the gateway's Prometheus endpoint (see :mod:`shmooze.metrics`)."""
+        return self.stats.export(self.name, self._gauges())
+
+    def _gauges(self) -> list:
+        return [("shmooze_change_events", "Change events the service published", "counter", {},
+                 float(self.events.version))]
+
 
     # -- helpers for subclasses ----------------------------------------------------
 
@@ -272,7 +283,14 @@ class Service:
         return table
 
     def dispatch(self, item: protocol.Item) -> dict[str, Any]:
-        """Run one parsed command and return its answer object; never raises."""
+        """Run one parsed command and return its answer object; never raises. Each is counted and timed."""
+        started = time.monotonic()
+        answer = self._dispatch(item)
+        name = getattr(item, "cmd", "(invalid)")
+        self.stats.command(name, name in self._commands, answer.get("success") is True, time.monotonic() - started)
+        return answer
+
+    def _dispatch(self, item: protocol.Item) -> dict[str, Any]:
         if isinstance(item, protocol.Invalid):
             return protocol.error(item.error)
         spec = self._commands.get(item.cmd)

@@ -49,3 +49,12 @@ def make_hanging() -> Queue:
 
     threading.Event().wait(120)
     return make_queue()
+
+
+OPSMOD = str(HERE / "modules" / "opsmod.py")
+
+
+def make_ops_pool() -> Pool:
+    """A pool for the operations tests: a plain type and one restarted on failure."""
+    return Pool([python_module("ops", OPSMOD, **FAST),
+                 python_module("crashy", OPSMOD, restart="on-failure", restart_delay=0.2, **FAST)])

@@ -6,6 +6,7 @@
     shmz queue commands          # every command, with its arguments
     shmz queue help add          # one command's description
     shmz watch queue
+    shmz logs UID [-f]           what a module printed (see shmooze.cli.modlogs)
 
 Exit status: 0 on success, 1 when the command failed, 2 on a usage or connection error.
 """
@@ -140,6 +141,19 @@ def watch(service: Any, interval_timeout: float) -> int:
         since = answer["version"]
 
 
+def _subcommand_at(words: list[str], name: str) -> int | None:
+    """Where ``name`` stands as the first positional word (after shmz's own options), if it does."""
+    i = 0
+    while i < len(words):
+        if words[i] in ("--url", "--timeout", "--token"):
+            i += 2
+        elif words[i].startswith("-"):
+            i += 1
+        else:
+            return i if words[i] == name else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="shmz", description="Send one command to a shmooze service.")
     parser.add_argument("--url", default=None, help="the gateway's URL (default: $SHMOOZE_URL or settings)")
@@ -150,8 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("cmd", nargs="?", help="command name ('commands' lists them, 'help CMD' describes one; "
                                                 "after 'watch', the service)")
     parser.add_argument("args", nargs="*", help="key=value pairs or one JSON object (optional)")
+    words = sys.argv[1:] if argv is None else list(argv)
+    logs_at = _subcommand_at(words, "logs")
     try:
-        opts = parser.parse_args(argv)
+        if logs_at is not None:  # shmz [OPTIONS] logs UID [-f] [-n N]: its own options
+            opts = parser.parse_args(words[:logs_at] + ["logs", "-"])
+            opts.args = words[logs_at + 1:]
+        else:
+            opts = parser.parse_args(words)
     except SystemExit as exc:
         return EXIT_OK if exc.code == 0 else EXIT_USAGE
 
@@ -160,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
 
     client = Client(opts.url or default_url(), timeout=opts.timeout, token=opts.token)
     try:
+        if opts.service == "logs":
+            from shmooze.cli import modlogs
+
+            try:
+                return modlogs.main(client, opts.args)
+            except SystemExit as exc:
+                return EXIT_OK if exc.code == 0 else EXIT_USAGE
         if opts.cmd is None:
             if opts.service == "watch":
                 raise UsageError("watch which service? (shmz watch SERVICE)")

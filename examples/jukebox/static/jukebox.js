@@ -302,7 +302,7 @@
           Object.keys(e.set || {}).forEach(function (k) { item.parameters[k] = e.set[k]; });
           (e.unset || []).forEach(function (k) { delete item.parameters[k]; });
         });
-      } else if (e.kind !== "told" && e.kind !== "stopped") {
+      } else if (e.kind !== "told" && e.kind !== "stopped" && e.kind !== "output" && e.kind !== "figures") {
         structural = true;
       }
     });

@@ -1,0 +1,63 @@
+"""A module for the operations tests: prints, burns CPU, allocates, opens files, exits on request.
+
+``init`` args: ``exit_after`` (seconds; then exit with ``exit_code``), ``spin`` (seconds of busy
+CPU right after init, on a timer), ``alloc_mb`` (allocate that much after init, on a timer).
+"""
+
+import os
+import sys
+import time
+import traceback
+
+from shmooze_module import Module
+
+
+class OpsModule(Module):
+    def on_init(self, exit_after=None, exit_code=1, spin=0, alloc_mb=0, files=0, **_):
+        print(f"opsmod {os.getpid()} started", flush=True)
+        if exit_after is not None:
+            self.call_later(float(exit_after), lambda: self._leave(int(exit_code)))
+        if spin:
+            self.call_later(0.01, lambda: self._spin(float(spin)))
+        if alloc_mb:
+            self.call_later(0.01, lambda: self._alloc(int(alloc_mb)))
+        if files:
+            self.call_later(0.01, lambda: self._open(int(files)))
+
+    def _leave(self, code):
+        print(f"opsmod leaving with {code}", flush=True)
+        sys.stderr.write("opsmod bye on stderr\n")
+        sys.stderr.flush()
+        os._exit(code)
+
+    def _spin(self, seconds):
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+
+    def _alloc(self, mb):
+        try:
+            self.hog = bytearray(mb << 20)  # MemoryError under limit_memory
+        except MemoryError:
+            self._crash()
+        print(f"opsmod holds {mb} MiB", flush=True)
+
+    def _open(self, count):
+        try:
+            self.held = [open(os.devnull) for _ in range(count)]  # EMFILE under limit_files
+        except OSError:
+            self._crash()
+
+    def _crash(self):
+        """Die as an uncaught exception would: the traceback on stderr, status 1."""
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+
+    def do_say(self, text=""):
+        print(text, flush=True)
+        return text
+
+
+if __name__ == "__main__":
+    OpsModule.main()
