@@ -210,6 +210,9 @@ class Service:
         self._stopped = threading.Event()
         self._command_slots: threading.BoundedSemaphore | None = None
         self._slot_count = 0
+        from shmooze.metrics import ServiceStats
+
+        self.stats = ServiceStats()  # what the metrics command hands out (shmooze.metrics)
 
     def limit_commands(self, slots: int) -> None:
         """Let at most ``slots`` requests that change state run at once; more are refused at once.
@@ -219,9 +222,6 @@ class Service:
         """
         self._slot_count = slots
         self._command_slots = threading.BoundedSemaphore(slots) if slots > 0 else None
-        from shmooze.metrics import ServiceStats
-
-        self.stats = ServiceStats()  # what the metrics command hands out (shmooze.metrics)
 
     # -- life ----------------------------------------------------------------------
 
