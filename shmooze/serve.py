@@ -104,7 +104,6 @@ def build_service(settings: Settings, name: str) -> Any:
             service._journal_path = path  # opened (read, then restored from) when the service starts
         else:
             log.info("%s keeps no journal: its modules are not restored after a restart", name)
-        service.command_log = CommandLog(log_path, name)
     if hasattr(service, "ops"):
         _keep_module_output(settings, name, service.ops)
     return service
