@@ -181,7 +181,9 @@ def test_under_shmooze_run_status_figures_and_dashboard_restart(tmp_path):
                                headers={"Authorization": f"Bearer {TOKEN}"}).json()
         assert answer == {"success": True, "result": {"restarted": "queue"}}
         new = wait_for(lambda: client.queue.status(), 20)
-        assert new["pid"] != old_pid and new["modules"] == []
+        assert new["pid"] != old_pid  # a new instance, which restores its queue from the journal
+        restored = wait_for(lambda: client.queue.status()["modules"], 20, what="the queue restored")
+        assert [m["uid"] for m in restored] == [uid]
         pids = run.remember_descendants()
         assert shmooze("stop", "--settings", str(path)).returncode == 0
         run.popen.wait(30)
