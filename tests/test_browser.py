@@ -390,7 +390,9 @@ def _status(client):
         return None
 
 
-QUEUED_UIDS = "Array.from(document.querySelectorAll('#queue li[data-uid]')).map(li => li.dataset.uid).join()"
+#: The queue as the page shows it: the module playing ("Now playing"), then "Up next".
+QUEUED_UIDS = ("[document.getElementById('now-body').dataset.uid, ...Array.from("
+               "document.querySelectorAll('#queue li[data-uid]')).map(li => li.dataset.uid)].join()")
 
 
 def test_restored_queue_shows_without_a_reload(page, jukebox):
