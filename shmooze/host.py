@@ -1,8 +1,9 @@
 """The base of services that hold modules: the queue and the pool.
 
 It owns the I/O thread of all module streams, the threads that run stop
-ladders, the orphan guard (:mod:`shmooze.watchdog`), and the reaping of
-orphaned descendants. Subclasses decide where a module goes (:meth:`_attach`),
+ladders (one each, so stops never wait for each other), the containment of its
+modules (:mod:`shmooze.containment`), the orphan guard (:mod:`shmooze.watchdog`),
+and the reaping of orphaned descendants. Subclasses decide where a module goes (:meth:`_attach`),
 how it leaves (:meth:`_detach`) and what it should be told (:meth:`_wanted`).
 """
 
@@ -18,6 +19,7 @@ import threading
 from typing import Any, Iterable
 
 from shmooze import procutil
+from shmooze.containment import MODULE_VAR, Containment
 from shmooze.errors import CommandError
 from shmooze.ioloop import IOLoop
 from shmooze.module import ModuleBroken, ModuleError, ModuleProcess
@@ -32,7 +34,9 @@ class ModuleHost(Service):
     """A service that starts, commands and stops module processes."""
 
     def __init__(self, modules: Iterable[ModuleType], *, max_modules: int = 1000, max_line: int = 1 << 20,
-                 keep_ended: int = 100):
+                 keep_ended: int = 100, containment: str = "auto", check_peers: bool = True):
+        """``containment``: ``auto`` (a cgroup per module where possible), ``cgroup`` or ``process-group``;
+        ``check_peers``: refuse connections to a module's ports from processes that are not the module."""
         super().__init__()
         self.types = _by_name(modules, "module")
         self.max_modules = max_modules
@@ -50,7 +54,11 @@ class ModuleHost(Service):
         self._boot_lock = threading.Lock()
         self._booted = False
         self.loop: IOLoop | None = None
-        self._ladders: concurrent.futures.ThreadPoolExecutor | None = None
+        self.containment_mode = containment
+        self.check_peers = check_peers
+        self.containment: Containment | None = None
+        self._background_work: set[concurrent.futures.Future] = set()
+        self._refused_before = 0  # connections refused by modules that have ended
         self._commands_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._watchdog: Watchdog | None = None
         self._reaper: threading.Thread | None = None
@@ -66,9 +74,9 @@ class ModuleHost(Service):
                 return
             procutil.become_subreaper()
             self.loop = IOLoop(f"{self.name}-io")
-            self._ladders = concurrent.futures.ThreadPoolExecutor(64, thread_name_prefix=f"{self.name}-ladder")
+            self.containment = Containment(self._token, self.containment_mode)
             self._commands_pool = concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix=f"{self.name}-cmd")
-            self._watchdog = Watchdog(self._token)
+            self._watchdog = Watchdog(self._token, self.containment.folder)
             self._reaper = threading.Thread(target=self._reap_loop, name=f"{self.name}-reaper", daemon=True)
             self._reaper.start()
             self._booted = True
@@ -91,8 +99,11 @@ class ModuleHost(Service):
                 stopping = list(self._stopping.values())
             for m in stopping:
                 m.wait_stopped()
-            self._watchdog.close()
-            self._ladders.shutdown(wait=True)
+            with self._lock:
+                pending = list(self._background_work)
+            concurrent.futures.wait(pending)
+            self._watchdog.close()  # it sweeps what escaped the ladders, by cgroup and by token
+            self.containment.close()
             self._commands_pool.shutdown(wait=False)
             self.loop.stop()
             procutil.reap_orphans(())
@@ -103,9 +114,43 @@ class ModuleHost(Service):
     def _reap_loop(self) -> None:
         while not self._stopped.wait(0.5):
             with self._lock:
-                managed = [m.pid for m in self._all_modules() + list(self._stopping.values()) if m.pid]
-            managed.append(self._watchdog.proc.pid)
+                live = self._all_modules() + list(self._stopping.values())
+                managed = [m.pid for m in live if m.pid]
+                guard = self._watchdog
+                if guard.proc.poll() is not None and not self._closing:
+                    # The guard was killed: start another and tell it every module still here.
+                    log.warning("%s: the orphan guard (pid %d) died; starting a new one", self.name, guard.proc.pid)
+                    self._watchdog = guard = Watchdog(self._token, self.containment.folder)
+                    for module in live:
+                        if module.pid:
+                            guard.watch(module.pid)
+            managed.append(guard.proc.pid)
             procutil.reap_orphans(managed)
+
+    def _watch(self, pgid: int) -> None:
+        with self._lock:
+            self._watchdog.watch(pgid)
+
+    def _in_thread(self, fn: Any, *args: Any) -> concurrent.futures.Future:
+        """Run ``fn(*args)`` on a thread of its own: a stop ladder never queues behind another."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                future.set_exception(exc)
+            finally:
+                with self._lock:
+                    self._background_work.discard(future)
+
+        with self._lock:
+            self._background_work.add(future)
+        try:
+            threading.Thread(target=run, name=f"{self.name}-ladder", daemon=True).start()
+        except RuntimeError:  # no thread to be had (process limit): do it here
+            run()
+        return future
 
     # -- what subclasses provide -------------------------------------------------------
 
@@ -165,9 +210,13 @@ class ModuleHost(Service):
             if len(self._all_modules()) >= self.max_modules:
                 raise CommandError(f"{self.name} already holds {self.max_modules} modules, its limit")
             uid = self._new_uid()
+            try:
+                box = self.containment.box(uid)
+            except OSError as exc:
+                raise CommandError(f"cannot make the cgroup of module {uid}: {exc.strerror or exc}") from None
             module = ModuleProcess(mtype, uid, self.loop, on_update=self._on_update, on_gone=self._on_gone,
-                                   env={OWNER_VAR: self._token, "SHMOOZE_MODULE_UID": uid},
-                                   max_line=self.max_line, on_spawn=self._watchdog.watch)
+                                   env={OWNER_VAR: self._token, MODULE_VAR: uid}, box=box,
+                                   check_peers=self.check_peers, max_line=self.max_line, on_spawn=self._watch)
             self._starting[uid] = module
         try:
             module.start(args)
@@ -190,7 +239,7 @@ class ModuleHost(Service):
         with self._lock:
             self._stopping[module.uid] = module
         self.changed("removed", uid=module.uid, type=module.type.name, reason=reason)
-        return self._ladders.submit(self._finish, module, reason, send_rm)
+        return self._in_thread(self._finish, module, reason, send_rm)
 
     def _remove(self, uids: Iterable[str], reason: str, send_rm: bool = True, wait: bool = True) -> None:
         """Take modules out, stop them, apply the rule again; with ``wait``, return once they are reaped."""
@@ -201,7 +250,7 @@ class ModuleHost(Service):
             self._after_change()
             concurrent.futures.wait(futures)
         else:
-            self._ladders.submit(self._after_change)
+            self._in_thread(self._after_change)
 
     def _finish(self, module: ModuleProcess, reason: str, send_rm: bool) -> None:
         try:
@@ -212,12 +261,15 @@ class ModuleHost(Service):
             with self._lock:
                 self._stopping.pop(module.uid, None)
             if module.pid and self._watchdog is not None:
-                self._watchdog.forget(module.pid)
+                with self._lock:
+                    self._watchdog.forget(module.pid)
             self._record_end(module)
             self.changed("stopped", uid=module.uid, type=module.type.name, ended_by=module.ended_by)
 
     def _record_end(self, module: ModuleProcess) -> None:
         module.wait_stopped(60)
+        with self._lock:
+            self._refused_before += module.refused
         self._ended.append(module.snapshot())
 
     def _on_update(self, module: ModuleProcess, cmd: str, args: dict[str, Any]) -> None:
@@ -309,7 +361,9 @@ class ModuleHost(Service):
             modules = [m.snapshot() for m in self._all_modules()]
             stopping = [m.snapshot() for m in self._stopping.values()]
         info.update(modules=modules, stopping=stopping, ended=list(self._ended),
-                    types=sorted(self.types), watchdog_pid=self._watchdog.proc.pid if self._watchdog else None)
+                    types=sorted(self.types), watchdog_pid=self._watchdog.proc.pid if self._watchdog else None,
+                    containment=self.containment.describe() if self.containment else None,
+                    refused_connections=self._refused_before + sum(m.refused for m in self._all_modules()))
         return info
 
     def _log_command(self, cmd: str, args: dict[str, Any], result: Any = None, uid: str | None = None,
