@@ -50,6 +50,7 @@ class ModuleHost(Service):
         self._uid_counter = itertools.count(1)
         self._token = f"{os.getpid()}-{secrets.token_hex(8)}"
         self._closing = False
+        self._stop_done = threading.Event()
         self._rule_lock = threading.Lock()  # one pass of the play/suspend rule at a time
         self._boot_lock = threading.Lock()
         self._booted = False
@@ -82,12 +83,21 @@ class ModuleHost(Service):
             self._booted = True
 
     def stop(self) -> None:
-        """Stop every module through the ladder (all at once), then the guard and the I/O thread."""
+        """Stop every module through the ladder (all at once), then the guard and the I/O thread.
+
+        A second caller waits for the first to finish."""
         with self._lock:
-            if self._closing:
-                return
-            self._closing = True
+            closing, self._closing = self._closing, True
             modules = self._all_modules()
+        if closing:
+            self._stop_done.wait()
+            return
+        try:
+            self._stop_all(modules)
+        finally:
+            self._stop_done.set()
+
+    def _stop_all(self, modules: list[ModuleProcess]) -> None:
         if self._booted:
             log.info("%s stopping: %d module(s)", self.name, len(modules))
             threads = [threading.Thread(target=self._finish, args=(m, "service stopping", True)) for m in modules]

@@ -214,6 +214,8 @@ def serve(settings: Settings, name: str) -> None:
         service.start()
         _running.append(service)
         _on_stop.append(service.events.close)
+        if hasattr(service, "containment_mode"):
+            _on_stop.append(service.stop)  # a module host starts its ladders at once, not after gunicorn's wait
         return service_app(service, int(settings.max_body_bytes))
 
     options = gunicorn_options(settings, name)
