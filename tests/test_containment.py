@@ -141,6 +141,10 @@ def test_status_says_which_containment(app):
     out = subprocess.run(shmooze_argv("status", "--json", "--settings", str(a.path)), capture_output=True,
                          text=True, timeout=30)
     assert f'"kind": "{kind}"' in out.stdout
+    out = subprocess.run(shmooze_argv("status", "--settings", str(a.path)), capture_output=True, text=True,
+                         timeout=30)
+    assert ("queue: containment: a cgroup v2 per module" if CGROUPS else
+            "queue: containment: process group + environment sweep") in out.stdout, out.stdout
 
 
 @pytest.mark.parametrize("containment", ["auto", "process-group"])
