@@ -315,6 +315,7 @@ try:
               data = b""
           if b'"init"' in data:
               hijacked += 1
+              print("HIJACKED", pid, flush=True)
           socks.remove(s)
           s.close()
 finally:
@@ -345,14 +346,9 @@ def test_strangers_cannot_pose_as_the_module(queue, tmp_path):
             ok(q, "rm", uids=[uid])
     finally:
         if stranger.poll() is None:
-            os.kill(stranger.pid, signal.SIGTERM)
-        try:
-            report = stranger.communicate(timeout=10)[0]
-        except subprocess.TimeoutExpired:
-            stranger.kill()
-            report = stranger.communicate()[0]
-    print(f"stranger: {report.strip()}")
-    assert "hijacked 0" in report, report
+            os.kill(stranger.pid, signal.SIGKILL)
+        report = stranger.communicate(timeout=10)[0]
+    assert "HIJACKED" not in report, report  # printed at once for every init the stranger received
     refused = ok(q, "status")["refused_connections"]
     print(f"hijack attempts refused: {refused} in 50 starts")
     assert refused > 0, "the stranger never got a connection in first: the test proves nothing"
