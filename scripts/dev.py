@@ -23,7 +23,7 @@ BIN = VENV / "bin"
 
 
 #: Every benchmark, in the order `dev.py bench` runs them (each prints its tables; --quick shortens all).
-BENCHMARKS = ["run.py", "push_bench.py", "cmdlog_bench.py", "journal_bench.py", "soak.py", "attack_bench.py"]
+BENCHMARKS = ["run.py", "push_bench.py", "cmdlog_bench.py", "journal_bench.py", "containment_bench.py", "soak.py", "attack_bench.py"]
 
 
 def say(text: str) -> None:

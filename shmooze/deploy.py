@@ -452,7 +452,19 @@ def format_status(report: dict[str, Any]) -> str:
             module_rows.append((f"  {name}/{m['uid']}", m["type"], "ended", str(m.get("pid") or "-"),
                                 str(m.get("ended_by")) + (f" ({m['reason']})" if m.get("reason") else ""),
                                 "", "", "", ""))
-    return _table(rows) + ("\n\n" + _table(module_rows) if len(module_rows) > 1 else "")
+    return _table(rows) + ("\n\n" + _table(module_rows) if len(module_rows) > 1 else "") + _containment_lines(report)
+
+
+def _containment_lines(report: dict[str, Any]) -> str:
+    """Which containment each module host uses (see shmooze.containment)."""
+    lines = []
+    for name, entry in report["services"].items():
+        info = (entry.get("status") or {}).get("containment")
+        if info:
+            how = f"a cgroup v2 per module ({info['path']})" if info["kind"] == "cgroup" else \
+                f"process group + environment sweep ({info.get('why') or 'no cgroup v2'})"
+            lines.append(f"{name}: containment: {how}")
+    return "\n\n" + "\n".join(lines) if lines else ""
 
 
 def _figures(m: dict[str, Any]) -> tuple[str, str, str, str]:

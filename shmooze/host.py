@@ -1,8 +1,9 @@
 """The base of services that hold modules: the queue and the pool.
 
 It owns the I/O thread of all module streams, the threads that run stop
-ladders, the orphan guard (:mod:`shmooze.watchdog`), and the reaping of
-orphaned descendants. Subclasses decide where a module goes (:meth:`_attach`),
+ladders (one each, so stops never wait for each other), the containment of its
+modules (:mod:`shmooze.containment`), the orphan guard (:mod:`shmooze.watchdog`),
+and the reaping of orphaned descendants. Subclasses decide where a module goes (:meth:`_attach`),
 how it leaves (:meth:`_detach`) and what it should be told (:meth:`_wanted`).
 """
 
@@ -19,6 +20,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from shmooze import procutil
+from shmooze.containment import MODULE_VAR, Containment
 from shmooze.errors import CommandError
 from shmooze.ioloop import IOLoop
 from shmooze.journal import Entry, Journal
@@ -61,7 +63,10 @@ class ModuleHost(Service):
     def __init__(self, modules: Iterable[ModuleType], *, max_modules: int = 1000, max_line: int = 1 << 20,
                  keep_ended: int = 100, journal: str | Journal | None = None,
                  restore_hook: Callable[[Entry], bool] | None = None, restore_concurrency: int = 8,
-                 key_window: float = 600.0, log_module_updates: bool = False):
+                 key_window: float = 600.0, log_module_updates: bool = False, containment: str = "auto",
+                 check_peers: bool = True):
+        """``containment``: ``auto`` (a cgroup per module where possible), ``cgroup`` or ``process-group``;
+        ``check_peers``: refuse connections to a module's ports from processes that are not the module."""
         super().__init__()
         self.types = _by_name(modules, "module")
         self.max_modules = max_modules
@@ -87,11 +92,16 @@ class ModuleHost(Service):
         self._uid_counter = itertools.count(1)
         self._token = f"{os.getpid()}-{secrets.token_hex(8)}"
         self._closing = False
+        self._stop_done = threading.Event()
         self._rule_lock = threading.Lock()  # one pass of the play/suspend rule at a time
         self._boot_lock = threading.Lock()
         self._booted = False
         self.loop: IOLoop | None = None
-        self._ladders: concurrent.futures.ThreadPoolExecutor | None = None
+        self.containment_mode = containment
+        self.check_peers = check_peers
+        self.containment: Containment | None = None
+        self._background_work: set[concurrent.futures.Future] = set()
+        self._refused_before = 0  # connections refused by modules that have ended
         self._commands_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._watchdog: Watchdog | None = None
         self._reaper: threading.Thread | None = None
@@ -114,25 +124,34 @@ class ModuleHost(Service):
                 return
             procutil.become_subreaper()
             self.loop = IOLoop(f"{self.name}-io")
-            self._ladders = concurrent.futures.ThreadPoolExecutor(64, thread_name_prefix=f"{self.name}-ladder")
+            self.containment = Containment(self._token, self.containment_mode)
             self._commands_pool = concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix=f"{self.name}-cmd")
-            self._watchdog = Watchdog(self._token)
+            self._watchdog = Watchdog(self._token, self.containment.folder)
             self._reaper = threading.Thread(target=self._reap_loop, name=f"{self.name}-reaper", daemon=True)
             self._reaper.start()
             self._booted = True
 
     def stop(self) -> None:
-        """Stop every module through the ladder (all at once), then the guard and the I/O thread."""
+        """Stop every module through the ladder (all at once), then the guard and the I/O thread.
+
+        A second caller waits for the first to finish."""
         if self.journal is not None:
             self.journal.close()  # what the service holds now is what it restores: not its stopping
         with self._lock:
-            if self._closing:
-                return
-            self._closing = True
-        if self._restorer is not None:  # it sees _closing, starts nothing more and stops what it started
-            self._restorer.join(60)
-        with self._lock:
-            modules = self._all_modules()
+            closing, self._closing = self._closing, True
+        if closing:
+            self._stop_done.wait()
+            return
+        try:
+            if self._restorer is not None:  # it sees _closing, starts nothing more and stops what it started
+                self._restorer.join(60)
+            with self._lock:
+                modules = self._all_modules()
+            self._stop_all(modules)
+        finally:
+            self._stop_done.set()
+
+    def _stop_all(self, modules: list[ModuleProcess]) -> None:
         if self._booted:
             log.info("%s stopping: %d module(s)", self.name, len(modules))
             threads = [threading.Thread(target=self._finish, args=(m, "service stopping", True)) for m in modules]
@@ -144,8 +163,11 @@ class ModuleHost(Service):
                 stopping = list(self._stopping.values())
             for m in stopping:
                 m.wait_stopped()
-            self._watchdog.close()
-            self._ladders.shutdown(wait=True)
+            with self._lock:
+                pending = list(self._background_work)
+            concurrent.futures.wait(pending)
+            self._watchdog.close()  # it sweeps what escaped the ladders, by cgroup and by token
+            self.containment.close()
             self._commands_pool.shutdown(wait=False)
             self.loop.stop()
             procutil.reap_orphans(())
@@ -156,10 +178,44 @@ class ModuleHost(Service):
     def _reap_loop(self) -> None:
         while not self._stopped.wait(0.5):
             with self._lock:
-                managed = [m.pid for m in self._all_modules() + list(self._stopping.values()) if m.pid]
-            managed.append(self._watchdog.proc.pid)
+                live = self._all_modules() + list(self._stopping.values())
+                managed = [m.pid for m in live if m.pid]
+                guard = self._watchdog
+                if guard.proc.poll() is not None and not self._closing:
+                    # The guard was killed: start another and tell it every module still here.
+                    log.warning("%s: the orphan guard (pid %d) died; starting a new one", self.name, guard.proc.pid)
+                    self._watchdog = guard = Watchdog(self._token, self.containment.folder)
+                    for module in live:
+                        if module.pid:
+                            guard.watch(module.pid)
+            managed.append(guard.proc.pid)
             procutil.reap_orphans(managed)
             self.ops.tick()
+
+    def _watch(self, pgid: int) -> None:
+        with self._lock:
+            self._watchdog.watch(pgid)
+
+    def _in_thread(self, fn: Any, *args: Any) -> concurrent.futures.Future:
+        """Run ``fn(*args)`` on a thread of its own: a stop ladder never queues behind another."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                future.set_exception(exc)
+            finally:
+                with self._lock:
+                    self._background_work.discard(future)
+
+        with self._lock:
+            self._background_work.add(future)
+        try:
+            threading.Thread(target=run, name=f"{self.name}-ladder", daemon=True).start()
+        except RuntimeError:  # no thread to be had (process limit): do it here
+            run()
+        return future
 
     # -- what subclasses provide -------------------------------------------------------
 
@@ -222,12 +278,16 @@ class ModuleHost(Service):
             if len(self._all_modules()) >= self.max_modules:
                 raise CommandError(f"{self.name} already holds {self.max_modules} modules, its limit")
             uid = uid or self._new_uid()
-            env = {OWNER_VAR: self._token, "SHMOOZE_MODULE_UID": uid}
+            env = {OWNER_VAR: self._token, MODULE_VAR: uid}
             if restored is not None:
                 env["SHMOOZE_RESTORED"] = "1"
+            try:
+                box = self.containment.box(uid)
+            except OSError as exc:
+                raise CommandError(f"cannot make the cgroup of module {uid}: {exc.strerror or exc}") from None
             module = ModuleProcess(mtype, uid, self.loop, on_update=self._on_update, on_gone=self._on_gone,
-                                   env=env, max_line=self.max_line, on_spawn=self._watchdog.watch,
-                                   on_output=self.ops.on_output)
+                                   env=env, box=box, check_peers=self.check_peers, max_line=self.max_line,
+                                   on_spawn=self._watch, on_output=self.ops.on_output)
             self._starting[uid] = module
         try:
             module.start(args, restored)
@@ -272,7 +332,7 @@ class ModuleHost(Service):
         with self._lock:
             self._stopping[module.uid] = module
         self.changed("removed", uid=module.uid, type=module.type.name, reason=reason)
-        return self._ladders.submit(self._finish, module, reason, send_rm)
+        return self._in_thread(self._finish, module, reason, send_rm)
 
     def _remove(self, uids: Iterable[str], reason: str, send_rm: bool = True, wait: bool = True) -> None:
         """Take modules out, stop them, apply the rule again; with ``wait``, return once they are reaped."""
@@ -283,7 +343,7 @@ class ModuleHost(Service):
             self._after_change()
             concurrent.futures.wait(futures)
         else:
-            self._ladders.submit(self._after_change)
+            self._in_thread(self._after_change)
 
     def _finish(self, module: ModuleProcess, reason: str, send_rm: bool) -> None:
         try:
@@ -294,13 +354,16 @@ class ModuleHost(Service):
             with self._lock:
                 self._stopping.pop(module.uid, None)
             if module.pid and self._watchdog is not None:
-                self._watchdog.forget(module.pid)
+                with self._lock:
+                    self._watchdog.forget(module.pid)
             self._record_end(module)
             self.changed("stopped", uid=module.uid, type=module.type.name, ended_by=module.ended_by)
 
     def _record_end(self, module: ModuleProcess) -> None:
         module.wait_stopped(60)
         self.ops.ended(module)
+        with self._lock:
+            self._refused_before += module.refused
         self._ended.append(module.snapshot())
 
     def _on_update(self, module: ModuleProcess, cmd: str, args: dict[str, Any]) -> None:
@@ -406,7 +469,9 @@ class ModuleHost(Service):
         self.ops.add_figures(modules, live)
         info.update(modules=modules, stopping=stopping, ended=list(self._ended),
                     types=sorted(self.types), watchdog_pid=self._watchdog.proc.pid if self._watchdog else None,
-                    restoring=self.restoring, journal=self.journal.status() if self.journal else None)
+                    restoring=self.restoring, journal=self.journal.status() if self.journal else None,
+                    containment=self.containment.describe() if self.containment else None,
+                    refused_connections=self._refused_before + sum(m.refused for m in self._all_modules()))
         info.update(self.ops.status())
         return info
 
@@ -526,6 +591,7 @@ class ModuleHost(Service):
         for module in placed:
             self._remove_if_left(module)
         self._after_change()
+
     def output(self, uid: str, after: int = 0, lines: int = 200) -> dict:
         """What a module printed (running or recently ended): its lines numbered after ``after``, at most
         ``lines`` of the newest; ``next`` is what to ask after next time."""

@@ -86,12 +86,14 @@ def sweep_group(pgid: int, grace: float = 1.0) -> int:
 
 def stop_ladder(proc: subprocess.Popen, request: Callable[[], None] | None, rm_timeout: float,
                 term_timeout: float, kill_timeout: float = 5.0, pidfd: int | None = None,
-                first_rung: str = RM) -> str:
+                first_rung: str = RM, sweep: Callable[[int, float], int] | None = None) -> str:
     """Stop one module process and its group; return the rung that ended it.
 
     ``request`` asks the module to go (sends ``rm``, closes its streams); it must be
     bounded in time. ``first_rung`` names an exit during the first wait: ``rm`` when
-    we asked, ``exited`` when the module was leaving on its own.
+    we asked, ``exited`` when the module was leaving on its own. ``sweep(pgid, grace)``
+    ends what the module left behind once its own process is gone (default: its
+    process group; see :mod:`shmooze.containment`); after SIGKILL it gets no grace.
     """
     if proc.poll() is not None:
         rung = EXITED
@@ -109,7 +111,7 @@ def stop_ladder(proc: subprocess.Popen, request: Callable[[], None] | None, rm_t
                 if not wait_exit(proc, kill_timeout, pidfd):
                     log.error("pid %d survived SIGKILL for %.1f s (uninterruptible?)", proc.pid, kill_timeout)
                 rung = SIGKILL
-    left = sweep_group(proc.pid)
+    left = (sweep or sweep_group)(proc.pid, 0.0 if rung == SIGKILL else 1.0)
     if left:
         log.info("pid %d left %d process(es) in its group; they were stopped", proc.pid, left)
     return rung

@@ -16,13 +16,15 @@ import enum
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import threading
 import time
 from typing import Any, Callable
 
-from shmooze import ladder, protocol
+from shmooze import ladder, peer, protocol
+from shmooze.containment import Box
 from shmooze.errors import CommandError
 from shmooze.ioloop import IOLoop, pidfd as open_pidfd, wait_readable
 from shmooze.limits import Limits
@@ -72,7 +74,7 @@ class ModuleProcess:
                  on_spawn: Callable[[int], None] | None = None,
                  on_output: Callable[[ModuleProcess, str, str], None] | None = None,
                  env: dict[str, str] | None = None, max_line: int = 1 << 20,
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", box: Box | None = None, check_peers: bool = True):
         self.type = mtype
         self.uid = uid
         self.loop = loop
@@ -83,6 +85,9 @@ class ModuleProcess:
         self.extra_env = env or {}
         self.max_line = max_line
         self.host = host
+        self.box = box if box is not None else Box(uid, None)
+        self.check_peers = check_peers
+        self.refused = 0  # connections to its ports from processes that were not the module
         self.state = State.STARTING
         self.parameters: dict[str, Any] = {}
         self.proc: subprocess.Popen | None = None
@@ -105,6 +110,7 @@ class ModuleProcess:
         self._pipes: list[Any] = []
         self._lock = threading.RLock()  # state and parameters
         self._cmd_lock = threading.Lock()  # one command at a time on the command stream
+        self._cmd_watched: socket.socket | None = None  # the command stream, while the I/O thread watches it
         self._stopped = threading.Event()
 
     # -- the state machine -----------------------------------------------------------
@@ -139,6 +145,10 @@ class ModuleProcess:
             self._advance(State.INITIALIZING, State.RUNNING)
         except CommandError as exc:
             self.start_failed = True
+            if self.proc is not None and ladder.wait_exit(self.proc, 0.2 if isinstance(exc, ModuleBroken) else 0,
+                                                          self._pidfd):
+                # It ended by itself (a crash during init): the ladder records rung ``exited``.
+                exc = CommandError(f"{exc}; exited with status {self.proc.returncode}")
             self.stop(f"start failed: {exc}", send_rm=False)
             self._close_streams()  # connected after a concurrent stop closed them
             raise CommandError(f"module {self.type.name!r} failed to start: {exc}") from None
@@ -161,15 +171,19 @@ class ModuleProcess:
                 listeners.append(sock)
             argv = self.type.command_line() + [self.host, str(listeners[0].getsockname()[1]),
                                                str(listeners[1].getsockname()[1])]
+            program = argv[0]
             limits = Limits.of(self.type)
-            argv = limits.wrap(argv)
+            env = self.type.environment(self.extra_env)
+            wrapped = self.box.wrap(limits.wrap(argv))
+            if wrapped is not argv and not _runnable(program, env, self.type.cwd):
+                raise CommandError(f"cannot run {program}: No such file or directory")
             try:
                 self.proc = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    env=self.type.environment(self.extra_env), cwd=self.type.cwd, start_new_session=True)
+                    wrapped, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    env=env, cwd=self.type.cwd, start_new_session=True)
             except OSError as exc:
                 raise CommandError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-            self.pid = self.proc.pid
+            self.pid = self.box.pid = self.proc.pid
             limits.apply(self.pid)
             if self.on_spawn is not None:
                 self.on_spawn(self.pid)
@@ -203,6 +217,8 @@ class ModuleProcess:
                         conn, _ = sock.accept()
                     except BlockingIOError:
                         continue
+                    if not self._from_module(conn, ("command", "update")[i]):
+                        continue
                     conns[i] = conn
                     watch.remove(sock)
         self._cmd_sock, self._upd_sock = conns[0], conns[1]
@@ -211,6 +227,19 @@ class ModuleProcess:
         self._upd_sock.setblocking(False)
         self._upd_sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.loop.call_soon(self._register_update_stream)
+
+    def _from_module(self, conn: socket.socket, stream: str) -> bool:
+        """Whether an accepted connection comes from the module (or its descendants); close it if not."""
+        if not self.check_peers:
+            return True
+        verdict = peer.check(conn, self.box.members())
+        if verdict:
+            return True
+        self.refused += 1
+        log.warning("module %s (%s, pid %s): refused a connection to its %s port: %s", self.uid,
+                    self.type.name, self.pid, stream, verdict.why)
+        conn.close()
+        return False
 
     # -- the update stream (runs on the I/O thread) ----------------------------------
 
@@ -221,6 +250,44 @@ class ModuleProcess:
         self._upd_chan = self.loop.add_reader(sock, self._on_update_readable, max_out=256 << 10)
         if self._pidfd is not None:
             self.loop.add_reader(_FdObject(self._pidfd), self._on_exit)
+        self._watch_command_stream()
+
+    # -- the command stream between commands (I/O thread) ----------------------------
+
+    def _watch_command_stream(self) -> None:
+        """Watch the command stream while no command is in flight, so that its close is noticed at once."""
+        sock = self._cmd_sock
+        if sock is None or self._cmd_watched is not None or sock.fileno() < 0:
+            return
+        self._cmd_watched = sock
+        self.loop.add_reader(sock, self._on_command_readable)
+
+    def _on_command_readable(self) -> None:
+        sock, self._cmd_watched = self._cmd_watched, None
+        if sock is None:
+            return
+        self.loop.remove(sock)  # one shot: re-armed after the next command, or below
+        if not self._cmd_lock.acquire(blocking=False):
+            return  # a command is in flight: its caller reads the answer and re-arms the watch
+        try:
+            if sock is not self._cmd_sock:
+                return
+            try:
+                # Readable now, or the last answer was read meanwhile (then nothing to see: watch again).
+                # The socket may have a timeout set, so recv is called only when it cannot block.
+                data = sock.recv(1, socket.MSG_PEEK) if wait_readable([sock], 0) else None
+            except (BlockingIOError, InterruptedError, TimeoutError):
+                data = None
+            except OSError:
+                data = b""
+            if data is None:
+                self._watch_command_stream()
+                return
+        finally:
+            self._cmd_lock.release()
+        if not data:
+            self._left("its command stream closed")
+        # else: a line nobody asked for; the next command reports it (see _check_nothing_unasked)
 
     def _on_update_readable(self) -> None:
         sock = self._upd_sock
@@ -366,6 +433,8 @@ class ModuleProcess:
                 raise ModuleBroken(f"answer to {cmd}: {exc}") from None
             except OSError as exc:
                 raise ModuleBroken(f"command stream failed during {cmd}: {exc.strerror or exc}") from None
+            finally:
+                self.loop.call_soon(self._watch_command_stream)
         try:
             answer = json.loads(raw)
         except (ValueError, RecursionError):
@@ -426,15 +495,17 @@ class ModuleProcess:
                             self.call("rm", timeout=self.type.command_timeout, starting=True)
                         except CommandError:
                             pass
-                    self._close_streams()
+                    self._close_streams(wait_call=self.type.command_timeout)
 
                 self.ended_by = ladder.stop_ladder(
                     self.proc, request, self.type.rm_timeout, self.type.term_timeout,
-                    pidfd=self._pidfd, first_rung=ladder.EXITED if leaving else ladder.RM)
+                    pidfd=self._pidfd, first_rung=ladder.EXITED if leaving else ladder.RM,
+                    sweep=self.box.sweep)
                 self.returncode = self.proc.returncode
         finally:
             self._close_streams()
             self._release()
+            self.box.release()
             self.stopped_at = time.time()
             self._enter(State.STOPPED)
             self._stopped.set()
@@ -442,17 +513,25 @@ class ModuleProcess:
                       self.ended_by, reason)
         return self.ended_by
 
-    def _close_streams(self) -> None:
+    def _close_streams(self, wait_call: float = 0.0) -> None:
+        """Close both streams; with ``wait_call``, first let a command in flight get its answer
+        (waiting up to that many seconds), so an answer the module sent before leaving is delivered."""
         upd, self._upd_sock = self._upd_sock, None
-        cmd, self._cmd_sock = self._cmd_sock, None
+        locked = self._cmd_lock.acquire(timeout=wait_call) if wait_call > 0 else False
+        try:
+            cmd, self._cmd_sock = self._cmd_sock, None
+        finally:
+            if locked:
+                self._cmd_lock.release()
         if upd is not None:
             self.loop.call_soon(lambda: (self.loop.remove(upd), upd.close()))
         if cmd is not None:
             try:
-                cmd.shutdown(socket.SHUT_RDWR)
+                cmd.shutdown(socket.SHUT_RDWR)  # wakes a caller still blocked on it
             except OSError:
                 pass
-            cmd.close()
+            # Closed on the I/O thread, after it stops watching it (the fd number must not be reused first).
+            self.loop.call_soon(lambda: (self.loop.remove(cmd), cmd.close()))
 
     def _release(self) -> None:
         fd, self._pidfd = self._pidfd, None
@@ -507,3 +586,9 @@ class _FdObject:
     def fileno(self) -> int:
         return self.fd
 
+
+def _runnable(program: str, env: dict[str, str], cwd: str | None) -> bool:
+    """Whether ``program`` names an executable (checked before it is run through a launcher)."""
+    if os.sep in program:
+        return os.access(os.path.join(cwd or "", program), os.X_OK)
+    return shutil.which(program, path=env.get("PATH", os.defpath)) is not None

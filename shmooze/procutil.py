@@ -35,6 +35,29 @@ def become_subreaper() -> bool:
     return done
 
 
+def die_with_parent(sig: int, parent: int | None = None) -> bool:
+    """Have the kernel send ``sig`` to this process when its parent dies (``PR_SET_PDEATHSIG``).
+
+    Returns False when the parent is already gone (``parent``, when given, is the pid it
+    should be): the caller should then leave at once. Cleared by exec of set-uid programs only.
+    """
+    if not _prctl(PR_SET_PDEATHSIG, sig):
+        log.debug("PR_SET_PDEATHSIG not available")
+        return True
+    ppid = os.getppid()
+    if parent is not None:
+        return ppid == parent
+    return ppid != 1 or _comm(1) in ("supervisord", "python", "python3")
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def children(pid: int | None = None) -> list[int]:
     """Direct children of a process (from /proc), empty when unknown."""
     pid = os.getpid() if pid is None else pid

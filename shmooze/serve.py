@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
 from typing import Any, Callable
 
@@ -88,6 +89,10 @@ def build_service(settings: Settings, name: str) -> Any:
         events.max_answer_bytes = int(settings.changes_max_bytes)
     if hasattr(service, "max_line"):
         service.max_line = int(settings.get("max_line_bytes", service.max_line))
+    if hasattr(service, "containment_mode") and settings.get("containment"):
+        service.containment_mode = str(settings.get("containment"))  # auto, cgroup or process-group
+    if hasattr(service, "check_peers") and settings.get("check_module_peers") is not None:
+        service.check_peers = bool(settings.get("check_module_peers"))
     log_path = settings.get("log_database_path")
     if log_path and hasattr(service, "command_log") and service.command_log is None:
         from shmooze.cmdlog import CommandLog
@@ -180,6 +185,7 @@ def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:
         "loglevel": str(settings.get("log_level", "info")).lower(),
         "graceful_timeout": int(settings.get("stop_timeout", 15)),
         "on_starting": lambda server: procutil.become_subreaper(),
+        "post_fork": _die_with_master,
         "control_socket_disable": True,  # one per user by default: several services would collide
     }
     if name == "wsgi":
@@ -222,6 +228,23 @@ def _worker_exit(server: Any, worker: Any) -> None:
             log.exception("error while stopping %s", getattr(service, "name", service))
 
 
+def _die_with_master(server: Any, worker: Any) -> None:
+    """In each worker: if the gunicorn master dies (only a SIGKILL ends it before its workers), the
+    worker dies too; a service worker's orphan guard then ends its modules."""
+    if not procutil.die_with_parent(signal.SIGKILL, parent=server.pid):
+        os._exit(1)
+
+
+def die_with_supervisord() -> None:
+    """Under supervisord: if supervisord dies, even by SIGKILL, this service dies at once (and its
+    workers and modules after it), so nothing keeps the ports and the next run starts clean."""
+    if not os.environ.get("SUPERVISOR_ENABLED"):
+        return
+    if not procutil.die_with_parent(signal.SIGKILL):
+        log.error("supervisord is gone already; not starting")
+        sys.exit(1)
+
+
 def serve(settings: Settings, name: str) -> None:
     """Serve the gateway (``name == "wsgi"``) or one service, in the foreground, until signalled."""
     if name not in settings.ports:
@@ -231,6 +254,7 @@ def serve(settings: Settings, name: str) -> None:
 
     current.use(settings)
     configure_logging(name, str(settings.get("log_level", "INFO")).upper())
+    die_with_supervisord()
     if name == "wsgi":
         def load_gateway() -> Any:
             from shmooze.gateway import make_gateway
@@ -254,6 +278,8 @@ def serve(settings: Settings, name: str) -> None:
         service.start()
         _running.append(service)
         _on_stop.append(service.events.close)
+        if hasattr(service, "containment_mode"):
+            _on_stop.append(service.stop)  # a module host starts its ladders at once, not after gunicorn's wait
         return service_app(service, int(settings.max_body_bytes), int(settings.max_answer_bytes))
 
     options = gunicorn_options(settings, name)

@@ -115,7 +115,10 @@ class Host:
         fast = {"rm_timeout": 0.3, "term_timeout": 0.3, "command_timeout": 0.5}
         types = [ModuleType("raw", (sys.executable, RAW, str(port)), **fast),
                  ModuleType("good", (sys.executable, MISBEHAVE), **fast)]
-        self.svc = Pool(types, max_line=MAX_LINE) if kind == "pool" else Queue(types, max_line=MAX_LINE)
+        # The test itself speaks as the module, from outside the module's processes: the peer check
+        # (shmooze.peer) would rightly refuse it, so it is off here.
+        self.svc = Pool(types, max_line=MAX_LINE, check_peers=False) if kind == "pool" else \
+            Queue(types, max_line=MAX_LINE, check_peers=False)
         self.raws: list[RawModule] = []
 
     def __call__(self, _cmd: str, **args):
@@ -338,7 +341,8 @@ def test_partial_line_then_close(host, close):
         raw.cmd.close()
     raw.upd.close()
     entry = host.wait_removed(raw)
-    assert "update stream closed" in entry["reason"]
+    # with both closed, either close may be noticed first (the I/O thread watches both streams)
+    assert ("update stream closed" if close != "both" else "stream closed") in entry["reason"]
     host.good_still_works(good)
 
 
@@ -348,7 +352,9 @@ def test_command_stream_closed_is_found_at_the_next_command(host):
     raw.cmd.send(b'{"success": tr')
     raw.cmd.close()
     answer = host("tell_module", uid=raw.uid, cmd="echo")
-    assert answer["success"] is False and "failed and was removed" in answer["error"]
+    # The I/O thread may notice the close before the command is sent: then the module is already gone.
+    assert answer["success"] is False and ("failed and was removed" in answer["error"]
+                                           or "no module with uid" in answer["error"]), answer
     host.wait_removed(raw)
     host.good_still_works(good)
 

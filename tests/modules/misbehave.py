@@ -29,6 +29,13 @@ Flags (combine freely unless noted):
                           {"log": [every cmd name received so far]}
   --exit-after SECONDS    SECONDS after init: send {"cmd": "rm"} on the update
                           stream and exit 0
+  --escape                at init with args {"marker": M, "clear_env": bool}: leave
+                          a grandchild behind (double fork + setsid, ignores
+                          SIGTERM, M in its command line, with clear_env an empty
+                          environment)
+  --crash-in-init         exit with status 4 on init without answering
+  --answer-then-leave     do_leave answers, then sends {"cmd": "rm"} on the
+                          update stream and exits
 """
 
 import argparse
@@ -64,6 +71,9 @@ def parse(argv):
     p.add_argument("--child-ignores-term", action="store_true")
     p.add_argument("--record", action="store_true")
     p.add_argument("--exit-after", type=float, default=None, metavar="SECONDS")
+    p.add_argument("--escape", action="store_true")
+    p.add_argument("--crash-in-init", action="store_true")
+    p.add_argument("--answer-then-leave", action="store_true")
     opts = p.parse_args(argv[1:-3])
     opts.host, opts.cmd_port, opts.update_port = argv[-3], int(argv[-2]), int(argv[-1])
     return opts
@@ -218,6 +228,11 @@ class Misbehave(object):
         self.log.append(cmd)
         if o.record:
             self.updates.set_parameters({"log": list(self.log)}, wait=True)
+        if cmd == "init" and o.crash_in_init:
+            sys.stderr.write("crashing in init\n")
+            os._exit(4)
+        if cmd == "init" and o.escape and args.get("marker"):
+            escape(str(args["marker"]), bool(args.get("clear_env")))
         if cmd == "init":
             self.updates.set_parameters({"pid": os.getpid()}, wait=True)
             if o.init_error:
@@ -240,6 +255,10 @@ class Misbehave(object):
             secs = o.slow_command if o.slow_command is not None else float(args.get("seconds", 0))
             time.sleep(secs)
             self.answer(True, result={"slept": secs})
+        elif cmd == "do_leave" and o.answer_then_leave:
+            self.answer(True, result="bye")
+            self.updates.send("rm", wait=True)
+            os._exit(0)
         elif cmd == "do_crash" and o.crash_mid_command:
             os._exit(3)
         else:
@@ -264,6 +283,18 @@ class Misbehave(object):
                 self.answer(False, error="invalid command line")
                 continue
             self.handle(msg["cmd"], msg["args"])
+
+
+ESCAPEE = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(10 ** 6)\n"
+
+
+def escape(marker, clear_env):
+    """Leave a grandchild behind: out of our group and session, SIGTERM ignored, marker in argv."""
+    argv = ["env", "-i"] if clear_env else []
+    argv += [sys.executable, "-c", ESCAPEE, marker]
+    # sh starts it in the background and exits: the grandchild is orphaned.
+    subprocess.run(["/bin/sh", "-c", 'setsid "$@" </dev/null >/dev/null 2>&1 &', "sh"] + argv,
+                   start_new_session=True, check=True)
 
 
 def main(argv=None):

@@ -1,0 +1,167 @@
+"""C. Containment: ``add`` and ``rm`` with a cgroup per module and the peer check, beside today's
+process group alone; and the cost of the peer check itself.
+
+Usage: ``.venv/bin/python bench/containment_bench.py [--quick]``
+
+Four configurations of an in-process queue run the same trivial Python module, in rounds that
+interleave them (so load from other processes hits every configuration alike):
+
+* ``floor``: process group only, no environment sweep, no peer check (what shmooze did before);
+* ``process-group``: the fallback, with the environment sweep at every ``rm`` and the peer check;
+* ``cgroup``: a cgroup v2 per module (launcher, ``cgroup.kill``, folder removed) and the peer check;
+* ``cgroup, no check``: the same without the peer check, to isolate its cost.
+
+Each figure is the median over rounds of each round's median, with min-max across rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+for _path in (str(HERE.parent / "pymodule"), str(HERE.parent), str(HERE)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from common import Section, child_env, limit_row, markdown, ratio_row, setup_logging  # noqa: E402
+from shmooze import cgroup, peer, protocol  # noqa: E402
+from shmooze.containment import PROCESS_GROUP, Containment  # noqa: E402
+from shmooze.moduletype import python_module  # noqa: E402
+from shmooze.queue import Queue  # noqa: E402
+
+TRIVIAL = str(HERE / "trivial_module.py")
+
+
+class Today(Containment):
+    """The floor: process group only, as before (no environment sweep)."""
+
+    def __init__(self, token: str, mode: str = PROCESS_GROUP, sweep_tokens: bool = True):
+        super().__init__(token, PROCESS_GROUP, sweep_tokens=False)
+
+
+def make_queue(kind: str) -> Queue:
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE.parent / "pymodule"), str(HERE.parent)])
+    mtype = python_module("trivial", TRIVIAL, rm_timeout=3, term_timeout=3)
+    if kind == "floor":
+        q = Queue([mtype], containment=PROCESS_GROUP, check_peers=False)
+        import shmooze.host as host_module
+
+        original = host_module.Containment
+        host_module.Containment = Today  # type: ignore[misc]
+        try:
+            q.start()
+        finally:
+            host_module.Containment = original  # type: ignore[misc]
+        return q
+    mode = "cgroup" if kind.startswith("cgroup") else PROCESS_GROUP
+    q = Queue([mtype], containment=mode, check_peers=(kind != "cgroup, no check"))
+    q.start()
+    return q
+
+
+def cycles(q: Queue, n: int) -> tuple[list[float], list[float]]:
+    """``n`` adds then ``n`` rms (one module each), in ms."""
+    adds, rms, uids = [], [], []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        answer = q.dispatch(protocol.Command("add", {"type": "trivial"}))
+        adds.append((time.perf_counter() - t0) * 1000)
+        assert answer["success"], answer
+        uids.append(answer["result"]["uid"])
+    for uid in uids:
+        t0 = time.perf_counter()
+        answer = q.dispatch(protocol.Command("rm", {"uids": [uid]}))
+        rms.append((time.perf_counter() - t0) * 1000)
+        assert answer["success"], answer
+    return adds, rms
+
+
+CHILD = "import socket, sys, time\ns = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n" \
+        "sys.stdin.read()\n"
+
+
+def peer_check_cost(n: int) -> list[float]:
+    """Microseconds per :func:`shmooze.peer.check` on a connection from a child process (one per stream)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(listener.getsockname()[1])], stdin=subprocess.PIPE,
+                             env=child_env())
+    try:
+        conn, _ = listener.accept()
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            assert peer.check(conn, [child.pid])
+            out.append((time.perf_counter() - t0) * 1e6)
+        conn.close()
+        return out
+    finally:
+        child.stdin.close()
+        child.wait(10)
+        listener.close()
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def run(quick: bool) -> Section:
+    rounds, n = (3, 8) if quick else (5, 20)
+    kinds = ["floor", "process-group", "cgroup, no check", "cgroup"]
+    if cgroup.usable_parent()[0] is None:
+        kinds = [k for k in kinds if not k.startswith("cgroup")]
+    queues = {k: make_queue(k) for k in kinds}
+    add_medians: dict[str, list[float]] = {k: [] for k in kinds}
+    rm_medians: dict[str, list[float]] = {k: [] for k in kinds}
+    try:
+        for q in queues.values():
+            cycles(q, 2)  # warm up: imports, first cgroup
+        for _ in range(rounds):
+            for kind in kinds:
+                adds, rms = cycles(queues[kind], n)
+                add_medians[kind].append(statistics.median(adds))
+                rm_medians[kind].append(statistics.median(rms))
+    finally:
+        for q in queues.values():
+            q.stop()
+    section = Section(f"Containment: add and rm of a trivial Python module ({rounds} rounds x {n}, "
+                      "interleaved)")
+    for what, medians in (("add", add_medians), ("rm", rm_medians)):
+        floor, fmin, fmax = spread(medians["floor"])
+        for kind in kinds[1:]:
+            value, vmin, vmax = spread(medians[kind])
+            section.add(ratio_row(f"{what}, {kind}", value, "ms", floor, "process group only",
+                                  min=vmin, max=vmax, floor_min=fmin, floor_max=fmax))
+            section.rows[-1].measure += f" ({vmin:.1f}-{vmax:.1f}; floor {fmin:.1f}-{fmax:.1f})"
+    checks = [statistics.median(peer_check_cost(200)) for _ in range(rounds)]
+    value, vmin, vmax = spread(checks)
+    row = limit_row("peer check per add (2 connections)", 2 * value / 1000, "ms", at_most=1.0)
+    row.measure += f" ({2 * vmin / 1000:.3f}-{2 * vmax / 1000:.3f})"
+    section.add(row)
+    section.notes.append("add: spawn until init answered; rm: rm sent until the process is reaped and its "
+                         "containment cleared (environment sweep or cgroup removed).")
+    return section
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and modules")
+    opts = parser.parse_args()
+    setup_logging()
+    import logging
+
+    logging.getLogger("shmooze").setLevel(logging.WARNING)
+    sys.stdout.write(markdown(run(opts.quick)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
