@@ -222,7 +222,7 @@ class HostOps:
 
     def _submit_restart(self, uid: str) -> None:
         if not self.host._closing:  # (the ladder threads are gone once the service stopped)
-            self.host._ladders.submit(self._restart, uid)
+            self.host._in_thread(self._restart, uid)
 
     def cancel(self, uid: str) -> bool:
         """Drop a planned restart (the module was removed while it waited); True if there was one."""

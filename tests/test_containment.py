@@ -40,7 +40,8 @@ class App:
         ports = {"wsgi": free_port(), "queue": free_port()}
         self.path = write_settings(tmp_path / "settings.json", ports=ports, run_path=str(tmp_path / "run"),
                                    services={"queue": "tests.containment_apps:make_queue"}, stop_timeout=5,
-                                   containment=containment)
+                                   containment=containment,
+                                   journal=False)  # every run starts empty: what is left is what escaped
         self.settings = read_settings(self.path)
         self.runs: list[Proc] = []
         self.start()
