@@ -155,6 +155,7 @@ def supervisord_conf(settings: Settings, paths: RunPaths) -> str:
         "; written by 'shmooze run' from " + settings_path.replace("\n", " "),
         "[supervisord]",
         "nodaemon=true",
+        "silent=true",  # its own log lines go to its log file, not over what `shmooze run` says
         f"logfile={logs}/supervisord.log",
         f"pidfile={_conf_value(str(paths.root / 'supervisord.pid'))}",
         f"childlogdir={logs}",

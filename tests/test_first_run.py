@@ -61,6 +61,7 @@ def use_demo(run: Proc, settings_path: Path) -> None:
     settings = read_settings(settings_path)
     url = f"http://127.0.0.1:{settings.ports['wsgi']}/"
     assert f"running; open {url}" in run.log()
+    assert "spawned:" not in run.log()  # supervisord's own lines stay in its log file
     page = requests.get(url, timeout=10)
     assert page.status_code == 200 and "<html" in page.text.lower()
     script = requests.get(url + "static/shmooze.js", timeout=10)
