@@ -57,6 +57,9 @@ def test_dashboard_live(browser, app):  # noqa: F811 - the fixture
         page.wait_for_function("window.dashboardReady === true", timeout=10_000)
         page.wait_for_selector(".card[data-service=pool] .dot.up", timeout=10_000)
         assert page.text_content("#app-name") == "ops demo"
+        card = page.text_content(".card[data-service=pool]")
+        # Which containment is in force, in words (the status field is an object).
+        assert ("cgroup per module" in card or "process group + sweep" in card) and "[object" not in card, card
         # The token is asked for (the gateway has one); state-changing actions use it.
         assert page.is_visible("#token-form")
         page.fill("#token", TOKEN)

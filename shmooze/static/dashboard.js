@@ -148,6 +148,13 @@
     }
   }
 
+  /* What status says of containment ({kind, path} or {kind, why}), in a few words. */
+  function containment(info) {
+    if (!info) return "-";
+    if (info.kind === "cgroup") return "cgroup per module";
+    return "process group + sweep" + (info.why ? " (" + info.why + ")" : "");
+  }
+
   function renderServices() {
     var box = $("services");
     box.textContent = "";
@@ -159,7 +166,7 @@
                   ["version", st.version], ["CPU", num(st.cpu_seconds, 1, " s") + " · " + num(st.cpu_percent, 0, " %")],
                   ["memory", bytes(st.rss_bytes)],
                   ["modules", st.modules ? String(st.modules.length) : "-"],
-                  ["containment", st.containment || (st.modules ? "process group" : "-")]];
+                  ["containment", containment(st.containment)]];
       if (!up && entry) rows = [["error", entry.error]];
       var restart = el("button", {className: "danger", "data-restart": name, text: "restart"});
       restart.addEventListener("click", function () { restartService(name); });
