@@ -58,3 +58,8 @@ def make_ops_pool() -> Pool:
     """A pool for the operations tests: a plain type and one restarted on failure."""
     return Pool([python_module("ops", OPSMOD, **FAST),
                  python_module("crashy", OPSMOD, restart="on-failure", restart_delay=0.2, **FAST)])
+
+
+def make_silent_queue() -> Queue:
+    """A queue with a module type that never connects: every ``add`` of it fails after the connect timeout."""
+    return Queue([python_module("silent", MISBEHAVE, "--no-connect", **FAST)])

@@ -20,6 +20,7 @@ import time
 
 import psutil
 import pytest
+import requests
 from wsproto.events import Ping
 
 from shmooze.forward import MAY_HAVE_RUN, ServiceProxy
@@ -249,6 +250,62 @@ def test_a_command_that_may_have_run_is_never_repeated(app):
     wait_for(lambda: workers(app["service"]) - old and post(app["port"], {"cmd": "status"})[0] == 200, 30,
              interval=0.1, what="the service's new worker")
     assert runs.read_text().count("once\n") == before + 1, "the command ran again"
+
+
+def test_a_read_only_command_in_flight_is_sent_again_to_the_new_worker(app):
+    """Reading twice changes nothing: a read cut by the service's death is answered by its next worker."""
+    runs = app["runs"]
+    before = runs.read_text().count("read\n") if runs.exists() else 0
+    result = {}
+
+    def call():
+        result["answer"] = post(app["port"], {"cmd": "history", "args": {"seconds": 3, "tag": "read"}})
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_for(lambda: runs.exists() and runs.read_text().count("read\n") > before, 10, what="the read to start")
+    old = workers(app["service"])
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    caller.join(30)
+    status, answer = result["answer"]
+    assert status == 200 and answer == {"success": True, "result": 3}, (status, answer)
+    assert runs.read_text().count("read\n") == before + 2  # it ran again, on the new worker
+    assert workers(app["service"]) - old
+
+
+def test_adds_of_modules_that_never_connect_leave_reads_served(tmp_path):
+    """32 adds of a module that never connects (each holds a command thread for the 2 s connect
+    timeout): reads of the same queue are answered meanwhile, within the usual bound."""
+    ports = {"wsgi": free_port(), "queue": free_port()}
+    path = write_settings(tmp_path / "settings.json", ports=ports, services={"queue": "tests.apps:make_silent_queue"},
+                          service_threads=4, read_threads=4, journal=False)
+    service = start_service(path, "queue", tmp_path)
+    try:
+        gateway = start_service(path, "wsgi", tmp_path)
+        try:
+            url = f"http://127.0.0.1:{ports['wsgi']}/queue"
+            answers: list = []
+            adds = [threading.Thread(target=lambda: answers.append(requests.post(
+                url, json={"cmd": "add", "args": {"type": "silent"}}, timeout=30).json())) for _ in range(32)]
+            for t in adds:
+                t.start()
+            latencies = []
+            while any(t.is_alive() for t in adds):
+                start = time.monotonic()
+                reply = requests.post(url, json={"cmd": "status"}, timeout=10)
+                latencies.append(time.monotonic() - start)
+                assert reply.status_code == 200 and reply.json()["success"], reply.text
+            for t in adds:
+                t.join(30)
+            assert len(answers) == 32 and not any(a["success"] for a in answers)
+            assert all("connect" in a["error"] or "busy" in a["error"] for a in answers), answers
+            latencies.sort()
+            assert len(latencies) >= 5 and latencies[int(len(latencies) * 0.99) - 1] < P99_BOUND, latencies[-5:]
+        finally:
+            gateway.stop()
+    finally:
+        service.stop()
 
 
 # --------------------------------------------------------------------------- nothing pins a worker

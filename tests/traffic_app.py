@@ -32,3 +32,7 @@ class Traffic(Service):
     def big(self, size: int = 1000) -> str:
         """An answer of ``size`` bytes."""
         return "y" * size
+
+    def history(self, seconds: float = 0.0, tag: str = "") -> float:
+        """A slow read: ``history`` is a name the gateway knows as read-only, so it may send it again."""
+        return self.slow(seconds, tag)
