@@ -22,6 +22,7 @@ from shmooze.metrics import gateway_stats
 from shmooze.push import PushSession, ServiceWatcher, wait_for_changes_here
 from shmooze.service import READ_ONLY_COMMANDS, only_reads
 from shmooze.settings import STATIC_DIR, Settings
+from shmooze.slowbodies import READERS, gevent_sockets
 from shmooze.websocket import check_origin, host_name
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class Gateway:
         self.max_body_bytes: int = settings.max_body_bytes
         self.body_timeout = float(settings.body_timeout)
         self.body_min_rate = float(settings.body_min_rate)
+        if gevent_sockets():  # a gateway worker: cut slow bodies while they crowd its connections
+            READERS.watch(int(settings.get("gateway_connections", 4000)), float(settings.body_shed_after))
         host = settings.get("service_host", "127.0.0.1")
         timeout = float(settings.forward_timeout)
         # A kept-alive connection is dropped well before the service would drop it.

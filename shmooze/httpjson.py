@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import sys
+import time
 from http import HTTPStatus
 from typing import Any, Callable, Iterable
 
@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from shmooze import protocol
+from shmooze.slowbodies import READERS, Shed, gevent_sockets
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +79,10 @@ class _BodyTimeout(Exception):
 def _deadline(seconds: float) -> Any:
     """A deadline on what the block reads (gevent's timeout when gevent runs the sockets; else none,
     and the socket's own timeout bounds each read)."""
-    if "gevent" in sys.modules:
-        from gevent import Timeout, monkey
+    if gevent_sockets():
+        from gevent import Timeout
 
-        if monkey.is_module_patched("socket"):
-            return Timeout(seconds, _BodyTimeout)
+        return Timeout(seconds, _BodyTimeout)
     return contextlib.nullcontext()
 
 
@@ -98,6 +98,9 @@ def _read_body(environ: dict[str, Any], stream: Any, size: int | None, max_bytes
     pieces: list[bytes] = []
     got = 0
     want = size if size is not None else max_bytes + 1
+    # A gateway worker may cut it while slow bodies crowd its connections (shmooze.slowbodies).
+    reader = READERS.enter((size or 0) / min_rate) if gevent_sockets() else None
+    started = time.monotonic()
     try:
         while got < want:
             ask = min(BODY_PIECE, want - got)
@@ -110,6 +113,11 @@ def _read_body(environ: dict[str, Any], stream: Any, size: int | None, max_bytes
                 break
             pieces.append(piece)
             got += len(piece)
+    except Shed:
+        log.debug("cut a slow request body from %s (%d bytes after %.1f s)", environ.get("REMOTE_ADDR", "?"), got,
+                  time.monotonic() - started)
+        raise JSONHTTPError(408, "the request body did not arrive in time: slow bodies are cut while they "
+                                 "crowd the gateway", close=True) from None
     except (_BodyTimeout, socket.timeout, TimeoutError):
         log.warning("closed a connection from %s: its body did not arrive in time (%d bytes after %.0f s; "
                     "body_timeout %g s, body_min_rate %g bytes/s)", environ.get("REMOTE_ADDR", "?"), got,
@@ -124,6 +132,8 @@ def _read_body(environ: dict[str, Any], stream: Any, size: int | None, max_bytes
             raise JSONHTTPError(400, f"malformed request body: {type(exc).__name__}", close=True) from None
         raise
     finally:
+        if reader is not None:
+            READERS.leave(reader)
         if sock is not None:
             try:
                 sock.settimeout(prior)

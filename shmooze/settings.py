@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "read_threads": 8,
     "body_timeout": 10.0,
     "body_min_rate": 8192,
+    "body_shed_after": 1.0,
     "max_answer_bytes": 16 << 20,
     "events_max_bytes": 8 << 20,
     "changes_max_bytes": 4 << 20,
