@@ -230,47 +230,43 @@ def test_realistic_idle_spell_with_default_keepalive(tmp_path):
 # --------------------------------------------------------------------------- a service dies mid-command
 
 
-def test_a_command_that_may_have_run_is_never_repeated(app):
+def kill_service_mid_command(app, cmd: str, tag: str, seconds: float):
+    """Send a slow command that records ``tag`` when it runs; SIGKILL the service's worker while it
+    runs. Returns (HTTP status, answer, runs of ``tag`` before, the killed worker pids)."""
     runs = app["runs"]
-    before = runs.read_text().count("once\n") if runs.exists() else 0
+
+    def count() -> int:
+        return runs.read_text().count(f"{tag}\n") if runs.exists() else 0
+
+    before = count()
     result = {}
 
     def call():
-        result["answer"] = post(app["port"], {"cmd": "slow", "args": {"seconds": 5, "tag": "once"}})
+        result["answer"] = post(app["port"], {"cmd": cmd, "args": {"seconds": seconds, "tag": tag}})
 
     caller = threading.Thread(target=call)
     caller.start()
-    wait_for(lambda: runs.exists() and runs.read_text().count("once\n") > before, 10, what="the command to start")
-    old = workers(app["service"])
-    for pid in old:
-        os.kill(pid, signal.SIGKILL)
-    caller.join(20)
-    status, answer = result["answer"]
-    assert status == 502 and MAY_HAVE_RUN in answer["error"], (status, answer)
-    wait_for(lambda: workers(app["service"]) - old and post(app["port"], {"cmd": "status"})[0] == 200, 30,
-             interval=0.1, what="the service's new worker")
-    assert runs.read_text().count("once\n") == before + 1, "the command ran again"
-
-
-def test_a_read_only_command_in_flight_is_sent_again_to_the_new_worker(app):
-    """Reading twice changes nothing: a read cut by the service's death is answered by its next worker."""
-    runs = app["runs"]
-    before = runs.read_text().count("read\n") if runs.exists() else 0
-    result = {}
-
-    def call():
-        result["answer"] = post(app["port"], {"cmd": "history", "args": {"seconds": 3, "tag": "read"}})
-
-    caller = threading.Thread(target=call)
-    caller.start()
-    wait_for(lambda: runs.exists() and runs.read_text().count("read\n") > before, 10, what="the read to start")
+    wait_for(lambda: count() > before, 10, what="the command to start")
     old = workers(app["service"])
     for pid in old:
         os.kill(pid, signal.SIGKILL)
     caller.join(30)
-    status, answer = result["answer"]
+    return (*result["answer"], before, old)
+
+
+def test_a_command_that_may_have_run_is_never_repeated(app):
+    status, answer, before, old = kill_service_mid_command(app, "slow", "once", 5)
+    assert status == 502 and MAY_HAVE_RUN in answer["error"], (status, answer)
+    wait_for(lambda: workers(app["service"]) - old and post(app["port"], {"cmd": "status"})[0] == 200, 30,
+             interval=0.1, what="the service's new worker")
+    assert app["runs"].read_text().count("once\n") == before + 1, "the command ran again"
+
+
+def test_a_read_only_command_in_flight_is_sent_again_to_the_new_worker(app):
+    """Reading twice changes nothing: a read cut by the service's death is answered by its next worker."""
+    status, answer, before, old = kill_service_mid_command(app, "history", "read", 3)
     assert status == 200 and answer == {"success": True, "result": 3}, (status, answer)
-    assert runs.read_text().count("read\n") == before + 2  # it ran again, on the new worker
+    assert app["runs"].read_text().count("read\n") == before + 2  # it ran again, on the new worker
     assert workers(app["service"]) - old
 
 
