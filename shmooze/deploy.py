@@ -364,9 +364,9 @@ class Runner:
             # Any exit during the start is a broken service, not a hiccup worth supervisord's retries:
             # BACKOFF (it exited before startsecs), EXITED, or a new pid (it exited and was restarted
             # between two looks).
-            first_pid = self.start_pids.setdefault(name, info.get("pid") or 0) or info.get("pid") or 0
-            self.start_pids[name] = first_pid
-            restarted = bool(first_pid and info.get("pid") and info["pid"] != first_pid)
+            pid = info.get("pid") or 0
+            first = self.start_pids[name] = self.start_pids.get(name) or pid
+            restarted = bool(first and pid and pid != first)
             if state in ("FATAL", "BACKOFF", "EXITED") or restarted:
                 how = state if not restarted else "it exited and was restarted"
                 return self._failure_text(name, f"service {name!r} failed to start ({how})")

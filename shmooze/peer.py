@@ -15,6 +15,8 @@ import socket
 import struct
 from typing import Iterable
 
+from shmooze.procutil import socket_inodes
+
 log = logging.getLogger(__name__)
 
 NETLINK_SOCK_DIAG = 4
@@ -95,23 +97,6 @@ def peer_socket(conn: socket.socket) -> tuple[int, int] | None:
     if found is None or found[0] == 0:
         found = _proc_net(family, peer, local)
     return found
-
-
-def socket_inodes(pid: int) -> set[int]:
-    """Inodes of the sockets a process has open."""
-    out = set()
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return out
-    for name in names:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{name}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            out.add(int(target[8:-1]))
-    return out
 
 
 def held_by(inode: int, pids: Iterable[int]) -> int | None:

@@ -133,7 +133,24 @@ def kill_group(pgid: int, sig: int) -> bool:
         raise
 
 
-def _listening_inodes(port: int) -> set[str]:
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets a process has open (empty when /proc does not let us see)."""
+    out = set()
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for name in names:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out.add(int(target[8:-1]))
+    return out
+
+
+def _listening_inodes(port: int) -> set[int]:
     """Socket inodes listening on TCP ``port`` (IPv4 or IPv6), from /proc/net/tcp{,6}."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -144,7 +161,7 @@ def _listening_inodes(port: int) -> set[str]:
                     fields = line.split()
                     # local_address is HEX_IP:HEX_PORT; state 0A is LISTEN; the inode is field 9.
                     if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                        inodes.add(fields[9])
+                        inodes.add(int(fields[9]))
         except OSError:
             continue
     return inodes
@@ -152,25 +169,11 @@ def _listening_inodes(port: int) -> set[str]:
 
 def listening_pids(port: int) -> list[int]:
     """Pids of the processes holding a socket that listens on TCP ``port`` (those /proc lets us see)."""
-    targets = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
-    found = []
+    targets = _listening_inodes(port)
     if not targets:
-        return found
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fds = os.listdir(f"/proc/{entry}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{entry}/fd/{fd}") in targets:
-                    found.append(int(entry))
-                    break
-            except OSError:
-                continue
-    return sorted(found)
+        return []
+    return sorted(int(entry) for entry in os.listdir("/proc")
+                  if entry.isdigit() and socket_inodes(int(entry)) & targets)
 
 
 def describe(pid: int) -> str:
