@@ -119,6 +119,16 @@ class Proc:
             pass
 
 
+def stop_all(procs: list[Proc]) -> None:
+    """Stop processes in the order given (callers pass the gateway first: its long polls hold the
+    services' threads); each is killed outright if it does not stop."""
+    for proc in procs:
+        try:
+            proc.stop()
+        finally:
+            proc.kill_everything()
+
+
 def shmooze_argv(*args: str) -> list[str]:
     return [PYTHON, "-m", "shmooze", *args]
 

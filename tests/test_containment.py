@@ -210,16 +210,9 @@ from shmooze import ladder, protocol  # noqa: E402
 from shmooze.moduletype import ModuleType, python_module  # noqa: E402
 from shmooze.queue import Queue  # noqa: E402
 from tests.containment_apps import ESCAPE_SH, MISBEHAVE  # noqa: E402
+from tests.test_faults import ended, ok  # noqa: E402
 
 
-def ok(svc, _cmd, **args):
-    answer = svc.dispatch(protocol.Command(_cmd, args))
-    assert answer["success"] is True, (_cmd, args, answer)
-    return answer.get("result")
-
-
-def ended(svc, uid):
-    return next((e for e in ok(svc, "status")["ended"] if e["uid"] == uid), None)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ if not CHROMIUM:  # pragma: no cover
     pytest.skip("no Chromium", allow_module_level=True)
 
 from shmooze.client import Client  # noqa: E402
-from tests.helpers import free_port, gone, start_service, wait_for, write_settings  # noqa: E402
+from tests.helpers import free_port, gone, start_service, stop_all, wait_for, write_settings  # noqa: E402
 
 TOKEN = "dash-token"
 pytestmark = pytest.mark.timeout(120)
@@ -37,11 +37,7 @@ def app(tmp_path_factory):
     try:
         yield {"url": url, "client": Client(url, token=TOKEN)}
     finally:
-        for proc in reversed(procs):
-            try:
-                proc.stop()
-            finally:
-                proc.kill_everything()
+        stop_all(list(reversed(procs)))  # the gateway first
     assert all(gone(p.pid) for p in procs)
 
 

@@ -10,7 +10,7 @@ import pytest
 from shmooze.client import Client
 from shmooze.events import ChangeLog
 from shmooze.websocket import WebSocketClient
-from tests.helpers import PYTHON, Proc, free_port, start_service, wait_for, write_settings
+from tests.helpers import PYTHON, Proc, free_port, start_service, stop_all, wait_for, write_settings
 from tests.sample_service import Sample
 
 
@@ -62,11 +62,7 @@ def gateway(tmp_path_factory):
     try:
         yield {"ports": ports, "url": f"http://127.0.0.1:{ports['wsgi']}/", "ws": f"ws://127.0.0.1:{ports['wsgi']}/ws"}
     finally:
-        for proc in reversed(procs):
-            try:
-                proc.stop()
-            finally:
-                proc.kill_everything()
+        stop_all(list(reversed(procs)))  # the gateway first
 
 
 def receive_json(ws, timeout=5.0):

@@ -18,7 +18,7 @@ import pytest
 from shmooze.cli import shmz as shmz_cli
 from shmooze.errors import ServiceError, TransportError
 from shmooze.service import Service
-from tests.helpers import PYTHON, ROOT, free_port, gone, start_service, write_settings
+from tests.helpers import PYTHON, ROOT, free_port, gone, start_service, stop_all, write_settings
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +33,7 @@ def app(tmp_path_factory):
             procs.append(start_service(path, name, tmp))
         yield {"port": ports["wsgi"], "url": f"http://127.0.0.1:{ports['wsgi']}/"}
     finally:
-        for proc in reversed(procs):  # the gateway first: its long polls hold the services' threads
-            try:
-                proc.stop()
-            finally:
-                proc.kill_everything()
+        stop_all(list(reversed(procs)))  # the gateway first
     assert all(gone(proc.pid) for proc in procs)
 
 

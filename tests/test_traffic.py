@@ -25,7 +25,7 @@ from wsproto.events import Ping
 
 from shmooze.forward import MAY_HAVE_RUN, ServiceProxy
 from shmooze.websocket import HandshakeError, WebSocketClient
-from tests.helpers import free_port, start_service, wait_for, write_settings
+from tests.helpers import free_port, start_service, stop_all, wait_for, write_settings
 from tests.test_push import receive_json
 
 P99_BOUND = 0.5
@@ -60,11 +60,7 @@ def app(tmp_path_factory):
         yield {"port": ports["wsgi"], "service_port": ports["traffic"], "service": service, "gateway": gateway,
                "runs": tmp / "runs.txt"}
     finally:
-        for proc in (gateway, service):
-            try:
-                proc.stop()
-            finally:
-                proc.kill_everything()
+        stop_all([gateway, service])
 
 
 def workers(proc) -> set[int]:
@@ -596,8 +592,4 @@ def test_more_trickling_bodies_than_connections_leave_new_clients_served(tmp_pat
         assert workers(gateway) == before  # no worker restarted
     finally:
         stop.set()
-        for proc in (gateway, service):
-            try:
-                proc.stop()
-            finally:
-                proc.kill_everything()
+        stop_all([gateway, service])
