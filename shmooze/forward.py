@@ -216,12 +216,12 @@ class ServiceProxy:
             try:
                 conn, reused = self._take()
             except (ConnectionRefusedError, FileNotFoundError):
-                raise ForwardError(502, f"service {self.name!r} is down (nothing listens on port {self.port})")
+                raise ForwardError(502, f"service {self.name!r} is down (nothing listens on port {self.port})") from None
             except (socket.timeout, TimeoutError):
                 raise ForwardError(504, f"service {self.name!r} did not accept a connection within "
-                                        f"{self.connect_timeout:g} s")
+                                        f"{self.connect_timeout:g} s") from None
             except OSError as exc:
-                raise ForwardError(502, f"service {self.name!r} cannot be reached: {exc.strerror or exc}")
+                raise ForwardError(502, f"service {self.name!r} cannot be reached: {exc.strerror or exc}") from exc
             sent = False
             try:
                 conn.sock.settimeout(self.timeout)
@@ -230,20 +230,20 @@ class ServiceProxy:
                 reply, keep = conn.read_reply()
             except (socket.timeout, TimeoutError):
                 conn.close()
-                raise ForwardError(504, f"service {self.name!r} did not answer within {self.timeout:g} s")
+                raise ForwardError(504, f"service {self.name!r} did not answer within {self.timeout:g} s") from None
             except (_Closed, ConnectionResetError, BrokenPipeError) as exc:
                 conn.close()
                 if attempt == 0 and ((reused and not sent) or (repeatable is not None and repeatable())):
                     continue  # it never reached the service, or running it twice changes nothing
                 if not sent:
-                    raise ForwardError(502, f"service {self.name!r} closed the connection: {exc}")
-                raise ForwardError(502, f"service {self.name!r}: {MAY_HAVE_RUN}")
+                    raise ForwardError(502, f"service {self.name!r} closed the connection: {exc}") from exc
+                raise ForwardError(502, f"service {self.name!r}: {MAY_HAVE_RUN}") from exc
             except ForwardError:
                 conn.close()
                 raise
             except (OSError, ValueError) as exc:
                 conn.close()
-                raise ForwardError(502, f"service {self.name!r} failed: {exc}")
+                raise ForwardError(502, f"service {self.name!r} failed: {exc}") from exc
             if keep:
                 self._give_back(conn)
             else:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import threading
+import time
 from typing import Any, Callable, Iterable
 
 from werkzeug.exceptions import HTTPException, NotFound
@@ -20,7 +22,7 @@ from shmooze.forward import ForwardError, ServiceProxy
 from shmooze.httpjson import JSONHTTPError, error_response, json_response, raw_json_response, read_command_body
 from shmooze.metrics import gateway_stats
 from shmooze.push import PushSession, ServiceWatcher, wait_for_changes_here
-from shmooze.service import READ_ONLY_COMMANDS, only_reads
+from shmooze.service import Service, only_reads
 from shmooze.settings import STATIC_DIR, Settings
 from shmooze.slowbodies import READERS, gevent_sockets
 from shmooze.websocket import check_origin, host_name
@@ -28,18 +30,86 @@ from shmooze.websocket import check_origin, host_name
 log = logging.getLogger(__name__)
 mimetypes.add_type("text/javascript", ".mjs")
 
-#: Commands that change nothing: open to everyone even when an access token is set.
-OPEN_COMMANDS = READ_ONLY_COMMANDS
 #: Host names every gateway answers to (a DNS-rebinding page's Host is its own domain, never these).
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def body_only_reads(body: bytes) -> bool:
-    """Whether a command body only reads (then sending it twice changes nothing)."""
-    try:
-        return only_reads(protocol.parse_request(body).items)
-    except protocol.BodyError:
-        return False
+#: What every shmooze service declares read-only (``status``, ``changes``...): assumed while a service's
+#: own answer is not known.
+BASE_READ_ONLY = Service.declared_read_only()
+
+
+class DeclaredReadOnly:
+    """Which commands of one service only read, as the service itself declares them.
+
+    The gateway asks the service's ``commands`` when it first needs to know, and again: when the
+    last ask failed, when a request names a command the last answer did not list, after a forward
+    to the service failed (it may have restarted with other commands), and ``max_age`` seconds
+    after the last answer. Never more than once per ``min_interval`` seconds. While it does not
+    know, only :data:`BASE_READ_ONLY` and ``extra`` (the ``open_commands`` setting) count as
+    read-only: an unknown command needs the access token.
+    """
+
+    def __init__(self, proxy: ServiceProxy, extra: frozenset[str] = frozenset(), max_age: float = 60.0,
+                 min_interval: float = 1.0):
+        self.proxy = proxy
+        self.extra = extra
+        self.max_age = max_age
+        self.min_interval = min_interval
+        self.read_only = BASE_READ_ONLY | extra
+        self.known: frozenset[str] | None = None  # every command of the last answer; None: no answer
+        self._answered_at = float("-inf")
+        self._asked_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def only_reads(self, items: list[protocol.Item], ask: bool = True) -> bool:
+        """Whether these items change nothing; ``ask=False`` decides from what is known already."""
+        if ask and self._should_ask(items):
+            self.refresh()
+        return only_reads(items, self.read_only)
+
+    def body_only_reads(self, body: bytes) -> bool:
+        """The same for a command body (a body that is not a request changes nothing, but says no)."""
+        try:
+            return self.only_reads(protocol.parse_request(body).items, ask=False)
+        except protocol.BodyError:
+            return False
+
+    def forget(self) -> None:
+        """The service failed: ask again when next needed."""
+        self._answered_at = float("-inf")
+
+    def _should_ask(self, items: list[protocol.Item]) -> bool:
+        now = time.monotonic()
+        if now - self._asked_at < self.min_interval:
+            return False
+        if self.known is None or now - self._answered_at > self.max_age:
+            return True
+        return any(isinstance(i, protocol.Command) and i.cmd not in self.known for i in items)
+
+    def refresh(self) -> None:
+        """Ask the service for its commands (one caller at a time; the others wait for its answer)."""
+        asked = self._asked_at
+        with self._lock:
+            if self._asked_at != asked:
+                return  # another caller asked meanwhile
+            self._asked_at = time.monotonic()
+            try:
+                reply = self.proxy.post(b'{"cmd": "commands"}', repeatable=lambda: True)
+                answer = protocol.loads(reply.body)
+                table = answer["result"] if answer.get("success") is True else None
+                if not isinstance(table, dict):
+                    raise ValueError(f"answered {protocol.short(reply.body.decode('utf-8', 'replace'), 100)}")
+            except (ForwardError, ValueError, TypeError, KeyError, AttributeError) as exc:
+                log.warning("cannot learn the read-only commands of %s (%s); only %s count as read-only",
+                            self.proxy.name, getattr(exc, "message", exc), ", ".join(sorted(self.read_only)))
+                self.known, self.read_only = None, BASE_READ_ONLY | self.extra
+                return
+            self.known = frozenset(table)
+            self.read_only = frozenset(
+                name for name, about in table.items() if isinstance(about, dict) and about.get("read_only") is True
+            ) | self.extra
+            self._answered_at = time.monotonic()
 
 
 class Gateway:
@@ -67,7 +137,8 @@ class Gateway:
         }
         self.public_settings = protocol.dumps(settings.public())
         self.token: str | None = settings.get("access_token") or None
-        self.open_commands = OPEN_COMMANDS | frozenset(settings.get("open_commands", []))
+        extra = frozenset(settings.get("open_commands", []))  # open to all besides what services declare
+        self.declared = {name: DeclaredReadOnly(proxy, extra) for name, proxy in self.proxies.items()}
         self.allowed_origins: list[str] = list(settings.get("allowed_origins", []))
         listen = str(settings.get("host", "127.0.0.1"))
         self.allowed_hosts = LOCAL_HOSTS | {host_name(listen)} | {
@@ -131,12 +202,14 @@ class Gateway:
             log.info("refused a command from origin %r", environ["HTTP_ORIGIN"][:100])
             raise JSONHTTPError(403, "origin not allowed", close=True)
         body, mimetype = read_command_body(environ, self.max_body_bytes, self.body_timeout, self.body_min_rate)
+        declared = self.declared[proxy.name]
         if self.token is not None:
-            self.check_token(body, environ.get("HTTP_AUTHORIZATION", ""))
+            self.check_token(proxy.name, body, environ.get("HTTP_AUTHORIZATION", ""))
         body = wait_for_changes_here(self.watchers[proxy.name], body)
         try:
-            reply = proxy.post(body, mimetype, repeatable=lambda: body_only_reads(body))
+            reply = proxy.post(body, mimetype, repeatable=lambda: declared.body_only_reads(body))
         except ForwardError as exc:
+            declared.forget()
             log.warning("forward to %s: %s", proxy.name, exc.message)
             raise JSONHTTPError(exc.status, exc.message) from None
         return raw_json_response(start_response, reply.body, reply.status)
@@ -158,21 +231,22 @@ class Gateway:
                 return False
         return False
 
-    def needs_token(self, items: list[protocol.Item]) -> bool:
-        return any(isinstance(i, protocol.Command) and i.cmd not in self.open_commands for i in items)
+    def needs_token(self, service: str, items: list[protocol.Item]) -> bool:
+        """Whether these commands change state: any command the service does not declare read-only."""
+        return not self.declared[service].only_reads(items)
 
     def token_ok(self, given: str) -> bool:
         import hmac
 
         return self.token is not None and hmac.compare_digest(given.encode(), self.token.encode())
 
-    def check_token(self, body: bytes, authorization: str) -> None:
+    def check_token(self, service: str, body: bytes, authorization: str) -> None:
         """With an access token set, a command that changes state needs ``Authorization: Bearer TOKEN``."""
         try:
             items = protocol.parse_request(body).items
         except protocol.BodyError as exc:
             raise JSONHTTPError(400, str(exc)) from None
-        if self.needs_token(items) and not self.token_ok(authorization.removeprefix("Bearer ").strip()):
+        if self.needs_token(service, items) and not self.token_ok(authorization.removeprefix("Bearer ").strip()):
             raise JSONHTTPError(401, "this command needs the access token (Authorization: Bearer TOKEN)",
                                 {"WWW-Authenticate": "Bearer"})
 
@@ -186,7 +260,7 @@ class Gateway:
         authorized = {"ok": self.token is None}
 
         def authorize(service: str, items: list[protocol.Item], msg: dict[str, Any]) -> str | None:
-            if authorized["ok"] or not self.needs_token(items):
+            if authorized["ok"] or not self.needs_token(service, items):
                 return None
             if isinstance(msg.get("token"), str) and self.token_ok(msg["token"]):
                 return None

@@ -27,6 +27,7 @@ from shmooze.journal import Entry, Journal
 from shmooze.module import ModuleBroken, ModuleError, ModuleProcess
 from shmooze.moduletype import ModuleType
 from shmooze.ops import HostOps
+from shmooze.commands import command
 from shmooze.service import Service
 from shmooze.watchdog import OWNER_VAR, Watchdog
 
@@ -54,8 +55,6 @@ class ModuleHost(Service):
     which a repeated client ``key`` of ``add`` / ``set_bg`` gets the first answer.
     ``log_module_updates``: every module's parameter updates go to the command log.
     """
-
-    _NOT_COMMANDS = Service._NOT_COMMANDS | {"after_restore", "journal", "restore_hook"}
 
     #: Which kinds of module a restart policy applies to ("module" or "background").
     restartable: tuple[str, ...] = ("module",)
@@ -412,6 +411,7 @@ class ModuleHost(Service):
 
     # -- shared commands ---------------------------------------------------------------
 
+    @command
     def add(self, type: str, args: dict = {}, key: str | None = None) -> dict:  # noqa: B006 - never mutated
         """Start a module of a type; answers ``{"uid": UID}`` once the module answered ``init``.
 
@@ -441,10 +441,13 @@ class ModuleHost(Service):
         if module.gone_reason is not None:
             self._remove([module.uid], f"module left: {module.gone_reason}", send_rm=False, wait=False)
 
-    def modules_available(self) -> list[str]:
-        """Names of the module types this service can start."""
-        return sorted(self.types)
+    @command(read_only=True)
+    def modules_available(self, describe: bool = False) -> list:
+        """Names of the module types this service can start; with ``describe``, ``{"name", "description"}``
+        of each."""
+        return _available(self.types, describe)
 
+    @command
     def rm(self, uids: list[str]) -> None:
         """Remove modules (unknown uids are ignored); returns once their processes are stopped."""
         self._log_command("rm", {"uids": uids})
@@ -452,14 +455,17 @@ class ModuleHost(Service):
             self.ops.cancel(uid)  # a module waiting to be restarted is removed too
         self._remove(uids, "rm")
 
+    @command
     def tell_module(self, uid: str, cmd: str, args: dict = {}) -> Any:  # noqa: B006 - never mutated
         """Send the module the custom command ``do_CMD`` and return its answer."""
         return self._tell(self._find(uid), cmd, args, "tell_module")
 
+    @command(read_only=True)
     def ask_module(self, uid: str, parameters: list[str]) -> dict:
         """The named parameters of a module, as it last reported them."""
         return self._find(uid).get_parameters(parameters)
 
+    @command(read_only=True)
     def status(self) -> dict[str, Any]:
         info = super().status()
         with self._lock:
@@ -592,6 +598,7 @@ class ModuleHost(Service):
             self._remove_if_left(module)
         self._after_change()
 
+    @command(read_only=True)
     def output(self, uid: str, after: int = 0, lines: int = 200) -> dict:
         """What a module printed (running or recently ended): its lines numbered after ``after``, at most
         ``lines`` of the newest; ``next`` is what to ask after next time."""
@@ -605,6 +612,7 @@ class ModuleHost(Service):
         if self.command_log is not None:
             self.command_log.record(f"client-{self.name}", uid, {"cmd": cmd, "args": args}, result, type)
 
+    @command(read_only=True)
     def history(self, limit: int = 20, type: str | None = None) -> list:
         """Modules added recently, newest first (from the command log), optionally of one type."""
         if self.command_log is None:
@@ -621,6 +629,11 @@ class ModuleHost(Service):
         if names is not None:
             out["parameters"] = module.get_parameters(names)
         return out
+
+
+def _available(types: dict[str, ModuleType], describe: bool) -> list:
+    """``modules_available`` / ``backgrounds_available``: names, or with ``describe`` each type's description."""
+    return [types[name].describe() if describe else name for name in sorted(types)]
 
 
 def _by_name(types: Iterable[ModuleType], kind: str) -> dict[str, ModuleType]:

@@ -74,6 +74,7 @@ class ModuleType:
         return {**os.environ, **self.env, **extra}
 
     def describe(self) -> dict[str, Any]:
+        """What ``modules_available`` answers for this type when asked with ``describe``."""
         return {"name": self.name, "description": self.description}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from shmooze.commands import command
 from shmooze.host import ModuleHost
 from shmooze.module import ModuleProcess
 from shmooze.moduletype import ModuleType
@@ -32,6 +33,7 @@ class Pool(ModuleHost):
     def _orders(self) -> list[tuple[ModuleProcess, str]]:
         return [(m, "play") for m in self._pool.values() if m.told != "play"]
 
+    @command(read_only=True)
     def pool(self, parameters: dict[str, list[str]] = {}) -> list:  # noqa: B006 - never mutated
         """Every module, oldest first: ``{"uid", "type", "parameters"?}``."""
         with self._lock:

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from shmooze.errors import CommandError
-from shmooze.host import ModuleHost, _by_name
+from shmooze.commands import command
+from shmooze.host import ModuleHost, _available, _by_name
 from shmooze.module import ModuleProcess
 from shmooze.moduletype import ModuleType
 
@@ -84,9 +85,10 @@ class Queue(ModuleHost):
 
     # -- commands ----------------------------------------------------------------------
 
-    def backgrounds_available(self) -> list[str]:
-        """Names of the background types."""
-        return sorted(self.backgrounds)
+    @command(read_only=True)
+    def backgrounds_available(self, describe: bool = False) -> list:
+        """Names of the background types; with ``describe``, ``{"name", "description"}`` of each."""
+        return _available(self.backgrounds, describe)
 
     def _place_restored(self, modules: list[ModuleProcess], background: ModuleProcess | None) -> list[ModuleProcess]:
         self._queue = modules + self._queue
@@ -97,6 +99,7 @@ class Queue(ModuleHost):
         self._bg = background
         return []
 
+    @command
     def set_bg(self, type: str, args: dict = {}, key: str | None = None) -> dict:  # noqa: B006 - never mutated
         """Start a background; the old one is stopped. ``key``: as for ``add``."""
         return self._once(key, lambda: self._set_bg(type, args, key))
@@ -120,6 +123,7 @@ class Queue(ModuleHost):
         self._after_change()
         return {"uid": module.uid}
 
+    @command
     def mv(self, uids: list[str]) -> None:
         """Reorder: the named modules first, in that order, then the others in their old order."""
         with self._lock:
@@ -137,22 +141,26 @@ class Queue(ModuleHost):
         self._log_command("mv", {"uids": uids})
         self._after_change()
 
+    @command(read_only=True)
     def queue(self, parameters: dict[str, list[str]] = {}) -> list:  # noqa: B006 - never mutated
         """The queue in order: ``{"uid", "type", "parameters"?}`` (parameters for the types named)."""
         with self._lock:
             modules = list(self._queue)
         return [self._describe(m, parameters) for m in modules]
 
+    @command(read_only=True)
     def bg(self, parameters: dict[str, list[str]] = {}) -> Any:  # noqa: B006 - never mutated
         """The background like a queue entry, or null."""
         with self._lock:
             bg = self._bg
         return None if bg is None else self._describe(bg, parameters)
 
+    @command
     def tell_background(self, uid: str, cmd: str, args: dict = {}) -> Any:  # noqa: B006 - never mutated
         """Send the background ``do_CMD``; ``uid`` must be the current background's."""
         return self._tell(self._background(uid), cmd, args, "tell_background")
 
+    @command(read_only=True)
     def ask_background(self, uid: str, parameters: list[str]) -> dict:
         """Named parameters of the background."""
         return self._background(uid).get_parameters(parameters)

@@ -16,11 +16,15 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from shmooze import procutil
 from shmooze.errors import SettingsError
 from shmooze.settings import Settings
+
+if TYPE_CHECKING:  # imported when a service is built: the gateway's master process needs neither
+    from shmooze.host import ModuleHost
+    from shmooze.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -74,44 +78,57 @@ def service_spec(settings: Settings, name: str) -> Any:
     return spec
 
 
-def build_service(settings: Settings, name: str) -> Any:
-    """Build the service object named in settings: ``services[name]`` is a class or factory."""
+def build_service(settings: Settings, name: str) -> Service:
+    """Build the service object named in settings: ``services[name]`` is a class or factory of a
+    :class:`~shmooze.service.Service`, or a service object."""
+    from shmooze.host import ModuleHost
+    from shmooze.service import Service
+
     spec = service_spec(settings, name)
     target = import_object(spec) if isinstance(spec, str) else spec
-    service = target() if callable(target) else target
-    if hasattr(service, "name") and getattr(service, "name", "service") == "service":
+    service = target() if callable(target) and not isinstance(target, Service) else target
+    if not isinstance(service, Service):
+        raise SettingsError(f"services[{name!r}] built {type(service).__name__}, not a shmooze Service "
+                            "(a subclass of shmooze.service.Service)")
+    _configure_service(service, settings, name)
+    if isinstance(service, ModuleHost):
+        _configure_host(service, settings, name)
+    return service
+
+
+def _configure_service(service: Service, settings: Settings, name: str) -> None:
+    """What every service takes from the settings: its name, command slots, event limits."""
+    if service.name == "service":  # the base's name: the settings name it
         service.name = name
-    if hasattr(service, "limit_commands"):  # the threads beyond service_threads stay free for reads
-        service.limit_commands(int(settings.service_threads))
-    events = getattr(service, "events", None)
-    if events is not None and hasattr(events, "max_answer_bytes"):
-        events.max_bytes = int(settings.events_max_bytes)
-        events.max_answer_bytes = int(settings.changes_max_bytes)
-    if hasattr(service, "max_line"):
-        service.max_line = int(settings.get("max_line_bytes", service.max_line))
-    if hasattr(service, "containment_mode") and settings.get("containment"):
-        service.containment_mode = str(settings.get("containment"))  # auto, cgroup or process-group
-    if hasattr(service, "check_peers") and settings.get("check_module_peers") is not None:
-        service.check_peers = bool(settings.get("check_module_peers"))
+    service.limit_commands(int(settings.service_threads))  # the threads beyond stay free for reads
+    service.events.max_bytes = int(settings.events_max_bytes)
+    service.events.max_answer_bytes = int(settings.changes_max_bytes)
+
+
+def _configure_host(host: ModuleHost, settings: Settings, name: str) -> None:
+    """What a queue or pool takes from the settings: line limit, containment, command log, journal, output."""
+    host.max_line = int(settings.get("max_line_bytes", host.max_line))
+    if settings.get("containment"):
+        host.containment_mode = str(settings.get("containment"))  # auto, cgroup or process-group
+    if settings.get("check_module_peers") is not None:
+        host.check_peers = bool(settings.get("check_module_peers"))
     log_path = settings.get("log_database_path")
-    if log_path and hasattr(service, "command_log") and service.command_log is None:
+    if log_path and host.command_log is None:
         from shmooze.cmdlog import CommandLog
 
-        service.command_log = CommandLog(log_path, name, max_age=float(settings.get("log_max_age_days", 7)) * 86400,
-                                         max_bytes=int(settings.get("log_max_bytes", 100_000_000)))
-    if settings.get("log_module_updates") and hasattr(service, "log_module_updates"):
-        service.log_module_updates = True
-    if hasattr(service, "journal") and service.journal is None and not getattr(service, "_journal_path", None):
+        host.command_log = CommandLog(log_path, name, max_age=float(settings.get("log_max_age_days", 7)) * 86400,
+                                      max_bytes=int(settings.get("log_max_bytes", 100_000_000)))
+    if settings.get("log_module_updates"):
+        host.log_module_updates = True
+    if host.journal is None and not host._journal_path:
         from shmooze.journal import journal_file
 
         path = journal_file(settings, name)
         if path:
-            service._journal_path = path  # opened (read, then restored from) when the service starts
+            host._journal_path = path  # opened (read, then restored from) when the service starts
         else:
             log.info("%s keeps no journal: its modules are not restored after a restart", name)
-    if hasattr(service, "ops"):
-        _keep_module_output(settings, name, service.ops)
-    return service
+    _keep_module_output(settings, name, host.ops)
 
 
 def _keep_module_output(settings: Settings, name: str, ops: Any) -> None:
@@ -272,13 +289,14 @@ def serve(settings: Settings, name: str) -> None:
     service_spec(settings, name)
 
     def load_service() -> Any:
+        from shmooze.host import ModuleHost
         from shmooze.httpjson import service_app
 
         service = build_service(settings, name)
         service.start()
         _running.append(service)
         _on_stop.append(service.events.close)
-        if hasattr(service, "containment_mode"):
+        if isinstance(service, ModuleHost):
             _on_stop.append(service.stop)  # a module host starts its ladders at once, not after gunicorn's wait
         return service_app(service, int(settings.max_body_bytes), int(settings.max_answer_bytes))
 

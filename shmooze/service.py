@@ -1,4 +1,4 @@
-"""The service base: a class whose public methods are its commands.
+"""The service base: a class whose declared methods are its commands.
 
 Example::
 
@@ -9,72 +9,37 @@ Example::
             super().__init__()
             self.value = 0
 
+        @command
         def increment(self, by: int = 1) -> int:
             self.value += by
             self.changed("counter", value=self.value)
             return self.value
 
 Arguments are the command's ``args`` object, checked against the method's
-signature and type hints before the call. Raise :class:`CommandError` to fail a
+signature and type hints before the call. Only methods marked with
+:func:`~shmooze.commands.command` are commands (see :mod:`shmooze.commands`). Raise :class:`CommandError` to fail a
 command with a message; any other exception fails it too and is logged.
 """
 
 from __future__ import annotations
 
-import inspect
-import json
 import logging
 import os
 import threading
 import time
 import typing
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from shmooze import __version__, protocol
+from shmooze.commands import CommandSpec, command, declared, describe, spec_of
 from shmooze.errors import CommandError
 from shmooze.events import ChangeLog, epoch_base
 
 log = logging.getLogger(__name__)
 
-#: Commands that change nothing (the base's, the queue's and the pool's). They are served even
-#: while every command thread is busy, and the gateway may send them again after a failure.
-READ_ONLY_COMMANDS = frozenset({
-    "queue", "bg", "pool", "status", "changes", "commands", "history", "modules_available",
-    "backgrounds_available", "ask_module", "ask_background", "metrics", "output",
-})
-
-
-def only_reads(items: list[protocol.Item], read_only: frozenset[str] = READ_ONLY_COMMANDS) -> bool:
+def only_reads(items: list[protocol.Item], read_only: frozenset[str]) -> bool:
     """Whether running these items changes nothing (invalid ones are answered without running)."""
     return all(not isinstance(i, protocol.Command) or i.cmd in read_only for i in items)
-
-
-@dataclass
-class CommandSpec:
-    """What the dispatcher knows of one command method."""
-
-    name: str
-    params: dict[str, inspect.Parameter]
-    required: list[str]
-    hints: dict[str, Any]
-    takes_any: bool  # has **kwargs
-
-
-def _spec(name: str, func: Callable[..., Any]) -> CommandSpec:
-    sig = inspect.signature(func)
-    try:
-        hints = typing.get_type_hints(func)
-    except Exception:  # unresolvable annotations: check nothing
-        hints = {}
-    params = {
-        p.name: p
-        for p in sig.parameters.values()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
-    required = [n for n, p in params.items() if p.default is p.empty]
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-    return CommandSpec(name, params, required, {k: v for k, v in hints.items() if k in params}, takes_any)
 
 
 def type_matches(value: Any, hint: Any) -> bool:
@@ -163,56 +128,32 @@ def mismatch(name: str, value: Any, hint: Any) -> str | None:
     return f"argument {name!r} must be {hint_name(hint)}, but {name}{path} is {protocol.type_name(part)}"
 
 
-def type_label(hint: Any) -> str:
-    """A type hint as it reads in Python source: ``int``, ``list[str]``, ``int | None``."""
-    if isinstance(hint, type) and not typing.get_args(hint):
-        return hint.__name__
-    return str(hint).replace("typing.", "").replace("NoneType", "None")
-
-
-def _json_value(value: Any) -> Any:
-    """A default value as JSON, or its repr when it has no JSON form."""
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def _describe(spec: CommandSpec, method: Callable[..., Any]) -> dict[str, Any]:
-    """What ``commands`` tells of one command."""
-    args = []
-    for name, param in spec.params.items():
-        arg: dict[str, Any] = {"name": name, "type": type_label(spec.hints[name]) if name in spec.hints else None,
-                               "required": name in spec.required}
-        if param.default is not param.empty:
-            arg["default"] = _json_value(param.default)
-        args.append(arg)
-    out: dict[str, Any] = {"args": args, "doc": inspect.getdoc(method) or ""}
-    if spec.takes_any:
-        out["more_args"] = True
-    return out
-
-
 class Service:
-    """Base of every shmooze service. Subclasses add commands as public methods."""
+    """Base of every shmooze service. Subclasses add commands: methods marked with ``@command``."""
 
     #: The service's name (used in logs and status).
     name = "service"
-    #: Commands that change nothing: they never wait for a command slot.
-    read_only_commands: frozenset[str] = READ_ONLY_COMMANDS
+    #: True on a subclass: every public method it defines is a command (for quick scripts).
+    expose_all = False
 
     def __init__(self) -> None:
         self.events = ChangeLog(base=epoch_base())
         self.started_at = time.time()
         self._started_mono = time.monotonic()
         self._commands = self._collect_commands()
+        #: Commands that change nothing: they never wait for a command slot.
+        self.read_only_commands = frozenset(n for n, spec in self._commands.items() if spec.read_only)
         self._stopped = threading.Event()
         self._command_slots: threading.BoundedSemaphore | None = None
         self._slot_count = 0
         from shmooze.metrics import ServiceStats
 
         self.stats = ServiceStats()  # what the metrics command hands out (shmooze.metrics)
+
+    @classmethod
+    def declared_read_only(cls) -> frozenset[str]:
+        """The names of the commands this class declares read-only."""
+        return frozenset(name for name, mark in declared(cls).items() if mark.read_only)
 
     def limit_commands(self, slots: int) -> None:
         """Let at most ``slots`` requests that change state run at once; more are refused at once.
@@ -234,6 +175,7 @@ class Service:
 
     # -- built-in commands ---------------------------------------------------------
 
+    @command(read_only=True)
     def status(self) -> dict[str, Any]:
         """The service's pid, uptime, version and change version."""
         return {
@@ -245,13 +187,18 @@ class Service:
             "epoch": self.events.base,
         }
 
+    @command(read_only=True)
     def changes(self, since: int = 0, timeout: float = 0.0) -> dict[str, Any]:
         """Change events after version ``since``, waiting up to ``timeout`` seconds (at most 60)."""
         return self.events.since(since, min(max(timeout, 0.0), 60.0))
 
+    @command(read_only=True)
     def commands(self) -> dict[str, Any]:
-        """Each command's arguments (name, type, whether required, default) and description."""
-        return {name: _describe(spec, getattr(self, name)) for name, spec in sorted(self._commands.items())}
+        """Each command's arguments (name, type, whether required, default), description and
+        whether it only reads (then the gateway serves it without the access token)."""
+        return {name: describe(spec, getattr(self, name)) for name, spec in sorted(self._commands.items())}
+
+    @command(read_only=True)
     def metrics(self) -> list:
         """This service's figures for the gateway's Prometheus endpoint (see :mod:`shmooze.metrics`)."""
         return self.stats.export(self.name, self._gauges())
@@ -269,18 +216,9 @@ class Service:
 
     # -- dispatch ------------------------------------------------------------------
 
-    _NOT_COMMANDS = frozenset({"start", "stop", "changed", "dispatch", "handle", "name", "events",
-                               "started_at", "limit_commands", "read_only_commands"})
-
     def _collect_commands(self) -> dict[str, CommandSpec]:
-        table = {}
-        for attr in dir(type(self)):
-            if attr.startswith("_") or attr in self._NOT_COMMANDS:
-                continue
-            member = getattr(type(self), attr, None)
-            if inspect.isfunction(member):
-                table[attr] = _spec(attr, getattr(self, attr))
-        return table
+        return {name: spec_of(name, getattr(self, name), mark.read_only)
+                for name, mark in declared(type(self)).items()}
 
     def dispatch(self, item: protocol.Item) -> dict[str, Any]:
         """Run one parsed command and return its answer object; never raises. Each is counted and timed."""

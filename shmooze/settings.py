@@ -77,9 +77,6 @@ class Settings:
     def get(self, name: str, default: Any = None) -> Any:
         return self._data.get(name, default)
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self._data)
-
     def public(self) -> dict[str, Any]:
         """The keys listed in ``public``: what the gateway serves as settings.json."""
         return {k: self._data[k] for k in self._data.get("public", []) if k in self._data}

@@ -24,7 +24,7 @@ from werkzeug.serving import make_server
 from werkzeug.test import Client
 
 from shmooze import protocol
-from shmooze.gateway import OPEN_COMMANDS, Gateway
+from shmooze.gateway import Gateway
 from shmooze.httpjson import service_app
 from shmooze.pool import Pool
 from shmooze.queue import Queue
@@ -368,12 +368,12 @@ def test_gateway_random_bytes(gateways, body):
 
 @FUZZ
 @given(value=bodies, auth=st.sampled_from([None, f"Bearer {TOKEN}", "Bearer wrong", TOKEN + "x", "", "Bearer "]))
-def test_gateway_with_token_any_json(gateways, value, auth):
+def test_gateway_with_token_any_json(gateways, services, value, auth):
     COUNTS["gateway:token-json"] += 1
     headers = {} if auth is None else {"Authorization": auth}
     status, reply = post(gateways["token"], json.dumps(value).encode(), "/queue", headers=headers)
     parsed = [protocol.to_item(v) for v in (value if isinstance(value, list) else [value])]
-    needs = any(isinstance(i, protocol.Command) and i.cmd not in OPEN_COMMANDS for i in parsed)
+    needs = any(isinstance(i, protocol.Command) and i.cmd not in services["queue"].read_only_commands for i in parsed)
     if needs and auth != f"Bearer {TOKEN}":
         assert status == 401 and reply["success"] is False and "access token" in reply["error"]
     else:

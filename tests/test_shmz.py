@@ -17,6 +17,7 @@ import pytest
 
 from shmooze.cli import shmz as shmz_cli
 from shmooze.errors import ServiceError, TransportError
+from shmooze.commands import command
 from shmooze.service import Service
 from tests.helpers import PYTHON, ROOT, free_port, gone, start_service, stop_all, write_settings
 
@@ -100,7 +101,9 @@ def test_commands_show_arguments_types_and_defaults(app):
     assert lines[lines.index("set_volume(level: int)") + 1] == "    Set the level; it must be from 0 to 100."
     raw = json.loads(shmz(app["url"], "--json", "volume", "commands").stdout)
     assert raw["step"] == {"args": [{"name": "by", "type": "int", "required": False, "default": 5}],
-                           "doc": "Raise (or, with a negative step, lower) the level, staying within 0 to 100."}
+                           "doc": "Raise (or, with a negative step, lower) the level, staying within 0 to 100.",
+                           "read_only": False}
+    assert raw["get_volume"]["read_only"] is True
 
 
 def test_help_shows_one_commands_description(app):
@@ -118,6 +121,7 @@ def test_help_shows_one_commands_description(app):
 class Described(Service):
     name = "described"
 
+    @command(read_only=True)
     def fetch(self, uid: str, fields: list[str], limit: int | None = None, **more):
         """Fetch a thing.
 
@@ -131,7 +135,7 @@ def test_commands_answer_describes_each_command():
         "args": [{"name": "uid", "type": "str", "required": True},
                  {"name": "fields", "type": "list[str]", "required": True},
                  {"name": "limit", "type": "int | None", "required": False, "default": None}],
-        "doc": "Fetch a thing.\n\nLonger text.", "more_args": True}
+        "doc": "Fetch a thing.\n\nLonger text.", "more_args": True, "read_only": True}
     assert {"status", "changes", "commands", "fetch"} <= set(answer)
     json.dumps(answer)  # it goes over the wire as it is
 

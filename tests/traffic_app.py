@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+from shmooze.commands import command
 from shmooze.service import Service
 
 
@@ -15,6 +16,7 @@ class Traffic(Service):
         super().__init__()
         self.runs_path = os.environ["TRAFFIC_RUNS"]
 
+    @command
     def slow(self, seconds: float = 1.0, tag: str = "") -> float:
         """Record that it ran (in a file, so a restart keeps the count), then take ``seconds``."""
         with open(self.runs_path, "a") as f:
@@ -22,6 +24,7 @@ class Traffic(Service):
         time.sleep(seconds)
         return seconds
 
+    @command
     def publish(self, count: int = 1, size: int = 10, kind: str = "blob") -> int:
         """Publish ``count`` events of about ``size`` bytes each."""
         version = 0
@@ -29,10 +32,12 @@ class Traffic(Service):
             version = self.changed(kind, data="x" * size)
         return version
 
+    @command
     def big(self, size: int = 1000) -> str:
         """An answer of ``size`` bytes."""
         return "y" * size
 
+    @command(read_only=True)
     def history(self, seconds: float = 0.0, tag: str = "") -> float:
-        """A slow read: ``history`` is a name the gateway knows as read-only, so it may send it again."""
+        """A slow read: declared read-only, so the gateway may send it again."""
         return self.slow(seconds, tag)

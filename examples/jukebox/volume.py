@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from shmooze.commands import command
 from shmooze.errors import CommandError
 from shmooze.service import Service
 
@@ -19,11 +20,13 @@ class Volume(Service):
         self.level = level
         self.muted = False
 
+    @command(read_only=True)
     def get_volume(self) -> dict:
         """The level (0 to 100) and whether it is muted."""
         with self._lock:
             return {"level": self.level, "muted": self.muted}
 
+    @command
     def set_volume(self, level: int) -> dict:
         """Set the level; it must be from 0 to 100."""
         if not 0 <= level <= 100:
@@ -33,6 +36,7 @@ class Volume(Service):
         self.changed("volume", level=level)
         return self.get_volume()
 
+    @command
     def step(self, by: int = 5) -> dict:
         """Raise (or, with a negative step, lower) the level, staying within 0 to 100."""
         with self._lock:
@@ -41,6 +45,7 @@ class Volume(Service):
         self.changed("volume", level=level)
         return self.get_volume()
 
+    @command
     def mute(self, muted: bool = True) -> dict:
         """Mute (or, with muted=false, unmute); the level is kept."""
         with self._lock:

@@ -55,13 +55,20 @@ def default_url() -> str:
     """``$SHMOOZE_URL``, else the gateway of the current settings file, else port 8080."""
     if os.environ.get("SHMOOZE_URL"):
         return os.environ["SHMOOZE_URL"]
-    try:
-        from shmooze import settings
+    from shmooze import settings
+    from shmooze.errors import SettingsError
 
+    fallback = "http://127.0.0.1:8080/"
+    try:
         app_settings = settings.current()
-        return f"http://127.0.0.1:{app_settings.ports['wsgi']}{app_settings.wsgi_prefix}"
-    except Exception:
-        return "http://127.0.0.1:8080/"
+    except SettingsError as exc:
+        if "settings file not found" not in str(exc):  # no settings here is usual; broken ones are told
+            sys.stderr.write(f"shmz: {exc}; using {fallback}\n")
+        return fallback
+    if "wsgi" not in app_settings.ports:
+        sys.stderr.write(f"shmz: {app_settings.path}: no 'wsgi' port; using {fallback}\n")
+        return fallback
+    return f"http://127.0.0.1:{app_settings.ports['wsgi']}{app_settings.wsgi_prefix}"
 
 
 def show(result: Any) -> None:
@@ -107,8 +114,9 @@ def show_commands(described: Any, only: str | None = None) -> None:
     for name in sorted(described):
         lines.append(signature(name, described[name]))
         doc = (described[name].get("doc") or "").strip()
-        if doc:
-            lines.append("    " + doc.splitlines()[0])
+        read_only = "(read-only) " if described[name].get("read_only") else ""
+        if doc or read_only:
+            lines.append("    " + read_only + (doc.splitlines()[0] if doc else ""))
     show("\n".join(lines))
 
 
