@@ -303,23 +303,14 @@ class ModuleProcess:
             self.loop.remove(sock)
             self._left("its update stream closed")
             return
-        # Every line gets its answer, in order: a line over the limit is answered with an error and the
-        # complete lines around it (before it in this chunk, or already buffered after it) are still applied.
-        items: list[bytes | protocol.LineTooLong] = []
-        while True:
-            try:
-                for line in self._upd_buf.feed(data):
-                    items.append(line)
-                break
-            except protocol.LineTooLong as exc:
-                items.append(exc)
-                data = b""
-        for item in items:
-            if isinstance(item, protocol.LineTooLong):
-                log.warning("module %s (%s): update %s", self.uid, self.type.name, item)
-                answer = protocol.error(f"update refused: {item}")
+        # Every line gets its answer, in order: a line over the limit is answered with an error (once)
+        # and the complete lines around it are still applied.
+        for event in self._upd_buf.events(data):
+            if isinstance(event, protocol.LineTooLong):
+                log.warning("module %s (%s): update %s", self.uid, self.type.name, event)
+                answer = protocol.error(f"update refused: {event}")
             else:
-                answer = self._apply_update(item)
+                answer = self._apply_update(event.data)
             if self._upd_chan is not None:
                 self.loop.write(self._upd_chan, protocol.encode_line(answer))
 
@@ -389,11 +380,11 @@ class ModuleProcess:
             self.loop.remove(stream)
             stream.close()
             return
-        try:
-            for line in buf.feed(data):
-                self._log_output(level, line)
-        except protocol.LineTooLong:
-            self._log_output(level, b"[output line over the line limit dropped]")
+        for event in buf.events(data):
+            if isinstance(event, protocol.LineTooLong):
+                self._log_output(level, b"[output line over the line limit dropped]")
+            else:
+                self._log_output(level, event.data)
 
     def _log_output(self, level: int, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip()
@@ -426,11 +417,9 @@ class ModuleProcess:
                 self._check_nothing_unasked(sock, cmd)
                 sock.settimeout(limit)
                 sock.sendall(line)
-                raw = self._read_line(sock, deadline)
+                raw = self._read_line(sock, deadline, cmd)
             except (socket.timeout, TimeoutError):
                 raise ModuleBroken(f"no answer to {cmd} within {limit:g} s") from None
-            except protocol.LineTooLong as exc:
-                raise ModuleBroken(f"answer to {cmd}: {exc}") from None
             except OSError as exc:
                 raise ModuleBroken(f"command stream failed during {cmd}: {exc.strerror or exc}") from None
             finally:
@@ -456,10 +445,14 @@ class ModuleProcess:
                 raise ConnectionResetError("closed by the module")
         raise ModuleBroken(f"sent an answer nobody asked for (before {cmd}): it answered a command twice")
 
-    def _read_line(self, sock: socket.socket, deadline: float) -> bytes:
+    def _read_line(self, sock: socket.socket, deadline: float, cmd: str) -> bytes:
+        """The next answer line; any further complete lines stay buffered (and are unasked answers)."""
         while True:
-            for line in self._cmd_buf.feed(b""):
-                return line
+            event = self._cmd_buf.next_event()
+            if isinstance(event, protocol.LineTooLong):
+                raise ModuleBroken(f"answer to {cmd}: {event}")
+            if event is not None:
+                return event.data
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise socket.timeout()
@@ -467,8 +460,7 @@ class ModuleProcess:
             data = sock.recv(65536)
             if not data:
                 raise ConnectionResetError("closed by the module")
-            for line in self._cmd_buf.feed(data):
-                return line  # any further complete lines stay buffered
+            self._cmd_buf.feed(data)
 
     # -- stop ------------------------------------------------------------------------
 

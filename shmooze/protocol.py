@@ -24,10 +24,6 @@ class BodyError(ValueError):
     """The body is not a JSON document at all: a transport error (HTTP 400)."""
 
 
-class LineTooLong(ValueError):
-    """A stream line went past the line-length limit without a newline."""
-
-
 @dataclass(frozen=True)
 class Command:
     """One well-formed command."""
@@ -150,34 +146,76 @@ def parse_answer(value: Any) -> tuple[bool, Any]:
     return False, err if isinstance(err, str) else f"failed without a message: {short(value)}"
 
 
+@dataclass(frozen=True)
+class Line:
+    """A complete line of a stream, without its newline."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class LineTooLong:
+    """A line went past the limit: its bytes are dropped up to and including its newline."""
+
+    limit: int
+
+    def __str__(self) -> str:
+        return f"line longer than {self.limit} bytes"
+
+
 class LineBuffer:
-    """Splits a byte stream into lines, refusing lines longer than ``max_line`` bytes."""
+    """Splits a byte stream into lines, with no I/O: :meth:`feed` bytes, then take events with
+    :meth:`next_event` (or all of them with :meth:`events`).
+
+    A line longer than ``max_line`` bytes is one :class:`LineTooLong` event, reported as soon as the
+    limit is passed (so an endless line never fills memory); the rest of it, up to and including its
+    newline, is dropped however it arrives, and the next line is read as usual.
+    """
 
     def __init__(self, max_line: int = 1 << 20):
         self.max_line = max_line
         self._buf = bytearray()
+        self._skipping = False  # inside an over-long line already reported
 
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        """Add bytes; yield every complete line (without its newline)."""
+    def feed(self, data: bytes) -> None:
+        """Add bytes read from the stream."""
         self._buf += data
-        while True:
-            nl = self._buf.find(b"\n")
+
+    def next_event(self) -> Line | LineTooLong | None:
+        """The next complete line, or an over-long line; None when more bytes are needed."""
+        nl = self._buf.find(b"\n")
+        if self._skipping:
             if nl < 0:
-                if len(self._buf) > self.max_line:
-                    self._buf.clear()
-                    raise LineTooLong(f"line longer than {self.max_line} bytes")
-                return
-            if nl > self.max_line:
-                del self._buf[: nl + 1]
-                raise LineTooLong(f"line longer than {self.max_line} bytes")
-            line = bytes(self._buf[:nl])
+                self._buf.clear()
+                return None
             del self._buf[: nl + 1]
-            yield line
+            self._skipping = False
+            nl = self._buf.find(b"\n")
+        if nl < 0:
+            if len(self._buf) > self.max_line:
+                self._buf.clear()
+                self._skipping = True
+                return LineTooLong(self.max_line)
+            return None
+        if nl > self.max_line:
+            del self._buf[: nl + 1]
+            return LineTooLong(self.max_line)
+        line = bytes(self._buf[:nl])
+        del self._buf[: nl + 1]
+        return Line(line)
+
+    def events(self, data: bytes = b"") -> list[Line | LineTooLong]:
+        """Add bytes and take every event they complete."""
+        self.feed(data)
+        out: list[Line | LineTooLong] = []
+        while (event := self.next_event()) is not None:
+            out.append(event)
+        return out
 
     @property
     def pending(self) -> int:
-        """Bytes of an unfinished line."""
-        return len(self._buf)
+        """Bytes of an unfinished line (not counting the dropped rest of an over-long one)."""
+        return 0 if self._skipping else len(self._buf)
 
 
 def type_name(value: Any) -> str:

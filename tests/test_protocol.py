@@ -5,7 +5,7 @@ import json
 import pytest
 
 from shmooze import protocol
-from shmooze.protocol import BodyError, Command, Invalid, LineBuffer, LineTooLong
+from shmooze.protocol import BodyError, Command, Invalid, Line, LineBuffer, LineTooLong
 
 
 def test_single_command_with_and_without_args():
@@ -86,17 +86,81 @@ def test_parse_answer():
 
 def test_line_buffer_splits_and_keeps_partial_lines():
     buf = LineBuffer(max_line=10)
-    assert list(buf.feed(b'a\nbb\nc')) == [b"a", b"bb"]
-    assert buf.pending == 1
-    assert list(buf.feed(b"c\n")) == [b"cc"]
+    assert buf.events(b'a\nbb\nc') == [Line(b"a"), Line(b"bb")]
+    assert buf.pending == 1 and buf.next_event() is None
+    assert buf.events(b"c\n") == [Line(b"cc")]
     assert buf.pending == 0
 
 
-def test_line_buffer_refuses_long_lines_and_recovers():
+def test_line_buffer_hands_out_one_event_at_a_time_and_keeps_the_rest():
+    buf = LineBuffer(max_line=10)
+    buf.feed(b"one\ntwo\nthr")
+    assert buf.next_event() == Line(b"one")
+    assert buf.pending == len(b"two\nthr")
+    assert buf.next_event() == Line(b"two")
+    assert buf.next_event() is None
+    buf.feed(b"ee\n")
+    assert buf.next_event() == Line(b"three")
+
+
+def test_an_over_long_line_is_one_event_and_its_tail_is_not_a_line():
     buf = LineBuffer(max_line=4)
-    with pytest.raises(LineTooLong):
-        list(buf.feed(b"123456"))
-    assert list(buf.feed(b"\nok\n")) == [b"", b"ok"]
-    with pytest.raises(LineTooLong):
-        list(buf.feed(b"1234567\nok\n"))
-    assert list(buf.feed(b"")) == [b"ok"]
+    assert buf.events(b"123456") == [LineTooLong(4)]  # reported once the limit is passed
+    assert buf.pending == 0
+    assert buf.events(b"789") == []  # still the same line: dropped
+    assert buf.events(b"0\nok\n") == [Line(b"ok")]  # the tail up to its newline is dropped, not answered
+    assert buf.events(b"1234567\nok\n") == [LineTooLong(4), Line(b"ok")]  # newline in the same chunk
+    assert str(LineTooLong(4)) == "line longer than 4 bytes"
+
+
+def test_a_line_of_exactly_the_limit_passes():
+    buf = LineBuffer(max_line=4)
+    assert buf.events(b"1234\n12345\n") == [Line(b"1234"), LineTooLong(4)]
+    assert buf.events(b"1234") == [] and buf.events(b"\n") == [Line(b"1234")]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7, 64])
+def test_any_cut_of_the_stream_gives_the_same_events(chunk):
+    stream = b"ok\n" + b"x" * 23 + b"\nfine\n" + b"y" * 9 + b"\n\nlast\n"
+    buf = LineBuffer(max_line=8)
+    events = []
+    for i in range(0, len(stream), chunk):
+        events += buf.events(stream[i:i + chunk])
+    assert events == [Line(b"ok"), LineTooLong(8), Line(b"fine"), LineTooLong(8), Line(b""), Line(b"last")]
+
+
+def test_a_real_module_sending_over_long_lines_gets_one_error_each_and_goes_on(caplog):
+    """Over-long lines on the update stream and on stdout, each cut across several reads."""
+    import logging
+
+    from shmooze.moduletype import python_module
+    from shmooze.queue import Queue
+    from tests.helpers import ROOT, wait_for
+
+    caplog.set_level(logging.INFO, logger="shmooze.module")
+    q = Queue([python_module("long", str(ROOT / "tests" / "modules" / "longline.py"), "4096",
+                             rm_timeout=2, term_timeout=1)], max_line=4096)
+    q.start()
+    try:
+        answer = q.dispatch(Command("add", {"type": "long"}))
+        assert answer["success"], answer
+        uid = answer["result"]["uid"]
+
+        def answers():
+            return q.ask_module(uid, ["answers"]).get("answers")
+
+        got = wait_for(answers, 10, what="the module's report of its update answers")
+        assert got[0] == {"success": False, "error": "update refused: line longer than 4096 bytes"}
+        assert got[1] == {"success": True}  # the tail of the long line was not taken for a line
+        assert q.ask_module(uid, ["after"]) == {"after": 1}
+
+        def logged():
+            return [r.getMessage() for r in caplog.records if f"module {uid} " in r.getMessage()]
+
+        wait_for(lambda: any(m.endswith(": after the long line") for m in logged()), 10, what="the line after")
+        lines = [m.rsplit(": ", 1)[1] for m in logged()]
+        assert lines.count("[output line over the line limit dropped]") == 1
+        assert not any(line.startswith("y") for line in lines)  # no piece of it logged as a line
+        assert q.status()["modules"][0]["uid"] == uid  # still running
+    finally:
+        q.stop()
