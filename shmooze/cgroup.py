@@ -175,7 +175,7 @@ def sweep_stale(parent: Path) -> list[Path]:
 
     A folder whose pid is alive is left alone (its service may be running).
     """
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(parent.iterdir())
     except OSError:

@@ -74,7 +74,7 @@ def spec_of(name: str, func: Callable[..., Any], read_only: bool = False) -> Com
     sig = inspect.signature(func)
     try:
         hints = typing.get_type_hints(func)
-    except Exception:  # unresolvable annotations: check nothing
+    except Exception:  # noqa: BLE001 - annotations are arbitrary code; unresolvable ones check nothing
         hints = {}
     params = {
         p.name: p

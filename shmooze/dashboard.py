@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable
 
 from werkzeug.utils import send_from_directory
 from werkzeug.wrappers import Request, Response
@@ -68,7 +68,7 @@ def _redirect_to_folder(environ: dict[str, Any], start: Callable[..., Any]) -> R
     return Response("", 308, {"Location": request.path + "/"})
 
 
-def _page_file(filename: str) -> Callable[..., Iterable[bytes]]:
+def _page_file(filename: str) -> Callable[..., Response]:
     def serve(environ: dict[str, Any], start: Callable[..., Any]) -> Response:
         request = Request(environ)
         _require_get(request, "the dashboard")

@@ -147,7 +147,7 @@ class Gateway:
         self.watchers = {name: ServiceWatcher(proxy) for name, proxy in self.proxies.items()}
         self.sockets: set[Any] = set()  # open WebSockets, closed with "going away" when the gateway stops
         #: Extra routes under the prefix: name -> WSGI app.
-        self.routes: dict[str, Callable[..., Iterable[bytes]]] = {"ws": self.websocket}
+        self.routes: dict[str, Callable[..., Any]] = {"ws": self.websocket}  # each returns a Response or bytes
         from shmooze import dashboard
 
         dashboard.add_routes(self)  # metrics and the dashboard (shmooze.dashboard)

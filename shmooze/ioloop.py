@@ -9,6 +9,7 @@ bound, it never stalls the loop.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import heapq
 import itertools
@@ -86,16 +87,14 @@ class IOLoop:
         return chan
 
     def remove(self, fileobj: Any) -> None:
+        """Stop watching ``fileobj`` (and drop its channel); nothing happens if it is not watched."""
         try:
             fd = fileobj.fileno()
         except (OSError, ValueError):
             fd = -1
-        chan = self._channels.pop(fd, None)
-        try:
+        self._channels.pop(fd, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):  # not registered, or closed already
             self._selector.unregister(fileobj)
-        except (KeyError, ValueError, OSError):
-            if chan is None:
-                return
 
     def write(self, chan: Channel, data: bytes) -> None:
         """Queue bytes for a socket channel; drop them when the peer lets the buffer grow past its bound."""

@@ -111,9 +111,9 @@ class _State:
             rest = [e for e in self.entries.values() if e["uid"] not in first]
             self.entries = {e["uid"]: e for e in named + rest}
         elif op == "params":
-            entry = self.entries.get(record["uid"])
-            if entry is not None:
-                entry["parameters"] = record["parameters"]
+            known = self.entries.get(record["uid"])
+            if known is not None:
+                known["parameters"] = record["parameters"]
         else:
             raise ValueError(f"unknown record {op!r}")
 

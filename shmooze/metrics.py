@@ -139,7 +139,7 @@ class GatewayStats:
         from prometheus_client import Counter, Gauge
 
         multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-        gauge_options = {"multiprocess_mode": "livesum"} if multiprocess else {}
+        gauge_options: dict[str, Any] = {"multiprocess_mode": "livesum"} if multiprocess else {}
         self.sessions = Gauge("shmooze_push_sessions", "Open WebSocket sessions at the gateway",
                               registry=None, **gauge_options)
         self.watchers = Gauge("shmooze_push_watchers", "Services each gateway worker is watching for changes",

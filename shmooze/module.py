@@ -197,6 +197,7 @@ class ModuleProcess:
                 sock.close()
 
     def _accept_both(self, listeners: list[socket.socket]) -> None:
+        assert self.proc is not None  # started just before
         deadline = time.monotonic() + self.type.connect_timeout
         conns: dict[int, socket.socket] = {}
         watch: list[Any] = list(listeners) + ([self._pidfd] if self._pidfd is not None else [])
@@ -362,12 +363,16 @@ class ModuleProcess:
             self.on_gone(self, reason)
 
     def _watch_output(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None and self.proc.stderr is not None
         for stream, level in ((self.proc.stdout, logging.INFO), (self.proc.stderr, logging.WARNING)):
             os.set_blocking(stream.fileno(), False)
             self._pipes.append(stream)
             buf = protocol.LineBuffer(self.max_line)
-            self.loop.call_soon(lambda s=stream, b=buf, lv=level: self.loop.add_reader(
-                s, lambda: self._on_output(s, b, lv)))
+
+            def watch(s: Any = stream, b: protocol.LineBuffer = buf, lv: int = level) -> None:
+                self.loop.add_reader(s, lambda: self._on_output(s, b, lv))
+
+            self.loop.call_soon(watch)
 
     def _on_output(self, stream: Any, buf: protocol.LineBuffer, level: int) -> None:
         try:
@@ -516,14 +521,19 @@ class ModuleProcess:
             if locked:
                 self._cmd_lock.release()
         if upd is not None:
-            self.loop.call_soon(lambda: (self.loop.remove(upd), upd.close()))
+            self.loop.call_soon(lambda: self._unwatch_and_close(upd))
         if cmd is not None:
             try:
                 cmd.shutdown(socket.SHUT_RDWR)  # wakes a caller still blocked on it
             except OSError:
                 pass
             # Closed on the I/O thread, after it stops watching it (the fd number must not be reused first).
-            self.loop.call_soon(lambda: (self.loop.remove(cmd), cmd.close()))
+            self.loop.call_soon(lambda: self._unwatch_and_close(cmd))
+
+    def _unwatch_and_close(self, sock: socket.socket) -> None:
+        """On the I/O thread: stop watching a stream, then close it."""
+        self.loop.remove(sock)
+        sock.close()
 
     def _release(self) -> None:
         fd, self._pidfd = self._pidfd, None

@@ -13,8 +13,8 @@ try:
 except ImportError:  # a source checkout without pymodule on sys.path
     _sys.path.append(_os.path.join(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))), "pymodule"))
 
-from shmooze_module import *  # noqa: E402,F401,F403
-from shmooze_module import (  # noqa: E402,F401
+from shmooze_module import *  # noqa: F403
+from shmooze_module import (
     DEFAULT_COMMANDS,
     MAX_LINE_LENGTH,
     CommandStreamClosed,

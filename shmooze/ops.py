@@ -82,12 +82,14 @@ class HostOps:
     def on_output(self, module: ModuleProcess, stream: str, text: str) -> None:
         """A line the module printed (I/O thread): keep it; tell watchers, at most every quarter second."""
         out = self.output_of(module.uid)
+        assert out is not None  # made when missing
         n = out.add(stream, text)
         with self._lock:
             self._pending_output[module.uid] = n
             if self._output_timer:
                 return
             self._output_timer = True
+        assert self.host.loop is not None  # modules print only once the host has booted
         self.host.loop.call_later(OUTPUT_EVENT_INTERVAL, self._publish_output)
 
     def _publish_output(self) -> None:
@@ -218,6 +220,7 @@ class HostOps:
             return
         log.info("module %s (%s) ended (%s); restarting in %.3g s", uid, plan["type"].name, why, delay)
         self.host.changed("restarting", uid=uid, type=plan["type"].name, delay=delay)
+        assert self.host.loop is not None  # modules end only once the host has booted
         self.host.loop.call_later(delay, lambda: self._submit_restart(uid))
 
     def _submit_restart(self, uid: str) -> None:
@@ -240,7 +243,7 @@ class HostOps:
         if plan is None or tracker is None or self.host._closing:
             return
         try:
-            module = self.host._spawn_restart(plan["type"], plan["args"], plan["kind"], uid)
+            self.host._spawn_restart(plan["type"], plan["args"], plan["kind"], uid)
         except CommandError as exc:
             log.warning("module %s (%s): restart failed: %s", uid, plan["type"].name, exc)
             with self._lock:

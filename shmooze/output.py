@@ -56,14 +56,17 @@ class ModuleOutput:
                 "file": str(self.path) if self.path is not None else None}
 
     def _write(self, text: str) -> None:
+        path = self.path
+        if path is None:
+            return
         data = text.encode("utf-8", "replace")
         try:
             if self._file is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "ab", buffering=0)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(path, "ab", buffering=0)
                 self._size = self._file.tell()
             if self._size + len(data) > self.max_bytes and self._size > 0:
-                self._rotate()
+                self._rotate(path)
             self._file.write(data)
             self._size += len(data)
         except OSError as exc:
@@ -71,15 +74,15 @@ class ModuleOutput:
             self.path = None  # keep it in memory only from now on
             self.close()
 
-    def _rotate(self) -> None:
+    def _rotate(self, path: Path) -> None:
         self._file.close()
         for i in range(self.backups, 0, -1):
-            older = Path(f"{self.path}.{i - 1}") if i > 1 else self.path
+            older = Path(f"{path}.{i - 1}") if i > 1 else path
             if older.exists():
-                os.replace(older, f"{self.path}.{i}")
+                os.replace(older, f"{path}.{i}")
         if self.backups == 0:
-            self.path.unlink(missing_ok=True)
-        self._file = open(self.path, "ab", buffering=0)
+            path.unlink(missing_ok=True)
+        self._file = open(path, "ab", buffering=0)
         self._size = 0
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Union
+from typing import Any
 
 _MISSING = object()
 
@@ -44,7 +44,7 @@ class Invalid:
     error: str
 
 
-Item = Union[Command, Invalid]
+Item = Command | Invalid
 
 
 @dataclass(frozen=True)
