@@ -42,12 +42,13 @@ BASE_READ_ONLY = Service.declared_read_only()
 class DeclaredReadOnly:
     """Which commands of one service only read, as the service itself declares them.
 
-    The gateway asks the service's ``commands`` when it first needs to know, and again: when the
-    last ask failed, when a request names a command the last answer did not list, after a forward
-    to the service failed (it may have restarted with other commands), and ``max_age`` seconds
-    after the last answer. Never more than once per ``min_interval`` seconds. While it does not
-    know, only :data:`BASE_READ_ONLY` and ``extra`` (the ``open_commands`` setting) count as
-    read-only: an unknown command needs the access token.
+    The gateway asks the service's ``commands`` before the first command it forwards, and again:
+    when the last ask failed, after a forward to the service failed (it may have restarted with
+    other commands), ``max_age`` seconds after the last answer, and (for the token check) when a
+    request names a command the last answer did not list. Never more than once per
+    ``min_interval`` seconds. While it does not know, only :data:`BASE_READ_ONLY` and ``extra``
+    (the ``open_commands`` setting) count as read-only: an unknown command needs the access token,
+    and is not sent again after a failure.
     """
 
     def __init__(self, proxy: ServiceProxy, extra: frozenset[str] = frozenset(), max_age: float = 60.0,
@@ -67,6 +68,11 @@ class DeclaredReadOnly:
         if ask and self._should_ask(items):
             self.refresh()
         return only_reads(items, self.read_only)
+
+    def keep_fresh(self) -> None:
+        """Before a forward: ask when there is no answer yet, or an old one (cheap when fresh)."""
+        if self._should_ask([]):
+            self.refresh()
 
     def body_only_reads(self, body: bytes) -> bool:
         """The same for a command body (a body that is not a request changes nothing, but says no)."""
@@ -203,6 +209,7 @@ class Gateway:
             raise JSONHTTPError(403, "origin not allowed", close=True)
         body, mimetype = read_command_body(environ, self.max_body_bytes, self.body_timeout, self.body_min_rate)
         declared = self.declared[proxy.name]
+        declared.keep_fresh()  # whether it may be sent again after a failure, even without a token
         if self.token is not None:
             self.check_token(proxy.name, body, environ.get("HTTP_AUTHORIZATION", ""))
         body = wait_for_changes_here(self.watchers[proxy.name], body)

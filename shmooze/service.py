@@ -37,8 +37,12 @@ from shmooze.events import ChangeLog, epoch_base
 
 log = logging.getLogger(__name__)
 
-def only_reads(items: list[protocol.Item], read_only: frozenset[str]) -> bool:
-    """Whether running these items changes nothing (invalid ones are answered without running)."""
+def only_reads(items: list[protocol.Item], read_only: frozenset[str] | None = None) -> bool:
+    """Whether running these items changes nothing (invalid ones are answered without running).
+
+    ``read_only``: the service's read-only commands; by default those every service has."""
+    if read_only is None:
+        read_only = Service.declared_read_only()
     return all(not isinstance(i, protocol.Command) or i.cmd in read_only for i in items)
 
 
