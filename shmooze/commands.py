@@ -90,20 +90,24 @@ def spec_of(name: str, func: Callable[..., Any], read_only: bool = False) -> Com
 def declared(cls: type) -> dict[str, Declaration]:
     """The commands a class declares (itself or its bases), by name.
 
-    A name is a command when some class in the MRO marks it, or defines it publicly with
-    ``expose_all = True`` set on that class; the nearest marked definition gives the flags.
+    A name is a command when some class in the MRO marks it, or when a class with ``expose_all``
+    true defines it publicly (unless it overrides a method a base defines as no command, such as
+    ``start`` or ``stop``). The nearest marked definition gives the flags.
     """
     found: dict[str, Declaration] = {}
+    plain: set[str] = set()  # methods bases define as no command
     for klass in reversed(cls.__mro__):  # the base first: subclasses override
-        exposed = bool(klass.__dict__.get("expose_all", False))
+        exposed = bool(getattr(klass, "expose_all", False))
         for attr, member in klass.__dict__.items():
             if not inspect.isfunction(member):
                 continue
             mark = getattr(member, MARK, None)
             if isinstance(mark, Declaration):
                 found[attr] = mark
-            elif exposed and not attr.startswith("_"):
+            elif exposed and not attr.startswith("_") and attr not in plain and attr not in found:
                 found[attr] = Declaration()
+            elif attr not in found:
+                plain.add(attr)
     return found
 
 

@@ -17,8 +17,9 @@ Example::
 
 Arguments are the command's ``args`` object, checked against the method's
 signature and type hints before the call. Only methods marked with
-:func:`~shmooze.commands.command` are commands (see :mod:`shmooze.commands`). Raise :class:`CommandError` to fail a
-command with a message; any other exception fails it too and is logged.
+:func:`~shmooze.commands.command` are commands (see :mod:`shmooze.commands`).
+Raise :class:`CommandError` to fail a command with a message; any other
+exception fails it too and is logged.
 """
 
 from __future__ import annotations

@@ -51,6 +51,9 @@ class Script(Service):
     def hello(self, who: str = "world") -> str:
         return f"hello {who}"
 
+    def start(self) -> None:  # the base's life hook, overridden: still no command
+        super().start()
+
     @command(read_only=True)
     def peek(self) -> int:
         return 1
@@ -93,6 +96,13 @@ def test_expose_all_makes_every_public_method_a_command():
     described = script.commands()
     assert described["hello"]["read_only"] is False and described["peek"]["read_only"] is True
     assert "limit_commands" not in described and "dispatch" not in described  # the base's methods stay out
+    assert "start" not in described
+
+    class More(Script):  # a subclass of an exposed class is exposed too
+        def wave(self) -> str:
+            return "o/"
+
+    assert call(More(), "wave") == {"success": True, "result": "o/"}
 
 
 def test_the_queue_and_pool_declare_their_commands():

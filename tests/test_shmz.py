@@ -16,8 +16,8 @@ import time
 import pytest
 
 from shmooze.cli import shmz as shmz_cli
-from shmooze.errors import ServiceError, TransportError
 from shmooze.commands import command
+from shmooze.errors import ServiceError, TransportError
 from shmooze.service import Service
 from tests.helpers import PYTHON, ROOT, free_port, gone, start_service, stop_all, write_settings
 
@@ -215,3 +215,22 @@ def test_the_readmes_python_client_example_runs(app):
     with pytest.raises(ServiceError, match="uids"):
         names["wrong"].result
     client_module_clear(app)
+
+
+@pytest.mark.parametrize("content, told", [(None, False), ('{"ports": ', True), ('{"ports": {"queue": 1}}', True)])
+def test_the_default_url_falls_back_to_8080_and_tells_why_unless_there_are_no_settings(
+        tmp_path, monkeypatch, capsys, content, told):
+    from shmooze import settings
+
+    path = tmp_path / "settings.json"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.delenv("SHMOOZE_URL", raising=False)
+    monkeypatch.setenv("SHMOOZE_SETTINGS", str(path))
+    monkeypatch.setattr(settings, "_current", None)
+    assert shmz_cli.default_url() == "http://127.0.0.1:8080/"
+    err = capsys.readouterr().err
+    assert (str(path) in err and "using http://127.0.0.1:8080/" in err) if told else err == ""
+    path.write_text('{"ports": {"wsgi": 8123}}')
+    monkeypatch.setattr(settings, "_current", None)
+    assert shmz_cli.default_url() == "http://127.0.0.1:8123/"
