@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
-
 from shmooze.host import ModuleHost
 from shmooze.module import ModuleProcess
-from shmooze.moduletype import ModuleType
 
 
 class Pool(ModuleHost):
