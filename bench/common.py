@@ -74,14 +74,9 @@ def port_open(port: int) -> bool:
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
     """Poll ``predicate`` until it returns something true; raise :class:`BenchError` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    from shmooze.polling import wait_until as poll
+
+    return poll(predicate, timeout, what, interval, error=BenchError)
 
 
 def _identity(pid: int) -> tuple[int, float] | None:

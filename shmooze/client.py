@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from shmooze import protocol
 from shmooze.errors import ServiceError, ShmoozeError, Timeout, TransportError
 
 DEFAULT_TIMEOUT = 10.0
@@ -112,11 +113,12 @@ def _decode(resp: requests.Response, url: str) -> Any:
 
 
 def _result(answer: Any, service: str, cmd: str) -> Any:
-    if not isinstance(answer, dict) or not isinstance(answer.get("success"), bool):
-        raise TransportError(f"{service} answered {cmd} with something that is not a command answer")
-    if not answer["success"]:
-        raise ServiceError(str(answer.get("error", "failed")), service, cmd)
-    return answer.get("result")
+    try:
+        return protocol.answer_result(answer)
+    except protocol.AnswerFailed as exc:
+        raise ServiceError(str(exc), service, cmd) from None
+    except protocol.NotAnAnswer:
+        raise TransportError(f"{service} answered {cmd} with something that is not a command answer") from None
 
 
 class ServiceClient:

@@ -40,26 +40,12 @@ def processes_with_env(token: str, values: set[str] | None = None) -> dict[int, 
 
     Returns pid -> module uid (or None). One pass over ``/proc``.
     """
-    needle = f"{OWNER_VAR}={token}".encode()
     prefix = f"{MODULE_VAR}=".encode()
-    me = os.getpid()
     found: dict[int, str | None] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
-            continue
-        if needle not in env:
-            continue
-        items = env.split(b"\0")
-        if needle not in items:
-            continue
-        uid = next((i[len(prefix):].decode(errors="replace") for i in items if i.startswith(prefix)), None)
+    for pid, env in procutil.with_environ(f"{OWNER_VAR}={token}").items():
+        uid = next((i[len(prefix):].decode(errors="replace") for i in env if i.startswith(prefix)), None)
         if values is None or uid in values:
-            found[int(entry)] = uid
+            found[pid] = uid
     return found
 
 

@@ -18,13 +18,13 @@ running it is answered with :data:`MAY_HAVE_RUN`, never by running it twice.
 
 from __future__ import annotations
 
-import select
-import sys
 import socket
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
+
+from shmooze.ioloop import wait_readable
 
 MAX_HEADER_BYTES = 64 << 10
 #: What a client hears when the service stopped during a command that changes state.
@@ -51,16 +51,6 @@ class Reply:
     content_type: str
 
 
-def _native_poll() -> select.poll:
-    """The real ``select.poll`` even when gevent has patched the module."""
-    if "gevent" in sys.modules:
-        from gevent import monkey
-
-        if monkey.is_module_patched("select"):
-            return monkey.get_original("select", "poll")()
-    return select.poll()
-
-
 class _Connection:
     """One kept-alive socket to the service and what was read past the last answer."""
 
@@ -79,9 +69,7 @@ class _Connection:
         if self.buf:
             return True
         try:
-            poller = _native_poll()
-            poller.register(self.sock.fileno(), select.POLLIN | select.POLLPRI)
-            return bool(poller.poll(0))
+            return bool(wait_readable([self.sock], 0))
         except (OSError, ValueError):
             return True
 

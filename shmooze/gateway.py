@@ -13,13 +13,13 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.exceptions import NotFound
 from werkzeug.utils import send_from_directory
 from werkzeug.wrappers import Request, Response
 
 from shmooze import protocol
 from shmooze.forward import ForwardError, ServiceProxy
-from shmooze.httpjson import JSONHTTPError, error_response, json_response, raw_json_response, read_command_body
+from shmooze.httpjson import JSONHTTPError, json_response, raw_json_response, read_command_body, serve_json_errors
 from shmooze.metrics import gateway_stats
 from shmooze.push import PushSession, ServiceWatcher, wait_for_changes_here
 from shmooze.service import Service, only_reads
@@ -159,26 +159,22 @@ class Gateway:
         dashboard.add_routes(self)  # metrics and the dashboard (shmooze.dashboard)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        return serve_json_errors(lambda: self.dispatch(environ, start_response), environ, start_response,
+                                 "internal error in the gateway")
+
+    def dispatch(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        """One request: a WSGI body, or a response (errors are raised, see ``serve_json_errors``)."""
+        host = environ.get("HTTP_HOST")
+        if host and not self.host_allowed(host):
+            log.warning("refused a request for host %r (not in allowed_hosts)", host[:100])
+            raise JSONHTTPError(400, f"host {protocol.short(host, 60)} is not served here (allowed_hosts)",
+                                close=True)
+        # A service's URL with or without a trailing slash (POST /queue/ worked in the original).
         path = environ.get("PATH_INFO", "")
-        try:
-            host = environ.get("HTTP_HOST")
-            if host and not self.host_allowed(host):
-                log.warning("refused a request for host %r (not in allowed_hosts)", host[:100])
-                raise JSONHTTPError(400, f"host {protocol.short(host, 60)} is not served here (allowed_hosts)",
-                                    close=True)
-            # A service's URL with or without a trailing slash (POST /queue/ worked in the original).
-            proxy = self.proxies.get(path[len(self.prefix):].removesuffix("/")) if path.startswith(self.prefix) else None
-            if proxy is not None:  # the hot path, a command for a service, skips Werkzeug's Request
-                return self.forward(proxy, environ, start_response)
-            response = self.route(Request(environ), environ, start_response)
-            if not isinstance(response, Response):
-                return response  # a route that answered by itself (the WebSocket)
-        except HTTPException as exc:
-            response = error_response(exc, environ, start_response)
-        except Exception:
-            log.exception("gateway error on %s %s", environ.get("REQUEST_METHOD"), path)
-            response = json_response(protocol.error("internal error in the gateway"), 500)
-        return response(environ, start_response)
+        proxy = self.proxies.get(path[len(self.prefix):].removesuffix("/")) if path.startswith(self.prefix) else None
+        if proxy is not None:  # the hot path, a command for a service, skips Werkzeug's Request
+            return self.forward(proxy, environ, start_response)
+        return self.route(Request(environ), environ, start_response)  # a route may answer by itself (WebSocket)
 
     def route(self, request: Request, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         """The gateway's own routes (services, ``settings.json``, the WebSocket) before the static

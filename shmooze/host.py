@@ -4,7 +4,12 @@ It owns the I/O thread of all module streams, the threads that run stop
 ladders (one each, so stops never wait for each other), the containment of its
 modules (:mod:`shmooze.containment`), the orphan guard (:mod:`shmooze.watchdog`),
 and the reaping of orphaned descendants. Subclasses decide where a module goes (:meth:`_attach`),
-how it leaves (:meth:`_detach`) and what it should be told (:meth:`_wanted`).
+how it leaves (:meth:`_detach`) and what it should be told (:meth:`_orders`).
+
+A module's life here, each step in one method: :meth:`_start_and_place` starts it and puts it in
+place; :meth:`_remove` takes modules out of place (:meth:`_take_out`) and stops them
+(:meth:`_stop_taken`); :meth:`_stop` is the one stop path of every module: its ladder, then its
+end recorded. Placed modules are indexed by uid (``_modules``), so finding one never scans.
 """
 
 from __future__ import annotations
@@ -84,6 +89,9 @@ class ModuleHost(Service):
         self._keys: dict[str, _KeySlot] = {}
         self._keys_lock = threading.Lock()
         self._lock = threading.RLock()  # the service's lists of modules
+        self._modules: dict[str, ModuleProcess] = {}  # every placed module, by uid
+        self._untold: dict[str, ModuleProcess] = {}  # placed modules told nothing yet
+        self._playing: dict[str, ModuleProcess] = {}  # placed modules last told play
         self._starting: dict[str, ModuleProcess] = {}
         self._stopping: dict[str, ModuleProcess] = {}
         self._ended: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep_ended)
@@ -153,7 +161,7 @@ class ModuleHost(Service):
     def _stop_all(self, modules: list[ModuleProcess]) -> None:
         if self._booted:
             log.info("%s stopping: %d module(s)", self.name, len(modules))
-            threads = [threading.Thread(target=self._finish, args=(m, "service stopping", True)) for m in modules]
+            threads = [threading.Thread(target=self._stop, args=(m, "service stopping", True)) for m in modules]
             for t in threads:
                 t.start()
             for t in threads:
@@ -218,12 +226,13 @@ class ModuleHost(Service):
 
     # -- what subclasses provide -------------------------------------------------------
 
-    def _attach(self, module: ModuleProcess) -> None:
-        """Put a started module in place (called with the lock held)."""
+    def _attach(self, module: ModuleProcess, kind: str, restarted: bool) -> list[ModuleProcess] | None:
+        """Put a started module in its place (called with the lock held); return the modules it displaced
+        (to be stopped), or None when it has no place (a restarted module no longer wanted there)."""
         raise NotImplementedError
 
-    def _detach(self, uid: str) -> ModuleProcess | None:
-        """Take a module out of place (called with the lock held)."""
+    def _detach(self, module: ModuleProcess) -> None:
+        """Take a placed module out of its place (called with the lock held)."""
         raise NotImplementedError
 
     def _placed(self) -> list[ModuleProcess]:
@@ -235,17 +244,22 @@ class ModuleHost(Service):
         return []
 
     def _after_change(self) -> None:
-        """Apply the rule: send the play/suspend orders it asks for, drop modules that fail them, repeat."""
+        """Apply the rule: send the play/suspend orders it asks for, remove modules that fail them, repeat."""
         with self._rule_lock:
             while True:
                 with self._lock:
                     orders = self._orders()
                     for module, cmd in orders:
                         module.told = cmd
+                        self._untold.pop(module.uid, None)
+                        if cmd == "play":
+                            self._playing[module.uid] = module
+                        else:
+                            self._playing.pop(module.uid, None)
                 failed = self._send_all(orders)
                 if not failed:
                     return
-                self._drop([m.uid for m in failed], "failed play/suspend", send_rm=False)
+                self._remove([m.uid for m in failed], "failed play/suspend", send_rm=False, wait=False)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -256,11 +270,10 @@ class ModuleHost(Service):
         return f"{self._uid_prefix}-{next(self._uid_counter)}"
 
     def _find(self, uid: str) -> ModuleProcess:
-        with self._lock:
-            for module in self._placed():
-                if module.uid == uid:
-                    return module
-        raise CommandError(f"no module with uid {uid!r}")
+        module = self._modules.get(uid)
+        if module is None:
+            raise CommandError(f"no module with uid {uid!r}")
+        return module
 
     def _spawn(self, types: dict[str, ModuleType], type: str, args: dict[str, Any], kind: str,
                uid: str | None = None, restored: dict[str, Any] | None = None) -> ModuleProcess:
@@ -274,7 +287,7 @@ class ModuleHost(Service):
         with self._lock:
             if self._closing:
                 raise CommandError(f"{self.name} is stopping")
-            if len(self._all_modules()) >= self.max_modules:
+            if len(self._modules) + len(self._starting) >= self.max_modules:
                 raise CommandError(f"{self.name} already holds {self.max_modules} modules, its limit")
             uid = uid or self._new_uid()
             env = {OWNER_VAR: self._token, MODULE_VAR: uid}
@@ -292,7 +305,7 @@ class ModuleHost(Service):
             module.start(args, restored)
         except CommandError:
             self.ops.start_failed(mtype)
-            self._record_end(module)
+            self._stop(module, "start failed", send_rm=False)  # stopped already: this records its end
             raise
         finally:
             with self._lock:
@@ -302,40 +315,72 @@ class ModuleHost(Service):
 
     def _spawn_restart(self, mtype: ModuleType, args: dict[str, Any], kind: str, uid: str) -> ModuleProcess:
         """Start a module again under its uid, as its restart policy asks (see :mod:`shmooze.ops`)."""
-        module = self._spawn({mtype.name: mtype}, mtype.name, args, kind, uid=uid)
+        return self._start_and_place({mtype.name: mtype}, mtype.name, args, kind, uid=uid)
+
+    def _start_and_place(self, types: dict[str, ModuleType], type: str, args: dict[str, Any], kind: str,
+                         key: str | None = None, uid: str | None = None,
+                         logged_as: str | None = None) -> ModuleProcess:
+        """The one placing sequence: start a module, put it in place and journal it, announce it, log the
+        command (``logged_as``), stop what it displaced; then remove it at once if it already left, and
+        apply the rule. ``uid``: a restart of that module, which may find no place (it is then stopped)."""
+        module = self._spawn(types, type, args, kind, uid=uid)
         with self._lock:
-            placed = not self._closing and self._place_restarted(module, kind)
-        if not placed:
-            self._finish(module, "service stopping" if self._closing else "rm", True)
+            closing = self._closing
+            displaced = None if closing else self._attach(module, kind, restarted=uid is not None)
+            if displaced is not None:
+                self._modules[module.uid] = self._untold[module.uid] = module
+                displaced = self._take_out([m.uid for m in displaced])
+                if self.journal is not None and uid is None:
+                    self.journal.added(module.uid, type, args, kind, key, module.get_parameters)
+        if displaced is None:
+            self._stop(module, "service stopping" if closing else "rm", True)
+            if uid is None:
+                raise CommandError(f"{self.name} is stopping")
             return module
-        self.changed("added", uid=uid, type=mtype.name, restarted=True)
-        self._remove_if_left(module)
-        self._after_change()
+        if uid is not None:
+            self.changed("added", uid=uid, type=type, restarted=True)
+        else:
+            self.changed("added" if kind == "module" else kind, uid=module.uid, type=type)
+        if logged_as is not None:
+            self._log_command(logged_as, {"type": type, "args": args}, {"uid": module.uid}, module.uid, type)
+        self._stop_taken(displaced, f"replaced by a new {kind}", send_rm=True, wait=False)
+        self._settle([module])
         return module
 
-    def _place_restarted(self, module: ModuleProcess, kind: str) -> bool:
-        """Put a restarted module back in place (lock held); False when it is no longer wanted there."""
-        self._attach(module)
-        return True
+    def _settle(self, modules: list[ModuleProcess]) -> None:
+        """Once modules are in place: remove those that left before (during init, or before they were
+        placed, when :meth:`_on_gone` found nothing to remove), then apply the rule."""
+        for module in modules:
+            if module.gone_reason is not None:
+                self._remove([module.uid], f"module left: {module.gone_reason}", send_rm=False, wait=False)
+        self._after_change()
 
-    def _drop(self, uids: Iterable[str], reason: str, send_rm: bool) -> list[concurrent.futures.Future]:
-        """Take modules out of place and start their stop ladders (concurrently, in the background)."""
+    # -- stopping ----------------------------------------------------------------------
+
+    def _take_out(self, uids: Iterable[str]) -> list[ModuleProcess]:
+        """Take modules out of place, out of the index and out of the journal (unknown uids are skipped)."""
         with self._lock:
-            removed = [m for m in (self._detach(uid) for uid in uids) if m is not None]
+            removed = [m for m in (self._modules.pop(uid, None) for uid in dict.fromkeys(uids)) if m is not None]
+            for module in removed:
+                self._detach(module)
+                self._untold.pop(module.uid, None)
+                self._playing.pop(module.uid, None)
+                self._stopping[module.uid] = module
             if self.journal is not None:
                 self.journal.removed([m.uid for m in removed])
-        return [self._retire(m, reason, send_rm) for m in removed]
-
-    def _retire(self, module: ModuleProcess, reason: str, send_rm: bool) -> concurrent.futures.Future:
-        """Stop a module that is no longer in place, in the background."""
-        with self._lock:
-            self._stopping[module.uid] = module
-        self.changed("removed", uid=module.uid, type=module.type.name, reason=reason)
-        return self._in_thread(self._finish, module, reason, send_rm)
+        return removed
 
     def _remove(self, uids: Iterable[str], reason: str, send_rm: bool = True, wait: bool = True) -> None:
-        """Take modules out, stop them, apply the rule again; with ``wait``, return once they are reaped."""
-        futures = self._drop(uids, reason, send_rm)
+        """Take modules out of place and stop them (see :meth:`_stop_taken`)."""
+        self._stop_taken(self._take_out(uids), reason, send_rm, wait)
+
+    def _stop_taken(self, modules: list[ModuleProcess], reason: str, send_rm: bool, wait: bool) -> None:
+        """:meth:`_stop` modules taken out of place, each on a thread of its own, and apply the rule again;
+        with ``wait``, return once they are reaped."""
+        futures = []
+        for module in modules:
+            self.changed("removed", uid=module.uid, type=module.type.name, reason=reason)
+            futures.append(self._in_thread(self._stop, module, reason, send_rm))
         if not futures:
             return
         if wait:
@@ -344,26 +389,22 @@ class ModuleHost(Service):
         else:
             self._in_thread(self._after_change)
 
-    def _finish(self, module: ModuleProcess, reason: str, send_rm: bool) -> None:
+    def _stop(self, module: ModuleProcess, reason: str, send_rm: bool) -> None:
+        """The one stop path: the module's ladder (once, whoever asks), then its end recorded, here only."""
         try:
             module.stop(reason, send_rm=send_rm)
         except Exception:
             log.exception("stopping module %s failed", module.uid)
-        finally:
-            with self._lock:
-                self._stopping.pop(module.uid, None)
-            if module.pid and self._watchdog is not None:
-                with self._lock:
-                    self._watchdog.forget(module.pid)
-            self._record_end(module)
-            self.changed("stopped", uid=module.uid, type=module.type.name, ended_by=module.ended_by)
-
-    def _record_end(self, module: ModuleProcess) -> None:
         module.wait_stopped(60)
-        self.ops.ended(module)
         with self._lock:
+            self._stopping.pop(module.uid, None)
+            if module.pid and self._watchdog is not None:
+                self._watchdog.forget(module.pid)
             self._refused_before += module.refused
+        self.ops.ended(module)
         self._ended.append(module.snapshot())
+        if not module.start_failed:
+            self.changed("stopped", uid=module.uid, type=module.type.name, ended_by=module.ended_by)
 
     def _on_update(self, module: ModuleProcess, cmd: str, args: dict[str, Any]) -> None:
         """An update line from a module (I/O thread): publish it, journal it, log it if asked."""
@@ -419,27 +460,8 @@ class ModuleHost(Service):
         return self._once(key, lambda: self._add(type, args, key))
 
     def _add(self, type: str, args: dict[str, Any], key: str | None) -> dict:
-        module = self._spawn(self.types, type, args, "module")
-        with self._lock:
-            closing = self._closing
-            if not closing:
-                self._attach(module)
-                if self.journal is not None:
-                    self.journal.added(module.uid, type, args, "module", key, module.get_parameters)
-        if closing:
-            self._finish(module, "service stopping", True)
-            raise CommandError(f"{self.name} is stopping")
-        self.changed("added", uid=module.uid, type=type)
-        self._log_command("add", {"type": type, "args": args}, {"uid": module.uid}, module.uid, type)
-        self._remove_if_left(module)
-        self._after_change()
+        module = self._start_and_place(self.types, type, args, "module", key, logged_as="add")
         return {"uid": module.uid}
-
-    def _remove_if_left(self, module: ModuleProcess) -> None:
-        """Call once a module is in place: if it left before (during init, or before it was placed,
-        when :meth:`_on_gone` found nothing to remove), remove it now."""
-        if module.gone_reason is not None:
-            self._remove([module.uid], f"module left: {module.gone_reason}", send_rm=False, wait=False)
 
     @command(read_only=True)
     def modules_available(self, describe: bool = False) -> list:
@@ -581,6 +603,9 @@ class ModuleHost(Service):
             else:
                 unplaced = self._place_restored(modules, backgrounds[-1] if backgrounds else None)
                 unplaced += backgrounds[:-1]
+                for _, module in started:
+                    if module not in unplaced:
+                        self._modules[module.uid] = self._untold[module.uid] = module
         now, wall = time.monotonic(), time.time()
         with self._keys_lock:
             for entry, module in started:
@@ -588,15 +613,13 @@ class ModuleHost(Service):
                 if entry.get("key") and left > 0 and module not in unplaced:
                     self._keys.setdefault(entry["key"], _KeySlot({"uid": module.uid}, now + left))
         for module in unplaced:  # in this thread: stop() waits for it
-            self._finish(module, "service stopping" if self._closing else "not placed after restore", True)
+            self._stop(module, "service stopping" if self._closing else "not placed after restore", True)
         if self._closing:
             return
         placed = [m for _, m in started if m not in unplaced]
         self.changed("restored", uids=[m.uid for m in placed])
         log.info("%s: restored %d module(s)", self.name, len(placed))
-        for module in placed:
-            self._remove_if_left(module)
-        self._after_change()
+        self._settle(placed)
 
     @command(read_only=True)
     def output(self, uid: str, after: int = 0, lines: int = 200) -> dict:

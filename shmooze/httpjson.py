@@ -65,11 +65,24 @@ def close_connection(start_response: Callable[..., Any]) -> None:
         request.must_close = True  # what gevent's keep-alive loop looks at before parsing again
 
 
-def error_response(exc: HTTPException, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-    """The response for an HTTP error; closes the connection after it when the error says so."""
-    if getattr(exc, "close", False):
-        close_connection(start_response)
-    return exc.get_response(environ)
+def serve_json_errors(run: Callable[[], Any], environ: dict[str, Any], start_response: Callable[..., Any],
+                      failure: str) -> Iterable[bytes]:
+    """Serve ``run()``, a WSGI body or a Werkzeug response, with every error answered as JSON.
+
+    An HTTP error is answered with its status (closing the connection when it says so); any other
+    exception is logged and answered 500 with the message ``failure``."""
+    try:
+        response = run()
+        if not isinstance(response, Response):
+            return response
+    except HTTPException as exc:
+        if getattr(exc, "close", False):
+            close_connection(start_response)
+        response = exc.get_response(environ)
+    except Exception:
+        log.exception("%s on %s %s", failure, environ.get("REQUEST_METHOD"), environ.get("PATH_INFO", ""))
+        response = json_response(protocol.error(failure), 500)
+    return response(environ, start_response)
 
 
 class _BodyTimeout(Exception):
@@ -214,22 +227,20 @@ class CommandApp:
         self.max_answer_bytes = max_answer_bytes
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        return serve_json_errors(lambda: self.answer(environ, start_response), environ, start_response,
+                                 "internal error")
+
+    def answer(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        """Read, run and answer one command request (errors are raised, see :func:`serve_json_errors`)."""
+        body, _ = read_command_body(environ, self.max_body_bytes)
         try:
-            body, _ = read_command_body(environ, self.max_body_bytes)
-            try:
-                parsed = protocol.parse_request(body)
-            except protocol.BodyError as exc:
-                raise JSONHTTPError(400, str(exc)) from None
-            answer = encode_or_fail(parsed, self.handler(parsed))
-            if len(answer) > self.max_answer_bytes:
-                answer = too_big_answer(parsed, len(answer), self.max_answer_bytes)
-            return raw_json_response(start_response, answer)
-        except HTTPException as exc:
-            response = error_response(exc, environ, start_response)
-        except Exception:
-            log.exception("unhandled error in command request")
-            response = json_response(protocol.error("internal error"), 500)
-        return response(environ, start_response)
+            parsed = protocol.parse_request(body)
+        except protocol.BodyError as exc:
+            raise JSONHTTPError(400, str(exc)) from None
+        answer = encode_or_fail(parsed, self.handler(parsed))
+        if len(answer) > self.max_answer_bytes:
+            answer = too_big_answer(parsed, len(answer), self.max_answer_bytes)
+        return raw_json_response(start_response, answer)
 
 
 def too_big_answer(request: protocol.Request, size: int, limit: int) -> bytes:

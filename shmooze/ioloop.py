@@ -18,6 +18,7 @@ import os
 import select
 import selectors
 import socket
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -169,9 +170,10 @@ def wait_readable(objs: list[Any], timeout: float) -> list[Any]:
     """The objects (sockets, files or raw fds) readable within ``timeout`` seconds.
 
     Like ``select.select`` for reading, but with ``poll``: a service holding a few hundred
-    modules has descriptors above FD_SETSIZE (1024), which ``select`` refuses.
+    modules has descriptors above FD_SETSIZE (1024), which ``select`` refuses. With ``timeout``
+    0 it only looks, on the real ``poll`` even where gevent patched it: it never switches greenlets.
     """
-    poller = select.poll()
+    poller = _native_poll() if timeout <= 0 else select.poll()
     by_fd: dict[int, Any] = {}
     for obj in objs:
         fd = obj if isinstance(obj, int) else obj.fileno()
@@ -179,6 +181,16 @@ def wait_readable(objs: list[Any], timeout: float) -> list[Any]:
         poller.register(fd, select.POLLIN | select.POLLPRI)
     events = poller.poll(max(0, int(timeout * 1000 + 0.999)))
     return [by_fd[fd] for fd, _ in events if fd in by_fd]
+
+
+def _native_poll() -> select.poll:
+    """The real ``select.poll`` even when gevent has patched the module."""
+    if "gevent" in sys.modules:
+        from gevent import monkey
+
+        if monkey.is_module_patched("select"):
+            return monkey.get_original("select", "poll")()
+    return select.poll()
 
 
 def pidfd(pid: int) -> int | None:

@@ -8,7 +8,6 @@ with it.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import time
@@ -51,35 +50,19 @@ def wait_exit(proc: subprocess.Popen, timeout: float, pidfd: int | None = None) 
         return False
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes in a process group."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return []
-    except PermissionError:
-        pass
-    out = []
-    for entry in os.listdir("/proc"):
-        fields = procutil.stat_fields(int(entry)) if entry.isdigit() else None
-        if fields and len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            out.append(int(entry))
-    return out
-
-
 def sweep_group(pgid: int, grace: float = 1.0) -> int:
     """End what is left of a process group after its leader: SIGTERM, wait ``grace``, SIGKILL.
 
     Returns how many processes were left.
     """
-    left = group_members(pgid)
+    left = procutil.group_members(pgid)
     if not left:
         return 0
     procutil.kill_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while group_members(pgid) and time.monotonic() < deadline:
+    while procutil.group_members(pgid) and time.monotonic() < deadline:
         time.sleep(0.01)
-    if group_members(pgid):
+    if procutil.group_members(pgid):
         procutil.kill_group(pgid, signal.SIGKILL)
     return len(left)
 

@@ -433,12 +433,12 @@ class ModuleProcess:
             answer = json.loads(raw)
         except (ValueError, RecursionError):
             raise ModuleBroken(f"answer to {cmd} is not JSON: {protocol.short(raw)}") from None
-        ok, value = protocol.parse_answer(answer)
-        if not ok:
-            if isinstance(answer, dict) and answer.get("success") is False:
-                raise ModuleError(value)
-            raise ModuleBroken(f"answer to {cmd}: {value}")
-        return value
+        try:
+            return protocol.answer_result(answer)
+        except protocol.AnswerFailed as exc:
+            raise ModuleError(str(exc)) from None
+        except protocol.NotAnAnswer as exc:
+            raise ModuleBroken(f"answer to {cmd}: {exc}") from None
 
     def _check_nothing_unasked(self, sock: socket.socket, cmd: str) -> None:
         """Between commands the module must be silent: an extra answer (two answers to one command)

@@ -15,7 +15,7 @@ import socket
 import struct
 from typing import Iterable
 
-from shmooze.procutil import socket_inodes
+from shmooze.procutil import socket_inodes, tcp_sockets
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +69,9 @@ def _proc_net(family: int, peer: tuple, local: tuple) -> tuple[int, int] | None:
     """The same lookup by reading ``/proc/net/tcp`` or ``tcp6`` (slower: one line per socket)."""
     want_local = _proc_net_address(family, peer[0], peer[1])
     want_remote = _proc_net_address(family, local[0], local[1])
-    path = "/proc/net/tcp6" if family == socket.AF_INET6 else "/proc/net/tcp"
-    try:
-        with open(path) as f:
-            next(f, None)
-            for line in f:
-                fields = line.split()
-                if len(fields) > 9 and fields[1] == want_local and fields[2] == want_remote:
-                    return int(fields[9]), int(fields[7])
-    except OSError:
-        pass
+    for fields in tcp_sockets(ipv6=family == socket.AF_INET6):
+        if fields[1] == want_local and fields[2] == want_remote:
+            return int(fields[9]), int(fields[7])
     return None
 
 

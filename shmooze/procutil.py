@@ -1,4 +1,9 @@
-"""Small Linux process helpers: subreaper, reaping orphans, looking at pids."""
+"""Small Linux process helpers: subreaper, reaping orphans, and every look into ``/proc``.
+
+Each fact ``/proc`` tells is read here, by one function, and the rest of shmooze asks it:
+the process list (:func:`pids`), a process's state, parent and group (:func:`stat_fields`),
+its children, environment, open sockets and command line, and the TCP socket tables.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import ctypes.util
 import errno
 import logging
 import os
-from typing import Iterable
+from typing import Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -109,15 +114,55 @@ def alive(pid: int) -> bool:
     return st is not None and st not in ("Z", "X")
 
 
-def exists(pid: int) -> bool:
-    """Whether a pid exists at all (a zombie counts)."""
+def pids() -> list[int]:
+    """Every process id ``/proc`` shows."""
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in a process group."""
     try:
-        os.kill(pid, 0)
+        os.killpg(pgid, 0)
     except ProcessLookupError:
-        return False
+        return []
     except PermissionError:
-        return True
-    return True
+        pass
+    out = []
+    for pid in pids():
+        fields = stat_fields(pid)
+        if fields and len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            out.append(pid)
+    return out
+
+
+def _environ_bytes(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def environ(pid: int) -> list[bytes] | None:
+    """The ``NAME=value`` entries of a process's environment, or None when /proc does not let us see."""
+    raw = _environ_bytes(pid)
+    return None if raw is None else raw.split(b"\0")
+
+
+def with_environ(entry: str) -> dict[int, list[bytes]]:
+    """Processes other than this one whose environment holds ``entry`` (``NAME=value``), with their
+    environments. One pass over ``/proc``."""
+    needle = entry.encode()
+    me = os.getpid()
+    found = {}
+    for pid in pids():
+        raw = _environ_bytes(pid) if pid != me else None
+        if raw is None or needle not in raw:  # the cheap test first: most processes fail it
+            continue
+        env = raw.split(b"\0")
+        if needle in env:
+            found[pid] = env
+    return found
 
 
 def kill_group(pgid: int, sig: int) -> bool:
@@ -150,21 +195,26 @@ def socket_inodes(pid: int) -> set[int]:
     return out
 
 
-def _listening_inodes(port: int) -> set[int]:
-    """Socket inodes listening on TCP ``port`` (IPv4 or IPv6), from /proc/net/tcp{,6}."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+def tcp_sockets(ipv6: bool | None = None) -> Iterator[list[str]]:
+    """Rows of ``/proc/net/tcp`` (``ipv6`` False), ``tcp6`` (True) or both (None), split in fields:
+    local address (``HEX_IP:HEX_PORT``) at 1, remote at 2, state at 3 (``0A`` is LISTEN), uid at 7,
+    inode at 9. Tables /proc does not show are skipped."""
+    tables = {None: ("tcp", "tcp6"), False: ("tcp",), True: ("tcp6",)}[ipv6]
+    for table in tables:
         try:
-            with open(table) as f:
+            with open(f"/proc/net/{table}") as f:
                 next(f, None)
                 for line in f:
                     fields = line.split()
-                    # local_address is HEX_IP:HEX_PORT; state 0A is LISTEN; the inode is field 9.
-                    if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                        inodes.add(int(fields[9]))
+                    if len(fields) > 9:
+                        yield fields
         except OSError:
             continue
-    return inodes
+
+
+def _listening_inodes(port: int) -> set[int]:
+    """Socket inodes listening on TCP ``port`` (IPv4 or IPv6)."""
+    return {int(f[9]) for f in tcp_sockets() if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port}
 
 
 def listening_pids(port: int) -> list[int]:
@@ -172,8 +222,7 @@ def listening_pids(port: int) -> list[int]:
     targets = _listening_inodes(port)
     if not targets:
         return []
-    return sorted(int(entry) for entry in os.listdir("/proc")
-                  if entry.isdigit() and socket_inodes(int(entry)) & targets)
+    return sorted(pid for pid in pids() if socket_inodes(pid) & targets)
 
 
 def describe(pid: int) -> str:

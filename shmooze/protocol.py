@@ -136,14 +136,33 @@ def encode_line(obj: Any) -> bytes:
     return dumps(obj) + b"\n"
 
 
+class NotAnAnswer(ValueError):
+    """A reply that is not a command answer (no boolean ``success``)."""
+
+
+class AnswerFailed(Exception):
+    """A well-formed answer that says ``success: false``; the message is its ``error``."""
+
+
+def answer_result(value: Any) -> Any:
+    """The result of an answer object (None when it has none).
+
+    Raises :class:`AnswerFailed` with its error when it failed, :class:`NotAnAnswer` when it is
+    not an answer at all: every reader of answers checks them here."""
+    if not isinstance(value, dict) or not isinstance(value.get("success"), bool):
+        raise NotAnAnswer(f"malformed answer: {short(value)}")
+    if value["success"]:
+        return value.get("result")
+    err = value.get("error")
+    raise AnswerFailed(err if isinstance(err, str) else f"failed without a message: {short(value)}")
+
+
 def parse_answer(value: Any) -> tuple[bool, Any]:
     """Check an answer object; return ``(True, result)`` or ``(False, error message)``."""
-    if not isinstance(value, dict) or not isinstance(value.get("success"), bool):
-        return False, f"malformed answer: {short(value)}"
-    if value["success"]:
-        return True, value.get("result")
-    err = value.get("error")
-    return False, err if isinstance(err, str) else f"failed without a message: {short(value)}"
+    try:
+        return True, answer_result(value)
+    except (NotAnAnswer, AnswerFailed) as exc:
+        return False, str(exc)
 
 
 @dataclass(frozen=True)

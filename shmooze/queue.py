@@ -33,32 +33,28 @@ class Queue(ModuleHost):
     def _placed(self) -> list[ModuleProcess]:
         return self._queue + ([self._bg] if self._bg is not None else [])
 
-    def _attach(self, module: ModuleProcess) -> None:
-        self._queue.append(module)
+    def _attach(self, module: ModuleProcess, kind: str, restarted: bool) -> list[ModuleProcess] | None:
+        if kind == "module":
+            if restarted:
+                return None  # a queue entry that ends leaves the queue
+            self._queue.append(module)
+            return []
+        if restarted and self._bg is not None:
+            return None  # another background was set meanwhile
+        old, self._bg = self._bg, module
+        return [old] if old is not None else []
 
-    def _detach(self, uid: str) -> ModuleProcess | None:
-        for i, module in enumerate(self._queue):
-            if module.uid == uid:
-                return self._queue.pop(i)
-        if self._bg is not None and self._bg.uid == uid:
-            module, self._bg = self._bg, None
-            return module
-        return None
-
-    def _place_restarted(self, module: ModuleProcess, kind: str) -> bool:
-        if kind != "background" or self._bg is not None:
-            return False  # another background was set meanwhile
-        self._bg = module
-        return True
+    def _detach(self, module: ModuleProcess) -> None:
+        if module is self._bg:
+            self._bg = None
+        elif module in self._queue:  # (a background that set_bg replaced is in neither place)
+            self._queue.remove(module)
 
     def _orders(self) -> list[tuple[ModuleProcess, str]]:
         top = self._queue[0] if self._queue else None
-        orders = []
-        for module in self._queue:
-            if module is top and module.told != "play":
-                orders.append((module, "play"))
-            elif module is not top and module.told == "play":
-                orders.append((module, "suspend"))
+        orders = [(m, "suspend") for m in self._playing.values() if m is not top and m is not self._bg]
+        if top is not None and top.told != "play":
+            orders.append((top, "play"))
         if self._bg is not None:
             if top is None and self._bg.told != "play":
                 orders.append((self._bg, "play"))
@@ -68,11 +64,10 @@ class Queue(ModuleHost):
 
     def _find(self, uid: str) -> ModuleProcess:
         """Only queued modules answer to tell_module and ask_module (the background has its own)."""
-        with self._lock:
-            for module in self._queue:
-                if module.uid == uid:
-                    return module
-        raise CommandError(f"no module with uid {uid!r} in the queue")
+        module = self._modules.get(uid)
+        if module is None or module is self._bg:
+            raise CommandError(f"no module with uid {uid!r} in the queue")
+        return module
 
     def _background(self, uid: str) -> ModuleProcess:
         with self._lock:
@@ -105,35 +100,17 @@ class Queue(ModuleHost):
         return self._once(key, lambda: self._set_bg(type, args, key))
 
     def _set_bg(self, type: str, args: dict[str, Any], key: str | None) -> dict:
-        module = self._spawn(self.backgrounds, type, args, "background")
-        with self._lock:
-            closing = self._closing
-            if not closing:
-                old, self._bg = self._bg, module
-                if self.journal is not None:
-                    self.journal.added(module.uid, type, args, "background", key, module.get_parameters)
-        if closing:
-            self._finish(module, "service stopping", True)
-            raise CommandError(f"{self.name} is stopping")
-        self.changed("background", uid=module.uid, type=type)
-        self._log_command("set_bg", {"type": type, "args": args}, {"uid": module.uid}, module.uid, type)
-        if old is not None:
-            self._retire(old, "replaced by a new background", send_rm=True)
-        self._remove_if_left(module)
-        self._after_change()
+        module = self._start_and_place(self.backgrounds, type, args, "background", key, logged_as="set_bg")
         return {"uid": module.uid}
 
     @command
     def mv(self, uids: list[str]) -> None:
         """Reorder: the named modules first, in that order, then the others in their old order."""
         with self._lock:
-            by_uid = {m.uid: m for m in self._queue}
-            first = []
-            for uid in uids:
-                module = by_uid.pop(uid, None)
-                if module is not None:
-                    first.append(module)
-            self._queue = first + [m for m in self._queue if m.uid in by_uid]
+            first = [self._modules[uid] for uid in dict.fromkeys(uids) if uid in self._modules]
+            first = [m for m in first if m is not self._bg]
+            named = {m.uid for m in first}
+            self._queue = first + [m for m in self._queue if m.uid not in named]
             order = [m.uid for m in self._queue]
             if self.journal is not None:
                 self.journal.ordered(order)

@@ -33,10 +33,8 @@ class Figures:
 def scan_groups() -> dict[int, Figures]:
     """Every process group's CPU time, resident memory and size, from one pass over ``/proc``."""
     totals: dict[int, list[float]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        fields = procutil.stat_fields(int(entry))
+    for pid in procutil.pids():
+        fields = procutil.stat_fields(pid)
         # After the command name: state(0) ppid(1) pgrp(2) ... utime(11) stime(12) ... rss(21).
         if not fields or len(fields) < 22 or fields[0] in (b"Z", b"X"):
             continue

@@ -60,3 +60,24 @@ def no_leftover_processes():
             except psutil.NoSuchProcess:
                 pass
         pytest.fail(f"test left processes behind: {desc}")
+
+
+@pytest.fixture
+def make_host():
+    """Build started module hosts in-process: ``make_host(Queue or Pool, modules, *more, **options)`` gives a
+    :class:`~tests.helpers.Driver`; at the end every one is stopped and its orphan guard is gone."""
+    from tests.helpers import Driver, gone, wait_for
+
+    made = []
+
+    def make(cls, modules=(), *more, **options):
+        host = cls(list(modules), *more, **options)
+        host.start()
+        made.append(host)
+        return Driver(host)
+
+    yield make
+    for host in made:
+        host.stop()
+        guard = host.status()["watchdog_pid"]
+        assert guard is None or wait_for(lambda: gone(guard), 5, what=f"orphan guard {guard} to end")

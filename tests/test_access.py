@@ -26,7 +26,7 @@ from shmooze.queue import Queue
 from shmooze.settings import Settings
 from shmooze.websocket import HandshakeError, WebSocketClient
 from tests.apps import TYPES
-from tests.helpers import free_port, start_service, write_settings
+from tests.helpers import Stack
 
 TOKEN = "tok-3f9a1c"
 GOOD = {"Authorization": f"Bearer {TOKEN}"}
@@ -133,21 +133,9 @@ def test_form_content_types_are_refused(gw, queue_svc, ctype, where):
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("access")
-    ports = {"wsgi": free_port(), "queue": free_port()}
-    path = write_settings(tmp / "settings.json", ports=ports, services={"queue": "tests.apps:make_queue"},
-                          access_token=TOKEN, allowed_origins=["http://allowed.example"], gateway_workers=1)
-    queue = start_service(path, "queue", tmp)
-    gateway = start_service(path, "wsgi", tmp)
-    try:
-        yield {"ports": ports, "ws": f"ws://127.0.0.1:{ports['wsgi']}/ws", "url": f"http://127.0.0.1:{ports['wsgi']}/",
-               "procs": {"queue": queue, "wsgi": gateway}}
-    finally:
-        for proc in (gateway, queue):
-            try:
-                proc.stop()
-            finally:
-                proc.kill_everything()
+    with Stack(tmp_path_factory.mktemp("access"), {"queue": "tests.apps:make_queue"}, access_token=TOKEN,
+               allowed_origins=["http://allowed.example"], gateway_workers=1) as stack:
+        yield {"ports": stack.ports, "ws": stack.ws, "url": stack.url, "procs": stack.procs}
 
 
 def ask(ws, msg):

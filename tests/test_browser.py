@@ -27,12 +27,11 @@ if not CHROMIUM:  # pragma: no cover - depends on the machine
     pytest.skip("no Chromium (/usr/bin/chromium or chromium on PATH) to drive", allow_module_level=True)
 
 from shmooze.client import Client, ShmoozeError  # noqa: E402
-from tests.helpers import ROOT, descendants, free_port, gone, start_service, wait_for, write_settings  # noqa: E402
+from tests.helpers import ROOT, Stack, descendants, gone, start_service, wait_for  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TEST_PAGE = Path(__file__).resolve().parent / "browser_static" / "plain.html"
-SERVICES = ("queue", "pool", "volume")
 TIMEOUT_MS = 10_000  # for every wait on the page
 
 pytestmark = pytest.mark.timeout(90)
@@ -44,36 +43,14 @@ pytestmark = pytest.mark.timeout(90)
 def jukebox(tmp_path_factory):
     """The demo's three services and the gateway; ``procs["wsgi"]`` may be replaced by a test."""
     tmp = tmp_path_factory.mktemp("browser")
-    ports = {"wsgi": free_port(), **{name: free_port() for name in SERVICES}}
-    path = write_settings(
-        tmp / "settings.json", ports=ports,
-        services={"queue": "jukebox.app:make_queue", "pool": "jukebox.app:make_pool",
-                  "volume": "jukebox.volume:Volume"},
-        public=["ports", "wsgi_prefix", "app_name"], app_name="test jukebox",
-        static_path=str(ROOT / "examples" / "jukebox" / "static"), log_database_path=str(tmp / "log.db"),
-        # An idle service holds the gateway's 20 s long poll open; don't wait all of it when stopping.
-        stop_timeout=3)
-    procs = {}
-    try:
-        for name in SERVICES:
-            procs[name] = start_service(path, name, tmp)
-        procs["wsgi"] = start_service(path, "wsgi", tmp)
-        url = f"http://127.0.0.1:{ports['wsgi']}/"
-        yield {"path": path, "tmp": tmp, "ports": ports, "url": url, "procs": procs, "client": Client(url)}
-    finally:
-        pids = []
-        # The gateway first: its long polls keep the services' workers busy until it goes.
-        for name in ("wsgi", *SERVICES):
-            proc = procs.get(name)
-            if proc is None:
-                continue
-            pids.append(proc.pid)
-            try:
-                proc.stop()
-            finally:
-                proc.kill_everything()
-                pids.extend(proc._seen)
-        assert all(gone(pid) for pid in pids)
+    with Stack(tmp, {"queue": "jukebox.app:make_queue", "pool": "jukebox.app:make_pool",
+                     "volume": "jukebox.volume:Volume"},
+               public=["ports", "wsgi_prefix", "app_name"], app_name="test jukebox",
+               static_path=str(ROOT / "examples" / "jukebox" / "static"), log_database_path=str(tmp / "log.db"),
+               # An idle service holds the gateway's 20 s long poll open; don't wait all of it when stopping.
+               stop_timeout=3) as stack:
+        yield {"path": stack.path, "tmp": tmp, "ports": stack.ports, "url": stack.url, "procs": stack.procs,
+               "client": Client(stack.url)}
 
 
 @pytest.fixture(scope="module")

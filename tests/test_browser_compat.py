@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, gone, start_service, write_settings
+from tests.helpers import Stack, free_port
 from tests.test_browser import browser, jukebox, page  # noqa: F401 - fixtures
 
 ORIGINAL_PAGE = Path(__file__).resolve().parent / "browser_static" / "original.html"
@@ -30,19 +30,12 @@ def original_app(jukebox, tmp_path_factory):
     static.mkdir()
     shutil.copy(ORIGINAL_PAGE, static / "index.html")
     (static / "ws").write_text("not the WebSocket")
-    ports = {**jukebox["ports"], "wsgi": free_port()}
-    path = write_settings(tmp / "settings.json", ports=ports, public=["ports", "app_name"], app_name="old app",
-                          api_key="SECRET-KEY", static_prefix="/", static_path=str(static), stop_timeout=3)
-    (static / "settings.json").symlink_to(path)
-    proc = start_service(path, "wsgi", tmp)
-    try:
-        yield {"url": f"http://127.0.0.1:{ports['wsgi']}/"}
-    finally:
-        try:
-            proc.stop()  # (it asserts the gateway's workers are gone too)
-        finally:
-            proc.kill_everything()
-        assert gone(proc.pid)
+    # A gateway of its own in front of the jukebox's services.
+    stack = Stack(tmp, {}, ports={**jukebox["ports"], "wsgi": free_port()}, public=["ports", "app_name"],
+                  app_name="old app", api_key="SECRET-KEY", static_prefix="/", static_path=str(static), stop_timeout=3)
+    (static / "settings.json").symlink_to(stack.path)
+    with stack:
+        yield {"url": stack.url}
 
 
 def test_a_page_on_the_original_api_works_without_jquery(page, jukebox, original_app):

@@ -17,7 +17,7 @@ import pytest
 from shmooze import cgroup
 from shmooze.client import ServiceClient
 from shmooze.settings import read as read_settings
-from tests.helpers import Proc, free_port, gone, shmooze_argv, wait_for, write_settings
+from tests.helpers import Proc, free_port, gone, run_app, shmooze_argv, wait_for, wait_running, write_settings
 
 GRACE = 2.0
 CGROUPS = cgroup.usable_parent()[0] is not None
@@ -47,10 +47,9 @@ class App:
         self.start()
 
     def start(self) -> Proc:
-        run = Proc(shmooze_argv("run", str(self.path)), log_path=self.tmp / f"run{len(self.runs)}.log")
+        run = run_app(self.path, self.tmp, f"run{len(self.runs)}")
         self.runs.append(run)
-        wait_for(lambda: "running; open" in run.log() or run.popen.poll() is not None, 60, what="shmooze run")
-        assert run.popen.poll() is None, run.log()
+        wait_running(run)
         self.client = ServiceClient(f"http://127.0.0.1:{self.settings.ports['queue']}/", "queue", timeout=10)
         return run
 

@@ -19,7 +19,7 @@ if not CHROMIUM:  # pragma: no cover
     pytest.skip("no Chromium", allow_module_level=True)
 
 from shmooze.client import Client  # noqa: E402
-from tests.helpers import free_port, gone, start_service, stop_all, wait_for, write_settings  # noqa: E402
+from tests.helpers import Stack, wait_for  # noqa: E402
 
 TOKEN = "dash-token"
 pytestmark = pytest.mark.timeout(120)
@@ -28,17 +28,9 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dashboard")
-    ports = {"wsgi": free_port(), "pool": free_port()}
-    path = write_settings(tmp / "settings.json", ports=ports, services={"pool": "tests.apps:make_ops_pool"},
-                          public=["ports", "app_name"], app_name="ops demo", access_token=TOKEN,
-                          run_path=str(tmp / "run"), stop_timeout=3)
-    procs = [start_service(path, "pool", tmp), start_service(path, "wsgi", tmp)]
-    url = f"http://127.0.0.1:{ports['wsgi']}/"
-    try:
-        yield {"url": url, "client": Client(url, token=TOKEN)}
-    finally:
-        stop_all(list(reversed(procs)))  # the gateway first
-    assert all(gone(p.pid) for p in procs)
+    with Stack(tmp, {"pool": "tests.apps:make_ops_pool"}, public=["ports", "app_name"], app_name="ops demo",
+               access_token=TOKEN, run_path=str(tmp / "run"), stop_timeout=3) as stack:
+        yield {"url": stack.url, "client": Client(stack.url, token=TOKEN)}
 
 
 def test_dashboard_live(browser, app):  # noqa: F811 - the fixture

@@ -10,7 +10,7 @@ import pytest
 from shmooze.client import Client
 from shmooze.deploy import InstanceLock, RunPaths, is_locked
 from shmooze.settings import read as read_settings
-from tests.helpers import Proc, free_port, gone, port_open, shmooze_argv, wait_for, write_settings
+from tests.helpers import free_port, gone, port_open, shmooze_argv, start_run, wait_for, write_settings
 
 
 def app_settings(tmp_path):
@@ -22,13 +22,6 @@ def app_settings(tmp_path):
 
 def shmooze(*args, timeout=60):
     return subprocess.run(shmooze_argv(*args), capture_output=True, text=True, timeout=timeout)
-
-
-def start_run(path, tmp_path, name="run"):
-    proc = Proc(shmooze_argv("run", str(path)), log_path=tmp_path / f"{name}.log")
-    wait_for(lambda: "running; open" in proc.log() or proc.popen.poll() is not None, 60, what="shmooze run")
-    assert proc.popen.poll() is None, proc.log()
-    return proc
 
 
 def test_run_status_restart_stop(tmp_path):

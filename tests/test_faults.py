@@ -22,7 +22,7 @@ from shmooze.client import Client, ServiceClient
 from shmooze.errors import ShmoozeError
 from shmooze.moduletype import ModuleType
 from shmooze.queue import Queue
-from tests.helpers import PYTHON, ROOT, Proc, free_port, gone, port_open, start_service, wait_for, write_settings
+from tests.helpers import PYTHON, ROOT, Proc, Stack, free_port, gone, port_open, wait_for, write_settings
 
 MISBEHAVE = str(ROOT / "tests" / "modules" / "misbehave.py")
 CLIENT_TIMEOUT = 2.0
@@ -64,22 +64,11 @@ class ClientLoop:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("faults")
-    ports = {"wsgi": free_port(), "queue": free_port()}
     # journal off: these tests are about what clients see; restoring after a kill is tests/test_restore_live.py
-    path = write_settings(tmp / "settings.json", ports=ports, services={"queue": "tests.apps:make_queue"},
-                          gateway_workers=2, forward_timeout=CLIENT_TIMEOUT, journal=False)
-    queue = start_service(path, "queue", tmp)
-    gateway = start_service(path, "wsgi", tmp)
-    try:
-        yield {"ports": ports, "url": f"http://127.0.0.1:{ports['wsgi']}/", "queue": queue, "gateway": gateway,
-               "direct": f"http://127.0.0.1:{ports['queue']}/"}
-    finally:
-        for proc in (gateway, queue):
-            try:
-                proc.stop()
-            finally:
-                proc.kill_everything()
+    with Stack(tmp_path_factory.mktemp("faults"), {"queue": "tests.apps:make_queue"}, gateway_workers=2,
+               forward_timeout=CLIENT_TIMEOUT, journal=False) as stack:
+        yield {"ports": stack.ports, "url": stack.url, "queue": stack.procs["queue"],
+               "gateway": stack.procs["wsgi"], "direct": stack.direct("queue")}
 
 
 def test_service_worker_sigkilled_under_load_then_recovers(app):

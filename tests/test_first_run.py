@@ -23,7 +23,7 @@ import requests
 
 from shmooze.deploy import supervisord_conf, RunPaths
 from shmooze.settings import read as read_settings
-from tests.helpers import ROOT, Proc, free_port, gone, shmooze_argv, wait_for, write_settings
+from tests.helpers import ROOT, Proc, free_port, gone, run_app, shmooze_argv, wait_for, wait_running, write_settings
 
 BASE_PYTHON = getattr(sys, "_base_executable", None) or shutil.which("python3") or sys.executable
 COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "build", "dist", "run",
@@ -132,16 +132,6 @@ def app(tmp_path: Path, name: str = "settings.json", **extra) -> Path:
     data = {"ports": ports, "run_path": str(tmp_path / "run"), "services": {"queue": "tests.apps:make_queue"},
             "stop_timeout": 5, **extra}
     return write_settings(tmp_path / name, **data)
-
-
-def run_app(path: Path, tmp_path: Path, name: str = "run") -> Proc:
-    return Proc(shmooze_argv("run", str(path)), log_path=tmp_path / f"{name}.log")
-
-
-def wait_running(run: Proc) -> None:
-    wait_for(lambda: "running; open" in run.log() or run.popen.poll() is not None, 60, interval=0.05,
-             what="shmooze run to announce")
-    assert run.popen.poll() is None, run.log()
 
 
 def ends_within(run: Proc, seconds: float) -> int:

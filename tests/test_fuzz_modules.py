@@ -27,7 +27,7 @@ from shmooze import ladder, protocol
 from shmooze.moduletype import ModuleType
 from shmooze.pool import Pool
 from shmooze.queue import Queue
-from tests.helpers import ROOT, gone, wait_for, report_line
+from tests.helpers import ROOT, Driver, gone, report_line, wait_for
 
 RAW = str(ROOT / "tests" / "modules" / "rawmodule.py")
 MISBEHAVE = str(ROOT / "tests" / "modules" / "misbehave.py")
@@ -103,7 +103,7 @@ class RawModule:
             pass
 
 
-class Host:
+class Host(Driver):
     """A service (pool or queue) in-process, with the raw and a good module type."""
 
     def __init__(self, kind: str = "pool"):
@@ -117,17 +117,9 @@ class Host:
                  ModuleType("good", (sys.executable, MISBEHAVE), **fast)]
         # The test itself speaks as the module, from outside the module's processes: the peer check
         # (shmooze.peer) would rightly refuse it, so it is off here.
-        self.svc = Pool(types, max_line=MAX_LINE, check_peers=False) if kind == "pool" else \
-            Queue(types, max_line=MAX_LINE, check_peers=False)
+        super().__init__(Pool(types, max_line=MAX_LINE, check_peers=False) if kind == "pool" else
+                         Queue(types, max_line=MAX_LINE, check_peers=False))
         self.raws: list[RawModule] = []
-
-    def __call__(self, _cmd: str, **args):
-        return self.svc.dispatch(protocol.Command(_cmd, args))
-
-    def ok(self, _cmd: str, **args):
-        answer = self(_cmd, **args)
-        assert answer["success"] is True, (_cmd, args, answer)
-        return answer.get("result")
 
     def add_raw(self, play: bool = True) -> RawModule:
         """Add a raw module, answering ``init`` as the test; with ``play``, answer ``play`` too and

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from shmooze import ladder
+from shmooze import ladder, procutil
 from shmooze.ioloop import IOLoop, pidfd
 from shmooze.module import TRANSITIONS, ModuleBroken, ModuleProcess, State
 from shmooze.moduletype import ModuleType
@@ -193,10 +193,10 @@ def test_group_members_are_stopped_with_the_leader(procs):
     child = int(p.stdout.readline())
     p.stdout.close()
     assert os.getpgid(child) == p.pid
-    assert set(ladder.group_members(p.pid)) == {p.pid, child}
+    assert set(procutil.group_members(p.pid)) == {p.pid, child}
     assert ladder.stop_ladder(p, p.stdin.close, 5, 5) == ladder.RM
     wait_for(lambda: gone(child), 5, what="the group member to end")
-    assert ladder.group_members(p.pid) == []
+    assert procutil.group_members(p.pid) == []
 
 
 def test_group_members_are_terminated_with_a_terminated_leader(procs):

@@ -7,27 +7,15 @@ import pytest
 
 from shmooze.client import Client, ServiceClient
 from shmooze.errors import ServiceError, Timeout, TransportError
-from tests.helpers import PYTHON, free_port, gone, start_service, write_settings
+from tests.helpers import PYTHON, Stack, free_port
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("live")
-    ports = {"wsgi": free_port(), "volume": free_port(), "down": free_port()}
-    path = write_settings(tmp / "settings.json", ports=ports, services={"volume": "jukebox.volume:Volume"},
-                          public=["ports"], gateway_workers=2)
-    volume = start_service(path, "volume", tmp)
-    gateway = start_service(path, "wsgi", tmp)
-    try:
-        yield {"path": path, "ports": ports, "url": f"http://127.0.0.1:{ports['wsgi']}/",
-               "volume": volume, "gateway": gateway}
-    finally:
-        for proc in (gateway, volume):
-            try:
-                proc.stop()
-            finally:
-                proc.kill_everything()
-    assert gone(volume.pid) and gone(gateway.pid)
+    with Stack(tmp_path_factory.mktemp("live"), {"volume": "jukebox.volume:Volume"}, down=["down"],
+               public=["ports"], gateway_workers=2) as stack:
+        yield {"path": stack.path, "ports": stack.ports, "url": stack.url, "volume": stack.procs["volume"],
+               "gateway": stack.procs["wsgi"]}
 
 
 def shmz(app, *args, timeout=30):

@@ -5,35 +5,17 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 from shmooze import ladder
 from shmooze.moduletype import ModuleType
 from shmooze.pool import Pool
 from shmooze.queue import Queue
-from tests.helpers import ROOT, gone, wait_for
-from tests.test_queue import Driver
+from tests.helpers import ROOT, Driver, gone, wait_for
 
 OPSMOD = str(ROOT / "tests" / "modules" / "opsmod.py")
 
 
 def otype(name: str, **options) -> ModuleType:
     return ModuleType(name, ("python3", OPSMOD), **{"rm_timeout": 0.5, "term_timeout": 0.5, **options})
-
-
-@pytest.fixture
-def make_host():
-    made = []
-
-    def make(cls, modules, **options):
-        host = cls(list(modules), **options)
-        host.start()
-        made.append(host)
-        return Driver(host)
-
-    yield make
-    for host in made:
-        host.stop()
 
 
 def module_status(d: Driver, uid: str) -> dict:

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shmooze.client import Client
 from shmooze.websocket import WebSocketClient
-from tests.helpers import PYTHON, Proc, free_port, gone, start_service, wait_for, write_settings
+from tests.helpers import PYTHON, Proc, Stack, gone, wait_for
 
 TOKEN = "s3cret-ops"
 
@@ -20,22 +20,10 @@ TOKEN = "s3cret-ops"
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("opslive")
-    ports = {"wsgi": free_port(), "pool": free_port(), "down": free_port()}
-    path = write_settings(tmp / "settings.json", ports=ports, services={"pool": "tests.apps:make_ops_pool"},
-                          public=["ports"], gateway_workers=2, access_token=TOKEN, run_path=str(tmp / "run"),
-                          stop_timeout=3)
-    pool = start_service(path, "pool", tmp)
-    gateway = start_service(path, "wsgi", tmp)
-    url = f"http://127.0.0.1:{ports['wsgi']}/"
-    try:
-        yield {"path": path, "tmp": tmp, "url": url, "client": Client(url, token=TOKEN), "pool": pool}
-    finally:
-        for proc in (gateway, pool):
-            try:
-                proc.stop()
-            finally:
-                proc.kill_everything()
-    assert gone(pool.pid) and gone(gateway.pid)
+    with Stack(tmp, {"pool": "tests.apps:make_ops_pool"}, down=["down"], public=["ports"], gateway_workers=2,
+               access_token=TOKEN, run_path=str(tmp / "run"), stop_timeout=3) as stack:
+        yield {"path": stack.path, "tmp": tmp, "url": stack.url, "client": Client(stack.url, token=TOKEN),
+               "pool": stack.procs["pool"]}
 
 
 def scrape(app) -> dict:
@@ -159,7 +147,8 @@ def test_under_shmooze_run_status_figures_and_dashboard_restart(tmp_path):
     """Under supervisord (``shmooze run``): ``shmooze status`` shows the figures, the dashboard's restart
     restarts a service through supervisord."""
     from shmooze.settings import read as read_settings
-    from tests.test_deploy import app_settings, shmooze, start_run
+    from tests.helpers import start_run
+    from tests.test_deploy import app_settings, shmooze
 
     path = app_settings(tmp_path)
     data = json.loads(path.read_text())

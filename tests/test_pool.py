@@ -7,22 +7,13 @@ import pytest
 from shmooze import ladder
 from shmooze.pool import Pool
 from tests.helpers import gone, wait_for
-from tests.test_queue import Driver, mtype
+from tests.test_queue import mtype
 
 
 @pytest.fixture
-def make_pool():
-    made = []
-
-    def make(modules, **options):
-        p = Pool(list(modules), **options)
-        p.start()
-        made.append(p)
-        return Driver(p)
-
-    yield make
-    for p in made:
-        p.stop()
+def make_pool(make_host):
+    """Build started pools (see the make_host fixture in tests/conftest.py)."""
+    return lambda modules, **options: make_host(Pool, modules, **options)
 
 
 def test_pool_commands(make_pool):

@@ -10,7 +10,7 @@ import pytest
 from shmooze.client import Client
 from shmooze.events import ChangeLog
 from shmooze.websocket import WebSocketClient
-from tests.helpers import PYTHON, Proc, free_port, start_service, stop_all, wait_for, write_settings
+from tests.helpers import PYTHON, Proc, Stack, free_port, wait_for
 from tests.sample_service import Sample
 
 
@@ -53,16 +53,9 @@ def test_service_changes_command_caps_the_wait():
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("push")
-    ports = {"wsgi": free_port(), "volume": free_port(), "queue": free_port()}
-    path = write_settings(tmp / "settings.json", ports=ports, public=["ports"],
-                          services={"volume": "jukebox.volume:Volume", "queue": "tests.apps:make_queue"},
-                          allowed_origins=["http://allowed.example"])
-    procs = [start_service(path, "volume", tmp), start_service(path, "queue", tmp), start_service(path, "wsgi", tmp)]
-    try:
-        yield {"ports": ports, "url": f"http://127.0.0.1:{ports['wsgi']}/", "ws": f"ws://127.0.0.1:{ports['wsgi']}/ws"}
-    finally:
-        stop_all(list(reversed(procs)))  # the gateway first
+    with Stack(tmp_path_factory.mktemp("push"), {"volume": "jukebox.volume:Volume", "queue": "tests.apps:make_queue"},
+               public=["ports"], allowed_origins=["http://allowed.example"]) as stack:
+        yield {"ports": stack.ports, "url": stack.url, "ws": stack.ws}
 
 
 def receive_json(ws, timeout=5.0):

@@ -15,7 +15,7 @@ import time
 import pytest
 from werkzeug.serving import make_server
 
-from shmooze import ladder, protocol
+from shmooze import ladder
 from shmooze.client import ServiceClient
 from shmooze.errors import ServiceError
 from shmooze.httpjson import service_app
@@ -33,85 +33,10 @@ def mtype(name: str, *flags: str, **options) -> ModuleType:
     return ModuleType(name, ("python3", MISBEHAVE, *flags), **opts)
 
 
-class Driver:
-    """Runs commands on a service in-process and keeps count of sync markers."""
-
-    def __init__(self, svc):
-        self.svc = svc
-        self._echoes: dict[str, int] = {}
-
-    def __call__(self, _cmd: str, **args):
-        return self.svc.dispatch(protocol.Command(_cmd, args))
-
-    def ok(self, _cmd: str, **args):
-        answer = self(_cmd, **args)
-        assert answer["success"] is True, (_cmd, args, answer)
-        return answer.get("result")
-
-    def err(self, _cmd: str, **args) -> str:
-        answer = self(_cmd, **args)
-        assert answer["success"] is False, (_cmd, args, answer)
-        return answer["error"]
-
-    def add(self, type: str, **args) -> str:
-        return self.ok("add", type=type, args=args)["uid"]
-
-    def param(self, uid: str, name: str, bg: bool = False):
-        got = self.ok("ask_background" if bg else "ask_module", uid=uid, parameters=[name])
-        return got.get(name)
-
-    def wait_param(self, uid: str, name: str, bg: bool = False, timeout: float = 10.0):
-        return wait_for(lambda: self.param(uid, name, bg), timeout, what=f"parameter {name} of {uid}")
-
-    def log(self, uid: str, bg: bool = False) -> list[str]:
-        """Every command a --record module got so far (do_echo sync markers left out).
-
-        A ``do_echo`` is sent and its entry awaited: the module writes its log update
-        before each answer, so once the marker shows, every earlier command shows too.
-        """
-        self.ok("tell_background" if bg else "tell_module", uid=uid, cmd="echo")
-        n = self._echoes[uid] = self._echoes.get(uid, 0) + 1
-
-        def complete():
-            log = self.param(uid, "log", bg) or []
-            return log if log.count("do_echo") == n and log[-1] == "do_echo" else None
-
-        log = wait_for(complete, 10, what=f"log of {uid}")
-        return [c for c in log if c != "do_echo"]
-
-    def live(self) -> dict[str, dict]:
-        return {m["uid"]: m for m in self.svc.status()["modules"]}
-
-    def ended(self, uid: str | None = None, type: str | None = None, timeout: float = 10.0) -> dict:
-        """The ended snapshot of a module (by uid, or the last of a type), waiting for it."""
-        def find():
-            for snap in reversed(self.svc.status()["ended"]):
-                if (uid is None or snap["uid"] == uid) and (type is None or snap["type"] == type):
-                    return snap
-            return None
-
-        return wait_for(find, timeout, what=f"module {uid or type} to end")
-
-    def order(self) -> list[str]:
-        return [e["uid"] for e in self.ok("queue")]
-
-
 @pytest.fixture
-def make_queue():
-    """Build started queues; every one is stopped at the end, and nothing it started is left."""
-    made = []
-
-    def make(modules=(), backgrounds=(), **options):
-        q = Queue(list(modules), list(backgrounds), **options)
-        q.start()
-        made.append(q)
-        return Driver(q)
-
-    yield make
-    for q in made:
-        q.stop()
-        wd = q.status()["watchdog_pid"]
-        assert wd is None or wait_for(lambda: gone(wd), 5)
+def make_queue(make_host):
+    """Build started queues (see the make_host fixture in tests/conftest.py)."""
+    return lambda modules=(), backgrounds=(), **options: make_host(Queue, modules, list(backgrounds), **options)
 
 
 def assert_gone(*pids):

@@ -14,20 +14,13 @@ import pytest
 
 from shmooze.client import Client
 from shmooze.settings import read as read_settings
-from tests.helpers import PYTHON, Proc, free_port, gone, port_open, shmooze_argv, wait_for, write_settings
+from tests.helpers import PYTHON, Proc, free_port, gone, port_open, shmooze_argv, start_run, wait_for, write_settings
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def shmooze(*args, timeout=90):
     return subprocess.run(shmooze_argv(*args), capture_output=True, text=True, timeout=timeout)
-
-
-def start_run(path, tmp_path, name):
-    proc = Proc(shmooze_argv("run", str(path)), log_path=tmp_path / f"{name}.log")
-    wait_for(lambda: "running; open" in proc.log() or proc.popen.poll() is not None, 60, what="shmooze run")
-    assert proc.popen.poll() is None, proc.log()
-    return proc
 
 
 def test_queue_survives_every_restart(tmp_path):

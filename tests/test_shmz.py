@@ -19,23 +19,14 @@ from shmooze.cli import shmz as shmz_cli
 from shmooze.commands import command
 from shmooze.errors import ServiceError, TransportError
 from shmooze.service import Service
-from tests.helpers import PYTHON, ROOT, free_port, gone, start_service, stop_all, write_settings
+from tests.helpers import PYTHON, ROOT, Stack, free_port
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("shmz")
-    ports = {"wsgi": free_port(), "volume": free_port(), "queue": free_port()}
-    path = write_settings(tmp / "settings.json", ports=ports, public=["ports"], gateway_workers=1, stop_timeout=3,
-                          services={"volume": "jukebox.volume:Volume", "queue": "jukebox.app:make_queue"})
-    procs = []
-    try:
-        for name in ("volume", "queue", "wsgi"):
-            procs.append(start_service(path, name, tmp))
-        yield {"port": ports["wsgi"], "url": f"http://127.0.0.1:{ports['wsgi']}/"}
-    finally:
-        stop_all(list(reversed(procs)))  # the gateway first
-    assert all(gone(proc.pid) for proc in procs)
+    with Stack(tmp_path_factory.mktemp("shmz"), {"volume": "jukebox.volume:Volume", "queue": "jukebox.app:make_queue"},
+               public=["ports"], gateway_workers=1, stop_timeout=3) as stack:
+        yield {"port": stack.ports["wsgi"], "url": stack.url}
 
 
 def shmz(url, *args):

@@ -25,7 +25,7 @@ from wsproto.events import Ping
 
 from shmooze.forward import MAY_HAVE_RUN, ServiceProxy
 from shmooze.websocket import HandshakeError, WebSocketClient
-from tests.helpers import free_port, start_service, stop_all, wait_for, write_settings
+from tests.helpers import Stack, wait_for
 from tests.test_push import receive_json
 
 P99_BOUND = 0.5
@@ -37,30 +37,20 @@ FAST = dict(
 )
 
 
-def start_app(tmp, **overrides):
-    ports = {"wsgi": free_port(), "traffic": free_port()}
+def traffic_stack(tmp, **overrides) -> Stack:
+    """The traffic service and a gateway of two workers (used as a context manager: see Stack)."""
     os.environ["TRAFFIC_RUNS"] = str(tmp / "runs.txt")
-    path = write_settings(tmp / "settings.json", ports=ports, services={"traffic": "tests.traffic_app:Traffic"},
-                          gateway_workers=2, **{**FAST, **overrides})
-    service = start_service(path, "traffic", tmp)
-    try:
-        gateway = start_service(path, "wsgi", tmp)
-    except BaseException:
-        service.stop()
-        raise
-    return ports, service, gateway
+    return Stack(tmp, {"traffic": "tests.traffic_app:Traffic"}, gateway_workers=2, **{**FAST, **overrides})
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("traffic")
-    ports, service, gateway = start_app(tmp)
-    wait_for(lambda: len(workers(gateway)) == 2, 20, what="two gateway workers")
-    try:
-        yield {"port": ports["wsgi"], "service_port": ports["traffic"], "service": service, "gateway": gateway,
-               "runs": tmp / "runs.txt"}
-    finally:
-        stop_all([gateway, service])
+    with traffic_stack(tmp) as stack:
+        gateway = stack.procs["wsgi"]
+        wait_for(lambda: len(workers(gateway)) == 2, 20, what="two gateway workers")
+        yield {"port": stack.ports["wsgi"], "service_port": stack.ports["traffic"], "service": stack.procs["traffic"],
+               "gateway": gateway, "runs": tmp / "runs.txt"}
 
 
 def workers(proc) -> set[int]:
@@ -210,17 +200,13 @@ def test_the_proxy_checks_a_kept_alive_connection_before_reusing_it(app):
 
 @pytest.mark.skipif(not os.environ.get("SHMOOZE_SLOW_TESTS"), reason="130 s of quiet: set SHMOOZE_SLOW_TESTS=1")
 def test_realistic_idle_spell_with_default_keepalive(tmp_path):
-    ports, service, gateway = start_app(tmp_path, service_keepalive=120)
-    try:
-        load = [post(ports["wsgi"], {"cmd": "status"})[0] for _ in range(300)]
+    with traffic_stack(tmp_path, service_keepalive=120) as stack:
+        load = [post(stack.ports["wsgi"], {"cmd": "status"})[0] for _ in range(300)]
         assert load.count(200) == 300
         deadline = time.monotonic() + 130
         threading.Event().wait(max(0.0, deadline - time.monotonic()))  # the quiet spell is the test itself
-        statuses = [post(ports["wsgi"], {"cmd": "status"})[0] for _ in range(100)]
+        statuses = [post(stack.ports["wsgi"], {"cmd": "status"})[0] for _ in range(100)]
         assert statuses.count(200) == 100, statuses
-    finally:
-        gateway.stop()
-        service.stop()
 
 
 # --------------------------------------------------------------------------- a service dies mid-command
@@ -269,35 +255,26 @@ def test_a_read_only_command_in_flight_is_sent_again_to_the_new_worker(app):
 def test_adds_of_modules_that_never_connect_leave_reads_served(tmp_path):
     """32 adds of a module that never connects (each holds a command thread for the 2 s connect
     timeout): reads of the same queue are answered meanwhile, within the usual bound."""
-    ports = {"wsgi": free_port(), "queue": free_port()}
-    path = write_settings(tmp_path / "settings.json", ports=ports, services={"queue": "tests.apps:make_silent_queue"},
-                          service_threads=4, read_threads=4, journal=False)
-    service = start_service(path, "queue", tmp_path)
-    try:
-        gateway = start_service(path, "wsgi", tmp_path)
-        try:
-            url = f"http://127.0.0.1:{ports['wsgi']}/queue"
-            answers: list = []
-            adds = [threading.Thread(target=lambda: answers.append(requests.post(
-                url, json={"cmd": "add", "args": {"type": "silent"}}, timeout=30).json())) for _ in range(32)]
-            for t in adds:
-                t.start()
-            latencies = []
-            while any(t.is_alive() for t in adds):
-                start = time.monotonic()
-                reply = requests.post(url, json={"cmd": "status"}, timeout=10)
-                latencies.append(time.monotonic() - start)
-                assert reply.status_code == 200 and reply.json()["success"], reply.text
-            for t in adds:
-                t.join(30)
-            assert len(answers) == 32 and not any(a["success"] for a in answers)
-            assert all("connect" in a["error"] or "busy" in a["error"] for a in answers), answers
-            latencies.sort()
-            assert len(latencies) >= 5 and latencies[int(len(latencies) * 0.99) - 1] < P99_BOUND, latencies[-5:]
-        finally:
-            gateway.stop()
-    finally:
-        service.stop()
+    with Stack(tmp_path, {"queue": "tests.apps:make_silent_queue"}, service_threads=4, read_threads=4,
+               journal=False) as stack:
+        url = stack.url + "queue"
+        answers: list = []
+        adds = [threading.Thread(target=lambda: answers.append(requests.post(
+            url, json={"cmd": "add", "args": {"type": "silent"}}, timeout=30).json())) for _ in range(32)]
+        for t in adds:
+            t.start()
+        latencies = []
+        while any(t.is_alive() for t in adds):
+            start = time.monotonic()
+            reply = requests.post(url, json={"cmd": "status"}, timeout=10)
+            latencies.append(time.monotonic() - start)
+            assert reply.status_code == 200 and reply.json()["success"], reply.text
+        for t in adds:
+            t.join(30)
+        assert len(answers) == 32 and not any(a["success"] for a in answers)
+        assert all("connect" in a["error"] or "busy" in a["error"] for a in answers), answers
+        latencies.sort()
+        assert len(latencies) >= 5 and latencies[int(len(latencies) * 0.99) - 1] < P99_BOUND, latencies[-5:]
 
 
 # --------------------------------------------------------------------------- nothing pins a worker
@@ -522,8 +499,9 @@ def test_more_trickling_bodies_than_connections_leave_new_clients_served(tmp_pat
     """The shape of "8,200 connections trickling bodies" at a size a test runs here: 150 clients,
     each trickling a body and coming back when cut, against 2 gateway workers of 40 connections
     each. An ordinary client opening a new connection for every request is served meanwhile."""
-    ports, service, gateway = start_app(tmp_path, gateway_connections=40, body_timeout=10.0,
-                                        body_min_rate=8192, body_shed_after=0.2)
+    stack = traffic_stack(tmp_path, gateway_connections=40, body_timeout=10.0, body_min_rate=8192,
+                          body_shed_after=0.2)
+    ports = stack.ports
     stop = threading.Event()
     cut = []
 
@@ -563,6 +541,7 @@ def test_more_trickling_bodies_than_connections_leave_new_clients_served(tmp_pat
             chooser.close()
 
     try:
+        gateway = stack.start().procs["wsgi"]
         wait_for(lambda: len(workers(gateway)) == 2, 20, what="two gateway workers")
         before = workers(gateway)
         attacker = threading.Thread(target=attack, daemon=True)
@@ -592,4 +571,4 @@ def test_more_trickling_bodies_than_connections_leave_new_clients_served(tmp_pat
         assert workers(gateway) == before  # no worker restarted
     finally:
         stop.set()
-        stop_all([gateway, service])
+        stack.stop()

@@ -54,10 +54,10 @@ def cmd_run(opts: argparse.Namespace) -> int:
 def cmd_status(opts: argparse.Namespace) -> int:
     import json
 
-    from shmooze import deploy
+    from shmooze import deploy, statustable
 
     report = deploy.status(_load_settings(opts.settings))
-    sys.stdout.write((json.dumps(report, indent=2) if opts.json else deploy.format_status(report)) + "\n")
+    sys.stdout.write((json.dumps(report, indent=2) if opts.json else statustable.format_status(report)) + "\n")
     return 0 if deploy.all_up(report) else 1
 
 
