@@ -91,6 +91,15 @@ def build_service(settings: Settings, name: str) -> Any:
         service.max_line = int(settings.get("max_line_bytes", service.max_line))
     if hasattr(service, "containment_mode") and settings.get("containment"):
         service.containment_mode = str(settings.get("containment"))  # auto, cgroup or process-group
+    if hasattr(service, "limits_mode") and settings.get("module_limits"):
+        from shmooze.containment import LIMIT_MODES
+
+        mode = settings.get("module_limits")
+        if mode not in LIMIT_MODES:
+            raise SettingsError(f"{settings.path}: module_limits must be one of {', '.join(LIMIT_MODES)}, not {mode!r}")
+        service.limits_mode = mode
+    if hasattr(service, "types"):
+        _configure_module_types(settings, service)
     if hasattr(service, "check_peers") and settings.get("check_module_peers") is not None:
         service.check_peers = bool(settings.get("check_module_peers"))
     log_path = settings.get("log_database_path")
@@ -112,6 +121,28 @@ def build_service(settings: Settings, name: str) -> Any:
     if hasattr(service, "ops"):
         _keep_module_output(settings, name, service.ops)
     return service
+
+
+def _configure_module_types(settings: Settings, service: Any) -> None:
+    """``module_types``: restart policies and limits per module type name, over what the code declares
+    (for every queue or pool with a module or background type of that name)."""
+    from shmooze.moduletype import with_settings
+
+    table = settings.get("module_types") or {}
+    if not isinstance(table, dict):
+        raise SettingsError(f"{settings.path}: module_types must be an object of type name to settings")
+    changed: list[tuple[dict, str, Any]] = []
+    for attr in ("types", "backgrounds"):
+        types = getattr(service, attr, None)
+        if not isinstance(types, dict):
+            continue
+        for name in sorted(set(types) & set(table)):
+            try:
+                changed.append((types, name, with_settings(types[name], table[name])))
+            except ValueError as exc:
+                raise SettingsError(f"{settings.path}: {exc}") from None
+    for types, name, mtype in changed:  # (all or nothing)
+        types[name] = mtype
 
 
 def _keep_module_output(settings: Settings, name: str, ops: Any) -> None:
