@@ -295,6 +295,8 @@ class LimitPlaces:
         """Make the module's v1 folders and write its limits (into them, or its v2 folder ``v2_path``);
         on failure, what was made is removed and the error raised."""
         wanted = limits.controllers()  # limit name -> controller
+        if v2_path is not None:  # (v2 accounts for every module at no cost: its figures come from there)
+            box.controllers.update({ctl: (2, v2_path) for ctl in self.v2})
         if not limits or not (self.v2 or self.v1):
             return
         needs = set(wanted.values()) | {"memory", "cpuacct"}  # (memory and CPU time: the figures)

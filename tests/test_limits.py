@@ -61,8 +61,7 @@ def assert_folders_gone(paths) -> None:
 
 
 def service_folders(d) -> list[Path]:
-    places = d.svc.containment.places
-    return [*set(places.v1.values()), *([d.svc.containment.folder] if d.svc.containment.folder else [])]
+    return service_folders_of(d.svc.containment)
 
 
 @needs
@@ -174,3 +173,27 @@ def test_limits_and_policies_from_the_settings_file(tmp_path):
     finally:
         service.stop()
     assert_folders_gone(service_folders(d))
+
+
+@needs
+def test_folders_of_a_service_that_died_are_swept_at_the_next_start():
+    """A service killed with SIGKILL leaves its (emptied) v1 folders; the next service removes them."""
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    places = Containment(f"{dead.pid}-0000", sweep_tokens=False).places  # made as that service would
+    stale = [*set(places.v1.values())]
+    for folder in stale:
+        (folder / "m1").mkdir()
+    assert stale and all(f.exists() for f in stale)
+    fresh = Containment(f"{os.getpid()}-sweeper", sweep_tokens=False)
+    try:
+        assert_folders_gone(stale)
+    finally:
+        fresh.close()
+    assert_folders_gone(service_folders_of(fresh))
+
+
+def service_folders_of(containment: Containment) -> list[Path]:
+    return [*set(containment.places.v1.values()), *([containment.folder] if containment.folder else [])]

@@ -138,3 +138,12 @@ def test_output_numbers_lines_and_says_what_was_missed(tmp_path):
     assert (tmp_path / "u1.log").stat().st_size <= 60 and (tmp_path / "u1.log.1").exists()
     out.remove_files()
     assert not list(tmp_path.iterdir())
+
+
+def test_where_limits_go_in_words():
+    from shmooze.deploy import limits_in_words
+
+    assert limits_in_words({"memory": "cgroup v1", "pids": "cgroup v1", "cpu": "cgroup v1"}) == \
+        "memory, pids, cpu in cgroup v1, others as rlimits"
+    assert limits_in_words({"why": "rlimits chosen (module_limits)"}) == "rlimits (rlimits chosen (module_limits))"
+    assert limits_in_words({}) == "rlimits (no cgroup controller)"
