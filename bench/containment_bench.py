@@ -44,8 +44,8 @@ TRIVIAL = str(HERE / "trivial_module.py")
 class Today(Containment):
     """The floor: process group only, as before (no environment sweep)."""
 
-    def __init__(self, token: str, mode: str = PROCESS_GROUP, sweep_tokens: bool = True):
-        super().__init__(token, PROCESS_GROUP, sweep_tokens=False)
+    def __init__(self, token: str, mode: str = PROCESS_GROUP, sweep_tokens: bool = True, limits: str = "rlimit"):
+        super().__init__(token, PROCESS_GROUP, sweep_tokens=False, limits="rlimit")
 
 
 def make_queue(kind: str) -> Queue:
