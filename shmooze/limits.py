@@ -82,7 +82,7 @@ class Limits:
     def wrap(self, argv: list[str]) -> list[str]:
         """The command line that runs ``argv`` under these limits (unchanged when none is set or there
         is no ``prlimit``; then :meth:`apply` sets them after the start)."""
-        if not self or PRLIMIT is None:
+        if not self.rlimits() or PRLIMIT is None:
             return argv
         names = {resource.RLIMIT_AS: "--as", resource.RLIMIT_CPU: "--cpu", resource.RLIMIT_NOFILE: "--nofile",
                  resource.RLIMIT_NPROC: "--nproc"}
@@ -98,6 +98,11 @@ class Limits:
     def describe(self) -> dict[str, Any]:
         return {k: v for k, v in (("memory", self.memory), ("cpu", self.cpu), ("files", self.files),
                                   ("processes", self.processes), ("cpu_rate", self.cpu_rate)) if v is not None}
+
+    def held_by(self, held: Mapping[str, str]) -> dict[str, str]:
+        """Each limit set -> where it is in force: the cgroup in ``held``, else ``rlimit`` (the CPU rate
+        has none: ``not enforced``)."""
+        return {name: held.get(name, "not enforced" if name == "cpu_rate" else "rlimit") for name in self.describe()}
 
     def controllers(self) -> dict[str, str]:
         """Limit name -> the cgroup controller that can hold it (the others are rlimits only)."""

@@ -118,7 +118,7 @@ class HostOps:
             limits = Limits.of(module.type)
             if limits:
                 snap["limits"] = limits.describe()
-                snap["limits_held"] = {name: module.box.held.get(name, "rlimit") for name in snap["limits"]}
+                snap["limits_held"] = limits.held_by(module.box.held)
 
     def _add_restart_view(self, snap: dict[str, Any], now: float) -> None:
         tracker = self._trackers.get(snap["uid"])

@@ -51,6 +51,9 @@ def test_limits_become_prlimit_options_and_cgroup_values():
     if argv[0].endswith("prlimit"):
         assert argv[1:] == [f"--as={1 << 30}:{1 << 30}", "--cpu=2:3", "--nofile=64:64", "--", "python3", "m.py"]
     assert Limits().wrap(["x"]) == ["x"]
+    assert Limits(cpu_rate=0.5).wrap(["x"]) == ["x"]  # (no rlimit for a rate)
+    assert Limits(cpu_rate=0.5, files=3).held_by({}) == {"files": "rlimit", "cpu_rate": "not enforced"}
+    assert Limits(cpu_rate=0.5).held_by({"cpu_rate": "cgroup v1"}) == {"cpu_rate": "cgroup v1"}
     both = Limits(memory=5, processes=7, cpu_rate=0.5, cpu=3, files=9)
     assert cgroup_limits(both) == {"memory": [("memory.max", "5"), ("memory.swap.max", "0")],
                                    "pids": [("pids.max", "7")], "cpu": [("cpu.max", "50000 100000")]}
