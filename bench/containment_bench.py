@@ -9,7 +9,9 @@ interleave them (so load from other processes hits every configuration alike):
 * ``floor``: process group only, no environment sweep, no peer check (what shmooze did before);
 * ``process-group``: the fallback, with the environment sweep at every ``rm`` and the peer check;
 * ``cgroup``: a cgroup v2 per module (launcher, ``cgroup.kill``, folder removed) and the peer check;
-* ``cgroup, no check``: the same without the peer check, to isolate its cost.
+* ``cgroup, no check``: the same without the peer check, to isolate its cost;
+* ``cgroup + limits``: ``cgroup`` with memory, processes and CPU-rate limits on the type (written
+  into the module's cgroup, or its cgroup v1 folders on hybrid systems, made and removed each time).
 
 Each figure is the median over rounds of each round's median, with min-max across rounds.
 """
@@ -42,13 +44,14 @@ TRIVIAL = str(HERE / "trivial_module.py")
 class Today(Containment):
     """The floor: process group only, as before (no environment sweep)."""
 
-    def __init__(self, token: str, mode: str = PROCESS_GROUP, sweep_tokens: bool = True):
-        super().__init__(token, PROCESS_GROUP, sweep_tokens=False)
+    def __init__(self, token: str, mode: str = PROCESS_GROUP, sweep_tokens: bool = True, limits: str = "rlimit"):
+        super().__init__(token, PROCESS_GROUP, sweep_tokens=False, limits="rlimit")
 
 
 def make_queue(kind: str) -> Queue:
     os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE.parent / "pymodule"), str(HERE.parent)])
-    mtype = python_module("trivial", TRIVIAL, rm_timeout=3, term_timeout=3)
+    limits = {"limit_memory": 256 << 20, "limit_processes": 64, "limit_cpu_rate": 1.0} if "limits" in kind else {}
+    mtype = python_module("trivial", TRIVIAL, rm_timeout=3, term_timeout=3, **limits)
     if kind == "floor":
         q = Queue([mtype], containment=PROCESS_GROUP, check_peers=False)
         import shmooze.host as host_module
@@ -115,10 +118,13 @@ def spread(values: list[float]) -> tuple[float, float, float]:
 
 def run(quick: bool) -> Section:
     rounds, n = (3, 8) if quick else (5, 20)
-    kinds = ["floor", "process-group", "cgroup, no check", "cgroup"]
+    kinds = ["floor", "process-group", "cgroup, no check", "cgroup", "cgroup + limits"]
     if cgroup.usable_parent()[0] is None:
         kinds = [k for k in kinds if not k.startswith("cgroup")]
     queues = {k: make_queue(k) for k in kinds}
+    if "cgroup + limits" in queues and not queues["cgroup + limits"].containment.places.kinds():
+        queues.pop("cgroup + limits").stop()  # no writable controller: limits would be rlimits
+        kinds.remove("cgroup + limits")
     add_medians: dict[str, list[float]] = {k: [] for k in kinds}
     rm_medians: dict[str, list[float]] = {k: [] for k in kinds}
     try:

@@ -1,10 +1,16 @@
-"""cgroup v2, the little of it shmooze uses: make a folder, put a process in it, kill it all, remove it.
+"""cgroups, the little of them shmooze uses: make a folder, put a process in it, kill it all, remove it.
 
 A cgroup holds every process started inside it, whatever they do afterwards
 (``setsid``, double forks, a cleared environment), and ``cgroup.kill`` SIGKILLs
 all of them at once, atomically with respect to forks. The kernel needs cgroup v2
 (the unified hierarchy, alone or beside v1) and ``cgroup.kill`` (Linux 5.14), and
 the service must be allowed to write its own cgroup (root, or delegated by systemd).
+
+Resource limits (:mod:`shmooze.limits`) need the memory, pids and cpu controllers. Where they are
+not enabled in the v2 hierarchy but mounted as cgroup v1 hierarchies (a "hybrid" system), a
+module gets one more folder in each v1 hierarchy it needs (:func:`v1_mounts`, :func:`own_v1`);
+the launcher puts the module in all its folders before it runs, and :func:`remove_v1` (v1 has
+no ``cgroup.kill``) ends what is left in such a folder and removes it.
 """
 
 from __future__ import annotations
@@ -12,15 +18,18 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-#: Runs the rest of its arguments inside the cgroup folder given first: the shell moves
-#: itself (``0`` is the writer) and then becomes the module with ``exec``, so the module
-#: is inside from its first instruction and nothing it starts can be born outside.
-LAUNCHER = ("/bin/sh", "-c", 'echo 0 > "$0/cgroup.procs" || exit 125; exec "$@"')
+#: Runs the command after ``--`` inside the cgroup folders given before it (one per hierarchy):
+#: the shell moves itself (``0`` is the writer) and then becomes the module with ``exec``, so
+#: the module is inside from its first instruction and nothing it starts can be born outside.
+LAUNCHER = ("/bin/sh", "-c",
+            'for d; do shift; [ "$d" = -- ] && break; echo 0 > "$d/cgroup.procs" || exit 125; done; exec "$@"',
+            "shmooze-launch")
 
 
 def mount_point() -> Path | None:
@@ -124,9 +133,10 @@ def remove(path: Path, timeout: float = 2.0) -> bool:
     return done
 
 
-def launch_argv(path: Path, argv: list[str]) -> list[str]:
-    """``argv`` run inside the cgroup at ``path`` (same pid: the launcher execs it)."""
-    return [*LAUNCHER, str(path), *argv]
+def launch_argv(paths: Path | list[Path], argv: list[str]) -> list[str]:
+    """``argv`` run inside the cgroup folder(s) at ``paths`` (same pid: the launcher execs it)."""
+    folders = [paths] if isinstance(paths, Path) else list(paths)
+    return [*LAUNCHER, *(str(p) for p in folders), "--", *argv]
 
 
 def usable_parent() -> tuple[Path | None, str]:
@@ -170,10 +180,11 @@ def owner_pid(name: str) -> int | None:
     return None
 
 
-def sweep_stale(parent: Path) -> list[Path]:
+def sweep_stale(parent: Path, version: int = 2) -> list[Path]:
     """Remove service folders left by services that died with their guard: their pid is gone.
 
-    A folder whose pid is alive is left alone (its service may be running).
+    A folder whose pid is alive is left alone (its service may be running). ``version`` 1: a
+    folder in a cgroup v1 hierarchy (see :func:`remove_v1`).
     """
     removed: list[Path] = []
     try:
@@ -191,9 +202,98 @@ def sweep_stale(parent: Path) -> list[Path]:
             pass
         except PermissionError:
             continue
-        if populated(entry):
+        if version == 2 and populated(entry):
             log.warning("cgroup %s outlived its service (pid %d): its processes %s are killed",
                         entry, pid, members(entry))
-        if remove(entry):
+        if remove(entry) if version == 2 else remove_v1(entry):
             removed.append(entry)
     return removed
+
+
+# -- cgroup v1 hierarchies (for limits on hybrid systems) ---------------------------------
+
+
+def v1_mounts() -> dict[str, Path]:
+    """Where each cgroup v1 controller's hierarchy is mounted (``memory``, ``pids``, ``cpu``, ...)."""
+    found: dict[str, Path] = {}
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 3 and fields[2] == "cgroup":
+                    for option in fields[3].split(","):
+                        found.setdefault(option, Path(fields[1].replace("\\040", " ")))
+    except OSError:
+        pass
+    return found
+
+
+def own_v1(controller: str, pid: int | str = "self") -> Path | None:
+    """The folder of a process's cgroup in the v1 hierarchy of ``controller``, or None."""
+    root = v1_mounts().get(controller)
+    if root is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            for line in f:
+                _n, names, rel = line.rstrip("\n").split(":", 2)
+                if controller in names.split(","):
+                    return root / rel.lstrip("/")
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def remove_v1(path: Path, timeout: float = 2.0) -> bool:
+    """Remove a v1 folder and those below it, SIGKILLing any process still inside; True when gone.
+
+    (A v1 folder cannot be removed while a process is in it, and v1 has no ``cgroup.kill``.)
+    """
+    if not path.exists():
+        return True
+    deadline = time.monotonic() + timeout
+    done = True
+    for folder, _dirs, _files in os.walk(path, topdown=False):
+        delay = 0.001
+        while True:
+            try:
+                os.rmdir(folder)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                    log.warning("cannot remove cgroup %s: %s (processes %s)", folder, exc.strerror,
+                                procs(Path(folder)))
+                    done = False
+                    break
+            for pid in procs(Path(folder)):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+    return done
+
+
+def read_keyed(path: Path) -> dict[str, int]:
+    """A flat-keyed cgroup file (``memory.events``, ``pids.events``, ``memory.oom_control``) as a dict;
+    empty when it cannot be read."""
+    out: dict[str, int] = {}
+    try:
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if value.strip().lstrip("-").isdigit():
+                out[key] = int(value)
+    except OSError:
+        pass
+    return out
+
+
+def read_int(path: Path) -> int | None:
+    """A cgroup file holding one number (``memory.current``, ``pids.current``), or None."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None

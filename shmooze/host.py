@@ -29,6 +29,7 @@ from shmooze.containment import MODULE_VAR, Containment
 from shmooze.errors import CommandError
 from shmooze.ioloop import IOLoop
 from shmooze.journal import Entry, Journal
+from shmooze.limits import Limits
 from shmooze.module import ModuleBroken, ModuleError, ModuleProcess
 from shmooze.moduletype import ModuleType
 from shmooze.ops import HostOps
@@ -105,6 +106,7 @@ class ModuleHost(Service):
         self._booted = False
         self.loop: IOLoop | None = None
         self.containment_mode = containment
+        self.limits_mode = "auto"  # where module limits go: auto, cgroup or rlimit (shmooze.containment)
         self.check_peers = check_peers
         self.containment: Containment | None = None
         self._background_work: set[concurrent.futures.Future] = set()
@@ -131,7 +133,7 @@ class ModuleHost(Service):
                 return
             procutil.become_subreaper()
             self.loop = IOLoop(f"{self.name}-io")
-            self.containment = Containment(self._token, self.containment_mode)
+            self.containment = Containment(self._token, self.containment_mode, limits=self.limits_mode)
             self._commands_pool = concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix=f"{self.name}-cmd")
             self._watchdog = Watchdog(self._token, self.containment.folder)
             self._reaper = threading.Thread(target=self._reap_loop, name=f"{self.name}-reaper", daemon=True)
@@ -294,7 +296,7 @@ class ModuleHost(Service):
             if restored is not None:
                 env["SHMOOZE_RESTORED"] = "1"
             try:
-                box = self.containment.box(uid)
+                box = self.containment.box(uid, Limits.of(mtype))
             except OSError as exc:
                 raise CommandError(f"cannot make the cgroup of module {uid}: {exc.strerror or exc}") from None
             module = ModuleProcess(mtype, uid, self.loop, on_update=self._on_update, on_gone=self._on_gone,

@@ -172,7 +172,7 @@ class ModuleProcess:
             argv = self.type.command_line() + [self.host, str(listeners[0].getsockname()[1]),
                                                str(listeners[1].getsockname()[1])]
             program = argv[0]
-            limits = Limits.of(self.type)
+            limits = self.box.rlimits(Limits.of(self.type))  # (a cgroup holds the others)
             env = self.type.environment(self.extra_env)
             wrapped = self.box.wrap(limits.wrap(argv))
             if wrapped is not argv and not _runnable(program, env, self.type.cwd):

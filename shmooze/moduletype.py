@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -27,8 +28,9 @@ class ModuleType:
     Operations (see :mod:`shmooze.restart` and :mod:`shmooze.limits`): ``restart`` is ``"never"``,
     ``"on-failure"`` or ``"always"``, with backoff from ``restart_delay`` to ``restart_max_delay``
     seconds, giving up after ``restart_max_starts`` starts within ``restart_window`` seconds;
-    ``limit_memory`` (bytes), ``limit_cpu`` (seconds of CPU time), ``limit_files`` and
-    ``limit_processes`` bound what one module may use.
+    ``limit_memory`` (bytes), ``limit_cpu`` (seconds of CPU time), ``limit_cpu_rate`` (CPUs: 0.5 is half
+    of one core), ``limit_files`` and ``limit_processes`` bound what one module may use. Settings
+    override these per type name (``module_types``: :func:`with_settings`).
     """
 
     name: str
@@ -52,6 +54,7 @@ class ModuleType:
     limit_cpu: float | None = None
     limit_files: int | None = None
     limit_processes: int | None = None
+    limit_cpu_rate: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -81,3 +84,66 @@ class ModuleType:
 def python_module(name: str, path: str, *args: str, **options: Any) -> ModuleType:
     """A module type that runs a Python file with the service's interpreter."""
     return ModuleType(name, (sys.executable, path, *args), **options)
+
+
+#: What ``module_types`` in the settings may set on a module type, with the kind of value.
+SETTABLE: dict[str, str] = {
+    "restart": "text", "restart_delay": "seconds", "restart_max_delay": "seconds",
+    "restart_max_starts": "count", "restart_window": "seconds",
+    "limit_memory": "bytes", "limit_cpu": "seconds", "limit_cpu_rate": "cpus", "limit_files": "count",
+    "limit_processes": "count",
+}
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_bytes(value: Any) -> int:
+    """A size: a whole number of bytes, or text such as ``"512M"``, ``"1.5G"``, ``"64KiB"`` (powers of 1024)."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        return value
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(value), re.IGNORECASE)
+    if not found:
+        raise ValueError(f"not a size: {value!r} (a number of bytes, or e.g. \"512M\", \"2G\")")
+    return int(float(found.group(1)) * _UNITS[found.group(2).lower()])
+
+
+def _setting(key: str, value: Any) -> Any:
+    kind = SETTABLE[key]
+    if value is None:
+        return None
+    if kind == "text":
+        if not isinstance(value, str):
+            raise ValueError(f"{key} must be text, not {value!r}")
+        return value
+    if kind == "bytes":
+        size = parse_bytes(value)
+        if size <= 0:
+            raise ValueError(f"{key} must be positive, not {value!r}")
+        return size
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key} must be a number, not {value!r}")
+    if kind == "count":
+        if value != int(value) or value < 1:
+            raise ValueError(f"{key} must be a whole number of at least 1, not {value!r}")
+        return int(value)
+    least = "at least 0" if key == "restart_delay" else "positive"
+    if value < 0 or (value == 0 and key != "restart_delay"):
+        raise ValueError(f"{key} must be {least}, not {value!r}")
+    return float(value)
+
+
+def with_settings(mtype: ModuleType, options: Any) -> ModuleType:
+    """``mtype`` with the restart policy and limits that the settings give it (an entry of ``module_types``:
+    ``{"restart": "on-failure", "limit_memory": "512M", ...}``); ``ValueError`` says what is wrong."""
+    if not isinstance(options, dict):
+        raise ValueError(f"module_types[{mtype.name!r}] must be an object of settings, not {options!r}")
+    unknown = sorted(set(options) - set(SETTABLE))
+    if unknown:
+        raise ValueError(f"module_types[{mtype.name!r}]: unknown setting(s) {', '.join(unknown)} "
+                         f"(settable: {', '.join(SETTABLE)})")
+    try:
+        changes = {key: _setting(key, value) for key, value in options.items()}
+        return replace(mtype, **changes)  # (checked again: a bad restart policy fails here)
+    except ValueError as exc:
+        raise ValueError(f"module_types[{mtype.name!r}]: {exc}") from None

@@ -115,11 +115,12 @@ class HostOps:
             meter = self._meters.get(module.uid)
             if meter is None:
                 meter = self._meters[module.uid] = usage.Meter(module._started_mono)
-            snap.update(usage.describe(module.pid, meter, groups, getattr(module, "cgroup_path", None)))
+            snap.update(usage.describe(module.pid, meter, groups, module.box.figures()))
             self._add_restart_view(snap, now)
             limits = Limits.of(module.type)
             if limits:
                 snap["limits"] = limits.describe()
+                snap["limits_held"] = limits.held_by(module.box.held)
 
     def _add_restart_view(self, snap: dict[str, Any], now: float) -> None:
         tracker = self._trackers.get(snap["uid"])
@@ -183,7 +184,9 @@ class HostOps:
             out = self.output_of(module.uid, create=False)
             last = [line["text"] for line in out.since(max(0, out.count - 20), 20)["lines"]] if out else []
             figures = usage.scan_groups().get(module.pid or -1)
-            hit = ended_by_limit(limits, module.returncode, last, figures.cpu_seconds if figures else None)
+            box = module.box
+            hit = ended_by_limit(limits, module.returncode, last, figures.cpu_seconds if figures else None,
+                                 hits=box.hits, held=box.held)
             if hit is not None:
                 module.ended_by, why = hit
                 module.stop_reason = f"{why}; {module.stop_reason}" if module.stop_reason else why

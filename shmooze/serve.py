@@ -112,6 +112,14 @@ def _configure_host(host: ModuleHost, settings: Settings, name: str) -> None:
         host.containment_mode = str(settings.get("containment"))  # auto, cgroup or process-group
     if settings.get("check_module_peers") is not None:
         host.check_peers = bool(settings.get("check_module_peers"))
+    if settings.get("module_limits"):
+        from shmooze.containment import LIMIT_MODES
+
+        mode = settings.get("module_limits")
+        if mode not in LIMIT_MODES:
+            raise SettingsError(f"{settings.path}: module_limits must be one of {', '.join(LIMIT_MODES)}, not {mode!r}")
+        host.limits_mode = mode
+    _configure_module_types(settings, host)
     log_path = settings.get("log_database_path")
     if log_path and host.command_log is None:
         from shmooze.cmdlog import CommandLog
@@ -129,6 +137,28 @@ def _configure_host(host: ModuleHost, settings: Settings, name: str) -> None:
         else:
             log.info("%s keeps no journal: its modules are not restored after a restart", name)
     _keep_module_output(settings, name, host.ops)
+
+
+def _configure_module_types(settings: Settings, service: Any) -> None:
+    """``module_types``: restart policies and limits per module type name, over what the code declares
+    (for every queue or pool with a module or background type of that name)."""
+    from shmooze.moduletype import with_settings
+
+    table = settings.get("module_types") or {}
+    if not isinstance(table, dict):
+        raise SettingsError(f"{settings.path}: module_types must be an object of type name to settings")
+    changed: list[tuple[dict, str, Any]] = []
+    for attr in ("types", "backgrounds"):
+        types = getattr(service, attr, None)
+        if not isinstance(types, dict):
+            continue
+        for name in sorted(set(types) & set(table)):
+            try:
+                changed.append((types, name, with_settings(types[name], table[name])))
+            except ValueError as exc:
+                raise SettingsError(f"{settings.path}: {exc}") from None
+    for types, name, mtype in changed:  # (all or nothing)
+        types[name] = mtype
 
 
 def _keep_module_output(settings: Settings, name: str, ops: Any) -> None:

@@ -41,8 +41,18 @@ def _containment_lines(report: dict[str, Any]) -> str:
         if info:
             how = f"a cgroup v2 per module ({info['path']})" if info["kind"] == "cgroup" else \
                 f"process group + environment sweep ({info.get('why') or 'no cgroup v2'})"
-            lines.append(f"{name}: containment: {how}")
+            lines.append(f"{name}: containment: {how}; limits: {limits_in_words(info.get('limits') or {})}")
     return "\n\n" + "\n".join(lines) if lines else ""
+
+
+def limits_in_words(places: dict[str, str]) -> str:
+    """Where a host's module limits go (status ``containment.limits``): "memory, pids, cpu in cgroup v1"."""
+    by_kind: dict[str, list[str]] = {}
+    for ctl, kind in places.items():
+        if ctl != "why":
+            by_kind.setdefault(kind, []).append(ctl)
+    held = "; ".join(f"{', '.join(ctls)} in {kind}" for kind, ctls in sorted(by_kind.items()))
+    return (held + ", others as rlimits") if held else f"rlimits ({places.get('why') or 'no cgroup controller'})"
 
 
 def _figures(m: dict[str, Any]) -> tuple[str, str, str, str]:

@@ -1,9 +1,10 @@
 """What modules use: CPU time, CPU % over the last interval, resident memory.
 
-Figures come from the module's cgroup when it has one (``cpu.stat``, ``memory.current``), else
-from ``/proc`` of every process in its process group (a module runs in its own session, so its
-pid is its group id, and what it starts is counted with it). One scan of ``/proc`` serves every
-module of a ``status`` answer.
+Figures come from the module's cgroups when they account for it (v2 ``cpu.stat`` and
+``memory.current``; v1 ``cpuacct.usage`` and ``memory.usage_in_bytes``: see
+:meth:`shmooze.containment.Box.figures`), else from ``/proc`` of every process in its process
+group (a module runs in its own session, so its pid is its group id, and what it starts is
+counted with it). One scan of ``/proc`` serves every module of a ``status`` answer.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
-from shmooze import procutil
+from shmooze import cgroup, procutil
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -53,20 +55,27 @@ def process_figures(pid: int) -> Figures | None:
     return Figures((int(fields[11]) + int(fields[12])) / _TICKS, int(fields[21]) * _PAGE, 1)
 
 
-def cgroup_figures(path: str | Path) -> Figures | None:
-    """Figures of a cgroup v2 folder (None when it cannot be read)."""
-    folder = Path(path)
-    try:
-        usec = 0
-        for line in (folder / "cpu.stat").read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == "usage_usec":
-                usec = int(value)
-        memory = int((folder / "memory.current").read_text().strip())
-        procs = len((folder / "cgroup.procs").read_text().split())
-    except (OSError, ValueError):
+def cgroup_figures(controllers: Mapping[str, tuple[int, Path]], cpu_stat: Path | None = None,
+                   processes: int | None = None) -> Figures | None:
+    """Figures from a module's cgroups (controller -> (version, folder)): memory from ``memory.current``
+    (v2) or ``memory.usage_in_bytes`` (v1), CPU time from the v2 ``cpu.stat`` or v1 ``cpuacct.usage``.
+    None unless both can be read."""
+    memory = None
+    if "memory" in controllers:
+        version, folder = controllers["memory"]
+        memory = cgroup.read_int(folder / ("memory.current" if version == 2 else "memory.usage_in_bytes"))
+    cpu = None
+    if cpu_stat is not None:
+        usec = cgroup.read_keyed(cpu_stat).get("usage_usec")
+        cpu = usec / 1e6 if usec is not None else None
+    if cpu is None and "cpuacct" in controllers:
+        nsec = cgroup.read_int(controllers["cpuacct"][1] / "cpuacct.usage")
+        cpu = nsec / 1e9 if nsec is not None else None
+    if memory is None or cpu is None:
         return None
-    return Figures(usec / 1e6, memory, procs)
+    if "pids" in controllers:
+        processes = cgroup.read_int(controllers["pids"][1] / "pids.current") or processes
+    return Figures(cpu, memory, processes or 0)
 
 
 class Meter:
@@ -90,9 +99,8 @@ class Meter:
         return round(max(0.0, cpu_seconds - base[1]) / elapsed * 100.0, 1)
 
 
-def describe(pid: int | None, meter: Meter, groups: dict[int, Figures], cgroup: str | None = None) -> dict:
-    """The figures ``status`` shows for one running module."""
-    figures = cgroup_figures(cgroup) if cgroup else None
+def describe(pid: int | None, meter: Meter, groups: dict[int, Figures], figures: Figures | None = None) -> dict:
+    """The figures ``status`` shows for one running module (``figures``: from its cgroups, when known)."""
     if figures is None and pid is not None:
         figures = groups.get(pid)
     if figures is None:

@@ -70,8 +70,9 @@ def make_host():
 
     made = []
 
-    def make(cls, modules=(), *more, **options):
+    def make(cls, modules=(), *more, limits_mode="auto", **options):
         host = cls(list(modules), *more, **options)
+        host.limits_mode = limits_mode  # "rlimit": the fallback, whatever the kernel offers
         host.start()
         made.append(host)
         return Driver(host)

@@ -48,6 +48,7 @@ def test_dashboard_live(browser, app):  # noqa: F811 - the fixture
         card = page.text_content(".card[data-service=pool]")
         # Which containment is in force, in words (the status field is an object).
         assert ("cgroup per module" in card or "process group + sweep" in card) and "[object" not in card, card
+        assert "limits: " in card and ("rlimits" in card or " in cgroup v" in card), card  # where limits go
         # The token is asked for (the gateway has one); state-changing actions use it.
         assert page.is_visible("#token-form")
         page.fill("#token", TOKEN)

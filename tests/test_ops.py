@@ -132,9 +132,10 @@ def test_background_restarts_but_queue_entries_leave(make_host):
     assert all(m["uid"] != entry for m in d.ok("status")["restarting"])
 
 
-def test_limits_end_modules_with_their_own_rung(make_host):
+def test_rlimits_end_modules_with_their_own_rung(make_host):
+    """The rlimit fallback (forced here; where cgroups can hold limits, see test_limits.py)."""
     d = make_host(Pool, [otype("mem", limit_memory=300 << 20), otype("cpu", limit_cpu=1),
-                         otype("files", limit_files=40), otype("free")])
+                         otype("files", limit_files=40), otype("free")], limits_mode="rlimit")
     mem = d.add("mem", alloc_mb=400)
     cpu = d.add("cpu", spin=5)
     files = d.add("files", files=100)
@@ -158,15 +159,37 @@ def test_limits_end_modules_with_their_own_rung(make_host):
     assert ends[("mem", "limit:memory")] == 1 and ends[("cpu", "limit:cpu")] == 1
 
 
-def test_limits_are_set_on_the_process(make_host):
-    d = make_host(Pool, [otype("lim", limit_files=64, limit_memory=1 << 30)])
+def test_rlimits_are_set_on_the_process(make_host):
+    d = make_host(Pool, [otype("lim", limit_files=64, limit_memory=1 << 30, limit_processes=50)],
+                  limits_mode="rlimit")
     uid = d.add("lim")
     pid = module_status(d, uid)["pid"]
     import resource
 
     assert resource.prlimit(pid, resource.RLIMIT_NOFILE) == (64, 64)
     assert resource.prlimit(pid, resource.RLIMIT_AS) == (1 << 30, 1 << 30)
-    assert module_status(d, uid)["limits"] == {"memory": 1 << 30, "files": 64}
+    assert resource.prlimit(pid, resource.RLIMIT_NPROC) == (50, 50)
+    status = module_status(d, uid)
+    assert status["limits"] == {"memory": 1 << 30, "files": 64, "processes": 50}
+    assert set(status["limits_held"].values()) == {"rlimit"}
+    assert d.svc.containment.places.kinds() == {} and d.ok("status")["containment"]["limits"]["why"]
+    assert d.svc.containment.places.v1 == {} and not d.svc._all_modules()[0].box.v1_folders
+
+
+def test_cgroups_hold_memory_and_processes_where_they_can(make_host):
+    """Where a cgroup holds memory and processes, no RLIMIT_AS or RLIMIT_NPROC is set (files stay)."""
+    d = make_host(Pool, [otype("lim", limit_files=64, limit_memory=1 << 30, limit_processes=50)])
+    kinds = d.svc.containment.places.kinds()
+    if not {"memory", "pids"} <= set(kinds):
+        pytest.skip(f"no writable memory and pids cgroup controllers here ({kinds or 'none'})")
+    uid = d.add("lim")
+    pid = module_status(d, uid)["pid"]
+    import resource
+
+    assert resource.prlimit(pid, resource.RLIMIT_NOFILE) == (64, 64)
+    assert resource.prlimit(pid, resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY
+    assert module_status(d, uid)["limits_held"] == {"memory": kinds["memory"], "processes": kinds["pids"],
+                                                    "files": "rlimit"}
 
 
 def test_metrics_command_counts_commands_and_modules(make_host):

@@ -148,11 +148,12 @@
     }
   }
 
-  /* What status says of containment ({kind, path} or {kind, why}), in a few words. */
+  /* What status says of containment ({kind, path} or {kind, why}, and where limits go), in a few words. */
   function containment(info) {
     if (!info) return "-";
-    if (info.kind === "cgroup") return "cgroup per module";
-    return "process group + sweep" + (info.why ? " (" + info.why + ")" : "");
+    var how = info.kind === "cgroup" ? "cgroup per module" : "process group + sweep" + (info.why ? " (" + info.why + ")" : "");
+    var held = Object.keys(info.limits || {}).filter(function (c) { return c !== "why"; });
+    return how + " · limits: " + (held.length ? held.join(", ") + " in " + info.limits[held[0]] : "rlimits");
   }
 
   function renderServices() {
