@@ -330,8 +330,9 @@ def peers_section(stack: Stack, counts: list[int], rounds: int) -> Section:
             supervisor_program(f"f{c}", "--fast-exit", answerer.port, c) for c in counts)))
         systems.append(Circus(stack.dir / "peer-circus", counts, answerer.port))
         before = {s.label: _rss(s.pid) for s in systems}
-        for count in counts:  # one warm-up cycle each, then the rounds
-            for r in range(rounds + 1):
+        for count in counts:  # one warm-up cycle of each system before the first count, then the rounds
+            warm = 1 if count == counts[0] else 0
+            for r in range(rounds + warm):
                 for system in systems:
                     base = set(_children_pids(system.pid))
                     t0 = time.perf_counter()
@@ -342,7 +343,7 @@ def peers_section(stack: Stack, counts: list[int], rounds: int) -> Section:
                     pids = [p for p in _children_pids(system.pid) if p not in base]
                     if len(pids) < count:
                         raise BenchError(f"{system.label}: {len(pids)} new processes, not {count}")
-                    if count == counts[-1] and r:
+                    if count == counts[-1] and r >= warm:
                         memory.setdefault(system.label, []).append(
                             (_rss(system.pid) - before[system.label]) / count / 1024)
                         if system is shmooze:
@@ -352,7 +353,7 @@ def peers_section(stack: Stack, counts: list[int], rounds: int) -> Section:
                     wait_until(lambda: _gone(pids), 60, f"{system.label}'s {count} processes to be reaped", 0.002)
                     t3 = time.perf_counter()
                     answerer.drop_all()
-                    if r:
+                    if r >= warm:
                         times.setdefault((system.label, count, "start"), []).append((t1 - t0) * 1000.0)
                         times.setdefault((system.label, count, "stop"), []).append((t3 - t2) * 1000.0)
                     log.info("%s: %d started in %.0f ms, stopped in %.0f ms", system.label, count,
@@ -365,7 +366,7 @@ def peers_section(stack: Stack, counts: list[int], rounds: int) -> Section:
                 log.exception("closing %s", system.label)
         answerer.close()
     sec = Section(f"B5. Many modules beside supervisord and circus ({rounds} rounds of each system interleaved, "
-                  f"after one warm-up; shmooze adds with {CONCURRENT_ADDS} concurrent clients)")
+                  f"after one warm-up cycle; shmooze adds with {CONCURRENT_ADDS} concurrent clients)")
     for what in ("start", "stop"):
         for count in counts:
             ours = times[("shmooze", count, what)]

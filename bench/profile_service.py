@@ -61,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", choices=("direct", "gateway"), default="direct")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--gil", action="store_true", help="count only samples of threads holding the GIL")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "shmooze-profile")
     opts = parser.parse_args(argv)
     setup_logging()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     opts.out.mkdir(parents=True, exist_ok=True)
-    raw = opts.out / f"{opts.target}.txt"
+    raw = opts.out / f"{opts.target}{'-gil' if opts.gil else ''}.txt"
     with Stack() as stack:
         target = targets(stack)[opts.target]
         # The process to profile: the service's worker, or the gateway's first worker.
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         load.start()
         try:
             subprocess.run([pyspy, "record", "--format", "raw", "--rate", "100", "--duration",
-                            f"{opts.seconds:g}", "--pid", str(pid), "--output", str(raw), "--nonblocking"],
+                            f"{opts.seconds:g}", "--pid", str(pid), "--output", str(raw), "--nonblocking", *(["--gil"] if opts.gil else [])],
                            check=True, stdout=subprocess.DEVNULL, timeout=opts.seconds + 60)
         finally:
             load.join()

@@ -60,7 +60,7 @@ def environment() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     setup_logging()
-    budget = opts.budget or (240 if opts.quick else 600)
+    budget = opts.budget or (300 if opts.quick else 900)
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(budget)
     started = time.time()
