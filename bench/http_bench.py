@@ -274,9 +274,9 @@ def forwarding_section(stack: Stack, n: int, warmup: int, rounds: int = 5) -> Se
 
 def run(stack: Stack, quick: bool) -> list[Section]:
     """Every HTTP benchmark; fewer requests and shorter windows with ``quick``."""
-    n, warmup = (600, 100) if quick else (3000, 200)
+    n, warmup = (600, 100) if quick else (1500, 200)
     duration, rounds = (1.0, 3) if quick else (3.0, 3)
-    hops = 1000 if quick else 3000
+    hops = 1000 if quick else 1500
     sections = []
     log.info("A1: one connection, %d requests per target", n)
     meter = ForeignMeter()

@@ -26,8 +26,12 @@ README_BEGIN = "<!-- bench:begin (written by bench/summary.py --readme) -->"
 README_END = "<!-- bench:end -->"
 
 
+#: Where the whole run's length is kept (given once by `dev.py bench`, read again by ``--readme``).
+TOTAL = "_total.json"
+
+
 def load() -> list[dict]:
-    found = {p.stem: json.loads(p.read_text()) for p in RESULTS_DIR.glob("*.json")}
+    found = {p.stem: json.loads(p.read_text()) for p in RESULTS_DIR.glob("*.json") if p.name != TOTAL}
     return [found[name] for name in sorted(found, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))]
 
 
@@ -72,13 +76,22 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"no results in {RESULTS_DIR}: run the benchmarks first\n")
         return 2
     quick = any(r.get("quick") for r in results)
+    total = RESULTS_DIR / TOTAL
+    if opts.seconds:
+        total.write_text(json.dumps({"seconds": opts.seconds}) + "\n")
+    elif total.exists():
+        opts.seconds = json.loads(total.read_text())["seconds"]
+    finished = max(r.get("time") or r.get("started") or 0 for r in results)
+    noise = [s["other_processes_cores"] for r in results for s in r["sections"] if s.get("other_processes_cores")]
     failed = [line for line in summary_lines(results) if line.endswith(": FAIL |")]
     header = [
         "# Benchmark results", "",
         f"{'QUICK run (not for the README)' if quick else 'Full run'} of `python3 scripts/dev.py bench"
-        f"{' --quick' if quick else ''}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+        f"{' --quick' if quick else ''}` finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(finished))}: "
         f"Python {platform.python_version()}, {os.cpu_count()} cores"
-        + (f", {opts.seconds / 60:.1f} min in all" if opts.seconds else "") + ".",
+        + (f", {opts.seconds / 60:.1f} min in all" if opts.seconds else "")
+        + (f"; other processes on the machine used {min(noise):.1f}-{max(noise):.1f} cores while the sections "
+           "ran (the machine is shared)" if noise else "") + ".",
         "Every figure is the median of the rounds, with their min-max; target and floor or peer were run in "
         "interleaved rounds in the same run, and no round was discarded. "
         f"{len(failed)} target(s) missed.", "",
