@@ -238,22 +238,6 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total
 
 
-def precise_cpu_seconds(pid: int) -> float:
-    """CPU seconds used so far by every thread of one process, to the nanosecond (from schedstat)."""
-    total = 0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0.0
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total / 1e9
-
-
 def _busy_cpu_seconds() -> float:
     """CPU seconds the whole machine spent in processes so far (user, nice, system, and steal)."""
     t = psutil.cpu_times()
