@@ -33,7 +33,8 @@ for _path in (str(HERE.parent), str(HERE)):
 import psutil  # noqa: E402
 from wsproto.events import Ping, TextMessage  # noqa: E402
 
-from common import PYTHON, Proc, child_env, free_port, median, percentile, setup_logging  # noqa: E402
+from common import (PYTHON, Proc, Row, Section, child_env, free_port, markdown, median, percentile,  # noqa: E402
+                    rounds_row, save_sections, setup_logging)
 from shmooze.websocket import WebSocketClient  # noqa: E402
 from tests.test_traffic import on_every_worker  # noqa: E402
 
@@ -295,7 +296,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 rounds of 5 s calm + 5 s attack")
     parser.add_argument("--phase", type=float, default=0.0, help="seconds per phase (default 10, quick 5)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=HERE / "attack_results.json")
     parser.add_argument("--attack", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the attacker process
     parser.add_argument("--only", help="run only the attack of this name (e.g. ping_flood)")
     args = parser.parse_args(argv)
@@ -306,13 +306,21 @@ def main(argv: list[str] | None = None) -> int:
     global ONLY
     ONLY = args.only
     result = run(args.phase or (5.0 if args.quick else 10.0), max(3, args.rounds))
-    args.out.write_text(json.dumps(result, indent=2))
-    print("| measure | calm | under attack | ratio (median, min-max) |")
-    print("|---|---|---|---|")
-    print(f"| normal client p50 | {result['calm_p50_ms_median']:.1f} ms | {result['attack_p50_ms_median']:.1f} ms | |")
-    print(f"| normal client p99 | {result['calm_p99_ms_median']:.1f} ms | {result['attack_p99_ms_median']:.1f} ms | "
-          f"{result['p99_ratio_median']}x ({result['p99_ratio_min']}-{result['p99_ratio_max']}x) |")
-    print(f"\nerrors: {result['errors']}, gateway workers restarted: {result['gateway_workers_restarted']}")
+    calm = [x for x in result["rounds"] if x["phase"] == "calm"]
+    attack = [x for x in result["rounds"] if x["phase"] == "attack"]
+    sec = Section(f"Under attack: a normal client's status requests, {len(calm)} rounds of {result['phase_seconds']:g} s "
+                  "calm and under every attack at once, interleaved")
+    sec.add(rounds_row("normal client p50, under attack", [a["p50_ms"] for a in attack], "ms",
+                       [c["p50_ms"] for c in calm], "calm"))
+    sec.add(rounds_row("normal client p99, under attack", [a["p99_ms"] for a in attack], "ms",
+                       [c["p99_ms"] for c in calm], "calm", max_ratio=3.0))
+    sec.add(Row("errors; gateway workers restarted", result["errors"], "count",
+                compare=f"{result['errors']} errors; {result['gateway_workers_restarted']} workers restarted",
+                verdict="pass" if result["errors"] == 0 and result["gateway_workers_restarted"] == 0 else "FAIL"))
+    sec.notes.append("Ratio: median of the attack rounds' p99 over the median of the calm rounds' p99; per round "
+                     f"{result['p99_ratio_min']}-{result['p99_ratio_max']}x.")
+    sys.stdout.write(markdown(sec) + "\n")
+    save_sections("attack", [sec], args.quick, result=result)
     ok = result["errors"] == 0 and result["gateway_workers_restarted"] == 0 and result["p99_ratio_median"] <= 3
     return 0 if ok else 1
 

@@ -1,13 +1,13 @@
 """Does the command log slow a busy queue? ``tell_module`` and ``mv`` rates with and without it.
 
 Run: ``.venv/bin/python bench/cmdlog_bench.py [--quick]``. In-process (no HTTP), so the
-figures isolate the cost the log adds to a command.
+figures isolate the cost the log adds to a command. Two queues, one with the log and one
+without, are measured in turn in every round. Results also go to bench/results/cmdlog.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for extra in (str(ROOT), str(ROOT / "pymodule")):
+for extra in (str(ROOT), str(ROOT / "pymodule"), str(ROOT / "bench")):
     if extra not in sys.path:
         sys.path.insert(0, extra)
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "pymodule"), os.environ.get("PYTHONPATH", "")])
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
+from common import Section, markdown, rounds_row, save_sections  # noqa: E402
 from shmooze.cmdlog import CommandLog  # noqa: E402
 from shmooze.moduletype import python_module  # noqa: E402
 from shmooze.protocol import Command  # noqa: E402
@@ -42,26 +43,37 @@ def rate(q: Queue, cmd: Command, seconds: float) -> float:
     return count / seconds
 
 
-def measure(with_log: bool, seconds: float) -> dict[str, float]:
+def make_queue(with_log: bool) -> tuple[Queue, str]:
+    """A started in-process queue holding one echo module (with or without a command log); its uid."""
     q = Queue([python_module("echo", MODULE)])
-    tmp = tempfile.mkdtemp(prefix="shmooze-cmdlog-")
     if with_log:
-        q.command_log = CommandLog(os.path.join(tmp, "log.db"), "queue")
+        q.command_log = CommandLog(os.path.join(tempfile.mkdtemp(prefix="shmooze-cmdlog-"), "log.db"), "queue")
     q.start()
+    uid = q.dispatch(Command("add", {"type": "echo"}))["result"]["uid"]
+    return q, uid
+
+
+def measure(seconds: float, rounds: int) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
+    """Rates of tell_module and mv without and with the log, in interleaved rounds (without, with, ...)."""
+    queues = {"without": make_queue(False), "with": make_queue(True)}
+    rates: dict[str, dict[str, list[float]]] = {k: {"tell_module": [], "mv": []} for k in queues}
     try:
-        uid = q.dispatch(Command("add", {"type": "echo"}))["result"]["uid"]
-        tell = Command("tell_module", {"uid": uid, "cmd": "echo", "args": {"n": 1}})
-        mv = Command("mv", {"uids": [uid]})
-        rate(q, tell, 0.3)  # warm-up
-        out = {"tell_module": rate(q, tell, seconds), "mv": rate(q, mv, seconds)}
-        if with_log:
-            started = time.perf_counter()
-            q.command_log.flush(30)
-            out["flush_after_s"] = time.perf_counter() - started
-            out["rows"] = q.command_log.count()
-        return out
+        commands = {k: {"tell_module": Command("tell_module", {"uid": uid, "cmd": "echo", "args": {"n": 1}}),
+                        "mv": Command("mv", {"uids": [uid]})} for k, (_, uid) in queues.items()}
+        for k, (q, _) in queues.items():
+            rate(q, commands[k]["tell_module"], 0.3)  # warm-up
+        for _ in range(rounds):
+            for what in ("tell_module", "mv"):
+                for k, (q, _) in queues.items():
+                    rates[k][what].append(rate(q, commands[k][what], seconds))
+        log_q = queues["with"][0]
+        started = time.perf_counter()
+        log_q.command_log.flush(30)
+        extra = {"flush_after_s": time.perf_counter() - started, "rows": log_q.command_log.count()}
+        return rates, extra
     finally:
-        q.stop()
+        for q, _ in queues.values():
+            q.stop()
 
 
 def main() -> int:
@@ -69,19 +81,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     opts = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    seconds = 1.0 if opts.quick else 3.0
-    without = measure(False, seconds)
-    with_log = measure(True, seconds)
-    rows = [("measure", "without log (ops/s)", "with log (ops/s)", "ratio")]
-    for key in ("tell_module", "mv"):
-        rows.append((key, f"{without[key]:.0f}", f"{with_log[key]:.0f}", f"{with_log[key] / without[key]:.2f}"))
-    print("\n### Command log cost (in-process queue, one module)\n")
-    print("| " + " | ".join(rows[0]) + " |")
-    print("|" + "---|" * len(rows[0]))
-    for r in rows[1:]:
-        print("| " + " | ".join(r) + " |")
-    print(f"\nrows written: {with_log['rows']}, backlog flushed {with_log['flush_after_s'] * 1000:.1f} ms after the run")
-    Path(__file__).with_name("cmdlog_results.json").write_text(json.dumps({"without": without, "with": with_log}, indent=2))
+    seconds, rounds = (0.5, 3) if opts.quick else (2.0, 5)
+    rates, extra = measure(seconds, rounds)
+    sec = Section(f"Command log cost (in-process queue, one module; {rounds} rounds of {seconds:g} s, without and "
+                  "with the log interleaved)")
+    for what in ("tell_module", "mv"):
+        sec.add(rounds_row(f"{what} with the log", rates["with"][what], "ops/s", rates["without"][what],
+                           "without the log"))
+    sec.notes.append(f"Rows written: {extra['rows']}; backlog flushed {extra['flush_after_s'] * 1000:.1f} ms after "
+                     "the run (the log is written by a background thread).")
+    sys.stdout.write(markdown(sec) + "\n")
+    save_sections("cmdlog", [sec], opts.quick, **extra)
     return 0
 
 

@@ -233,22 +233,6 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total
 
 
-def precise_cpu_seconds(pid: int) -> float:
-    """CPU seconds used so far by every thread of one process, to the nanosecond (from schedstat)."""
-    total = 0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0.0
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total / 1e9
-
-
 def _busy_cpu_seconds() -> float:
     """CPU seconds the whole machine spent in processes so far (user, nice, system, and steal)."""
     t = psutil.cpu_times()
@@ -311,7 +295,11 @@ def family(pid: int) -> list[int]:
 
 @dataclass
 class Row:
-    """One measure: its value, its floor, and how the two compare (or the target it must meet)."""
+    """One measure: its value, its floor or peer, and how the two compare (or the target it must meet).
+
+    ``rounds`` and ``floor_rounds`` hold one figure per round (rounds of value and floor interleaved);
+    ``value`` and ``floor`` are then their medians and the table shows the min-max beside them.
+    """
 
     measure: str
     value: float | None
@@ -322,6 +310,8 @@ class Row:
     verdict: str = "info"
     target: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
+    rounds: list[float] = field(default_factory=list)
+    floor_rounds: list[float] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -349,8 +339,10 @@ def fmt(value: float | None, unit: str) -> str:
     """A value with its unit, with a sensible number of digits."""
     if value is None:
         return "n/a"
-    if unit in ("req/s", "processes"):
+    if unit in ("req/s", "processes", "ops/s"):
         return f"{value:,.0f} {unit}"
+    if unit == "count":
+        return f"{value:,.0f}"
     if abs(value) >= 100:
         text = f"{value:,.0f}"
     elif abs(value) >= 10:
@@ -366,51 +358,91 @@ def verdict(ok: bool) -> str:
     return "pass" if ok else "FAIL"
 
 
-def ratio_row(measure: str, value: float, unit: str, floor: float, floor_label: str, *,
-              max_ratio: float | None = None, min_ratio: float | None = None, **detail: Any) -> Row:
-    """A row compared to its floor as ``value / floor``, with an optional bound on the ratio."""
-    ratio = value / floor if floor else float("inf")
-    row = Row(measure, value, unit, floor, floor_label, f"{ratio:.2f}x", detail=dict(detail, ratio=ratio))
-    if max_ratio is not None:
-        row.target = f"<= {max_ratio:g}x"
-        row.compare += f" (target {row.target})"
-        row.verdict = verdict(ratio <= max_ratio)
-    elif min_ratio is not None:
-        row.target = f">= {min_ratio:g}x"
-        row.compare += f" (target {row.target})"
-        row.verdict = verdict(ratio >= min_ratio)
-    return row
+def rounds_row(measure: str, rounds: Sequence[float], unit: str, floor_rounds: Sequence[float] = (),
+               floor_label: str = "", *, max_ratio: float | None = None, min_ratio: float | None = None,
+               at_most: float | None = None, at_least: float | None = None, **detail: Any) -> Row:
+    """A row from one figure per round: the median of the rounds, with their min-max, against a floor's rounds.
 
-
-def limit_row(measure: str, value: float, unit: str, *, at_most: float | None = None, at_least: float | None = None,
-              floor: float | None = None, floor_label: str = "", **detail: Any) -> Row:
-    """A row with an absolute target (and optionally a floor shown beside it)."""
-    row = Row(measure, value, unit, floor, floor_label, detail=dict(detail))
+    The ratio is the median of the value's rounds over the median of the floor's rounds. Targets are
+    on that ratio (``max_ratio``, ``min_ratio``) or on the median itself (``at_most``, ``at_least``).
+    """
+    value = median(rounds)
+    floor = median(floor_rounds) if floor_rounds else None
+    row = Row(measure, value, unit, floor, floor_label, detail=dict(detail), rounds=list(rounds),
+              floor_rounds=list(floor_rounds))
+    parts = []
     if floor:
-        row.detail["ratio"] = value / floor
+        ratio = value / floor
+        row.detail["ratio"] = ratio
+        parts.append(f"{ratio:.2f}x")
+        if max_ratio is not None:
+            row.target = f"<= {max_ratio:g}x"
+            row.verdict = verdict(ratio <= max_ratio)
+        elif min_ratio is not None:
+            row.target = f">= {min_ratio:g}x"
+            row.verdict = verdict(ratio >= min_ratio)
     if at_most is not None:
         row.target = f"<= {fmt(at_most, unit)}"
         row.verdict = verdict(value <= at_most)
     elif at_least is not None:
         row.target = f">= {fmt(at_least, unit)}"
         row.verdict = verdict(value >= at_least)
-    prefix = f"{value / floor:.2f}x; " if floor else ""
-    row.compare = f"{prefix}target {row.target}" if row.target else prefix.rstrip("; ")
+    if row.target:
+        parts.append(f"target {row.target}")
+    row.compare = "; ".join(parts)
     return row
 
 
+def with_spread(value: float | None, rounds: Sequence[float], unit: str) -> str:
+    """``median unit (min-max)`` when there are several rounds, else the value alone."""
+    if value is None:
+        return "n/a"
+    if len(rounds) < 2:
+        return fmt(value, unit)
+    lo, hi = fmt(min(rounds), unit), fmt(max(rounds), unit)
+    tail = f" {unit}" if unit and lo.endswith(f" {unit}") else ""
+    lo, hi = lo[: len(lo) - len(tail)], hi[: len(hi) - len(tail)]
+    return f"{fmt(value, unit)} ({lo}-{hi})"
+
+
+TABLE_HEAD = ["| measure | shmooze median (min-max) | floor/peer median (min-max) | ratio |",
+              "| --- | ---: | ---: | --- |"]
+
+
+def table_line(r: Row) -> str:
+    """One row of the common table: measure | shmooze | floor or peer | ratio (and target, verdict)."""
+    floor = ""
+    if r.floor is not None:
+        floor = with_spread(r.floor, r.floor_rounds, r.unit)
+        if r.floor_label:
+            floor += f" ({r.floor_label})"
+    compare = r.compare
+    if r.verdict not in ("info", ""):
+        compare = f"{compare}: {r.verdict}" if compare else r.verdict
+    return f"| {r.measure} | {with_spread(r.value, r.rounds, r.unit)} | {floor} | {compare} |"
+
+
 def markdown(section: Section) -> str:
-    """The section as a markdown table (columns: measure, value, floor, ratio or target, verdict)."""
-    lines = [f"### {section.title}", "", "| measure | value | floor | ratio or target | verdict |",
-             "| --- | ---: | ---: | --- | --- |"]
-    for r in section.rows:
-        floor = f"{fmt(r.floor, r.unit)} ({r.floor_label})" if r.floor is not None and r.floor_label else \
-            fmt(r.floor, r.unit) if r.floor is not None else ""
-        lines.append(f"| {r.measure} | {fmt(r.value, r.unit)} | {floor} | {r.compare} | {r.verdict} |")
+    """The section as a markdown table in the common format (see :data:`TABLE_HEAD`), notes below it."""
+    lines = [f"### {section.title}", "", *TABLE_HEAD]
+    lines += [table_line(r) for r in section.rows]
     for note in section.notes:
         lines.append("")
         lines.append(f"_{note}_")
     return "\n".join(lines) + "\n"
+
+
+#: Every benchmark script saves its sections here (one JSON file each); bench/summary.py joins them.
+RESULTS_DIR = BENCH / "results"
+
+
+def save_sections(name: str, sections: Sequence[Section], quick: bool, **extra: Any) -> Path:
+    """Write one script's sections (and anything else worth keeping) to ``bench/results/NAME.json``."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps({"name": name, "quick": quick, "time": time.time(),
+                                "sections": [s.as_json() for s in sections], **extra}, indent=2, default=str) + "\n")
+    return path
 
 
 class Managed:

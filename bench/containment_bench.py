@@ -32,7 +32,7 @@ for _path in (str(HERE.parent / "pymodule"), str(HERE.parent), str(HERE)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from common import Section, child_env, limit_row, markdown, ratio_row, setup_logging  # noqa: E402
+from common import Section, child_env, markdown, rounds_row, save_sections, setup_logging  # noqa: E402
 from shmooze import cgroup, peer, protocol  # noqa: E402
 from shmooze.containment import PROCESS_GROUP, Containment  # noqa: E402
 from shmooze.moduletype import python_module  # noqa: E402
@@ -112,10 +112,6 @@ def peer_check_cost(n: int) -> list[float]:
         listener.close()
 
 
-def spread(values: list[float]) -> tuple[float, float, float]:
-    return statistics.median(values), min(values), max(values)
-
-
 def run(quick: bool) -> Section:
     rounds, n = (3, 8) if quick else (5, 20)
     kinds = ["floor", "process-group", "cgroup, no check", "cgroup", "cgroup + limits"]
@@ -139,19 +135,12 @@ def run(quick: bool) -> Section:
         for q in queues.values():
             q.stop()
     section = Section(f"Containment: add and rm of a trivial Python module ({rounds} rounds x {n}, "
-                      "interleaved)")
+                      "interleaved; per round the median)")
     for what, medians in (("add", add_medians), ("rm", rm_medians)):
-        floor, fmin, fmax = spread(medians["floor"])
         for kind in kinds[1:]:
-            value, vmin, vmax = spread(medians[kind])
-            section.add(ratio_row(f"{what}, {kind}", value, "ms", floor, "process group only",
-                                  min=vmin, max=vmax, floor_min=fmin, floor_max=fmax))
-            section.rows[-1].measure += f" ({vmin:.1f}-{vmax:.1f}; floor {fmin:.1f}-{fmax:.1f})"
-    checks = [statistics.median(peer_check_cost(200)) for _ in range(rounds)]
-    value, vmin, vmax = spread(checks)
-    row = limit_row("peer check per add (2 connections)", 2 * value / 1000, "ms", at_most=1.0)
-    row.measure += f" ({2 * vmin / 1000:.3f}-{2 * vmax / 1000:.3f})"
-    section.add(row)
+            section.add(rounds_row(f"{what}, {kind}", medians[kind], "ms", medians["floor"], "process group only"))
+    checks = [2 * statistics.median(peer_check_cost(200)) / 1000 for _ in range(rounds)]
+    section.add(rounds_row("peer check per add (2 connections)", checks, "ms", at_most=1.0))
     section.notes.append("add: spawn until init answered; rm: rm sent until the process is reaped and its "
                          "containment cleared (environment sweep or cgroup removed).")
     return section
@@ -165,7 +154,9 @@ def main() -> int:
     import logging
 
     logging.getLogger("shmooze").setLevel(logging.WARNING)
-    sys.stdout.write(markdown(run(opts.quick)))
+    section = run(opts.quick)
+    sys.stdout.write(markdown(section))
+    save_sections("containment", [section], opts.quick)
     return 0
 
 

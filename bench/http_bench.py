@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass
 
 import loadgen
-from common import (HOST, JSON_HEADERS, Client, ForeignMeter, Row, Section, child_env, cpu_seconds, encode_command,
-                    limit_row, noise_note, percentile, ratio_row)
+from common import (HOST, JSON_HEADERS, Client, ForeignMeter, Section, child_env, cpu_seconds, encode_command,
+                    noise_note, percentile, rounds_row)
 from stack import Stack
 
 log = logging.getLogger("bench.http")
@@ -59,22 +59,25 @@ def one_connection(stack: Stack, n: int, warmup: int) -> dict[str, list[float]]:
     return times
 
 
-def one_connection_section(stack: Stack, n: int, warmup: int) -> Section:
+def one_connection_section(stack: Stack, n: int, warmup: int, rounds: int = 3) -> Section:
     times = one_connection(stack, n, warmup)
-    p50 = {k: percentile(v, 0.5) for k, v in times.items()}
-    p99 = {k: percentile(v, 0.99) for k, v in times.items()}
-    sec = Section(f"A1. HTTP round trip, one kept-alive connection ({n} sequential get_volume per target, "
-                  f"interleaved, after {warmup} warm-up)")
-    sec.add(Row("floor p50", p50["floor"], "ms"))
-    sec.add(Row("floor p99", p99["floor"], "ms"))
-    sec.add(ratio_row("direct p50", p50["direct"], "ms", p50["floor"], "floor"))
-    sec.add(ratio_row("direct p99", p99["direct"], "ms", p99["floor"], "floor"))
-    sec.add(ratio_row("gateway -> volume p50", p50["gateway"], "ms", p50["floor"], "floor"))
-    sec.add(ratio_row("gateway -> volume p99", p99["gateway"], "ms", p99["floor"], "floor"))
-    sec.add(limit_row("gateway p50 minus direct p50", p50["gateway"] - p50["direct"], "ms", at_most=0.5))
-    sec.add(ratio_row("gateway -> floor p50 (gateway cost alone)", p50["gw_floor"], "ms", p50["floor"], "floor"))
-    sec.add(ratio_row("floor under the gateway's settings (gevent) p50", p50["floor_gevent"], "ms", p50["floor"],
-                      "floor"))
+    size = n // rounds
+    cut = {k: [v[i * size:(i + 1) * size] for i in range(rounds)] for k, v in times.items()}
+
+    def q(k: str, p: float) -> list[float]:
+        return [percentile(part, p) for part in cut[k]]
+
+    sec = Section(f"A1. HTTP round trip, one kept-alive connection ({rounds} rounds of {size} sequential "
+                  f"get_volume per target, one request to each target in turn, after {warmup} warm-up)")
+    for p, name in ((.5, "p50"), (.99, "p99")):
+        sec.add(rounds_row(f"direct to a service, {name}", q("direct", p), "ms", q("floor", p), "bare WSGI floor"))
+    for p, name in ((.5, "p50"), (.99, "p99")):
+        sec.add(rounds_row(f"through the gateway, {name}", q("gateway", p), "ms", q("floor", p), "bare WSGI floor"))
+    hop = [g - d for g, d in zip(q("gateway", .5), q("direct", .5))]
+    sec.add(rounds_row("gateway hop: gateway p50 minus direct p50", hop, "ms", at_most=0.5))
+    sec.add(rounds_row("gateway -> bare WSGI floor, p50", q("gw_floor", .5), "ms", q("floor", .5), "bare WSGI floor"))
+    sec.add(rounds_row("reference: floor under the gateway's settings (gevent), p50", q("floor_gevent", .5), "ms",
+                       q("floor", .5), "bare WSGI floor"))
     sec.notes.append("The floor is floorapp.py under gunicorn gthread, 1 worker, 32 threads (a service's "
                      "settings); the gevent floor is the same app under 2 gevent workers (the gateway's).")
     return sec
@@ -112,65 +115,45 @@ def throughput(stack: Stack, target: Target, procs: int, conns: int, duration: f
     return run
 
 
-def throughput_section(stack: Stack, procs: int, conns: int, duration: float, rounds: int,
-                       retries: int = 0, noisy: float = 0.3) -> Section:
-    """Each target in turn, ``rounds`` times, interleaved; the median round of each target is reported.
-
-    A round during which other processes used more than ``noisy`` cores is set aside and run
-    again, ``retries`` times at most over the section. Every round is kept in the JSON details.
-    """
+def throughput_section(stack: Stack, procs: int, conns: int, duration: float, rounds: int) -> Section:
+    """Each target in turn, ``rounds`` times (floor, direct, gateway, ... then again); every round is kept."""
     tg = targets(stack)
     runs: dict[str, list[LoadRun]] = {k: [] for k in tg}
-    set_aside: dict[str, list[LoadRun]] = {k: [] for k in tg}
     for _ in range(rounds):
         for k, t in tg.items():
-            run = throughput(stack, t, procs, conns, duration)
-            while run.other_cores > noisy and retries > 0:
-                retries -= 1
-                set_aside[k].append(run)
-                log.info("%s: other processes used %.2f cores: running the round again", t.label, run.other_cores)
-                run = throughput(stack, t, procs, conns, duration)
-            runs[k].append(run)
-    chosen = {k: sorted(v, key=lambda r: r.rps)[(len(v) - 1) // 2] for k, v in runs.items()}
-    rps = {k: r.rps for k, r in chosen.items()}
-    cpu = {k: r.cpu_per_request_ms for k, r in chosen.items()}
+            runs[k].append(throughput(stack, t, procs, conns, duration))
+    rps = {k: [r.rps for r in v] for k, v in runs.items()}
+    cpu = {k: [r.cpu_per_request_ms for r in v] for k, v in runs.items()}
 
     def detail(k: str) -> dict[str, object]:
-        return {"rounds_rps": [round(r.rps) for r in runs[k]],
-                "rounds_cpu_ms": [round(r.cpu_per_request_ms, 3) for r in runs[k]],
-                "rounds_other_cores": [round(r.other_cores, 2) for r in runs[k]],
-                "set_aside_rps": [round(r.rps) for r in set_aside[k]],
-                "set_aside_other_cores": [round(r.other_cores, 2) for r in set_aside[k]]}
-
-    def spread(k: str) -> str:
-        values = [r.rps for r in runs[k]]
-        return f"{min(values):,.0f}-{max(values):,.0f}"
+        return {"rounds_other_cores": [round(r.other_cores, 2) for r in runs[k]],
+                "rounds_loadgen_cores": [round(r.result.loadgen_cores, 2) for r in runs[k]]}
 
     sec = Section(f"A2. HTTP throughput, {procs * conns} kept-alive connections ({procs} load processes x "
-                  f"{conns}), median of {rounds} x {duration:g} s per target, interleaved")
-    sec.add(Row("floor", rps["floor"], "req/s", detail=detail("floor")))
-    sec.add(ratio_row("direct", rps["direct"], "req/s", rps["floor"], "floor", **detail("direct")))
-    sec.add(ratio_row("gateway -> volume", rps["gateway"], "req/s", rps["floor"], "floor", **detail("gateway")))
-    sec.add(ratio_row("gateway -> volume vs direct", rps["gateway"], "req/s", rps["direct"], "direct", min_ratio=0.7))
-    sec.add(ratio_row("gateway -> floor", rps["gw_floor"], "req/s", rps["floor"], "floor", **detail("gw_floor")))
-    sec.add(ratio_row("floor under the gateway's settings (gevent)", rps["floor_gevent"], "req/s", rps["floor"],
-                      "floor", **detail("floor_gevent")))
-    sec.add(Row("server CPU per request: floor", cpu["floor"], "ms"))
-    sec.add(ratio_row("server CPU per request: direct", cpu["direct"], "ms", cpu["floor"], "floor"))
-    sec.add(ratio_row("server CPU per request: gateway + volume", cpu["gateway"], "ms", cpu["floor"], "floor"))
-    sec.add(ratio_row("server CPU per request: gateway + floor", cpu["gw_floor"], "ms", cpu["floor"], "floor"))
-    sec.add(ratio_row("server CPU per request: gevent floor", cpu["floor_gevent"], "ms", cpu["floor"], "floor"))
-    gw_only = chosen["gw_floor"].cpu_by_server_ms["wsgi"]
-    sec.add(ratio_row("gateway workers' CPU per request forwarded to the floor", gw_only, "ms", cpu["floor_gevent"],
-                      "gevent floor"))
-    sec.add(Row("load generator CPU (busiest run)", max(r.result.loadgen_cores for v in runs.values() for r in v),
-                "cores"))
-    sec.add(Row("other processes' CPU during the reported rounds (max)", max(r.other_cores for r in chosen.values()),
-                "cores"))
-    sec.notes.append("Range of requests/s over the rounds: " + "; ".join(
-        f"{tg[k].label} {spread(k)}" for k in tg) + ".")
-    sec.notes.append("Server CPU per request is the user+system CPU of the serving processes (gunicorn masters "
-                     "and workers) during the run divided by the requests completed; 2 cores in all.")
+                  f"{conns}), {rounds} rounds of {duration:g} s per target, targets in turn in every round")
+    sec.add(rounds_row("direct to a service", rps["direct"], "req/s", rps["floor"], "bare WSGI floor",
+                       **detail("direct")))
+    sec.add(rounds_row("through the gateway", rps["gateway"], "req/s", rps["floor"], "bare WSGI floor",
+                       **detail("gateway")))
+    sec.add(rounds_row("through the gateway vs direct", rps["gateway"], "req/s", rps["direct"], "direct",
+                       min_ratio=0.7))
+    sec.add(rounds_row("gateway -> bare WSGI floor", rps["gw_floor"], "req/s", rps["floor"], "bare WSGI floor",
+                       **detail("gw_floor")))
+    sec.add(rounds_row("server CPU per request, direct", cpu["direct"], "ms", cpu["floor"], "bare WSGI floor"))
+    sec.add(rounds_row("server CPU per request, gateway + service", cpu["gateway"], "ms", cpu["floor"],
+                       "bare WSGI floor"))
+    gw_only = [r.cpu_by_server_ms["wsgi"] for r in runs["gw_floor"]]
+    sec.add(rounds_row("gateway hop: gateway workers' CPU per request forwarded to the floor", gw_only, "ms",
+                       cpu["floor_gevent"], "gevent floor's CPU per request"))
+    sec.add(rounds_row("reference: floor under the gateway's settings (gevent)", rps["floor_gevent"], "req/s",
+                       rps["floor"], "bare WSGI floor", **detail("floor_gevent")))
+    sec.add(rounds_row("reference: load generator CPU", [r.result.loadgen_cores for v in runs.values() for r in v],
+                       "cores"))
+    sec.add(rounds_row("reference: other processes' CPU during a round", [r.other_cores for v in runs.values()
+                                                                           for r in v], "cores"))
+    sec.notes.append("No round is discarded. Server CPU per request is the user+system CPU of the serving "
+                     "processes (gunicorn masters and workers) during the run divided by the requests completed; "
+                     "2 cores in all.")
     return sec
 
 
@@ -263,8 +246,7 @@ def forwarding_section(stack: Stack, n: int, warmup: int, rounds: int = 5) -> Se
     port = stack.ports["floor"]
     makers = [_http_client, _service_proxy, _gateway_app, _urllib3, _requests]
     clients = [m(port) for m in makers]
-    cpu: dict[str, float] = {label: 0.0 for label, _ in clients}
-    wall: dict[str, float] = {label: 0.0 for label, _ in clients}
+    cpu: dict[str, list[float]] = {label: [] for label, _ in clients}
     try:
         for _, (hop, _close) in clients:
             for _ in range(warmup):
@@ -272,23 +254,18 @@ def forwarding_section(stack: Stack, n: int, warmup: int, rounds: int = 5) -> Se
         per_round = max(n // rounds, 1)
         for _ in range(rounds):
             for label, (hop, _close) in clients:
-                c0, w0 = time.process_time(), time.perf_counter()
+                c0 = time.process_time()
                 for _ in range(per_round):
                     hop()
-                cpu[label] += time.process_time() - c0
-                wall[label] += time.perf_counter() - w0
+                cpu[label].append((time.process_time() - c0) * 1000.0 / per_round)
     finally:
         for _, (_hop, close) in clients:
             close()
-    total = per_round * rounds
-    ms = {k: v * 1000.0 / total for k, v in cpu.items()}
     base_label = clients[0][0]
-    sec = Section(f"A3. Forwarding client: client-side CPU per hop to the floor server ({total} hops each, "
-                  f"time.process_time)")
-    sec.add(Row(base_label, ms[base_label], "ms", detail={"wall_ms": wall[base_label] * 1000.0 / total}))
+    sec = Section(f"A3. Forwarding client: client-side CPU per hop to the floor server ({rounds} rounds of "
+                  f"{per_round} hops each, clients in turn, time.process_time)")
     for label, _ in clients[1:]:
-        sec.add(ratio_row(label, ms[label], "ms", ms[base_label], "http.client",
-                          wall_ms=wall[label] * 1000.0 / total))
+        sec.add(rounds_row(label, cpu[label], "ms", cpu[base_label], base_label))
     sec.notes.append("The gateway forwards with shmooze.forward.ServiceProxy: a pool of kept-alive "
                      "sockets, one sendall per request, the answer read by its Content-Length; the "
                      "in-process gateway row is its whole WSGI app without gunicorn and gevent.")
@@ -297,9 +274,9 @@ def forwarding_section(stack: Stack, n: int, warmup: int, rounds: int = 5) -> Se
 
 def run(stack: Stack, quick: bool) -> list[Section]:
     """Every HTTP benchmark; fewer requests and shorter windows with ``quick``."""
-    n, warmup = (500, 100) if quick else (2000, 200)
-    duration, rounds = (2.0, 1) if quick else (3.0, 3)
-    hops = 1000 if quick else 3000
+    n, warmup = (600, 100) if quick else (1500, 200)
+    duration, rounds = (1.0, 3) if quick else (3.0, 3)
+    hops = 1000 if quick else 1500
     sections = []
     log.info("A1: one connection, %d requests per target", n)
     meter = ForeignMeter()
@@ -307,10 +284,10 @@ def run(stack: Stack, quick: bool) -> list[Section]:
     noise_note(sections[-1], meter)
     log.info("A2: throughput, %d x %g s per target", rounds, duration)
     meter = ForeignMeter()
-    sections.append(throughput_section(stack, 4, 4, duration, rounds, retries=0 if quick else 6))
+    sections.append(throughput_section(stack, 4, 4, duration, rounds))
     noise_note(sections[-1], meter)
     log.info("A3: forwarding clients, %d hops each", hops)
     meter = ForeignMeter()
-    sections.append(forwarding_section(stack, hops, 100))
+    sections.append(forwarding_section(stack, hops, 100, 3))
     noise_note(sections[-1], meter)
     return sections

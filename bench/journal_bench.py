@@ -10,28 +10,27 @@ would only dilute the difference), journal on and journal off in interleaved rou
   against adding the same N modules by hand (one ``add`` after the other, as a client would).
 
 Each figure: median with min-max over the rounds; ratios are of medians (journal on / off; goal
-<= 1.05x). Results also go to ``bench/journal_results.json``.
+<= 1.05x). Results also go to ``bench/results/journal.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for extra in (str(ROOT), str(ROOT / "pymodule")):
+for extra in (str(ROOT), str(ROOT / "pymodule"), str(ROOT / "bench")):
     if extra not in sys.path:
         sys.path.insert(0, extra)
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "pymodule"), os.environ.get("PYTHONPATH", "")])
 
+from common import Section, markdown, rounds_row, save_sections  # noqa: E402
 from shmooze.moduletype import ModuleType, python_module  # noqa: E402
 from shmooze.protocol import Command  # noqa: E402
 from shmooze.queue import Queue  # noqa: E402
@@ -116,10 +115,6 @@ def restore_round(count: int) -> dict[str, float]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def summary(values: list[float]) -> str:
-    return f"{statistics.median(values):.3g} ({min(values):.3g}-{max(values):.3g})"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="3 rounds, fewer modules")
@@ -135,23 +130,17 @@ def main() -> int:
             (on if journal_on else off).append(one_round(journal_on, pairs))
     restores = [restore_round(restore_count) for _ in range(rounds)]
 
-    print(f"\n### State journal cost (in-process queue; {rounds} interleaved rounds; median (min-max))\n")
-    print("| measure | journal off | journal on | ratio on/off (goal <= 1.05) |")
-    print("|---|---|---|---|")
-    out: dict[str, object] = {"rounds": rounds, "on": on, "off": off, "restore": restores}
-    for key, label in (("add_rm_ms", "add + rm, ms per pair"), ("mv_us", "mv (20 modules), us per command"),
-                       ("update_us", f"parameter updates ({FLOOD}), us per update")):
-        a, b = [x[key] for x in off], [x[key] for x in on]
-        ratio = statistics.median(b) / statistics.median(a)
-        out[f"ratio_{key}"] = ratio
-        print(f"| {label} | {summary(a)} | {summary(b)} | {ratio:.3f} |")
-    hand, back = [x["by_hand_s"] for x in restores], [x["restore_s"] for x in restores]
-    print(f"\n| {restore_count} modules | added by hand, one after the other | restored at start | ratio |")
-    print("|---|---|---|---|")
-    ratio = statistics.median(back) / statistics.median(hand)
-    out["ratio_restore"] = ratio
-    print(f"| seconds to all running | {summary(hand)} | {summary(back)} | {ratio:.2f} |")
-    Path(__file__).with_name("journal_results.json").write_text(json.dumps(out, indent=2) + "\n")
+    sec = Section(f"State journal cost (in-process queue; {rounds} rounds, on and off interleaved, the order "
+                  "alternating)")
+    for key, label, unit in (("add_rm_ms", "add + rm, per pair", "ms"), ("mv_us", "mv (20 modules), per command", "us"),
+                             ("update_us", f"parameter updates ({FLOOD}), per update", "us")):
+        sec.add(rounds_row(f"journal on: {label}", [x[key] for x in on], unit, [x[key] for x in off], "journal off",
+                           max_ratio=1.05 if key == "update_us" else None))
+    sec.add(rounds_row(f"{restore_count} modules restored at start, until all running",
+                       [x["restore_s"] for x in restores], "s", [x["by_hand_s"] for x in restores],
+                       "added by hand one after the other"))
+    sys.stdout.write(markdown(sec) + "\n")
+    save_sections("journal", [sec], opts.quick, rounds_on=on, rounds_off=off, restore=restores)
     return 0
 
 

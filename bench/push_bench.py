@@ -8,31 +8,31 @@ works), ``static_path`` = examples/jukebox/static. Measured, in order:
 
 1. latency with 1 watcher: a ``stamp`` module sets ``{"seq", "sent": time.time()}`` every 50 ms; each
    watcher (bare sockets on one epoll, bench/push_wire.py) takes the kernel's arrival time of the
-   frame that carried it (SO_TIMESTAMPNS, same clock) minus ``sent``. Floor, measured on the same
-   events at the same time: a client long-polling the queue's ``changes`` straight at its port
-   (bench/push_floor.py, its own process): module -> service -> HTTP answer, no gateway. The gap
-   between the two is what the gateway's hop, fan-out and WebSocket framing add;
+   frame that carried it (SO_TIMESTAMPNS, same clock) minus ``sent``. Floor, in rounds interleaved
+   with ours (3 by default): a plain `websockets` server broadcasting the same change message to the
+   same kind of watchers (bench/push_broadcast_floor.py, its own process);
 2. gateway memory per watcher: RSS (and USS) of the gateway's workers before, and with N (1,000)
    idle subscribed watchers, divided by N;
-3. latency with N watchers, as in 1, on those same connections (floor measured alongside again);
+3. latency with N watchers, as in 1, on those same connections, the floor with N watchers of its own;
 4. requests per minute of an idle jukebox page in headless Chromium (Playwright), counted with
    ``page.on("request")`` over an idle window while a stamp module pushes 10 events/s; target 0 while
-   the WebSocket is up (the original library polled every 50 ms: 1,200/min). In a full run, also the
-   same page with ``window.WebSocket`` removed (the long-polling fallback), for reference.
+   the WebSocket is up (the original library polled every 50 ms: 1,200/min, computed, not measured).
+   In a full run, also the same page with ``window.WebSocket`` removed (the long-polling fallback).
 
-Prints markdown tables; writes bench/push_results.json. Every process started is stopped by its pid.
+Prints markdown tables; writes bench/results/push.json. Every process started is stopped by its pid.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import FrameType
@@ -46,9 +46,9 @@ for _path in (str(ROOT / "pymodule"), str(ROOT), str(HERE)):
 
 import psutil  # noqa: E402
 
-from common import (PYTHON, Row, Section, child_env, fmt, limit_row, markdown, percentile, ratio_row,  # noqa: E402
-                    setup_logging)
-from push_stack import MachineMeter, MiniStack, describe_load, raise_nofile, reap_own_descendants  # noqa: E402
+from common import (PYTHON, Row, Section, child_env, free_port, markdown, percentile,  # noqa: E402
+                    rounds_row, save_sections, setup_logging)
+from push_stack import MachineMeter, MiniStack, raise_nofile, reap_own_descendants  # noqa: E402
 from push_wire import Fleet, StampLog  # noqa: E402
 
 log = logging.getLogger("bench.push")
@@ -75,11 +75,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--watchers", type=int, default=0, help="watchers in the big run (default 1000, quick 200)")
     p.add_argument("--workers", type=int, default=2, help="gateway workers (gateway_workers; default 2)")
     p.add_argument("--interval", type=float, default=0.05, help="seconds between stamps (default 0.05)")
-    p.add_argument("--seconds", type=float, default=0, help="length of each latency window (default 20, quick 5)")
+    p.add_argument("--seconds", type=float, default=0, help="length of each latency window (default 8, quick 3)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of shmooze and the floor, interleaved (default 3)")
     p.add_argument("--idle", type=float, default=0, help="idle page window in seconds (default 10, quick 5)")
     p.add_argument("--no-browser", action="store_true", help="skip the Chromium idle-page measure")
-    p.add_argument("--out", type=Path, default=HERE / "push_results.json")
-    p.add_argument("--budget", type=int, default=0, help="hard limit in seconds (default 120 quick, 240 full)")
+    p.add_argument("--budget", type=int, default=0, help="hard limit in seconds (default 180 quick, 360 full)")
     return p.parse_args(argv)
 
 
@@ -139,20 +139,34 @@ def subscribe(fleet: Fleet, deadline: float) -> int:
 
 # -- measures -----------------------------------------------------------------------------------
 
+def _phase_result(stamps: StampLog, fleet: Fleet, machine: dict[str, Any], cpu: dict[str, float]) -> dict[str, Any]:
+    expected = len(stamps.seqs)
+    return {
+        "watchers": len(fleet.watchers),
+        "watchers_open_at_end": fleet.open_count(),
+        "closed_by_server": fleet.closed_by_server,
+        "stamps_in_window": expected,
+        "arrivals": len(stamps.kernel),
+        "arrivals_expected": expected * len(fleet.watchers),
+        "watchers_with_every_stamp": sum(1 for c in stamps.per_watcher if c == expected),
+        "latency_ms": ms_stats(stamps.kernel),
+        "latency_user_ms": ms_stats(stamps.user),
+        "module_to_service_ms": ms_stats(list(stamps.publish.values())),
+        "kernel_timestamps": fleet.timestamps,
+        "machine": machine,
+        "cpu_core_share": cpu,
+    }
+
+
 def latency_phase(stack: MiniStack, fleet: Fleet, seconds: float, interval: float) -> dict[str, Any]:
-    """A stamp module speaks every ``interval`` s; the fleet and the floor poller record arrivals."""
-    n = len(fleet.watchers)
+    """A stamp module speaks every ``interval`` s; the fleet records arrivals through the gateway."""
     uid = stack.call("queue", "add", type="stamp", args={"interval": interval})["uid"]
-    floor_proc = None
     try:
         fleet.run(1.0, None)  # warm up: the module is playing and events flow
         start = time.time() + 0.5
         end = start + seconds
         run_for = end - time.time() + 1.0  # a second more for the last ones to arrive
-        floor_proc = subprocess.Popen(
-            [PYTHON, str(HERE / "push_floor.py"), str(stack.ports["queue"]), f"{run_for + 0.5:.3f}", repr(start),
-             repr(end)], env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        stamps = StampLog(start, end, n)
+        stamps = StampLog(start, end, len(fleet.watchers))
         workers = stack.gateway_workers()
         service = [psutil.Process(stack.worker_pid("queue"))]
         me = [psutil.Process()]
@@ -161,40 +175,59 @@ def latency_phase(stack: MiniStack, fleet: Fleet, seconds: float, interval: floa
         fleet.run(run_for, stamps.on_text)
         machine = meter.read()
         cpu1 = (cpu_of(workers), cpu_of(service), cpu_of(me), time.monotonic())
-        out, err = floor_proc.communicate(timeout=30)
-        if floor_proc.returncode != 0:
-            raise RuntimeError(f"the floor poller failed: {err.decode(errors='replace')[-1000:]}")
-        floor = json.loads(out)
     finally:
-        if floor_proc is not None and floor_proc.poll() is None:
-            floor_proc.kill()
-            floor_proc.wait(5)
         stack.call("queue", "rm", uids=[uid])
     wall = cpu1[3] - cpu0[3]
-    expected = len(stamps.seqs)
-    open_now = fleet.open_count()
-    complete = sum(1 for c in stamps.per_watcher if c == expected)
-    return {
-        "watchers": n,
-        "watchers_open_at_end": open_now,
-        "closed_by_server": fleet.closed_by_server,
-        "interval_s": interval,
-        "window_s": seconds,
-        "stamps_in_window": expected,
-        "arrivals": len(stamps.kernel),
-        "arrivals_expected": expected * n,
-        "watchers_with_every_stamp": complete,
-        "latency_ms": ms_stats(stamps.kernel),
-        "latency_user_ms": ms_stats(stamps.user),
-        "module_to_service_ms": ms_stats(list(stamps.publish.values())),
-        "floor_ms": ms_stats(floor["kernel_ms"]),
-        "floor_user_ms": ms_stats(floor["user_ms"]),
-        "floor_polls": floor["polls"],
-        "kernel_timestamps": fleet.timestamps and floor["timestamps"],
-        "machine": machine,
-        "cpu_core_share": {"gateway_workers": (cpu1[0] - cpu0[0]) / wall, "queue_service": (cpu1[1] - cpu0[1]) / wall,
-                           "bench_client": (cpu1[2] - cpu0[2]) / wall},
-    }
+    out = _phase_result(stamps, fleet, machine, {"server": (cpu1[0] - cpu0[0]) / wall,
+                                                 "queue_service": (cpu1[1] - cpu0[1]) / wall,
+                                                 "bench_client": (cpu1[2] - cpu0[2]) / wall})
+    out["sample"] = stamps.sample.decode() if stamps.sample else None
+    return out
+
+
+class BroadcastFloor:
+    """bench/push_broadcast_floor.py in its own process: a plain `websockets` server broadcasting stamps."""
+
+    def __init__(self, sample: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="shmooze-push-floor-"))
+        (self.dir / "sample.json").write_text(sample)
+        self.port = free_port()
+        self.proc = subprocess.Popen([PYTHON, str(HERE / "push_broadcast_floor.py"), str(self.port),
+                                      str(self.dir / "sample.json")], env=child_env(), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=open(self.dir / "stderr.log", "wb"),
+                                     start_new_session=True)
+        if self.proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"the broadcast floor did not start: {(self.dir / 'stderr.log').read_text()[-1000:]}")
+
+    def phase(self, fleet: Fleet, seconds: float, interval: float) -> dict[str, Any]:
+        """The same window as :func:`latency_phase`, the stamps coming from the floor server."""
+        start = time.time() + 0.5
+        end = start + seconds
+        stamps = StampLog(start, end, len(fleet.watchers))
+        server = [psutil.Process(self.proc.pid)]
+        me = [psutil.Process()]
+        self.proc.stdin.write(f"stamp {interval} {seconds + 1.5}\n".encode())  # 0.5 s before, 1 s after
+        self.proc.stdin.flush()
+        cpu0 = (cpu_of(server), cpu_of(me), time.monotonic())
+        meter = MachineMeter()
+        fleet.run(seconds + 1.5 + 0.5, stamps.on_text)
+        machine = meter.read()
+        cpu1 = (cpu_of(server), cpu_of(me), time.monotonic())
+        if not self.proc.stdout.readline().startswith(b"done"):
+            raise RuntimeError("the broadcast floor did not finish its window")
+        wall = cpu1[2] - cpu0[2]
+        return _phase_result(stamps, fleet, machine, {"server": (cpu1[0] - cpu0[0]) / wall,
+                                                      "bench_client": (cpu1[1] - cpu0[1]) / wall})
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc.stdout.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def memory_phase(stack: MiniStack, fleet: Fleet, n: int, deadline: float) -> dict[str, Any]:
@@ -286,49 +319,48 @@ def _watch_page(browser: Any, url: str, idle: float, init_script: str | None) ->
 
 def build_sections(res: dict[str, Any]) -> list[Section]:
     sections = []
-    lat = Section("Push latency: module set_parameters -> change event at each WebSocket watcher")
-    for key, label in (("one", "1 watcher"), ("many", None)):
-        phase = res.get(key)
-        if not phase:
+    rounds = res["rounds"]
+    lat = Section(f"Push latency: module set_parameters -> change event at each WebSocket watcher ({rounds} rounds "
+                  f"of {res['window_s']:g} s, shmooze and the broadcast floor in turn)")
+    for key in ("one", "many"):
+        phases, floors = res.get(key), res.get(f"{key}_floor")
+        if not phases:
             continue
-        label = label or f"{phase['watchers']:,} watchers"
-        value, floor = phase["latency_ms"], phase["floor_ms"]
-        floor_label = "direct long poll"
-        lat.add(ratio_row(f"{label}: p50", value["p50"], "ms", floor["p50"], floor_label))
-        if key == "many":
-            lat.add(limit_row(f"{label}: p99", value["p99"], "ms", at_most=P99_TARGET_MS, floor=floor["p99"],
-                              floor_label=floor_label))
-        else:
-            lat.add(ratio_row(f"{label}: p99", value["p99"], "ms", floor["p99"], floor_label))
-        lat.add(Row(f"{label}: max", value["max"], "ms", floor["max"], floor_label))
-        lat.add(Row(f"{label}: arrivals (of stamps x watchers)", phase["arrivals"], "count",
-                    compare=f"{phase['arrivals']:,} of {phase['arrivals_expected']:,}; "
-                            f"{phase['watchers_with_every_stamp']:,}/{phase['watchers']:,} watchers got every stamp",
-                    verdict="pass" if phase["arrivals"] == phase["arrivals_expected"] else "FAIL"))
-        mts = phase["module_to_service_ms"]
-        lat.add(Row(f"{label}: module -> service publish, p50 / p99", mts.get("p50"), "ms",
-                    compare=f"p99 {fmt(mts.get('p99'), 'ms')} (part of both value and floor)"))
-        cpu = phase["cpu_core_share"]
-        lat.add(Row(f"{label}: CPU (share of one core)", cpu["gateway_workers"] * 100, "%",
-                    compare=f"gateway workers; queue service {cpu['queue_service'] * 100:.0f} %, "
-                            f"benchmark client {cpu['bench_client'] * 100:.0f} %"))
-        m = phase["machine"]
-        lat.add(Row(f"{label}: other processes on the machine", m["others_cores"], "cores",
-                    compare=describe_load(m), verdict="info" if m["others_cores"] < 0.25 else "busy"))
+        n = phases[0]["watchers"]
+        label = "1 watcher" if n == 1 else f"{n:,} watchers"
+        floor_label = "plain websockets broadcast"
+        for q in ("p50", "p99"):
+            extra = {"at_most": P99_TARGET_MS} if key == "many" and q == "p99" else {}
+            lat.add(rounds_row(f"{label}: {q}", [p["latency_ms"][q] for p in phases], "ms",
+                               [f["latency_ms"][q] for f in floors], floor_label, **extra))
+        lat.add(rounds_row(f"{label}: max", [p["latency_ms"]["max"] for p in phases], "ms",
+                           [f["latency_ms"]["max"] for f in floors], floor_label))
+        got, expected = sum(p["arrivals"] for p in phases), sum(p["arrivals_expected"] for p in phases)
+        f_got, f_expected = sum(f["arrivals"] for f in floors), sum(f["arrivals_expected"] for f in floors)
+        lat.add(Row(f"{label}: arrivals (of stamps x watchers, all rounds)", got, "count", f_got, floor_label,
+                    compare=f"{got:,} of {expected:,}; floor {f_got:,} of {f_expected:,}",
+                    verdict="pass" if got == expected else "FAIL"))
+        lat.add(rounds_row(f"{label}: reference: module -> service publish, p50",
+                           [p["module_to_service_ms"].get("p50", 0.0) for p in phases], "ms"))
+        lat.add(rounds_row(f"{label}: server CPU (share of one core)", [p["cpu_core_share"]["server"] * 100
+                                                                        for p in phases], "%",
+                           [f["cpu_core_share"]["server"] * 100 for f in floors], floor_label))
+        lat.add(rounds_row(f"{label}: reference: other processes on the machine",
+                           [p["machine"]["others_cores"] for p in phases], "cores",
+                           [f["machine"]["others_cores"] for f in floors], "during the floor's rounds"))
     lat.notes.append(
         "Value: kernel arrival time (SO_TIMESTAMPNS) of the WebSocket frame minus the module's time.time() "
-        "when it set the parameter, one sample per (watcher, stamp); stamps every "
-        f"{res['interval_s'] * 1000:.0f} ms over {res['window_s']:g} s. Floor: the same stamps, long-polled "
-        "with the service's `changes` command straight at the queue's port (no gateway) in a separate "
-        "process at the same time: the cost of module -> service -> HTTP answer, which the gateway's own "
-        "long poll also pays. Value - floor = the gateway's hop plus fan-out plus WebSocket framing. "
-        "'other processes' is CPU taken by processes that are not this benchmark's (the machine is shared): "
-        "when it is high ('busy'), the latencies include waiting for a core.")
+        f"when it set the parameter, one sample per (watcher, stamp); stamps every {res['interval_s'] * 1000:.0f} "
+        "ms. Floor: a plain `websockets` server (bench/push_broadcast_floor.py, its own process) broadcasting "
+        "the same change message (same size and shape, its own time.time() as the stamp) to the same kind of "
+        "clients on this machine, in rounds interleaved with ours: what any Python WebSocket fan-out costs. "
+        "Ours also pays module -> service -> gateway (the publish row). Server CPU: the gateway's workers, or "
+        "the floor server. 'other processes' is CPU taken by processes that are not this benchmark's.")
     sections.append(lat)
 
     mem = res.get("memory")
     if mem:
-        sec = Section(f"Gateway memory: {mem['watchers']:,} idle subscribed watchers")
+        sec = Section(f"Gateway memory: {mem['watchers']:,} idle subscribed watchers (one measurement)")
         sec.add(Row("RSS of the gateway workers before", mem["before"]["rss"] / 2**20, "MiB",
                     compare=f"{mem['workers']} workers; USS {mem['before']['uss'] / 2**20:.1f} MiB"))
         sec.add(Row(f"RSS with {mem['watchers']:,} watchers", mem["with"]["rss"] / 2**20, "MiB",
@@ -345,10 +377,10 @@ def build_sections(res: dict[str, Any]) -> list[Section]:
             sec.notes.append(f"skipped: {page['skipped']}")
         else:
             ws = page["websocket"]
-            sec.add(limit_row("requests/min while the WebSocket is up", ws["requests_per_min"], "req/min",
-                              at_most=0, floor=None, floor_label="",
-                              reference=f"{ORIGINAL_POLL_PER_MIN:.0f}/min (original 50 ms polling)"))
-            sec.rows[-1].compare += f"; the original library's 50 ms polling: {ORIGINAL_POLL_PER_MIN:,.0f}/min"
+            sec.add(rounds_row("requests/min while the WebSocket is up (one window)", [ws["requests_per_min"]],
+                               "req/min", at_most=0))
+            sec.rows[-1].compare += (f"; the original library: {ORIGINAL_POLL_PER_MIN:,.0f}/min, computed from its "
+                                     "50 ms polling loop, not measured")
             sec.add(Row("change frames pushed to the page", ws["ws_frames_received_per_min"], "frames/min",
                         compare=f"{ws['requests_at_load']} requests at load; {ws['websockets_opened']} WebSocket(s); "
                                 f"frames sent by the page {ws['ws_frames_sent_per_min']:.0f}/min"))
@@ -367,9 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     setup_logging()
     n = opts.watchers or (200 if opts.quick else 1000)
-    seconds = opts.seconds or (5.0 if opts.quick else 20.0)
+    seconds = opts.seconds or (3.0 if opts.quick else 8.0)
+    rounds = opts.rounds
     idle = opts.idle or (5.0 if opts.quick else 10.0)
-    budget = opts.budget or (120 if opts.quick else 240)
+    budget = opts.budget or (180 if opts.quick else 360)
     nofile = raise_nofile(max(20000, 2 * n + 1000))
     if nofile < n + 200:
         log.error("RLIMIT_NOFILE %d is too low for %d watchers", nofile, n)
@@ -379,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     t0 = time.monotonic()
     res: dict[str, Any] = {"quick": opts.quick, "interval_s": opts.interval, "window_s": seconds,
-                           "gateway_workers": opts.workers}
+                           "gateway_workers": opts.workers, "rounds": rounds}
     fleet: Fleet | None = None
     try:
         services = {"queue": "push_apps:make_queue", "pool": "jukebox.app:make_pool",
@@ -388,17 +421,39 @@ def main(argv: list[str] | None = None) -> int:
                  "app_name": "shmooze jukebox (push bench)", "gateway_workers": opts.workers,
                  "gateway_connections": max(4000, n + 500)}
         with MiniStack(services, "shmooze-push-", extra) as stack:
-            log.info("1 watcher, %g s", seconds)
             fleet = Fleet(stack.ports["wsgi"])
             fleet.connect(1, time.monotonic() + 10)
             subscribe(fleet, time.monotonic() + 10)
-            res["one"] = latency_phase(stack, fleet, seconds, opts.interval)
-            fleet.close()
-            log.info("memory: %d idle watchers", n)
-            fleet = Fleet(stack.ports["wsgi"])
-            res["memory"] = memory_phase(stack, fleet, n, time.monotonic() + 60)
-            log.info("%d watchers, %g s", n, seconds)
-            res["many"] = latency_phase(stack, fleet, seconds, opts.interval)
+            log.info("sample change message, 1 s")
+            sample = latency_phase(stack, fleet, 1.0, opts.interval)["sample"]
+            if not sample:
+                raise RuntimeError("no stamp event reached the watcher")
+            floor = BroadcastFloor(sample)
+            floor_fleet = Fleet(floor.port)
+            try:
+                floor_fleet.connect(1, time.monotonic() + 10)
+                res["one"], res["one_floor"] = [], []
+                for r in range(rounds):
+                    log.info("round %d of %d: 1 watcher, shmooze then the broadcast floor, %g s each", r + 1,
+                             rounds, seconds)
+                    res["one"].append(latency_phase(stack, fleet, seconds, opts.interval))
+                    res["one_floor"].append(floor.phase(floor_fleet, seconds, opts.interval))
+                fleet.close()
+                floor_fleet.close()
+                log.info("memory: %d idle watchers", n)
+                fleet = Fleet(stack.ports["wsgi"])
+                res["memory"] = memory_phase(stack, fleet, n, time.monotonic() + 60)
+                floor_fleet = Fleet(floor.port)
+                floor_fleet.connect(n, time.monotonic() + 60)
+                res["many"], res["many_floor"] = [], []
+                for r in range(rounds):
+                    log.info("round %d of %d: %d watchers, shmooze then the broadcast floor, %g s each", r + 1,
+                             rounds, n, seconds)
+                    res["many"].append(latency_phase(stack, fleet, seconds, opts.interval))
+                    res["many_floor"].append(floor.phase(floor_fleet, seconds, opts.interval))
+            finally:
+                floor_fleet.close()
+                floor.close()
             fleet.close()
             fleet = None
             if not opts.no_browser:
@@ -417,11 +472,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(markdown(section) + "\n")
     sys.stdout.flush()
     failed = [f"{s.title.split(':')[0]}: {r.measure}" for s in sections for r in s.rows if r.verdict == "FAIL"]
-    results = {"started": started, "environment": {"python": sys.version.split()[0], "platform": platform.platform(),
-                                                   "cpus": os.cpu_count()},
-               "results": res, "sections": [s.as_json() for s in sections], "failed_targets": failed}
-    opts.out.write_text(json.dumps(results, indent=2) + "\n")
-    log.info("done in %.0f s; results in %s; %d target(s) missed%s", res["duration_s"], opts.out, len(failed),
+    out = save_sections("push", sections, opts.quick, started=started, results=res, failed_targets=failed,
+                        environment={"python": sys.version.split()[0], "platform": platform.platform(),
+                                     "cpus": os.cpu_count()})
+    log.info("done in %.0f s; results in %s; %d target(s) missed%s", res["duration_s"], out, len(failed),
              f": {', '.join(failed)}" if failed else "")
     return 1 if failed else 0
 

@@ -1,4 +1,4 @@
-"""Bare-socket clients for the push benchmark: many WebSocket watchers on one epoll, and a long poller.
+"""Bare-socket clients for the push benchmark: many WebSocket watchers on one epoll, with their arrival times.
 
 Arrival times are the kernel's receive timestamps (``SO_TIMESTAMPNS``, CLOCK_REALTIME, the same clock
 as ``time.time()`` in the module), so the time this process takes to get round to a socket among a
@@ -283,6 +283,7 @@ class StampLog:
         self.per_watcher = [0] * watchers
         self.seqs: set[int] = set()
         self.late_messages = 0
+        self.sample: bytes | None = None  # one change message that carried a stamp, as it came
 
     def on_change_bytes(self, w: Watcher, payload: bytes, kernel: float, user: float) -> None:
         """A change message as bytes: stamps picked out with a regex (a full decode only as a fallback)."""
@@ -292,6 +293,8 @@ class StampLog:
         if not found:
             self.on_text(w, json.loads(payload), kernel, user)
             return
+        if self.sample is None:
+            self.sample = payload
         for published, seq_b, sent_b in found:
             sent = float(sent_b)
             if not self.start <= sent <= self.end:
@@ -321,60 +324,3 @@ class StampLog:
             if seq not in self.seqs:
                 self.seqs.add(seq)
                 self.publish[seq] = (ev.get("time", sent) - sent) * 1000.0
-
-
-# -- the floor: the service's own long poll, straight to its port -------------------------------
-
-def long_poll(port: int, seconds: float, start: float, end: float) -> dict[str, Any]:
-    """Long-poll ``changes`` on a service for ``seconds``; latencies of stamp events sent in [start, end]."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    stamps = enable_timestamps(sock)
-    buf = bytearray()
-
-    def ask(since: int, timeout: float) -> tuple[dict[str, Any], float, float]:
-        body = json.dumps({"cmd": "changes", "args": {"since": since, "timeout": timeout}}).encode()
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        kernel = user = 0.0
-        while True:
-            end_head = buf.find(b"\r\n\r\n")
-            if end_head >= 0:
-                head = bytes(buf[:end_head]).decode("latin-1").lower()
-                length = None
-                for line in head.split("\r\n")[1:]:
-                    name, _, value = line.partition(":")
-                    if name.strip() == "content-length":
-                        length = int(value)
-                if length is None:
-                    raise RuntimeError("the service answered without a Content-Length")
-                if len(buf) >= end_head + 4 + length:
-                    body_out = bytes(buf[end_head + 4:end_head + 4 + length])
-                    del buf[:end_head + 4 + length]
-                    return json.loads(body_out), kernel, user
-            data, kernel, user = recv_stamped(sock)
-            if not data:
-                raise ConnectionError("the service closed the long poll")
-            buf.extend(data)
-
-    kernel_ms: list[float] = []
-    user_ms: list[float] = []
-    polls = 0
-    try:
-        answer, _, _ = ask(0, 0)
-        version = answer["result"]["version"]
-        stop_at = time.monotonic() + seconds
-        while (left := stop_at - time.monotonic()) > 0:
-            answer, kernel, user = ask(version, min(20.0, max(0.1, left)))
-            polls += 1
-            result = answer["result"]
-            for ev in result.get("events", ()):
-                values = ev.get("set") or {}
-                sent = values.get("sent") if ev.get("kind") == "parameters" else None
-                if sent is not None and start <= sent <= end:
-                    kernel_ms.append((kernel - sent) * 1000.0)
-                    user_ms.append((user - sent) * 1000.0)
-            version = result["version"]
-    finally:
-        sock.close()
-    return {"kernel_ms": kernel_ms, "user_ms": user_ms, "polls": polls, "timestamps": stamps}

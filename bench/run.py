@@ -1,6 +1,6 @@
-"""Run every shmooze benchmark and print one markdown table per section; also write bench/results.json.
+"""The HTTP and module benchmarks: print one markdown table per section; also write bench/results/run.json.
 
-Usage: ``.venv/bin/python bench/run.py [--quick] [--only http|modules] [--out PATH]``
+Usage: ``.venv/bin/python bench/run.py [--quick] [--only http|modules]``
 
 Every process started here is stopped by its pid, even when a benchmark fails, and the
 whole run is bounded by an alarm (``--budget`` seconds).
@@ -9,7 +9,6 @@ whole run is bounded by an alarm (``--budget`` seconds).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -27,7 +26,7 @@ for _path in (str(HERE.parent / "pymodule"), str(HERE.parent), str(HERE)):
 
 import http_bench  # noqa: E402
 import module_bench  # noqa: E402
-from common import PYCACHE, Section, markdown, setup_logging  # noqa: E402
+from common import PYCACHE, Section, markdown, save_sections, setup_logging  # noqa: E402
 from stack import Stack  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -45,7 +44,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests and modules (under a minute)")
     parser.add_argument("--only", choices=("http", "modules"), help="run one group of benchmarks")
-    parser.add_argument("--out", type=Path, default=HERE / "results.json", help="where to write the JSON results")
     parser.add_argument("--budget", type=int, default=0, help="hard limit in seconds (default 150 quick, 420 full)")
     return parser.parse_args(argv)
 
@@ -62,7 +60,7 @@ def environment() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     setup_logging()
-    budget = opts.budget or (150 if opts.quick else 420)
+    budget = opts.budget or (300 if opts.quick else 900)
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(budget)
     started = time.time()
@@ -86,12 +84,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"noise to every figure)._\n")
     sys.stdout.flush()
     failed = [f"{s.title.split('.')[0]}: {r.measure}" for s in sections for r in s.rows if r.verdict == "FAIL"]
-    results = {"quick": opts.quick, "started": started, "duration_s": round(elapsed, 1),
-               "environment": environment(), "loadavg_before": load_before, "loadavg_after": load_after,
-               "sections": [s.as_json() for s in sections],
-               "failed_targets": failed}
-    opts.out.write_text(json.dumps(results, indent=2) + "\n")
-    log.info("done in %.0f s; results in %s; %d target(s) missed%s", elapsed, opts.out, len(failed),
+    out = save_sections("run", sections, opts.quick, started=started, duration_s=round(elapsed, 1),
+                        environment=environment(), loadavg_before=load_before, loadavg_after=load_after,
+                        failed_targets=failed)
+    log.info("done in %.0f s; results in %s; %d target(s) missed%s", elapsed, out, len(failed),
              f": {', '.join(failed)}" if failed else "")
     return 0
 

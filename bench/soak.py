@@ -18,7 +18,7 @@ compared with the start snapshot.
 Checks (exit status 1 if any fails): no unexpected error; the final queue holds exactly the
 staying modules that clients added and did not remove (no phantom, no lost, no leaver left); the
 WebSocket watcher saw every change version, without gap, up to the service's; no child, fd, thread
-or RSS growth beyond small bounds. Prints markdown tables; writes bench/soak_results.json.
+or RSS growth beyond small bounds. Prints markdown tables; writes bench/results/soak.json.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ for _path in (str(ROOT / "pymodule"), str(ROOT), str(HERE)):
 
 import psutil  # noqa: E402
 
-from common import Row, Section, markdown, percentile, setup_logging  # noqa: E402
+from common import RESULTS_DIR, Row, Section, markdown, percentile, setup_logging  # noqa: E402
 from push_stack import MachineMeter, MiniStack, describe_load, raise_nofile, reap_own_descendants  # noqa: E402
 from soak_apps import TYPES  # noqa: E402
 
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=0.0, help="warm-up seconds (default: seconds/6, 3 to 10)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="a 15 s soak (same checks)")
-    p.add_argument("--out", type=Path, default=HERE / "soak_results.json")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "soak.json")
     p.add_argument("--budget", type=int, default=0, help="hard limit in seconds (default seconds + 240)")
     opts = p.parse_args(argv)
     if opts.quick:
@@ -736,7 +736,8 @@ def report(opts: argparse.Namespace, res: dict[str, Any], ledger: Ledger, crashe
                failed_calls=dict(ledger.failed_calls), errors_expected=expected, errors_unexpected=unexpected,
                error_examples={f"{'expected' if e else 'UNEXPECTED'}: {k}": v for (e, k), v in ledger.examples.items()},
                crashed_clients=crashed, duration_s=round(time.monotonic() - t_start, 1))
-    out = {"started": started, "environment": {"python": sys.version.split()[0], "platform": platform.platform(),
+    opts.out.parent.mkdir(exist_ok=True)
+    out = {"name": "soak", "quick": opts.quick, "started": started, "environment": {"python": sys.version.split()[0], "platform": platform.platform(),
                                                "cpus": os.cpu_count()},
            "results": res, "sections": [s.as_json() for s in sections], "failed_checks": failed}
     opts.out.write_text(json.dumps(out, indent=2, default=str) + "\n")

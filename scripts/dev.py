@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -24,7 +25,8 @@ VENV = Path(os.environ.get("SHMOOZE_VENV", ROOT / ".venv"))
 BIN = VENV / "bin"
 
 
-#: Every benchmark, in the order `dev.py bench` runs them (each prints its tables; --quick shortens all).
+#: Every benchmark, in the order `dev.py bench` runs them (each prints its tables and saves them in
+#: bench/results/; --quick shortens all); bench/summary.py then joins them into bench/results.md.
 BENCHMARKS = ["run.py", "push_bench.py", "cmdlog_bench.py", "journal_bench.py", "containment_bench.py", "soak.py", "attack_bench.py"]
 
 
@@ -116,12 +118,19 @@ def main(argv: list[str]) -> int:
         ensure_chromium()
         return subprocess.call([str(BIN / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", *rest])
     if what == "bench":
-        ensure_venv("test")
+        ensure_venv("bench")  # circus, websockets and py-spy besides the test extras
         ensure_chromium()  # the idle-page row of the push benchmark loads the demo page
+        results = ROOT / "bench" / "results"
+        shutil.rmtree(results, ignore_errors=True)  # the summary is of this run only
+        started = time.monotonic()
         status = 0
         for script in BENCHMARKS:
             say(f"bench/{script} {' '.join(rest)}")
             status |= subprocess.call([str(BIN / "python"), str(ROOT / "bench" / script), *rest])
+        seconds = time.monotonic() - started
+        status |= subprocess.call([str(BIN / "python"), str(ROOT / "bench" / "summary.py"), "--seconds",
+                                   f"{seconds:.0f}"])
+        say(f"benchmarks done in {seconds / 60:.1f} min")
         return status
     sys.stderr.write(__doc__ or "")
     return 2

@@ -1,0 +1,57 @@
+"""The benchmarks' common table: median and min-max of the rounds, the floor's, the ratio, the target."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+try:
+    import common
+    import summary
+finally:
+    sys.path.remove(str(BENCH))
+
+
+def test_a_row_is_the_median_of_its_rounds_with_their_spread_and_the_ratio_of_medians() -> None:
+    row = common.rounds_row("stop 50 modules", [40.0, 30.0, 35.0], "ms", [20.0, 10.0, 14.0], "supervisord")
+    assert row.value == 35.0 and row.floor == 14.0
+    assert row.detail["ratio"] == pytest.approx(2.5)
+    assert common.table_line(row) == ("| stop 50 modules | 35.0 ms (30.0-40.0) | 14.0 ms (10.0-20.0) (supervisord) "
+                                      "| 2.50x |")
+
+
+def test_targets_on_the_ratio_or_on_the_median_say_pass_or_fail() -> None:
+    assert common.rounds_row("a", [3, 2, 4], "ms", [2, 2, 2], "floor", max_ratio=1.5).verdict == "pass"
+    failed = common.rounds_row("a", [3, 4, 4], "ms", [2, 2, 2], "floor", max_ratio=1.5)
+    assert failed.verdict == "FAIL" and common.table_line(failed).endswith("| 2.00x; target <= 1.5x: FAIL |")
+    assert common.rounds_row("p99", [60, 40, 45], "ms", at_most=50).verdict == "pass"
+    assert common.rounds_row("p99", [60, 55, 45], "ms", at_most=50).verdict == "FAIL"
+
+
+def test_one_round_has_no_spread_and_no_floor_leaves_the_column_empty() -> None:
+    assert common.table_line(common.rounds_row("memory", [19.0], "KiB")) == "| memory | 19.0 KiB |  |  |"
+
+
+def test_the_summary_keeps_rows_with_a_floor_or_target_from_every_saved_script(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(summary, "RESULTS_DIR", tmp_path)
+    section = common.Section("B5. Many modules (3 rounds)")
+    section.add(common.rounds_row("start 50", [1.0, 2.0, 3.0], "s", [2.0, 2.0, 4.0], "circus"))
+    section.add(common.rounds_row("reference: status", [7.0, 8.0, 9.0], "ms"))
+    common.save_sections("run", [section], quick=False)
+    common.save_sections("push", [common.Section("Push latency: x", [
+        common.rounds_row("p99", [40.0, 45.0, 60.0], "ms", at_most=50.0)])], quick=False)
+    lines = summary.summary_lines(summary.load())
+    assert lines[2:] == ["| B5. Many modules: start 50 | 2.00 s (1.00-3.00) | 2.00 s (2.00-4.00) (circus) | 1.00x |",
+                         "| Push latency: p99 | 45.0 ms (40.0-60.0) |  | target <= 50.0 ms: pass |"]
+    out = tmp_path / "results.md"
+    assert summary.main(["--out", str(out), "--seconds", "60"]) == 0
+    text = out.read_text()
+    assert "Full run" in text and "1.0 min in all" in text and "reference: status" in text
+    assert json.loads((tmp_path / "run.json").read_text())["sections"][0]["rows"][0]["rounds"] == [1.0, 2.0, 3.0]
