@@ -34,7 +34,7 @@ import psutil  # noqa: E402
 from wsproto.events import Ping, TextMessage  # noqa: E402
 
 from common import PYTHON, Proc, child_env, free_port, median, percentile, setup_logging  # noqa: E402
-from shmooze.websocket import WebSocketClient  # noqa: E402
+from tests.wsclient import WebSocketClient  # noqa: E402
 from tests.test_traffic import on_every_worker  # noqa: E402
 
 log = logging.getLogger("bench.attack")
