@@ -162,6 +162,10 @@ class _GunicornApp:
     def __new__(cls, loader: Callable[[], Any], options: dict[str, Any]) -> Any:
         from gunicorn.app.base import BaseApplication
 
+        from shmooze import onewrite
+
+        onewrite.install()
+
         class App(BaseApplication):
             def load_config(self) -> None:
                 for key, value in options.items():
