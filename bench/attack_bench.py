@@ -35,7 +35,7 @@ from wsproto.events import Ping, TextMessage  # noqa: E402
 
 from common import (PYTHON, Proc, Row, Section, child_env, free_port, markdown, median, percentile,  # noqa: E402
                     rounds_row, save_sections, setup_logging)
-from shmooze.websocket import WebSocketClient  # noqa: E402
+from tests.wsclient import WebSocketClient  # noqa: E402
 from tests.test_traffic import on_every_worker  # noqa: E402
 
 log = logging.getLogger("bench.attack")

@@ -340,7 +340,7 @@ class EventWatcher(threading.Thread):
         self.ready = threading.Event()
 
     def run(self) -> None:
-        from shmooze.websocket import WebSocketClient
+        from tests.wsclient import WebSocketClient
 
         try:
             ws = WebSocketClient.connect(self.url, timeout=10)

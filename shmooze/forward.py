@@ -1,7 +1,7 @@
 """The gateway's forwarding hop: kept-alive HTTP/1.1 connections to one local service.
 
 The hop is on every command's path, so it is lean: a small pool of open sockets,
-the request written in one ``sendall``, and the answer read by its
+the request written in one ``send``, and the answer read by its
 ``Content-Length`` (the peer is always gunicorn serving a shmooze service, which
 sends one). This costs about half of ``urllib3`` and a quarter of ``requests``
 (see bench/). Under gunicorn's gevent worker the sockets are cooperative, so a
@@ -213,7 +213,9 @@ class ServiceProxy:
             sent = False
             try:
                 conn.sock.settimeout(self.timeout)
-                conn.sock.sendall(request)
+                written = conn.sock.send(request)  # all of it, nearly always: no sendall (under gevent it
+                if written < len(request):  # asks the socket's buffer size first, one more system call)
+                    conn.sock.sendall(request[written:])
                 sent = True
                 reply, keep = conn.read_reply()
             except (socket.timeout, TimeoutError):

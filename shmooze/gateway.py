@@ -18,14 +18,16 @@ from werkzeug.utils import send_from_directory
 from werkzeug.wrappers import Request, Response
 
 from shmooze import protocol
+from shmooze.fanout import ServiceWatcher
 from shmooze.forward import ForwardError, ServiceProxy
 from shmooze.httpjson import JSONHTTPError, json_response, raw_json_response, read_command_body, serve_json_errors
 from shmooze.metrics import gateway_stats
-from shmooze.push import PushSession, ServiceWatcher, wait_for_changes_here
+from shmooze.longpoll import wait_for_changes_here
+from shmooze.push import PushSession
 from shmooze.service import Service, only_reads
 from shmooze.settings import STATIC_DIR, Settings
 from shmooze.slowbodies import READERS, gevent_sockets
-from shmooze.websocket import check_origin, host_name
+from shmooze.websocket import CLOSE_GOING_AWAY, check_origin, host_name
 
 log = logging.getLogger(__name__)
 mimetypes.add_type("text/javascript", ".mjs")
@@ -275,7 +277,8 @@ class Gateway:
             sessions.inc()
             try:
                 PushSession(ws, self.proxies, self.watchers, authorize, int(self.settings.ws_max_in_flight),
-                            int(self.settings.ws_outbox_bytes)).run()
+                            int(self.settings.ws_outbox_bytes),
+                            lambda service, items: self.declared[service].only_reads(items, ask=False)).run()
             finally:
                 sessions.dec()
                 self.sockets.discard(ws)
@@ -287,11 +290,11 @@ class Gateway:
                                   max_pings=int(s.ws_max_pings))
 
     def close_websockets(self) -> None:
-        """Tell every open WebSocket the gateway is going away (1001); browsers reconnect elsewhere."""
+        """Tell every open WebSocket the gateway is going away; browsers reconnect elsewhere."""
         import threading
 
         for ws in list(self.sockets):  # each close waits for its peer's answer: all at once
-            threading.Thread(target=ws.close, args=(1001, "gateway stopping"), daemon=True).start()
+            threading.Thread(target=ws.close, args=(CLOSE_GOING_AWAY, "gateway stopping"), daemon=True).start()
 
     def static(self, request: Request, subpath: str) -> Response:
         if request.method not in ("GET", "HEAD"):

@@ -180,7 +180,8 @@ class ModuleProcess:
             try:
                 self.proc = subprocess.Popen(
                     wrapped, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    env=env, cwd=self.type.cwd, start_new_session=True)
+                    env=env, cwd=self.type.cwd, start_new_session=True,
+                    bufsize=0)  # the pipes are read with os.read: no 8 KiB buffer each per module
             except OSError as exc:
                 raise CommandError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
             self.pid = self.box.pid = self.proc.pid

@@ -209,6 +209,10 @@ class _GunicornApp:
     def __new__(cls, loader: Callable[[], Any], options: dict[str, Any]) -> Any:
         from gunicorn.app.base import BaseApplication
 
+        from shmooze import onewrite
+
+        onewrite.install()
+
         class App(BaseApplication):
             def load_config(self) -> None:
                 for key, value in options.items():
@@ -282,6 +286,23 @@ def _die_with_master(server: Any, worker: Any) -> None:
         os._exit(1)
 
 
+def one_malloc_arena() -> None:
+    """Let a service's threads share one malloc arena (glibc gives each thread its own, up to 8 per
+    core): under the GIL they rarely allocate at once, and the arenas' scattered free space cost
+    about 5 KiB of RSS per module. Set with ``mallopt``, not ``MALLOC_ARENA_MAX``, so that the
+    modules the service starts keep the default."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "mallopt"):
+            libc.mallopt(-8, 1)  # M_ARENA_MAX
+    except OSError:
+        pass  # not glibc: nothing to tune
+
+
 def die_with_supervisord() -> None:
     """Under supervisord: if supervisord dies, even by SIGKILL, this service dies at once (and its
     workers and modules after it), so nothing keeps the ports and the next run starts clean."""
@@ -317,6 +338,7 @@ def serve(settings: Settings, name: str) -> None:
         return
 
     service_spec(settings, name)
+    one_malloc_arena()
 
     def load_service() -> Any:
         from shmooze.host import ModuleHost

@@ -1,4 +1,4 @@
-"""Server-side WebSockets inside a WSGI app, plus a small synchronous client.
+"""Server-side WebSockets inside a WSGI app.
 
 Built on wsproto (sans-I/O). The server side takes over the raw connection of a
 WSGI request: ``environ['gunicorn.socket']`` under gunicorn (meant for the
@@ -32,7 +32,6 @@ import json
 import logging
 import select
 import socket
-import ssl
 import struct
 import sys
 import threading
@@ -42,19 +41,15 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from wsproto import ConnectionType, WSConnection
+from wsproto import ConnectionType
 from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
-    AcceptConnection,
     BytesMessage,
     CloseConnection,
     Event,
     Message,
     Ping,
     Pong,
-    RejectConnection,
-    RejectData,
-    Request,
     TextMessage,
 )
 from wsproto.utilities import LocalProtocolError, generate_accept_token
@@ -92,7 +87,7 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 
-_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 
 Handler = Callable[["WebSocket"], Any]
 StartResponse = Callable[..., Any]
@@ -176,7 +171,7 @@ def _host_port(value: str, scheme: str) -> str | None:
         return None
     if ":" in host:
         host = f"[{host}]"
-    if port is None or port == _DEFAULT_PORTS.get(scheme):
+    if port is None or port == DEFAULT_PORTS.get(scheme):
         return host
     return f"{host}:{port}"
 
@@ -256,6 +251,25 @@ def _pollers() -> tuple[Callable[[], Any], Callable[[], Any]]:
     return select.poll, select.poll
 
 
+def _send_nowait(sock: socket.socket, data: bytes) -> int:
+    """Write what the socket takes now (0 when its buffer is full), never waiting.
+
+    A gevent socket is asked with ``timeout=0``; a standard socket with a timeout would poll
+    first (and wait), so it is polled here with no wait.
+    """
+    try:
+        if type(sock).__module__.startswith("gevent"):
+            return sock.send(data, 0, timeout=0.0)  # type: ignore[call-arg]
+        if sock.gettimeout() != 0.0:
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLOUT)
+            if not poller.poll(0):
+                return 0
+        return sock.send(data)
+    except BlockingIOError:
+        return 0
+
+
 def _let_others_run() -> None:
     """Yield to other greenlets (under gevent ``time.sleep`` is gevent's) or threads."""
     time.sleep(0)
@@ -277,7 +291,7 @@ def _wait_readable(sock: socket.socket, timeout: float | None) -> bool:
     return bool(poller.poll(None if timeout is None else timeout * 1000.0))
 
 
-class _Endpoint:
+class Endpoint:
     """Message framing, ping/pong and the close handshake shared by both sides.
 
     One greenlet (or thread) at a time reads; any number may :meth:`send`.
@@ -308,6 +322,7 @@ class _Endpoint:
         self._parts: list[str] = []
         self._size = 0
         self._pongs: deque[bytes] = deque(maxlen=16)
+        self._unsent = b""  # the end of a frame the socket took only part of (written before anything else)
         self._close_deadline = 0.0
         # Keep-alive and budgets; the server side sets them (None: off).
         self.ping_interval: float | None = None
@@ -440,8 +455,13 @@ class _Endpoint:
             self._write(data)
 
     def _write(self, data: bytes) -> None:
-        """Write bytes (send lock held): one plain ``send`` usually takes them all; a large
-        answer goes in pieces, letting other greenlets run between them."""
+        """Write bytes (send lock held), after the rest of a frame :meth:`WebSocket.offer` began: one
+        plain ``send`` usually takes them all; a large answer goes in pieces, letting other greenlets
+        run between them."""
+        if self._unsent:
+            data, self._unsent = self._unsent + data, b""
+        if not data:
+            return
         try:
             if len(data) <= WRITE_PIECE:
                 sent = self._sock.send(data)
@@ -609,7 +629,7 @@ def text_frame(text: str) -> bytes:
     return header + payload
 
 
-class WebSocket(_Endpoint):
+class WebSocket(Endpoint):
     """The server side of one WebSocket connection; make it with :meth:`accept`.
 
     ``send`` may be called from any greenlet while another one is in ``receive``.
@@ -677,11 +697,45 @@ class WebSocket(_Endpoint):
         return ws
 
     def send_frame(self, frame: bytes) -> None:
-        """Send a frame made by :func:`text_frame`; raises :class:`WebSocketClosed` when closed."""
+        """Send a frame made by :func:`text_frame` (or, with ``b""``, finish the one :meth:`offer`
+        began); raises :class:`WebSocketClosed` when closed."""
         with self._send_lock:
             if self._done.is_set() or self._conn.state is not ConnectionState.OPEN:
                 raise WebSocketClosed("websocket is closed")
             self._write(frame)
+
+    def offer(self, frame: bytes) -> bool:
+        """Send a frame made by :func:`text_frame` if that needs no waiting; True if it went.
+
+        False (nothing written) when another sender holds the connection or the socket's buffer
+        is full. When the socket takes only part of the frame, the rest is kept and written ahead
+        of anything else: :attr:`unsent` tells, ``send_frame(b"")`` finishes it. Never blocks,
+        so one publisher can offer a frame to thousands of connections in a row. Raises
+        :class:`WebSocketClosed` when closed.
+        """
+        if not self._send_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._done.is_set() or self._conn.state is not ConnectionState.OPEN:
+                raise WebSocketClosed("websocket is closed")
+            if self._unsent:
+                return False
+            try:
+                sent = _send_nowait(self._sock, frame)
+            except OSError as exc:
+                log.debug("websocket send failed: %s", exc)
+                self._abort()
+                raise WebSocketClosed(f"websocket send failed: {exc}") from exc
+            if sent and sent < len(frame):
+                self._unsent = frame[sent:]
+            return sent > 0
+        finally:
+            self._send_lock.release()
+
+    @property
+    def unsent(self) -> bool:
+        """True while the end of an offered frame waits to be written (``send_frame(b"")``)."""
+        return bool(self._unsent)
 
     def ping(self, payload: bytes = b"") -> None:
         """Send a ping (the pong is read by whoever is in :meth:`receive`)."""
@@ -797,97 +851,3 @@ def websocket_response(
 
     close_connection(start_response)  # what the peer sent after its last frame is not a request
     return finish_request(environ)
-
-
-# --------------------------------------------------------------------------- client
-
-
-class WebSocketClient(_Endpoint):
-    """A small blocking client for tests, benchmarks and command line watchers."""
-
-    _owns_socket = True
-
-    @classmethod
-    def connect(
-        cls,
-        url: str,
-        origin: str | None = None,
-        timeout: float = 10.0,
-        headers: Mapping[str, str] | None = None,
-        max_message_size: int = MAX_MESSAGE_BYTES,
-    ) -> WebSocketClient:
-        """Open ``ws://``/``wss://`` (or ``http(s)://``) ``url``; raises :class:`HandshakeError`.
-
-        ``timeout`` bounds the connect, the handshake and each send.
-        """
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in _DEFAULT_PORTS:
-            raise ValueError(f"not a websocket url: {url!r}")
-        secure = scheme in ("wss", "https")
-        host = parts.hostname or "localhost"
-        port = parts.port or _DEFAULT_PORTS[scheme]
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
-        if origin is not None:
-            extra.append((b"Origin", origin.encode("latin-1")))
-
-        sock = socket.create_connection((host, port), timeout=timeout)
-        try:
-            if secure:
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
-            ws = WSConnection(ConnectionType.CLIENT)
-            netloc = parts.netloc.rsplit("@", 1)[-1]
-            sock.sendall(ws.send(Request(host=netloc, target=target, extra_headers=extra)))
-            conn = cls._handshake(sock, ws)
-        except BaseException:
-            sock.close()
-            raise
-        client = cls(sock, conn, max_message_size=max_message_size)
-        client._process_events()  # frames that came with the 101
-        return client
-
-    @staticmethod
-    def _handshake(sock: socket.socket, ws: WSConnection) -> Connection:
-        status: int | None = None
-        body = bytearray()
-        while True:
-            data = sock.recv(RECV_BYTES)
-            if not data:
-                raise HandshakeError("connection closed during the handshake", status, bytes(body))
-            ws.receive_data(data)
-            for event in ws.events():
-                if isinstance(event, AcceptConnection):
-                    assert ws.connection is not None
-                    return ws.connection  # frames after the 101 stay buffered in it
-                if isinstance(event, RejectConnection):
-                    status = event.status_code
-                    if not event.has_body:
-                        raise HandshakeError(f"handshake rejected with {status}", status)
-                elif isinstance(event, RejectData):
-                    body += event.data
-                    if event.body_finished:
-                        text = bytes(body).decode("utf-8", "replace")
-                        raise HandshakeError(
-                            f"handshake rejected with {status}: {text}", status, bytes(body)
-                        )
-
-    def ping(self, payload: bytes = b"", timeout: float | None = 10.0) -> bool:
-        """Send a ping and wait for its pong (messages read meanwhile stay queued)."""
-        payload = bytes(payload)
-        self._send_event(Ping(payload=payload))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._recv_lock:
-            while payload not in self._pongs:
-                if self.closed:
-                    return False
-                if not self._read(_remaining(deadline)):
-                    return False
-            self._pongs.remove(payload)
-        return True
-
-    def __enter__(self) -> WebSocketClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from shmooze import ladder
 from shmooze.moduletype import ModuleType
 from shmooze.pool import Pool

@@ -24,9 +24,10 @@ import requests
 from wsproto.events import Ping
 
 from shmooze.forward import MAY_HAVE_RUN, ServiceProxy
-from shmooze.websocket import HandshakeError, WebSocketClient
+from shmooze.websocket import HandshakeError
 from tests.helpers import Stack, wait_for
 from tests.test_push import receive_json
+from tests.wsclient import WebSocketClient
 
 P99_BOUND = 0.5
 FAST = dict(

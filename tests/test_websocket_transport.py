@@ -22,10 +22,10 @@ from wsproto.utilities import generate_accept_token
 
 from shmooze.websocket import (
     HandshakeError,
-    WebSocketClient,
     check_origin,
     is_websocket_request,
 )
+from tests.wsclient import WebSocketClient
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = 1000
