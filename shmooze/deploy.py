@@ -204,7 +204,7 @@ def rpc(paths: RunPaths, timeout: float = 10.0) -> Any:
     if not paths.socket.exists():
         raise NotRunning(f"not running (no supervisord socket at {paths.socket})")
     transport = SupervisorTransport(None, None, f"unix://{paths.socket}")
-    transport.timeout = timeout  # type: ignore[attr-defined]
+    transport.timeout = timeout
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
 

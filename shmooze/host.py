@@ -175,6 +175,7 @@ class ModuleHost(Service):
             with self._lock:
                 pending = list(self._background_work)
             concurrent.futures.wait(pending)
+            assert self._watchdog and self.containment and self._commands_pool and self.loop  # booted
             self._watchdog.close()  # it sweeps what escaped the ladders, by cgroup and by token
             self.containment.close()
             self._commands_pool.shutdown(wait=False)
@@ -190,6 +191,7 @@ class ModuleHost(Service):
                 live = self._all_modules() + list(self._stopping.values())
                 managed = [m.pid for m in live if m.pid]
                 guard = self._watchdog
+                assert guard is not None and self.containment is not None  # the reaper starts after booting
                 if guard.proc.poll() is not None and not self._closing:
                     # The guard was killed: start another and tell it every module still here.
                     log.warning("%s: the orphan guard (pid %d) died; starting a new one", self.name, guard.proc.pid)
@@ -203,6 +205,7 @@ class ModuleHost(Service):
 
     def _watch(self, pgid: int) -> None:
         with self._lock:
+            assert self._watchdog is not None  # modules spawn only once the host has booted
             self._watchdog.watch(pgid)
 
     def _in_thread(self, fn: Any, *args: Any) -> concurrent.futures.Future:
@@ -295,6 +298,7 @@ class ModuleHost(Service):
             env = {OWNER_VAR: self._token, MODULE_VAR: uid}
             if restored is not None:
                 env["SHMOOZE_RESTORED"] = "1"
+            assert self.containment is not None and self.loop is not None  # booted above
             try:
                 box = self.containment.box(uid, Limits.of(mtype))
             except OSError as exc:
@@ -441,6 +445,7 @@ class ModuleHost(Service):
         """Send play/suspend orders concurrently; return the modules that failed them."""
         if not orders:
             return []
+        assert self._commands_pool is not None  # commands reach modules only once the host has booted
         futures = {self._commands_pool.submit(m.call, cmd): (m, cmd) for m, cmd in orders}
         failed = []
         for future, (module, cmd) in futures.items():
@@ -566,10 +571,11 @@ class ModuleHost(Service):
             log.exception("%s: after_restore failed", self.name)
 
     def _restore_entries(self, entries: list[Entry]) -> None:
+        assert self.journal is not None  # the entries come from it
         tables = {"module": self.types, "background": getattr(self, "backgrounds", {})}
         wanted, dropped = [], []
         for entry in entries:
-            mtype = tables.get(entry.get("kind"), {}).get(entry.get("type"))
+            mtype = tables.get(entry.get("kind", ""), {}).get(entry.get("type", ""))
             if mtype is None:
                 why = f"no {entry.get('kind')} type {entry.get('type')!r} any more"
             elif not mtype.restore:

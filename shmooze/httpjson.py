@@ -32,6 +32,8 @@ BODY_PIECE = 64 << 10
 class JSONHTTPError(HTTPException):
     """An HTTP error that renders itself as a JSON command answer."""
 
+    code: int  # always given here (Werkzeug's base class allows None)
+
     def __init__(self, code: int, message: str, headers: dict[str, str] | None = None, close: bool = False):
         super().__init__(message)
         self.code = code
@@ -40,7 +42,7 @@ class JSONHTTPError(HTTPException):
         #: Close the connection after answering (what is left of the request is never read).
         self.close = close
 
-    def get_response(self, environ: Any = None, scope: Any = None) -> Response:  # type: ignore[override]
+    def get_response(self, environ: Any = None, scope: Any = None) -> Response:
         return json_response(protocol.error(self.message), self.code, self.extra_headers)
 
 

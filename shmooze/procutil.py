@@ -180,7 +180,7 @@ def kill_group(pgid: int, sig: int) -> bool:
 
 def socket_inodes(pid: int) -> set[int]:
     """Inodes of the sockets a process has open (empty when /proc does not let us see)."""
-    out = set()
+    out: set[int] = set()
     try:
         names = os.listdir(f"/proc/{pid}/fd")
     except OSError:

@@ -140,9 +140,9 @@ class PushSession:
                     self.watchers[name].unsubscribe(self.subscriber)
             return _reply(mid, protocol.ok())
         service = msg.get("service")
-        proxy = self.proxies.get(service) if isinstance(service, str) else None
-        if proxy is None:
+        if not isinstance(service, str) or service not in self.proxies:
             return _reply(mid, protocol.error(f"no service named {protocol.short(service, 60)}"))
+        proxy = self.proxies[service]
         if "batch" in msg:
             body: Any = msg["batch"]
             if not isinstance(body, list):

@@ -764,7 +764,7 @@ def finish_request(environ: Mapping[str, Any]) -> Iterable[bytes]:
         if type(sock).__module__.split(".")[0] in ("gevent", "eventlet"):
             from gunicorn.workers.base_async import ALREADY_HANDLED
 
-            return ALREADY_HANDLED  # type: ignore[no-any-return]
+            return ALREADY_HANDLED
         raise StopIteration("websocket finished")
     if environ.get("werkzeug.socket") is not None:
         raise ConnectionError("websocket finished")
