@@ -1,8 +1,8 @@
 """The command log: every state-changing command and module update, in SQLite.
 
 Writes never slow a command down: :meth:`CommandLog.record` puts the row on an
-in-memory queue and returns; one writer thread inserts what has gathered in one
-transaction. Applications read history with :meth:`CommandLog.history`.
+in-memory queue and returns; one writer thread (:class:`shmooze.batchwriter.BatchWriter`)
+inserts what has gathered in one transaction. Applications read history with :meth:`CommandLog.history`.
 
 The log stays small: the writer deletes rows older than ``max_age`` seconds and,
 when the rows take more than ``max_bytes``, the oldest ones, checking after every
@@ -13,14 +13,15 @@ and modules leaving; modules' parameter updates only when asked (see
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import queue
 import sqlite3
-import threading
 import time
 from typing import Any
+
+from shmooze.batchwriter import BatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,6 @@ CREATE INDEX IF NOT EXISTS log_uid ON log (uid);
 CREATE INDEX IF NOT EXISTS log_time ON log (time);
 """
 
-_STOP = object()
-
 
 class CommandLog:
     """An append-only SQLite log, written by a background thread, pruned by age and size."""
@@ -57,18 +56,13 @@ class CommandLog:
         self.pruned = 0
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
-        db = self._connect(auto_vacuum=True)
-        try:
-            db.executescript(SCHEMA)
-        finally:
-            db.close()
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._written = threading.Condition()
-        self._enqueued = 0
-        self._done = 0
+        self._db = self._connect(auto_vacuum=True)  # the writer's connection (used on its thread only)
+        self._db.executescript(SCHEMA)
         self.dropped = 0
-        self._thread = threading.Thread(target=self._writer, name=f"{service}-cmdlog", daemon=True)
-        self._thread.start()
+        self._since_prune = 0
+        self._next_prune = 0.0
+        self._writer = BatchWriter(f"{service}-cmdlog", self._write,
+                                   timeout=lambda: max(0.01, self._next_prune - time.monotonic()), max_batch=5000)
 
     def _connect(self, auto_vacuum: bool = False) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
@@ -87,9 +81,7 @@ class CommandLog:
         except (TypeError, ValueError):
             self.dropped += 1
             return
-        with self._written:
-            self._enqueued += 1
-        self._queue.put(row)
+        self._writer.put(row)
 
     def prune(self, db: sqlite3.Connection) -> int:
         """Delete rows past the age limit, then the oldest rows while the rest take more than ``max_bytes``."""
@@ -109,71 +101,35 @@ class CommandLog:
             log.info("command log %s: pruned %d old row(s)", self.path, deleted)
         return deleted
 
-    def _writer(self) -> None:
-        db = self._connect()
-        since_prune = 0
-        next_prune = 0.0
-        try:
-            while True:
-                if since_prune >= self.prune_every or time.monotonic() >= next_prune:
-                    try:
-                        self.prune(db)
-                    except sqlite3.Error:
-                        log.exception("command log %s: pruning failed", self.path)
-                    since_prune, next_prune = 0, time.monotonic() + 60
-                try:
-                    first = self._queue.get(timeout=max(0.01, next_prune - time.monotonic()))
-                except queue.Empty:
-                    continue
-                if first is _STOP:
-                    return
-                rows = [first]
-                stop = False
-                while len(rows) < 5000:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stop = True
-                        break
-                    rows.append(item)
-                try:
-                    db.execute("BEGIN")
-                    db.executemany("INSERT INTO log (time, service, namespace, uid, type, cmd, input, output) "
-                                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                    db.execute("COMMIT")
-                except sqlite3.Error:
-                    log.exception("command log: %d row(s) lost", len(rows))
-                    self.dropped += len(rows)
-                    try:
-                        db.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                since_prune += len(rows)
-                with self._written:
-                    self._done += len(rows)
-                    self._written.notify_all()
-                if stop:
-                    return
-        finally:
-            db.close()
+    def _write(self, rows: list[Any], last: bool) -> None:
+        """On the writer thread: prune when due, insert ``rows`` in one transaction."""
+        if self._since_prune >= self.prune_every or time.monotonic() >= self._next_prune:
+            try:
+                self.prune(self._db)
+            except sqlite3.Error:
+                log.exception("command log %s: pruning failed", self.path)
+            self._since_prune, self._next_prune = 0, time.monotonic() + 60
+        if rows:
+            try:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT INTO log (time, service, namespace, uid, type, cmd, input, output) "
+                                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                log.exception("command log: %d row(s) lost", len(rows))
+                self.dropped += len(rows)
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            self._since_prune += len(rows)
+        if last:
+            self._db.close()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything recorded so far is on disk."""
-        deadline = time.monotonic() + timeout
-        with self._written:
-            target = self._enqueued
-            while self._done < target:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._thread.is_alive():
-                    return False
-                self._written.wait(remaining)
-        return True
+        return self._writer.flush(timeout)
 
     def close(self) -> None:
-        self._queue.put(_STOP)
-        self._thread.join(10)
+        self._writer.close()
 
     def history(self, limit: int = 20, type: str | None = None, cmd: str = "add") -> list[dict[str, Any]]:
         """Newest first: the ``cmd`` rows of this service (``add`` by default), optionally of one type."""

@@ -30,11 +30,11 @@ import hashlib
 import json
 import logging
 import os
-import queue
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from shmooze.batchwriter import BatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +149,7 @@ def read(path: str) -> tuple[list[Entry], str | None]:
 
 # -- writing ----------------------------------------------------------------------------
 
-_STOP = object()
-_SYNC = object()
+_SYNC = object()  # queued by flush(): write and fsync everything now
 
 
 class Journal:
@@ -187,21 +186,16 @@ class Journal:
         self._file: Any = None
         self._lines = 0
         self._rewrite()
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Parameter changes: the latest getter per uid, set without a lock or a wake-up (a dict store is
         # atomic), collected by the writer at most every params_interval.
         self._dirty: dict[str, Callable[[], dict[str, Any]]] = {}
         # ... and those of modules whose ``add`` has not reached the writer yet (kept a few seconds).
         self._unplaced: dict[str, tuple[Callable[[], dict[str, Any]], float]] = {}
         self._params_due = 0.0
-        self._written = threading.Condition()
-        self._enqueued = 0
-        self._done = 0
-        self.closed = False
         self.writes = 0
         self.compactions = 0
-        self._thread = threading.Thread(target=self._writer, name=f"{service}-journal", daemon=True)
-        self._thread.start()
+        self._writer = BatchWriter(f"{service}-journal", self._write_batch, timeout=self._idle_time,
+                                   gather=group_window)  # a burst gathers: one write and one fsync for all
 
     # -- what the service records (never blocks on the disk) ----------------------------
 
@@ -226,53 +220,36 @@ class Journal:
         if not self.closed:
             self._dirty[uid] = current
 
+    @property
+    def closed(self) -> bool:
+        return self._writer.closed
+
     def _put(self, item: Any) -> None:
-        if self.closed:
-            return
-        with self._written:
-            self._enqueued += 1
-        self._queue.put(item)
+        self._writer.put(item)
 
     # -- the writer thread ----------------------------------------------------------------
 
-    def _writer(self) -> None:
-        while True:
-            timeout = self.params_interval
-            if self._dirty or self._unplaced:
-                timeout = max(0.0, self._params_due - time.monotonic())
-            if self._unsynced:
-                timeout = min(timeout, max(0.0, self._synced_at + self.fsync_interval - time.monotonic()))
-            try:
-                item = self._queue.get(timeout=timeout)
-                if item is not _STOP and self.group_window:
-                    time.sleep(self.group_window)  # let a burst gather: one write and one fsync for all
-                items = [item]
-                while True:
-                    try:
-                        items.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-            except queue.Empty:
-                items = []
-            stop = any(i is _STOP for i in items)
-            now = stop or any(i is _SYNC for i in items)  # write and fsync everything now
-            items = [i for i in items if i is not _STOP]
-            try:
-                self._write([i for i in items if i is not _SYNC], flush_params=now or time.monotonic() >= self._params_due)
-                if self._unsynced and (now or time.monotonic() >= self._synced_at + self.fsync_interval):
-                    os.fsync(self._file.fileno())
-                    self._unsynced, self._synced_at = False, time.monotonic()
-            except Exception:
-                log.exception("%s journal %s: write failed; %d change(s) lost", self.service, self.path,
-                              len(items))
-            with self._written:
-                self._done += len(items)
-                self._written.notify_all()
-            if stop:
-                if self._file is not None:
-                    self._file.close()
-                    self._file = None
-                return
+    def _idle_time(self) -> float:
+        """How long the writer may wait for a change before parameters or an fsync are due."""
+        timeout = self.params_interval
+        if self._dirty or self._unplaced:
+            timeout = max(0.0, self._params_due - time.monotonic())
+        if self._unsynced:
+            timeout = min(timeout, max(0.0, self._synced_at + self.fsync_interval - time.monotonic()))
+        return timeout
+
+    def _write_batch(self, items: list[Any], last: bool) -> None:
+        now = last or any(i is _SYNC for i in items)  # write and fsync everything now
+        try:
+            self._write([i for i in items if i is not _SYNC], flush_params=now or time.monotonic() >= self._params_due)
+            if self._unsynced and (now or time.monotonic() >= self._synced_at + self.fsync_interval):
+                os.fsync(self._file.fileno())
+                self._unsynced, self._synced_at = False, time.monotonic()
+        except Exception:
+            log.exception("%s journal %s: write failed; %d change(s) lost", self.service, self.path, len(items))
+        if last and self._file is not None:
+            self._file.close()
+            self._file = None
 
     def _write(self, items: list[Any], flush_params: bool) -> None:
         records = []
@@ -335,27 +312,15 @@ class Journal:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every change recorded so far is written (parameters included)."""
-        deadline = time.monotonic() + timeout
         self._put(_SYNC)
-        with self._written:
-            target = self._enqueued
-            while self._done < target:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._thread.is_alive():
-                    return False
-                self._written.wait(min(remaining, 0.05))
-        return True
+        return self._writer.flush(timeout)
 
     def close(self) -> None:
         """Write what is pending and stop recording: later changes (the service stopping) are not kept."""
-        if self.closed:
-            return
-        self.closed = True
-        self._queue.put(_STOP)
-        self._thread.join(10)
+        self._writer.close()
 
     def status(self) -> dict[str, Any]:
-        return {"path": self.path, "modules": len(self._state.entries), "pending": self._enqueued - self._done,
+        return {"path": self.path, "modules": len(self._state.entries), "pending": self._writer.pending,
                 "writes": self.writes, "compactions": self.compactions, "recovered": len(self.recovered),
                 "problem": self.problem}
 
