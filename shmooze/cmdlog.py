@@ -50,12 +50,9 @@ class CommandLog:
                  prune_every: int = 10_000):
         self.path = path
         self.service = service
-        self.max_age = max_age
-        self.max_bytes = max_bytes
-        self.prune_every = prune_every
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.max_age, self.max_bytes, self.prune_every = max_age, max_bytes, prune_every  # see prune()
         self.pruned = 0
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
         self._db = self._connect(auto_vacuum=True)  # the writer's connection (used on its thread only)
         self._db.executescript(SCHEMA)
         self.dropped = 0
