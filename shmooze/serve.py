@@ -1,9 +1,8 @@
 """Serving: run a service or the gateway as its own daemon under gunicorn.
 
 A stateful service (one that holds modules) runs in exactly one gunicorn worker
-process with a pool of threads (gunicorn's ``gthread``, whose threads keep a busy connection:
-:mod:`shmooze.worker`): one process, so one copy of the state; threads, so a slow command never
-holds up the others. The port itself is
+process with a pool of threads (``gthread``): one process, so one copy of the
+state; threads, so a slow command never holds up the others. The port itself is
 the single-instance guard: a second copy cannot bind it.
 
 The gateway holds no state; it runs several ``gevent`` workers, so thousands of
@@ -248,7 +247,7 @@ def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:
                 "graceful_timeout": int(settings.get("gateway_stop_timeout", 3))}
     # A service holds state: exactly one worker process, with a pool of threads.
     # service_threads for commands that change state, read_threads more that only reads use.
-    return {**common, "workers": 1, "worker_class": "shmooze.worker.ServiceWorker",
+    return {**common, "workers": 1, "worker_class": "gthread",
             "threads": int(settings.service_threads) + int(settings.read_threads),
             "keepalive": max(1, int(settings.service_keepalive))}
 
