@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--big-rounds", type=int, default=3, help="rounds at --big watchers (default 3)")
     p.add_argument("--big-seconds", type=float, default=0, help="window at --big watchers (default 4, quick 2)")
     p.add_argument("--big-interval", type=float, default=0.25, help="seconds between stamps at --big (default 0.25)")
-    p.add_argument("--budget", type=int, default=0, help="hard limit in seconds (default 300 quick, 600 full)")
+    p.add_argument("--budget", type=int, default=0, help="hard limit in seconds (default 300 quick, 900 full)")
     return p.parse_args(argv)
 
 
@@ -267,6 +267,8 @@ def big_rounds(stack: MiniStack, floor: BroadcastFloor, res: dict[str, Any], n: 
     try:
         theirs = RemoteFleet(floor.port, n, subscribed=False)
         try:
+            ours.wait_ready()
+            theirs.wait_ready()
             time.sleep(1.0)  # idle: no change events flow
             after = memory_of(workers)
             before = res["memory"]["before"] if res.get("memory") else {"rss": 0, "uss": 0}
@@ -424,7 +426,7 @@ def build_sections(res: dict[str, Any]) -> list[Section]:
                            at_most=BIG_KIB_TARGET))
         sec.rows[-1].compare += (f"; USS {bm['per_watcher_uss_kib']:.1f} KiB; workers' RSS {bm['before_rss'] / 2**20:.0f}"
                                  f" MiB fresh, {bm['with_rss'] / 2**20:.0f} MiB with them; connections per worker "
-                                 f"{bm['per_worker_connections']}; connect {bm['connect_s']:.0f} s")
+                                 f"{bm['per_worker_connections']} (of {n:,}); connect {bm['connect_s']:.0f} s")
         sec.notes.append("Each fleet (the gateway's, the floor's) is its own client process (bench/push_fleet.py), "
                          "both connected throughout. Memory per watcher: the gateway workers' RSS with these "
                          "watchers subscribed and idle, minus their RSS when fresh (before any watcher of this "
@@ -475,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = opts.seconds or (3.0 if opts.quick else 8.0)
     rounds = opts.rounds
     idle = opts.idle or (5.0 if opts.quick else 10.0)
-    budget = opts.budget or (300 if opts.quick else 600)
+    budget = opts.budget or (300 if opts.quick else 900)
     big = opts.big if opts.big >= 0 else (1000 if opts.quick else 10000)
     big_seconds = opts.big_seconds or (2.0 if opts.quick else 4.0)
     nofile = raise_nofile(max(20000, 2 * n + 1000))

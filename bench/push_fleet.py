@@ -68,16 +68,20 @@ def local_window(fleet: Fleet, start: float, end: float, seconds: float) -> dict
 class RemoteFleet:
     """``n`` watchers of ``port`` in a child process (this file run as a script), stopped by its pid."""
 
-    def __init__(self, port: int, n: int, subscribed: bool, timeout: float = 180.0):
+    def __init__(self, port: int, n: int, subscribed: bool):
         argv = [PYTHON, str(Path(__file__).resolve()), str(port), str(n)] + (["subscribe"] if subscribed else [])
         self.n = n
         self.proc = subprocess.Popen(argv, env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      start_new_session=True)
         self.pid = self.proc.pid
+        self.port = port
+        self.connect_s = 0.0
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        """Wait until every watcher is connected (and subscribed): fleets can connect side by side."""
         line = self._line(timeout)
         if not line.startswith("ready"):
-            self.close()
-            raise RuntimeError(f"the fleet of {n} watchers of port {port} did not connect: {line!r}")
+            raise RuntimeError(f"the fleet of {self.n} watchers of port {self.port} did not connect: {line!r}")
         self.connect_s = float(line.split()[1])
 
     def _line(self, timeout: float) -> str:
@@ -119,7 +123,7 @@ def main(argv: list[str]) -> int:
     fleet = Fleet(port)
     try:
         t0 = time.monotonic()
-        fleet.connect(n, t0 + 150)
+        fleet.connect(n, t0 + 280)
         if "subscribe" in argv[2:]:
             subscribe(fleet, time.monotonic() + 60)
         sys.stdout.write(f"ready {time.monotonic() - t0:.2f}\n")
