@@ -1,6 +1,6 @@
 """Push benchmark: how fast a module's ``set_parameters`` reaches WebSocket watchers, and what watchers cost.
 
-Usage: ``.venv/bin/python bench/push_bench.py [--quick] [--watchers N] [--workers N]``
+Usage: ``.venv/bin/python bench/push_bench.py [--quick] [--watchers N] [--workers N] [--no-hog] [--big N]``
 
 One stack: the gateway (gunicorn gevent workers, ``gateway_workers``, default 2), the queue (the jukebox
 types plus ``stamp``, bench/push_stamp_module.py), the jukebox pool and volume (so the jukebox page
@@ -14,6 +14,11 @@ works), ``static_path`` = examples/jukebox/static. Measured, in order:
 2. gateway memory per watcher: RSS (and USS) of the gateway's workers before, and with N (1,000)
    idle subscribed watchers, divided by N;
 3. latency with N watchers, as in 1, on those same connections, the floor with N watchers of its own;
+   then the same rounds again with a CPU hog (a busy loop pinned to one core) running through them
+   (``--no-hog`` skips them);
+3b. ``--big`` (10,000; quick 1,000) watchers of the gateway and as many of the floor, each fleet in its
+   own process (bench/push_fleet.py): the gateway workers' memory per watcher, then latency rounds
+   with stamps every 250 ms (``--big 0`` skips them);
 4. requests per minute of an idle jukebox page in headless Chromium (Playwright), counted with
    ``page.on("request")`` over an idle window while a stamp module pushes 10 events/s; target 0 while
    the WebSocket is up (the original library polled every 50 ms: 1,200/min, computed, not measured).
@@ -46,10 +51,11 @@ for _path in (str(ROOT / "pymodule"), str(ROOT), str(HERE)):
 
 import psutil  # noqa: E402
 
-from common import (PYTHON, Row, Section, child_env, free_port, markdown, percentile,  # noqa: E402
+from common import (PYTHON, Row, Section, child_env, free_port, markdown,  # noqa: E402
                     rounds_row, save_sections, setup_logging)
 from push_stack import MachineMeter, MiniStack, raise_nofile, reap_own_descendants  # noqa: E402
-from push_wire import Fleet, StampLog  # noqa: E402
+from push_fleet import RemoteFleet, run_window, subscribe  # noqa: E402
+from push_wire import Fleet  # noqa: E402
 
 log = logging.getLogger("bench.push")
 
@@ -59,6 +65,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
                  "--disable-component-update", "--disable-sync"]
 ORIGINAL_POLL_PER_MIN = 60_000 / 50  # the original library's page: one request every 50 ms
 P99_TARGET_MS = 50.0
+BIG_P99_TARGET_MS = 250.0
+BIG_KIB_TARGET = 20.0
 
 
 class BudgetExceeded(Exception):
@@ -79,19 +87,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="rounds of shmooze and the floor, interleaved (default 3)")
     p.add_argument("--idle", type=float, default=0, help="idle page window in seconds (default 10, quick 5)")
     p.add_argument("--no-browser", action="store_true", help="skip the Chromium idle-page measure")
-    p.add_argument("--budget", type=int, default=0, help="hard limit in seconds (default 180 quick, 360 full)")
+    p.add_argument("--no-hog", action="store_true", help="skip the N-watcher rounds with a CPU hog on one core")
+    p.add_argument("--big", type=int, default=-1, help="watchers in the big rows, each fleet in its own process "
+                   "(default 10000, quick 1000; 0 skips them)")
+    p.add_argument("--big-rounds", type=int, default=3, help="rounds at --big watchers (default 3)")
+    p.add_argument("--big-seconds", type=float, default=0, help="window at --big watchers (default 4, quick 2)")
+    p.add_argument("--big-interval", type=float, default=0.25, help="seconds between stamps at --big (default 0.25)")
+    p.add_argument("--budget", type=int, default=0, help="hard limit in seconds (default 300 quick, 900 full)")
     return p.parse_args(argv)
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-def ms_stats(values: Any) -> dict[str, float]:
-    if not len(values):
-        return {"n": 0}
-    vals = sorted(values)
-    return {"n": len(vals), "p50": percentile(vals, 0.5), "p90": percentile(vals, 0.9), "p99": percentile(vals, 0.99),
-            "max": vals[-1], "min": vals[0]}
-
 
 def cpu_of(procs: list[psutil.Process]) -> float:
     total = 0.0
@@ -128,60 +134,34 @@ def connections_per_worker(stack: MiniStack) -> list[int]:
     return counts
 
 
-def subscribe(fleet: Fleet, deadline: float) -> int:
-    mid = fleet.send_all({"subscribe": {"queue": None}})
-    got = fleet.wait_answers(mid, deadline)
-    bad = [w.answers[mid] for w in fleet.watchers if mid in w.answers and not w.answers[mid].get("success")]
-    if bad:
-        raise RuntimeError(f"subscribe failed: {bad[0]}")
-    return got
-
-
 # -- measures -----------------------------------------------------------------------------------
 
-def _phase_result(stamps: StampLog, fleet: Fleet, machine: dict[str, Any], cpu: dict[str, float]) -> dict[str, Any]:
-    expected = len(stamps.seqs)
-    return {
-        "watchers": len(fleet.watchers),
-        "watchers_open_at_end": fleet.open_count(),
-        "closed_by_server": fleet.closed_by_server,
-        "stamps_in_window": expected,
-        "arrivals": len(stamps.kernel),
-        "arrivals_expected": expected * len(fleet.watchers),
-        "watchers_with_every_stamp": sum(1 for c in stamps.per_watcher if c == expected),
-        "latency_ms": ms_stats(stamps.kernel),
-        "latency_user_ms": ms_stats(stamps.user),
-        "module_to_service_ms": ms_stats(list(stamps.publish.values())),
-        "kernel_timestamps": fleet.timestamps,
-        "machine": machine,
-        "cpu_core_share": cpu,
-    }
+def _client_procs(fleet: Fleet | RemoteFleet) -> list[psutil.Process]:
+    return [psutil.Process(fleet.pid if isinstance(fleet, RemoteFleet) else os.getpid())]
 
 
-def latency_phase(stack: MiniStack, fleet: Fleet, seconds: float, interval: float) -> dict[str, Any]:
+def latency_phase(stack: MiniStack, fleet: Fleet | RemoteFleet, seconds: float, interval: float) -> dict[str, Any]:
     """A stamp module speaks every ``interval`` s; the fleet records arrivals through the gateway."""
     uid = stack.call("queue", "add", type="stamp", args={"interval": interval})["uid"]
     try:
-        fleet.run(1.0, None)  # warm up: the module is playing and events flow
+        run_window(fleet, 0.0, 0.0, 1.0)  # warm up: the module is playing and events flow
         start = time.time() + 0.5
         end = start + seconds
         run_for = end - time.time() + 1.0  # a second more for the last ones to arrive
-        stamps = StampLog(start, end, len(fleet.watchers))
         workers = stack.gateway_workers()
         service = [psutil.Process(stack.worker_pid("queue"))]
-        me = [psutil.Process()]
+        me = _client_procs(fleet)
         cpu0 = (cpu_of(workers), cpu_of(service), cpu_of(me), time.monotonic())
         meter = MachineMeter()
-        fleet.run(run_for, stamps.on_text)
+        out = run_window(fleet, start, end, run_for)
         machine = meter.read()
         cpu1 = (cpu_of(workers), cpu_of(service), cpu_of(me), time.monotonic())
     finally:
         stack.call("queue", "rm", uids=[uid])
     wall = cpu1[3] - cpu0[3]
-    out = _phase_result(stamps, fleet, machine, {"server": (cpu1[0] - cpu0[0]) / wall,
-                                                 "queue_service": (cpu1[1] - cpu0[1]) / wall,
-                                                 "bench_client": (cpu1[2] - cpu0[2]) / wall})
-    out["sample"] = stamps.sample.decode() if stamps.sample else None
+    out["machine"] = machine
+    out["cpu_core_share"] = {"server": (cpu1[0] - cpu0[0]) / wall, "queue_service": (cpu1[1] - cpu0[1]) / wall,
+                             "bench_client": (cpu1[2] - cpu0[2]) / wall}
     return out
 
 
@@ -199,25 +179,26 @@ class BroadcastFloor:
         if self.proc.stdout.readline().strip() != b"ready":
             raise RuntimeError(f"the broadcast floor did not start: {(self.dir / 'stderr.log').read_text()[-1000:]}")
 
-    def phase(self, fleet: Fleet, seconds: float, interval: float) -> dict[str, Any]:
+    def phase(self, fleet: Fleet | RemoteFleet, seconds: float, interval: float) -> dict[str, Any]:
         """The same window as :func:`latency_phase`, the stamps coming from the floor server."""
         start = time.time() + 0.5
         end = start + seconds
-        stamps = StampLog(start, end, len(fleet.watchers))
         server = [psutil.Process(self.proc.pid)]
-        me = [psutil.Process()]
+        me = _client_procs(fleet)
         self.proc.stdin.write(f"stamp {interval} {seconds + 1.5}\n".encode())  # 0.5 s before, 1 s after
         self.proc.stdin.flush()
         cpu0 = (cpu_of(server), cpu_of(me), time.monotonic())
         meter = MachineMeter()
-        fleet.run(seconds + 1.5 + 0.5, stamps.on_text)
+        out = run_window(fleet, start, end, seconds + 1.5 + 0.5)
         machine = meter.read()
         cpu1 = (cpu_of(server), cpu_of(me), time.monotonic())
         if not self.proc.stdout.readline().startswith(b"done"):
             raise RuntimeError("the broadcast floor did not finish its window")
         wall = cpu1[2] - cpu0[2]
-        return _phase_result(stamps, fleet, machine, {"server": (cpu1[0] - cpu0[0]) / wall,
-                                                      "bench_client": (cpu1[1] - cpu0[1]) / wall})
+        out.pop("sample", None)
+        out["machine"] = machine
+        out["cpu_core_share"] = {"server": (cpu1[0] - cpu0[0]) / wall, "bench_client": (cpu1[1] - cpu0[1]) / wall}
+        return out
 
     def close(self) -> None:
         try:
@@ -228,6 +209,36 @@ class BroadcastFloor:
             self.proc.wait(5)
         self.proc.stdout.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class CpuHog:
+    """A busy loop in a child process pinned to one core (the last this process may use), ended by its pid."""
+
+    def __init__(self) -> None:
+        self.core = max(os.sched_getaffinity(0))
+        self.proc = subprocess.Popen([PYTHON, "-c", "while True: pass"], stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        os.sched_setaffinity(self.proc.pid, {self.core})
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def hog_rounds(stack: MiniStack, fleet: Fleet, floor: BroadcastFloor, floor_fleet: Fleet, rounds: int,
+               seconds: float, interval: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """The N-watcher rounds again, shmooze and the floor in turn, a :class:`CpuHog` running through all of them."""
+    hog = CpuHog()
+    try:
+        ours, floors = [], []
+        for r in range(rounds):
+            log.info("round %d of %d: %d watchers with a CPU hog on core %d, shmooze then the floor, %g s each",
+                     r + 1, rounds, len(fleet.watchers), hog.core, seconds)
+            ours.append(latency_phase(stack, fleet, seconds, interval))
+            floors.append(floor.phase(floor_fleet, seconds, interval))
+    finally:
+        hog.close()
+    return ours, floors, hog.core
 
 
 def memory_phase(stack: MiniStack, fleet: Fleet, n: int, deadline: float) -> dict[str, Any]:
@@ -245,6 +256,37 @@ def memory_phase(stack: MiniStack, fleet: Fleet, n: int, deadline: float) -> dic
             "per_watcher_rss_kib": (after["rss"] - before["rss"]) / n / 1024,
             "per_watcher_uss_kib": (after["uss"] - before["uss"]) / n / 1024,
             "per_worker_connections": connections_per_worker(stack), "workers": len(workers)}
+
+
+def big_rounds(stack: MiniStack, floor: BroadcastFloor, res: dict[str, Any], n: int, rounds: int, seconds: float,
+               interval: float) -> None:
+    """``n`` watchers of the gateway and ``n`` of the floor, each fleet in its own process: memory, then rounds."""
+    log.info("%d watchers of the gateway and %d of the floor, each fleet in its own process", n, n)
+    workers = stack.gateway_workers()
+    ours = RemoteFleet(stack.ports["wsgi"], n, subscribed=True)
+    try:
+        theirs = RemoteFleet(floor.port, n, subscribed=False)
+        try:
+            ours.wait_ready()
+            theirs.wait_ready()
+            time.sleep(1.0)  # idle: no change events flow
+            after = memory_of(workers)
+            before = res["memory"]["before"] if res.get("memory") else {"rss": 0, "uss": 0}
+            res["big_memory"] = {"watchers": n, "connect_s": ours.connect_s, "floor_connect_s": theirs.connect_s,
+                                 "before_rss": before["rss"], "with_rss": after["rss"],
+                                 "per_watcher_rss_kib": (after["rss"] - before["rss"]) / n / 1024,
+                                 "per_watcher_uss_kib": (after["uss"] - before["uss"]) / n / 1024,
+                                 "per_worker_connections": connections_per_worker(stack)}
+            res["big"], res["big_floor"] = [], []
+            for r in range(rounds):
+                log.info("round %d of %d: %d watchers, shmooze then the broadcast floor, %g s each", r + 1, rounds,
+                         n, seconds)
+                res["big"].append(latency_phase(stack, ours, seconds, interval))
+                res["big_floor"].append(floor.phase(theirs, seconds, interval))
+        finally:
+            theirs.close()
+    finally:
+        ours.close()
 
 
 def idle_page(stack: MiniStack, idle: float, polling_reference: bool) -> dict[str, Any]:
@@ -317,6 +359,33 @@ def _watch_page(browser: Any, url: str, idle: float, init_script: str | None) ->
 
 # -- report -------------------------------------------------------------------------------------
 
+def latency_rows(sec: Section, phases: list[dict[str, Any]], floors: list[dict[str, Any]],
+                 p99_target: float | None, label: str = "") -> None:
+    """p50, p99, max, arrivals, publish, server CPU and other processes' CPU over interleaved rounds."""
+    n = phases[0]["watchers"]
+    label = label or ("1 watcher" if n == 1 else f"{n:,} watchers")
+    floor_label = "plain websockets broadcast"
+    for q in ("p50", "p99"):
+        extra = {"at_most": p99_target} if p99_target and q == "p99" else {}
+        sec.add(rounds_row(f"{label}: {q}", [p["latency_ms"][q] for p in phases], "ms",
+                           [f["latency_ms"][q] for f in floors], floor_label, **extra))
+    sec.add(rounds_row(f"{label}: max", [p["latency_ms"]["max"] for p in phases], "ms",
+                       [f["latency_ms"]["max"] for f in floors], floor_label))
+    got, expected = sum(p["arrivals"] for p in phases), sum(p["arrivals_expected"] for p in phases)
+    f_got, f_expected = sum(f["arrivals"] for f in floors), sum(f["arrivals_expected"] for f in floors)
+    sec.add(Row(f"{label}: arrivals (of stamps x watchers, all rounds)", got, "count", f_got, floor_label,
+                compare=f"{got:,} of {expected:,}; floor {f_got:,} of {f_expected:,}",
+                verdict="pass" if got == expected else "FAIL"))
+    sec.add(rounds_row(f"{label}: reference: module -> service publish, p50",
+                       [p["module_to_service_ms"].get("p50", 0.0) for p in phases], "ms"))
+    sec.add(rounds_row(f"{label}: server CPU (share of one core)", [p["cpu_core_share"]["server"] * 100
+                                                                    for p in phases], "%",
+                       [f["cpu_core_share"]["server"] * 100 for f in floors], floor_label))
+    sec.add(rounds_row(f"{label}: reference: other processes on the machine",
+                       [p["machine"]["others_cores"] for p in phases], "cores",
+                       [f["machine"]["others_cores"] for f in floors], "during the floor's rounds"))
+
+
 def build_sections(res: dict[str, Any]) -> list[Section]:
     sections = []
     rounds = res["rounds"]
@@ -324,30 +393,8 @@ def build_sections(res: dict[str, Any]) -> list[Section]:
                   f"of {res['window_s']:g} s, shmooze and the broadcast floor in turn)")
     for key in ("one", "many"):
         phases, floors = res.get(key), res.get(f"{key}_floor")
-        if not phases:
-            continue
-        n = phases[0]["watchers"]
-        label = "1 watcher" if n == 1 else f"{n:,} watchers"
-        floor_label = "plain websockets broadcast"
-        for q in ("p50", "p99"):
-            extra = {"at_most": P99_TARGET_MS} if key == "many" and q == "p99" else {}
-            lat.add(rounds_row(f"{label}: {q}", [p["latency_ms"][q] for p in phases], "ms",
-                               [f["latency_ms"][q] for f in floors], floor_label, **extra))
-        lat.add(rounds_row(f"{label}: max", [p["latency_ms"]["max"] for p in phases], "ms",
-                           [f["latency_ms"]["max"] for f in floors], floor_label))
-        got, expected = sum(p["arrivals"] for p in phases), sum(p["arrivals_expected"] for p in phases)
-        f_got, f_expected = sum(f["arrivals"] for f in floors), sum(f["arrivals_expected"] for f in floors)
-        lat.add(Row(f"{label}: arrivals (of stamps x watchers, all rounds)", got, "count", f_got, floor_label,
-                    compare=f"{got:,} of {expected:,}; floor {f_got:,} of {f_expected:,}",
-                    verdict="pass" if got == expected else "FAIL"))
-        lat.add(rounds_row(f"{label}: reference: module -> service publish, p50",
-                           [p["module_to_service_ms"].get("p50", 0.0) for p in phases], "ms"))
-        lat.add(rounds_row(f"{label}: server CPU (share of one core)", [p["cpu_core_share"]["server"] * 100
-                                                                        for p in phases], "%",
-                           [f["cpu_core_share"]["server"] * 100 for f in floors], floor_label))
-        lat.add(rounds_row(f"{label}: reference: other processes on the machine",
-                           [p["machine"]["others_cores"] for p in phases], "cores",
-                           [f["machine"]["others_cores"] for f in floors], "during the floor's rounds"))
+        if phases:
+            latency_rows(lat, phases, floors, P99_TARGET_MS if key == "many" else None)
     lat.notes.append(
         "Value: kernel arrival time (SO_TIMESTAMPNS) of the WebSocket frame minus the module's time.time() "
         f"when it set the parameter, one sample per (watcher, stamp); stamps every {res['interval_s'] * 1000:.0f} "
@@ -357,6 +404,34 @@ def build_sections(res: dict[str, Any]) -> list[Section]:
         "Ours also pays module -> service -> gateway (the publish row). Server CPU: the gateway's workers, or "
         "the floor server. 'other processes' is CPU taken by processes that are not this benchmark's.")
     sections.append(lat)
+
+    if res.get("hog"):
+        sec = Section(f"Push with a CPU hog on one core: {res['hog'][0]['watchers']:,} watchers ({len(res['hog'])} "
+                      f"rounds of {res['window_s']:g} s, shmooze and the broadcast floor in turn)")
+        latency_rows(sec, res["hog"], res["hog_floor"], P99_TARGET_MS, f"{res['hog'][0]['watchers']:,} watchers, hog")
+        sec.notes.append(f"A busy loop (`while True: pass`) in a child process pinned to core {res['hog_core']} with "
+                         "os.sched_setaffinity ran through every round here, shmooze's and the floor's alike; "
+                         "nothing else is pinned. Same watchers, stamps and floor as above.")
+        sections.append(sec)
+
+    big = res.get("big")
+    if big:
+        n = big[0]["watchers"]
+        sec = Section(f"Push to {n} watchers over {res['gateway_workers']} gateway workers: {len(big)} rounds of "
+                      f"{res['big_window_s']:g} s, stamps every {res['big_interval_s'] * 1000:.0f} ms, "
+                      "shmooze and the broadcast floor in turn")
+        latency_rows(sec, big, res["big_floor"], BIG_P99_TARGET_MS)
+        bm = res["big_memory"]
+        sec.add(rounds_row("memory per watcher (RSS)", [bm["per_watcher_rss_kib"]], "KiB",
+                           at_most=BIG_KIB_TARGET))
+        sec.rows[-1].compare += (f"; USS {bm['per_watcher_uss_kib']:.1f} KiB; workers' RSS {bm['before_rss'] / 2**20:.0f}"
+                                 f" MiB fresh, {bm['with_rss'] / 2**20:.0f} MiB with them; connections per worker "
+                                 f"{bm['per_worker_connections']} (of {n:,}); connect {bm['connect_s']:.0f} s")
+        sec.notes.append("Each fleet (the gateway's, the floor's) is its own client process (bench/push_fleet.py), "
+                         "both connected throughout. Memory per watcher: the gateway workers' RSS with these "
+                         "watchers subscribed and idle, minus their RSS when fresh (before any watcher of this "
+                         "run), over the number of watchers; so it also counts whatever earlier watchers left.")
+        sections.append(sec)
 
     mem = res.get("memory")
     if mem:
@@ -402,24 +477,27 @@ def main(argv: list[str] | None = None) -> int:
     seconds = opts.seconds or (3.0 if opts.quick else 8.0)
     rounds = opts.rounds
     idle = opts.idle or (5.0 if opts.quick else 10.0)
-    budget = opts.budget or (180 if opts.quick else 360)
+    budget = opts.budget or (300 if opts.quick else 900)
+    big = opts.big if opts.big >= 0 else (1000 if opts.quick else 10000)
+    big_seconds = opts.big_seconds or (2.0 if opts.quick else 4.0)
     nofile = raise_nofile(max(20000, 2 * n + 1000))
-    if nofile < n + 200:
-        log.error("RLIMIT_NOFILE %d is too low for %d watchers", nofile, n)
+    if nofile < max(2 * n, big) + 200:
+        log.error("RLIMIT_NOFILE %d is too low for %d (and %d) watchers", nofile, n, big)
         return 2
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(budget)
     started = time.time()
     t0 = time.monotonic()
     res: dict[str, Any] = {"quick": opts.quick, "interval_s": opts.interval, "window_s": seconds,
-                           "gateway_workers": opts.workers, "rounds": rounds}
+                           "gateway_workers": opts.workers, "rounds": rounds, "big_window_s": big_seconds,
+                           "big_interval_s": opts.big_interval}
     fleet: Fleet | None = None
     try:
         services = {"queue": "push_apps:make_queue", "pool": "jukebox.app:make_pool",
                     "volume": "jukebox.volume:Volume"}
         extra = {"static_path": JUKEBOX_STATIC, "public": ["ports", "wsgi_prefix", "app_name"],
                  "app_name": "shmooze jukebox (push bench)", "gateway_workers": opts.workers,
-                 "gateway_connections": max(4000, n + 500)}
+                 "gateway_connections": max(4000, n + 500, big + 500)}
         with MiniStack(services, "shmooze-push-", extra) as stack:
             fleet = Fleet(stack.ports["wsgi"])
             fleet.connect(1, time.monotonic() + 10)
@@ -451,11 +529,17 @@ def main(argv: list[str] | None = None) -> int:
                              rounds, n, seconds)
                     res["many"].append(latency_phase(stack, fleet, seconds, opts.interval))
                     res["many_floor"].append(floor.phase(floor_fleet, seconds, opts.interval))
+                if not opts.no_hog:
+                    res["hog"], res["hog_floor"], res["hog_core"] = hog_rounds(stack, fleet, floor, floor_fleet,
+                                                                               rounds, seconds, opts.interval)
+                fleet.close()
+                fleet = None
+                floor_fleet.close()
+                if big:
+                    big_rounds(stack, floor, res, big, opts.big_rounds, big_seconds, opts.big_interval)
             finally:
                 floor_fleet.close()
                 floor.close()
-            fleet.close()
-            fleet = None
             if not opts.no_browser:
                 log.info("idle page in Chromium, %g s", idle)
                 res["page"] = idle_page(stack, idle, polling_reference=not opts.quick)
