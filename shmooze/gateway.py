@@ -55,13 +55,16 @@ class Gateway:
         self.body_min_rate = float(settings.body_min_rate)
         if gevent_sockets():  # a gateway worker: cut slow bodies while they crowd its connections
             READERS.watch(int(settings.get("gateway_connections", 4000)), float(settings.body_shed_after))
-        host = settings.get("service_host", "127.0.0.1")
         timeout = float(settings.forward_timeout)
+        self.connect_timeout = float(settings.connect_timeout)
         # A kept-alive connection is dropped well before the service would drop it.
         idle = min(float(settings.forward_idle_timeout), float(settings.service_keepalive) / 2)
+        # Services beyond loopback check the token on their own port: the gateway sends it.
+        token = settings.get("access_token")
         self.proxies = {
-            name: ServiceProxy(name, host, port, timeout=timeout, idle_timeout=idle,
-                               max_answer_bytes=int(settings.max_answer_bytes))
+            name: ServiceProxy(name, settings.address(name), port, timeout=timeout, idle_timeout=idle,
+                               connect_timeout=self.connect_timeout, max_answer_bytes=int(settings.max_answer_bytes),
+                               headers={"Authorization": f"Bearer {token}"} if token else None)
             for name, port in settings.ports.items()
             if name != "wsgi"
         }
@@ -76,7 +79,7 @@ class Gateway:
         self.watchers = {name: ServiceWatcher(proxy) for name, proxy in self.proxies.items()}
         self.sockets: set[Any] = set()  # open WebSockets, closed with "going away" when the gateway stops
         #: Extra routes under the prefix: name -> WSGI app.
-        self.routes: dict[str, Callable[..., Iterable[bytes]]] = {"ws": self.websocket}
+        self.routes: dict[str, Callable[..., Iterable[bytes]]] = {"ws": self.websocket, "healthz": self.healthz}
         from shmooze import dashboard
 
         dashboard.add_routes(self)  # metrics and the dashboard (shmooze.dashboard)
@@ -140,6 +143,43 @@ class Gateway:
             log.warning("forward to %s: %s", proxy.name, exc.message)
             raise JSONHTTPError(exc.status, exc.message) from None
         return raw_json_response(start_response, reply.body, reply.status)
+
+    # -- health, for a load balancer ----------------------------------------------------------
+
+    def healthz(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Response:
+        """``GET {wsgi_prefix}healthz``: 200 while this gateway reaches its services, 503 when it
+        reaches none of them (cut off: a load balancer should send browsers elsewhere).
+
+        Each service is asked ``status`` at once, each within ``connect_timeout``; the JSON body
+        says which answered. One service down everywhere is not this gateway's fault, so it stays
+        200 (every gateway would fail the check alike) with that service under ``down``.
+        """
+        import threading
+
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            raise JSONHTTPError(405, "healthz is read with GET", {"Allow": "GET, HEAD"})
+        found: dict[str, str | None] = {}
+
+        def ask(name: str, proxy: ServiceProxy) -> None:
+            probe = ServiceProxy(name, proxy.host, proxy.port, timeout=self.connect_timeout,
+                                 connect_timeout=self.connect_timeout, max_idle=0)
+            try:
+                reply = probe.post(b'{"cmd": "status"}')
+                found[name] = None if reply.status == 200 else f"HTTP {reply.status}"
+            except ForwardError as exc:
+                found[name] = exc.message
+            finally:
+                probe.close()
+
+        threads = [threading.Thread(target=ask, args=item, daemon=True) for item in self.proxies.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(self.connect_timeout * 2 + 1)
+        up = sorted(name for name in self.proxies if name in found and found[name] is None)
+        down = {name: found.get(name) or "no answer" for name in sorted(self.proxies) if name not in up}
+        healthy = bool(up) or not self.proxies
+        return json_response({"healthy": healthy, "up": up, "down": down}, 200 if healthy else 503)
 
     # -- access control ------------------------------------------------------------------
 
