@@ -240,6 +240,11 @@ def test_gateways_behind_haproxy_a_gateway_lost_and_a_host_lost(cluster, browser
     assert one.evaluate("[shmooze.connected, shmooze.mode, window.loadedAt]") == [True, "websocket", loaded_at]
 
     # The queue host's link goes down: 502 within the connect timeout, the pool keeps working.
+    dashboard = two.context.new_page()
+    dashboard.goto(url + "_shmooze/")
+    dashboard.wait_for_function("window.dashboardReady === true")
+    card = "document.querySelector('[data-service=queue] h3 .muted').textContent"
+    dashboard.wait_for_function(f"{card} === 'up'")
     cluster["hosts"].link("queue", up=False)
     try:
         status, answer, took = command(two, "queue", "queue")
@@ -252,6 +257,7 @@ def test_gateways_behind_haproxy_a_gateway_lost_and_a_host_lost(cluster, browser
         report = status_from(cluster, "gw2")["services"]
         assert report["queue"]["state"] == "REMOTE" and report["queue"]["answering"] is False
         assert report["pool"]["answering"] is True and report["wsgi"]["state"] == "RUNNING"
+        dashboard.wait_for_function(f"{card} === 'down'")
     finally:
         cluster["hosts"].link("queue", up=True)
 
@@ -267,6 +273,7 @@ def test_gateways_behind_haproxy_a_gateway_lost_and_a_host_lost(cluster, browser
     wait_for(lambda: saw_added(two, "queue", answer["result"]["uid"]), 30, interval=0.1,
              what="pushes from the queue again")
     assert all(status_from(cluster, "gw2")["services"][name]["answering"] for name in ("queue", "pool", "wsgi"))
+    dashboard.wait_for_function(f"{card} === 'up'")
     assert not one.errors and not two.errors, one.errors + two.errors
     for page in (one, two):
         page.context.close()
