@@ -159,3 +159,25 @@ def _has(program: str) -> bool:
     import shutil
 
     return shutil.which(program) is not None
+
+
+def _readme_block(after: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```", text.index(after)) + 3
+    start = text.index("\n", start) + 1
+    return text[start:text.index("```", start)]
+
+
+@pytest.mark.skipif(not (_has("haproxy") and _has("openssl")), reason="needs haproxy and openssl")
+def test_the_readme_haproxy_configuration_is_valid(tmp_path):
+    pem = tmp_path / "myapp.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=myapp.test",
+                    "-days", "1", "-keyout", str(tmp_path / "key"), "-out", str(tmp_path / "crt")],
+                   check=True, capture_output=True, timeout=60)
+    pem.write_text((tmp_path / "crt").read_text() + (tmp_path / "key").read_text())
+    conf = _readme_block("**HAProxy**").replace("/etc/haproxy/myapp.pem", str(pem))
+    assert "http-check send meth GET uri /healthz" in conf and "timeout tunnel" in conf
+    (tmp_path / "haproxy.cfg").write_text(conf)
+    check = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True,
+                           timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
