@@ -620,7 +620,8 @@ def restart(settings: Settings, names: list[str]) -> list[str]:
     if not is_locked(paths.lock):
         raise NotRunning(f"not running (settings {settings.path})")
     server = rpc(paths, timeout=stop_wait_seconds(settings) + 30)
-    targets = names or sorted(settings.ports)
+    # All of them: those this host runs (``shmooze run --services``), every port's by default.
+    targets = names or sorted(info["name"] for info in server.supervisor.getAllProcessInfo())
     for name in targets:
         if name not in settings.ports:
             raise ShmoozeError(f"no service named {name!r} (services: {', '.join(sorted(settings.ports))})")
