@@ -181,6 +181,10 @@ class ServiceProxy:
         self._host_header = f"{host}:{port}".encode("latin-1")
         #: Headers sent with every request (the gateway's access token for services beyond loopback).
         self._fixed_headers = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        from shmooze.settings import is_loopback
+
+        #: Only a service on another host can vanish without a word (see _notice_lost_hosts).
+        self._remote = not is_loopback(host)
 
     def _take(self) -> tuple[_Connection, bool]:
         """A live kept-alive connection (the most recently used), else a new one."""
@@ -204,7 +208,8 @@ class ServiceProxy:
             return conn, True
         sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        _notice_lost_hosts(sock, self.connect_timeout)
+        if self._remote:
+            _notice_lost_hosts(sock, self.connect_timeout)
         conn = _Connection(sock)
         conn.max_answer_bytes = self.max_answer_bytes
         return conn, False
