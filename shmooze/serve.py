@@ -178,7 +178,7 @@ def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:
     host = settings.listen_address(name)
     port = settings.ports[name]
     common = {
-        "bind": [f"{host}:{port}"],
+        "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
         "proc_name": f"shmooze-{name}",
         "accesslog": None,
         "errorlog": "-",

@@ -48,17 +48,21 @@ def cmd_serve(opts: argparse.Namespace) -> int:
 def cmd_run(opts: argparse.Namespace) -> int:
     from shmooze.deploy import Runner
 
-    services = [name.strip() for name in (opts.services or "").split(",") if name.strip()]
     return Runner(_load_settings(opts.settings_file or opts.settings), conf=opts.supervisord_conf,
-                  services=services or None).run()
+                  services=_service_list(opts.services)).run()
+
+
+def _service_list(text: str | None) -> list[str] | None:
+    """``--services queue,pool`` as a list (None: every service)."""
+    names = [name.strip() for name in (text or "").split(",") if name.strip()]
+    return names or None
 
 
 def cmd_systemd_units(opts: argparse.Namespace) -> int:
     from shmooze import deploy
 
-    services = [name.strip() for name in (opts.services or "").split(",") if name.strip()]
     loaded = _load_settings(opts.settings)
-    written = deploy.write_systemd_units(loaded, opts.output, services or None, opts.user)
+    written = deploy.write_systemd_units(loaded, opts.output, _service_list(opts.services), opts.user)
     target = next(path.name for path in written if path.suffix == ".target")
     sys.stdout.write("".join(f"wrote {path}\n" for path in written)
                      + f"then: systemctl daemon-reload && systemctl enable --now {target}\n")
