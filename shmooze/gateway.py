@@ -150,24 +150,26 @@ class Gateway:
         """``GET {wsgi_prefix}healthz``: 200 while this gateway reaches its services, 503 when it
         reaches none of them (cut off: a load balancer should send browsers elsewhere).
 
-        Each service is asked ``status`` at once, each within ``connect_timeout``; the JSON body
-        says which answered. One service down everywhere is not this gateway's fault, so it stays
-        200 (every gateway would fail the check alike) with that service under ``down``.
+        Each service is asked ``status`` at once, each within ``connect_timeout``: one that answers
+        is ``up``, one that takes a connection but not its answer in time is ``slow`` (reached: a
+        busy service is no reason to take the gateway out), one that cannot be reached is ``down``.
+        One service down is the same for every gateway, so it does not fail the check either (the
+        load balancer would take every gateway out, and the services that work with them).
         """
         import threading
 
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             raise JSONHTTPError(405, "healthz is read with GET", {"Allow": "GET, HEAD"})
-        found: dict[str, str | None] = {}
+        found: dict[str, tuple[str, str]] = {}
 
         def ask(name: str, proxy: ServiceProxy) -> None:
             probe = ServiceProxy(name, proxy.host, proxy.port, timeout=self.connect_timeout,
                                  connect_timeout=self.connect_timeout, max_idle=0)
             try:
                 reply = probe.post(b'{"cmd": "status"}')
-                found[name] = None if reply.status == 200 else f"HTTP {reply.status}"
+                found[name] = ("up", "") if reply.status == 200 else ("down", f"HTTP {reply.status}")
             except ForwardError as exc:
-                found[name] = exc.message
+                found[name] = ("slow" if exc.status == 504 else "down", exc.message)
             finally:
                 probe.close()
 
@@ -176,10 +178,12 @@ class Gateway:
             thread.start()
         for thread in threads:
             thread.join(self.connect_timeout * 2 + 1)
-        up = sorted(name for name in self.proxies if name in found and found[name] is None)
-        down = {name: found.get(name) or "no answer" for name in sorted(self.proxies) if name not in up}
-        healthy = bool(up) or not self.proxies
-        return json_response({"healthy": healthy, "up": up, "down": down}, 200 if healthy else 503)
+        states = {name: found.get(name, ("slow", "no answer yet")) for name in sorted(self.proxies)}
+        up = [name for name, (state, _) in states.items() if state == "up"]
+        slow = {name: why for name, (state, why) in states.items() if state == "slow"}
+        down = {name: why for name, (state, why) in states.items() if state == "down"}
+        healthy = bool(up or slow) or not self.proxies
+        return json_response({"healthy": healthy, "up": up, "slow": slow, "down": down}, 200 if healthy else 503)
 
     # -- access control ------------------------------------------------------------------
 

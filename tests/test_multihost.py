@@ -5,6 +5,7 @@ The same on simulated hosts (network namespaces, HAProxy, Chromium) is tests/tes
 """
 
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -103,6 +104,15 @@ def test_the_gateway_sends_the_token_to_services_and_answers_healthz(guarded_ser
     assert health.status_code == 200 and body["healthy"] and body["up"] == ["sample"]
     assert list(body["down"]) == ["down"] and "down" in body["down"]["down"]
     assert client.post("/healthz").status_code == 405
+    # A service that takes the connection but answers late is slow, not down: still healthy.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        busy = Client(Gateway(Settings({"ports": {"wsgi": 1, "busy": silent.getsockname()[1], "down": down},
+                                        "connect_timeout": 0.5})))
+        answer = busy.get("/healthz")
+        body = json.loads(answer.get_data())
+        assert answer.status_code == 200 and list(body["slow"]) == ["busy"] and list(body["down"]) == ["down"]
     # Cut off from every service: 503, so a load balancer sends browsers to another gateway.
     lone = Client(Gateway(Settings({"ports": {"wsgi": 1, "down": down}, "connect_timeout": 1})))
     started = time.monotonic()
