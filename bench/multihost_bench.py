@@ -15,7 +15,7 @@ in alternating order:
   queue, through the load balancer (spread over both gateways) or straight at one gateway; latency
   is the kernel's arrival time of each stamp minus its ``sent`` time (p50, p99 over every
   (watcher, stamp)); memory per watcher is the gateways' workers' RSS with the watchers minus
-  before, over N (HAProxy's own RSS is shown beside it);
+  before, over N, on gateways started afresh for each measure (HAProxy's own RSS is shown beside it);
 * **commands**: ``status`` to the queue over one kept-alive connection, through HAProxy + gateway
   and through the gateway alone, alternating request by request.
 
@@ -102,15 +102,12 @@ class Cluster:
 
     def start(self) -> None:
         self.hosts.create()
-        env = child_env()
         for host, name in (("svc", "queue"), ("gw1", "wsgi"), ("gw2", "wsgi")):
-            argv = self.hosts.argv(host, [sys.executable, "-m", "shmooze", "serve", name, "--settings",
-                                          str(self.settings(host))])
-            self.procs[host] = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                                stderr=open(self.tmp / f"{host}.log", "wb"), start_new_session=True)
+            self.serve(host, name)
         conf = self.tmp / "haproxy.cfg"
         conf.write_text(f"""global
     maxconn {self.watchers * 2 + 1000}
+    stats socket {self.tmp / 'haproxy.sock'}
 defaults
     mode http
     timeout connect 2s
@@ -137,6 +134,42 @@ backend gateways
                                                                    str(conf)]),
                                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                             stderr=open(self.tmp / "lb.log", "wb"), start_new_session=True)
+
+    def serve(self, host: str, name: str) -> None:
+        argv = self.hosts.argv(host, [sys.executable, "-m", "shmooze", "serve", name, "--settings",
+                                      str(self.settings(host))])
+        with open(self.tmp / f"{host}.log", "ab") as err:
+            self.procs[host] = subprocess.Popen(argv, env=child_env(), stdin=subprocess.DEVNULL,
+                                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+
+    def fresh_gateways(self, deadline: float) -> None:
+        """Start both gateways afresh (so each memory figure starts from an empty gateway) and wait
+        until HAProxy's checks see both up."""
+        for host in ("gw1", "gw2"):
+            proc = self.procs[host]
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+            self.serve(host, "wsgi")
+        for host in ("gw1", "gw2"):
+            wait_up(self.addr[host], deadline)
+        while sorted(self.haproxy_up()) != ["gw1", "gw2"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"HAProxy sees only {self.haproxy_up()} up")
+            time.sleep(0.2)
+
+    def haproxy_up(self) -> list[str]:
+        """The gateways HAProxy's health checks say are UP (its stats socket, CSV)."""
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.tmp / "haproxy.sock"))
+            sock.sendall(b"show stat\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        rows = [line.split(",") for line in data.decode().splitlines() if line.startswith("gateways,")]
+        return [row[1] for row in rows if row[1] in ("gw1", "gw2") and row[17] == "UP"]
 
     def gateway_pids(self, hosts: list[str]) -> list[int]:
         pids = []
@@ -209,6 +242,7 @@ def wait_up(host: str, deadline: float) -> None:
 
 
 def push_measure(cluster: Cluster, host: str, gateways: list[str], n: int, window: float) -> dict[str, Any]:
+    cluster.fresh_gateways(time.monotonic() + 120)
     pids = cluster.gateway_pids(gateways)
     before = rss(pids)
     lb_before = rss([cluster.procs["lb"].pid]) if len(gateways) > 1 else 0
@@ -285,6 +319,7 @@ def main() -> int:
         deadline = time.monotonic() + 120
         for host in ("gw1", "gw2", "lb"):
             wait_up(cluster.addr[host], deadline)
+        cluster.haproxy_up()  # the stats socket answers
         control = http.client.HTTPConnection(cluster.addr["gw1"], PORT, timeout=30)
         answer = post(control, "/queue", {"cmd": "add", "args": {"type": "stamp", "args": {"interval": args.interval}}})
         if not answer.get("success"):
