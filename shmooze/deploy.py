@@ -247,7 +247,8 @@ def systemd_units(settings: Settings, services: list[str] | None = None, user: s
             "[Service]",
             "Type=simple",
             "ExecStart=" + " ".join(_systemd_word(a) for a in argv),
-            f"WorkingDirectory={_systemd_word(os.path.dirname(settings_path))}",
+            # A path as it is (spaces and all), only systemd's specifier sign doubled.
+            "WorkingDirectory=" + os.path.dirname(settings_path).replace("%", "%%"),
             f"Environment={_systemd_word('SHMOOZE_SETTINGS=' + settings_path)}",
             "Environment=PYTHONUNBUFFERED=1",
             *([f"User={user}"] if user else []),

@@ -158,11 +158,13 @@ def test_systemd_units_one_per_service(tmp_path):
     assert written == ["shmooze-my-app-pool.service", "shmooze-my-app-queue.service",
                        "shmooze-my-app-wsgi.service", "shmooze-my-app.target"]
     assert "systemctl enable --now shmooze-my-app.target" in out.stdout
-    analyze = subprocess.run(["systemd-analyze", "--version"], capture_output=True) if _has("systemd-analyze") else None
-    if analyze is not None and analyze.returncode == 0:
+    if _has("systemd-analyze"):  # systemd's own parser, where it is installed
         check = subprocess.run(["systemd-analyze", "verify", *map(str, write_systemd_units(s, tmp_path / "v"))],
                                capture_output=True, text=True)
-        assert "Unknown key" not in check.stderr and "Invalid" not in check.stderr, check.stderr
+        import re
+
+        complaints = re.findall(r"^.*\.(?:service|target):\d+: .*$", check.stderr, re.M)  # a line it could not parse
+        assert not complaints, complaints
 
 
 def _has(program: str) -> bool:
