@@ -89,7 +89,7 @@ def ensure_debian_package(package: str, what: str, tests: str) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
         run("apt-get", "update", "-qq", env=env, stdout=subprocess.DEVNULL)
-        run("apt-get", "install", "-y", "-qq", "--no-install-recommends", package, env=env, stdout=subprocess.DEVNULL)
+        run("apt-get", "install", "-y", "-qq", package, env=env, stdout=subprocess.DEVNULL)
     except subprocess.CalledProcessError as exc:
         say(f"could not install {what} ({exc}); {tests} will be skipped")
 
