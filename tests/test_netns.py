@@ -242,7 +242,7 @@ def test_gateways_behind_haproxy_a_gateway_lost_and_a_host_lost(cluster, browser
     dashboard = two.context.new_page()
     dashboard.goto(url + "_shmooze/")
     dashboard.wait_for_function("window.dashboardReady === true")
-    card = "document.querySelector('[data-service=queue] h3 .muted').textContent"
+    card = "(document.querySelector('[data-service=queue] h3 .muted') || {}).textContent"  # drawn yet?
     dashboard.wait_for_function(f"{card} === 'up'")
     cluster["hosts"].link("queue", up=False)
     try:
