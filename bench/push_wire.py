@@ -64,12 +64,12 @@ def client_frame(text: str) -> bytes:
     return head + mask + payload
 
 
-def handshake(port: int, path: str = "/ws", timeout: float = 10.0) -> tuple[socket.socket, bytes]:
-    """Open a WebSocket on 127.0.0.1:port; return the socket and bytes that came after the 101."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def handshake(port: int, path: str = "/ws", timeout: float = 10.0, host: str = "127.0.0.1") -> tuple[socket.socket, bytes]:
+    """Open a WebSocket on host:port (127.0.0.1); return the socket and bytes that came after the 101."""
+    sock = socket.create_connection((host, port), timeout=timeout)
     try:
         key = base64.b64encode(os.urandom(16)).decode()
-        sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
                       f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
                      .encode())
         data = b""
@@ -145,8 +145,9 @@ class Watcher:
 class Fleet:
     """N WebSocket watchers of one gateway, served by one epoll loop."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, host: str = "127.0.0.1"):
         self.port = port
+        self.host = host
         self.watchers: list[Watcher] = []
         self.by_fd: dict[int, Watcher] = {}
         self.epoll = select.epoll()
@@ -161,7 +162,7 @@ class Fleet:
                 self.pump(0, None)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"connected {len(self.watchers)} of {n} watchers before the deadline")
-            sock, rest = handshake(self.port)
+            sock, rest = handshake(self.port, host=self.host)
             self.timestamps = enable_timestamps(sock) and self.timestamps
             sock.setblocking(False)
             w = Watcher(len(self.watchers), sock, rest)

@@ -74,16 +74,28 @@ def ensure_chromium() -> None:
     """Browser tests need Debian's Chromium; install it when we can (root with apt-get)."""
     if chromium() or os.environ.get("SHMOOZE_NO_BROWSER"):
         return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        say("Chromium is not installed and cannot be installed here: browser tests will be skipped")
+    ensure_debian_package("chromium", "Chromium", "browser tests")
+
+
+def ensure_haproxy() -> None:
+    """The simulated-hosts test (tests/test_netns.py) puts Debian's HAProxy before two gateways."""
+    if shutil.which("haproxy") or os.environ.get("SHMOOZE_NO_HAPROXY"):
         return
-    say("installing Chromium from Debian's packages for the browser tests")
+    ensure_debian_package("haproxy", "HAProxy", "load-balancer tests")
+
+
+def ensure_debian_package(package: str, what: str, tests: str) -> None:
+    """Install a Debian package the tests need, when we can (root with apt-get)."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        say(f"{what} is not installed and cannot be installed here: {tests} will be skipped")
+        return
+    say(f"installing {what} from Debian's packages for the {tests}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
         run("apt-get", "update", "-qq", env=env, stdout=subprocess.DEVNULL)
-        run("apt-get", "install", "-y", "-qq", "chromium", env=env, stdout=subprocess.DEVNULL)
+        run("apt-get", "install", "-y", "-qq", package, env=env, stdout=subprocess.DEVNULL)
     except subprocess.CalledProcessError as exc:
-        say(f"could not install Chromium ({exc}); browser tests will be skipped")
+        say(f"could not install {what} ({exc}); {tests} will be skipped")
 
 
 def lint() -> int:
@@ -116,6 +128,7 @@ def main(argv: list[str]) -> int:
         if not rest and lint() != 0:  # the whole run (CI's) fails on lint problems before any test
             return 1
         ensure_chromium()
+        ensure_haproxy()
         return subprocess.call([str(BIN / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", *rest])
     if what == "bench":
         ensure_venv("bench")  # circus, websockets and py-spy besides the test extras

@@ -26,7 +26,7 @@ from typing import Any
 
 from shmooze import logs, procutil
 from shmooze.errors import ShmoozeError
-from shmooze.settings import Settings
+from shmooze.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,20 @@ def service_command(settings_path: str, name: str) -> str:
     return _conf_value(" ".join(shlex.quote(a) for a in argv))
 
 
-def supervisord_conf(settings: Settings, paths: RunPaths) -> str:
-    """One ``[program:NAME]`` a port: ``shmooze serve NAME`` with its own log file."""
+def chosen_services(settings: Settings, services: list[str] | None) -> list[str]:
+    """The services this host runs: those named (``gateway`` is ``wsgi``), else every port's."""
+    if not services:
+        return sorted(settings.ports)
+    names = ["wsgi" if name == "gateway" else name for name in services]
+    unknown = [name for name in names if name not in settings.ports]
+    if unknown:
+        raise ShmoozeError(f"no service named {unknown[0]!r} (services: {', '.join(sorted(settings.ports))})")
+    return sorted(set(names))
+
+
+def supervisord_conf(settings: Settings, paths: RunPaths, services: list[str] | None = None) -> str:
+    """One ``[program:NAME]`` a port (or for each of ``services``): ``shmooze serve NAME`` with its
+    own log file."""
     settings_path = os.path.abspath(settings.path)
     logs = _conf_value(str(paths.logs))
     lines = [
@@ -171,7 +183,7 @@ def supervisord_conf(settings: Settings, paths: RunPaths) -> str:
         f"serverurl=unix://{_conf_value(str(paths.socket))}",
         "",
     ]
-    names = sorted(settings.ports, key=lambda n: (n == "wsgi", n))
+    names = sorted(chosen_services(settings, services), key=lambda n: (n == "wsgi", n))
     # One group: supervisord stops the programs of a group all at once, groups one after another.
     lines += [f"[group:{GROUP}]", "programs=" + ",".join(names), ""]
     for name in names:
@@ -197,6 +209,87 @@ def supervisord_conf(settings: Settings, paths: RunPaths) -> str:
     return "\n".join(lines)
 
 
+# -- systemd units, for hosts that prefer systemd to supervisord ---------------------------
+
+def _systemd_word(text: str) -> str:
+    """One word of a unit's ``ExecStart``: double-quoted, with ``%`` and ``$`` kept literal."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    return f'"{escaped}"'
+
+
+def unit_prefix(settings: Settings) -> str:
+    """``shmooze-APP``: APP is the settings file's folder name, kept to safe characters."""
+    import re
+
+    raw = os.path.basename(os.path.dirname(os.path.abspath(settings.path))) or "app"
+    return "shmooze-" + (re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-") or "app")
+
+
+def systemd_units(settings: Settings, services: list[str] | None = None, user: str | None = None) -> dict[str, str]:
+    """File name to text: one ``.service`` unit per service (``shmooze serve NAME``) and one
+    ``.target`` that starts and stops them together. systemd then does supervisord's job: restart
+    on exit, SIGTERM to the service (which runs its modules' ladders), SIGKILL to whatever is left
+    in its cgroup after the stop timeout."""
+    settings_path = os.path.abspath(settings.path)
+    prefix = unit_prefix(settings)
+    names = chosen_services(settings, services)
+    units = {}
+    for name in names:
+        argv = [sys.executable, "-m", "shmooze", "serve", name, "--settings", settings_path]
+        lines = [
+            "# written by 'shmooze systemd-units' from " + settings_path.replace("\n", " "),
+            "[Unit]",
+            f"Description=shmooze {'gateway' if name == 'wsgi' else 'service ' + name} ({prefix})",
+            "After=network-online.target",
+            "Wants=network-online.target",
+            f"PartOf={prefix}.target",
+            "",
+            "[Service]",
+            "Type=simple",
+            "ExecStart=" + " ".join(_systemd_word(a) for a in argv),
+            # A path as it is (spaces and all), only systemd's specifier sign doubled.
+            "WorkingDirectory=" + os.path.dirname(settings_path).replace("%", "%%"),
+            f"Environment={_systemd_word('SHMOOZE_SETTINGS=' + settings_path)}",
+            "Environment=PYTHONUNBUFFERED=1",
+            *([f"User={user}"] if user else []),
+            "Restart=always",
+            "RestartSec=1",
+            # SIGTERM to the service alone (it stops its modules through their ladders), then
+            # SIGKILL to everything left in the unit's cgroup once the stop timeout is over.
+            "KillMode=mixed",
+            f"TimeoutStopSec={stop_wait_seconds(settings)}",
+            *(["Delegate=yes"] if name != "wsgi" else []),  # a cgroup per module below the service's
+            "",
+            "[Install]",
+            f"WantedBy={prefix}.target",
+            "",
+        ]
+        units[f"{prefix}-{name}.service"] = "\n".join(lines)
+    units[f"{prefix}.target"] = "\n".join([
+        "# written by 'shmooze systemd-units' from " + settings_path.replace("\n", " "),
+        "[Unit]",
+        f"Description=shmooze application {prefix} on this host",
+        "Wants=" + " ".join(f"{prefix}-{name}.service" for name in names),
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ])
+    return units
+
+
+def write_systemd_units(settings: Settings, folder: str | os.PathLike[str], services: list[str] | None = None,
+                        user: str | None = None) -> list[Path]:
+    """Write :func:`systemd_units` into ``folder``; return the files written."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for filename, text in systemd_units(settings, services, user).items():
+        (out / filename).write_text(text)
+        written.append(out / filename)
+    return written
+
+
 def rpc(paths: RunPaths, timeout: float = 10.0) -> Any:
     """An XML-RPC proxy to the run's supervisord."""
     from supervisor.xmlrpc import SupervisorTransport
@@ -218,13 +311,15 @@ class StartFailed(ShmoozeError):
     """A service did not come up: it exited, or did not answer within the start timeout."""
 
 
-def taken_ports(settings: Settings) -> list[str]:
-    """One line for each port in ``ports`` that something already listens on (empty: all free)."""
+def taken_ports(settings: Settings, services: list[str] | None = None) -> list[str]:
+    """One line for each port in ``ports`` (or of ``services``) that something already listens on
+    (empty: all free)."""
     import socket
 
-    host = str(settings.get("host", "127.0.0.1"))
     problems = []
-    for name, port in sorted(settings.ports.items()):
+    for name in chosen_services(settings, services):
+        port = settings.ports[name]
+        host = settings.listen_address(name)
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             # The same option gunicorn binds with: a port left in TIME_WAIT counts as free.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -247,7 +342,7 @@ def service_answers(settings: Settings, name: str, timeout: float = 2.0) -> bool
     import requests
 
     try:
-        url = f"http://127.0.0.1:{settings.ports['wsgi']}{settings.wsgi_prefix}settings.json"
+        url = f"{settings.url('wsgi')}{settings.wsgi_prefix}settings.json"
         return requests.get(url, timeout=timeout).status_code == 200
     except requests.RequestException:
         return False
@@ -260,8 +355,10 @@ class Runner:
     gracefully (each runs its modules' ladders); a second one kills them at once (each service's
     orphan guard then ends its modules)."""
 
-    def __init__(self, settings: Settings, conf: str | None = None):
+    def __init__(self, settings: Settings, conf: str | None = None, services: list[str] | None = None):
         self.settings = settings
+        #: The services this host runs (``--services``; default: every one in ``ports``).
+        self.services = chosen_services(settings, services)
         self.paths = RunPaths.for_settings(settings)
         self.conf = conf
         self.signals: list[int] = []
@@ -282,16 +379,16 @@ class Runner:
         lock = InstanceLock(self.paths.lock)
         lock.acquire()
         try:
-            problems = taken_ports(self.settings)
+            problems = taken_ports(self.settings, self.services)
             if problems:
                 raise PortTaken("; ".join(problems) + "; nothing was started")
             self.paths.logs.mkdir(parents=True, exist_ok=True)
             conf_path = Path(self.conf) if self.conf else self.paths.conf
             if not self.conf:
-                conf_path.write_text(supervisord_conf(self.settings, self.paths))
+                conf_path.write_text(supervisord_conf(self.settings, self.paths, self.services))
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, self._record)
-            self.say(out, f"starting {', '.join(sorted(self.settings.ports))}; "
+            self.say(out, f"starting {', '.join(self.services)}; "
                           f"run folder {self.paths.root}, logs in {self.paths.logs}")
             # This process runs no threads, so preexec_fn is safe here: if the runner is killed,
             # supervisord gets SIGTERM and stops every service through its ladder.
@@ -303,7 +400,7 @@ class Runner:
 
     def _supervise(self, proc: subprocess.Popen[bytes], out: Any, start_deadline: float) -> int:
         """The loop: announce once every service answers, stop on a failed start or a signal."""
-        waiting = set(self.settings.ports)  # services not yet seen answering
+        waiting = set(self.services)  # services not yet seen answering
         handled = 0  # signals acted on
         failed = False
         while True:
@@ -344,9 +441,9 @@ class Runner:
         return proc.returncode if proc.returncode > 0 else 1
 
     def url(self) -> str | None:
-        if "wsgi" not in self.settings.ports:
+        if "wsgi" not in self.services:
             return None
-        return f"http://127.0.0.1:{self.settings.ports['wsgi']}{self.settings.wsgi_prefix}"
+        return f"{self.settings.url('wsgi')}{self.settings.wsgi_prefix}"
 
     def _program_infos(self) -> dict[str, dict[str, Any]]:
         try:
@@ -401,7 +498,7 @@ def service_status(settings: Settings, name: str, timeout: float = 3.0) -> dict[
     from shmooze.errors import ShmoozeError as Error
 
     try:
-        return ServiceClient(f"http://127.0.0.1:{settings.ports[name]}/", name, timeout=timeout).status()
+        return ServiceClient(f"{settings.url(name)}/", name, timeout=timeout).status()
     except Error:
         return None
 
@@ -416,6 +513,15 @@ def status(settings: Settings) -> dict[str, Any]:
     services = {}
     for name in sorted(settings.ports):
         prog = programs.get(name, {})
+        if not prog and name == "wsgi":
+            continue  # a host that runs services only (``shmooze run --services``)
+        if not prog and not is_loopback(settings.address(name)):
+            # Run by another host (``shmooze run --services`` there): asked over the network.
+            found = service_status(settings, name, timeout=float(settings.connect_timeout)) \
+                if name != "wsgi" else None
+            services[name] = {"state": "REMOTE", "pid": None, "host": settings.address(name),
+                              "status": found, "answering": found is not None}
+            continue
         entry: dict[str, Any] = {"state": prog.get("statename", "UNKNOWN"), "pid": prog.get("pid") or None}
         if prog.get("statename") == "RUNNING":
             entry["uptime"] = prog.get("now", 0) - prog.get("start", 0)
@@ -430,7 +536,7 @@ def status(settings: Settings) -> dict[str, Any]:
 
 def all_up(report: dict[str, Any]) -> bool:
     """Whether every service of a status report is RUNNING and answering."""
-    return all(e["state"] == "RUNNING" and e.get("answering") for e in report["services"].values())
+    return all(e["state"] in ("RUNNING", "REMOTE") and e.get("answering") for e in report["services"].values())
 
 
 def stop(settings: Settings, timeout: float = 60.0) -> int | None:
@@ -454,7 +560,8 @@ def restart(settings: Settings, names: list[str]) -> list[str]:
     if not is_locked(paths.lock):
         raise NotRunning(f"not running (settings {settings.path})")
     server = rpc(paths, timeout=stop_wait_seconds(settings) + 30)
-    targets = names or sorted(settings.ports)
+    # All of them: those this host runs (``shmooze run --services``), every port's by default.
+    targets = names or sorted(info["name"] for info in server.supervisor.getAllProcessInfo())
     for name in targets:
         if name not in settings.ports:
             raise ShmoozeError(f"no service named {name!r} (services: {', '.join(sorted(settings.ports))})")

@@ -18,6 +18,7 @@ running it is answered with :data:`MAY_HAVE_RUN`, never by running it twice.
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
@@ -134,11 +135,26 @@ class _Connection:
         return Reply(status, body[:length], content_type), keep
 
 
+def _notice_lost_hosts(sock: socket.socket, timeout: float) -> None:
+    """Let the kernel end a connection whose peer's host has vanished within about ``timeout``:
+    data sent and not acknowledged for that long (TCP_USER_TIMEOUT), or an idle connection whose
+    keep-alive probes go unanswered (a long poll waiting on a host that lost its link)."""
+    ms = max(100, int(timeout * 1000))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(timeout)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, ms)
+    except (AttributeError, OSError):  # not Linux: the forward timeout still bounds every wait
+        pass
+
+
 class ServiceProxy:
     """Posts bodies to ``http://host:port/`` over pooled kept-alive connections."""
 
     def __init__(self, name: str, host: str, port: int, timeout: float = 30.0, connect_timeout: float = 2.0,
-                 max_idle: int = 64, idle_timeout: float = 60.0, max_answer_bytes: int = 64 << 20):
+                 max_idle: int = 64, idle_timeout: float = 60.0, max_answer_bytes: int = 64 << 20,
+                 headers: dict[str, str] | None = None):
         self.name = name
         self.host = host
         self.port = port
@@ -151,6 +167,12 @@ class ServiceProxy:
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
         self._host_header = f"{host}:{port}".encode("latin-1")
+        #: Headers sent with every request (the gateway's access token for services beyond loopback).
+        self._fixed_headers = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        from shmooze.settings import is_loopback
+
+        #: Only a service on another host can vanish without a word (see _notice_lost_hosts).
+        self._remote = not is_loopback(host)
 
     def _take(self) -> tuple[_Connection, bool]:
         """A live kept-alive connection (the most recently used), else a new one."""
@@ -174,6 +196,8 @@ class ServiceProxy:
             return conn, True
         sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._remote:
+            _notice_lost_hosts(sock, self.connect_timeout)
         conn = _Connection(sock)
         conn.max_answer_bytes = self.max_answer_bytes
         return conn, False
@@ -196,7 +220,7 @@ class ServiceProxy:
         says the body only reads (asked only then, so the hot path parses nothing). A service that closes the connection after taking the request
         is a :class:`ForwardError` 502 with :data:`MAY_HAVE_RUN`.
         """
-        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        extra = self._fixed_headers + "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         request = (f"POST {path} HTTP/1.1\r\nHost: ".encode("latin-1") + self._host_header
                    + f"\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
                    .encode("latin-1") + body)
@@ -206,8 +230,8 @@ class ServiceProxy:
             except (ConnectionRefusedError, FileNotFoundError):
                 raise ForwardError(502, f"service {self.name!r} is down (nothing listens on port {self.port})") from None
             except (socket.timeout, TimeoutError):
-                raise ForwardError(504, f"service {self.name!r} did not accept a connection within "
-                                        f"{self.connect_timeout:g} s") from None
+                raise ForwardError(502, f"service {self.name!r} cannot be reached: no connection to "
+                                        f"{self.host} within {self.connect_timeout:g} s (connect_timeout)") from None
             except OSError as exc:
                 raise ForwardError(502, f"service {self.name!r} cannot be reached: {exc.strerror or exc}") from exc
             sent = False
@@ -218,8 +242,11 @@ class ServiceProxy:
                     conn.sock.sendall(request[written:])
                 sent = True
                 reply, keep = conn.read_reply()
-            except (socket.timeout, TimeoutError):
+            except (socket.timeout, TimeoutError) as exc:
                 conn.close()
+                if getattr(exc, "errno", None) == errno.ETIMEDOUT:  # unacknowledged: the host is gone
+                    raise ForwardError(502, f"service {self.name!r} cannot be reached: its host stopped "
+                                            f"answering (nothing acknowledged within {self.connect_timeout:g} s)") from None
                 raise ForwardError(504, f"service {self.name!r} did not answer within {self.timeout:g} s") from None
             except (_Closed, ConnectionResetError, BrokenPipeError) as exc:
                 conn.close()

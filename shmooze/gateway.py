@@ -72,9 +72,14 @@ class DeclaredReadOnly:
         return only_reads(items, self.read_only)
 
     def keep_fresh(self) -> None:
-        """Before a forward: ask when there is no answer yet, or an old one (cheap when fresh)."""
+        """Before a forward: ask when there is no answer yet, or an old one (cheap when fresh).
+
+        Raises the :class:`ForwardError` when asking found the service unreachable (its host lost):
+        the forward would wait for the same connect timeout again."""
         if self._should_ask([]):
-            self.refresh()
+            failure = self.refresh()
+            if failure is not None and failure.status == 502:
+                raise failure
 
     def body_only_reads(self, body: bytes) -> bool:
         """The same for a command body (a body that is not a request changes nothing, but says no)."""
@@ -95,29 +100,36 @@ class DeclaredReadOnly:
             return True
         return any(isinstance(i, protocol.Command) and i.cmd not in self.known for i in items)
 
-    def refresh(self) -> None:
-        """Ask the service for its commands (one caller at a time; the others wait for its answer)."""
+    def refresh(self) -> ForwardError | None:
+        """Ask the service for its commands (one caller at a time; the others wait for its answer).
+        Gives the forwarding error when the service could not be asked."""
         asked = self._asked_at
         with self._lock:
             if self._asked_at != asked:
-                return  # another caller asked meanwhile
-            self._asked_at = time.monotonic()
+                return None  # another caller asked meanwhile
             try:
-                reply = self.proxy.post(b'{"cmd": "commands"}', repeatable=lambda: True)
-                answer = protocol.loads(reply.body)
-                table = answer["result"] if answer.get("success") is True else None
-                if not isinstance(table, dict):
-                    raise ValueError(f"answered {protocol.short(reply.body.decode('utf-8', 'replace'), 100)}")
-            except (ForwardError, ValueError, TypeError, KeyError, AttributeError) as exc:
-                log.warning("cannot learn the read-only commands of %s (%s); only %s count as read-only",
-                            self.proxy.name, getattr(exc, "message", exc), ", ".join(sorted(self.read_only)))
-                self.known, self.read_only = None, BASE_READ_ONLY | self.extra
-                return
-            self.known = frozenset(table)
-            self.read_only = frozenset(
-                name for name, about in table.items() if isinstance(about, dict) and about.get("read_only") is True
-            ) | self.extra
-            self._answered_at = time.monotonic()
+                return self._ask()
+            finally:
+                self._asked_at = time.monotonic()  # min_interval counts from the end of the ask
+
+    def _ask(self) -> ForwardError | None:
+        try:
+            reply = self.proxy.post(b'{"cmd": "commands"}', repeatable=lambda: True)
+            answer = protocol.loads(reply.body)
+            table = answer["result"] if answer.get("success") is True else None
+            if not isinstance(table, dict):
+                raise ValueError(f"answered {protocol.short(reply.body.decode('utf-8', 'replace'), 100)}")
+        except (ForwardError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("cannot learn the read-only commands of %s (%s); only %s count as read-only",
+                        self.proxy.name, getattr(exc, "message", exc), ", ".join(sorted(self.read_only)))
+            self.known, self.read_only = None, BASE_READ_ONLY | self.extra
+            return exc if isinstance(exc, ForwardError) else None
+        self.known = frozenset(table)
+        self.read_only = frozenset(
+            name for name, about in table.items() if isinstance(about, dict) and about.get("read_only") is True
+        ) | self.extra
+        self._answered_at = time.monotonic()
+        return None
 
 
 class Gateway:
@@ -133,13 +145,16 @@ class Gateway:
         self.body_min_rate = float(settings.body_min_rate)
         if gevent_sockets():  # a gateway worker: cut slow bodies while they crowd its connections
             READERS.watch(int(settings.get("gateway_connections", 4000)), float(settings.body_shed_after))
-        host = settings.get("service_host", "127.0.0.1")
         timeout = float(settings.forward_timeout)
+        self.connect_timeout = float(settings.connect_timeout)
         # A kept-alive connection is dropped well before the service would drop it.
         idle = min(float(settings.forward_idle_timeout), float(settings.service_keepalive) / 2)
+        # Services beyond loopback check the token on their own port: the gateway sends it.
+        token = settings.get("access_token")
         self.proxies = {
-            name: ServiceProxy(name, host, port, timeout=timeout, idle_timeout=idle,
-                               max_answer_bytes=int(settings.max_answer_bytes))
+            name: ServiceProxy(name, settings.address(name), port, timeout=timeout, idle_timeout=idle,
+                               connect_timeout=self.connect_timeout, max_answer_bytes=int(settings.max_answer_bytes),
+                               headers={"Authorization": f"Bearer {token}"} if token else None)
             for name, port in settings.ports.items()
             if name != "wsgi"
         }
@@ -155,7 +170,7 @@ class Gateway:
         self.watchers = {name: ServiceWatcher(proxy) for name, proxy in self.proxies.items()}
         self.sockets: set[Any] = set()  # open WebSockets, closed with "going away" when the gateway stops
         #: Extra routes under the prefix: name -> WSGI app.
-        self.routes: dict[str, Callable[..., Any]] = {"ws": self.websocket}  # each returns a Response or bytes
+        self.routes: dict[str, Callable[..., Any]] = {"ws": self.websocket, "healthz": self.healthz}  # each returns a Response or bytes
         from shmooze import dashboard
 
         dashboard.add_routes(self)  # metrics and the dashboard (shmooze.dashboard)
@@ -207,9 +222,16 @@ class Gateway:
             raise JSONHTTPError(403, "origin not allowed", close=True)
         body, mimetype = read_command_body(environ, self.max_body_bytes, self.body_timeout, self.body_min_rate)
         declared = self.declared[proxy.name]
-        declared.keep_fresh()  # whether it may be sent again after a failure, even without a token
+        unreachable = None
+        try:
+            declared.keep_fresh()  # whether it may be sent again after a failure, even without a token
+        except ForwardError as exc:
+            unreachable = exc
         if self.token is not None:
             self.check_token(proxy.name, body, environ.get("HTTP_AUTHORIZATION", ""))
+        if unreachable is not None:  # asking found the service unreachable: say so now, not after a second wait
+            log.warning("forward to %s: %s", proxy.name, unreachable.message)
+            raise JSONHTTPError(unreachable.status, unreachable.message)
         body = wait_for_changes_here(self.watchers[proxy.name], body)
         try:
             reply = proxy.post(body, mimetype, repeatable=lambda: declared.body_only_reads(body))
@@ -218,6 +240,47 @@ class Gateway:
             log.warning("forward to %s: %s", proxy.name, exc.message)
             raise JSONHTTPError(exc.status, exc.message) from None
         return raw_json_response(start_response, reply.body, reply.status)
+
+    # -- health, for a load balancer ----------------------------------------------------------
+
+    def healthz(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Response:
+        """``GET {wsgi_prefix}healthz``: 200 while this gateway reaches its services, 503 when it
+        reaches none of them (cut off: a load balancer should send browsers elsewhere).
+
+        Each service is asked ``status`` at once, each within ``connect_timeout``: one that answers
+        is ``up``, one that takes a connection but not its answer in time is ``slow`` (reached: a
+        busy service is no reason to take the gateway out), one that cannot be reached is ``down``.
+        One service down is the same for every gateway, so it does not fail the check either (the
+        load balancer would take every gateway out, and the services that work with them).
+        """
+        import threading
+
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            raise JSONHTTPError(405, "healthz is read with GET", {"Allow": "GET, HEAD"})
+        found: dict[str, tuple[str, str]] = {}
+
+        def ask(name: str, proxy: ServiceProxy) -> None:
+            probe = ServiceProxy(name, proxy.host, proxy.port, timeout=self.connect_timeout,
+                                 connect_timeout=self.connect_timeout, max_idle=0)
+            try:
+                reply = probe.post(b'{"cmd": "status"}')
+                found[name] = ("up", "") if reply.status == 200 else ("down", f"HTTP {reply.status}")
+            except ForwardError as exc:
+                found[name] = ("slow" if exc.status == 504 else "down", exc.message)
+            finally:
+                probe.close()
+
+        threads = [threading.Thread(target=ask, args=item, daemon=True) for item in self.proxies.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(self.connect_timeout * 2 + 1)
+        states = {name: found.get(name, ("slow", "no answer yet")) for name in sorted(self.proxies)}
+        up = [name for name, (state, _) in states.items() if state == "up"]
+        slow = {name: why for name, (state, why) in states.items() if state == "slow"}
+        down = {name: why for name, (state, why) in states.items() if state == "down"}
+        healthy = bool(up or slow) or not self.proxies
+        return json_response({"healthy": healthy, "up": up, "slow": slow, "down": down}, 200 if healthy else 503)
 
     # -- access control ------------------------------------------------------------------
 

@@ -223,10 +223,13 @@ class CommandApp:
     """WSGI app that answers command requests with ``handler(parsed_request) -> answers``."""
 
     def __init__(self, handler: Callable[[protocol.Request], list[dict[str, Any]]], max_body_bytes: int = 1 << 20,
-                 max_answer_bytes: int = 16 << 20):
+                 max_answer_bytes: int = 16 << 20,
+                 authorize: Callable[[protocol.Request, dict[str, Any]], None] | None = None):
         self.handler = handler
         self.max_body_bytes = max_body_bytes
         self.max_answer_bytes = max_answer_bytes
+        #: Raises JSONHTTPError (401) for a request it refuses (see shmooze.access); None: every request runs.
+        self.authorize = authorize
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         return serve_json_errors(lambda: self.answer(environ, start_response), environ, start_response,
@@ -239,6 +242,8 @@ class CommandApp:
             parsed = protocol.parse_request(body)
         except protocol.BodyError as exc:
             raise JSONHTTPError(400, str(exc)) from None
+        if self.authorize is not None:
+            self.authorize(parsed, environ)
         answer = encode_or_fail(parsed, self.handler(parsed))
         if len(answer) > self.max_answer_bytes:
             answer = too_big_answer(parsed, len(answer), self.max_answer_bytes)
@@ -253,6 +258,7 @@ def too_big_answer(request: protocol.Request, size: int, limit: int) -> bytes:
     return encode_or_fail(request, [error for _ in request.items])
 
 
-def service_app(service: Any, max_body_bytes: int = 1 << 20, max_answer_bytes: int = 16 << 20) -> CommandApp:
+def service_app(service: Any, max_body_bytes: int = 1 << 20, max_answer_bytes: int = 16 << 20,
+                authorize: Callable[[protocol.Request, dict[str, Any]], None] | None = None) -> CommandApp:
     """The WSGI app of a :class:`shmooze.service.Service`."""
-    return CommandApp(service.handle, max_body_bytes, max_answer_bytes)
+    return CommandApp(service.handle, max_body_bytes, max_answer_bytes, authorize)

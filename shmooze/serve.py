@@ -226,10 +226,10 @@ class _GunicornApp:
 
 
 def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:
-    host = settings.get("host", "127.0.0.1")
+    host = settings.listen_address(name)
     port = settings.ports[name]
     common = {
-        "bind": [f"{host}:{port}"],
+        "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
         "proc_name": f"shmooze-{name}",
         "accesslog": None,
         "errorlog": "-",
@@ -339,8 +339,12 @@ def serve(settings: Settings, name: str) -> None:
 
     service_spec(settings, name)
     one_malloc_arena()
+    from shmooze.access import check_listen_address
+
+    token = check_listen_address(settings, name)  # beyond loopback: a token, checked on this port
 
     def load_service() -> Any:
+        from shmooze.access import token_guard
         from shmooze.host import ModuleHost
         from shmooze.httpjson import service_app
 
@@ -350,7 +354,8 @@ def serve(settings: Settings, name: str) -> None:
         _on_stop.append(service.events.close)
         if isinstance(service, ModuleHost):
             _on_stop.append(service.stop)  # a module host starts its ladders at once, not after gunicorn's wait
-        return service_app(service, int(settings.max_body_bytes), int(settings.max_answer_bytes))
+        guard = token_guard(service, token, frozenset(settings.get("open_commands", []))) if token else None
+        return service_app(service, int(settings.max_body_bytes), int(settings.max_answer_bytes), guard)
 
     options = gunicorn_options(settings, name)
     options["worker_exit"] = _worker_exit

@@ -34,6 +34,9 @@ DEFAULTS: dict[str, Any] = {
     "gateway_workers": 2,
     "service_threads": 32,
     "forward_timeout": 30.0,
+    "connect_timeout": 2.0,
+    "hosts": {},
+    "service_host": None,
     "services": {},
     "access_token": None,
     "allowed_origins": [],
@@ -85,6 +88,24 @@ class Settings:
         """Service names: every port but the gateway's."""
         return [name for name in self.ports if name != "wsgi"]
 
+    def listen_address(self, name: str) -> str:
+        """Where service ``name`` listens: its address in ``hosts``, else ``host`` (127.0.0.1)."""
+        return str(self._data["hosts"].get(name) or self._data.get("host") or "127.0.0.1")
+
+    def address(self, name: str) -> str:
+        """Where clients reach service ``name``: its address in ``hosts``, else ``service_host``, else
+        loopback (a service listening on every address, 0.0.0.0 or ::, is reached on loopback)."""
+        placed = self._data["hosts"].get(name) or self._data.get("service_host")
+        if placed and placed not in ("0.0.0.0", "::"):
+            return str(placed)
+        listen = self.listen_address(name)
+        return "::1" if listen == "::" else "127.0.0.1" if listen == "0.0.0.0" else listen
+
+    def url(self, name: str) -> str:
+        """``http://ADDRESS:PORT`` of service ``name`` (IPv6 addresses in brackets)."""
+        host = self.address(name)
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.ports[name]}"
+
 
 def _validate(data: dict[str, Any], path: str) -> None:
     ports = data.get("ports")
@@ -93,12 +114,30 @@ def _validate(data: dict[str, Any], path: str) -> None:
     for name, port in ports.items():
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
             raise SettingsError(f"{path}: port of {name!r} must be a number from 0 to 65535, not {port!r}")
+    hosts = data.get("hosts")
+    if not isinstance(hosts, dict) or not all(isinstance(h, str) and h for h in hosts.values()):
+        raise SettingsError(f"{path}: 'hosts' must be an object of service name to address")
+    unknown = sorted(set(hosts) - set(ports))
+    if unknown:
+        raise SettingsError(f"{path}: 'hosts' names {unknown[0]!r}, which has no port in 'ports'")
     if not isinstance(data.get("public"), list):
         raise SettingsError(f"{path}: 'public' must be a list of key names")
     for key in ("wsgi_prefix", "static_prefix"):
         value = data.get(key)
         if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/"):
             raise SettingsError(f"{path}: {key!r} must be a path that starts and ends with '/', not {value!r}")
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` (an IP literal or ``localhost``) is reachable only from this machine."""
+    import ipaddress
+
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
 
 
 def expand_paths(data: dict[str, Any], base: str | None = None) -> dict[str, Any]:

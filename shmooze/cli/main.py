@@ -48,7 +48,25 @@ def cmd_serve(opts: argparse.Namespace) -> int:
 def cmd_run(opts: argparse.Namespace) -> int:
     from shmooze.deploy import Runner
 
-    return Runner(_load_settings(opts.settings_file or opts.settings), conf=opts.supervisord_conf).run()
+    return Runner(_load_settings(opts.settings_file or opts.settings), conf=opts.supervisord_conf,
+                  services=_service_list(opts.services)).run()
+
+
+def _service_list(text: str | None) -> list[str] | None:
+    """``--services queue,pool`` as a list (None: every service)."""
+    names = [name.strip() for name in (text or "").split(",") if name.strip()]
+    return names or None
+
+
+def cmd_systemd_units(opts: argparse.Namespace) -> int:
+    from shmooze import deploy
+
+    loaded = _load_settings(opts.settings)
+    written = deploy.write_systemd_units(loaded, opts.output, _service_list(opts.services), opts.user)
+    target = next(path.name for path in written if path.suffix == ".target")
+    sys.stdout.write("".join(f"wrote {path}\n" for path in written)
+                     + f"then: systemctl daemon-reload && systemctl enable --now {target}\n")
+    return 0
 
 
 def cmd_status(opts: argparse.Namespace) -> int:
@@ -115,7 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("settings_file", nargs="?", default=None, metavar="SETTINGS")
     p.add_argument("--settings", default=None, help=settings_help)
     p.add_argument("--supervisord-conf", default=None, help="use this supervisord configuration as it is")
+    p.add_argument("--services", default=None, metavar="NAME,NAME",
+                   help="run only these services (those placed on this host; 'gateway' or 'wsgi' is the gateway)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("systemd-units", help="write one systemd unit per service (and a target for them all)")
+    p.add_argument("--settings", default=None, help=settings_help)
+    p.add_argument("--services", default=None, metavar="NAME,NAME", help="only these services (this host's)")
+    p.add_argument("--output", default=".", metavar="FOLDER",
+                   help="where to write the units (default: here; /etc/systemd/system to install them)")
+    p.add_argument("--user", default=None, help="the user the services run as (default: root)")
+    p.set_defaults(func=cmd_systemd_units)
 
     p = sub.add_parser("status", help="show every service and module")
     p.add_argument("--settings", default=None, help=settings_help)

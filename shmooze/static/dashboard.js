@@ -272,6 +272,8 @@
         refresh(name);
       });
       setInterval(tick, 1000); // the page's clock: no request
+      // A service whose host is lost pushes nothing, so every service is asked again now and then.
+      setInterval(function () { model.names.forEach(refresh); }, 5000);
       window.dashboardReady = true;
     }, function (err) { say("cannot load the settings: " + (err && err.message || err)); });
   }
