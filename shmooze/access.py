@@ -18,11 +18,10 @@ from shmooze.service import Service
 from shmooze.settings import Settings, is_loopback
 
 
-def is_read_only(service: Any, cmd: str) -> bool:
+def is_read_only(service: Service, cmd: str) -> bool:
     """Whether command ``cmd`` of ``service`` changes nothing (so it needs no token): its declared
     ``@command(read_only=True)`` commands."""
-    read_only = service.read_only_commands if isinstance(service, Service) else Service.declared_read_only()
-    return cmd in read_only
+    return cmd in service.read_only_commands
 
 
 def bearer_matches(authorization: str, token: str) -> bool:
@@ -47,7 +46,7 @@ def check_listen_address(settings: Settings, name: str) -> str | None:
     return str(token)
 
 
-def token_guard(service: Any, token: str, open_commands: frozenset[str] = frozenset()
+def token_guard(service: Service, token: str, open_commands: frozenset[str] = frozenset()
                 ) -> Callable[[protocol.Request, dict[str, Any]], None]:
     """A check for :class:`shmooze.httpjson.CommandApp`: a request with any command that changes
     state needs ``Authorization: Bearer TOKEN`` (401 otherwise)."""

@@ -339,9 +339,9 @@ class Gateway:
             sessions = gateway_stats().sessions
             sessions.inc()
             try:
-                PushSession(ws, self.proxies, self.watchers, authorize, int(self.settings.ws_max_in_flight),
-                            int(self.settings.ws_outbox_bytes),
-                            lambda service, items: self.declared[service].only_reads(items, ask=False)).run()
+                PushSession(ws, self.proxies, self.watchers, authorize,
+                            lambda service, items: self.declared[service].only_reads(items, ask=False),
+                            int(self.settings.ws_max_in_flight), int(self.settings.ws_outbox_bytes)).run()
             finally:
                 sessions.dec()
                 self.sockets.discard(ws)

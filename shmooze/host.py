@@ -570,9 +570,13 @@ class ModuleHost(Service):
         except Exception:
             log.exception("%s: after_restore failed", self.name)
 
+    def type_tables(self) -> dict[str, dict[str, ModuleType]]:
+        """The module types this host starts, by kind ("module"; "background" for a queue)."""
+        return {"module": self.types, "background": getattr(self, "backgrounds", {})}
+
     def _restore_entries(self, entries: list[Entry]) -> None:
         assert self.journal is not None  # the entries come from it
-        tables = {"module": self.types, "background": getattr(self, "backgrounds", {})}
+        tables = self.type_tables()
         wanted, dropped = [], []
         for entry in entries:
             mtype = tables.get(entry.get("kind", ""), {}).get(entry.get("type", ""))

@@ -27,7 +27,6 @@ from shmooze import protocol
 from shmooze.fanout import OUTBOX_BYTES, ServiceWatcher, Subscriber, change_message
 from shmooze.forward import ForwardError, ServiceProxy
 from shmooze.longpoll import wait_for_changes_here
-from shmooze.service import only_reads
 from shmooze.websocket import WebSocket, text_frame
 
 log = logging.getLogger(__name__)
@@ -41,11 +40,11 @@ class PushSession:
 
     def __init__(self, ws: WebSocket, proxies: dict[str, ServiceProxy], watchers: dict[str, ServiceWatcher],
                  authorize: Callable[[str, list[protocol.Item], dict[str, Any]], str | None],
-                 max_in_flight: int = MAX_IN_FLIGHT, outbox_bytes: int = OUTBOX_BYTES,
-                 is_read: Callable[[str, list[protocol.Item]], bool] | None = None):
+                 is_read: Callable[[str, list[protocol.Item]], bool],
+                 max_in_flight: int = MAX_IN_FLIGHT, outbox_bytes: int = OUTBOX_BYTES):
         self.ws = ws
         # whether a service's commands change nothing (may be sent again after a lost answer)
-        self.is_read = is_read or (lambda service, items: only_reads(items))
+        self.is_read = is_read
         self.proxies = proxies
         self.watchers = watchers
         self.authorize = authorize

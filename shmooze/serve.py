@@ -139,7 +139,7 @@ def _configure_host(host: ModuleHost, settings: Settings, name: str) -> None:
     _keep_module_output(settings, name, host.ops)
 
 
-def _configure_module_types(settings: Settings, service: Any) -> None:
+def _configure_module_types(settings: Settings, host: ModuleHost) -> None:
     """``module_types``: restart policies and limits per module type name, over what the code declares
     (for every queue or pool with a module or background type of that name)."""
     from shmooze.moduletype import with_settings
@@ -148,10 +148,7 @@ def _configure_module_types(settings: Settings, service: Any) -> None:
     if not isinstance(table, dict):
         raise SettingsError(f"{settings.path}: module_types must be an object of type name to settings")
     changed: list[tuple[dict, str, Any]] = []
-    for attr in ("types", "backgrounds"):
-        types = getattr(service, attr, None)
-        if not isinstance(types, dict):
-            continue
+    for types in host.type_tables().values():
         for name in sorted(set(types) & set(table)):
             try:
                 changed.append((types, name, with_settings(types[name], table[name])))

@@ -16,7 +16,10 @@ def format_status(report: dict[str, Any]) -> str:
     for name, entry in report["services"].items():
         st = entry.get("status") or {}
         modules = st.get("modules", [])
-        state = entry["state"] if entry.get("answering") or entry["state"] != "RUNNING" else "NOT ANSWERING"
+        state = entry["state"] if entry.get("answering") or entry["state"] not in ("RUNNING", "REMOTE") else \
+            "NOT ANSWERING" if entry["state"] == "RUNNING" else "DOWN"
+        if entry["state"] == "REMOTE":
+            state += f" ({entry['host']})"
         rows.append((name, state, str(entry["pid"] or "-"), _duration(entry.get("uptime")),
                      str(len(modules)) if "modules" in st else "-"))
         for m in modules:

@@ -29,3 +29,13 @@ def test_services_modules_restarts_ended_and_containment():
 def test_no_module_table_without_modules():
     text = format_status({"services": {"volume": {"state": "STOPPED", "pid": None, "answering": False}}})
     assert text.splitlines()[1].split() == ["volume", "STOPPED", "-", "-", "-"] and "UPTIME / ENDED BY" not in text
+
+
+def test_services_on_other_hosts_show_their_address_or_down():
+    report = {"services": {
+        "queue": {"state": "REMOTE", "pid": None, "host": "10.0.0.2", "answering": True, "status": {}},
+        "pool": {"state": "REMOTE", "pid": None, "host": "10.0.0.3", "answering": False},
+    }}
+    rows = {line.split()[0]: line.split()[1:] for line in format_status(report).splitlines()[1:] if line.strip()}
+    assert rows["queue"][:2] == ["REMOTE", "(10.0.0.2)"]
+    assert rows["pool"][:2] == ["DOWN", "(10.0.0.3)"]
