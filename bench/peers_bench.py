@@ -16,7 +16,9 @@ supervisord's once-a-second poll of a waiting call is not counted against it.
 The peers' program is bench/floor_child.py with ``--fast-exit`` (connects, answers one line,
 ``os._exit`` on SIGTERM), as our Python module exits with ``os._exit`` after ``rm``. Memory per
 module: RSS of the pool service's worker, of supervisord, of circusd with the largest count running
-minus without, divided by the count.
+minus without, divided by the count. "Without" is read after one cycle of 16 (CONCURRENT_ADDS) on
+each system, so that what serving 16 concurrent clients costs once (the threads the service's
+worker starts for them, each system's connections) is not counted as a cost per module.
 """
 
 from __future__ import annotations
@@ -323,13 +325,24 @@ def peers_section(stack: Stack, counts: list[int], rounds: int) -> Section:
     systems: list[Any] = []
     times: dict[tuple[str, int, str], list[float]] = {}
     memory: dict[str, list[float]] = {}
+    configured = sorted(set(counts) | {CONCURRENT_ADDS})
     try:
         shmooze = Shmooze(stack)
         systems.append(shmooze)
         systems.append(Supervisord(stack.dir / "peer-supervisord", "".join(
-            supervisor_program(f"f{c}", "--fast-exit", answerer.port, c) for c in counts)))
-        systems.append(Circus(stack.dir / "peer-circus", counts, answerer.port))
-        before = {s.label: _rss(s.pid) for s in systems}
+            supervisor_program(f"f{c}", "--fast-exit", answerer.port, c) for c in configured)))
+        systems.append(Circus(stack.dir / "peer-circus", configured, answerer.port))
+        before = {}
+        for system in systems:  # the baseline of memory, after one cycle at full concurrency (see the top)
+            base = set(_children_pids(system.pid))
+            system.start(CONCURRENT_ADDS)
+            if system is not shmooze:
+                answerer.wait(CONCURRENT_ADDS, 120)
+            pids = [p for p in _children_pids(system.pid) if p not in base]
+            system.stop(CONCURRENT_ADDS)
+            wait_until(lambda gone=pids: _gone(gone), 60, f"{system.label}'s warm-up processes to be reaped", 0.002)
+            answerer.drop_all()
+            before[system.label] = _rss(system.pid)
         for count in counts:  # one warm-up cycle of each system before the first count, then the rounds
             warm = 1 if count == counts[0] else 0
             for r in range(rounds + warm):
@@ -383,7 +396,9 @@ def peers_section(stack: Stack, counts: list[int], rounds: int) -> Section:
     sec.notes.append("Start: until every module answered (shmooze: every add returned, init and play done; peers: "
                      "every child answered one line on our socket). Stop: from the stop command until every process "
                      "is reaped; every child exits with os._exit on SIGTERM, as our modules do after rm. Memory: "
-                     "RSS growth of the pool service's worker, supervisord, circusd, per module. Circus polls its "
+                     "RSS growth of the pool service's worker, supervisord, circusd, per module, from a baseline "
+                     f"read after one cycle of {CONCURRENT_ADDS} modules on each (so that the threads and "
+                     "connections of serving that many clients at once are not counted per module). Circus polls its "
                      "stopping children every 100 ms; supervisord serves its XML-RPC calls one at a time from one "
                      "loop, which the starting children slow down.")
     return sec

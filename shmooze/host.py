@@ -446,7 +446,10 @@ class ModuleHost(Service):
         if not orders:
             return []
         assert self._commands_pool is not None  # commands reach modules only once the host has booted
-        futures = {self._commands_pool.submit(m.call, cmd): (m, cmd) for m, cmd in orders}
+        if len(orders) == 1:  # (one add to a pool) sent from this thread: no pool thread to wake or to make
+            futures = {_run_now(orders[0][0].call, orders[0][1]): orders[0]}
+        else:
+            futures = {self._commands_pool.submit(m.call, cmd): (m, cmd) for m, cmd in orders}
         failed = []
         for future, (module, cmd) in futures.items():
             try:
@@ -664,6 +667,16 @@ class ModuleHost(Service):
         if names is not None:
             out["parameters"] = module.get_parameters(names)
         return out
+
+
+def _run_now(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+    """``fn(*args)`` run here, as a done future (as a pool would hand it back)."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    try:
+        future.set_result(fn(*args))
+    except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the future
+        future.set_exception(exc)
+    return future
 
 
 def _available(types: dict[str, ModuleType], describe: bool) -> list:

@@ -29,12 +29,15 @@ Callback = Callable[[], None]
 
 
 class Channel:
-    """A registered file descriptor with a reader callback and an output buffer."""
+    """A registered file descriptor with a reader callback and an output buffer (made when a write
+    cannot be sent at once: a service watches five of these per module)."""
+
+    __slots__ = ("fileobj", "on_readable", "out", "max_out", "dropped")
 
     def __init__(self, fileobj: Any, on_readable: Callable[[], None], max_out: int):
         self.fileobj = fileobj
         self.on_readable = on_readable
-        self.out = bytearray()
+        self.out: bytearray | None = None  # bytes waiting for the peer to read
         self.max_out = max_out
         self.dropped = 0
 
@@ -53,6 +56,9 @@ class IOLoop:
         self._timers: list[tuple[float, int, Callback]] = []
         self._seq = itertools.count()
         self._channels: dict[int, Channel] = {}
+        #: What the loop's readers read into (on the loop thread only), copying out what came: a read
+        #: of 64 KiB into a new bytes object each time scattered the malloc heap (cut to size after).
+        self.read_buffer = memoryview(bytearray(65536))
         self._running = True
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
@@ -98,24 +104,38 @@ class IOLoop:
             self._selector.unregister(fileobj)
 
     def write(self, chan: Channel, data: bytes) -> None:
-        """Queue bytes for a socket channel; drop them when the peer lets the buffer grow past its bound."""
-        if len(chan.out) + len(data) > chan.max_out:
+        """Send bytes on a socket channel, queueing what the peer does not take now; drop them when the
+        peer lets the queue grow past its bound."""
+        if len(chan.out or b"") + len(data) > chan.max_out:
             chan.dropped += 1
             return
-        chan.out += data
+        if chan.out is None:  # nothing queued: send at once, queue only what is left
+            try:
+                sent = chan.fileobj.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                return
+            if sent == len(data):
+                return
+            chan.out = bytearray(data[sent:])
+        else:
+            chan.out += data
         self._flush(chan)
 
     def _flush(self, chan: Channel) -> None:
-        sock = chan.fileobj
-        while chan.out:
+        sock, out = chan.fileobj, chan.out
+        while out:
             try:
-                sent = sock.send(chan.out)
+                sent = sock.send(out)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
-                chan.out.clear()
+                out.clear()
                 break
-            del chan.out[:sent]
+            del out[:sent]
+        if not out:
+            chan.out = None
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if chan.out else 0)
         try:
             self._selector.modify(sock, events, chan)

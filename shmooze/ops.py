@@ -166,7 +166,7 @@ class HostOps:
                 tracker = self._trackers[module.uid] = Tracker(policy)
             tracker.started(time.monotonic())
             self._waiting.pop(module.uid, None)
-        module.restart_plan = {"type": module.type, "args": args, "kind": kind}  # type: ignore[attr-defined]
+        module.restart_plan = {"type": module.type, "args": args, "kind": kind}
 
     def start_failed(self, mtype: Any) -> None:
         self.host.stats.starts.labels(mtype.name, "failed").inc()
@@ -178,6 +178,7 @@ class HostOps:
             flushed = threading.Event()
             self.host.loop.call_soon(flushed.set)
             flushed.wait(2)
+        self._meters.pop(module.uid, None)  # (a restart measures from its own start)
         removed = module.stop_reason in REMOVALS or self.host._closing
         limits = Limits.of(module.type)
         if limits and not removed and module.ended_by in ("exited", "rm", None):
@@ -191,7 +192,7 @@ class HostOps:
                 module.ended_by, why = hit
                 module.stop_reason = f"{why}; {module.stop_reason}" if module.stop_reason else why
         self.host.stats.ends.labels(module.type.name, module.ended_by or "unknown").inc()
-        plan = getattr(module, "restart_plan", None)
+        plan = module.restart_plan
         if plan is None or module.start_failed:
             return
         failed = (module.returncode not in (0, None) or (module.ended_by or "").startswith("limit:")

@@ -191,12 +191,14 @@ class LineBuffer:
     newline, is dropped however it arrives, and the next line is read as usual.
     """
 
+    __slots__ = ("max_line", "_buf", "_skipping")  # four per module
+
     def __init__(self, max_line: int = 1 << 20):
         self.max_line = max_line
         self._buf = bytearray()
         self._skipping = False  # inside an over-long line already reported
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         """Add bytes read from the stream."""
         self._buf += data
 
@@ -223,7 +225,7 @@ class LineBuffer:
         del self._buf[: nl + 1]
         return Line(line)
 
-    def events(self, data: bytes = b"") -> list[Line | LineTooLong]:
+    def events(self, data: bytes | memoryview = b"") -> list[Line | LineTooLong]:
         """Add bytes and take every event they complete."""
         self.feed(data)
         out: list[Line | LineTooLong] = []

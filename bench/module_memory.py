@@ -1,0 +1,236 @@
+"""Where a module's memory goes in the service that holds it: tracemalloc over real adds.
+
+Builds the benchmark's pool service in this process, from a settings file like the benchmark
+stack's (so with its journal and module output folder), and adds COUNT real trivial modules from
+16 threads, as B5 does. Then:
+
+1. ROUNDS rounds of add and rm: the RSS growth of this process from the booted service to COUNT
+   modules running, per module, as B5 counts it (without gunicorn around it), and where it is
+   (thread stacks, the malloc heap, other anonymous memory; from ``/proc/self/smaps``);
+2. one more round under tracemalloc (the service's bounded histories are full by then): the Python
+   heap growth per module, and the allocation sites that hold it, by line and by traceback.
+
+With ``--served``, it runs ``shmooze serve pool`` instead (gunicorn, as in B5) and repeats only B5's
+shmooze side: rounds of 1 (after a warm-up), 50 and 200 modules added over HTTP by 16 clients, and
+the RSS growth of the service's worker per module, from a baseline read after one cycle of 16
+modules, in each 200 round: the B5 memory row's shmooze figures without the peers (a minute instead
+of ten).
+
+Usage: ``.venv/bin/python bench/module_memory.py [--modules 200] [--top 15] [--frames 6] [--served]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from common import PYTHON, Proc, child_env, free_port, median, setup_logging
+
+CONCURRENT_ADDS = 16
+
+
+def _rss() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def _build(folder: Path) -> Any:
+    """The pool service as ``shmooze serve pool`` builds it from the benchmark's settings, started."""
+    from shmooze import serve, settings
+
+    path = folder / "settings.json"
+    path.write_text(json.dumps({"ports": {"pool": free_port()}, "services": {"pool": "benchapps:make_pool"}}))
+    loaded = settings.read(path)
+    settings.use(loaded)
+    serve.one_malloc_arena()  # as in a service's worker
+    service = serve.build_service(loaded, "pool")
+    service.start()
+    deadline = time.monotonic() + 30
+    while service.restoring and time.monotonic() < deadline:
+        time.sleep(0.01)
+    service.status()  # as the stack does: boots the I/O thread and the orphan guard
+    return service
+
+
+def rss_by_kind(pid: int | str = "self") -> dict[str, int]:
+    """Resident bytes of a process by kind of mapping, from ``/proc/PID/smaps``: thread stacks
+    (anonymous mappings of 8 MiB less a guard page), the malloc heap (``[heap]``: objects over 512
+    bytes, the interpreter's own structures), other anonymous mappings (pymalloc's arenas of 1 MiB,
+    large blocks, merged by the kernel when adjacent), files (code, libraries)."""
+    kinds: dict[str, int] = {}
+    kind = ""
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and not fields[0].endswith(":"):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                size_kib = (end - start) >> 10
+                path = fields[5] if len(fields) > 5 else ""
+                if path.startswith("/"):
+                    kind = "files"
+                elif path == "[stack]" or size_kib in (8188, 8192):
+                    kind = "thread stacks"
+                elif path == "[heap]":
+                    kind = "malloc heap"
+                else:
+                    kind = "other anonymous"
+            elif fields[0] == "Rss:":
+                kinds[kind] = kinds.get(kind, 0) + int(fields[1]) * 1024
+    return kinds
+
+
+def _kinds_diff(before: dict[str, int], after: dict[str, int], count: int) -> str:
+    return ", ".join(f"{k} {(after.get(k, 0) - before.get(k, 0)) / count / 1024:+.2f}"
+                     for k in sorted(set(before) | set(after)))
+
+
+def _add(service: Any, count: int) -> list[str]:
+    uids: list[str] = []
+    lock = threading.Lock()
+
+    def add_one(i: int) -> None:
+        uid = service.add(type="trivial", args={"title": f"m{i}"})["uid"]
+        with lock:
+            uids.append(uid)
+
+    with ThreadPoolExecutor(min(CONCURRENT_ADDS, count)) as pool:
+        for fut in [pool.submit(add_one, i) for i in range(count)]:
+            fut.result()
+    return uids
+
+
+def _settle(service: Any) -> None:
+    """Let the I/O thread handle what the modules sent (their updates, answers to play)."""
+    done = threading.Event()
+    service.loop.call_soon(done.set)
+    done.wait(5)
+    time.sleep(0.3)
+    done.clear()
+    service.loop.call_soon(done.set)
+    done.wait(5)
+
+
+def _short(frame: str) -> str:
+    """``File "/long/path/shmooze/host.py", line 311`` as ``shmooze/host.py:311``."""
+    match = re.match(r'File "(.*)", line (\d+)', frame)
+    if match is None:
+        return frame
+    path = Path(match[1])
+    return f"{'/'.join(path.parts[-2:])}:{match[2]}"
+
+
+def _print_top(title: str, stats: list[Any], count: int, top: int) -> None:
+    total = sum(s.size_diff for s in stats)
+    print(f"\n{title}: {total / count / 1024:.2f} KiB per module in all, {len(stats)} sites; the top {top}:")
+    for stat in stats[:top]:
+        frames = stat.traceback.format(most_recent_first=True)
+        where = "\n        ".join(_short(line.strip()) for line in frames if not line.startswith("    "))
+        print(f"  {stat.size_diff / count:8.0f} B/module  {stat.count_diff / count:6.2f} blocks/module  {where}")
+
+
+def served(folder: Path, count: int, rounds: int, old_baseline: bool) -> None:
+    """B5's shmooze side alone: the pool service under gunicorn, modules added over HTTP."""
+    from peers_bench import Shmooze, _rss
+
+    port = free_port()
+    path = folder / "settings.json"
+    path.write_text(json.dumps({"ports": {"pool": port}, "services": {"pool": "benchapps:make_pool"}}))
+    proc = Proc("pool", [PYTHON, "-m", "shmooze", "serve", "pool", "--settings", str(path)], child_env(),
+                folder / "pool.log")
+    try:
+        proc.wait_port(port, 60)
+        stack: Any = type("OnePool", (), {"ports": {"pool": port}, "worker_pid": lambda self, name: proc.pid})()
+        pool = Shmooze(stack)
+        pool.pid = pool.admin.call("status")["pid"]  # the worker
+        if not old_baseline:  # as B5: the baseline after one cycle at full concurrency
+            pool.start(CONCURRENT_ADDS)
+            pool.stop(CONCURRENT_ADDS)
+        before, kinds = _rss(pool.pid), rss_by_kind(pool.pid)
+        print(f"before: RSS {before / 2**20:.1f} MiB, {len(psutil.Process(pool.pid).threads())} threads")
+        figures = []
+        for n, warm in ((1, 1), (count // 4, 0), (count, 0)):
+            for r in range(rounds + warm):
+                pool.start(n)
+                if n == count:
+                    figures.append((_rss(pool.pid) - before) / n / 1024)
+                    print(f"{n} modules, round {r + 1}: {figures[-1]:.2f} KiB per module "
+                          f"({_kinds_diff(kinds, rss_by_kind(pool.pid), n)}); "
+                          f"{len(psutil.Process(pool.pid).threads())} threads", flush=True)
+                    pool.sample(n)  # as B5 does next: status and pool queries
+                pool.stop(n)
+        print(f"memory per module in the pool's worker, {count} modules: {median(figures):.2f} KiB "
+              f"({min(figures):.2f}-{max(figures):.2f})")
+        pool.close()
+    finally:
+        proc.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--modules", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of RSS figures before the traced one")
+    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--frames", type=int, default=6, help="traceback depth of the by-traceback table")
+    parser.add_argument("--served", action="store_true", help="B5's shmooze side: the pool under gunicorn")
+    parser.add_argument("--old-baseline", action="store_true",
+                        help="with --served: the baseline before any module (as B5 read it before issue 14)")
+    opts = parser.parse_args()
+    os.environ.update(child_env())  # the modules' interpreter finds pymodule and the bench folder
+    setup_logging(30)
+    count = opts.modules
+    with tempfile.TemporaryDirectory(prefix="shmooze-modmem-") as tmp:
+        if opts.served:
+            served(Path(tmp), count, opts.rounds, opts.old_baseline)
+            return
+        service = _build(Path(tmp))
+        try:
+            gc.collect()
+            rss0, kinds0 = _rss(), rss_by_kind()
+            for r in range(opts.rounds):  # as B5 counts: RSS with COUNT running less RSS before the first round
+                uids = _add(service, count)
+                _settle(service)
+                rss1, kinds1 = _rss(), rss_by_kind()
+                print(f"round {r + 1}: RSS {rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MiB with {count} modules: "
+                      f"{(rss1 - rss0) / count / 1024:.2f} KiB per module ({_kinds_diff(kinds0, kinds1, count)}); "
+                      f"threads {threading.active_count()}")
+                service.rm(uids=uids)
+            _settle(service)
+            gc.collect()
+            tracemalloc.start(opts.frames)
+            before = tracemalloc.take_snapshot()
+            rss2 = _rss()
+            uids = _add(service, count)
+            _settle(service)
+            gc.collect()
+            after = tracemalloc.take_snapshot()
+            rss3 = _rss()
+            tracemalloc.stop()
+            print(f"warm round (under tracemalloc): RSS +{(rss3 - rss2) / count / 1024:.2f} KiB per module")
+            keep = [tracemalloc.Filter(False, tracemalloc.__file__)]
+            before, after = before.filter_traces(keep), after.filter_traces(keep)
+            by_line = [s for s in after.compare_to(before, "lineno") if s.size_diff > 0]
+            _print_top("Python heap growth by line", by_line, count, opts.top)
+            by_file = [s for s in after.compare_to(before, "filename") if s.size_diff > 0]
+            _print_top("by file", by_file, count, opts.top)
+            by_tb = [s for s in after.compare_to(before, "traceback") if s.size_diff > 0]
+            _print_top(f"by traceback ({opts.frames} frames)", by_tb, count, opts.top)
+            service.rm(uids=uids)
+        finally:
+            service.stop()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
