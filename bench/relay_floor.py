@@ -31,17 +31,22 @@ def pipe(src: socket.socket, dst: socket.socket) -> None:
                 pass
 
 
+def relay(client: socket.socket, upstream: int) -> None:
+    """Copy one client connection to a new connection to ``127.0.0.1:upstream`` and back."""
+    up = socket.create_connection(("127.0.0.1", upstream))
+    for s in (client, up):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    back = gevent.spawn(pipe, up, client)
+    pipe(client, up)
+    back.join()
+    up.close()
+
+
 def main() -> None:
     listen, upstream = int(sys.argv[1]), int(sys.argv[2])
 
     def handle(client: socket.socket, address: object) -> None:
-        up = socket.create_connection(("127.0.0.1", upstream))
-        for s in (client, up):
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        back = gevent.spawn(pipe, up, client)
-        pipe(client, up)
-        back.join()
-        up.close()
+        relay(client, upstream)
 
     StreamServer(("127.0.0.1", listen), handle, backlog=1024).serve_forever()
 
