@@ -35,12 +35,13 @@ def targets(stack: Stack) -> dict[str, Target]:
         "direct": Target("volume direct", p["volume"], "/", ("volume",)),
         "gateway": Target("gateway -> volume", p["wsgi"], "/volume", ("wsgi", "volume")),
         "gw_floor": Target("gateway -> floor", p["wsgi"], "/floor", ("wsgi", "floor")),
+        "relay": Target("relay floor -> floor", stack.relay_port, "/", ("relay", "floor")),
     }
 
 
 def one_connection(stack: Stack, n: int, warmup: int) -> dict[str, list[float]]:
     """Sequential requests on one kept-alive connection per target, interleaved; latencies in ms."""
-    tg = targets(stack)
+    tg = {k: t for k, t in targets(stack).items() if k != "relay"}  # (the relay's floor is for A2's CPU)
     clients = {k: Client(t.port, t.path) for k, t in tg.items()}
     times: dict[str, list[float]] = {k: [] for k in tg}
     try:
@@ -145,12 +146,18 @@ def throughput_section(stack: Stack, procs: int, conns: int, duration: float, ro
     gw_only = [r.cpu_by_server_ms["wsgi"] for r in runs["gw_floor"]]
     sec.add(rounds_row("gateway hop: gateway workers' CPU per request forwarded to the floor", gw_only, "ms",
                        cpu["floor_gevent"], "gevent floor's CPU per request"))
+    relay_only = [r.cpu_by_server_ms["relay"] for r in runs["relay"]]
+    sec.add(rounds_row("gateway hop: gateway workers' CPU per request forwarded to the floor, against a relay",
+                       gw_only, "ms", relay_only, "minimal gevent relay's CPU per request", max_ratio=1.5))
     sec.add(rounds_row("reference: floor under the gateway's settings (gevent)", rps["floor_gevent"], "req/s",
                        rps["floor"], "bare WSGI floor", **detail("floor_gevent")))
     sec.add(rounds_row("reference: load generator CPU", [r.result.loadgen_cores for v in runs.values() for r in v],
                        "cores"))
     sec.add(rounds_row("reference: other processes' CPU during a round", [r.other_cores for v in runs.values()
                                                                            for r in v], "cores"))
+    sec.notes.append("The relay floor (relay_floor.py) copies bytes between each client connection and one of "
+                     "its own to the floor, understanding nothing of HTTP, in as many gevent processes as the "
+                     "gateway has workers: the least any forwarder spends.")
     sec.notes.append("No round is discarded. Server CPU per request is the user+system CPU of the serving "
                      "processes (gunicorn masters and workers) during the run divided by the requests completed; "
                      "2 cores in all.")

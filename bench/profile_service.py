@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 
 import loadgen
-from common import child_env, setup_logging
+from common import Client, child_env, setup_logging
 from http_bench import GET_VOLUME, targets
 from stack import Stack
 
@@ -56,6 +56,19 @@ def summarise(raw: Path, top: int) -> str:
     return "\n".join(lines)
 
 
+def warm_up(port: int, path: str, connections: int = 8, requests: int = 50) -> None:
+    """Requests on several connections first, so that every worker has booted and imported what it
+    needs: the master binds the port before its workers are ready, and py-spy would record their start."""
+    clients = [Client(port, path) for _ in range(connections)]
+    try:
+        for _ in range(requests):
+            for client in clients:
+                client.raw(GET_VOLUME)
+    finally:
+        for client in clients:
+            client.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", choices=("direct", "gateway"), default="direct")
@@ -72,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         target = targets(stack)[opts.target]
         # The process to profile: the service's worker, or the gateway's first worker.
         pid = stack.worker_pid("volume") if opts.target == "direct" else stack.server_pids("wsgi")[1]
+        warm_up(target.port, target.path)
         result: dict[str, object] = {}
         load = threading.Thread(target=lambda: result.update(run=loadgen.run(
             target.port, target.path, GET_VOLUME, 4, 4, opts.seconds + 2, env=child_env(), start_delay=0.5)))

@@ -24,6 +24,9 @@ class Stack(Managed):
         self.ports = {name: free_port() for name in ("wsgi", "volume", "floor", "queue", "pool")}
         #: A second floor, not in the settings: the bare app under the gateway's gunicorn settings.
         self.gevent_floor_port = free_port()
+        #: The gateway hop's floor: a minimal gevent TCP relay in front of the floor, as many processes
+        #: as the gateway has workers (relay_floor.py).
+        self.relay_port = free_port()
         self.procs: dict[str, Proc] = {}
         self.failed = False
         self.settings_path = self.dir / "settings.json"
@@ -45,10 +48,13 @@ class Stack(Managed):
                        "--no-control-socket", "--log-level", "warning",
                        "-b", f"127.0.0.1:{self.gevent_floor_port}", "floorapp:app"]
         self.procs["floor_gevent"] = Proc("floor_gevent", gevent_argv, env, self.dir / "floor_gevent.log")
+        relay_argv = [PYTHON, str(Path(__file__).with_name("relay_floor.py")), str(self.relay_port),
+                      str(self.ports["floor"]), str(self.gateway_workers)]
+        self.procs["relay"] = Proc("relay", relay_argv, env, self.dir / "relay.log")
         for name in ("volume", "queue", "pool", "wsgi"):
             argv = [PYTHON, "-m", "shmooze", "serve", name, "--settings", str(self.settings_path)]
             self.procs[name] = Proc(name, argv, env, self.dir / f"{name}.log")
-        ports = dict(self.ports, floor_gevent=self.gevent_floor_port)
+        ports = dict(self.ports, floor_gevent=self.gevent_floor_port, relay=self.relay_port)
         with ThreadPoolExecutor(len(self.procs)) as pool:
             for fut in [pool.submit(p.wait_port, ports[n], 60) for n, p in self.procs.items()]:
                 fut.result()
@@ -63,7 +69,7 @@ class Stack(Managed):
 
     def stop_order(self) -> list[str]:
         """The gateway first, then the services (and floors)."""
-        return ["wsgi", "queue", "pool", "volume", "floor", "floor_gevent"]
+        return ["wsgi", "relay", "queue", "pool", "volume", "floor", "floor_gevent"]
 
     # -- views ---------------------------------------------------------------------------
 

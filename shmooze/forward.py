@@ -19,13 +19,15 @@ running it is answered with :data:`MAY_HAVE_RUN`, never by running it twice.
 from __future__ import annotations
 
 import errno
+import re
+import select
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
-from shmooze.ioloop import wait_readable
+from shmooze.ioloop import _native_poll
+from shmooze.slowbodies import gevent_sockets
 
 MAX_HEADER_BYTES = 64 << 10
 #: What a client hears when the service stopped during a command that changes state.
@@ -45,11 +47,14 @@ class _Closed(Exception):
     """The service closed the connection before answering."""
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     status: int
     body: bytes
     content_type: str
+
+
+class _TimedOut(Exception):
+    """A connection's timer (under gevent) ran out."""
 
 
 class _Connection:
@@ -57,10 +62,20 @@ class _Connection:
 
     max_answer_bytes = 64 << 20
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, timeout: float | None = None):
         self.sock = sock
         self.buf = b""
         self.idle_since = time.monotonic()
+        self._poll = _native_poll()  # registered once: looks_closed is one system call
+        self._poll.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        #: Under gevent one timer bounds each exchange (``timeout`` s): a socket timeout would cost a
+        #: new timer at every wait. Elsewhere (threads) the socket's own timeout does it.
+        self.timer: Any = None
+        if timeout is not None and gevent_sockets():
+            from gevent import Timeout
+
+            self.timer = Timeout(timeout, _TimedOut)
+            sock.settimeout(None)
 
     def looks_closed(self) -> bool:
         """True when the service has closed its end (or sent something unasked): not reusable.
@@ -70,7 +85,7 @@ class _Connection:
         if self.buf:
             return True
         try:
-            return bool(wait_readable([self.sock], 0))
+            return bool(self._poll.poll(0))
         except (OSError, ValueError):
             return True
 
@@ -93,26 +108,7 @@ class _Connection:
             if not chunk:
                 raise _Closed()
             buf += chunk
-        head = buf[:end].decode("latin-1").split("\r\n")
-        parts = head[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise ForwardError(502, f"the service answered something that is not HTTP: {head[0][:80]!r}")
-        status = int(parts[1])
-        length = None
-        keep = parts[0] == "HTTP/1.1"
-        content_type = "application/json"
-        for line in head[1:]:
-            name, _, value = line.partition(":")
-            name = name.strip().lower()
-            value = value.strip()
-            if name == "content-length":
-                length = int(value)
-            elif name == "connection":
-                keep = value.lower() != "close"
-            elif name == "content-type":
-                content_type = value
-            elif name == "transfer-encoding" and value.lower() != "identity":
-                raise ForwardError(502, "the service answered without a Content-Length")
+        status, length, keep, content_type = _parse_answer_head(buf, end)
         body = buf[end + 4:]
         if length is None:  # the answer runs to the end of the connection
             chunks = [body]
@@ -133,6 +129,32 @@ class _Connection:
             body += chunk
         self.buf = body[length:]
         return Reply(status, body[:length], content_type), keep
+
+
+#: The answer's headers the forward reads (in the lower-cased head).
+_ANSWER_FIELDS = re.compile(rb"\r\n(content-length|connection|transfer-encoding|content-type):[\t ]*([^\r\n]*)")
+
+
+def _parse_answer_head(buf: bytes, end: int) -> tuple[int, int | None, bool, str]:
+    """Status, Content-Length (None: to the end), keep-alive and media type of an answer's head
+    ``buf[:end]``: only as far as the forward needs (the body goes back as it came)."""
+    line_end = buf.find(b"\r\n", 0, end)
+    line = buf[:line_end if line_end >= 0 else end]
+    proto, status = line[:9], line[9:12]
+    if proto not in (b"HTTP/1.1 ", b"HTTP/1.0 ") or not status.isdigit() or line[12:13] not in (b"", b" "):
+        raise ForwardError(502, f"the service answered something that is not HTTP: {line[:80]!r}")
+    fields = {name: value.rstrip(b" \t") for name, value in _ANSWER_FIELDS.findall(buf[:end].lower(), line_end)}
+    encoding = fields.get(b"transfer-encoding")
+    if encoding is not None and encoding != b"identity":
+        raise ForwardError(502, "the service answered without a Content-Length")
+    raw_length = fields.get(b"content-length")
+    if raw_length is not None and not raw_length.isdigit():
+        raise ForwardError(502, f"the service answered a bad Content-Length {raw_length[:20]!r}")
+    connection = fields.get(b"connection")
+    keep = proto == b"HTTP/1.1 " if connection is None else connection != b"close"
+    content_type = fields.get(b"content-type")
+    return (int(status), int(raw_length) if raw_length is not None else None, keep,
+            content_type.decode("latin-1") if content_type is not None else "application/json")
 
 
 def _notice_lost_hosts(sock: socket.socket, timeout: float) -> None:
@@ -169,6 +191,7 @@ class ServiceProxy:
         self._host_header = f"{host}:{port}".encode("latin-1")
         #: Headers sent with every request (the gateway's access token for services beyond loopback).
         self._fixed_headers = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self._heads: dict[str, bytes] = {}  # content type -> the request's head up to Content-Length
         from shmooze.settings import is_loopback
 
         #: Only a service on another host can vanish without a word (see _notice_lost_hosts).
@@ -198,7 +221,7 @@ class ServiceProxy:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._remote:
             _notice_lost_hosts(sock, self.connect_timeout)
-        conn = _Connection(sock)
+        conn = _Connection(sock, self.timeout)
         conn.max_answer_bytes = self.max_answer_bytes
         return conn, False
 
@@ -220,10 +243,14 @@ class ServiceProxy:
         says the body only reads (asked only then, so the hot path parses nothing). A service that closes the connection after taking the request
         is a :class:`ForwardError` 502 with :data:`MAY_HAVE_RUN`.
         """
-        extra = self._fixed_headers + "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        request = (f"POST {path} HTTP/1.1\r\nHost: ".encode("latin-1") + self._host_header
-                   + f"\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
-                   .encode("latin-1") + body)
+        start = self._heads.get(content_type) if path == "/" and not headers else None
+        if start is None:
+            extra = self._fixed_headers + "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+            start = (f"POST {path} HTTP/1.1\r\nHost: ".encode("latin-1") + self._host_header
+                     + f"\r\nContent-Type: {content_type}\r\n{extra}".encode("latin-1"))
+            if path == "/" and not headers and len(self._heads) < 8:
+                self._heads[content_type] = start  # the same few heads every time: built once
+        request = start + b"Content-Length: %d\r\n\r\n" % len(body) + body
         for attempt in (0, 1):
             try:
                 conn, reused = self._take()
@@ -235,14 +262,18 @@ class ServiceProxy:
             except OSError as exc:
                 raise ForwardError(502, f"service {self.name!r} cannot be reached: {exc.strerror or exc}") from exc
             sent = False
+            timer = conn.timer
             try:
-                conn.sock.settimeout(self.timeout)
+                if timer is None:
+                    conn.sock.settimeout(self.timeout)
+                else:
+                    timer.start()
                 written = conn.sock.send(request)  # all of it, nearly always: no sendall (under gevent it
                 if written < len(request):  # asks the socket's buffer size first, one more system call)
                     conn.sock.sendall(request[written:])
                 sent = True
                 reply, keep = conn.read_reply()
-            except (socket.timeout, TimeoutError) as exc:
+            except (socket.timeout, TimeoutError, _TimedOut) as exc:
                 conn.close()
                 if getattr(exc, "errno", None) == errno.ETIMEDOUT:  # unacknowledged: the host is gone
                     raise ForwardError(502, f"service {self.name!r} cannot be reached: its host stopped "
@@ -261,6 +292,9 @@ class ServiceProxy:
             except (OSError, ValueError) as exc:
                 conn.close()
                 raise ForwardError(502, f"service {self.name!r} failed: {exc}") from exc
+            finally:
+                if timer is not None:
+                    timer.cancel()
             if keep:
                 self._give_back(conn)
             else:

@@ -19,7 +19,7 @@ from werkzeug.wrappers import Request, Response
 
 from shmooze import protocol
 from shmooze.fanout import ServiceWatcher
-from shmooze.forward import ForwardError, ServiceProxy
+from shmooze.forward import ForwardError, Reply, ServiceProxy
 from shmooze.httpjson import JSONHTTPError, json_response, raw_json_response, read_command_body, serve_json_errors
 from shmooze.metrics import gateway_stats
 from shmooze.longpoll import wait_for_changes_here
@@ -221,6 +221,13 @@ class Gateway:
             log.info("refused a command from origin %r", environ["HTTP_ORIGIN"][:100])
             raise JSONHTTPError(403, "origin not allowed", close=True)
         body, mimetype = read_command_body(environ, self.max_body_bytes, self.body_timeout, self.body_min_rate)
+        reply = self.pass_on(proxy, body, mimetype, environ.get("HTTP_AUTHORIZATION", ""))
+        return raw_json_response(start_response, reply.body, reply.status)
+
+    def pass_on(self, proxy: ServiceProxy, body: bytes, mimetype: str, authorization: str) -> Reply:
+        """A command body that has passed the HTTP checks: the token check, then the service's answer
+        (errors are raised as :class:`JSONHTTPError`). The WSGI path and the fast lane
+        (``shmooze.gatewaylane``) both end here."""
         declared = self.declared[proxy.name]
         unreachable = None
         try:
@@ -228,18 +235,17 @@ class Gateway:
         except ForwardError as exc:
             unreachable = exc
         if self.token is not None:
-            self.check_token(proxy.name, body, environ.get("HTTP_AUTHORIZATION", ""))
+            self.check_token(proxy.name, body, authorization)
         if unreachable is not None:  # asking found the service unreachable: say so now, not after a second wait
             log.warning("forward to %s: %s", proxy.name, unreachable.message)
             raise JSONHTTPError(unreachable.status, unreachable.message)
         body = wait_for_changes_here(self.watchers[proxy.name], body)
         try:
-            reply = proxy.post(body, mimetype, repeatable=lambda: declared.body_only_reads(body))
+            return proxy.post(body, mimetype, repeatable=lambda: declared.body_only_reads(body))
         except ForwardError as exc:
             declared.forget()
             log.warning("forward to %s: %s", proxy.name, exc.message)
             raise JSONHTTPError(exc.status, exc.message) from None
-        return raw_json_response(start_response, reply.body, reply.status)
 
     # -- health, for a load balancer ----------------------------------------------------------
 

@@ -204,13 +204,21 @@ def wait_readable(objs: list[Any], timeout: float) -> list[Any]:
 
 
 def _native_poll() -> select.poll:
-    """The real ``select.poll`` even when gevent has patched the module."""
-    if "gevent" in sys.modules:
-        from gevent import monkey
+    """The real ``select.poll`` even when gevent has patched the module (looked up once: the
+    gateway's forward asks it before every reuse of a kept-alive connection)."""
+    global _POLL
+    if _POLL is None:
+        poll = select.poll
+        if "gevent" in sys.modules:
+            from gevent import monkey
 
-        if monkey.is_module_patched("select"):
-            return monkey.get_original("select", "poll")()
-    return select.poll()
+            if monkey.is_module_patched("select"):
+                poll = monkey.get_original("select", "poll")
+        _POLL = poll
+    return _POLL()
+
+
+_POLL: Any = None
 
 
 def pidfd(pid: int) -> int | None:

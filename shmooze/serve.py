@@ -239,7 +239,8 @@ def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:
     if name == "wsgi":
         # The gateway holds no state: on stop it gives requests in flight a few seconds, and open
         # WebSockets (which would hold it for the whole graceful timeout) reconnect elsewhere.
-        return {**common, "workers": int(settings.gateway_workers), "worker_class": "gevent",
+        # gunicorn's gevent worker with the fast lane for plain command requests (shmooze.gatewaylane).
+        return {**common, "workers": int(settings.gateway_workers), "worker_class": "shmooze.gatewaylane.GatewayWorker",
                 "worker_connections": int(settings.get("gateway_connections", 4000)), "keepalive": 30,
                 "graceful_timeout": int(settings.get("gateway_stop_timeout", 3))}
     # A service holds state: exactly one worker process, with a pool of threads.

@@ -1,0 +1,330 @@
+"""The gateway's fast lane: plain command requests forwarded without gunicorn's per-request work.
+
+Most of what a gateway worker spends on a forwarded command is gunicorn's, not the forward's:
+parsing the head into a request object, building the WSGI environ, the response object and its
+headers, a timeout per request. A minimal relay does none of it. :class:`GatewayWorker` is
+gunicorn's gevent worker with one change: on each kept-alive connection it first tries the lane,
+which takes only the plainest requests, the ones a browser or client sends for every command::
+
+    POST {wsgi_prefix}SERVICE HTTP/1.1      (a service of the settings, no query)
+    Host, Content-Type (JSON), Content-Length, and at most Origin, Authorization, Connection
+
+and answers them the way the WSGI path would: the same checks (``allowed_hosts``, the Origin, the
+body's size and its arrival rate, the access token and the read-only table, through
+:meth:`shmooze.gateway.Gateway.pass_on`) and the same errors, with the service's answer sent back
+in one write. Every other request (another method or path, ``Transfer-Encoding``, ``Expect``,
+``Upgrade``, a head that came in pieces or breaks a rule, a repeated header, a refused Host or
+Origin, a body over the limit...) is left, with every byte read so far, to gunicorn's parser and
+the WSGI application, which decide as always; the connection comes back to the lane after it.
+The lane is off (gunicorn's own loop serves everything) with TLS, the PROXY protocol or h2c.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from gunicorn import http, util
+from gevent import GreenletExit, Timeout
+from gunicorn.workers.base_async import AsyncWorker
+from gunicorn.workers.ggevent import GeventWorker
+
+if TYPE_CHECKING:
+    from shmooze.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+#: Longest head the lane parses; a longer one goes to gunicorn (which has its own limits).
+MAX_HEAD = 8192
+_REQUEST_LINE = re.compile(rb"POST (/[!-~]*) HTTP/1\.1\r\n")
+#: Header lines as RFC 9110 writes them: a token, a colon, visible characters, spaces and tabs.
+_FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
+#: Headers the lane reads; any other header is ignored, as the WSGI path ignores it.
+_READ = frozenset({b"host", b"content-type", b"content-length", b"origin", b"authorization", b"connection"})
+#: Those, and the headers that change how a request is framed or answered (the request goes to gunicorn).
+_NAMED = re.compile(rb"\r\n(" + b"|".join(_READ) + rb"|transfer-encoding|expect|upgrade|http2-settings|te|trailer):[\t ]*"
+                    rb"([^\r\n]*)", re.IGNORECASE)
+
+
+class Head(NamedTuple):
+    """A plain command request's head, as the lane reads it (the raw bytes of each header)."""
+
+    path: bytes
+    host: bytes | None
+    content_type: bytes  # the media type, lower case, without parameters
+    length: int
+    origin: bytes | None
+    authorization: bytes
+    close: bool  # ``Connection: close``
+
+
+def parse_head(data: bytes, end: int) -> Head | None:
+    """The head ``data[:end]`` (its blank line at ``end``) of a plain command request, else ``None``.
+
+    No I/O: the caller has read it. ``None`` means "not for the lane", never "bad": gunicorn
+    then parses the same bytes and answers whatever is wrong with them."""
+    if end > MAX_HEAD:
+        return None
+    line = _REQUEST_LINE.match(data, 0, end + 2)
+    if line is None:
+        return None
+    start = line.end()
+    if _FIELDS.fullmatch(data, start, end + 2) is None:
+        return None
+    found: dict[bytes, bytes] = {}
+    for name, value in _NAMED.findall(data, start - 2, end + 2):
+        name = name.lower()
+        if name in found or name not in _READ:
+            return None  # repeated, or a header that changes the framing: gunicorn and the WSGI path decide
+        found[name] = value
+    length = found.get(b"content-length", b"").rstrip(b" \t")
+    if not (length.isdigit() and len(length) < 16):
+        return None
+    close = False
+    connection = found.get(b"connection")
+    if connection is not None:
+        tokens = {t.strip() for t in connection.lower().split(b",")}
+        if not tokens <= {b"keep-alive", b"close"}:
+            return None
+        close = b"close" in tokens
+    host = found.get(b"host")
+    origin = found.get(b"origin")
+    return Head(line.group(1), host.rstrip(b" \t") if host is not None else None,
+                found.get(b"content-type", b"").split(b";", 1)[0].strip().lower(), int(length),
+                origin.rstrip(b" \t") if origin is not None else None,
+                found.get(b"authorization", b"").rstrip(b" \t"), close)
+
+
+class _Received:
+    """The rest of a body, read from the client's socket (for ``httpjson``'s paced body reader)."""
+
+    def __init__(self, sock: Any):
+        self.sock = sock
+
+    def read(self, size: int) -> bytes:
+        return self.sock.recv(size)
+
+
+class Lane:
+    """Serves the plain command requests of one gateway (see the module's docstring)."""
+
+    def __init__(self, gateway: Gateway, worker: Any, keepalive: float):
+        from shmooze import httpjson
+
+        self.gateway = gateway
+        self.worker = worker
+        self.keepalive = keepalive
+        self.services = {(gateway.prefix + name).encode("latin-1"): proxy for name, proxy in gateway.proxies.items()}
+        self.services.update({path + b"/": proxy for path, proxy in list(self.services.items())})
+        self.json_types = frozenset(t.encode("latin-1") for t in httpjson.JSON_TYPES)
+        self.read_body = httpjson._read_body
+        self.http_error = httpjson.JSONHTTPError
+        self._hosts: dict[bytes, bool] = {}  # Host header -> allowed (a few values in practice)
+        self._origins: dict[tuple[bytes, bytes], bool] = {}
+        self._date = (0, "")
+
+    def serve(self, sock: Any, addr: Any, buf: bytes) -> bytes | None:
+        """Serve plain requests on ``sock`` (``buf``: bytes already read from it) until one is not
+        plain: return every byte read of it, for gunicorn. ``None``: the connection is done."""
+        sock.settimeout(None)  # waits are bounded by one timer per connection: cheaper than a socket timeout
+        idle = Timeout(self.keepalive, _Idle)
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if buf:
+                    return buf  # a head in pieces: gunicorn reads it, with its own limits and timeouts
+                idle.start()
+                try:
+                    buf = sock.recv(65536)
+                except _Idle:
+                    return None  # idle for the keep-alive time, as gunicorn's loop would close it
+                finally:
+                    idle.cancel()
+                if not buf:
+                    return None
+                continue
+            head = parse_head(buf, end)
+            proxy = self.services.get(head.path) if head is not None else None
+            if head is None or proxy is None or not self._plain(head):
+                return buf
+            start = end + 4
+            if len(buf) - start >= head.length:
+                body, buf = buf[start:start + head.length], buf[start + head.length:]
+            else:
+                body = buf[start:]
+                try:
+                    body += self.read_body({"gunicorn.socket": sock, "REMOTE_ADDR": _address(addr)},
+                                           _Received(sock), head.length - len(body), self.gateway.max_body_bytes,
+                                           self.gateway.body_timeout, self.gateway.body_min_rate)
+                except self.http_error as exc:
+                    self._send(sock, self._error(exc, True), idle)
+                    return None
+                if len(body) < head.length:
+                    return None  # the client went away in the middle of its body
+                buf = b""
+            worker = self.worker
+            worker.nr += 1
+            if worker.nr >= worker.max_requests and worker.alive:
+                log.info("Autorestarting worker after current request.")
+                worker.alive = False
+            close = head.close or not worker.alive
+            try:
+                reply = self.gateway.pass_on(proxy, body, head.content_type.decode("latin-1"),
+                                             head.authorization.decode("latin-1") if head.authorization else "")
+                answer = self._answer(reply.status, reply.body, close)
+            except self.http_error as exc:
+                close = close or exc.close
+                answer = self._error(exc, close)
+            except Exception:
+                log.exception("internal error in the gateway on POST %s", head.path.decode("latin-1"))
+                from shmooze import protocol
+
+                answer = self._answer(500, protocol.dumps(protocol.error("internal error in the gateway")), close)
+            self._send(sock, answer, idle)
+            if close:
+                return None
+
+    def _plain(self, head: Head) -> bool:
+        """Whether the WSGI path would take this request as it is (else it goes there, to answer why not)."""
+        if head.content_type not in self.json_types or head.length > self.gateway.max_body_bytes:
+            return False
+        if head.host is None:
+            return False
+        allowed = self._hosts.get(head.host)
+        if allowed is None:
+            allowed = self._remember(self._hosts, head.host, self.gateway.host_allowed(head.host.decode("latin-1")))
+        if not allowed:
+            return False
+        if head.origin is None:
+            return True
+        key = (head.origin, head.host)
+        allowed = self._origins.get(key)
+        if allowed is None:
+            from shmooze.websocket import check_origin
+
+            environ = {"HTTP_ORIGIN": head.origin.decode("latin-1"), "HTTP_HOST": head.host.decode("latin-1"),
+                       "wsgi.url_scheme": "http"}
+            allowed = self._remember(self._origins, key, check_origin(environ, self.gateway.allowed_origins))
+        return allowed
+
+    @staticmethod
+    def _remember(table: dict[Any, bool], key: Any, value: bool) -> bool:
+        if len(table) >= 256:
+            table.clear()  # many different values: a scan, not a browser; start again
+        table[key] = value
+        return value
+
+    def _answer(self, status: int, body: bytes, close: bool, extra: str = "") -> bytes:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, formatdate(now, usegmt=True))
+        return (f"HTTP/1.1 {status} {_reason(status)}\r\nDate: {self._date[1]}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n{extra}"
+                f"{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n").encode("latin-1") + body
+
+    def _error(self, exc: Any, close: bool) -> bytes:
+        from shmooze import protocol
+
+        extra = "".join(f"{name}: {value}\r\n" for name, value in exc.extra_headers.items())
+        return self._answer(exc.code, protocol.dumps(protocol.error(exc.message)), close, extra)
+
+    @staticmethod
+    def _send(sock: Any, data: bytes, timer: Timeout) -> None:
+        """One ``send`` nearly always takes a whole answer; the rest within the keep-alive time."""
+        sent = sock.send(data)
+        if sent < len(data):
+            timer.start()
+            try:
+                sock.sendall(data[sent:])
+            except _Idle:
+                raise TimeoutError("the client did not take its answer within the keep-alive time") from None
+            finally:
+                timer.cancel()
+
+
+class _Idle(Exception):
+    """A connection's timer ran out."""
+
+
+def _address(addr: Any) -> str:
+    return str(addr[0]) if isinstance(addr, tuple) and addr else str(addr)
+
+
+_REASONS: dict[int, str] = {}
+
+
+def _reason(status: int) -> str:
+    reason = _REASONS.get(status)
+    if reason is None:
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
+        _REASONS[status] = reason
+    return reason
+
+
+class GatewayWorker(GeventWorker):
+    """gunicorn's gevent worker, with the gateway's fast lane in front of its request loop."""
+
+    lane: Lane | None = None
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        from shmooze.gateway import Gateway
+
+        cfg = self.cfg
+        plain_http = (not cfg.is_ssl and str(getattr(cfg, "proxy_protocol", "off")).lower() in ("off", "false", "none")
+                      and str(getattr(cfg, "http2_cleartext", "off")).lower() in ("off", "false", "none"))
+        if isinstance(self.wsgi, Gateway) and plain_http and cfg.keepalive:
+            self.lane = Lane(self.wsgi, self, float(cfg.keepalive))
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        lane = self.lane
+        if lane is None:
+            super().handle(listener, client, addr)
+            return
+        req = None
+        try:
+            pending: bytes | None = b""
+            while pending is not None:
+                pending = lane.serve(client, addr, pending)
+                if pending is not None:
+                    client.settimeout(None)  # gunicorn's own handling, as its loop sets the socket
+                    req, pending = self._one_request(listener, client, addr, pending)
+        except http.errors.NoMoreData as exc:
+            self.log.debug("Ignored premature client disconnection. %s", exc)
+        except StopIteration as exc:
+            self.log.debug("Closing connection. %s", exc)
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, None):
+                self.log.exception("Socket error processing request.")
+        except Exception as exc:  # noqa: BLE001 - as gunicorn: a 400 for what its parser refuses, else a 500
+            self.handle_error(req, client, addr, exc)
+        finally:
+            util.close(client)
+
+    def _one_request(self, listener: Any, client: Any, addr: Any, pending: bytes) -> tuple[Any, bytes | None]:
+        """One request the lane left, through gunicorn's parser and the WSGI app (bytes read with it
+        first); then what was read past it, for the lane, or ``None`` when the connection ends."""
+        parser = http.get_parser(self.cfg, client, addr)
+        parser.unreader.unread(pending)
+        req = None
+        with self.timeout_ctx():  # (silent: at the keep-alive time, req stays None)
+            req = next(parser)
+        if not req:
+            return None, None
+        try:  # (gevent's worker's own handle_request swallows whether the app answered by itself)
+            kept = AsyncWorker.handle_request(self, listener.getsockname(), req, client, addr)
+        except (GreenletExit, SystemExit):
+            return req, None
+        if not kept:
+            return req, None  # answered by the app itself (a WebSocket)
+        if req.should_close() or not parser.finish_body(deadline=time.monotonic() + float(self.cfg.keepalive)):
+            return req, None
+        return req, parser.unreader.take_buffered()
