@@ -555,7 +555,8 @@ def stop(settings: Settings, timeout: float = 60.0) -> int | None:
 
 
 def restart(settings: Settings, names: list[str]) -> list[str]:
-    """Restart some services (or all of them, when none are named)."""
+    """Restart some services (or all of them, when none are named) and return once each answers again
+    (supervisord's RUNNING comes a second after the start, before the port may answer)."""
     paths = RunPaths.for_settings(settings)
     if not is_locked(paths.lock):
         raise NotRunning(f"not running (settings {settings.path})")
@@ -572,4 +573,13 @@ def restart(settings: Settings, names: list[str]) -> list[str]:
             if "NOT_RUNNING" not in fault.faultString:
                 raise ShmoozeError(f"cannot stop {name}: {fault.faultString}") from None
         server.supervisor.startProcess(f"{GROUP}:{name}", True)
+    start_timeout = float(settings.get("start_timeout", 30))
+    for name in targets:
+        deadline = time.monotonic() + start_timeout
+        while not service_answers(settings, name, timeout=1.0):
+            if time.monotonic() > deadline:
+                raise ShmoozeError(f"{name} was restarted but does not answer on port {settings.ports[name]} "
+                                   f"after {start_timeout:g} s (start_timeout); see its log in "
+                                   f"{paths.logs}")
+            time.sleep(0.05)
     return targets

@@ -54,6 +54,7 @@ def test_run_status_restart_stop(tmp_path):
         module_pid = module["pid"]
         out = shmooze("restart", "queue", "--settings", str(path))
         assert out.returncode == 0, out.stderr
+        assert client.queue.status()["pid"] != old_pid  # restart returns once the new service answers
         wait_for(lambda: gone(module_pid), 10, what="the module to stop with its service")
         stopped = f"module {uid} (good, pid {module_pid}) stopped: rm (service stopping)"
         wait_for(lambda: stopped in (tmp_path / "run" / "logs" / "queue.log").read_text(), 10,
