@@ -318,7 +318,8 @@ def _children_pids(pid: int) -> list[int]:
         return []
 
 
-def peers_section(stack: Stack, counts: list[int], rounds: int) -> Section:
+def peers_section(stack: Stack, counts: list[int], rounds: int,
+                  peers: tuple[str, ...] = ("supervisord", "circus")) -> Section:
     answerer = Answerer()
     systems: list[Any] = []
     times: dict[tuple[str, int, str], list[float]] = {}
@@ -326,9 +327,11 @@ def peers_section(stack: Stack, counts: list[int], rounds: int) -> Section:
     try:
         shmooze = Shmooze(stack)
         systems.append(shmooze)
-        systems.append(Supervisord(stack.dir / "peer-supervisord", "".join(
-            supervisor_program(f"f{c}", "--fast-exit", answerer.port, c) for c in counts)))
-        systems.append(Circus(stack.dir / "peer-circus", counts, answerer.port))
+        if "supervisord" in peers:
+            systems.append(Supervisord(stack.dir / "peer-supervisord", "".join(
+                supervisor_program(f"f{c}", "--fast-exit", answerer.port, c) for c in counts)))
+        if "circus" in peers:
+            systems.append(Circus(stack.dir / "peer-circus", counts, answerer.port))
         before = {s.label: _rss(s.pid) for s in systems}
         for count in counts:  # one warm-up cycle of each system before the first count, then the rounds
             warm = 1 if count == counts[0] else 0
@@ -365,15 +368,15 @@ def peers_section(stack: Stack, counts: list[int], rounds: int) -> Section:
             except Exception:
                 log.exception("closing %s", system.label)
         answerer.close()
-    sec = Section(f"B5. Many modules beside supervisord and circus ({rounds} rounds of each system interleaved, "
+    sec = Section(f"B5. Many modules beside {' and '.join(peers)} ({rounds} rounds of each system interleaved, "
                   f"after one warm-up cycle; shmooze adds with {CONCURRENT_ADDS} concurrent clients)")
     for what in ("start", "stop"):
         for count in counts:
             ours = times[("shmooze", count, what)]
-            for peer in ("supervisord", "circus"):
+            for peer in peers:
                 sec.add(rounds_row(f"{what} {count} module{'s' if count > 1 else ''} vs {peer}", ours, "ms",
                                    times[(peer, count, what)], peer))
-    for peer in ("supervisord", "circus"):
+    for peer in peers:
         sec.add(rounds_row(f"memory per module in the managing process, {counts[-1]} modules, vs {peer}",
                            memory["shmooze"], "KiB", memory[peer], peer))
     sec.add(rounds_row(f"reference: pool query with parameters, {counts[-1]} modules, median of 10",
