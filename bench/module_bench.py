@@ -263,8 +263,9 @@ def supervisor_section(stack: Stack, n: int, warmup: int) -> Section:
     return sec
 
 
-def run(stack: Stack, quick: bool) -> list[Section]:
-    """Every module benchmark; fewer cycles and fewer modules with ``quick``."""
+def run(stack: Stack, quick: bool, lifecycle: bool = False) -> list[Section]:
+    """Every module benchmark; fewer cycles and fewer modules with ``quick``; with ``lifecycle`` only B1 and
+    B5 (50 and 200 modules beside supervisord)."""
     cycles, warmup = (9, 2) if quick else (30, 3)
     tells = 300 if quick else 1500
     sup_cycles = 6 if quick else 21
@@ -274,6 +275,9 @@ def run(stack: Stack, quick: bool) -> list[Section]:
         ("B4: supervisord, %d cycles" % sup_cycles, lambda: supervisor_section(stack, sup_cycles, 2)),
         ("B5: many modules beside supervisord and circus", lambda: peers_bench.run(stack, quick)[0]),
     ]
+    if lifecycle:
+        steps = [steps[0], ("B5: 50 and 200 modules beside supervisord",
+                            lambda: peers_bench.peers_section(stack, [50, 200], 3, peers=("supervisord",)))]
     sections = []
     for what, step in steps:
         log.info("%s", what)

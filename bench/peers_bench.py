@@ -101,6 +101,12 @@ def _rss(pid: int) -> int:
     return psutil.Process(pid).memory_info().rss
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds (user and system) the process itself has used (not its children)."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 # -- the three systems ------------------------------------------------------------------------------
 
 class Shmooze:
@@ -320,18 +326,22 @@ def _children_pids(pid: int) -> list[int]:
         return []
 
 
-def peers_section(stack: Stack, counts: list[int], rounds: int) -> Section:
+def peers_section(stack: Stack, counts: list[int], rounds: int,
+                  peers: tuple[str, ...] = ("supervisord", "circus")) -> Section:
     answerer = Answerer()
     systems: list[Any] = []
     times: dict[tuple[str, int, str], list[float]] = {}
+    cpu: dict[tuple[str, int, str], list[float]] = {}  # the managing process's CPU ms per module
     memory: dict[str, list[float]] = {}
     configured = sorted(set(counts) | {CONCURRENT_ADDS})
     try:
         shmooze = Shmooze(stack)
         systems.append(shmooze)
-        systems.append(Supervisord(stack.dir / "peer-supervisord", "".join(
-            supervisor_program(f"f{c}", "--fast-exit", answerer.port, c) for c in configured)))
-        systems.append(Circus(stack.dir / "peer-circus", configured, answerer.port))
+        if "supervisord" in peers:
+            systems.append(Supervisord(stack.dir / "peer-supervisord", "".join(
+                supervisor_program(f"f{c}", "--fast-exit", answerer.port, c) for c in configured)))
+        if "circus" in peers:
+            systems.append(Circus(stack.dir / "peer-circus", configured, answerer.port))
         before = {}
         for system in systems:  # the baseline of memory, after one cycle at full concurrency (see the top)
             base = set(_children_pids(system.pid))
@@ -348,11 +358,13 @@ def peers_section(stack: Stack, counts: list[int], rounds: int) -> Section:
             for r in range(rounds + warm):
                 for system in systems:
                     base = set(_children_pids(system.pid))
+                    c0 = _cpu(system.pid)
                     t0 = time.perf_counter()
                     system.start(count)
                     if system is not shmooze:
                         answerer.wait(count, 120)
                     t1 = time.perf_counter()
+                    c1 = _cpu(system.pid)
                     pids = [p for p in _children_pids(system.pid) if p not in base]
                     if len(pids) < count:
                         raise BenchError(f"{system.label}: {len(pids)} new processes, not {count}")
@@ -361,14 +373,18 @@ def peers_section(stack: Stack, counts: list[int], rounds: int) -> Section:
                             (_rss(system.pid) - before[system.label]) / count / 1024)
                         if system is shmooze:
                             shmooze.sample(count)
+                    c2 = _cpu(system.pid)
                     t2 = time.perf_counter()
                     system.stop(count)
                     wait_until(lambda: _gone(pids), 60, f"{system.label}'s {count} processes to be reaped", 0.002)
                     t3 = time.perf_counter()
+                    c3 = _cpu(system.pid)
                     answerer.drop_all()
                     if r >= warm:
                         times.setdefault((system.label, count, "start"), []).append((t1 - t0) * 1000.0)
                         times.setdefault((system.label, count, "stop"), []).append((t3 - t2) * 1000.0)
+                        cpu.setdefault((system.label, count, "start"), []).append((c1 - c0) * 1000.0 / count)
+                        cpu.setdefault((system.label, count, "stop"), []).append((c3 - c2) * 1000.0 / count)
                     log.info("%s: %d started in %.0f ms, stopped in %.0f ms", system.label, count,
                              (t1 - t0) * 1000.0, (t3 - t2) * 1000.0)
     finally:
@@ -378,15 +394,20 @@ def peers_section(stack: Stack, counts: list[int], rounds: int) -> Section:
             except Exception:
                 log.exception("closing %s", system.label)
         answerer.close()
-    sec = Section(f"B5. Many modules beside supervisord and circus ({rounds} rounds of each system interleaved, "
+    sec = Section(f"B5. Many modules beside {' and '.join(peers)} ({rounds} rounds of each system interleaved, "
                   f"after one warm-up cycle; shmooze adds with {CONCURRENT_ADDS} concurrent clients)")
     for what in ("start", "stop"):
         for count in counts:
             ours = times[("shmooze", count, what)]
-            for peer in ("supervisord", "circus"):
+            for peer in peers:
                 sec.add(rounds_row(f"{what} {count} module{'s' if count > 1 else ''} vs {peer}", ours, "ms",
                                    times[(peer, count, what)], peer))
-    for peer in ("supervisord", "circus"):
+    for what in ("start", "stop"):
+        for count in [c for c in counts if c > 1]:
+            for peer in peers:
+                sec.add(rounds_row(f"reference: CPU of the managing process per module, {what} {count} vs {peer}",
+                                   cpu[("shmooze", count, what)], "ms", cpu[(peer, count, what)], peer))
+    for peer in peers:
         sec.add(rounds_row(f"memory per module in the managing process, {counts[-1]} modules, vs {peer}",
                            memory["shmooze"], "KiB", memory[peer], peer))
     sec.add(rounds_row(f"reference: pool query with parameters, {counts[-1]} modules, median of 10",
@@ -398,9 +419,11 @@ def peers_section(stack: Stack, counts: list[int], rounds: int) -> Section:
                      "is reaped; every child exits with os._exit on SIGTERM, as our modules do after rm. Memory: "
                      "RSS growth of the pool service's worker, supervisord, circusd, per module, from a baseline "
                      f"read after one cycle of {CONCURRENT_ADDS} modules on each (so that the threads and "
-                     "connections of serving that many clients at once are not counted per module). Circus polls its "
-                     "stopping children every 100 ms; supervisord serves its XML-RPC calls one at a time from one "
-                     "loop, which the starting children slow down.")
+                     "connections of serving that many clients at once are not counted per module). CPU: user and "
+                     "system time of that process itself during the start or stop, per module (less disturbed by "
+                     "other work on the machine than the times). Circus polls its stopping children every 100 ms; "
+                     "supervisord serves its XML-RPC calls one at a time from one loop, which the starting children "
+                     "slow down.")
     return sec
 
 

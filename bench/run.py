@@ -1,6 +1,9 @@
 """The HTTP and module benchmarks: print one markdown table per section; also write bench/results/run.json.
 
-Usage: ``.venv/bin/python bench/run.py [--quick] [--only http|modules]``
+Usage: ``.venv/bin/python bench/run.py [--quick] [--only http|modules|lifecycle]``
+
+``--only lifecycle``: the module life cycle rows alone (B1 add/rm one at a time; B5 start and stop of
+50 and 200 modules beside supervisord), saved in bench/results/lifecycle.json.
 
 Every process started here is stopped by its pid, even when a benchmark fails, and the
 whole run is bounded by an alarm (``--budget`` seconds).
@@ -43,7 +46,8 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests and modules (under a minute)")
-    parser.add_argument("--only", choices=("http", "modules"), help="run one group of benchmarks")
+    parser.add_argument("--only", choices=("http", "modules", "lifecycle"),
+                        help="run one group of benchmarks (lifecycle: B1, and B5 beside supervisord only)")
     parser.add_argument("--budget", type=int, default=0, help="hard limit in seconds (default 150 quick, 420 full)")
     return parser.parse_args(argv)
 
@@ -73,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                 sections += http_bench.run(stack, opts.quick)
             if opts.only in (None, "modules"):
                 sections += module_bench.run(stack, opts.quick)
+            if opts.only == "lifecycle":
+                sections += module_bench.run(stack, opts.quick, lifecycle=True)
     finally:
         signal.alarm(0)
     elapsed = time.monotonic() - t0
@@ -84,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"noise to every figure)._\n")
     sys.stdout.flush()
     failed = [f"{s.title.split('.')[0]}: {r.measure}" for s in sections for r in s.rows if r.verdict == "FAIL"]
-    out = save_sections("run", sections, opts.quick, started=started, duration_s=round(elapsed, 1),
+    out = save_sections("lifecycle" if opts.only == "lifecycle" else "run", sections, opts.quick, started=started, duration_s=round(elapsed, 1),
                         environment=environment(), loadavg_before=load_before, loadavg_after=load_after,
                         failed_targets=failed)
     log.info("done in %.0f s; results in %s; %d target(s) missed%s", elapsed, out, len(failed),

@@ -16,9 +16,10 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import json.encoder
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 #: 2024-01-01 UTC: epochs count from here, so that versions stay far below 2**53 for centuries.
 _ORIGIN = 1704067200.0
@@ -61,13 +62,20 @@ class ChangeLog:
 
     def publish(self, kind: str, **details: Any) -> int:
         """Record one change; wake every waiter; return the new version."""
+        return self.publish_each(kind, [details])
+
+    def publish_each(self, kind: str, each: list[dict[str, Any]]) -> int:
+        """Record one change of ``kind`` per item of ``each`` (its details), waking the waiters once;
+        return the last new version."""
         with self._cond:
-            self.version += 1
-            event = {"version": self.version, "kind": kind, "time": time.time(), **details}
-            size = _size(event)
-            self._events.append(event)
-            self._sizes.append(size)
-            self._bytes += size
+            now = time.time()
+            for details in each:
+                self.version += 1
+                event = {"version": self.version, "kind": kind, "time": now, **details}
+                size = _size(event)
+                self._events.append(event)
+                self._sizes.append(size)
+                self._bytes += size
             while len(self._events) > self._keep or (self._bytes > self.max_bytes and len(self._events) > 1):
                 self._events.popleft()
                 self._bytes -= self._sizes.popleft()
@@ -111,9 +119,23 @@ class ChangeLog:
                                                                         None))}
 
 
+def _compact_encoder() -> Callable[[Any, int], Any] | None:
+    """CPython's C encoder with compact separators, made once: ``json.dumps`` with options builds a
+    new encoder for every call, a good part of publishing a small event."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    return make(None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+
+
+_ENCODE = _compact_encoder()
+
+
 def _size(event: dict[str, Any]) -> int:
     """Bytes of an event as JSON (an event that is not JSON counts as small: it fails later, elsewhere)."""
     try:
+        if _ENCODE is not None:
+            return sum(map(len, _ENCODE(event, 0)))
         return len(json.dumps(event, separators=(",", ":"), default=str))
     except (TypeError, ValueError, RecursionError):
         return 64

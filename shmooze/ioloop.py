@@ -59,6 +59,7 @@ class IOLoop:
         #: What the loop's readers read into (on the loop thread only), copying out what came: a read
         #: of 64 KiB into a new bytes object each time scattered the malloc heap (cut to size after).
         self.read_buffer = memoryview(bytearray(65536))
+        self._fds: dict[int, int] = {}  # id(fileobj) -> fd, of every watched object (found even once closed)
         self._running = True
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
@@ -89,19 +90,30 @@ class IOLoop:
 
     def add_reader(self, fileobj: Any, on_readable: Callable[[], None], max_out: int = 1 << 20) -> Channel:
         chan = Channel(fileobj, on_readable, max_out)
-        self._channels[fileobj.fileno()] = chan
+        fd = fileobj.fileno()
         self._selector.register(fileobj, selectors.EVENT_READ, chan)
+        self._channels[fd] = chan
+        self._fds[id(fileobj)] = fd
         return chan
 
     def remove(self, fileobj: Any) -> None:
-        """Stop watching ``fileobj`` (and drop its channel); nothing happens if it is not watched."""
-        try:
-            fd = fileobj.fileno()
-        except (OSError, ValueError):
-            fd = -1
+        """Stop watching ``fileobj`` (and drop its channel); nothing happens if it is not watched.
+
+        Found by its fd, or (once closed) by the object itself, without scanning every watched fd:
+        a service stopping hundreds of modules removes a few of them per module."""
+        fd = self._fds.pop(id(fileobj), None)
+        if fd is None:  # not this object: maybe another object for the same fd (a raw fd's wrapper)
+            try:
+                fd = fileobj.fileno()
+            except (OSError, ValueError):
+                return  # closed, and never watched
+            chan = self._channels.get(fd)
+            if chan is None:
+                return
+            self._fds.pop(id(chan.fileobj), None)
         self._channels.pop(fd, None)
         with contextlib.suppress(KeyError, ValueError, OSError):  # not registered, or closed already
-            self._selector.unregister(fileobj)
+            self._selector.unregister(fd)
 
     def write(self, chan: Channel, data: bytes) -> None:
         """Send bytes on a socket channel, queueing what the peer does not take now; drop them when the

@@ -509,7 +509,9 @@ class ModuleProcess:
                     sweep=self.box.sweep)
                 self.returncode = self.proc.returncode
         finally:
-            self._close_streams()
+            # A command in flight gets the answer the module sent before it left (the ladder's request
+            # waits for it the same way; a module found gone at once skipped that step).
+            self._close_streams(wait_call=self.type.command_timeout)
             self._release()
             self.box.release()
             self.stopped_at = time.time()

@@ -219,6 +219,10 @@ class Service:
         """Publish a change event (see :mod:`shmooze.events`)."""
         return self.events.publish(kind, service=self.name, **details)
 
+    def changed_each(self, kind: str, each: list[dict[str, Any]]) -> int:
+        """Publish one change event of ``kind`` per item of ``each`` (its details), all at once."""
+        return self.events.publish_each(kind, [{"service": self.name, **details} for details in each])
+
     # -- dispatch ------------------------------------------------------------------
 
     def _collect_commands(self) -> dict[str, CommandSpec]:

@@ -239,3 +239,30 @@ def test_wait_exit(procs):
     p.terminate()
     assert ladder.wait_exit(p, 5) is True
     assert p.returncode == -signal.SIGTERM
+
+
+def test_io_loop_removes_closed_and_rewrapped_objects(loop):
+    """A closed stream is found without its fd, a raw fd through a new wrapper; the fds can be watched again."""
+    import threading
+
+    from shmooze.module import _FdObject
+
+    def on_loop(fn):
+        done, out = threading.Event(), []
+        loop.call_soon(lambda: (out.append(fn()), done.set()))
+        assert done.wait(5)
+        return out[0]
+
+    r, w = os.pipe()
+    stream = os.fdopen(r, "rb", buffering=0)
+    r2, w2 = os.pipe()
+    on_loop(lambda: (loop.add_reader(stream, lambda: None), loop.add_reader(_FdObject(r2), lambda: None)))
+    stream.close()  # closed while watched: its fd number is free again
+    on_loop(lambda: (loop.remove(stream), loop.remove(_FdObject(r2)), loop.remove(stream)))
+    assert on_loop(lambda: (len(loop._channels), len(loop._fds), len(loop._selector.get_map()))) == (0, 0, 1)
+    again = os.fdopen(os.dup(w), "wb", buffering=0)  # may reuse the closed stream's fd number
+    on_loop(lambda: loop.add_reader(again, lambda: None))
+    on_loop(lambda: loop.remove(again))
+    again.close()
+    for fd in (w, r2, w2):
+        os.close(fd)
