@@ -410,6 +410,7 @@ class ModuleHost(Service):
             self._refused_before += module.refused
         self.ops.ended(module)
         self._ended.append(module.snapshot())
+        self.ops.plan_restart(module)
         if not module.start_failed:
             self.changed("stopped", uid=module.uid, type=module.type.name, ended_by=module.ended_by)
 

@@ -173,7 +173,7 @@ class HostOps:
 
     def ended(self, module: ModuleProcess) -> None:
         """The module's ladder is over (before its snapshot joins the recently ended): name a limit that
-        ended it, count its end, and plan a restart if its policy asks for one."""
+        ended it and count its end (:meth:`plan_restart` follows, once the snapshot is there)."""
         if self.host.loop is not None:  # let the I/O thread read the module's last words first
             flushed = threading.Event()
             self.host.loop.call_soon(flushed.set)
@@ -192,9 +192,14 @@ class HostOps:
                 module.ended_by, why = hit
                 module.stop_reason = f"{why}; {module.stop_reason}" if module.stop_reason else why
         self.host.stats.ends.labels(module.type.name, module.ended_by or "unknown").inc()
+
+    def plan_restart(self, module: ModuleProcess) -> None:
+        """After the module's snapshot joined the recently ended: plan a restart if its policy asks for
+        one (so ``status`` never shows a restart waiting or given up without the end that caused it)."""
         plan = module.restart_plan
         if plan is None or module.start_failed:
             return
+        removed = module.stop_reason in REMOVALS or self.host._closing
         failed = (module.returncode not in (0, None) or (module.ended_by or "").startswith("limit:")
                   or not (module.stop_reason or "").startswith("module left"))
         self._plan_restart(module.uid, plan, failed, removed, f"{module.ended_by}: {module.stop_reason}")
