@@ -243,8 +243,9 @@ def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:
                 "worker_connections": int(settings.get("gateway_connections", 4000)), "keepalive": 30,
                 "graceful_timeout": int(settings.get("gateway_stop_timeout", 3))}
     # A service holds state: exactly one worker process, with a pool of threads.
-    # service_threads for commands that change state, read_threads more that only reads use.
-    return {**common, "workers": 1, "worker_class": "gthread",
+    # service_threads for commands that change state, read_threads more that only reads use;
+    # quick commands are answered on the worker's connection loop (shmooze.loopworker).
+    return {**common, "workers": 1, "worker_class": "shmooze.loopworker.LoopWorker",
             "threads": int(settings.service_threads) + int(settings.read_threads),
             "keepalive": max(1, int(settings.service_keepalive))}
 
