@@ -66,15 +66,15 @@ class _LoopSocket:
         self.rest: list[bytes] = []
 
     def send(self, data: bytes) -> int:
+        """Send what the socket takes now, keep the rest; the whole is taken (returns its length)."""
+        sent = 0
         if not self.rest:
             try:
                 sent = self.sock.send(data)
             except (BlockingIOError, InterruptedError):
-                sent = 0
-            if sent == len(data):
-                return sent
-            data = data[sent:]
-        self.rest.append(bytes(data))
+                pass
+        if sent < len(data):
+            self.rest.append(bytes(data[sent:]))
         return len(data)
 
     def sendall(self, data: bytes) -> None:
