@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import threading
 import time
 from http import HTTPStatus
 from typing import Any, Callable, Iterable
@@ -233,6 +234,7 @@ class CommandApp:
         self.authorize = authorize
         #: Whether a request answers at once (see :meth:`quick_request`); None: none does.
         self.quick = quick
+        self._parsed = threading.local()
 
     def quick_request(self, body: bytes) -> bool:
         """Whether the request with this body answers at once, without waiting for anything, so that
@@ -241,9 +243,11 @@ class CommandApp:
         if self.quick is None:
             return False
         try:
-            return self.quick(protocol.parse_request(body))
+            parsed = protocol.parse_request(body)
         except protocol.BodyError:
             return True
+        self._parsed.last = (body, parsed)  # parsed once: answer() takes it (same thread, same body)
+        return self.quick(parsed)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         return serve_json_errors(lambda: self.answer(environ, start_response), environ, start_response,
@@ -252,10 +256,16 @@ class CommandApp:
     def answer(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         """Read, run and answer one command request (errors are raised, see :func:`serve_json_errors`)."""
         body, _ = read_command_body(environ, self.max_body_bytes)
-        try:
-            parsed = protocol.parse_request(body)
-        except protocol.BodyError as exc:
-            raise JSONHTTPError(400, str(exc)) from None
+        last = getattr(self._parsed, "last", None)
+        if last is not None:
+            self._parsed.last = None
+        if last is not None and last[0] == body:
+            parsed = last[1]
+        else:
+            try:
+                parsed = protocol.parse_request(body)
+            except protocol.BodyError as exc:
+                raise JSONHTTPError(400, str(exc)) from None
         if self.authorize is not None:
             self.authorize(parsed, environ)
         answer = encode_or_fail(parsed, self.handler(parsed))

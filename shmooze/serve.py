@@ -222,6 +222,10 @@ class _GunicornApp:
         return App()
 
 
+#: ``service_worker`` setting to gunicorn worker class.
+SERVICE_WORKERS = {"gthread": "gthread", "loop": "shmooze.loopworker.LoopWorker"}
+
+
 def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:
     host = settings.listen_address(name)
     port = settings.ports[name]
@@ -244,8 +248,8 @@ def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:
                 "graceful_timeout": int(settings.get("gateway_stop_timeout", 3))}
     # A service holds state: exactly one worker process, with a pool of threads.
     # service_threads for commands that change state, read_threads more that only reads use;
-    # quick commands are answered on the worker's connection loop (shmooze.loopworker).
-    return {**common, "workers": 1, "worker_class": "shmooze.loopworker.LoopWorker",
+    # with service_worker "loop", quick commands are answered on the connection loop (shmooze.loopworker).
+    return {**common, "workers": 1, "worker_class": SERVICE_WORKERS[str(settings.get("service_worker"))],
             "threads": int(settings.service_threads) + int(settings.read_threads),
             "keepalive": max(1, int(settings.service_keepalive))}
 

@@ -56,7 +56,8 @@ def ask(sock: socket.socket, cmd: str, **args):
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     stack = Stack(tmp_path_factory.mktemp("loop"), {"loop": "tests.loop_service:LoopSample"}, service_keepalive=2,
-                  service_threads=2, read_threads=2, max_answer_bytes=64 << 20)
+                  service_threads=2, read_threads=2, max_answer_bytes=64 << 20,
+                  service_worker="loop")
     try:
         stack.start("loop")
         yield stack.ports["loop"]
@@ -194,3 +195,17 @@ def test_many_connections_at_once_are_all_answered(service):
     for t in threads:
         t.join(60)
     assert not errors, errors[:3]
+
+
+def test_the_worker_is_chosen_in_the_settings(tmp_path):
+    from shmooze.errors import SettingsError
+    from shmooze.serve import gunicorn_options
+    from shmooze.settings import Settings
+
+    ports = {"wsgi": 1, "loop": 2}
+    assert gunicorn_options(Settings({"ports": ports}), "loop")["worker_class"] == "gthread"
+    loop = Settings({"ports": ports, "service_worker": "loop"})
+    assert gunicorn_options(loop, "loop")["worker_class"] == "shmooze.loopworker.LoopWorker"
+    assert gunicorn_options(loop, "wsgi")["worker_class"] == "gevent"  # the gateway keeps its own
+    with pytest.raises(SettingsError, match="service_worker"):
+        Settings({"ports": ports, "service_worker": "eventlet"})
