@@ -23,8 +23,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from ab_bench import measure  # noqa: E402
-from common import PYTHON, Proc, child_env, family, free_port  # noqa: E402
+from ab_bench import measure
+from common import PYTHON, Proc, child_env, family, free_port
 
 
 def _worker_family(proc: Proc, timeout: float = 60.0) -> list[int]:

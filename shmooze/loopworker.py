@@ -24,7 +24,7 @@ import errno
 import selectors
 from concurrent import futures
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 from gunicorn import http
 from gunicorn.workers import gthread
@@ -95,7 +95,7 @@ class LoopWorker(gthread.ThreadWorker):
     def load_wsgi(self) -> None:
         super().load_wsgi()
         #: The app's ``quick_request(body) -> bool`` (shmooze.httpjson.CommandApp); without it, plain gthread.
-        self.quick_request = getattr(self.wsgi, "quick_request", None)
+        self.quick_request: Callable[[bytes], bool] | None = getattr(self.wsgi, "quick_request", None)
         if self.quick_request is None:
             self.shortcut = False
 
@@ -153,7 +153,8 @@ class LoopWorker(gthread.ThreadWorker):
         buffered = conn.parser.unreader.buf
         whole = buffered.tell() == 0 and whole_request(data)  # (read-ahead left in the buffer: the pool)
         buffered.write(data)
-        if not whole or not self.quick_request(data[whole:]):
+        quick = self.quick_request
+        if not whole or quick is None or not quick(data[whole:]):
             self.enqueue_req(conn)
             return
         self._done(conn, self._answer(conn))
@@ -173,7 +174,7 @@ class LoopWorker(gthread.ThreadWorker):
             if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
                 self.log.exception("Socket error processing request.")
             keep = False
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - as gthread: answered as an error, the connection closed
             try:
                 self.handle_error(request, out, conn.client, e)
             except Exception:
