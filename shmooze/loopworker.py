@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import selectors
+import time
 from concurrent import futures
 from functools import partial
 from typing import Any, Callable
@@ -100,7 +101,8 @@ class LoopWorker(gthread.ThreadWorker):
             self.shortcut = False
 
     def accept(self, listener: Any) -> None:
-        """A new connection waits on the loop for its first request (not on a pool thread)."""
+        """A new connection waits on the loop for its first request (not on a pool thread), like a
+        kept-alive one."""
         if not self.shortcut:
             return super().accept(listener)
         try:
@@ -112,23 +114,16 @@ class LoopWorker(gthread.ThreadWorker):
         self.nr_conns += 1
         conn = gthread.TConn(self.cfg, sock, addr, listener.getsockname())  # (non-blocking)
         conn.set_timeout()
-        self.pending_conns.append(conn)
-        self.poller.register(sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn))
+        self.keepalived_conns.append(conn)
+        self.poller.register(sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
         return None
 
     def on_client_socket_readable(self, conn: Any, client: Any) -> None:
+        """A waiting connection is readable: it stays registered with the poller while the loop
+        serves it; it leaves the poller only for a pool thread or to be closed."""
         if not self.shortcut:
             return super().on_client_socket_readable(conn, client)
-        self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
-        self._readable(conn)
-        return None
-
-    def on_pending_socket_readable(self, conn: Any, client: Any) -> None:
-        if not self.shortcut:
-            return super().on_pending_socket_readable(conn, client)
-        self.poller.unregister(client)
-        self.pending_conns.remove(conn)
         self._readable(conn)
         return None
 
@@ -138,13 +133,12 @@ class LoopWorker(gthread.ThreadWorker):
         try:
             data = conn.sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
-            data = None
+            self._wait(conn)  # nothing after all
+            return
         except OSError:
             data = b""
-        if data is None:  # nothing after all: wait again
-            self._done(conn, True)
-            return
         if not data:  # the client closed or reset the connection
+            self._leave(conn)
             self.nr_conns -= 1
             conn.close()
             return
@@ -155,9 +149,35 @@ class LoopWorker(gthread.ThreadWorker):
         buffered.write(data)
         quick = self.quick_request
         if not whole or quick is None or not quick(data[whole:]):
+            self._leave(conn)
             self.enqueue_req(conn)
             return
-        self._done(conn, self._answer(conn))
+        result = self._answer(conn)
+        if result is True and not conn.parser.unreader.buf.tell():
+            self._wait(conn)
+            return
+        self._leave(conn)
+        if isinstance(result, list):  # the rest of the answer from a pool thread, then gthread's way
+            job = self.tpool.submit(_send_rest, conn, result)
+            job.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
+            return
+        done: futures.Future = futures.Future()
+        done.set_result(result)
+        self.finish_request(conn, done)  # (close, or bytes read ahead: to the pool)
+
+    def _wait(self, conn: Any) -> None:
+        """The connection waits on the loop for its next request (it is still registered)."""
+        conn.set_timeout()
+        if not self.alive:
+            conn.timeout = min(conn.timeout, time.monotonic() + gthread.STOP_KEEPALIVE_LINGER)
+        self.keepalived_conns.append(conn)
+
+    def _leave(self, conn: Any) -> None:
+        """The connection leaves the loop's poller (for a pool thread, or to be closed)."""
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
 
     def _answer(self, conn: Any) -> bool | list[bytes]:
         """Answer the request in the parser's buffer with gunicorn's own request handling; return
@@ -185,17 +205,6 @@ class LoopWorker(gthread.ThreadWorker):
         if out.rest:
             return out.rest if keep else out.rest + [b""]
         return keep
-
-    def _done(self, conn: Any, result: bool | list[bytes]) -> None:
-        """After the loop served a request: what ``gthread`` does after a pool thread served one
-        (keep-alive or close); an answer not fully sent yet is finished on a pool thread first."""
-        if isinstance(result, list):
-            job = self.tpool.submit(_send_rest, conn, result)
-            job.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
-            return
-        done: futures.Future = futures.Future()
-        done.set_result(result)
-        self.finish_request(conn, done)
 
 
 def _send_rest(conn: Any, rest: list[bytes]) -> bool:
