@@ -1,8 +1,10 @@
 """Serving: run a service or the gateway as its own daemon under gunicorn.
 
 A stateful service (one that holds modules) runs in exactly one gunicorn worker
-process with a pool of threads (``gthread``): one process, so one copy of the
-state; threads, so a slow command never holds up the others. The port itself is
+process with a pool of threads (``gthread``, or by default its subclass
+:class:`shmooze.loopworker.LoopWorker`, which answers quick commands on its
+connection loop): one process, so one copy of the state; threads, so a slow
+command never holds up the others. The port itself is
 the single-instance guard: a second copy cannot bind it.
 
 The gateway holds no state; it runs several ``gevent`` workers, so thousands of

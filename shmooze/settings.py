@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "service_keepalive": 120.0,
     "forward_idle_timeout": 60.0,
     "read_threads": 8,
-    "service_worker": "gthread",
+    "service_worker": "loop",
     "body_timeout": 10.0,
     "body_min_rate": 8192,
     "body_shed_after": 1.0,

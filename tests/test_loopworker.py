@@ -203,9 +203,10 @@ def test_the_worker_is_chosen_in_the_settings(tmp_path):
     from shmooze.settings import Settings
 
     ports = {"wsgi": 1, "loop": 2}
-    assert gunicorn_options(Settings({"ports": ports}), "loop")["worker_class"] == "gthread"
-    loop = Settings({"ports": ports, "service_worker": "loop"})
-    assert gunicorn_options(loop, "loop")["worker_class"] == "shmooze.loopworker.LoopWorker"
+    loop = Settings({"ports": ports})
+    assert gunicorn_options(loop, "loop")["worker_class"] == "shmooze.loopworker.LoopWorker"  # the default
     assert gunicorn_options(loop, "wsgi")["worker_class"] == "gevent"  # the gateway keeps its own
+    plain = Settings({"ports": ports, "service_worker": "gthread"})
+    assert gunicorn_options(plain, "loop")["worker_class"] == "gthread"
     with pytest.raises(SettingsError, match="service_worker"):
         Settings({"ports": ports, "service_worker": "eventlet"})
