@@ -16,7 +16,11 @@ A method becomes a wire command only when it is marked::
 
 ``read_only=True`` says the command changes nothing: it never waits for a command
 slot, the gateway serves it without the access token, and may send it again after
-a failure. A subclass that overrides a command keeps it a command (with the
+a failure. ``quick=True`` (which implies read-only) says more: it answers from memory
+at once and never waits (no I/O, no lock held for long), so the service's worker may
+run it on its connection loop instead of handing it to a thread (see
+:mod:`shmooze.loopworker`). A command that may wait, such as ``changes`` with a
+timeout, must not be quick: while it runs, no other connection is served. A subclass that overrides a command keeps it a command (with the
 flags of the nearest declaration unless it declares again).
 
 For a quick script, ``expose_all = True`` on a service class makes every public
@@ -42,16 +46,19 @@ class Declaration:
     """What ``@command`` says of a method."""
 
     read_only: bool = False
+    #: Answers at once from memory: may run on the worker's connection loop (implies read_only).
+    quick: bool = False
 
 
 @overload
 def command(func: F) -> F: ...
 @overload
-def command(*, read_only: bool = False) -> Callable[[F], F]: ...
-def command(func: Any = None, *, read_only: bool = False) -> Any:
-    """Mark a service method as a command: ``@command`` or ``@command(read_only=True)``."""
+def command(*, read_only: bool = False, quick: bool = False) -> Callable[[F], F]: ...
+def command(func: Any = None, *, read_only: bool = False, quick: bool = False) -> Any:
+    """Mark a service method as a command: ``@command``, ``@command(read_only=True)`` or
+    ``@command(quick=True)`` (read-only and never waits)."""
     def mark(method: F) -> F:
-        setattr(method, MARK, Declaration(read_only))
+        setattr(method, MARK, Declaration(read_only or quick, quick))
         return method
 
     return mark(func) if func is not None else mark
@@ -67,9 +74,10 @@ class CommandSpec:
     hints: dict[str, Any]
     takes_any: bool  # has **kwargs
     read_only: bool = False
+    quick: bool = False
 
 
-def spec_of(name: str, func: Callable[..., Any], read_only: bool = False) -> CommandSpec:
+def spec_of(name: str, func: Callable[..., Any], read_only: bool = False, quick: bool = False) -> CommandSpec:
     """The spec of one command from its signature and type hints."""
     sig = inspect.signature(func)
     try:
@@ -84,7 +92,7 @@ def spec_of(name: str, func: Callable[..., Any], read_only: bool = False) -> Com
     required = [n for n, p in params.items() if p.default is p.empty]
     takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     return CommandSpec(name, params, required, {k: v for k, v in hints.items() if k in params}, takes_any,
-                       read_only)
+                       read_only or quick, quick)
 
 
 def declared(cls: type) -> dict[str, Declaration]:

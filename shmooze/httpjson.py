@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import threading
 import time
 from http import HTTPStatus
 from typing import Any, Callable, Iterable
@@ -224,12 +225,29 @@ class CommandApp:
 
     def __init__(self, handler: Callable[[protocol.Request], list[dict[str, Any]]], max_body_bytes: int = 1 << 20,
                  max_answer_bytes: int = 16 << 20,
-                 authorize: Callable[[protocol.Request, dict[str, Any]], None] | None = None):
+                 authorize: Callable[[protocol.Request, dict[str, Any]], None] | None = None,
+                 quick: Callable[[protocol.Request], bool] | None = None):
         self.handler = handler
         self.max_body_bytes = max_body_bytes
         self.max_answer_bytes = max_answer_bytes
         #: Raises JSONHTTPError (401) for a request it refuses (see shmooze.access); None: every request runs.
         self.authorize = authorize
+        #: Whether a request answers at once (see :meth:`quick_request`); None: none does.
+        self.quick = quick
+        self._parsed = threading.local()
+
+    def quick_request(self, body: bytes) -> bool:
+        """Whether the request with this body answers at once, without waiting for anything, so that
+        the worker may run it on its connection loop (:mod:`shmooze.loopworker`). A body that is not
+        a command request is answered at once too (with an error)."""
+        if self.quick is None:
+            return False
+        try:
+            parsed = protocol.parse_request(body)
+        except protocol.BodyError:
+            return True
+        self._parsed.last = (body, parsed)  # parsed once: answer() takes it (same thread, same body)
+        return self.quick(parsed)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         return serve_json_errors(lambda: self.answer(environ, start_response), environ, start_response,
@@ -238,10 +256,16 @@ class CommandApp:
     def answer(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         """Read, run and answer one command request (errors are raised, see :func:`serve_json_errors`)."""
         body, _ = read_command_body(environ, self.max_body_bytes)
-        try:
-            parsed = protocol.parse_request(body)
-        except protocol.BodyError as exc:
-            raise JSONHTTPError(400, str(exc)) from None
+        last = getattr(self._parsed, "last", None)
+        if last is not None:
+            self._parsed.last = None
+        if last is not None and last[0] == body:
+            parsed = last[1]
+        else:
+            try:
+                parsed = protocol.parse_request(body)
+            except protocol.BodyError as exc:
+                raise JSONHTTPError(400, str(exc)) from None
         if self.authorize is not None:
             self.authorize(parsed, environ)
         answer = encode_or_fail(parsed, self.handler(parsed))
@@ -261,4 +285,4 @@ def too_big_answer(request: protocol.Request, size: int, limit: int) -> bytes:
 def service_app(service: Any, max_body_bytes: int = 1 << 20, max_answer_bytes: int = 16 << 20,
                 authorize: Callable[[protocol.Request, dict[str, Any]], None] | None = None) -> CommandApp:
     """The WSGI app of a :class:`shmooze.service.Service`."""
-    return CommandApp(service.handle, max_body_bytes, max_answer_bytes, authorize)
+    return CommandApp(service.handle, max_body_bytes, max_answer_bytes, authorize, service.is_quick)

@@ -1,8 +1,10 @@
 """Serving: run a service or the gateway as its own daemon under gunicorn.
 
 A stateful service (one that holds modules) runs in exactly one gunicorn worker
-process with a pool of threads (``gthread``): one process, so one copy of the
-state; threads, so a slow command never holds up the others. The port itself is
+process with a pool of threads (``gthread``, or by default its subclass
+:class:`shmooze.loopworker.LoopWorker`, which answers quick commands on its
+connection loop): one process, so one copy of the state; threads, so a slow
+command never holds up the others. The port itself is
 the single-instance guard: a second copy cannot bind it.
 
 The gateway holds no state; it runs several ``gevent`` workers, so thousands of
@@ -222,6 +224,10 @@ class _GunicornApp:
         return App()
 
 
+#: ``service_worker`` setting to gunicorn worker class.
+SERVICE_WORKERS = {"gthread": "gthread", "loop": "shmooze.loopworker.LoopWorker"}
+
+
 def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:
     host = settings.listen_address(name)
     port = settings.ports[name]
@@ -244,8 +250,9 @@ def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:
                 "worker_connections": int(settings.get("gateway_connections", 4000)), "keepalive": 30,
                 "graceful_timeout": int(settings.get("gateway_stop_timeout", 3))}
     # A service holds state: exactly one worker process, with a pool of threads.
-    # service_threads for commands that change state, read_threads more that only reads use.
-    return {**common, "workers": 1, "worker_class": "gthread",
+    # service_threads for commands that change state, read_threads more that only reads use;
+    # with service_worker "loop", quick commands are answered on the connection loop (shmooze.loopworker).
+    return {**common, "workers": 1, "worker_class": SERVICE_WORKERS[str(settings.get("service_worker"))],
             "threads": int(settings.service_threads) + int(settings.read_threads),
             "keepalive": max(1, int(settings.service_keepalive))}
 

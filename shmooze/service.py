@@ -148,6 +148,8 @@ class Service:
         self._commands = self._collect_commands()
         #: Commands that change nothing: they never wait for a command slot.
         self.read_only_commands = frozenset(n for n, spec in self._commands.items() if spec.read_only)
+        #: Commands that answer at once from memory: the worker may run them on its connection loop.
+        self.quick_commands = frozenset(n for n, spec in self._commands.items() if spec.quick)
         self._stopped = threading.Event()
         self._command_slots: threading.BoundedSemaphore | None = None
         self._slot_count = 0
@@ -180,7 +182,7 @@ class Service:
 
     # -- built-in commands ---------------------------------------------------------
 
-    @command(read_only=True)
+    @command(quick=True)
     def status(self) -> dict[str, Any]:
         """The service's pid, uptime, version and change version."""
         return {
@@ -197,7 +199,7 @@ class Service:
         """Change events after version ``since``, waiting up to ``timeout`` seconds (at most 60)."""
         return self.events.since(since, min(max(timeout, 0.0), 60.0))
 
-    @command(read_only=True)
+    @command(quick=True)
     def commands(self) -> dict[str, Any]:
         """Each command's arguments (name, type, whether required, default), description and
         whether it only reads (then the gateway serves it without the access token)."""
@@ -226,8 +228,15 @@ class Service:
     # -- dispatch ------------------------------------------------------------------
 
     def _collect_commands(self) -> dict[str, CommandSpec]:
-        return {name: spec_of(name, getattr(self, name), mark.read_only)
+        return {name: spec_of(name, getattr(self, name), mark.read_only, mark.quick)
                 for name, mark in declared(type(self)).items()}
+
+    def is_quick(self, request: protocol.Request) -> bool:
+        """Whether every item of the request answers at once: a quick command, an unknown command or an
+        invalid item (both answered with an error)."""
+        quick, known = self.quick_commands, self._commands
+        return all(not isinstance(i, protocol.Command) or i.cmd in quick or i.cmd not in known
+                   for i in request.items)
 
     def dispatch(self, item: protocol.Item) -> dict[str, Any]:
         """Run one parsed command and return its answer object; never raises. Each is counted and timed."""

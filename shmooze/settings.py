@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "service_keepalive": 120.0,
     "forward_idle_timeout": 60.0,
     "read_threads": 8,
+    "service_worker": "loop",
     "body_timeout": 10.0,
     "body_min_rate": 8192,
     "body_shed_after": 1.0,
@@ -126,6 +127,8 @@ def _validate(data: dict[str, Any], path: str) -> None:
         value = data.get(key)
         if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/"):
             raise SettingsError(f"{path}: {key!r} must be a path that starts and ends with '/', not {value!r}")
+    if data.get("service_worker") not in ("gthread", "loop"):
+        raise SettingsError(f"{path}: 'service_worker' must be 'gthread' or 'loop', not {data.get('service_worker')!r}")
 
 
 def is_loopback(address: str) -> bool:

@@ -20,7 +20,7 @@ class Volume(Service):
         self.level = level
         self.muted = False
 
-    @command(read_only=True)
+    @command(quick=True)
     def get_volume(self) -> dict:
         """The level (0 to 100) and whether it is muted."""
         with self._lock:
