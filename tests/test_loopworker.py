@@ -205,7 +205,7 @@ def test_the_worker_is_chosen_in_the_settings(tmp_path):
     ports = {"wsgi": 1, "loop": 2}
     loop = Settings({"ports": ports})
     assert gunicorn_options(loop, "loop")["worker_class"] == "shmooze.loopworker.LoopWorker"  # the default
-    assert gunicorn_options(loop, "wsgi")["worker_class"] == "gevent"  # the gateway keeps its own
+    assert gunicorn_options(loop, "wsgi")["worker_class"] == "shmooze.gatewaylane.GatewayWorker"  # its own
     plain = Settings({"ports": ports, "service_worker": "gthread"})
     assert gunicorn_options(plain, "loop")["worker_class"] == "gthread"
     with pytest.raises(SettingsError, match="service_worker"):
