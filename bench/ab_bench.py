@@ -110,18 +110,24 @@ def main() -> int:
             for name, (port, path, hop, service) in targets.items():
                 runs[name].append(measure(port, path, hop, service, opts.seconds))
                 log.info("%s: %s", name, runs[name][-1])
-        print("| target | req/s | p99 ms (sampling connection) | server CPU ms/req | hop's own CPU ms/req |")
-        print("|---|---|---|---|---|")
-        for name, rs in runs.items():
-            cells = []
-            for key, fmt in (("rps", "{:,.0f}"), ("p99_ms", "{:.2f}"), ("cpu_ms", "{:.3f}"), ("hop_cpu_ms", "{:.3f}")):
-                vals = [r[key] for r in rs]
-                cells.append(f"{fmt.format(statistics.median(vals))} ({fmt.format(min(vals))}-{fmt.format(max(vals))})")
-            print(f"| {name} | " + " | ".join(cells) + " |")
+        print_rounds(runs, (("req/s", "rps", "{:,.0f}"), ("p99 ms (sampling connection)", "p99_ms", "{:.2f}"),
+                            ("server CPU ms/req", "cpu_ms", "{:.3f}"), ("hop's own CPU ms/req", "hop_cpu_ms", "{:.3f}")))
     finally:
         for proc in reversed(started):
             proc.stop()
     return 0
+
+
+def print_rounds(runs: dict[str, list[dict[str, float]]], columns: tuple[tuple[str, str, str], ...]) -> None:
+    """A markdown table of each target's rounds: per column (heading, key, format) the median (min-max)."""
+    print("| target | " + " | ".join(heading for heading, _, _ in columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for name, rs in runs.items():
+        cells = []
+        for _, key, fmt in columns:
+            vals = [r[key] for r in rs]
+            cells.append(f"{fmt.format(statistics.median(vals))} ({fmt.format(min(vals))}-{fmt.format(max(vals))})")
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from ab_bench import measure
+from ab_bench import measure, print_rounds
 from common import PYTHON, Proc, child_env, family, free_port
 
 
@@ -69,14 +68,8 @@ def main() -> int:
         for _ in range(opts.rounds):
             for name, (port, pids) in targets.items():
                 runs[name].append(measure(port, "/", [], pids, opts.seconds))
-        print("| target | req/s | p99 ms (sampling connection) | server CPU ms/req | errors |")
-        print("|---|---|---|---|---|")
-        for name, rs in runs.items():
-            cells = []
-            for key, fmt in (("rps", "{:,.0f}"), ("p99_ms", "{:.2f}"), ("cpu_ms", "{:.3f}"), ("errors", "{:.0f}")):
-                vals = [r[key] for r in rs]
-                cells.append(f"{fmt.format(statistics.median(vals))} ({fmt.format(min(vals))}-{fmt.format(max(vals))})")
-            print(f"| {name} | " + " | ".join(cells) + " |")
+        print_rounds(runs, (("req/s", "rps", "{:,.0f}"), ("p99 ms (sampling connection)", "p99_ms", "{:.2f}"),
+                            ("server CPU ms/req", "cpu_ms", "{:.3f}"), ("errors", "errors", "{:.0f}")))
     finally:
         for proc in reversed(started):
             proc.stop()

@@ -20,12 +20,14 @@ import sys
 import tempfile
 import time
 import xmlrpc.client
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shmooze import logs, procutil
 from shmooze.errors import ShmoozeError
+from shmooze.polling import wait_until
 from shmooze.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
@@ -575,11 +577,7 @@ def restart(settings: Settings, names: list[str]) -> list[str]:
         server.supervisor.startProcess(f"{GROUP}:{name}", True)
     start_timeout = float(settings.get("start_timeout", 30))
     for name in targets:
-        deadline = time.monotonic() + start_timeout
-        while not service_answers(settings, name, timeout=1.0):
-            if time.monotonic() > deadline:
-                raise ShmoozeError(f"{name} was restarted but does not answer on port {settings.ports[name]} "
-                                   f"after {start_timeout:g} s (start_timeout); see its log in "
-                                   f"{paths.logs}")
-            time.sleep(0.05)
+        wait_until(partial(service_answers, settings, name, timeout=1.0), start_timeout,
+                   f"{name} to answer on port {settings.ports[name]} after its restart (start_timeout); "
+                   f"see its log in {paths.logs}", interval=0.05, error=ShmoozeError)
     return targets

@@ -16,10 +16,9 @@ from __future__ import annotations
 import collections
 import itertools
 import json
-import json.encoder
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 #: 2024-01-01 UTC: epochs count from here, so that versions stay far below 2**53 for centuries.
 _ORIGIN = 1704067200.0
@@ -119,23 +118,14 @@ class ChangeLog:
                                                                         None))}
 
 
-def _compact_encoder() -> Callable[[Any, int], Any] | None:
-    """CPython's C encoder with compact separators, made once: ``json.dumps`` with options builds a
-    new encoder for every call, a good part of publishing a small event."""
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return None
-    return make(None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
-
-
-_ENCODE = _compact_encoder()
+#: Made once: ``json.dumps`` with options builds a new encoder for every call, a good part of
+#: publishing a small event.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str, check_circular=False)
 
 
 def _size(event: dict[str, Any]) -> int:
     """Bytes of an event as JSON (an event that is not JSON counts as small: it fails later, elsewhere)."""
     try:
-        if _ENCODE is not None:
-            return sum(map(len, _ENCODE(event, 0)))
-        return len(json.dumps(event, separators=(",", ":"), default=str))
+        return len(_ENCODER.encode(event))
     except (TypeError, ValueError, RecursionError):
         return 64

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any, Callable, NamedTuple
 
-from shmooze.ioloop import _native_poll
+from shmooze.ioloop import native_poll
 from shmooze.slowbodies import gevent_sockets
 
 MAX_HEADER_BYTES = 64 << 10
@@ -66,7 +66,7 @@ class _Connection:
         self.sock = sock
         self.buf = b""
         self.idle_since = time.monotonic()
-        self._poll = _native_poll()  # registered once: looks_closed is one system call
+        self._poll = native_poll()  # registered once: looks_closed is one system call
         self._poll.register(sock.fileno(), select.POLLIN | select.POLLPRI)
         #: Under gevent one timer bounds each exchange (``timeout`` s): a socket timeout would cost a
         #: new timer at every wait. Elsewhere (threads) the socket's own timeout does it.

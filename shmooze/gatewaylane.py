@@ -122,7 +122,7 @@ class Lane:
         self.services = {(gateway.prefix + name).encode("latin-1"): proxy for name, proxy in gateway.proxies.items()}
         self.services.update({path + b"/": proxy for path, proxy in list(self.services.items())})
         self.json_types = frozenset(t.encode("latin-1") for t in httpjson.JSON_TYPES)
-        self.read_body = httpjson._read_body
+        self.read_body = httpjson.read_body
         self.http_error = httpjson.JSONHTTPError
         self._hosts: dict[bytes, bool] = {}  # Host header -> allowed (a few values in practice)
         self._origins: dict[tuple[bytes, bytes], bool] = {}

@@ -507,12 +507,14 @@ class ModuleHost(Service):
             modules = [m.snapshot() for m in live]
             stopping = [m.snapshot() for m in self._stopping.values()]
         self.ops.add_figures(modules, live)
+        # Restarts planned or given up, read before the ended: a plan is made after its end joins them.
+        restarts = self.ops.status()
         info.update(modules=modules, stopping=stopping, ended=list(self._ended),
                     types=sorted(self.types), watchdog_pid=self._watchdog.proc.pid if self._watchdog else None,
                     restoring=self.restoring, journal=self.journal.status() if self.journal else None,
                     containment=self.containment.describe() if self.containment else None,
                     refused_connections=self._refused_before + sum(m.refused for m in self._all_modules()))
-        info.update(self.ops.status())
+        info.update(restarts)
         return info
 
     # -- client keys -----------------------------------------------------------------------

@@ -102,7 +102,7 @@ def _deadline(seconds: float) -> Any:
     return contextlib.nullcontext()
 
 
-def _read_body(environ: dict[str, Any], stream: Any, size: int | None, max_bytes: int,
+def read_body(environ: dict[str, Any], stream: Any, size: int | None, max_bytes: int,
                timeout: float, min_rate: float) -> bytes:
     """Read ``size`` bytes (``None``: to the end of a chunked body, or past ``max_bytes``).
 
@@ -163,7 +163,7 @@ def read_command_body(environ: dict[str, Any], max_bytes: int, timeout: float = 
     """Check method, content type and size of a command request; return its body and media type.
 
     It reads the WSGI environ directly: this runs for every command, at the gateway and at
-    the service, so it stays lean. See :func:`_read_body` for ``timeout`` and ``min_rate``.
+    the service, so it stays lean. See :func:`read_body` for ``timeout`` and ``min_rate``.
     """
     method = environ.get("REQUEST_METHOD", "GET")
     if method != "POST":
@@ -180,9 +180,9 @@ def read_command_body(environ: dict[str, Any], max_bytes: int, timeout: float = 
             raise JSONHTTPError(400, f"bad Content-Length {raw_length[:20]!r}") from None
         if length > max_bytes:
             raise JSONHTTPError(413, f"body of {length} bytes is over the limit of {max_bytes} bytes", close=True)
-        body = _read_body(environ, stream, length, max_bytes, timeout, min_rate) if length > 0 else b""
+        body = read_body(environ, stream, length, max_bytes, timeout, min_rate) if length > 0 else b""
     elif environ.get("wsgi.input_terminated"):  # chunked: read no more than the limit allows
-        body = _read_body(environ, stream, None, max_bytes, timeout, min_rate)
+        body = read_body(environ, stream, None, max_bytes, timeout, min_rate)
     else:
         body = b""
     if len(body) > max_bytes:

@@ -205,7 +205,7 @@ def wait_readable(objs: list[Any], timeout: float) -> list[Any]:
     modules has descriptors above FD_SETSIZE (1024), which ``select`` refuses. With ``timeout``
     0 it only looks, on the real ``poll`` even where gevent patched it: it never switches greenlets.
     """
-    poller = _native_poll() if timeout <= 0 else select.poll()
+    poller = native_poll() if timeout <= 0 else select.poll()
     by_fd: dict[int, Any] = {}
     for obj in objs:
         fd = obj if isinstance(obj, int) else obj.fileno()
@@ -215,7 +215,7 @@ def wait_readable(objs: list[Any], timeout: float) -> list[Any]:
     return [by_fd[fd] for fd, _ in events if fd in by_fd]
 
 
-def _native_poll() -> select.poll:
+def native_poll() -> select.poll:
     """The real ``select.poll`` even when gevent has patched the module (looked up once: the
     gateway's forward asks it before every reuse of a kept-alive connection)."""
     global _POLL

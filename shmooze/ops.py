@@ -179,9 +179,8 @@ class HostOps:
             self.host.loop.call_soon(flushed.set)
             flushed.wait(2)
         self._meters.pop(module.uid, None)  # (a restart measures from its own start)
-        removed = module.stop_reason in REMOVALS or self.host._closing
         limits = Limits.of(module.type)
-        if limits and not removed and module.ended_by in ("exited", "rm", None):
+        if limits and not self._removed(module) and module.ended_by in ("exited", "rm", None):
             out = self.output_of(module.uid, create=False)
             last = [line["text"] for line in out.since(max(0, out.count - 20), 20)["lines"]] if out else []
             figures = usage.scan_groups().get(module.pid or -1)
@@ -199,10 +198,13 @@ class HostOps:
         plan = module.restart_plan
         if plan is None or module.start_failed:
             return
-        removed = module.stop_reason in REMOVALS or self.host._closing
         failed = (module.returncode not in (0, None) or (module.ended_by or "").startswith("limit:")
                   or not (module.stop_reason or "").startswith("module left"))
-        self._plan_restart(module.uid, plan, failed, removed, f"{module.ended_by}: {module.stop_reason}")
+        self._plan_restart(module.uid, plan, failed, self._removed(module), f"{module.ended_by}: {module.stop_reason}")
+
+    def _removed(self, module: ModuleProcess) -> bool:
+        """Whether the module was removed (by ``rm`` and the like, or the service stopping), not ended."""
+        return module.stop_reason in REMOVALS or self.host._closing
 
     def _plan_restart(self, uid: str, plan: dict[str, Any], failed: bool, removed: bool, why: str) -> None:
         with self._lock:

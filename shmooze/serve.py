@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from shmooze import procutil
 from shmooze.errors import SettingsError
-from shmooze.settings import Settings
+from shmooze.settings import SERVICE_WORKERS, Settings
 
 if TYPE_CHECKING:  # imported when a service is built: the gateway's master process needs neither
     from shmooze.host import ModuleHost
@@ -222,10 +222,6 @@ class _GunicornApp:
                 return loader()
 
         return App()
-
-
-#: ``service_worker`` setting to gunicorn worker class.
-SERVICE_WORKERS = {"gthread": "gthread", "loop": "shmooze.loopworker.LoopWorker"}
 
 
 def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:

@@ -22,6 +22,9 @@ from shmooze.errors import SettingsError
 ENV_VAR = "SHMOOZE_SETTINGS"
 STATIC_DIR = str(Path(__file__).resolve().parent / "static")
 
+#: ``service_worker`` setting to gunicorn worker class.
+SERVICE_WORKERS = {"gthread": "gthread", "loop": "shmooze.loopworker.LoopWorker"}
+
 DEFAULTS: dict[str, Any] = {
     "public": [],
     "wsgi_prefix": "/",
@@ -127,8 +130,9 @@ def _validate(data: dict[str, Any], path: str) -> None:
         value = data.get(key)
         if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/"):
             raise SettingsError(f"{path}: {key!r} must be a path that starts and ends with '/', not {value!r}")
-    if data.get("service_worker") not in ("gthread", "loop"):
-        raise SettingsError(f"{path}: 'service_worker' must be 'gthread' or 'loop', not {data.get('service_worker')!r}")
+    if data.get("service_worker") not in SERVICE_WORKERS:
+        raise SettingsError(f"{path}: 'service_worker' must be {' or '.join(map(repr, SERVICE_WORKERS))}, "
+                            f"not {data.get('service_worker')!r}")
 
 
 def is_loopback(address: str) -> bool:
