@@ -93,7 +93,7 @@ class Cluster:
         path = self.tmp / f"{host}.json"
         path.write_text(json.dumps({
             "ports": {"wsgi": PORT, "queue": QUEUE_PORT}, "hosts": {"queue": self.addr["svc"]},
-            "host": "0.0.0.0", "access_token": TOKEN, "connect_timeout": 2, "journal": False,
+            "host": "0.0.0.0", "access_token": TOKEN, "service_key": TOKEN + "-services", "connect_timeout": 2, "journal": False,
             "services": {"queue": "push_apps:make_queue"}, "public": ["ports"],
             # One gateway must hold every watcher on its own (the one-gateway target).
             "gateway_workers": 2, "gateway_connections": self.watchers // 2 + 2000,

@@ -29,8 +29,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from shmooze import protocol
-from shmooze.errors import ServiceError, ShmoozeError, Timeout, TransportError
+from shmooze import protocol, servicekey
+from shmooze.errors import NotTheService, ServiceError, ShmoozeError, Timeout, TransportError
 
 DEFAULT_TIMEOUT = 10.0
 #: Commands that start a module: they carry a client key, so that a retry never starts two.
@@ -42,29 +42,63 @@ __all__ = ["Client", "ServiceClient", "Batch", "ShmoozeError", "ServiceError", "
 class _Transport:
     """One requests session, JSON in and out, with every failure turned into a shmooze error."""
 
-    def __init__(self, timeout: float, token: str | None, session: requests.Session | None):
+    def __init__(self, timeout: float, token: str | None, session: requests.Session | None,
+                 key: bytes | None = None):
         self.timeout = timeout
         self.session = session or requests.Session()
         self.headers = {"Content-Type": "application/json"}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
+        #: With the service key (a client of a service's own port): the gateway's forwarder, which checks
+        #: each connection before it sends anything, signs each request and proves each answer.
+        self.signer = servicekey.Signer(key) if key else None
+        self._proxies: dict[tuple[str, float], Any] = {}
 
     def post(self, url: str, payload: Any, timeout: float | None) -> Any:
-        return self.request("POST", url, timeout, data=json.dumps(payload), headers=self.headers)
+        body = json.dumps(payload).encode()
+        if self.signer is None:
+            return self.request("POST", url, timeout, data=body, headers=self.headers)
+        from shmooze.forward import ForwardError
+
+        limit = self.timeout if timeout is None else timeout
+        try:
+            reply = self._proxy(url, limit).post(body)
+        except ForwardError as exc:
+            if exc.impostor:
+                raise NotTheService(f"{url}: {exc.message}") from None
+            if exc.status == 504:
+                raise Timeout(f"no answer from {url} within {limit:g} s") from None
+            raise TransportError(f"cannot reach {url}: {exc.message}", exc.status) from None
+        return _decode_body(reply.body, reply.status, "", url)
+
+    def _proxy(self, url: str, timeout: float) -> Any:
+        from shmooze.forward import ServiceProxy
+
+        proxy = self._proxies.get((url, timeout))
+        if proxy is None:
+            parts = urlsplit(url)
+            if parts.scheme != "http" or not parts.hostname or not parts.port:
+                raise TransportError(f"{url}: a service's own port is reached as http://HOST:PORT/")
+            proxy = self._proxies[(url, timeout)] = ServiceProxy(
+                url, parts.hostname, parts.port, timeout=timeout, connect_timeout=min(timeout, 5.0),
+                max_idle=4, signer=self.signer)
+        return proxy
 
     def get(self, url: str, timeout: float | None) -> Any:
         return self.request("GET", url, timeout)
 
     def request(self, method: str, url: str, timeout: float | None, **kw: Any) -> Any:
-        """One HTTP request with a timeout; every failure becomes a shmooze error."""
+        """One HTTP request with a timeout and its decoded answer; every failure becomes a shmooze error."""
+        return _decode(self.send(method, url, timeout, **kw), url)
+
+    def send(self, method: str, url: str, timeout: float | None, **kw: Any) -> requests.Response:
         limit = self.timeout if timeout is None else timeout
         try:
-            resp = self.session.request(method, url, timeout=limit, **kw)
+            return self.session.request(method, url, timeout=limit, **kw)
         except requests.Timeout:
             raise Timeout(f"no answer from {url} within {limit:g} s") from None
         except requests.RequestException as exc:
             raise TransportError(f"cannot reach {url}: {_reason(exc, url)}") from None
-        return _decode(resp, url)
 
 
 def base_url(url: str) -> str:
@@ -102,13 +136,18 @@ def _reason(exc: Exception, url: str) -> str:
 
 
 def _decode(resp: requests.Response, url: str) -> Any:
+    return _decode_body(resp.content, resp.status_code, resp.reason, url)
+
+
+def _decode_body(body: bytes, status: int, reason: str, url: str) -> Any:
+    """A JSON answer; an HTTP error (its JSON ``error`` in the message) raises :class:`TransportError`."""
     try:
-        data = resp.json()
+        data = json.loads(body)
     except ValueError:
-        raise TransportError(f"{url} answered HTTP {resp.status_code} that is not JSON", resp.status_code) from None
-    if resp.status_code != 200:
+        raise TransportError(f"{url} answered HTTP {status} that is not JSON", status) from None
+    if status != 200:
         message = data.get("error") if isinstance(data, dict) else None
-        raise TransportError(f"{url}: HTTP {resp.status_code}: {message or resp.reason}", resp.status_code)
+        raise TransportError(f"{url}: HTTP {status}: {message or reason}", status)
     return data
 
 
@@ -125,10 +164,16 @@ class ServiceClient:
     """Calls commands of one service at ``url``; ``svc.NAME(**args)`` calls command NAME."""
 
     def __init__(self, url: str, name: str = "", timeout: float = DEFAULT_TIMEOUT, token: str | None = None,
-                 transport: _Transport | None = None):
+                 transport: _Transport | None = None, key: bytes | None = None):
         self.url = url
         self.name = name or url
-        self._transport = transport or _Transport(timeout, token, None)
+        self._transport = transport or _Transport(timeout, token, None, key)
+
+    @classmethod
+    def on_port(cls, settings: Any, name: str, timeout: float = DEFAULT_TIMEOUT) -> ServiceClient:
+        """A client of service ``name`` on its own port, with the application's service key (the app's
+        own tools: commands that change state are taken, and answers are proven)."""
+        return cls(f"{settings.url(name)}/", name, timeout=timeout, key=servicekey.load(settings, create=False))
 
     def call(self, cmd: str, args: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         """Run one command; return its result or raise :class:`ServiceError`.

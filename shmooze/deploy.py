@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from shmooze import logs, procutil
-from shmooze.errors import ShmoozeError
+from shmooze.errors import NotTheService, ShmoozeError
 from shmooze.polling import wait_until
 from shmooze.settings import Settings, is_loopback
 
@@ -338,9 +338,18 @@ def taken_ports(settings: Settings, services: list[str] | None = None) -> list[s
 
 def service_answers(settings: Settings, name: str, timeout: float = 2.0) -> bool:
     """Whether a service answers on its port: ``status`` for a service, the public settings for the
-    gateway. A process that runs but does not answer is not up."""
+    gateway. A process that runs but does not answer is not up; one that answers without proving it
+    holds the service key is another program on the port (:class:`NotTheService`, raised)."""
     if name != "wsgi":
-        return service_status(settings, name, timeout) is not None
+        from shmooze.client import ServiceClient
+
+        try:
+            ServiceClient.on_port(settings, name, timeout).status()
+            return True
+        except NotTheService:
+            raise
+        except ShmoozeError:
+            return False
     import requests
 
     try:
@@ -500,7 +509,7 @@ def service_status(settings: Settings, name: str, timeout: float = 3.0) -> dict[
     from shmooze.errors import ShmoozeError as Error
 
     try:
-        return ServiceClient(f"{settings.url(name)}/", name, timeout=timeout).status()
+        return ServiceClient.on_port(settings, name, timeout).status()
     except Error:
         return None
 
@@ -577,7 +586,30 @@ def restart(settings: Settings, names: list[str]) -> list[str]:
         server.supervisor.startProcess(f"{GROUP}:{name}", True)
     start_timeout = float(settings.get("start_timeout", 30))
     for name in targets:
-        wait_until(partial(service_answers, settings, name, timeout=1.0), start_timeout,
-                   f"{name} to answer on port {settings.ports[name]} after its restart (start_timeout); "
-                   f"see its log in {paths.logs}", interval=0.05, error=ShmoozeError)
+        try:
+            wait_until(partial(service_answers, settings, name, timeout=1.0), start_timeout,
+                       f"{name} to answer on port {settings.ports[name]} after its restart (start_timeout); "
+                       f"see its log in {paths.logs}", interval=0.05, error=ShmoozeError)
+        except NotTheService:
+            raise ShmoozeError(_port_thief(settings, name, paths)) from None
+        leader = server.supervisor.getProcessInfo(f"{GROUP}:{name}").get("pid") or 0
+        strangers = {pid for pid in procutil.listening_pids(int(settings.ports[name])) if _group_of(pid) != leader}
+        if strangers:
+            raise ShmoozeError(_port_thief(settings, name, paths, strangers))
     return targets
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _port_thief(settings: Settings, name: str, paths: RunPaths, pids: set[int] | None = None) -> str:
+    """Why a restart failed: another program holds the service's port."""
+    port = int(settings.ports[name])
+    holders = pids if pids is not None else procutil.listening_pids(port)
+    who = ", ".join(procutil.describe(pid) for pid in sorted(holders)) or "a process this user cannot see"
+    return (f"{name} was restarted but another program holds its port {port} ({who}): it is not "
+            f"{name}; stop that program, then run 'shmooze restart {name}' again (see {paths.logs})")

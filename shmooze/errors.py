@@ -38,3 +38,11 @@ class TransportError(ShmoozeError):
 
 class Timeout(TransportError):
     """The service did not answer within the client's timeout."""
+
+
+class NotTheService(TransportError):
+    """Something answered on a service's port without proving it holds the service key: another
+    program took the port, or it is another application's service."""
+
+    def __init__(self, message: str):
+        super().__init__(message, 502)

@@ -19,6 +19,8 @@ running it is answered with :data:`MAY_HAVE_RUN`, never by running it twice.
 from __future__ import annotations
 
 import errno
+import logging
+import os
 import re
 import select
 import socket
@@ -27,7 +29,10 @@ import time
 from typing import Any, Callable, NamedTuple
 
 from shmooze.ioloop import native_poll
+from shmooze.servicekey import AUTH_HEADER, HELLO, Signer
 from shmooze.slowbodies import gevent_sockets
+
+log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 64 << 10
 #: What a client hears when the service stopped during a command that changes state.
@@ -35,12 +40,14 @@ MAY_HAVE_RUN = "the service stopped while running this command; it may or may no
 
 
 class ForwardError(Exception):
-    """The service could not be reached or did not answer; ``status`` is 502 or 504."""
+    """The service could not be reached or did not answer; ``status`` is 502 or 504. ``impostor``:
+    what answered did not prove it holds the service key."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, impostor: bool = False):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.impostor = impostor
 
 
 class _Closed(Exception):
@@ -66,6 +73,8 @@ class _Connection:
         self.sock = sock
         self.buf = b""
         self.idle_since = time.monotonic()
+        #: The ``Shmooze-Proof`` of the last answer read (None: it had none).
+        self.proof: str | None = None
         self._poll = native_poll()  # registered once: looks_closed is one system call
         self._poll.register(sock.fileno(), select.POLLIN | select.POLLPRI)
         #: Under gevent one timer bounds each exchange (``timeout`` s): a socket timeout would cost a
@@ -108,7 +117,7 @@ class _Connection:
             if not chunk:
                 raise _Closed()
             buf += chunk
-        status, length, keep, content_type = _parse_answer_head(buf, end)
+        status, length, keep, content_type, self.proof = _parse_answer_head(buf, end)
         body = buf[end + 4:]
         if length is None:  # the answer runs to the end of the connection
             chunks = [body]
@@ -132,12 +141,13 @@ class _Connection:
 
 
 #: The answer's headers the forward reads (in the lower-cased head).
-_ANSWER_FIELDS = re.compile(rb"\r\n(content-length|connection|transfer-encoding|content-type):[\t ]*([^\r\n]*)")
+_ANSWER_FIELDS = re.compile(
+    rb"\r\n(content-length|connection|transfer-encoding|content-type|shmooze-proof):[\t ]*([^\r\n]*)")
 
 
-def _parse_answer_head(buf: bytes, end: int) -> tuple[int, int | None, bool, str]:
-    """Status, Content-Length (None: to the end), keep-alive and media type of an answer's head
-    ``buf[:end]``: only as far as the forward needs (the body goes back as it came)."""
+def _parse_answer_head(buf: bytes, end: int) -> tuple[int, int | None, bool, str, str | None]:
+    """Status, Content-Length (None: to the end), keep-alive, media type and service key proof of an
+    answer's head ``buf[:end]``: only as far as the forward needs (the body goes back as it came)."""
     line_end = buf.find(b"\r\n", 0, end)
     line = buf[:line_end if line_end >= 0 else end]
     proto, status = line[:9], line[9:12]
@@ -153,8 +163,10 @@ def _parse_answer_head(buf: bytes, end: int) -> tuple[int, int | None, bool, str
     connection = fields.get(b"connection")
     keep = proto == b"HTTP/1.1 " if connection is None else connection != b"close"
     content_type = fields.get(b"content-type")
+    proof = fields.get(b"shmooze-proof")
     return (int(status), int(raw_length) if raw_length is not None else None, keep,
-            content_type.decode("latin-1") if content_type is not None else "application/json")
+            content_type.decode("latin-1") if content_type is not None else "application/json",
+            proof.decode("latin-1") if proof is not None else None)
 
 
 def _notice_lost_hosts(sock: socket.socket, timeout: float) -> None:
@@ -172,11 +184,18 @@ def _notice_lost_hosts(sock: socket.socket, timeout: float) -> None:
 
 
 class ServiceProxy:
-    """Posts bodies to ``http://host:port/`` over pooled kept-alive connections."""
+    """Posts bodies to ``http://host:port/`` over pooled kept-alive connections.
+
+    With a ``signer`` (the service key, :mod:`shmooze.servicekey`) every new connection first
+    sends an empty signed batch and takes the connection only when the answer is proven, and every
+    request is signed and its answer proven: nothing is sent to, and no answer is taken from, a
+    process that took the service's port. Without one, a service on loopback is trusted only when
+    the kernel says its socket belongs to this user.
+    """
 
     def __init__(self, name: str, host: str, port: int, timeout: float = 30.0, connect_timeout: float = 2.0,
                  max_idle: int = 64, idle_timeout: float = 60.0, max_answer_bytes: int = 64 << 20,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, signer: Signer | None = None):
         self.name = name
         self.host = host
         self.port = port
@@ -189,7 +208,10 @@ class ServiceProxy:
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
         self._host_header = f"{host}:{port}".encode("latin-1")
-        #: Headers sent with every request (the gateway's access token for services beyond loopback).
+        self.signer = signer
+        #: Whether a new connection is checked before use (see _take).
+        self._check_first = True
+        #: Headers sent with every request.
         self._fixed_headers = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self._heads: dict[str, bytes] = {}  # content type -> the request's head up to Content-Length
         from shmooze.settings import is_loopback
@@ -217,13 +239,81 @@ class ServiceProxy:
             old.close()
         if conn is not None:
             return conn, True
+        conn = self._connect()
+        try:
+            if self._identify(conn):
+                return conn, False
+        except BaseException:
+            conn.close()
+            raise
+        # The service proved itself but closes every connection after one answer (not gunicorn: a
+        # development server): from now on each answer alone is proven, on a new connection.
+        conn.close()
+        log.warning("service %r keeps no connection open after an answer: its answers are proven, but requests "
+                    "are sent before it is checked", self.name)
+        self._check_first = False
+        return self._connect(), False
+
+    def _connect(self) -> _Connection:
         sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._remote:
             _notice_lost_hosts(sock, self.connect_timeout)
         conn = _Connection(sock, self.timeout)
         conn.max_answer_bytes = self.max_answer_bytes
-        return conn, False
+        return conn
+
+    def _identify(self, conn: _Connection) -> bool:
+        """Make sure a new connection reaches the service itself before anything is sent on it; False
+        when the service proved itself but closed the connection after its answer."""
+        if self.signer is None:
+            if not self._remote:
+                self._check_owner(conn)
+            return True
+        if not self._check_first:
+            return True
+        auth, nonce = self.signer.sign(HELLO)
+        request = (b"POST / HTTP/1.1\r\nHost: " + self._host_header + b"\r\nContent-Type: application/json\r\n"
+                   + AUTH_HEADER.encode() + b": " + auth.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(HELLO)
+                   + HELLO)
+        timer = None
+        if conn.timer is not None:  # under gevent: a timer of its own, for connect_timeout
+            from gevent import Timeout
+
+            timer = Timeout(self.connect_timeout, _TimedOut)
+        try:
+            if timer is None:
+                conn.sock.settimeout(self.connect_timeout)
+            else:
+                timer.start()
+            conn.sock.sendall(request)
+            reply, keep = conn.read_reply()
+        except (socket.timeout, TimeoutError, _TimedOut):
+            raise ForwardError(504, f"service {self.name!r} did not answer its connection's check within "
+                                    f"{self.connect_timeout:g} s (connect_timeout)") from None
+        except (_Closed, OSError) as exc:
+            raise ForwardError(502, f"service {self.name!r} closed the connection at its check: {exc or 'closed'}") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if not self.signer.proven(nonce, reply.status, reply.body, conn.proof):
+            raise ForwardError(502, self.impostor(), impostor=True)
+        return keep
+
+    def _check_owner(self, conn: _Connection) -> None:
+        from shmooze.peer import peer_socket
+
+        found = peer_socket(conn.sock)
+        if found is None or found[1] != os.geteuid():
+            owner = "an unknown user" if found is None else f"uid {found[1]}"
+            raise ForwardError(502, f"service {self.name!r}: port {self.port} is held by a process of {owner}, "
+                                    "not of this application's user; nothing was sent")
+
+    def impostor(self) -> str:
+        """What a client hears when the port's answer is not proven with the service key."""
+        return (f"service {self.name!r}: the process on {self.host}:{self.port} did not prove it holds the "
+                "service key (another program may have taken the port, or the gateway and the service use "
+                "different keys); nothing was taken from it")
 
     def _give_back(self, conn: _Connection) -> None:
         conn.idle_since = time.monotonic()
@@ -250,6 +340,11 @@ class ServiceProxy:
                      + f"\r\nContent-Type: {content_type}\r\n{extra}".encode("latin-1"))
             if path == "/" and not headers and len(self._heads) < 8:
                 self._heads[content_type] = start  # the same few heads every time: built once
+        signer = self.signer
+        nonce = b""
+        if signer is not None:
+            auth, nonce = signer.sign(body, path)
+            start += AUTH_HEADER.encode() + b": " + auth.encode() + b"\r\n"
         request = start + b"Content-Length: %d\r\n\r\n" % len(body) + body
         for attempt in (0, 1):
             try:
@@ -295,6 +390,9 @@ class ServiceProxy:
             finally:
                 if timer is not None:
                     timer.cancel()
+            if signer is not None and not signer.proven(nonce, reply.status, reply.body, conn.proof):
+                conn.close()
+                raise ForwardError(502, self.impostor(), impostor=True)
             if keep:
                 self._give_back(conn)
             else:

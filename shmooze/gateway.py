@@ -17,7 +17,7 @@ from werkzeug.exceptions import NotFound
 from werkzeug.utils import send_from_directory
 from werkzeug.wrappers import Request, Response
 
-from shmooze import protocol
+from shmooze import protocol, servicekey
 from shmooze.fanout import ServiceWatcher
 from shmooze.forward import ForwardError, Reply, ServiceProxy
 from shmooze.httpjson import JSONHTTPError, json_response, raw_json_response, read_command_body, serve_json_errors
@@ -149,12 +149,13 @@ class Gateway:
         self.connect_timeout = float(settings.connect_timeout)
         # A kept-alive connection is dropped well before the service would drop it.
         idle = min(float(settings.forward_idle_timeout), float(settings.service_keepalive) / 2)
-        # Services beyond loopback check the token on their own port: the gateway sends it.
-        token = settings.get("access_token")
+        # Every request to a service is signed with the service key and its answer proven (shmooze.servicekey).
+        key = servicekey.load(settings)
+        self.signer = servicekey.Signer(key) if key else None
         self.proxies = {
             name: ServiceProxy(name, settings.address(name), port, timeout=timeout, idle_timeout=idle,
                                connect_timeout=self.connect_timeout, max_answer_bytes=int(settings.max_answer_bytes),
-                               headers={"Authorization": f"Bearer {token}"} if token else None)
+                               signer=self.signer)
             for name, port in settings.ports.items()
             if name != "wsgi"
         }
@@ -267,7 +268,7 @@ class Gateway:
 
         def ask(name: str, proxy: ServiceProxy) -> None:
             probe = ServiceProxy(name, proxy.host, proxy.port, timeout=self.connect_timeout,
-                                 connect_timeout=self.connect_timeout, max_idle=0)
+                                 connect_timeout=self.connect_timeout, max_idle=0, signer=self.signer)
             try:
                 reply = probe.post(b'{"cmd": "status"}')
                 found[name] = ("up", "") if reply.status == 200 else ("down", f"HTTP {reply.status}")
@@ -292,18 +293,9 @@ class Gateway:
 
     def host_allowed(self, host: str) -> bool:
         """Whether the ``Host`` header names this gateway (a defence against DNS rebinding)."""
-        name = host_name(host)
-        if name in self.allowed_hosts or "*" in self.allowed_hosts:
-            return True
-        if self.any_ip_host:
-            import ipaddress
+        from shmooze.access import host_allowed
 
-            try:
-                ipaddress.ip_address(name)
-                return True
-            except ValueError:
-                return False
-        return False
+        return host_allowed(host, self.allowed_hosts, self.any_ip_host)
 
     def needs_token(self, service: str, items: list[protocol.Item]) -> bool:
         """Whether these commands change state: any command the service does not declare read-only."""

@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from shmooze import protocol
+from shmooze.servicekey import PROOF_HEADER
 from shmooze.slowbodies import READERS, Shed, gevent_sockets
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,12 @@ class JSONHTTPError(HTTPException):
         #: Close the connection after answering (what is left of the request is never read).
         self.close = close
 
+    def body(self) -> bytes:
+        """The answer's body, as :meth:`get_response` sends it."""
+        return protocol.dumps(protocol.error(self.message))
+
     def get_response(self, environ: Any = None, scope: Any = None) -> Response:
-        return json_response(protocol.error(self.message), self.code, self.extra_headers)
+        return json_response(self.body(), self.code, self.extra_headers)
 
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -190,11 +195,13 @@ def read_command_body(environ: dict[str, Any], max_bytes: int, timeout: float = 
     return body, mimetype
 
 
-def raw_json_response(start_response: Callable[..., Any], body: bytes, status: int = 200) -> list[bytes]:
-    """Answer JSON bytes straight to the WSGI server (the hot path)."""
-    start_response(f"{status} {_reason(status)}", [("Content-Type", "application/json"),
-                                                   ("Content-Length", str(len(body))),
-                                                   ("Cache-Control", "no-store")])
+def raw_json_response(start_response: Callable[..., Any], body: bytes, status: int = 200,
+                      extra: tuple[str, str] | None = None) -> list[bytes]:
+    """Answer JSON bytes straight to the WSGI server (the hot path), with at most one ``extra`` header."""
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
+    if extra is not None:
+        headers.append(extra)
+    start_response(f"{status} {_reason(status)}", headers)
     return [body]
 
 
@@ -221,17 +228,18 @@ def encode_or_fail(request: protocol.Request, answers: list[dict[str, Any]]) -> 
 
 
 class CommandApp:
-    """WSGI app that answers command requests with ``handler(parsed_request) -> answers``."""
+    """WSGI app that answers command requests with ``handler(parsed_request) -> answers``.
+
+    ``guard`` (a :class:`shmooze.access.ServiceGuard`, on a service's own port) checks the Host and
+    Origin, the service key's signature and who may change state, and proves signed answers."""
 
     def __init__(self, handler: Callable[[protocol.Request], list[dict[str, Any]]], max_body_bytes: int = 1 << 20,
-                 max_answer_bytes: int = 16 << 20,
-                 authorize: Callable[[protocol.Request, dict[str, Any]], None] | None = None,
+                 max_answer_bytes: int = 16 << 20, guard: Any = None,
                  quick: Callable[[protocol.Request], bool] | None = None):
         self.handler = handler
         self.max_body_bytes = max_body_bytes
         self.max_answer_bytes = max_answer_bytes
-        #: Raises JSONHTTPError (401) for a request it refuses (see shmooze.access); None: every request runs.
-        self.authorize = authorize
+        self.guard = guard
         #: Whether a request answers at once (see :meth:`quick_request`); None: none does.
         self.quick = quick
         self._parsed = threading.local()
@@ -255,23 +263,42 @@ class CommandApp:
 
     def answer(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         """Read, run and answer one command request (errors are raised, see :func:`serve_json_errors`)."""
+        guard = self.guard
+        if guard is not None:
+            guard.check_headers(environ)
         body, _ = read_command_body(environ, self.max_body_bytes)
+        nonce = guard.signed(environ, body) if guard is not None else None
+        try:
+            parsed = self._parse(body)
+            if guard is not None:
+                guard.admit(parsed, environ, nonce is not None)
+            answer = encode_or_fail(parsed, self.handler(parsed))
+        except JSONHTTPError as exc:
+            if nonce is not None:  # an error is proven too: the client knows it is the service's
+                exc.extra_headers[PROOF_HEADER] = guard.proof(nonce, exc.code, exc.body())
+            raise
+        except Exception:
+            if nonce is None:
+                raise
+            log.exception("internal error on %s", environ.get("PATH_INFO", ""))
+            error = JSONHTTPError(500, "internal error")
+            error.extra_headers[PROOF_HEADER] = guard.proof(nonce, 500, error.body())
+            raise error from None
+        if len(answer) > self.max_answer_bytes:
+            answer = too_big_answer(parsed, len(answer), self.max_answer_bytes)
+        proof = (PROOF_HEADER, guard.proof(nonce, 200, answer)) if nonce is not None else None
+        return raw_json_response(start_response, answer, 200, proof)
+
+    def _parse(self, body: bytes) -> protocol.Request:
         last = getattr(self._parsed, "last", None)
         if last is not None:
             self._parsed.last = None
-        if last is not None and last[0] == body:
-            parsed = last[1]
-        else:
-            try:
-                parsed = protocol.parse_request(body)
-            except protocol.BodyError as exc:
-                raise JSONHTTPError(400, str(exc)) from None
-        if self.authorize is not None:
-            self.authorize(parsed, environ)
-        answer = encode_or_fail(parsed, self.handler(parsed))
-        if len(answer) > self.max_answer_bytes:
-            answer = too_big_answer(parsed, len(answer), self.max_answer_bytes)
-        return raw_json_response(start_response, answer)
+            if last[0] == body:
+                return last[1]
+        try:
+            return protocol.parse_request(body)
+        except protocol.BodyError as exc:
+            raise JSONHTTPError(400, str(exc)) from None
 
 
 def too_big_answer(request: protocol.Request, size: int, limit: int) -> bytes:
@@ -283,6 +310,6 @@ def too_big_answer(request: protocol.Request, size: int, limit: int) -> bytes:
 
 
 def service_app(service: Any, max_body_bytes: int = 1 << 20, max_answer_bytes: int = 16 << 20,
-                authorize: Callable[[protocol.Request, dict[str, Any]], None] | None = None) -> CommandApp:
-    """The WSGI app of a :class:`shmooze.service.Service`."""
-    return CommandApp(service.handle, max_body_bytes, max_answer_bytes, authorize, service.is_quick)
+                guard: Any = None) -> CommandApp:
+    """The WSGI app of a :class:`shmooze.service.Service` (``guard``: see :class:`CommandApp`)."""
+    return CommandApp(service.handle, max_body_bytes, max_answer_bytes, guard, service.is_quick)

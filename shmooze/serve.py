@@ -340,12 +340,14 @@ def serve(settings: Settings, name: str) -> None:
 
     service_spec(settings, name)
     one_malloc_arena()
+    from shmooze import servicekey
     from shmooze.access import check_listen_address
 
-    token = check_listen_address(settings, name)  # beyond loopback: a token, checked on this port
+    check_listen_address(settings, name)  # beyond loopback: a key shared by every host
+    key = servicekey.load(settings)  # read (or made) before gunicorn starts: a bad key file stops it here
 
     def load_service() -> Any:
-        from shmooze.access import token_guard
+        from shmooze.access import ServiceGuard
         from shmooze.host import ModuleHost
         from shmooze.httpjson import service_app
 
@@ -355,7 +357,7 @@ def serve(settings: Settings, name: str) -> None:
         _on_stop.append(service.events.close)
         if isinstance(service, ModuleHost):
             _on_stop.append(service.stop)  # a module host starts its ladders at once, not after gunicorn's wait
-        guard = token_guard(service, token, frozenset(settings.get("open_commands", []))) if token else None
+        guard = ServiceGuard.for_settings(service, settings, name, key)
         return service_app(service, int(settings.max_body_bytes), int(settings.max_answer_bytes), guard)
 
     options = gunicorn_options(settings, name)

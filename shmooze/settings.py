@@ -42,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "service_host": None,
     "services": {},
     "access_token": None,
+    "service_key": None,
+    "service_key_path": None,
     "allowed_origins": [],
     # Under real traffic (see the README's "Safety and limits").
     "allowed_hosts": [],
@@ -85,8 +87,9 @@ class Settings:
         return self._data.get(name, default)
 
     def public(self) -> dict[str, Any]:
-        """The keys listed in ``public``: what the gateway serves as settings.json."""
-        return {k: self._data[k] for k in self._data.get("public", []) if k in self._data}
+        """The keys listed in ``public``: what the gateway serves as settings.json (never a secret,
+        even when listed)."""
+        return {k: self._data[k] for k in self._data.get("public", []) if k in self._data and k not in SECRETS}
 
     def service_names(self) -> list[str]:
         """Service names: every port but the gateway's."""
@@ -133,6 +136,10 @@ def _validate(data: dict[str, Any], path: str) -> None:
     if data.get("service_worker") not in SERVICE_WORKERS:
         raise SettingsError(f"{path}: 'service_worker' must be {' or '.join(map(repr, SERVICE_WORKERS))}, "
                             f"not {data.get('service_worker')!r}")
+
+
+#: Keys never served, even when ``public`` lists them.
+SECRETS = frozenset({"access_token", "service_key"})
 
 
 def is_loopback(address: str) -> bool:

@@ -13,7 +13,7 @@ import pytest
 from shmooze.loopworker import whole_request
 from tests.helpers import Stack
 
-HEAD = "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n"
+HEAD = "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n"
 
 
 def request(cmd: str, **args) -> bytes:
@@ -70,7 +70,7 @@ def test_whole_request_takes_exactly_one_request_of_known_length():
     assert one[whole_request(one):] == json.dumps({"cmd": "where", "args": {}}).encode()
     assert whole_request(one[:-1]) is None  # the body not all there
     assert whole_request(one + one) is None  # pipelined: the pool's parser reads it
-    assert whole_request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == len(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert whole_request(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n") == len(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
     assert whole_request(chunked) is None
     twice = b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}"

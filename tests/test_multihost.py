@@ -11,11 +11,12 @@ import threading
 import time
 
 import pytest
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.test import Client
 
 from shmooze import settings as settings_module
-from shmooze.access import check_listen_address, is_read_only, token_guard
+from shmooze import servicekey
+from shmooze.access import ServiceGuard, check_listen_address, is_read_only
 from shmooze.deploy import chosen_services, supervisord_conf, systemd_units, RunPaths, write_systemd_units
 from shmooze.errors import SettingsError, ShmoozeError
 from shmooze.gateway import Gateway
@@ -38,33 +39,39 @@ def test_hosts_place_services_and_the_gateway_reaches_them_there():
         Settings({"ports": {"q": 1}, "hosts": {"q": 5}})
 
 
-def test_a_service_beyond_loopback_needs_a_token_to_start():
+def test_a_service_beyond_loopback_needs_a_service_key_to_start():
     for address in ("127.0.0.1", "127.0.0.5", "::1", "localhost"):
-        assert check_listen_address(Settings({"ports": {"q": 1}, "hosts": {"q": address}}), "q") is None
+        check_listen_address(Settings({"ports": {"q": 1}, "hosts": {"q": address}}), "q")
     for address in ("0.0.0.0", "10.0.0.2", "::", "queue.example.org"):
-        loose = Settings({"ports": {"q": 1}, "hosts": {"q": address}})
+        loose = Settings({"ports": {"q": 1}, "hosts": {"q": address}, "access_token": "a browser's token"})
         with pytest.raises(SettingsError, match="beyond loopback"):
-            check_listen_address(loose, "q")
-        tight = Settings({"ports": {"q": 1}, "hosts": {"q": address}, "access_token": "t0k"})
-        assert check_listen_address(tight, "q") == "t0k"
+            check_listen_address(loose, "q")  # the browsers' token is no service key
+        check_listen_address(Settings({"ports": {"q": 1}, "hosts": {"q": address}, "service_key": KEY}), "q")
 
 
-def test_serve_refuses_a_public_address_without_a_token(tmp_path):
+def test_serve_refuses_a_public_address_without_a_service_key(tmp_path):
     path = write_settings(tmp_path / "s.json", ports={"sample": free_port()}, host="0.0.0.0",
                           services={"sample": "tests.sample_service:Sample"})
     done = subprocess.run(shmooze_argv("serve", "sample", "--settings", str(path)), cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
-    assert "beyond loopback" in done.stderr and "access_token" in done.stderr
+    assert "beyond loopback" in done.stderr and "service_key" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+KEY = "a-shared-service-key-0123456789"
+
+
+class KeepAlive(WSGIRequestHandler):
+    protocol_version = "HTTP/1.1"  # as gunicorn: the gateway's checked connection is kept for the command
 
 
 @pytest.fixture
 def guarded_service():
-    """A service whose own port asks for the token (as one placed beyond loopback does)."""
+    """A service on its own port, with the service key (as every service is)."""
     service = Sample()
-    app = service_app(service, authorize=token_guard(service, "s3cret", frozenset({"echo"})))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    app = service_app(service, guard=ServiceGuard(service, KEY.encode()))
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=KeepAlive)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server.server_port
@@ -72,44 +79,53 @@ def guarded_service():
     thread.join(5)
 
 
-def test_the_service_port_asks_for_the_token_for_what_changes_state(guarded_service):
+def test_the_service_port_asks_for_the_service_key_for_what_changes_state(guarded_service):
     import requests
 
     url = f"http://127.0.0.1:{guarded_service}/"
     assert is_read_only(Sample(), "status") and not is_read_only(Sample(), "add")
+    # (Werkzeug's server gives no gunicorn.socket: no peer is taken for this user's own, as a remote one is not.)
     refused = requests.post(url, json={"cmd": "add", "args": {"a": 1}}, timeout=10)
-    assert refused.status_code == 401 and refused.json()["success"] is False
+    assert refused.status_code == 401 and "service key" in refused.json()["error"]
     batch = requests.post(url, json=[{"cmd": "status"}, {"cmd": "add", "args": {"a": 1}}], timeout=10)
     assert batch.status_code == 401  # one command that changes state makes the whole batch need it
-    wrong = requests.post(url, json={"cmd": "add", "args": {"a": 1}}, headers={"Authorization": "Bearer no"},
+    wrong = requests.post(url, json={"cmd": "add", "args": {"a": 1}}, headers={"Authorization": f"Bearer {KEY}"},
                           timeout=10)
-    assert wrong.status_code == 401
+    assert wrong.status_code == 401  # the key itself is never a password: only a signature counts
     assert requests.post(url, json={"cmd": "status"}, timeout=10).json()["success"] is True
-    assert requests.post(url, json={"cmd": "echo", "args": {"x": 1}}, timeout=10).json()["success"]  # open_commands
-    ok = requests.post(url, json={"cmd": "add", "args": {"a": 2, "b": 3}},
-                       headers={"Authorization": "Bearer s3cret"}, timeout=10)
+    body = json.dumps({"cmd": "add", "args": {"a": 2, "b": 3}}).encode()
+    signer = servicekey.Signer(KEY.encode())
+    auth, nonce = signer.sign(body)
+    ok = requests.post(url, data=body, headers={"Content-Type": "application/json", "Shmooze-Auth": auth}, timeout=10)
     assert ok.status_code == 200 and ok.json() == {"success": True, "result": 5}
+    assert signer.proven(nonce, 200, ok.content, ok.headers["Shmooze-Proof"])
+    again = requests.post(url, data=body, headers={"Content-Type": "application/json", "Shmooze-Auth": auth},
+                          timeout=10)
+    assert again.status_code == 401 and "replay" in again.json()["error"]
 
 
-def test_the_gateway_sends_the_token_to_services_and_answers_healthz(guarded_service):
+def test_the_gateway_signs_for_services_and_answers_healthz(guarded_service):
     down = free_port()
-    data = {"ports": {"wsgi": 1, "sample": guarded_service, "down": down}, "access_token": "s3cret",
+    data = {"ports": {"wsgi": 1, "sample": guarded_service, "down": down}, "service_key": KEY,
             "connect_timeout": 1}
     client = Client(Gateway(Settings(data)))
-    resp = client.post("/sample", data=json.dumps({"cmd": "add", "args": {"a": 4}}), content_type="application/json",
-                       headers={"Authorization": "Bearer s3cret"})
+    resp = client.post("/sample", data=json.dumps({"cmd": "add", "args": {"a": 4}}), content_type="application/json")
     assert resp.status_code == 200 and json.loads(resp.get_data()) == {"success": True, "result": 4}
     health = client.get("/healthz")
     body = json.loads(health.get_data())
     assert health.status_code == 200 and body["healthy"] and body["up"] == ["sample"]
     assert list(body["down"]) == ["down"] and "down" in body["down"]["down"]
     assert client.post("/healthz").status_code == 405
+    # A gateway with another key is told the service did not prove itself, and never takes its answer.
+    other = Client(Gateway(Settings({**data, "service_key": "another-key-of-another-app"})))
+    stray = other.post("/sample", data=json.dumps({"cmd": "status"}), content_type="application/json")
+    assert stray.status_code == 502 and "did not prove" in json.loads(stray.get_data())["error"]
     # A service that takes the connection but answers late is slow, not down: still healthy.
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         busy = Client(Gateway(Settings({"ports": {"wsgi": 1, "busy": silent.getsockname()[1], "down": down},
-                                        "connect_timeout": 0.5})))
+                                        "service_key": KEY, "connect_timeout": 0.5})))
         answer = busy.get("/healthz")
         body = json.loads(answer.get_data())
         assert answer.status_code == 200 and list(body["slow"]) == ["busy"] and list(body["down"]) == ["down"]
@@ -123,7 +139,7 @@ def test_the_gateway_sends_the_token_to_services_and_answers_healthz(guarded_ser
 
 def test_run_services_picks_this_hosts_services(tmp_path):
     path = write_settings(tmp_path / "s.json", ports={"wsgi": 1, "queue": 2, "pool": 3},
-                          hosts={"queue": "10.0.0.2"}, access_token="t")
+                          hosts={"queue": "10.0.0.2"}, service_key=KEY)
     s = settings_module.read(path)
     assert chosen_services(s, None) == ["pool", "queue", "wsgi"]
     assert chosen_services(s, ["gateway"]) == ["wsgi"]

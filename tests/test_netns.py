@@ -39,6 +39,7 @@ pytestmark = pytest.mark.timeout(420)
 HOSTS = {"lb": 10, "gw1": 11, "gw2": 12, "queue": 21, "pool": 22, "browser": 30}
 PORT = 8080
 TOKEN = "netns-test-token"
+SERVICE_KEY = "netns-test-service-key-never-in-a-browser"
 CONNECT_TIMEOUT = 1.0
 TEST_PAGE = ROOT / "tests" / "browser_static" / "plain.html"  # a bare page with shmooze.js
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -83,7 +84,7 @@ def host_settings(tmp, hosts: netns.Hosts, host: str):
         ports={"wsgi": PORT, "queue": 8081, "pool": 8082},
         hosts={"queue": a["queue"], "pool": a["pool"]},
         host="0.0.0.0",  # the gateways listen on their host's address (and loopback)
-        access_token=TOKEN, connect_timeout=CONNECT_TIMEOUT, forward_timeout=20,
+        access_token=TOKEN, service_key=SERVICE_KEY, connect_timeout=CONNECT_TIMEOUT, forward_timeout=20,
         services={"queue": "jukebox.app:make_queue", "pool": "jukebox.app:make_pool"},
         public=["ports", "wsgi_prefix"], static_path=str(tmp / "static"),
         run_path=str(tmp / f"run-{host}"), journal_path=str(tmp / f"journal-{host}"),

@@ -19,6 +19,28 @@ from shmooze.settings import Settings
 from tests.helpers import wait_for
 from tests.sample_service import Sample
 from tests.test_gateway import backend  # noqa: F401 - a fixture: the sample service on a real port
+
+KEY = "porting-test-service-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def keyed_backend():
+    """The sample service on a real port, guarded with the service key (settings from a file have one)."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from shmooze.access import ServiceGuard
+    from shmooze.httpjson import service_app
+    from tests.sample_service import Sample
+
+    service = Sample()
+    server = make_server("127.0.0.1", 0, service_app(service, guard=ServiceGuard(service, KEY.encode())), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_port
+    server.shutdown()
+    thread.join(5)
 from tests.test_pymodule import parent  # noqa: F401 - a fixture: the service side of a module's streams
 from tests.test_queue import make_queue  # noqa: F401 - a fixture: started queues, stopped at the end
 
@@ -63,7 +85,7 @@ def test_module_lines_always_carry_args():
 # -- the gateway -----------------------------------------------------------------------------
 
 @pytest.fixture
-def app_at_root(tmp_path, backend):
+def app_at_root(tmp_path, keyed_backend):
     """An application as the original framework laid it out: its static folder served at ``/``,
     holding a ``settings.json`` that links to the real settings and a stray ``ws`` file."""
     static = tmp_path / "static"
@@ -71,8 +93,8 @@ def app_at_root(tmp_path, backend):
     (static / "index.html").write_text("<h1>my app</h1>")
     (static / "app.js").write_text("// app")
     (static / "ws").write_text("not the WebSocket")
-    data = {"ports": {"wsgi": 1, "sample": backend}, "public": ["ports", "title"], "title": "T",
-            "api_key": "SECRET-KEY", "static_prefix": "/", "static_path": str(static)}
+    data = {"ports": {"wsgi": 1, "sample": keyed_backend}, "public": ["ports", "title"], "title": "T",
+            "api_key": "SECRET-KEY", "service_key": KEY, "static_prefix": "/", "static_path": str(static)}
     real = tmp_path / "settings.json"
     real.write_text(json.dumps(data))
     (static / "settings.json").symlink_to(real)

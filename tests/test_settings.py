@@ -41,6 +41,9 @@ def test_public_lists_only_public_keys(tmp_path):
     s = settings.read(write(tmp_path, {"ports": {"wsgi": 1}, "public": ["ports", "title", "absent"],
                                        "title": "t", "api_key": "secret"}))
     assert s.public() == {"ports": {"wsgi": 1}, "title": "t"}
+    listed = settings.read(write(tmp_path, {"ports": {"wsgi": 1}, "public": ["title", "service_key", "access_token"],
+                                            "title": "t", "service_key": "k" * 20, "access_token": "t" * 20}))
+    assert listed.public() == {"title": "t"}  # secrets are never served, even when listed
 
 
 def test_env_var_names_the_file(tmp_path, monkeypatch):
