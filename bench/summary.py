@@ -19,7 +19,7 @@ from pathlib import Path
 from common import BENCH, RESULTS_DIR, TABLE_HEAD, Row, table_line
 
 #: The order of the scripts in the summary (that of `dev.py bench`).
-ORDER = ["run", "push", "cmdlog", "journal", "containment", "soak", "attack"]
+ORDER = ["run", "push", "cmdlog", "journal", "servicekey", "containment", "soak", "attack"]
 
 
 README_BEGIN = "<!-- bench:begin (written by bench/summary.py --readme) -->"

@@ -27,7 +27,7 @@ BIN = VENV / "bin"
 
 #: Every benchmark, in the order `dev.py bench` runs them (each prints its tables and saves them in
 #: bench/results/; --quick shortens all); bench/summary.py then joins them into bench/results.md.
-BENCHMARKS = ["run.py", "push_bench.py", "cmdlog_bench.py", "journal_bench.py", "containment_bench.py", "soak.py", "attack_bench.py"]
+BENCHMARKS = ["run.py", "push_bench.py", "cmdlog_bench.py", "journal_bench.py", "servicekey_bench.py", "containment_bench.py", "soak.py", "attack_bench.py"]
 
 
 def say(text: str) -> None:
