@@ -125,6 +125,47 @@ def test_pip_install_dot_runs_the_example(checkout, tmp_path):
         run.kill_everything()
 
 
+def lowest_versions() -> list[str]:
+    """``name==X`` for each dependency that ``pyproject.toml`` declares as ``name>=X``."""
+    import re
+
+    text = (ROOT / "pyproject.toml").read_text()
+    block = text[text.index("dependencies = ["):]
+    block = block[:block.index("]\n")]
+    pins = [f"{name}=={version}" for name, version in re.findall(r'"([A-Za-z0-9_.\-\[\]]+)>=([0-9][^",;\s]*)"', block)]
+    assert len(pins) >= 7, pins  # every runtime dependency has a floor
+    return pins
+
+
+def test_the_lowest_declared_versions_run_the_example(checkout, tmp_path):
+    """Every runtime dependency at the lowest version ``pyproject.toml`` accepts (a user whose
+    environment already has those), then the example as a person uses it: the gateway's fast lane
+    and the services' loop worker lean on gunicorn's internals, so a floor set too low fails here."""
+    venv = tmp_path / "venv"
+    subprocess.run([BASE_PYTHON, "-m", "venv", str(venv)], check=True, env=plain_env(), timeout=120)
+    pins = lowest_versions()
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    *pins, str(checkout)], check=True, env=plain_env(), timeout=900, cwd=str(tmp_path))
+    listed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+    from packaging.version import Version
+
+    have = {p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(listed)}
+    for pin in pins:
+        name, version = pin.split("==")
+        assert Version(have[name.split("[")[0].lower().replace("_", "-")]) == Version(version), (pin, have)
+    settings = demo_settings(checkout, tmp_path / "run")
+    run = Proc([str(venv / "bin" / "shmooze"), "run", str(settings)], env=plain_env(), cwd=str(tmp_path),
+               log_path=tmp_path / "run.log")
+    try:
+        use_demo(run, settings)
+    finally:
+        run.kill_everything()
+    for name in ("wsgi", "queue"):
+        log = (tmp_path / "run" / "logs" / f"{name}.log").read_text(errors="replace")
+        assert "Traceback" not in log, log[-3000:]
+
+
 # -- shmooze run tells the truth ---------------------------------------------------------------
 
 def app(tmp_path: Path, name: str = "settings.json", **extra) -> Path:
