@@ -140,6 +140,8 @@ class Service:
     name = "service"
     #: True on a subclass: every public method it defines is a command (for quick scripts).
     expose_all = False
+    #: The longest a ``changes`` long poll waits, in seconds, whatever it asks.
+    max_changes_wait = 60.0
 
     def __init__(self) -> None:
         self.events = ChangeLog(base=epoch_base())
@@ -197,7 +199,7 @@ class Service:
     @command(read_only=True)
     def changes(self, since: int = 0, timeout: float = 0.0) -> dict[str, Any]:
         """Change events after version ``since``, waiting up to ``timeout`` seconds (at most 60)."""
-        return self.events.since(since, min(max(timeout, 0.0), 60.0))
+        return self.events.since(since, min(max(timeout, 0.0), self.max_changes_wait))
 
     @command(quick=True)
     def commands(self) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import subprocess
 import pytest
 
 from tests import netns
-from tests.helpers import PYTHON, ROOT, Proc, gone, wait_for, write_settings
+from tests.helpers import PYTHON, ROOT, Proc, gone, stop_all, wait_for, write_settings
 
 try:
     from playwright.sync_api import sync_playwright
@@ -113,23 +113,20 @@ def cluster(tmp_path_factory):
             assert procs[host].popen.poll() is None, f"{host} did not start:\n{procs[host].log()}"
         yield {"hosts": hosts, "tmp": tmp, "procs": procs, "url": f"http://{hosts.addresses['lb']}:{PORT}/"}
     finally:
-        pids = []
-        for host in ("lb", "gw1", "gw2", "queue", "pool"):  # gateways before the services they poll
-            proc = procs.get(host)
-            if proc is None:
-                continue
-            pids.append(proc.pid)
-            try:
-                if proc.popen.poll() is None:
-                    proc.stop(timeout=30)
-            except AssertionError:
-                pass  # killed below
-            finally:
-                proc.kill_everything()
-                pids.extend(proc._seen)
+        # Gateways before the services they poll; a process that does not stop in time fails the test
+        # (after every other one is stopped and the namespaces are removed).
+        ordered = [procs[host] for host in ("lb", "gw1", "gw2", "queue", "pool") if host in procs]
+        failure: BaseException | None = None
+        try:
+            stop_all(ordered)
+        except BaseException as exc:  # noqa: BLE001 - raised below, once the hosts are gone
+            failure = exc
+        pids = [pid for proc in ordered for pid in (proc.pid, *proc._seen)]
         hosts.remove()
         wait_for(lambda: all(gone(pid) for pid in pids), 15, what="the hosts' processes to end")
         assert not any(ns.startswith(hosts.tag) for ns in _namespaces()), "a namespace was left behind"
+        if failure is not None:
+            raise failure
 
 
 def _namespaces() -> list[str]:

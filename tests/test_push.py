@@ -61,6 +61,14 @@ def test_service_changes_command_caps_the_wait():
     svc = Sample()
     svc.changed("x")
     assert svc.changes(since=0)["events"][0]["service"] == "sample"
+    svc.max_changes_wait = 0.2  # (60 s in a real service: too long for a test)
+    version = svc.events.version
+    started = time.monotonic()
+    assert svc.changes(since=version, timeout=1e9)["events"] == []  # asked to wait for ages: capped
+    assert 0.15 <= time.monotonic() - started < 5
+    started = time.monotonic()
+    assert svc.changes(since=version, timeout=-5)["events"] == []  # a negative wait is no wait
+    assert time.monotonic() - started < 0.15
 
 
 @pytest.fixture(scope="module")
