@@ -16,11 +16,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sqlite3
 import time
 from typing import Any
 
+from shmooze import private
 from shmooze.batchwriter import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class CommandLog:
                  prune_every: int = 10_000):
         self.path = path
         self.service = service
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        private.private_state(path, ("-wal", "-shm"))  # folder 0700 when made here; old files 0600
         self.max_age, self.max_bytes, self.prune_every = max_age, max_bytes, prune_every  # see prune()
         self.pruned = 0
         self._db = self._connect(auto_vacuum=True)  # the writer's connection (used on its thread only)

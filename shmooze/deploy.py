@@ -28,7 +28,8 @@ from typing import Any
 from shmooze import logs, procutil
 from shmooze.errors import NotTheService, ShmoozeError
 from shmooze.polling import wait_until
-from shmooze.settings import Settings, is_loopback
+from shmooze.private import OPEN_FLAGS, NotPrivate, check_private_dir, open_private, private_dir, write_private
+from shmooze.settings import Settings, exposure_warning, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,10 @@ class AlreadyRunning(ShmoozeError):
 
 class NotRunning(ShmoozeError):
     pass
+
+
+#: The longest path a Unix socket may have (``sun_path`` holds 108 bytes, the last one a NUL).
+SOCKET_PATH_MAX = 107
 
 
 @dataclass(frozen=True)
@@ -67,12 +72,57 @@ class RunPaths:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> RunPaths:
-        """``run_path`` from the settings, else a folder named after the settings file's path."""
+        """``run_path`` from the settings, else the settings file's default folder (see
+        :func:`default_run_folders`): the one where a run holds the lock, else the first."""
         configured = settings.get("run_path")
         if configured:
             return cls(Path(configured))
-        digest = hashlib.sha1(os.path.abspath(settings.path).encode()).hexdigest()[:12]
-        return cls(Path(tempfile.gettempdir()) / f"shmooze-{os.getuid()}-{digest}")
+        folders = default_run_folders(settings.path)
+        return cls(next((folder for folder in folders if _holds_a_run(folder)), folders[0]))
+
+    def prepare(self) -> None:
+        """Create the run folder and its logs folder, 0700, or check that they are this user's alone
+        (:class:`~shmooze.private.NotPrivate` otherwise)."""
+        if len(os.fsencode(self.socket)) > SOCKET_PATH_MAX:
+            raise ShmoozeError(f"the run folder {self.root} is too long a path for supervisord's socket "
+                               f"({len(os.fsencode(self.socket))} bytes, at most {SOCKET_PATH_MAX}): "
+                               f"set run_path to a shorter one")
+        private_dir(self.root)
+        private_dir(self.logs)
+
+
+def default_run_folders(settings_path: str) -> list[Path]:
+    """Where a run keeps its files when the settings name no ``run_path``, best first: a folder in
+    the user's runtime folder (``$XDG_RUNTIME_DIR``, when it is this user's alone), else in the
+    state folder (``$XDG_STATE_HOME``, ``~/.local/state``); the temp directory last, for when those
+    paths are too long for a Unix socket (checked like the others: a folder another user made first
+    is refused, never used). Each is named after the settings file's path."""
+    digest = hashlib.sha1(os.path.abspath(settings_path).encode()).hexdigest()[:12]
+    folders = []
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime) and _ours_alone(Path(runtime)):
+        folders.append(Path(runtime) / f"shmooze-{digest}")
+    state = os.environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(state):
+        state = os.path.join(os.path.expanduser("~"), ".local", "state")
+    folders.append(Path(state) / "shmooze" / f"run-{digest}")
+    folders.append(Path(tempfile.gettempdir()) / f"shmooze-{os.geteuid()}-{digest}")
+    fitting = [folder for folder in folders if len(os.fsencode(RunPaths(folder).socket)) <= SOCKET_PATH_MAX]
+    return fitting or folders[-1:]
+
+
+def _ours_alone(folder: Path) -> bool:
+    try:
+        check_private_dir(folder)
+        return True
+    except (OSError, NotPrivate):
+        return False
+
+
+def _holds_a_run(folder: Path) -> bool:
+    """Whether a run holds the lock of this folder, and the folder is this user's alone (a folder
+    another user made is never taken for the run, whatever its lock says)."""
+    return _ours_alone(folder) and is_locked(RunPaths(folder).lock)
 
 
 # -- the single-instance guard ---------------------------------------------------------
@@ -86,8 +136,8 @@ class InstanceLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        private_dir(self.path.parent)
+        fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -107,17 +157,22 @@ class InstanceLock:
 
 def holder_pid(path: Path) -> int | None:
     try:
-        return int(path.read_text().strip() or 0) or None
+        with os.fdopen(os.open(path, os.O_RDONLY | OPEN_FLAGS), "rb") as f:
+            return int(f.read(32).strip() or 0) or None
     except (OSError, ValueError):
         return None
 
 
 def is_locked(path: Path) -> bool:
-    """Whether a live ``shmooze run`` holds the lock."""
+    """Whether a live ``shmooze run`` holds the lock (never through a symbolic link)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | OPEN_FLAGS)
     except FileNotFoundError:
         return False
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return False
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return False
@@ -196,6 +251,7 @@ def supervisord_conf(settings: Settings, paths: RunPaths, services: list[str] | 
             # The settings path travels on the command line (quoted), not here: supervisord's
             # environment syntax has no escape for every character a path may hold.
             'environment=PYTHONUNBUFFERED="1"',
+            "umask=077",  # what a service writes (journal, command log, logs) is its user's alone
             "autostart=true",
             "autorestart=true",
             "startsecs=1",
@@ -298,6 +354,7 @@ def rpc(paths: RunPaths, timeout: float = 10.0) -> Any:
 
     if not paths.socket.exists():
         raise NotRunning(f"not running (no supervisord socket at {paths.socket})")
+    check_private_dir(paths.root)  # a folder another user made holds their socket, not the run's
     transport = SupervisorTransport(None, None, f"unix://{paths.socket}")
     transport.timeout = timeout
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
@@ -387,24 +444,27 @@ class Runner:
 
     def run(self, out: Any = sys.stdout, start_timeout: float | None = None) -> int:
         start_timeout = float(self.settings.get("start_timeout", 30) if start_timeout is None else start_timeout)
+        exposed = exposure_warning(self.settings)
+        if exposed:
+            self.say(out, f"warning: {exposed}")
+        self.paths.prepare()
         lock = InstanceLock(self.paths.lock)
         lock.acquire()
         try:
             problems = taken_ports(self.settings, self.services)
             if problems:
                 raise PortTaken("; ".join(problems) + "; nothing was started")
-            self.paths.logs.mkdir(parents=True, exist_ok=True)
             conf_path = Path(self.conf) if self.conf else self.paths.conf
             if not self.conf:
-                conf_path.write_text(supervisord_conf(self.settings, self.paths, self.services))
+                write_private(conf_path, supervisord_conf(self.settings, self.paths, self.services))
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, self._record)
             self.say(out, f"starting {', '.join(self.services)}; "
                           f"run folder {self.paths.root}, logs in {self.paths.logs}")
-            # This process runs no threads, so preexec_fn is safe here: if the runner is killed,
-            # supervisord gets SIGTERM and stops every service through its ladder.
-            proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf_path)],
-                                    stdin=subprocess.DEVNULL, preexec_fn=_term_with_parent)
+            # supervisord through shmooze.supervise: if this runner dies, it stops every service within
+            # a few seconds (see there).
+            proc = subprocess.Popen([sys.executable, "-m", "shmooze.supervise", str(os.getpid()), "-c", str(conf_path)],
+                                    stdin=subprocess.DEVNULL)
             return self._supervise(proc, out, time.monotonic() + start_timeout)
         finally:
             lock.release()
@@ -497,10 +557,6 @@ class Runner:
         for pid in self.service_pids:
             procutil.kill_group(pid, signal.SIGKILL)  # supervisord starts each program in its own group
         proc.kill()
-
-
-def _term_with_parent() -> None:
-    procutil._prctl(procutil.PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def service_status(settings: Settings, name: str, timeout: float = 3.0) -> dict[str, Any] | None:

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from shmooze import private
 from shmooze.batchwriter import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class Journal:
         self.fsync_interval = fsync_interval
         self._unsynced = False
         self._synced_at = 0.0
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        private.private_state(path)  # its folder 0700 when made here; an old file that others could read, 0600
         entries, problem = read(path)
         if problem is not None:
             aside = f"{path}.bad-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"

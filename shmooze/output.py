@@ -15,7 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shmooze import private
+
 log = logging.getLogger(__name__)
+
+
+def _open_private(path: Path) -> Any:
+    """A module's output file, for appending: 0600, never through a symbolic link (what a module
+    prints may be private)."""
+    return os.fdopen(private.open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab", buffering=0)
 
 
 class ModuleOutput:
@@ -62,14 +70,14 @@ class ModuleOutput:
         data = text.encode("utf-8", "replace")
         try:
             if self._file is None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(path, "ab", buffering=0)
+                private.private_state(path)
+                self._file = _open_private(path)
                 self._size = self._file.tell()
             if self._size + len(data) > self.max_bytes and self._size > 0:
                 self._rotate(path)
             self._file.write(data)
             self._size += len(data)
-        except OSError as exc:
+        except (OSError, private.NotPrivate) as exc:
             log.warning("cannot keep the output of module %s in %s: %s", self.uid, self.path, exc)
             self.path = None  # keep it in memory only from now on
             self.close()
@@ -82,7 +90,7 @@ class ModuleOutput:
                 os.replace(older, f"{path}.{i}")
         if self.backups == 0:
             path.unlink(missing_ok=True)
-        self._file = open(path, "ab", buffering=0)
+        self._file = _open_private(path)
         self._size = 0
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from shmooze import procutil
 from shmooze.errors import SettingsError
-from shmooze.settings import SERVICE_WORKERS, Settings
+from shmooze.settings import SERVICE_WORKERS, Settings, exposure_warning
 
 if TYPE_CHECKING:  # imported when a service is built: the gateway's master process needs neither
     from shmooze.host import ModuleHost
@@ -183,6 +183,7 @@ def _gather_gateway_metrics(settings: Settings) -> dict[str, Any]:
     from pathlib import Path
 
     from shmooze.deploy import RunPaths
+    from shmooze.private import private_dir
 
     if settings.get("metrics_path"):
         folder = Path(settings.get("metrics_path"))
@@ -191,7 +192,7 @@ def _gather_gateway_metrics(settings: Settings) -> dict[str, Any]:
     else:
         folder = Path(tempfile.mkdtemp(prefix="shmooze-gateway-metrics-"))
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
     def child_exit(server: Any, worker: Any) -> None:
@@ -227,7 +228,7 @@ class _GunicornApp:
 def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:
     host = settings.listen_address(name)
     port = settings.ports[name]
-    common = {
+    common: dict[str, Any] = {
         "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
         "proc_name": f"shmooze-{name}",
         "accesslog": None,
@@ -237,6 +238,9 @@ def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:
         "on_starting": lambda server: procutil.become_subreaper(),
         "post_fork": _die_with_master,
         "control_socket_disable": True,  # one per user by default: several services would collide
+        # A request's scheme is its connection's (plain HTTP), whatever X-Forwarded-Proto says: the Origin
+        # check compares it exactly (a TLS proxy's https origin goes in allowed_origins).
+        "secure_scheme_headers": {},
     }
     if name == "wsgi":
         # The gateway holds no state: on stop it gives requests in flight a few seconds, and open
@@ -323,6 +327,9 @@ def serve(settings: Settings, name: str) -> None:
 
     current.use(settings)
     configure_logging(name, str(settings.get("log_level", "INFO")).upper())
+    exposed = exposure_warning(settings)
+    if exposed:
+        log.warning("%s", exposed)
     die_with_supervisord()
     if name == "wsgi":
         def load_gateway() -> Any:

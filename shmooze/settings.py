@@ -188,6 +188,37 @@ def read(path: str | os.PathLike[str]) -> Settings:
     return Settings(expand_paths(data, os.path.dirname(os.path.abspath(path))), path)
 
 
+#: Setting names that hold a secret: these, and any ending in ``_token``, ``_key``, ``password`` or ``secret``.
+SECRET_NAMES = frozenset({"access_token", "service_key", "users"})
+
+
+def _secret_names(data: dict[str, Any]) -> list[str]:
+    """The names of the settings (at any depth) that hold a secret: a key so named, with a value."""
+    found = []
+    for key, value in data.items():
+        name = str(key).lower()
+        if value and (name in SECRET_NAMES or name.endswith(("_token", "_key", "password", "secret"))):
+            found.append(str(key))
+        elif isinstance(value, dict):
+            found += _secret_names(value)
+    return found
+
+
+def exposure_warning(settings: Settings) -> str | None:
+    """One line to warn with when the settings file holds a secret and other users may read it."""
+    names = _secret_names(settings._data)
+    if not names or settings.path.startswith("<"):
+        return None
+    try:
+        mode = os.stat(settings.path).st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o044:
+        return None
+    return (f"{settings.path} holds secrets ({', '.join(sorted(set(names)))}) and other users may read it "
+            f"(mode {mode:04o}): chmod 600 {settings.path}")
+
+
 def default_path() -> str:
     return os.environ.get(ENV_VAR) or "settings.json"
 

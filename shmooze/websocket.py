@@ -193,10 +193,10 @@ def check_origin(environ: Mapping[str, Any], allowed: list[str] | None = None) -
     """Whether the request's Origin may open a WebSocket.
 
     Allowed when there is no Origin header (non-browser clients), when the
-    Origin's scheme and host:port are the request's own (scheme ``wsgi.url_scheme``, or
-    https; host the ``Host`` header), or when it is listed in
-    ``allowed``: a full origin (``https://app.example.com``), a bare
-    ``host[:port]``, or ``*`` for any.
+    Origin's scheme and host:port are the request's own (scheme exactly ``wsgi.url_scheme``;
+    host the ``Host`` header), or when it is listed in
+    ``allowed``: a full origin (``https://app.example.com``, the way to admit the pages of a TLS
+    proxy in front of a plain-http gateway), a bare ``host[:port]``, or ``*`` for any.
     """
     origin = (environ.get("HTTP_ORIGIN") or "").strip()
     if not origin:
@@ -214,10 +214,10 @@ def check_origin(environ: Mapping[str, Any], allowed: list[str] | None = None) -
     host = environ.get("HTTP_HOST")
     if not host and environ.get("SERVER_NAME"):
         host = f"{environ['SERVER_NAME']}:{environ.get('SERVER_PORT', '')}".rstrip(":")
-    # The scheme must be the request's own; an https page may also talk to a plain-http gateway
-    # (a TLS proxy in front of it), never an http page (anyone on the path) to an https one.
+    # The scheme must be the request's own, exactly: an http page (anyone on the path may write it)
+    # never drives an https gateway, and an https origin the gateway does not serve is a foreign one.
     own_scheme = str(environ.get("wsgi.url_scheme") or "http").lower()
-    if host and scheme in (own_scheme, "https") and _host_port(host, scheme) == host_port:
+    if host and scheme == own_scheme and _host_port(host, scheme) == host_port:
         return True
     for entry in allowed:
         if "://" in entry:

@@ -63,3 +63,11 @@ def make_ops_pool() -> Pool:
 def make_silent_queue() -> Queue:
     """A queue with a module type that never connects: every ``add`` of it fails after the connect timeout."""
     return Queue([python_module("silent", MISBEHAVE, "--no-connect", **FAST)])
+
+
+CHATTY = str(HERE / "modules" / "chatty.py")
+
+
+def make_chatty_queue() -> Queue:
+    """A queue of modules that print (their output goes to the module output files)."""
+    return Queue([python_module("chatty", CHATTY, **FAST)])

@@ -94,7 +94,7 @@ def test_a_killed_run_never_blocks_the_next(tmp_path):
 
 def test_stale_lock_file_with_a_dead_pid_is_ignored(tmp_path):
     paths = RunPaths(tmp_path / "run")
-    paths.root.mkdir()
+    paths.root.mkdir(mode=0o700)
     paths.lock.write_text("999999\n")  # left by a run that crashed long ago
     assert not is_locked(paths.lock)
     lock = InstanceLock(paths.lock)

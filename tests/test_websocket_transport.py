@@ -294,7 +294,8 @@ def test_thousand_connections_get_a_broadcast(server: Server) -> None:
     [
         (None, "a.example", None, True),
         ("http://a.example", "a.example", None, True),
-        ("https://a.example", "a.example:443", None, True),
+        ("https://a.example", "a.example:443", None, False),  # https page, plain-http gateway: foreign
+        ("https://a.example", "a.example:443", ["https://a.example"], True),
         ("http://a.example:8080", "a.example:8080", None, True),
         ("http://a.example:8080", "a.example:9090", None, False),
         ("http://evil.example", "a.example", None, False),
@@ -317,7 +318,8 @@ def test_check_origin(origin: str | None, host: str, allowed: list[str] | None, 
     ("https://a.example", "https", True),
     ("http://a.example:443", "https", False),  # an http page may not drive an https gateway
     ("http://a.example", "http", True),
-    ("https://a.example:80", "http", True),  # a TLS proxy in front of a plain-http gateway
+    ("https://a.example:80", "http", False),  # exactly: a TLS proxy's origin goes in allowed_origins
+    ("https://a.example", "http", False),
 ])
 def test_check_origin_compares_the_scheme(origin: str, scheme: str, ok: bool) -> None:
     host = "a.example:443" if scheme == "https" else "a.example:80"

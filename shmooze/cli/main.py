@@ -38,6 +38,7 @@ def _load_settings(path: str | None):  # -> Settings
 def cmd_serve(opts: argparse.Namespace) -> int:
     from shmooze.serve import serve
 
+    os.umask(0o077)  # the service's files (journal, command log, module output) are its user's alone
     loaded = _load_settings(opts.settings)
     # What the service starts (modules, application code) finds the same settings.
     os.environ["SHMOOZE_SETTINGS"] = os.path.abspath(loaded.path)
@@ -48,6 +49,7 @@ def cmd_serve(opts: argparse.Namespace) -> int:
 def cmd_run(opts: argparse.Namespace) -> int:
     from shmooze.deploy import Runner
 
+    os.umask(0o077)  # the run folder's files, and what supervisord and the services write
     return Runner(_load_settings(opts.settings_file or opts.settings), conf=opts.supervisord_conf,
                   services=_service_list(opts.services)).run()
 
