@@ -40,6 +40,7 @@ import time
 from typing import Any
 
 from shmooze.errors import SettingsError
+from shmooze.private import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,7 @@ def read_key(path: str) -> bytes:
 def make_key(path: str) -> bytes:
     """Make the key file (or read the one another process made first): written whole to a private
     temporary file, then linked to its name, so no reader ever sees half a key."""
-    folder = os.path.dirname(path)
-    _private_folders(folder)
+    private_dir(os.path.dirname(path))  # 0700, ours alone (else refused, naming the folder)
     key = secrets.token_hex(KEY_BYTES).encode()
     temp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -142,18 +142,6 @@ def make_key(path: str) -> bytes:
         os.unlink(temp)
     log.info("made the application's service key in %s", path)
     return key
-
-
-def _private_folders(folder: str) -> None:
-    """Make ``folder`` (and missing parents) 0700; refuse one that is a link or another user's."""
-    try:
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise SettingsError(f"{folder}: cannot make the service key's folder: {exc.strerror}") from None
-    info = os.lstat(folder)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise SettingsError(f"{folder}: the service key's folder must be a folder of this user that no one "
-                            f"else can write (found uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})")
 
 
 # -- signing and proving ----------------------------------------------------------------------
