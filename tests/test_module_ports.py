@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -21,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from shmooze import cgroup, protocol
+from shmooze import cgroup, peer, protocol
 from shmooze.moduletype import ModuleType
 from shmooze.queue import Queue
+from tests.helpers import wait_for
 from tests.test_faults import ok
 
 HERE = Path(__file__).resolve().parent
@@ -163,3 +166,72 @@ def test_a_module_connecting_from_a_fresh_child_is_never_refused(queue, tmp_path
     failed = starts(q, STARTS)
     assert not failed, failed[:3]
     assert ok(q, "status")["refused_connections"] == 0
+
+
+# -- the check itself, on real loopback connections ----------------------------------------------
+
+
+def peer_gone(conn: socket.socket) -> bool:
+    try:
+        conn.getpeername()
+        return False
+    except OSError:
+        return True
+
+
+def test_a_peer_reset_before_the_check_is_refused():
+    """Reset right after writing: the kernel no longer knows the other end, and the check refuses
+    it, even with this very process (which held it) named as the module."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        client.sendall(b'{"cmd": "set_parameters", "args": {"parameters": {"hijacked": 1}}}\n')
+        conn, _ = listener.accept()
+        with conn:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+            wait_for(lambda: peer_gone(conn), 5, what="the reset to arrive")
+            verdict = peer.check(conn, [os.getpid()])
+            assert not verdict and verdict.kind == "peer gone before it was identified", verdict.why
+
+
+def test_a_peer_closed_before_the_check_is_refused():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        conn, _ = listener.accept()
+        with conn:
+            client.close()  # a FIN: the other end is orphaned (no owner, inode 0), then gone
+            verdict = peer.check(conn, [os.getpid()])
+            assert not verdict and verdict.kind == "peer gone before it was identified", verdict.why
+
+
+def test_a_live_peer_is_found_among_the_pids_given():
+    with socket.create_server(("127.0.0.1", 0)) as listener, \
+            socket.create_connection(listener.getsockname()) as client:
+        conn, _ = listener.accept()
+        with conn:
+            assert peer.check(conn, [os.getpid()]), "this process holds the other end"
+            verdict = peer.check(conn, lambda: [1])
+            assert not verdict and verdict.kind == f"uid {os.getuid()}, not the module's processes", verdict.why
+        client.close()
+
+
+def test_another_user_is_refused_without_looking_for_the_module():
+    """The kernel's answer (the uid) is enough: the module's processes are not even listed."""
+    other_user()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        child = subprocess.Popen(AS_NOBODY + ["/usr/bin/python3", "-c", "import socket, sys; s = socket.create_"
+                                              f"connection(('127.0.0.1', {port})); sys.stdin.read()"],
+                                 stdin=subprocess.PIPE)
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                def pids() -> list[int]:
+                    raise AssertionError("the module's processes were listed for another user's connection")
+
+                verdict = peer.check(conn, pids)
+                assert not verdict and verdict.kind == "uid 65534", verdict.why
+        finally:
+            assert child.stdin is not None
+            child.stdin.close()
+            child.wait(10)
