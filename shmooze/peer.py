@@ -51,7 +51,7 @@ def _sock_diag(family: int, peer: tuple, local: tuple) -> tuple[int, int] | None
         nl.send(message)
         data = nl.recv(8192)
     if len(data) < _HEADER.size:
-        return None
+        raise OSError(errno.EPROTO, "short netlink answer")
     _length, kind, _flags, _seq, _pid = _HEADER.unpack_from(data)
     if kind == NLMSG_ERROR:
         code = -struct.unpack_from("=i", data, _HEADER.size)[0]
@@ -62,7 +62,7 @@ def _sock_diag(family: int, peer: tuple, local: tuple) -> tuple[int, int] | None
         raise OSError(errno.EPROTO, f"unexpected netlink answer {kind}")
     offset = _HEADER.size + 4 + _SOCKID.size + _SOCKID_TAIL.size
     if len(data) < offset + _MSG_TAIL.size:
-        return None
+        raise OSError(errno.EPROTO, "short sock_diag answer")
     _exp, _rq, _wq, uid, inode = _MSG_TAIL.unpack_from(data, offset)
     return inode, uid
 
@@ -141,10 +141,11 @@ def check(conn: socket.socket, pids: Iterable[int] | Callable[[], Iterable[int]]
         return Verdict(False, "peer socket not found (reset or closed before it could be identified)",
                        "peer gone before it was identified")
     inode, owner = found
+    if inode == 0:  # (closed by its owner: no file holds it; a TIME_WAIT one shows uid 0)
+        return Verdict(False, f"peer socket already closed by its owner (uid {owner})",
+                       "peer gone before it was identified")
     if owner != uid:
         return Verdict(False, f"peer socket belongs to uid {owner}, not {uid}", f"uid {owner}")
-    if inode == 0:
-        return Verdict(False, "peer socket already closed by its owner", "peer gone before it was identified")
     holder = held_by(inode, pids() if callable(pids) else pids)
     if holder is None:
         return Verdict(False, f"peer socket (inode {inode}, uid {owner}) is held by no process of the module",
