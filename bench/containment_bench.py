@@ -1,5 +1,6 @@
 """C. Containment: ``add`` and ``rm`` with a cgroup per module and the peer check, beside today's
-process group alone; and the cost of the peer check itself.
+process group alone; the cost of the peer check itself, and of its refusals; adds while another
+user floods the module's ports.
 
 Usage: ``.venv/bin/python bench/containment_bench.py [--quick]``
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -35,10 +37,15 @@ for _path in (str(HERE.parent / "pymodule"), str(HERE.parent), str(HERE)):
 from common import Section, child_env, markdown, rounds_row, save_sections, setup_logging  # noqa: E402
 from shmooze import cgroup, peer, protocol  # noqa: E402
 from shmooze.containment import PROCESS_GROUP, Containment  # noqa: E402
-from shmooze.moduletype import python_module  # noqa: E402
+from shmooze.moduletype import ModuleType, python_module  # noqa: E402
 from shmooze.queue import Queue  # noqa: E402
 
 TRIVIAL = str(HERE / "trivial_module.py")
+SHOUT = str(HERE.parent / "examples" / "modules" / "shout.sh")
+ATTACKER = HERE.parent / "tests" / "port_attacker.py"
+# Another local user, for the stranger's side of the peer check (tests run as root).
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] \
+    if os.geteuid() == 0 and shutil.which("setpriv") else []
 
 
 class Today(Containment):
@@ -69,12 +76,12 @@ def make_queue(kind: str) -> Queue:
     return q
 
 
-def cycles(q: Queue, n: int) -> tuple[list[float], list[float]]:
+def cycles(q: Queue, n: int, mtype: str = "trivial") -> tuple[list[float], list[float]]:
     """``n`` adds then ``n`` rms (one module each), in ms."""
     adds, rms, uids = [], [], []
     for _ in range(n):
         t0 = time.perf_counter()
-        answer = q.dispatch(protocol.Command("add", {"type": "trivial"}))
+        answer = q.dispatch(protocol.Command("add", {"type": mtype}))
         adds.append((time.perf_counter() - t0) * 1000)
         assert answer["success"], answer
         uids.append(answer["result"]["uid"])
@@ -90,19 +97,21 @@ CHILD = "import socket, sys, time\ns = socket.create_connection(('127.0.0.1', in
         "sys.stdin.read()\n"
 
 
-def peer_check_cost(n: int) -> list[float]:
-    """Microseconds per :func:`shmooze.peer.check` on a connection from a child process (one per stream)."""
+def peer_check_cost(n: int, stranger: bool = False) -> list[float]:
+    """Microseconds per :func:`shmooze.peer.check` on a connection from a child process (one per stream);
+    with ``stranger``, the child runs as another user and each check refuses it."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(listener.getsockname()[1])], stdin=subprocess.PIPE,
-                             env=child_env())
+    child = subprocess.Popen((AS_NOBODY if stranger else []) + [sys.executable, "-c", CHILD,
+                                                               str(listener.getsockname()[1])],
+                             stdin=subprocess.PIPE, env=child_env())
     try:
         conn, _ = listener.accept()
         out = []
         for _ in range(n):
             t0 = time.perf_counter()
-            assert peer.check(conn, [child.pid])
+            assert bool(peer.check(conn, [child.pid])) is not stranger
             out.append((time.perf_counter() - t0) * 1e6)
         conn.close()
         return out
@@ -110,6 +119,23 @@ def peer_check_cost(n: int) -> list[float]:
         child.stdin.close()
         child.wait(10)
         listener.close()
+
+
+def flood_adds(q: Queue, n: int, needle: str, flood: bool) -> float:
+    """Median ``add`` (ms) of ``n`` modules that connect 0.2 s after they start, with another user
+    flooding each one's ports (tests/port_attacker.py) or not; each is removed after."""
+    attacker = None
+    if flood:
+        attacker = subprocess.Popen(AS_NOBODY + [sys.executable, str(ATTACKER), "flood", needle, "120"],
+                                    stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert attacker.stdout is not None and attacker.stdout.readline().strip() == "watching"
+    try:
+        adds, _ = cycles(q, n, "slow")
+    finally:
+        if attacker is not None:
+            attacker.terminate()
+            attacker.communicate(timeout=30)
+    return statistics.median(adds)
 
 
 def run(quick: bool) -> Section:
@@ -141,6 +167,29 @@ def run(quick: bool) -> Section:
             section.add(rounds_row(f"{what}, {kind}", medians[kind], "ms", medians["floor"], "process group only"))
     checks = [2 * statistics.median(peer_check_cost(200)) / 1000 for _ in range(rounds)]
     section.add(rounds_row("peer check per add (2 connections)", checks, "ms", at_most=1.0))
+    if AS_NOBODY:
+        refusals = [statistics.median(peer_check_cost(200, stranger=True)) for _ in range(rounds)]
+        section.add(rounds_row("peer check refusing another user's connection", refusals, "us", at_most=100.0))
+        needle = f"shmooze-flood-{os.getpid()}"
+        q = Queue([ModuleType("slow", ("bash", "-c", 'sleep 0.2; exec bash "$0" "$@"', SHOUT, needle))],
+                  containment=PROCESS_GROUP)
+        q.start()
+        calm: list[float] = []
+        flooded: list[float] = []
+        try:
+            for _ in range(rounds):
+                calm.append(flood_adds(q, n // 2, needle, False))
+                flooded.append(flood_adds(q, n // 2, needle, True))
+            refused = q.dispatch(protocol.Command("status", {}))["result"]["refused_connections"]
+        finally:
+            q.stop()
+        section.add(rounds_row("add of a module that connects after 0.2 s, another user flooding its ports",
+                               flooded, "ms", calm, "no flood", max_ratio=1.5, refused=refused))
+        section.notes.append(f"Flood: tests/port_attacker.py as uid 65534, 256 connects in flight on each port of "
+                             f"each starting module; {refused} connections refused in all.")
+    else:
+        section.notes.append("Peer check against another user, and adds under a flood: skipped (needs root "
+                             "and setpriv).")
     section.notes.append("add: spawn until init answered; rm: rm sent until the process is reaped and its "
                          "containment cleared (environment sweep or cgroup removed).")
     return section

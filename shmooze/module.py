@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -177,7 +178,9 @@ class ModuleProcess:
             for _ in range(2):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.bind((self.host, 0))
-                sock.listen(1)
+                # A deep queue: connections flooding in from strangers must not crowd out the module's
+                # (with a backlog of 1 its connect waited out the start in SYN retransmits).
+                sock.listen(socket.SOMAXCONN)
                 sock.setblocking(False)
                 listeners.append(sock)
             argv = self.type.command_line() + [self.host, str(listeners[0].getsockname()[1]),
@@ -212,28 +215,32 @@ class ModuleProcess:
         assert self.proc is not None  # started just before
         deadline = time.monotonic() + self.type.connect_timeout
         conns: dict[int, socket.socket] = {}
+        refused: dict[str, int] = {}  # kind of refusal -> count, logged once below
         watch: list[Any] = list(listeners) + ([self._pidfd] if self._pidfd is not None else [])
-        while len(conns) < 2:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                for c in conns.values():
-                    c.close()
-                raise CommandError(f"did not connect within {self.type.connect_timeout:g} s")
-            ready = wait_readable(watch, min(remaining, 0.25))
-            if self.proc.poll() is not None:
-                for c in conns.values():
-                    c.close()
-                raise CommandError(f"exited with status {self.proc.returncode} before connecting")
-            for i, sock in enumerate(listeners):
-                if sock in ready and i not in conns:
-                    try:
-                        conn, _ = sock.accept()
-                    except BlockingIOError:
-                        continue
-                    if not self._from_module(conn, ("command", "update")[i]):
-                        continue
-                    conns[i] = conn
-                    watch.remove(sock)
+        try:
+            while len(conns) < 2:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CommandError(f"did not connect within {self.type.connect_timeout:g} s"
+                                       + _refusals(refused, "; refused {}"))
+                ready = wait_readable(watch, min(remaining, 0.25))
+                if self.proc.poll() is not None:
+                    raise CommandError(f"exited with status {self.proc.returncode} before connecting")
+                for i, sock in enumerate(listeners):
+                    if sock in ready and i not in conns:
+                        conn = self._accept_module(sock, ("command", "update")[i], refused)
+                        if conn is not None:
+                            conns[i] = conn
+                            watch.remove(sock)
+        except BaseException:
+            for c in conns.values():
+                c.close()
+            raise
+        finally:
+            if refused:
+                self.refused += sum(refused.values())
+                log.warning("module %s (%s, pid %s): refused %s", self.uid, self.type.name, self.pid,
+                            _refusals(refused))
         self._cmd_sock, self._upd_sock = conns[0], conns[1]
         self._cmd_sock.setblocking(True)
         self._cmd_sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -241,18 +248,32 @@ class ModuleProcess:
         self._upd_sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.loop.call_soon(self._register_update_stream)
 
-    def _from_module(self, conn: socket.socket, stream: str) -> bool:
-        """Whether an accepted connection comes from the module (or its descendants); close it if not."""
-        if not self.check_peers:
-            return True
-        verdict = peer.check(conn, self.box.members())
-        if verdict:
-            return True
-        self.refused += 1
-        log.warning("module %s (%s, pid %s): refused a connection to its %s port: %s", self.uid,
-                    self.type.name, self.pid, stream, verdict.why)
-        conn.close()
-        return False
+    def _accept_module(self, listener: socket.socket, stream: str, refused: dict[str, int],
+                       most: int = 64) -> socket.socket | None:
+        """Accept from ``listener`` until the module's connection comes (returned), the queue is
+        empty, or ``most`` were refused (then the caller polls again: the other port gets its turn).
+        Each connection is identified before anything is read from it; others are reset at once."""
+        for _ in range(most):
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return None
+            except ConnectionAbortedError:
+                continue  # reset while queued
+            if not self.check_peers:
+                return conn
+            verdict = peer.check(conn, self.box.members)
+            if verdict:
+                return conn
+            refused[verdict.kind] = refused.get(verdict.kind, 0) + 1
+            log.debug("module %s (%s, pid %s): refused a connection to its %s port: %s", self.uid,
+                      self.type.name, self.pid, stream, verdict.why)
+            try:  # a reset, not a close: no TIME_WAIT kept for a stranger, whatever it sent unread
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
+            except OSError:
+                pass
+            conn.close()
+        return None
 
     # -- the update stream (runs on the I/O thread) ----------------------------------
 
@@ -619,6 +640,18 @@ class _FdObject:
 
     def fileno(self) -> int:
         return self.fd
+
+
+_LINGER_0 = struct.pack("ii", 1, 0)
+
+
+def _refusals(refused: dict[str, int], form: str = "{}") -> str:
+    """``3 connections to its ports (uid 65534: 2, ...)``, put in ``form``; empty when none."""
+    if not refused:
+        return ""
+    total = sum(refused.values())
+    kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(refused.items(), key=lambda kv: -kv[1]))
+    return form.format(f"{total} connection{'s' if total != 1 else ''} to its ports ({kinds})")
 
 
 def _runnable(program: str, env: dict[str, str], cwd: str | None) -> bool:

@@ -5,15 +5,20 @@ and pose as the module. For each accepted connection the service asks the kernel
 (``sock_diag`` over netlink, one exact lookup; ``/proc/net/tcp`` as the fallback)
 for the inode and owner of the peer's socket, then looks for that inode among the
 open files (``/proc/PID/fd``) of the module's processes.
+
+The check fails closed: a connection whose peer the kernel cannot name (reset before it was
+looked at, or closed) is refused, and a peer of another user is refused on the kernel's answer
+alone, before any ``/proc`` scan, so a flood of strangers costs one netlink round trip each.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
 import struct
-from typing import Iterable
+from typing import Callable, Iterable
 
 from shmooze.procutil import socket_inodes, tcp_sockets
 
@@ -46,13 +51,18 @@ def _sock_diag(family: int, peer: tuple, local: tuple) -> tuple[int, int] | None
         nl.send(message)
         data = nl.recv(8192)
     if len(data) < _HEADER.size:
-        return None
+        raise OSError(errno.EPROTO, "short netlink answer")
     _length, kind, _flags, _seq, _pid = _HEADER.unpack_from(data)
+    if kind == NLMSG_ERROR:
+        code = -struct.unpack_from("=i", data, _HEADER.size)[0]
+        if code == errno.ENOENT:
+            return None  # no such socket: it is gone already
+        raise OSError(code, os.strerror(code))
     if kind != SOCK_DIAG_BY_FAMILY:
-        return None  # NLMSG_ERROR: no such socket (it closed already)
+        raise OSError(errno.EPROTO, f"unexpected netlink answer {kind}")
     offset = _HEADER.size + 4 + _SOCKID.size + _SOCKID_TAIL.size
     if len(data) < offset + _MSG_TAIL.size:
-        return None
+        raise OSError(errno.EPROTO, "short sock_diag answer")
     _exp, _rq, _wq, uid, inode = _MSG_TAIL.unpack_from(data, offset)
     return inode, uid
 
@@ -76,20 +86,18 @@ def _proc_net(family: int, peer: tuple, local: tuple) -> tuple[int, int] | None:
 
 
 def peer_socket(conn: socket.socket) -> tuple[int, int] | None:
-    """``(inode, uid)`` of the socket at the other end of an accepted loopback connection, or None."""
+    """``(inode, uid)`` of the socket at the other end of an accepted loopback connection, or None
+    when it cannot be found (reset or gone). The inode is 0 once its owner has closed it."""
     try:
         family = conn.family
-        peer, local = conn.getpeername()[:2], conn.getsockname()[:2]
+        peer, local = conn.getpeername()[:2], conn.getsockname()[:2]  # ENOTCONN once reset
     except OSError:
         return None
     try:
-        found = _sock_diag(family, peer, local)
-    except OSError as exc:
+        return _sock_diag(family, peer, local)
+    except OSError as exc:  # no sock_diag here (not: no such socket, which is an answer)
         log.debug("sock_diag failed (%s); reading /proc/net", exc)
-        found = None
-    if found is None or found[0] == 0:
-        found = _proc_net(family, peer, local)
-    return found
+    return _proc_net(family, peer, local)
 
 
 def held_by(inode: int, pids: Iterable[int]) -> int | None:
@@ -101,30 +109,45 @@ def held_by(inode: int, pids: Iterable[int]) -> int | None:
 
 
 class Verdict:
-    """Whether a connection comes from the module, and what was found (for the log)."""
+    """Whether a connection comes from the module, what was found (for the log), and the kind of
+    refusal (``uid 65534``, ...: refusals are counted by kind and logged once per module start)."""
 
-    def __init__(self, ok: bool, why: str):
+    __slots__ = ("ok", "why", "kind")
+
+    def __init__(self, ok: bool, why: str, kind: str = ""):
         self.ok = ok
         self.why = why
+        self.kind = kind
 
     def __bool__(self) -> bool:
         return self.ok
 
 
-def check(conn: socket.socket, pids: Iterable[int], uid: int | None = None) -> Verdict:
+def check(conn: socket.socket, pids: Iterable[int] | Callable[[], Iterable[int]],
+          uid: int | None = None) -> Verdict:
     """Is the peer of ``conn`` one of ``pids`` (the module and its descendants)?
 
-    Where the kernel does not say which socket is at the other end, only the
-    owner's uid is checked (when known): other users are refused at least.
+    Call it right after ``accept``, before reading: what a refused peer wrote is never read.
+    ``pids`` may be a function, called only for a peer of the right user. Fails closed: a peer
+    the kernel cannot name is refused.
+
+    The module's own connection cannot be missed by racing it: its socket is in its file table
+    from ``socket()``, before ``connect``, and the process is in the module's cgroup (or process
+    tree) from its start, so both are in place before the connection can be accepted.
     """
     uid = os.getuid() if uid is None else uid
     found = peer_socket(conn)
     if found is None:
-        return Verdict(True, "peer unknown to the kernel tables; not checked")
+        return Verdict(False, "peer socket not found (reset or closed before it could be identified)",
+                       "peer gone before it was identified")
     inode, owner = found
+    if inode == 0:  # (closed by its owner: no file holds it; a TIME_WAIT one shows uid 0)
+        return Verdict(False, f"peer socket already closed by its owner (uid {owner})",
+                       "peer gone before it was identified")
     if owner != uid:
-        return Verdict(False, f"peer socket belongs to uid {owner}, not {uid}")
-    holder = held_by(inode, pids)
+        return Verdict(False, f"peer socket belongs to uid {owner}, not {uid}", f"uid {owner}")
+    holder = held_by(inode, pids() if callable(pids) else pids)
     if holder is None:
-        return Verdict(False, f"peer socket (inode {inode}, uid {owner}) is held by no process of the module")
+        return Verdict(False, f"peer socket (inode {inode}, uid {owner}) is held by no process of the module",
+                       f"uid {owner}, not the module's processes")
     return Verdict(True, f"held by pid {holder}")
