@@ -66,18 +66,17 @@ class RestartingTimer:
     ran out once its exchanges had taken ``seconds`` in all, and every later exchange "timed out" at
     once: 504 for commands the service went on to run (the soak's phantom modules)."""
 
-    __slots__ = ("_timer", "_exception")
+    __slots__ = ("_timer", "_exception", "_current")
 
     def __init__(self, seconds: float, exception: type[BaseException]):
-        from gevent import get_hub
+        from gevent import get_hub, getcurrent
 
         self._timer = get_hub().loop.timer(seconds, seconds)  # repeating: ``again`` starts it at its full time
         self._exception = exception
+        self._current = getcurrent
 
     def start(self) -> None:
-        from gevent import getcurrent
-
-        self._timer.again(getcurrent().throw, self._exception, update=True)
+        self._timer.again(self._current().throw, self._exception, update=True)
 
     def cancel(self) -> None:
         self._timer.stop()
