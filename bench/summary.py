@@ -1,9 +1,11 @@
 """Join the results every benchmark saved in bench/results/ into one summary table and bench/results.md.
 
 Usage: ``.venv/bin/python bench/summary.py [--seconds S] [--out PATH] [--readme]``. Prints the summary
-table (every row that has a floor, a peer or a target, from every script, in the common format) and
-writes it, followed by every section in full, as markdown to bench/results.md. ``--readme`` also puts
-the run's header and summary table into README.md, between its ``bench:begin`` and ``bench:end`` marks.
+table (every row that has a floor, a peer or a target, and every failed check, from every script, in
+the common format) and writes it, followed by every section in full, as markdown to bench/results.md.
+The header counts the targets missed and checks failed: every row whose verdict is FAIL. ``--readme``
+also puts the run's header and summary table into README.md, between its ``bench:begin`` and
+``bench:end`` marks.
 """
 
 from __future__ import annotations
@@ -46,16 +48,23 @@ def rows_of(section: dict) -> list[Row]:
     return [Row(**r) for r in section["rows"]]
 
 
-def summary_lines(results: list[dict]) -> list[str]:
-    lines = list(TABLE_HEAD)
+def summary_rows(results: list[dict]) -> list[Row]:
+    """The summary's rows: every row with a floor, a peer or a target, and every failed check (a row
+    with neither, such as a correctness check of the soak, is there when it fails); each named
+    after its section."""
+    rows = []
     for result in results:
         for section in result["sections"]:
             for row in rows_of(section):
-                if row.floor is None and not row.target:
+                if row.floor is None and not row.target and row.verdict != "FAIL":
                     continue
                 row.measure = f"{short(section['title'])}: {row.measure}"
-                lines.append(table_line(row))
-    return lines
+                rows.append(row)
+    return rows
+
+
+def summary_lines(results: list[dict]) -> list[str]:
+    return [*TABLE_HEAD, *(table_line(row) for row in summary_rows(results))]
 
 
 def section_markdown(section: dict) -> list[str]:
@@ -83,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         opts.seconds = json.loads(total.read_text())["seconds"]
     finished = max(r.get("time") or r.get("started") or 0 for r in results)
     noise = [s["other_processes_cores"] for r in results for s in r["sections"] if s.get("other_processes_cores")]
-    failed = [line for line in summary_lines(results) if line.endswith(": FAIL |")]
+    failed = [row for row in summary_rows(results) if row.verdict == "FAIL"]
     header = [
         "# Benchmark results", "",
         f"{'QUICK run (not for the README)' if quick else 'Full run'} of `python3 scripts/dev.py bench"
@@ -94,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
            "ran (the machine is shared)" if noise else "") + ".",
         "Every figure is the median of the rounds, with their min-max; target and floor or peer were run in "
         "interleaved rounds in the same run, and no round was discarded. "
-        f"{len(failed)} target(s) missed.", "",
+        f"{len(failed)} target(s) missed or check(s) failed.", "",
         "## Summary", ""]
     text = "\n".join(header + summary_lines(results) + ["", "## Every section", ""])
     text += "\n".join(line for result in results for s in result["sections"] for line in section_markdown(s))

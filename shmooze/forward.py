@@ -64,6 +64,31 @@ class _TimedOut(Exception):
     """A connection's timer (under gevent) ran out."""
 
 
+class RestartingTimer:
+    """A gevent timer for one wait after another (each exchange on a kept-alive connection): every
+    :meth:`start` gives the full ``seconds``, from now, to the greenlet that started it.
+
+    Not gevent's ``Timeout`` started again after ``cancel``: libev keeps what was left of a stopped
+    timer, so a reused ``Timeout`` runs only for the rest of its time. A kept-alive connection's timer
+    ran out once its exchanges had taken ``seconds`` in all, and every later exchange "timed out" at
+    once: 504 for commands the service went on to run (the soak's phantom modules)."""
+
+    __slots__ = ("_timer", "_exception", "_current")
+
+    def __init__(self, seconds: float, exception: type[BaseException]):
+        from gevent import get_hub, getcurrent
+
+        self._timer = get_hub().loop.timer(seconds, seconds)  # repeating: ``again`` starts it at its full time
+        self._exception = exception
+        self._current = getcurrent
+
+    def start(self) -> None:
+        self._timer.again(self._current().throw, self._exception, update=True)
+
+    def cancel(self) -> None:
+        self._timer.stop()
+
+
 class _Connection:
     """One kept-alive socket to the service and what was read past the last answer."""
 
@@ -81,9 +106,7 @@ class _Connection:
         #: new timer at every wait. Elsewhere (threads) the socket's own timeout does it.
         self.timer: Any = None
         if timeout is not None and gevent_sockets():
-            from gevent import Timeout
-
-            self.timer = Timeout(timeout, _TimedOut)
+            self.timer = RestartingTimer(timeout, _TimedOut)
             sock.settimeout(None)
 
     def looks_closed(self) -> bool:

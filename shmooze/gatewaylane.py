@@ -30,9 +30,11 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gunicorn import http, util
-from gevent import GreenletExit, Timeout
+from gevent import GreenletExit
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
+
+from shmooze.forward import RestartingTimer
 
 if TYPE_CHECKING:
     from shmooze.gateway import Gateway
@@ -101,13 +103,27 @@ def parse_head(data: bytes, end: int) -> Head | None:
 
 
 class _Received:
-    """The rest of a body, read from the client's socket (for ``httpjson``'s paced body reader)."""
+    """The rest of a body, read from the client's socket (for ``httpjson``'s paced body reader), under
+    one deadline for all of it: ``read`` returns only once it has ``size`` bytes (or the client closed),
+    so a client trickling a byte at a time cannot restart the reader's budget with every ``recv``."""
 
-    def __init__(self, sock: Any):
+    def __init__(self, sock: Any, deadline: float):
         self.sock = sock
+        self.deadline = deadline  # on the monotonic clock
 
     def read(self, size: int) -> bytes:
-        return self.sock.recv(size)
+        pieces = []
+        while size > 0:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request body did not arrive in time")
+            self.sock.settimeout(left)  # (the reader puts the socket's own timeout back after the body)
+            piece = self.sock.recv(size)
+            if not piece:
+                break
+            pieces.append(piece)
+            size -= len(piece)
+        return b"".join(pieces)
 
 
 class Lane:
@@ -132,7 +148,7 @@ class Lane:
         """Serve plain requests on ``sock`` (``buf``: bytes already read from it) until one is not
         plain: return every byte read of it, for gunicorn. ``None``: the connection is done."""
         sock.settimeout(None)  # waits are bounded by one timer per connection: cheaper than a socket timeout
-        idle = Timeout(self.keepalive, _Idle)
+        idle = RestartingTimer(self.keepalive, _Idle)  # the whole keep-alive time for every wait
         while True:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
@@ -157,10 +173,14 @@ class Lane:
                 body, buf = buf[start:start + head.length], buf[start + head.length:]
             else:
                 body = buf[start:]
+                gateway = self.gateway
+                # The budget read_body gives a body: body_timeout plus its size at body_min_rate, here for
+                # the whole of it.
+                deadline = time.monotonic() + gateway.body_timeout + head.length / gateway.body_min_rate
                 try:
                     body += self.read_body({"gunicorn.socket": sock, "REMOTE_ADDR": _address(addr)},
-                                           _Received(sock), head.length - len(body), self.gateway.max_body_bytes,
-                                           self.gateway.body_timeout, self.gateway.body_min_rate)
+                                           _Received(sock, deadline), head.length - len(body), gateway.max_body_bytes,
+                                           gateway.body_timeout, gateway.body_min_rate)
                 except self.http_error as exc:
                     self._send(sock, self._error(exc, True), idle)
                     return None
@@ -234,7 +254,7 @@ class Lane:
         return self._answer(exc.code, protocol.dumps(protocol.error(exc.message)), close, extra)
 
     @staticmethod
-    def _send(sock: Any, data: bytes, timer: Timeout) -> None:
+    def _send(sock: Any, data: bytes, timer: Any) -> None:
         """One ``send`` nearly always takes a whole answer; the rest within the keep-alive time."""
         sent = sock.send(data)
         if sent < len(data):

@@ -154,6 +154,7 @@ class ModuleProcess:
             self._advance(State.STARTING, State.INITIALIZING)
             self.call("init", args, timeout=self.type.init_timeout or self.type.command_timeout, starting=True,
                       extra=None if restored is None else {"restored": restored})
+            self._hear_updates(self.type.command_timeout)
             self._advance(State.INITIALIZING, State.RUNNING)
         except CommandError as exc:
             self.start_failed = True
@@ -323,21 +324,46 @@ class ModuleProcess:
             self._left("its command stream closed")
         # else: a line nobody asked for; the next command reports it (see _check_nothing_unasked)
 
+    def _hear_updates(self, timeout: float) -> None:
+        """Apply the updates the module sent before its last answer, before that answer is passed on.
+
+        The I/O thread reads the update stream on its own, so an answer (``init``'s: the end of
+        ``add``) could overtake the parameters the module set before answering, and a client asking
+        at once would not see them. They are in the update socket already (a local write lands
+        before the writer goes on), so the I/O thread reads what is there now; this waits for it
+        (at most ``timeout``: a busy I/O thread delays the answer, never loses it)."""
+        heard = threading.Event()
+
+        def drain() -> None:
+            try:
+                for _ in range(64):  # what is there now, not a module's endless flood
+                    if not self._read_updates():
+                        break
+            finally:
+                heard.set()
+
+        self.loop.call_soon(drain)
+        heard.wait(timeout)
+
     def _on_update_readable(self) -> None:
+        self._read_updates()
+
+    def _read_updates(self) -> bool:
+        """Read and apply what the update stream has (one read); whether there was anything."""
         sock = self._upd_sock
         if sock is None:
-            return
+            return False
         buf = self.loop.read_buffer
         try:
             data = buf[:sock.recv_into(buf)]  # (copied out by the line buffer below, before the next read)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             data = buf[:0]
         if not data:
             self.loop.remove(sock)
             self._left("its update stream closed")
-            return
+            return False
         # Every line gets its answer, in order: a line over the limit is answered with an error (once)
         # and the complete lines around it are still applied.
         for event in self._upd_buf.events(data):
@@ -348,6 +374,7 @@ class ModuleProcess:
                 answer = self._apply_update(event.data)
             if self._upd_chan is not None:
                 self.loop.write(self._upd_chan, protocol.encode_line(answer))
+        return True
 
     def _apply_update(self, line: bytes) -> dict[str, Any]:
         try:

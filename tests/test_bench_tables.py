@@ -55,3 +55,28 @@ def test_the_summary_keeps_rows_with_a_floor_or_target_from_every_saved_script(t
     text = out.read_text()
     assert "Full run" in text and "1.0 min in all" in text and "reference: status" in text
     assert json.loads((tmp_path / "run.json").read_text())["sections"][0]["rows"][0]["rounds"] == [1.0, 2.0, 3.0]
+
+
+def test_a_failed_check_reaches_the_summary_and_its_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A check has no floor and no target (the soak's correctness checks): passing, it stays in its
+    section; failing, it is in the summary and counted with the targets missed."""
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(summary, "RESULTS_DIR", tmp_path)
+    checks = common.Section("Soak: checks")
+    checks.add(common.Row("no unexpected errors", None, "", compare="0 unexpected", verdict="pass"))
+    checks.add(common.Row("round 1: queue = staying modules added and not removed", None, "",
+                          compare="phantom 6, lost 3", verdict="FAIL"))
+    checks.add(common.Row("no uid in any listing that no client added", None, "", verdict="FAIL"))  # no detail
+    common.save_sections("soak", [checks], quick=False)
+    common.save_sections("push", [common.Section("Push latency: x", [
+        common.rounds_row("p99", [60.0, 65.0, 70.0], "ms", at_most=50.0)])], quick=False)
+    lines = summary.summary_lines(summary.load())
+    assert lines[2:] == ["| Push latency: p99 | 65.0 ms (60.0-70.0) |  | target <= 50.0 ms: FAIL |",
+                         "| Soak: round 1: queue = staying modules added and not removed | n/a |  | "
+                         "phantom 6, lost 3: FAIL |",
+                         "| Soak: no uid in any listing that no client added | n/a |  | FAIL |"]
+    out = tmp_path / "results.md"
+    assert summary.main(["--out", str(out)]) == 0
+    text = out.read_text()
+    assert "3 target(s) missed or check(s) failed." in text
+    assert "| no unexpected errors | n/a |  | 0 unexpected: pass |" in text  # (in its section)

@@ -4,21 +4,30 @@ per-request work, everything else left to gunicorn and the WSGI app on the same 
 Unit: which heads the lane takes. Live (``shmooze serve wsgi`` under gunicorn, raw sockets): the
 lane's answers and errors are the WSGI path's (token, host, body limit, lost service), requests it
 leaves (GET, chunked, Expect, a head in pieces) are answered on the same connection, which comes
-back to the lane after them; pipelined requests, bodies in pieces and ``Connection: close``.
+back to the lane after them; pipelined requests, bodies in pieces and ``Connection: close``; a body
+trickled in is cut (408, closed) at one deadline for all of it, a slow one within the rate is served.
 """
 
 from __future__ import annotations
 
 import json
+import select
 import socket
+import time
 
 import pytest
 
+from shmooze.forward import RestartingTimer
 from shmooze.gatewaylane import parse_head
 from tests.helpers import Stack
 
 TOKEN = "Lane-Tok-7Q"
 BODY = b'{"cmd": "add", "args": {"a": 2, "b": 3}}'
+#: Small body limits, so that a trickled body is cut within seconds (a body of 300 bytes: 5 s).
+BODY_TIMEOUT = 2.0
+BODY_MIN_RATE = 100
+#: A short forward timeout, that several slow commands on one kept-alive connection add up past.
+FORWARD_TIMEOUT = 2.0
 
 
 def head(path: str = "/sample", **headers: str) -> bytes:
@@ -63,13 +72,36 @@ def test_anything_else_is_left_to_gunicorn(data):
     assert parsed(data) is None
 
 
+def test_a_restarted_timer_gives_each_wait_its_full_time():
+    """(gevent's Timeout, started again, ran only for what its earlier waits had left: the third of
+    these waits timed out after 0.1 s.)"""
+    import gevent
+
+    timer = RestartingTimer(0.5, TimeoutError)
+    for _ in range(4):  # 1.2 s of waits in all, each within the 0.5 s
+        timer.start()
+        try:
+            gevent.sleep(0.3)
+        finally:
+            timer.cancel()
+    started = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(TimeoutError):
+            gevent.sleep(5)
+    finally:
+        timer.cancel()
+    assert 0.45 < time.monotonic() - started < 2
+
+
 # -- live ----------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     with Stack(tmp_path_factory.mktemp("lane"), {"sample": "tests.sample_service:Sample"}, down=["lost"],
-               access_token=TOKEN, open_commands=["add"], max_body_bytes=4096) as running:
+               access_token=TOKEN, open_commands=["add"], max_body_bytes=4096,
+               body_timeout=BODY_TIMEOUT, body_min_rate=BODY_MIN_RATE, forward_timeout=FORWARD_TIMEOUT) as running:
         yield running
 
 
@@ -224,3 +256,55 @@ def test_connection_close_is_honoured(conn):
     conn.send(head(Connection="close") + BODY)
     status, headers, _ = conn.answer()
     assert status == 200 and headers["connection"] == "close" and conn.closed()
+
+
+def padded(size: int) -> bytes:
+    """A command body of ``size`` bytes (the JSON padded with spaces)."""
+    return BODY + b" " * (size - len(BODY))
+
+
+def test_a_trickled_body_is_cut_at_one_deadline_for_all_of_it(conn):
+    size = 300
+    budget = BODY_TIMEOUT + size / BODY_MIN_RATE  # what read_body gives the whole body: 5 s
+    body = padded(size)
+    conn.send(head(Content_Length=str(size)) + body[:1])
+    started = time.monotonic()
+    sent = 1
+    # One byte every 50 ms (20 bytes/s, a fifth of the minimum rate): all of it would take 15 s. Each
+    # byte arrives long before the budget, so a budget that restarts with every recv never runs out.
+    while not select.select([conn.sock], [], [], 0.05)[0]:
+        assert time.monotonic() - started < budget + 5, f"no answer after {sent} bytes trickled"
+        conn.send(body[sent:sent + 1])
+        sent += 1
+    status, headers, answer = conn.answer()
+    took = time.monotonic() - started
+    assert status == 408 and "did not arrive in time" in json.loads(answer)["error"]
+    assert headers["connection"] == "close" and conn.closed()
+    assert budget - 0.5 < took < budget + 3, f"cut after {took:.1f} s, the budget is {budget:g} s"
+    assert sent < size
+
+
+def test_a_slow_body_within_the_rate_is_served(conn):
+    size = 300  # 5 s allowed; sent in three pieces over about 2 s
+    body = padded(size)
+    conn.send(head(Content_Length=str(size)))
+    for i in range(3):
+        assert not select.select([conn.sock], [], [], 1.0 if i else 0)[0], "answered before the body was whole"
+        conn.send(body[i * 100:(i + 1) * 100])
+    status, headers, answer = conn.answer()
+    assert status == 200 and json.loads(answer) == {"success": True, "result": 5}
+    assert headers["connection"] == "keep-alive"
+
+
+def test_slow_commands_on_one_connection_each_get_the_whole_forward_timeout(conn):
+    """Commands of 0.8 s, one after the other on one kept-alive connection (to the gateway and from it
+    to the service): 4 s in all, twice the forward timeout, and each is answered."""
+    for _ in range(5):
+        conn.send(command_with("wait_gate", {"timeout": 0.8}, Authorization="Bearer " + TOKEN))
+        status, _, answer = conn.answer()
+        assert status == 200 and json.loads(answer) == {"success": True, "result": False}
+
+
+def command_with(cmd: str, args: dict, **headers: str) -> bytes:
+    body = json.dumps({"cmd": cmd, "args": args}).encode()
+    return head(Content_Length=str(len(body)), **headers) + body

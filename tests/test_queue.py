@@ -568,3 +568,18 @@ def test_os_pid_env(make_queue):
     assert env[b"SHMOOZE_MODULE_UID"] == uid.encode()
     assert b"SHMOOZE_OWNER" in env
     assert os.getpgid(pid) == pid  # its own process group: the ladder signals the group
+
+
+def test_add_answers_after_the_parameters_the_module_set_before_answering_init(make_queue):
+    """misbehave.py sets {"pid"} on its update stream, then answers init. The update stream is read
+    by the I/O thread: while it is late (held here), the answer to add used to overtake the
+    parameter, and an ask_module right after the add found none (the soak's "ask_module answered
+    without the pid")."""
+    q = make_queue([mtype("good", command_timeout=5.0)])  # (add waits up to this long for the I/O thread)
+    loop = q.svc.loop
+    for _ in range(2):
+        held = threading.Event()
+        loop.call_soon(lambda: (held.set(), time.sleep(1.5)))  # the I/O thread busy while the module starts
+        assert held.wait(5)
+        uid = q.add("good")
+        assert isinstance(q.param(uid, "pid"), int)
