@@ -1,8 +1,13 @@
 """The command log: every state-changing command and module update, in SQLite.
 
-Writes never slow a command down: :meth:`CommandLog.record` puts the row on an
-in-memory queue and returns; one writer thread (:class:`shmooze.batchwriter.BatchWriter`)
-inserts what has gathered in one transaction. Applications read history with :meth:`CommandLog.history`.
+:meth:`CommandLog.record` puts the row on an in-memory queue and returns; one writer thread
+(:class:`shmooze.batchwriter.BatchWriter`) inserts what has gathered in one transaction, and a
+service answers a command once :meth:`CommandLog.sync` says its rows are committed (group commit:
+the rows of every command that arrived meanwhile share the transaction). ``durability`` ``fsync``
+(the default) commits with SQLite's ``synchronous=FULL`` (synced to the disk), ``write`` with
+``NORMAL`` (a crash of the service loses nothing; a power cut, the last commits). A row that cannot
+be committed is named in the log (what, when, which module). Applications read history with
+:meth:`CommandLog.history`.
 
 The log stays small: the writer deletes rows older than ``max_age`` seconds and,
 when the rows take more than ``max_bytes``, the oldest ones, checking after every
@@ -21,7 +26,7 @@ import sqlite3
 import time
 from typing import Any
 
-from shmooze.batchwriter import BatchWriter
+from shmooze.batchwriter import BatchWriter, WriteFailed
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +52,10 @@ class CommandLog:
     """An append-only SQLite log, written by a background thread, pruned by age and size."""
 
     def __init__(self, path: str, service: str, max_age: float = 7 * 86400, max_bytes: int = 100_000_000,
-                 prune_every: int = 10_000):
+                 prune_every: int = 10_000, durability: str = "fsync"):
         self.path = path
         self.service = service
+        self.synchronous = "FULL" if durability == "fsync" else "NORMAL"
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.max_age, self.max_bytes, self.prune_every = max_age, max_bytes, prune_every  # see prune()
         self.pruned = 0
@@ -66,7 +72,7 @@ class CommandLog:
         if auto_vacuum:  # takes effect on a new file only (before WAL): then pruning shrinks the file
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
         return db
 
     def record(self, namespace: str, uid: str | None, command: dict[str, Any], result: Any,
@@ -79,6 +85,16 @@ class CommandLog:
             self.dropped += 1
             return
         self._writer.put(row)
+
+    @property
+    def tickets(self) -> int:
+        """Rows recorded so far: pass it to :meth:`sync` as ``since`` before recording."""
+        return self._writer.tickets
+
+    def sync(self, since: int = 0, timeout: float = 30.0) -> str | None:
+        """Block until every row recorded so far is committed; None when those after ``since`` are, else
+        why not (the rows lost are named in the log)."""
+        return self._writer.wait(since, timeout)
 
     def prune(self, db: sqlite3.Connection) -> int:
         """Delete rows past the age limit, then the oldest rows while the rest take more than ``max_bytes``."""
@@ -112,11 +128,16 @@ class CommandLog:
                 self._db.executemany("INSERT INTO log (time, service, namespace, uid, type, cmd, input, output) "
                                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 self._db.execute("COMMIT")
-            except sqlite3.Error:
-                log.exception("command log: %d row(s) lost", len(rows))
+            except sqlite3.Error as exc:
                 self.dropped += len(rows)
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
+                named = "; ".join(f"{time.strftime('%H:%M:%S', time.localtime(r[0]))} {r[2]} {r[5]} {r[3] or ''}"
+                                  for r in rows[:20]) + (f"; and {len(rows) - 20} more" if len(rows) > 20 else "")
+                log.error("command log %s: %d row(s) lost (%s): %s", self.path, len(rows), exc, named)
+                if last:
+                    self._db.close()
+                raise WriteFailed(f"the command log could not commit {len(rows)} row(s): {exc}") from None
             self._since_prune += len(rows)
         if last:
             self._db.close()
