@@ -11,14 +11,14 @@ so damage loses the damaged records only, and the numbers say exactly which (the
 SQLite file, damaged, is unreadable as a whole); replay needs no schema; and the writer appends
 and syncs, nothing more.
 
-Commands wait for the disk, together: :class:`Journal` methods put the change on an in-memory queue
-(under the service's lock, so the order on disk is the order of the changes) and return a ticket;
-the service answers a command once :meth:`Journal.sync` says its changes are kept. One writer thread
-applies changes to its own copy of the state, appends every change that has gathered in one write,
-and (``durability`` ``fsync``, the default) syncs the file once for all of them before their
-commands are answered: group commit. With ``durability`` ``write`` it answers once the changes are
-written to the kernel (a crash of the service loses nothing acknowledged; a power cut can lose the
-last ``fsync_interval``, 50 ms). The file is rewritten as one snapshot when it has grown to several
+Commands wait for the journal, together: :class:`Journal` methods put the change on an in-memory
+queue (under the service's lock, so the order on disk is the order of the changes) and return; the
+service answers a command once :meth:`Journal.sync` says its changes are kept. One writer thread
+applies changes to its own copy of the state and appends every change that has gathered in one
+write: group commit. With ``durability`` ``write`` (the default) the changes are kept once written
+to the kernel (a crash of the service loses nothing acknowledged) and the file is synced at most
+every ``fsync_interval`` (50 ms: what a power cut can lose); with ``fsync`` the writer syncs the
+file once for all the changes of the write before their commands are answered. The file is rewritten as one snapshot when it has grown to several
 times the state. Parameter updates, which no command waits for, are coalesced: at most one record
 per module every ``params_interval`` seconds, carrying its full parameters as the service last
 heard them.
@@ -41,7 +41,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable
 
-from shmooze.batchwriter import BatchWriter, WriteFailed
+from shmooze.batchwriter import BatchWriter, Syncer, WriteFailed
 
 log = logging.getLogger(__name__)
 
@@ -249,10 +249,10 @@ _SYNC = object()  # queued by flush(): write and fsync everything now (parameter
 class Journal:
     """The journal of one service: read on creation, then appended by a writer thread.
 
-    ``durability``: ``fsync`` (a change is kept once synced to the disk) or ``write`` (once
-    written to the kernel; synced within ``fsync_interval``). See :meth:`sync`."""
+    ``durability``: ``write`` (a change is kept once written to the kernel; synced within
+    ``fsync_interval``) or ``fsync`` (once synced to the disk). See :meth:`sync`."""
 
-    def __init__(self, path: str, service: str, *, params_interval: float = 0.5, durability: str = FSYNC,
+    def __init__(self, path: str, service: str, *, params_interval: float = 0.5, durability: str = WRITE,
                  compact_min: int = 1000, fsync_interval: float = 0.05):
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY)}, not {durability!r}")
@@ -263,7 +263,6 @@ class Journal:
         self.compact_min = compact_min
         self.fsync_interval = fsync_interval
         self._unsynced = False
-        self._synced_at = 0.0
         self._rewrite_due = False  # a write failed: the file is rewritten whole from the state
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         entries, problem = read(path)
@@ -298,7 +297,9 @@ class Journal:
         self.writes = 0
         self.syncs = 0
         self.compactions = 0
-        # No gathering delay: the changes that arrive while a write and its sync run make the next batch.
+        # (write) Synced within fsync_interval, on a thread of its own: writes never wait for the disk.
+        self._syncer = Syncer(f"{service}-journal-sync", path, fsync_interval) if durability == WRITE else None
+        # No gathering delay: the changes that arrive while a write (and its sync) run make the next batch.
         self._writer = BatchWriter(f"{service}-journal", self._write_batch, timeout=self._idle_time)
 
     # -- what the service records (never blocks on the disk) ----------------------------
@@ -345,12 +346,10 @@ class Journal:
     # -- the writer thread ----------------------------------------------------------------
 
     def _idle_time(self) -> float:
-        """How long the writer may wait for a change before parameters, an fsync or a rewrite are due."""
+        """How long the writer may wait for a change before parameters or a rewrite are due."""
         timeout = self.params_interval
         if self._dirty or self._unplaced:
             timeout = max(0.0, self._params_due - time.monotonic())
-        if self._unsynced:
-            timeout = min(timeout, max(0.0, self._synced_at + self.fsync_interval - time.monotonic()))
         if self._rewrite_due:
             timeout = min(timeout, 1.0)  # try again every second until the disk takes it
         return timeout
@@ -364,11 +363,12 @@ class Journal:
                 self._rewrite_due = False
                 log.warning("%s journal %s: written whole again after a failed write", self.service, self.path)
             self._write(changes, flush_params=now or time.monotonic() >= self._params_due)
-            due = now or time.monotonic() >= self._synced_at + self.fsync_interval
-            if self._unsynced and (due or (changes and self.durability == FSYNC)):
+            if self._unsynced and self._syncer is not None and not now:
+                self._syncer.written()
+            elif self._unsynced:
                 _datasync(self._file.fileno())  # one for every change of the batch: their commands wait
-                self._unsynced, self._synced_at = False, time.monotonic()
                 self.syncs += 1
+            self._unsynced = False
         except OSError as exc:
             if changes or not self._rewrite_due:  # (not once a second while the disk stays full)
                 log.error("%s journal %s: write failed (%s): %d change(s) not kept yet (their commands are "
@@ -453,10 +453,12 @@ class Journal:
     def close(self) -> None:
         """Write what is pending and stop recording: later changes (the service stopping) are not kept."""
         self._writer.close()
+        if self._syncer is not None:
+            self._syncer.close()
 
     def status(self) -> dict[str, Any]:
         return {"path": self.path, "modules": len(self._state.entries), "pending": self._writer.pending,
-                "writes": self.writes, "syncs": self.syncs, "compactions": self.compactions,
+                "writes": self.writes, "syncs": self.syncs + (self._syncer.syncs if self._syncer else 0), "compactions": self.compactions,
                 "recovered": len(self.recovered), "problem": self.problem, "durability": self.durability}
 
 

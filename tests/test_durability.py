@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from shmooze.client import Client
+from shmooze.cmdlog import CommandLog
 from shmooze.journal import RS, Journal, read
 from shmooze.moduletype import python_module
 from shmooze.protocol import Command
@@ -161,9 +162,9 @@ def test_journal_of_the_first_format_is_still_read(tmp_path):
     assert [e["uid"] for e in read(str(path))[0]] == ["a", "b"]
 
 
-def test_a_change_is_answered_once_synced(tmp_path):
-    """Every batch of changes is synced before their commands are answered (one sync for a burst)."""
-    j = Journal(str(tmp_path / "q.journal"), "queue")
+def test_with_fsync_a_change_is_answered_once_synced(tmp_path):
+    """Every batch of changes is synced before their commands are answered (a burst shares syncs)."""
+    j = Journal(str(tmp_path / "q.journal"), "queue", durability="fsync")
     try:
         since = j.tickets
         threads = [threading.Thread(target=j.added, args=(f"u{i}", "keep", {})) for i in range(50)]
@@ -180,6 +181,30 @@ def test_a_change_is_answered_once_synced(tmp_path):
     since = j.tickets
     j.removed(["u1"])  # a change recorded once the journal is closed is not kept, and says so
     assert "closed" in (j.sync(since) or "")
+
+
+@pytest.mark.parametrize("durability", ["fsync", "write"])
+def test_a_command_is_answered_once_its_row_and_its_change_are_kept(tmp_path, durability):
+    """Read by another connection the moment the answer comes, without any flush: the row is there."""
+    q = Queue([python_module("slow", SLOW_RESTORE, "0", **FAST)], journal=str(tmp_path / "queue.journal"),
+              durability=durability)
+    q.command_log = CommandLog(str(tmp_path / "log.db"), "queue", durability=durability)
+    q.start()
+    try:
+        wait_for(lambda: not q.restoring, 30)
+        for _ in range(5):
+            uid = call(q, "add", type="slow")["uid"]
+            db = sqlite3.connect(f"file:{tmp_path / 'log.db'}?mode=ro", uri=True)
+            try:
+                assert db.execute("SELECT cmd FROM log WHERE uid = ?", (uid,)).fetchall() == [("add",)]
+            finally:
+                db.close()
+            assert uid in [e["uid"] for e in read(str(tmp_path / "queue.journal"))[0]]
+            call(q, "rm", uids=[uid])
+            assert uid not in [e["uid"] for e in read(str(tmp_path / "queue.journal"))[0]]
+        assert q.journal.status()["durability"] == durability and q.command_log.dropped == 0
+    finally:
+        q.stop()
 
 
 # -- commands during a restore ------------------------------------------------------------------------
@@ -254,12 +279,14 @@ def test_mv_and_a_keyed_retry_during_a_restore_apply_to_the_restored_queue(tmp_p
 # -- 64 clients and a SIGKILL of the queue's worker -----------------------------------------------------
 
 @pytest.mark.timeout(300)
-def test_64_clients_and_a_killed_worker_lose_no_acknowledged_change(tmp_path, request):
+@pytest.mark.parametrize("durability", ["write", "fsync"])
+def test_64_clients_and_a_killed_worker_lose_no_acknowledged_change(tmp_path, request, durability):
     ports = {"wsgi": free_port(), "queue": free_port()}
     log_db = tmp_path / "state" / "commands.db"
     path = write_settings(tmp_path / "settings.json", ports=ports, run_path=str(tmp_path / "run"),
                           services={"queue": "tests.apps:make_queue"}, journal_path=str(tmp_path / "state"),
-                          log_database_path=str(log_db), stop_timeout=5, service_threads=64)
+                          log_database_path=str(log_db), stop_timeout=5, service_threads=64,
+                          durability=durability)
     url = f"http://127.0.0.1:{ports['wsgi']}/"
     run = start_run(path, tmp_path, "run")
     stop = threading.Event()
@@ -338,7 +365,7 @@ def test_64_clients_and_a_killed_worker_lose_no_acknowledged_change(tmp_path, re
         missing_rms = sorted(set(acked_rms) - logged_rms)
         assert not missing_adds and not missing_rms, \
             f"acknowledged but not in the command log: {len(missing_adds)} add(s), {len(missing_rms)} rm(s)"
-        report_line(request, f"64 clients, worker killed: {len(acked_adds)} add(s) and {len(acked_rms)} rm(s) "
+        report_line(request, f"64 clients ({durability}), worker killed: {len(acked_adds)} add(s) and {len(acked_rms)} rm(s) "
                              f"acknowledged ({near_kill} in the second before the kill), {len(failures)} not "
                              f"answered or failed; undone: 0; missing from the command log: 0")
         assert len(acked_adds) >= 250 and len(acked_rms) >= 100
