@@ -1,36 +1,49 @@
-"""What does the state journal cost, and how fast does a queue come back after a restart?
+"""What does keeping a command cost, and how fast does a queue come back after a restart?
 
-Run: ``.venv/bin/python bench/journal_bench.py [--quick]``. In-process queues (no HTTP, which
-would only dilute the difference), journal on and journal off in interleaved rounds:
+Run: ``.venv/bin/python bench/journal_bench.py [--quick] [--baseline REF|DIR|none]``. In-process queues
+(no HTTP, which would only dilute the difference), each round in a fresh process, four ways in
+interleaved rounds (the order rotating):
 
-- ``add+rm``: add a module (bash, the cheapest to start) and remove it, per pair;
-- ``mv``: reorder a queue of 20 modules, per command;
-- ``parameter updates``: a module sends 20 000 ``set_parameters``; time until the service has them all;
-- restore: from ``start()`` of a queue whose journal holds N modules to all of them running,
-  against adding the same N modules by hand (one ``add`` after the other, as a client would).
+- ``write`` (the default): journal and command log on; a command is answered once its change is
+  written to the kernel (synced within 50 ms), the commands of a moment sharing one write;
+- ``fsync``: the same, answered once the change is synced to the disk (group commit: one sync for
+  the commands of a moment);
+- ``today``: journal and command log on, the code before "acknowledged means kept" (a git ref,
+  extracted to a temporary folder): commands answered before anything is written;
+- ``off``: no journal, no command log: the floor.
 
-Each figure: median with min-max over the rounds; ratios are of medians (journal on / off; goal
-<= 1.05x). Results also go to ``bench/results/journal.json``.
+Measured per round: ``add`` + ``rm`` of a module (bash, the cheapest to start), one pair after the
+other and by 16 clients at once (per pair: throughput); ``mv`` of a queue of 20 modules; 20 000
+parameter updates until the service has them all; and the restore: from ``start()`` of a queue whose
+journal holds N modules to all of them running, against adding them by hand.
+
+Each figure: median with min-max over the rounds; ratios are of medians (goal: the default,
+``write``, within 1.1x of ``today``). Results also go to ``bench/results/journal.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for extra in (str(ROOT), str(ROOT / "pymodule"), str(ROOT / "bench")):
-    if extra not in sys.path:
-        sys.path.insert(0, extra)
-os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "pymodule"), os.environ.get("PYTHONPATH", "")])
+SRC = Path(os.environ.get("JOURNAL_BENCH_SRC") or ROOT)  # the code measured (another checkout for "today")
+for extra in (str(ROOT / "bench"), str(SRC / "pymodule"), str(SRC)):
+    if extra in sys.path:
+        sys.path.remove(extra)
+    sys.path.insert(0, extra)
+os.environ["PYTHONPATH"] = os.pathsep.join([str(SRC), str(SRC / "pymodule"), os.environ.get("PYTHONPATH", "")])
 
-from common import Section, markdown, rounds_row, save_sections  # noqa: E402
+from shmooze.cmdlog import CommandLog  # noqa: E402
 from shmooze.moduletype import ModuleType, python_module  # noqa: E402
 from shmooze.protocol import Command  # noqa: E402
 from shmooze.queue import Queue  # noqa: E402
@@ -39,6 +52,10 @@ SHOUT = str(ROOT / "examples" / "modules" / "shout.sh")
 MISBEHAVE = str(ROOT / "tests" / "modules" / "misbehave.py")
 FAST = {"rm_timeout": 0.5, "term_timeout": 0.5}
 FLOOD = 20_000
+CLIENTS = 16
+MODES = ("write", "fsync", "today", "off")
+LABELS = {"write": "answered once written (write, the default)", "fsync": "answered once synced (fsync)",
+          "today": "today: answered before writing", "off": "no journal, no command log"}
 
 
 def types() -> list[ModuleType]:
@@ -53,25 +70,42 @@ def run(q: Queue, cmd: str, **args):
     return answer.get("result")
 
 
-def queue_with(journal: str | None) -> Queue:
-    q = Queue(types(), journal=journal)
+def queue_with(journal: str | None, durability: str | None = None, log: str | None = None) -> Queue:
+    """A started queue; ``durability`` None: the code's own default (the only way of ``today``)."""
+    options = {} if durability is None else {"durability": durability}
+    q = Queue(types(), journal=journal, **options)
+    if log is not None:
+        q.command_log = CommandLog(log, "queue", **options)
     q.start()
     while q.restoring:
         time.sleep(0.005)
     return q
 
 
-def one_round(journal_on: bool, pairs: int) -> dict[str, float]:
+def add_rm(q: Queue, pairs: int) -> None:
+    for _ in range(pairs):
+        uid = run(q, "add", type="shout", args={"text": "x"})["uid"]
+        run(q, "rm", uids=[uid])
+
+
+def one_round(mode: str, pairs: int, moves: int) -> dict[str, float]:
+    """One round of one mode (in its own process: ``--round``)."""
     tmp = tempfile.mkdtemp(prefix="shmooze-journal-bench-")
-    q = queue_with(os.path.join(tmp, "queue.journal") if journal_on else None)
+    keep = mode != "off"
+    q = queue_with(os.path.join(tmp, "queue.journal") if keep else None, mode if mode in ("fsync", "write") else None,
+                   os.path.join(tmp, "log.db") if keep else None)
     try:
         t0 = time.perf_counter()
-        for _ in range(pairs):
-            uid = run(q, "add", type="shout", args={"text": "x"})["uid"]
-            run(q, "rm", uids=[uid])
-        add_rm = (time.perf_counter() - t0) / pairs
+        add_rm(q, pairs)
+        sequential = (time.perf_counter() - t0) / pairs
+        threads = [threading.Thread(target=add_rm, args=(q, max(1, pairs // 4))) for _ in range(CLIENTS)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        together = (time.perf_counter() - t0) / (CLIENTS * max(1, pairs // 4))
         uids = [run(q, "add", type="shout", args={"text": str(i)})["uid"] for i in range(20)]
-        moves = 2000
         t0 = time.perf_counter()
         for i in range(moves):
             run(q, "mv", uids=[uids[i % 20]])
@@ -83,7 +117,9 @@ def one_round(journal_on: bool, pairs: int) -> dict[str, float]:
         updates = (time.perf_counter() - t0) / FLOOD
         if q.journal is not None:
             q.journal.flush(30)
-        return {"add_rm_ms": add_rm * 1000, "mv_us": mv * 1e6, "update_us": updates * 1e6}
+        syncs = getattr(q.journal, "syncs", None)
+        return {"add_rm_ms": sequential * 1000, "add_rm_16_ms": together * 1000, "mv_us": mv * 1e6,
+                "update_us": updates * 1e6, "journal_syncs": syncs if syncs is not None else -1}
     finally:
         q.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -115,32 +151,94 @@ def restore_round(count: int) -> dict[str, float]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def baseline_source(spec: str) -> tuple[str | None, str]:
+    """A folder holding the code of ``today`` and what it is: a folder given, a git ref extracted (to a
+    temporary folder: see :func:`main`), or ``auto``: the parent of the commit that brought
+    ``durability`` into shmooze/journal.py."""
+    if spec == "none":
+        return None, "none"
+    if os.path.isdir(spec):
+        return spec, spec
+    ref = spec
+    if spec == "auto":
+        found = subprocess.run(["git", "-C", str(ROOT), "log", "--reverse", "--format=%H", "-S", "DURABILITY = ",
+                                "--", "shmooze/journal.py"], capture_output=True, text=True).stdout.split()
+        if not found:
+            return None, "none (no commit brings durability: this checkout is today)"
+        ref = found[0] + "^"
+    folder = tempfile.mkdtemp(prefix="shmooze-journal-today-")
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "shmooze", "pymodule"], capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"cannot extract {ref}: {archive.stderr.decode(errors='replace')}")
+    subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
+    described = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s", ref], capture_output=True,
+                               text=True).stdout.strip()
+    return folder, f"git {described[:70]}"
+
+
+def round_in_child(mode: str, pairs: int, moves: int, today: str | None) -> dict[str, float]:
+    env = {**os.environ, "JOURNAL_BENCH_SRC": today if mode == "today" and today else str(ROOT)}
+    env.pop("PYTHONPATH", None)
+    out = subprocess.run([sys.executable, __file__, "--round", mode, "--pairs", str(pairs), "--moves", str(moves)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"round {mode} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="3 rounds, fewer modules")
+    parser.add_argument("--baseline", default="auto", help="today's code: a git ref, a folder, auto or none")
+    parser.add_argument("--round", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--pairs", type=int, default=50, help=argparse.SUPPRESS)
+    parser.add_argument("--moves", type=int, default=500, help=argparse.SUPPRESS)
     opts = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if opts.round:
+        sys.stdout.write(json.dumps(one_round(opts.round, opts.pairs, opts.moves)) + "\n")
+        return 0
+    from common import Section, markdown, rounds_row, save_sections
+
     rounds = 3 if opts.quick else 5
-    pairs = 20 if opts.quick else 50
+    pairs = 20 if opts.quick else 48
+    moves = 200 if opts.quick else 500
     restore_count = 50 if opts.quick else 100
-    on: list[dict[str, float]] = []
-    off: list[dict[str, float]] = []
-    for r in range(rounds):  # interleaved, the order alternating, nothing discarded
-        for journal_on in ((True, False) if r % 2 == 0 else (False, True)):
-            (on if journal_on else off).append(one_round(journal_on, pairs))
+    today, today_label = baseline_source(opts.baseline)
+    modes = [m for m in MODES if m != "today" or today]
+    results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    try:
+        for r in range(rounds):  # interleaved, the order rotating, nothing discarded
+            for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+                results[mode].append(round_in_child(mode, pairs, moves, today))
+    finally:
+        if today and today != opts.baseline:  # extracted here
+            shutil.rmtree(today, ignore_errors=True)
     restores = [restore_round(restore_count) for _ in range(rounds)]
 
-    sec = Section(f"State journal cost (in-process queue; {rounds} rounds, on and off interleaved, the order "
-                  "alternating)")
-    for key, label, unit in (("add_rm_ms", "add + rm, per pair", "ms"), ("mv_us", "mv (20 modules), per command", "us"),
-                             ("update_us", f"parameter updates ({FLOOD}), per update", "us")):
-        sec.add(rounds_row(f"journal on: {label}", [x[key] for x in on], unit, [x[key] for x in off], "journal off",
-                           max_ratio=1.05 if key == "update_us" else None))
+    sec = Section(f"Keeping a command: journal and command log (in-process queue; {rounds} rounds, the ways "
+                  "interleaved, each round a fresh process)")
+    measures = (("add_rm_ms", "add + rm, per pair", "ms"),
+                ("add_rm_16_ms", f"add + rm by {CLIENTS} clients at once, per pair", "ms"),
+                ("mv_us", "mv (20 modules), per command", "us"),
+                ("update_us", f"parameter updates ({FLOOD}), per update", "us"))
+    for key, label, unit in measures:
+        for mode in ("write", "fsync"):
+            floor = "today" if today else "off"
+            sec.add(rounds_row(f"{LABELS[mode]}: {label}", [x[key] for x in results[mode]], unit,
+                               [x[key] for x in results[floor]], LABELS[floor],
+                               max_ratio=1.1 if mode == "write" and key != "update_us" and floor == "today" else None))
+        for mode in ("today", "off") if today else ("off",):
+            sec.add(rounds_row(f"{LABELS[mode]}: {label}", [x[key] for x in results[mode]], unit))
     sec.add(rounds_row(f"{restore_count} modules restored at start, until all running",
                        [x["restore_s"] for x in restores], "s", [x["by_hand_s"] for x in restores],
                        "added by hand one after the other"))
+    syncs = [x["journal_syncs"] for x in results["fsync"]]
+    sec.notes.append(f"today = {today_label}. Journal syncs per fsync round (median): {sorted(syncs)[len(syncs) // 2]:.0f}"
+                     f" for {pairs * 2 + CLIENTS * max(1, pairs // 4) * 2 + 21 + moves + 1} changes "
+                     "(group commit: the 16 clients share syncs).")
     sys.stdout.write(markdown(sec) + "\n")
-    save_sections("journal", [sec], opts.quick, rounds_on=on, rounds_off=off, restore=restores)
+    save_sections("journal", [sec], opts.quick, rounds=results, restore=restores, today=today_label)
     return 0
 
 

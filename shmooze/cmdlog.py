@@ -1,8 +1,14 @@
 """The command log: every state-changing command and module update, in SQLite.
 
-Writes never slow a command down: :meth:`CommandLog.record` puts the row on an
-in-memory queue and returns; one writer thread (:class:`shmooze.batchwriter.BatchWriter`)
-inserts what has gathered in one transaction. Applications read history with :meth:`CommandLog.history`.
+:meth:`CommandLog.record` puts the row on an in-memory queue and returns; one writer thread
+(:class:`shmooze.batchwriter.BatchWriter`) inserts what has gathered in one transaction, and a
+service answers a command once :meth:`CommandLog.sync` says its rows are committed (group commit:
+the rows of every command that arrived meanwhile share the transaction). ``durability`` ``write``
+(the default) commits with SQLite's ``synchronous=NORMAL`` (written to the kernel: a crash of the
+service loses nothing) and syncs the write-ahead log at most every ``sync_interval`` (50 ms: what
+a power cut can lose); ``fsync`` commits with ``FULL`` (synced to the disk). A row that cannot be
+committed is named in the log (what, when, which module). Applications read history with
+:meth:`CommandLog.history`.
 
 The log stays small: the writer deletes rows older than ``max_age`` seconds and,
 when the rows take more than ``max_bytes``, the oldest ones, checking after every
@@ -21,7 +27,7 @@ import time
 from typing import Any
 
 from shmooze import private
-from shmooze.batchwriter import BatchWriter
+from shmooze.batchwriter import BatchWriter, Syncer, WriteFailed
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +47,22 @@ CREATE INDEX IF NOT EXISTS log_cmd_time ON log (cmd, time);
 CREATE INDEX IF NOT EXISTS log_uid ON log (uid);
 CREATE INDEX IF NOT EXISTS log_time ON log (time);
 """
+INSERT = "INSERT INTO log (time, service, namespace, uid, type, cmd, input, output) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 class CommandLog:
     """An append-only SQLite log, written by a background thread, pruned by age and size."""
 
     def __init__(self, path: str, service: str, max_age: float = 7 * 86400, max_bytes: int = 100_000_000,
-                 prune_every: int = 10_000):
+                 prune_every: int = 10_000, durability: str = "write", sync_interval: float = 0.05):
         self.path = path
         self.service = service
         private.private_state(path, ("-wal", "-shm"))  # folder 0700 when made here; old files 0600
+        self.synchronous = "FULL" if durability == "fsync" else "NORMAL"
+        # (NORMAL) The write-ahead log synced within sync_interval, on a thread of its own (SQLite has no call
+        # for that short of a checkpoint; a sync of the file is one), so commits never wait for the disk.
+        self._syncer = Syncer(f"{service}-cmdlog-sync", path + "-wal", sync_interval) \
+            if self.synchronous == "NORMAL" else None
         self.max_age, self.max_bytes, self.prune_every = max_age, max_bytes, prune_every  # see prune()
         self.pruned = 0
         self._db = self._connect(auto_vacuum=True)  # the writer's connection (used on its thread only)
@@ -66,7 +78,7 @@ class CommandLog:
         if auto_vacuum:  # takes effect on a new file only (before WAL): then pruning shrinks the file
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
         return db
 
     def record(self, namespace: str, uid: str | None, command: dict[str, Any], result: Any,
@@ -79,6 +91,16 @@ class CommandLog:
             self.dropped += 1
             return
         self._writer.put(row)
+
+    @property
+    def tickets(self) -> int:
+        """Rows recorded so far: pass it to :meth:`sync` as ``since`` before recording."""
+        return self._writer.tickets
+
+    def sync(self, since: int = 0, timeout: float = 30.0) -> str | None:
+        """Block until every row recorded so far is committed; None when those after ``since`` are, else
+        why not (the rows lost are named in the log)."""
+        return self._writer.wait(since, timeout)
 
     def prune(self, db: sqlite3.Connection) -> int:
         """Delete rows past the age limit, then the oldest rows while the rest take more than ``max_bytes``."""
@@ -108,16 +130,25 @@ class CommandLog:
             self._since_prune, self._next_prune = 0, time.monotonic() + 60
         if rows:
             try:
-                self._db.execute("BEGIN")
-                self._db.executemany("INSERT INTO log (time, service, namespace, uid, type, cmd, input, output) "
-                                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                self._db.execute("COMMIT")
-            except sqlite3.Error:
-                log.exception("command log: %d row(s) lost", len(rows))
+                if len(rows) == 1:  # its own transaction: one call (a command waits for it), not three
+                    self._db.execute(INSERT, rows[0])
+                else:
+                    self._db.execute("BEGIN")
+                    self._db.executemany(INSERT, rows)
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
                 self.dropped += len(rows)
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
+                named = "; ".join(f"{time.strftime('%H:%M:%S', time.localtime(r[0]))} {r[2]} {r[5]} {r[3] or ''}"
+                                  for r in rows[:20]) + (f"; and {len(rows) - 20} more" if len(rows) > 20 else "")
+                log.error("command log %s: %d row(s) lost (%s): %s", self.path, len(rows), exc, named)
+                if last:
+                    self._db.close()
+                raise WriteFailed(f"the command log could not commit {len(rows)} row(s): {exc}") from None
             self._since_prune += len(rows)
+            if self._syncer is not None:
+                self._syncer.written()
         if last:
             self._db.close()
 
@@ -127,6 +158,8 @@ class CommandLog:
 
     def close(self) -> None:
         self._writer.close()
+        if self._syncer is not None:
+            self._syncer.close()
 
     def history(self, limit: int = 20, type: str | None = None, cmd: str = "add") -> list[dict[str, Any]]:
         """Newest first: the ``cmd`` rows of this service (``add`` by default), optionally of one type."""
