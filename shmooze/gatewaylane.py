@@ -184,8 +184,6 @@ class Lane:
                 except self.http_error as exc:
                     self._send(sock, self._error(exc, True), idle)
                     return None
-                if len(body) < head.length:
-                    return None  # the client went away in the middle of its body
                 buf = b""
             worker = self.worker
             worker.nr += 1
@@ -303,6 +301,12 @@ class GatewayWorker(GeventWorker):
                       and str(getattr(cfg, "http2_cleartext", "off")).lower() in ("off", "false", "none"))
         if isinstance(self.wsgi, Gateway) and plain_http and cfg.keepalive:
             self.lane = Lane(self.wsgi, self, float(cfg.keepalive))
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """gunicorn's error answers (a request its parser refuses), as JSON rather than its HTML page."""
+        from shmooze.httpjson import answer_worker_error
+
+        answer_worker_error(super().handle_error, req, client, addr, exc)
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         lane = self.lane

@@ -160,6 +160,9 @@ def read_body(environ: dict[str, Any], stream: Any, size: int | None, max_bytes:
                 sock.settimeout(prior)
             except OSError:
                 pass
+    if size is not None and got < size:  # the client closed (or half-closed) in the middle of its body
+        raise JSONHTTPError(400, f"the request body ended after {got} of its {size} bytes (Content-Length)",
+                            close=True)
     return b"".join(pieces)
 
 
@@ -210,6 +213,47 @@ def _reason(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Unknown"
+
+
+class _ErrorPage:
+    """A client's socket as gunicorn's ``handle_error`` writes its error page to it: the page is kept
+    here (for its status), nothing is sent."""
+
+    def __init__(self, sock: Any):
+        self.sock = sock
+        self.page = b""
+
+    def sendall(self, data: bytes) -> None:
+        self.page += data
+
+    def gettimeout(self) -> float:
+        return 0.0  # (so gunicorn's write_nonblock leaves the real socket's blocking mode alone)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def answer_worker_error(handle_error: Callable[..., Any], req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+    """gunicorn's ``Worker.handle_error`` (its status, its log lines and access log) answered as JSON,
+    not as gunicorn's HTML page: a request its parser refuses (400, 414, 431, 501...) or an error
+    outside the app (500). The connection is closed after it, as gunicorn does."""
+    from gunicorn import util
+
+    page = _ErrorPage(client)
+    handle_error(req, page, addr, exc)
+    try:
+        status = int(page.page.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        status = 500
+    text = str(exc) if status != 500 else ""  # (a 500 is a fault of ours: its text stays in the log)
+    message = f"{_reason(status).lower()}: {text[:100]}" if text else _reason(status).lower()
+    body = protocol.dumps(protocol.error(message))
+    head = (f"HTTP/1.1 {status} {_reason(status)}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n\r\n")
+    try:
+        util.write_nonblock(client, head.encode("latin-1") + body)
+    except OSError:  # the client may be gone
+        log.debug("could not send an error answer", exc_info=True)
 
 
 def encode_or_fail(request: protocol.Request, answers: list[dict[str, Any]]) -> bytes:

@@ -30,6 +30,8 @@ from typing import Any, Callable
 from gunicorn import http
 from gunicorn.workers import gthread
 
+from shmooze.httpjson import answer_worker_error
+
 #: What the loop reads of a connection at once; a request that does not fit goes to a pool thread.
 READ_SIZE = 64 << 10
 
@@ -85,6 +87,23 @@ class _LoopSocket:
         return getattr(self.sock, name)
 
 
+class _Conn(gthread.TConn):
+    """A connection whose graceful close runs on a pool thread. gunicorn's lingers (up to 2 s) for the
+    client to close, reading what it still sends so that a reset does not cut the last answer; on the
+    loop thread, where gthread does it, a client that keeps its end open would stall every connection."""
+
+    pool: futures.Executor | None = None
+
+    def close(self, graceful: bool = False) -> None:
+        if graceful and self.pool is not None:
+            try:
+                self.pool.submit(super().close, True)
+                return
+            except RuntimeError:  # the pool is shut down (the worker stops): linger here
+                pass
+        super().close(graceful)
+
+
 class LoopWorker(gthread.ThreadWorker):
     """``gthread`` that answers quick requests on its loop thread (see the module's docstring)."""
 
@@ -100,11 +119,13 @@ class LoopWorker(gthread.ThreadWorker):
         if self.quick_request is None:
             self.shortcut = False
 
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """gunicorn's error answers (a request its parser refuses), as JSON rather than its HTML page."""
+        answer_worker_error(super().handle_error, req, client, addr, exc)
+
     def accept(self, listener: Any) -> None:
         """A new connection waits on the loop for its first request (not on a pool thread), like a
         kept-alive one."""
-        if not self.shortcut:
-            return super().accept(listener)
         try:
             sock, addr = listener.accept()
         except OSError as e:
@@ -112,7 +133,12 @@ class LoopWorker(gthread.ThreadWorker):
                 raise
             return None
         self.nr_conns += 1
-        conn = gthread.TConn(self.cfg, sock, addr, listener.getsockname())  # (non-blocking)
+        conn = _Conn(self.cfg, sock, addr, listener.getsockname())  # (non-blocking)
+        conn.pool = self.tpool
+        if not self.shortcut:  # gthread's way: to a pool thread
+            sock.setblocking(True)
+            self.enqueue_req(conn)
+            return None
         conn.set_timeout()
         self.keepalived_conns.append(conn)
         self.poller.register(sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
