@@ -98,8 +98,8 @@ class BatchWriter:
             if not self._writing.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 return f"not written after {timeout:g} s"
             try:
-                if not self.closed or self._items:
-                    self._write_batch(last=False)
+                if self._done < target and (not self.closed or self._items):
+                    self._write_batch(last=False)  # its own items and every one queued meanwhile
             finally:
                 self._writing.release()
 
@@ -135,15 +135,20 @@ class BatchWriter:
             self._done += len(items)
 
     def _run(self) -> None:
-        """Write what nobody waits for: an item ``linger`` after it came, or nothing when ``timeout()`` passed."""
+        """Write what nobody waits for: items still queued ``linger`` after they came; nothing when
+        ``timeout()`` passed (the owner's periodic work)."""
         while True:
             with self._lock:
+                due = False
                 if not self._items and not self.closed:
                     self._idle = True
-                    self._work.wait(self._timeout())
+                    due = not self._work.wait(self._timeout())
                     self._idle = False
-                    if self._items and not self.closed:
-                        self._work.wait(self.linger)  # a waiter may write it first, without a hand-over
+                if not due and not self.closed:
+                    if self._items:
+                        self._work.wait(self.linger)
+                    if not self._items and not self.closed:
+                        continue  # their waiters took them (a command writes its own: no hand-over)
                 last = self.closed
             with self._writing:
                 self._write_batch(last)
