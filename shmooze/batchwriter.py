@@ -49,6 +49,7 @@ class BatchWriter:
         self._lock = threading.Lock()  # the queue and the counts
         self._work = threading.Condition(self._lock)  # wakes the thread: an item while it was idle, close
         self._idle = False
+        self._urgent = False  # (start_writing) the thread writes what is queued without lingering
         self._writing = threading.Lock()  # whoever holds it takes the next batch and writes it
         self._put = 0
         self._done = 0
@@ -103,6 +104,14 @@ class BatchWriter:
             finally:
                 self._writing.release()
 
+    def start_writing(self) -> None:
+        """Have the thread write what is queued now, while the caller does something else before its
+        :meth:`wait` (another writer's sync: the two overlap instead of following each other)."""
+        with self._lock:
+            if self._items:
+                self._urgent = True
+                self._work.notify()
+
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every item put so far is written (or failed); False when ``timeout`` passed first."""
         return self.wait(self._put, timeout) is None
@@ -145,8 +154,9 @@ class BatchWriter:
                     due = not self._work.wait(self._timeout())
                     self._idle = False
                 if not due and not self.closed:
-                    if self._items:
+                    if self._items and not self._urgent:
                         self._work.wait(self.linger)
+                    self._urgent = False
                     if not self._items and not self.closed:
                         continue  # their waiters took them (a command writes its own: no hand-over)
                 last = self.closed
