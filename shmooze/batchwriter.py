@@ -49,6 +49,7 @@ class BatchWriter:
         self._lock = threading.Lock()  # the queue and the counts
         self._work = threading.Condition(self._lock)  # wakes the thread: an item while it was idle, close
         self._idle = False
+        self._urgent = False  # (start_writing) the thread writes what is queued without lingering
         self._writing = threading.Lock()  # whoever holds it takes the next batch and writes it
         self._put = 0
         self._done = 0
@@ -98,10 +99,18 @@ class BatchWriter:
             if not self._writing.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 return f"not written after {timeout:g} s"
             try:
-                if not self.closed or self._items:
-                    self._write_batch(last=False)
+                if self._done < target and (not self.closed or self._items):
+                    self._write_batch(last=False)  # its own items and every one queued meanwhile
             finally:
                 self._writing.release()
+
+    def start_writing(self) -> None:
+        """Have the thread write what is queued now, while the caller does something else before its
+        :meth:`wait` (another writer's sync: the two overlap instead of following each other)."""
+        with self._lock:
+            if self._items:
+                self._urgent = True
+                self._work.notify()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every item put so far is written (or failed); False when ``timeout`` passed first."""
@@ -135,15 +144,21 @@ class BatchWriter:
             self._done += len(items)
 
     def _run(self) -> None:
-        """Write what nobody waits for: an item ``linger`` after it came, or nothing when ``timeout()`` passed."""
+        """Write what nobody waits for: items still queued ``linger`` after they came; nothing when
+        ``timeout()`` passed (the owner's periodic work)."""
         while True:
             with self._lock:
+                due = False
                 if not self._items and not self.closed:
                     self._idle = True
-                    self._work.wait(self._timeout())
+                    due = not self._work.wait(self._timeout())
                     self._idle = False
-                    if self._items and not self.closed:
-                        self._work.wait(self.linger)  # a waiter may write it first, without a hand-over
+                if not due and not self.closed:
+                    if self._items and not self._urgent:
+                        self._work.wait(self.linger)
+                    self._urgent = False
+                    if not self._items and not self.closed:
+                        continue  # their waiters took them (a command writes its own: no hand-over)
                 last = self.closed
             with self._writing:
                 self._write_batch(last)

@@ -1,12 +1,12 @@
 """The command log: every state-changing command and module update, in SQLite.
 
-:meth:`CommandLog.record` puts the row on an in-memory queue and returns; one writer thread
-(:class:`shmooze.batchwriter.BatchWriter`) inserts what has gathered in one transaction, and a
-service answers a command once :meth:`CommandLog.sync` says its rows are committed (group commit:
-the rows of every command that arrived meanwhile share the transaction). ``durability`` ``write``
-(the default) commits with SQLite's ``synchronous=NORMAL`` (written to the kernel: a crash of the
-service loses nothing) and syncs the write-ahead log at most every ``sync_interval`` (50 ms: what
-a power cut can lose); ``fsync`` commits with ``FULL`` (synced to the disk). A row that cannot be
+:meth:`CommandLog.record` puts the row on an in-memory queue and returns; a service answers a
+command once :meth:`CommandLog.sync` says its rows are committed: the waiting command inserts every
+row queued in one transaction (group commit: the rows of the commands that arrived meanwhile share
+it; :class:`shmooze.batchwriter.BatchWriter`), a writer thread what nobody waits for. ``durability`` ``fsync``
+(the default) commits with SQLite's ``synchronous=FULL`` (synced to the disk); ``write`` with
+``NORMAL`` (written to the kernel: a crash of the service loses nothing) and syncs the write-ahead
+log at most every ``sync_interval`` (50 ms: what a power cut can lose). A row that cannot be
 committed is named in the log (what, when, which module). Applications read history with
 :meth:`CommandLog.history`.
 
@@ -54,7 +54,7 @@ class CommandLog:
     """An append-only SQLite log, written by a background thread, pruned by age and size."""
 
     def __init__(self, path: str, service: str, max_age: float = 7 * 86400, max_bytes: int = 100_000_000,
-                 prune_every: int = 10_000, durability: str = "write", sync_interval: float = 0.05):
+                 prune_every: int = 10_000, durability: str = "fsync", sync_interval: float = 0.05):
         self.path = path
         self.service = service
         private.private_state(path, ("-wal", "-shm"))  # folder 0700 when made here; old files 0600
@@ -97,6 +97,10 @@ class CommandLog:
         """Rows recorded so far: pass it to :meth:`sync` as ``since`` before recording."""
         return self._writer.tickets
 
+    def start_writing(self) -> None:
+        """Commit what is recorded on the writer's thread now (see :meth:`sync`): beside another sync."""
+        self._writer.start_writing()
+
     def sync(self, since: int = 0, timeout: float = 30.0) -> str | None:
         """Block until every row recorded so far is committed; None when those after ``since`` are, else
         why not (the rows lost are named in the log)."""
@@ -121,7 +125,8 @@ class CommandLog:
         return deleted
 
     def _write(self, rows: list[Any], last: bool) -> None:
-        """On the writer thread: prune when due, insert ``rows`` in one transaction."""
+        """Under the write lock (a waiting command or the writer's thread): prune when due, insert ``rows``
+        in one transaction."""
         if self._since_prune >= self.prune_every or time.monotonic() >= self._next_prune:
             try:
                 self.prune(self._db)

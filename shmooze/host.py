@@ -29,7 +29,7 @@ from shmooze import procutil, protocol
 from shmooze.containment import MODULE_VAR, Containment
 from shmooze.errors import CommandError
 from shmooze.ioloop import IOLoop
-from shmooze.journal import WRITE, Entry, Journal
+from shmooze.journal import FSYNC, Entry, Journal
 from shmooze.limits import Limits
 from shmooze.module import ModuleBroken, ModuleError, ModuleProcess
 from shmooze.moduletype import ModuleType
@@ -66,8 +66,8 @@ class ModuleHost(Service):
     ``log_module_updates``: every module's parameter updates go to the command log.
 
     Acknowledged means kept: a command that is not read-only is answered once the journal and the
-    command log hold what it changed (:meth:`_dispatch`): written to the kernel (``durability``
-    ``write``, the default) or synced to the disk (``fsync``); commands that touch modules being restored
+    command log hold what it changed (:meth:`_dispatch`): synced to the disk (``durability``
+    ``fsync``, the default) or written to the kernel (``write``); commands that touch modules being restored
     wait for the restore (:meth:`_after_restore_of`).
     """
 
@@ -78,7 +78,7 @@ class ModuleHost(Service):
                  keep_ended: int = 100, journal: str | Journal | None = None,
                  restore_hook: Callable[[Entry], bool] | None = None, restore_concurrency: int = 8,
                  key_window: float = 600.0, log_module_updates: bool = False, containment: str = "auto",
-                 check_peers: bool = True, durability: str = WRITE):
+                 check_peers: bool = True, durability: str = FSYNC):
         """``containment``: ``auto`` (a cgroup per module where possible), ``cgroup`` or ``process-group``;
         ``check_peers``: refuse connections to a module's ports from processes that are not the module."""
         super().__init__()
@@ -547,6 +547,8 @@ class ModuleHost(Service):
         since = journal.tickets if journal is not None else 0
         log_since = command_log.tickets if command_log is not None else 0
         answer = super()._dispatch(item)
+        if journal is not None and command_log is not None and self.durability == FSYNC:
+            command_log.start_writing()  # its commit's sync beside the journal's, not after it
         problem = journal.sync(since) if journal is not None else None
         if command_log is not None:
             command_log.sync(log_since)  # a row it could not keep, it names in the log

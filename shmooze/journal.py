@@ -13,12 +13,12 @@ and syncs, nothing more.
 
 Commands wait for the journal, together: :class:`Journal` methods put the change on an in-memory
 queue (under the service's lock, so the order on disk is the order of the changes) and return; the
-service answers a command once :meth:`Journal.sync` says its changes are kept. One writer thread
-applies changes to its own copy of the state and appends every change that has gathered in one
-write: group commit. With ``durability`` ``write`` (the default) the changes are kept once written
-to the kernel (a crash of the service loses nothing acknowledged) and the file is synced at most
-every ``fsync_interval`` (50 ms: what a power cut can lose); with ``fsync`` the writer syncs the
-file once for all the changes of the write before their commands are answered. The file is rewritten as one snapshot when it has grown to several
+service answers a command once :meth:`Journal.sync` says its changes are kept: the waiting command
+applies every change queued to the journal's own copy of the state and appends them in one write
+(group commit; :class:`shmooze.batchwriter.BatchWriter`). With ``durability`` ``fsync`` (the
+default) it syncs the file once for all of them before their commands are answered; with ``write``
+they are kept once written to the kernel (a crash of the service loses nothing acknowledged) and
+the file is synced at most every ``fsync_interval`` (50 ms: what a power cut can lose). The file is rewritten as one snapshot when it has grown to several
 times the state. Parameter updates, which no command waits for, are coalesced: at most one record
 per module every ``params_interval`` seconds, carrying its full parameters as the service last
 heard them.
@@ -248,12 +248,13 @@ _SYNC = object()  # queued by flush(): write and fsync everything now (parameter
 
 
 class Journal:
-    """The journal of one service: read on creation, then appended by a writer thread.
+    """The journal of one service: read on creation, then appended by the commands that wait for it
+    (or its writer's thread: what nobody waits for).
 
-    ``durability``: ``write`` (a change is kept once written to the kernel; synced within
-    ``fsync_interval``) or ``fsync`` (once synced to the disk). See :meth:`sync`."""
+    ``durability``: ``fsync`` (a change is kept once synced to the disk) or ``write`` (once written
+    to the kernel; synced within ``fsync_interval``). See :meth:`sync`."""
 
-    def __init__(self, path: str, service: str, *, params_interval: float = 0.5, durability: str = WRITE,
+    def __init__(self, path: str, service: str, *, params_interval: float = 0.5, durability: str = FSYNC,
                  compact_min: int = 1000, fsync_interval: float = 0.05):
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY)}, not {durability!r}")
@@ -344,7 +345,7 @@ class Journal:
     def _put(self, item: Any) -> None:
         self._writer.put(item)
 
-    # -- the writer thread ----------------------------------------------------------------
+    # -- writing (the write lock held) ----------------------------------------------------------------
 
     def _idle_time(self) -> float:
         """How long the writer may wait for a change before parameters or a rewrite are due."""
