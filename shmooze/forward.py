@@ -28,9 +28,8 @@ import threading
 import time
 from typing import Any, Callable, NamedTuple
 
-from shmooze.ioloop import native_poll
+from shmooze.cooperative import gevent_sockets, native_poll
 from shmooze.servicekey import AUTH_HEADER, HELLO, Signer
-from shmooze.slowbodies import gevent_sockets
 
 log = logging.getLogger(__name__)
 

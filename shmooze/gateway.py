@@ -26,7 +26,8 @@ from shmooze.longpoll import wait_for_changes_here
 from shmooze.push import PushSession
 from shmooze.service import Service, only_reads
 from shmooze.settings import STATIC_DIR, Settings
-from shmooze.slowbodies import READERS, gevent_sockets
+from shmooze.cooperative import gevent_sockets
+from shmooze.slowbodies import READERS
 from shmooze.websocket import CLOSE_GOING_AWAY, check_origin, host_name
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ from werkzeug.wrappers import Response
 
 from shmooze import protocol
 from shmooze.servicekey import PROOF_HEADER
-from shmooze.slowbodies import READERS, Shed, gevent_sockets
+from shmooze.cooperative import gevent_sockets
+from shmooze.slowbodies import READERS, Shed
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,11 @@ import os
 import select
 import selectors
 import socket
-import sys
 import threading
 import time
 from typing import Any, Callable
+
+from shmooze.cooperative import native_poll
 
 log = logging.getLogger(__name__)
 
@@ -215,22 +216,6 @@ def wait_readable(objs: list[Any], timeout: float) -> list[Any]:
     return [by_fd[fd] for fd, _ in events if fd in by_fd]
 
 
-def native_poll() -> select.poll:
-    """The real ``select.poll`` even when gevent has patched the module (looked up once: the
-    gateway's forward asks it before every reuse of a kept-alive connection)."""
-    global _POLL
-    if _POLL is None:
-        poll = select.poll
-        if "gevent" in sys.modules:
-            from gevent import monkey
-
-            if monkey.is_module_patched("select"):
-                poll = monkey.get_original("select", "poll")
-        _POLL = poll
-    return _POLL()
-
-
-_POLL: Any = None
 
 
 def pidfd(pid: int) -> int | None:

@@ -100,12 +100,3 @@ class SlowBodies:
 READERS = SlowBodies()
 
 
-def gevent_sockets() -> bool:
-    """Whether gevent runs this process's sockets (a gateway worker)."""
-    import sys
-
-    if "gevent" not in sys.modules:
-        return False
-    from gevent import monkey
-
-    return bool(monkey.is_module_patched("socket"))

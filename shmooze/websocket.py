@@ -33,7 +33,6 @@ import logging
 import select
 import socket
 import struct
-import sys
 import threading
 import time
 from collections import deque
@@ -54,6 +53,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
+from shmooze.cooperative import pollers
 from shmooze.errors import ShmoozeError
 
 log = logging.getLogger(__name__)
@@ -235,20 +235,6 @@ def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def _pollers() -> tuple[Callable[[], Any], Callable[[], Any]]:
-    """(native ``poll``, cooperative ``poll``): gevent's when gevent has patched ``select``.
-
-    Not ``select()``: it fails on descriptors >= FD_SETSIZE (1024), and gevent's
-    ``select`` calls the real one first, so a server with many connections would break.
-    """
-    if "gevent" in sys.modules:
-        from gevent import monkey
-
-        if monkey.is_module_patched("select"):
-            import gevent.select
-
-            return monkey.get_original("select", "poll"), gevent.select.poll
-    return select.poll, select.poll
 
 
 def _send_nowait(sock: socket.socket, data: bytes) -> int:
@@ -279,7 +265,7 @@ def _wait_readable(sock: socket.socket, timeout: float | None) -> bool:
     """Wait until ``sock`` is readable (or at EOF); False after ``timeout`` seconds."""
     fd = sock.fileno()
     mask = select.POLLIN | select.POLLPRI
-    native, cooperative = _pollers()
+    native, cooperative = pollers()
     poller = native()
     poller.register(fd, mask)
     if poller.poll(0):

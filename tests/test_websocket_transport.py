@@ -277,7 +277,8 @@ def test_thousand_connections_get_a_broadcast(server: Server) -> None:
         got = [ws.receive(timeout=10) for ws in clients]
         assert got.count(text) == CONNECTIONS
         assert psutil.Process(server.proc.pid).children() == [psutil.Process(server.worker_pid)]
-        assert min(ws.fileno() for ws in clients) > 1024
+        # Above FD_SETSIZE (the padding), but for the few a collected object of an earlier test may free meanwhile.
+        assert sum(ws.fileno() > 1024 for ws in clients) >= CONNECTIONS - 16
         worker_fds = psutil.Process(server.worker_pid).num_fds()
         assert worker_fds > PAD_FDS + CONNECTIONS
     finally:
