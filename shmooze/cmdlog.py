@@ -6,7 +6,12 @@ inserts what has gathered in one transaction. Applications read history with :me
 
 The log stays small: the writer deletes rows older than ``max_age`` seconds and,
 when the rows take more than ``max_bytes``, the oldest ones, checking after every
-``prune_every`` rows and at least once a minute. Services record client commands
+``prune_every`` rows and at least once a minute.
+
+A write that fails (a full disk, a log that cannot be opened at start) keeps its rows in memory,
+up to ``max_pending``, and the writer tries again with backoff; beyond that the oldest are dropped
+and counted. Both are reported to the service's :class:`shmooze.storage.Health`, which logs one
+line when the failures start and one when writing works again. Services record client commands
 and modules leaving; modules' parameter updates only when asked (see
 :class:`shmooze.host.ModuleHost`).
 """
@@ -21,6 +26,7 @@ import sqlite3
 import time
 from typing import Any
 
+from shmooze import storage
 from shmooze.batchwriter import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -47,19 +53,49 @@ class CommandLog:
     """An append-only SQLite log, written by a background thread, pruned by age and size."""
 
     def __init__(self, path: str, service: str, max_age: float = 7 * 86400, max_bytes: int = 100_000_000,
-                 prune_every: int = 10_000):
+                 prune_every: int = 10_000, health: storage.Health | None = None, max_pending: int = 100_000):
         self.path = path
         self.service = service
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.health = health if health is not None else storage.Health()
+        self.health.watch("command log")
         self.max_age, self.max_bytes, self.prune_every = max_age, max_bytes, prune_every  # see prune()
+        self.max_pending = max_pending
         self.pruned = 0
-        self._db = self._connect(auto_vacuum=True)  # the writer's connection (used on its thread only)
-        self._db.executescript(SCHEMA)
         self.dropped = 0
+        self._db: sqlite3.Connection | None = None  # the writer's connection (used on its thread only)
+        self._unwritten: list[Any] = []  # rows whose write failed, written at the next try
+        self._retry_at = 0.0
+        try:
+            self._open()
+        except (sqlite3.Error, OSError) as exc:  # (a full disk) the writer opens it once it can
+            self._failed(exc, [])
         self._since_prune = 0
         self._next_prune = 0.0
-        self._writer = BatchWriter(f"{service}-cmdlog", self._write,
-                                   timeout=lambda: max(0.01, self._next_prune - time.monotonic()), max_batch=5000)
+        self._writer = BatchWriter(f"{service}-cmdlog", self._write, timeout=self._idle_time, max_batch=5000)
+
+    def _open(self) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        db = self._connect(auto_vacuum=True)
+        try:
+            db.executescript(SCHEMA)
+        except sqlite3.Error:
+            db.close()
+            raise
+        self._db = db
+
+    def _idle_time(self) -> float:
+        due = self._retry_at if self._unwritten or self._db is None else self._next_prune
+        return max(0.01, due - time.monotonic())
+
+    def _failed(self, exc: BaseException, rows: list[Any]) -> None:
+        """Writing ``rows`` failed: keep them (the newest ``max_pending``) for the next try."""
+        self._unwritten.extend(rows)
+        lost = max(0, len(self._unwritten) - self.max_pending)
+        if lost:
+            del self._unwritten[:lost]
+            self.dropped += lost
+        self._retry_at = time.monotonic() + self.health.failed("command log", self.path, exc,
+                                                               len(self._unwritten), lost)
 
     def _connect(self, auto_vacuum: bool = False) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
@@ -100,11 +136,28 @@ class CommandLog:
 
     def _write(self, rows: list[Any], last: bool) -> None:
         """On the writer thread: prune when due, insert ``rows`` in one transaction."""
+        failing = bool(self._unwritten) or self._db is None
+        if failing:  # try again when due (or when closing)
+            if time.monotonic() < self._retry_at and not last:
+                self._unwritten.extend(rows)
+                self.health.waiting("command log", len(self._unwritten))
+                return
+            rows, self._unwritten = self._unwritten + rows, []
+            try:
+                if self._db is None:
+                    self._open()
+            except (sqlite3.Error, OSError) as exc:
+                self._failed(exc, rows)
+                if last:
+                    self._close_failing()
+                return
+        assert self._db is not None  # opened above
         if self._since_prune >= self.prune_every or time.monotonic() >= self._next_prune:
             try:
                 self.prune(self._db)
-            except sqlite3.Error:
-                log.exception("command log %s: pruning failed", self.path)
+            except sqlite3.Error as exc:
+                if not storage.is_full(exc):  # (a full disk: the insert below says so)
+                    log.exception("command log %s: pruning failed", self.path)
             self._since_prune, self._next_prune = 0, time.monotonic() + 60
         if rows:
             try:
@@ -112,18 +165,30 @@ class CommandLog:
                 self._db.executemany("INSERT INTO log (time, service, namespace, uid, type, cmd, input, output) "
                                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 self._db.execute("COMMIT")
-            except sqlite3.Error:
-                log.exception("command log: %d row(s) lost", len(rows))
-                self.dropped += len(rows)
+                self.health.written("command log", len(rows))
+            except sqlite3.Error as exc:  # (a full disk) kept for the next try
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
+                self._failed(exc, rows)
             self._since_prune += len(rows)
+        elif failing:  # opened at last, with nothing to write
+            self.health.written("command log")
         if last:
             self._db.close()
+            self._close_failing()
+
+    def _close_failing(self) -> None:
+        """The service stops: rows still unwritten are lost, and said so."""
+        if self._unwritten:
+            self.dropped += len(self._unwritten)
+            self.health.lose("command log", len(self._unwritten), f"{self.service} stopped before its command log "
+                             f"{self.path} could be written")
+            self._unwritten = []
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything recorded so far is on disk."""
-        return self._writer.flush(timeout)
+        """Wait until everything recorded so far is on disk; False when that took longer than ``timeout``
+        or the writes failed (see :attr:`health`)."""
+        return self._writer.flush(timeout) and not self._unwritten and self._db is not None
 
     def close(self) -> None:
         self._writer.close()

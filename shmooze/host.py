@@ -123,7 +123,7 @@ class ModuleHost(Service):
         """Boot, then restore the journal's modules in the background (:meth:`after_restore` follows)."""
         self._boot()
         if self.journal is None and self._journal_path:
-            self.journal = Journal(self._journal_path, self.name)
+            self.journal = Journal(self._journal_path, self.name, health=self.storage)
         self.restoring = True
         self._restorer = threading.Thread(target=self._restore, name=f"{self.name}-restore", daemon=True)
         self._restorer.start()

@@ -18,6 +18,13 @@ snapshot when it has grown to several times the state. Parameter updates are
 coalesced: at most one line per module every ``params_interval`` seconds,
 carrying its full parameters as the service last heard them.
 
+A write that fails (a full disk) loses nothing while the service runs: the writer's copy of the
+state already holds the change, so it is kept in memory and the writer tries again with backoff
+to write the whole state as one snapshot; the failure and the recovery are reported to the
+service's :class:`shmooze.storage.Health` (its ``status`` problem, a gauge, one log line each).
+A service whose journal cannot be written at start (the disk full) starts anyway and writes it
+once it can.
+
 Reading tolerates damage: a torn last line is dropped; an unreadable line stops
 the replay there; either way the damaged file is kept aside (``NAME.bad-TIME``)
 with a warning in the log, and the service starts from what was readable (empty,
@@ -26,6 +33,7 @@ when nothing was).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from shmooze import storage
 from shmooze.batchwriter import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -157,8 +166,10 @@ class Journal:
 
     def __init__(self, path: str, service: str, *, params_interval: float = 0.5, fsync: bool = True,
                  compact_min: int = 1000, group_window: float = 0.005,
-                 fsync_interval: float = 0.05):
+                 fsync_interval: float = 0.05, health: storage.Health | None = None):
         self.path = path
+        self.health = health if health is not None else storage.Health()
+        self.health.watch("journal")
         self.service = service
         self.params_interval = params_interval
         self.fsync = fsync
@@ -167,7 +178,9 @@ class Journal:
         self.fsync_interval = fsync_interval
         self._unsynced = False
         self._synced_at = 0.0
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._behind = 0  # changes in the state but not on disk, after a failed write (0: not failing)
+        self._retry_at = 0.0
+        self._pending_records = 0  # those of the batch being written
         entries, problem = read(path)
         if problem is not None:
             aside = f"{path}.bad-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
@@ -185,7 +198,11 @@ class Journal:
         self._state.entries = {e["uid"]: e for e in entries}
         self._file: Any = None
         self._lines = 0
-        self._rewrite()
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._rewrite()
+        except OSError as exc:  # (a full disk) the writer writes the state once it can
+            self._failed(exc, len(entries) or 1)
         # Parameter changes: the latest getter per uid, set without a lock or a wake-up (a dict store is
         # atomic), collected by the writer at most every params_interval.
         self._dirty: dict[str, Callable[[], dict[str, Any]]] = {}
@@ -236,22 +253,37 @@ class Journal:
             timeout = max(0.0, self._params_due - time.monotonic())
         if self._unsynced:
             timeout = min(timeout, max(0.0, self._synced_at + self.fsync_interval - time.monotonic()))
+        if self._behind:
+            timeout = min(timeout, max(0.0, self._retry_at - time.monotonic()))
         return timeout
 
     def _write_batch(self, items: list[Any], last: bool) -> None:
         now = last or any(i is _SYNC for i in items)  # write and fsync everything now
         try:
-            self._write([i for i in items if i is not _SYNC], flush_params=now or time.monotonic() >= self._params_due)
+            self._write([i for i in items if i is not _SYNC], flush_params=now or time.monotonic() >= self._params_due,
+                        retry=last)
             if self._unsynced and (now or time.monotonic() >= self._synced_at + self.fsync_interval):
                 os.fsync(self._file.fileno())
                 self._unsynced, self._synced_at = False, time.monotonic()
-        except Exception:
-            log.exception("%s journal %s: write failed; %d change(s) lost", self.service, self.path, len(items))
+        except Exception as exc:  # (ValueError: what a bug may raise) kept in the state, retried
+            if not isinstance(exc, OSError):
+                log.exception("%s journal %s: write failed", self.service, self.path)
+            self._failed(exc, self._pending_records)
+        if last and self._behind:
+            self.health.lose("journal", self._behind, f"{self.service} stopped before its journal {self.path} "
+                             "could be written; a restart restores the state written before")
         if last and self._file is not None:
             self._file.close()
             self._file = None
 
-    def _write(self, items: list[Any], flush_params: bool) -> None:
+    def _failed(self, exc: BaseException, records: int) -> None:
+        """A write failed: the state holds ``records`` more changes than the disk; try again later."""
+        self._behind += records
+        self._unsynced = False  # (the snapshot that follows is fsynced)
+        self._retry_at = time.monotonic() + self.health.failed("journal", self.path, exc, self._behind)
+
+    def _write(self, items: list[Any], flush_params: bool, retry: bool = False) -> None:
+        self._pending_records = 0
         records = []
         for item in items:
             op = item[0]
@@ -279,6 +311,16 @@ class Journal:
                 elif until < now:  # never placed (its start failed) or already gone
                     del self._unplaced[uid]
             self._params_due = time.monotonic() + self.params_interval
+        self._pending_records = len(records)
+        if self._behind:  # a write failed before: the whole state, as one snapshot, when the retry is due
+            if time.monotonic() < self._retry_at and not retry:
+                self._behind += len(records)
+                self.health.waiting("journal", self._behind)
+                return
+            self._rewrite()
+            self.health.written("journal", self._behind + len(records))
+            self._behind = 0
+            return
         if not records:
             return
         if self._lines + len(records) > max(self.compact_min, 4 * len(self._state.entries)):
@@ -294,26 +336,37 @@ class Journal:
 
     def _rewrite(self) -> None:
         """Replace the file with one snapshot of the state (a new file renamed over the old one)."""
-        if self._file is not None:
-            self._file.close()
+        old, self._file = self._file, None
+        if old is not None:
+            try:
+                old.close()
+            except OSError:
+                pass  # what it still held (a write that failed) is in the snapshot
         tmp = f"{self.path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(json.dumps(self._state.snapshot(), separators=(",", ":")).encode() + b"\n")
-            f.flush()
-            if self.fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(json.dumps(self._state.snapshot(), separators=(",", ":")).encode() + b"\n")
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # (a full disk: give back what the attempt took)
+            raise
         if self.fsync:
             _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
         self._file = open(self.path, "ab")
         self._lines = 1
+        self._unsynced = False
 
     # -- control --------------------------------------------------------------------------
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every change recorded so far is written (parameters included)."""
+        """Wait until every change recorded so far is written (parameters included); False when that
+        took longer than ``timeout`` or the writes failed (the disk full: see :attr:`health`)."""
         self._put(_SYNC)
-        return self._writer.flush(timeout)
+        return self._writer.flush(timeout) and not self._behind
 
     def close(self) -> None:
         """Write what is pending and stop recording: later changes (the service stopping) are not kept."""
@@ -322,7 +375,7 @@ class Journal:
     def status(self) -> dict[str, Any]:
         return {"path": self.path, "modules": len(self._state.entries), "pending": self._writer.pending,
                 "writes": self.writes, "compactions": self.compactions, "recovered": len(self.recovered),
-                "problem": self.problem}
+                "problem": self.problem, "unwritten": self._behind}
 
 
 def _fsync_dir(path: str) -> None:

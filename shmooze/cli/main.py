@@ -2,6 +2,7 @@
 
     shmooze run [SETTINGS]                 every service under supervisord, in the foreground
     shmooze status [--json]                every service and module of the running application
+                                           (exit status 1 when one is down or reports a problem)
     shmooze stop [--clear]                 stop it (each service stops its modules through the ladder;
                                            the queues and pools come back on the next run, unless --clear)
     shmooze restart [SERVICE ...]          restart some services, or all

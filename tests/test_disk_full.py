@@ -1,0 +1,275 @@
+"""A full disk is a state the app reports and recovers from on its own (issue 22, item 2).
+
+Each test mounts a small tmpfs of its own (as root; skipped otherwise), puts the journal, the
+command log (and, live, the run folder) on it, fills it with one file, and frees it by deleting
+that file. In process: the journal and the command log keep what they could not write and write it
+once space returns, with one log line as the failures begin and one as they end, nothing lost. Live
+(``shmooze run``): ``status`` has a ``problem``, ``shmooze status`` exits 1 and says it, the metrics
+gauge is 1, state-changing commands are refused with a clear error while reads work, a worker
+killed meanwhile comes back answering (it does not end FATAL), and once space returns everything
+is written, the problem clears and commands work again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from shmooze import journal, storage
+from shmooze.client import Client, ServiceError
+from shmooze.cmdlog import CommandLog
+from shmooze.journal import Journal
+from shmooze.settings import read as read_settings
+from tests.helpers import free_port, shmooze_argv, start_run, wait_for, write_settings
+
+pytestmark = pytest.mark.timeout(240)
+
+#: How long a store may take to notice that space is back: its longest retry delay and some.
+RECOVERY = storage.LAST_RETRY + 6
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs mounted for the test, unmounted after it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        pytest.skip("no mount/umount command")
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        for _ in range(50):  # busy until every process that had a file open there is gone
+            if subprocess.run(["umount", str(folder)], capture_output=True).returncode == 0:
+                break
+            wait_for(lambda: True, 0.1)
+        else:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the filesystem of ``folder`` to its last byte with one file; deleting it frees the space."""
+    path = folder / "filler"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (1 << 20, 1 << 16, 1 << 12, 1):
+            chunk = b"\0" * size
+            while True:
+                try:
+                    os.write(fd, chunk)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC, exc
+                    break
+    finally:
+        os.close(fd)
+    return path
+
+
+def lines_matching(records: list[logging.LogRecord], pattern: str) -> list[str]:
+    return [r.getMessage() for r in records if re.search(pattern, r.getMessage())]
+
+
+# -- in process ----------------------------------------------------------------------------
+
+def test_journal_and_command_log_keep_what_a_full_disk_refused(small_disk, caplog):
+    caplog.set_level(logging.INFO)
+    health = storage.Health()
+    path = str(small_disk / "queue.journal")
+    jour = Journal(path, "queue", health=health)
+    clog = CommandLog(str(small_disk / "log.db"), "queue", health=health)
+    try:
+        jour.added("u0", "good", {})
+        clog.record("client-queue", "u0", {"cmd": "add"}, {"uid": "u0"})
+        assert jour.flush() and clog.flush()
+        assert health.problem() is None and health.refusal is None
+        filler = fill(small_disk)
+        n = 300
+        for i in range(1, n):  # more than the last pages' slack of either file
+            jour.added(f"u{i}", "good", {"pad": "x" * 200})
+            clog.record("client-queue", f"u{i}", {"cmd": "add", "pad": "y" * 200}, {"uid": f"u{i}"})
+        assert not jour.flush()  # not written: flush says so
+        assert not clog.flush()
+        failing = {s["store"]: s for s in health.status()["failing"]}
+        assert set(failing) == {"journal", "command log"}, failing
+        assert all(s["full"] and s["lost"] == 0 for s in failing.values()), failing
+        assert failing["command log"]["pending"] == n - 1
+        assert jour.status()["unwritten"] > 0
+        problem = health.problem()
+        assert problem and "disk full" in problem and "kept in memory" in problem, problem
+        assert health.refusal and "could not be kept" in health.refusal
+        gauges = {(name, labels["store"]): value for name, _, _, labels, value in health.gauges()}
+        assert gauges[("shmooze_storage_failing", "journal")] == 1.0
+        assert gauges[("shmooze_storage_full", "command log")] == 1.0
+        assert gauges[("shmooze_storage_lost", "journal")] == 0.0
+        # A few retries happen meanwhile (backoff): still one line per store.
+        wait_for(lambda: health.status()["failing"][0]["failures"] >= 3, 10, interval=0.05)
+
+        filler.unlink()
+        wait_for(lambda: health.problem() is None, RECOVERY, interval=0.05, what="both stores written again")
+        assert jour.flush() and clog.flush()
+        entries, damage = journal.read(path)
+        assert damage is None and [e["uid"] for e in entries] == [f"u{i}" for i in range(n)]
+        assert clog.count() == n
+        assert health.refusal is None and health.status()["lost"] == {}
+    finally:
+        jour.close()
+        clog.close()
+    began = lines_matching(caplog.records, "cannot be written")
+    ended = lines_matching(caplog.records, "is written again")
+    assert len(began) == 2 and len(ended) == 2, began + ended  # one each per store, not one per write
+    assert not lines_matching(caplog.records, r"are lost|\(s\) lost"), caplog.text
+    assert all("nothing was lost" in line for line in ended), ended
+
+
+def test_stores_open_on_a_full_disk_and_catch_up(small_disk, caplog):
+    """A service that starts while the disk is full: its journal and command log open anyway."""
+    caplog.set_level(logging.INFO)
+    path = str(small_disk / "queue.journal")
+    before = Journal(path, "queue")
+    before.added("kept", "good", {"n": 1})
+    before.close()
+    filler = fill(small_disk)
+    health = storage.Health()
+    jour = Journal(path, "queue", health=health)  # rewriting the file fails: it opens all the same
+    clog = CommandLog(str(small_disk / "new-log.db"), "queue", health=health)  # its schema cannot be written
+    try:
+        assert [e["uid"] for e in jour.recovered] == ["kept"]
+        assert {s["store"] for s in health.status()["failing"]} == {"journal", "command log"}
+        jour.added("later", "good", {})
+        clog.record("client-queue", "later", {"cmd": "add"}, {"uid": "later"})
+        assert not jour.flush() and not clog.flush()
+        filler.unlink()
+        wait_for(lambda: health.problem() is None, RECOVERY, interval=0.05, what="both stores written again")
+        assert [e["uid"] for e in journal.read(path)[0]] == ["kept", "later"]
+        assert clog.count() == 1
+        assert not [p for p in os.listdir(small_disk) if ".tmp-" in p]  # failed attempts left nothing
+    finally:
+        jour.close()
+        clog.close()
+    assert len(lines_matching(caplog.records, "cannot be written")) == 2
+    assert len(lines_matching(caplog.records, "is written again")) == 2
+
+
+# -- live ----------------------------------------------------------------------------------
+
+def shmooze(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(shmooze_argv(*args), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("logs_there", [False, True], ids=["logs-elsewhere", "logs-on-the-full-disk"])
+def test_a_full_disk_is_reported_survived_and_recovered_from(small_disk, tmp_path, logs_there):
+    """``logs-elsewhere``: the run's logs folder is a link off the small disk, so that the test reads every
+    line the services wrote; ``logs-on-the-full-disk``: all of the run folder is there (supervisord cannot
+    write the logs meanwhile)."""
+    ports = {"wsgi": free_port(), "queue": free_port()}
+    run_folder = small_disk / "run"
+    run_folder.mkdir()
+    logs = run_folder / "logs"
+    if not logs_there:
+        (tmp_path / "logs").mkdir()
+        logs.symlink_to(tmp_path / "logs")
+    path = write_settings(tmp_path / "settings.json", ports=ports, run_path=str(run_folder),
+                          services={"queue": "tests.apps:make_queue"}, journal_path=str(small_disk / "state"),
+                          log_database_path=str(small_disk / "log.db"), stop_timeout=5)
+    settings = read_settings(path)
+    client = Client(f"http://127.0.0.1:{ports['wsgi']}/", timeout=20)
+    run = start_run(path, tmp_path)
+    filler = None
+    try:
+        uids = [client.queue.add(type="good")["uid"] for _ in range(3)]
+        wait_for(lambda: client.queue.status()["journal"]["pending"] == 0, 10, what="the journal written")
+        status = client.queue.status()
+        assert status["problem"] is None
+        out = shmooze("status", "--settings", str(path))
+        assert out.returncode == 0 and "PROBLEM" not in out.stdout, out.stdout + out.stderr
+
+        filler = fill(small_disk)
+        # Commands go on until the last page of the journal or the command log is used up; then they are refused.
+        refusals = []
+        for i in range(200):
+            try:
+                client.queue.mv(uids=uids[i % 3:] + uids[:i % 3])
+            except ServiceError as exc:
+                refusals.append(str(exc))
+                break
+        assert refusals and "could not be kept" in refusals[0] and "disk full" in refusals[0], refusals
+        status = client.queue.status()
+        assert status["problem"] and "disk full" in status["problem"], status["problem"]
+        assert [m["uid"] for m in client.queue.queue()]  # reads still work
+        out = shmooze("status", "--settings", str(path))
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "queue: PROBLEM:" in out.stdout and "disk full" in out.stdout, out.stdout
+        metrics = requests.get(client.url + "metrics", timeout=10).text
+        assert re.search(r'shmooze_storage_failing\{service="queue",store="[a-z ]+"\} 1\.0', metrics), metrics
+        with pytest.raises(ServiceError, match="could not be kept"):
+            client.queue.add(type="good")
+
+        # The worker killed while the disk is full comes back, answering with the problem.
+        old_pid = status["pid"]
+        os.kill(old_pid, signal.SIGKILL)
+
+        def back_with_problem():
+            with contextlib.suppress(Exception):
+                st = client.queue.status()
+                return st["pid"] != old_pid and not st["restoring"] and st["problem"] and st
+            return None
+        status = wait_for(back_with_problem, 60, interval=0.2, what="a new worker answering on the full disk")
+        assert {m["uid"] for m in status["modules"]} == set(uids)  # restored from what was written
+        assert "journal" in status["problem"], status["problem"]  # it could not rewrite its journal at start
+        out = shmooze("status", "--settings", str(path), "--json")
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "FATAL" not in out.stdout and '"RUNNING"' in out.stdout, out.stdout
+
+        filler.unlink()
+        filler = None
+
+        def recovered():
+            with contextlib.suppress(Exception):
+                st = client.queue.status()
+                return st["problem"] is None and st["journal"]["unwritten"] == 0 and st
+            return None
+        status = wait_for(recovered, RECOVERY, interval=0.1, what="the problem cleared once space returned")
+        assert status["pid"] == client.queue.status()["pid"]  # the same worker: nothing was restarted
+        out = shmooze("status", "--settings", str(path))
+        assert out.returncode == 0 and "PROBLEM" not in out.stdout, out.stdout + out.stderr
+        metrics = requests.get(client.url + "metrics", timeout=10).text
+        assert re.search(r'shmooze_storage_failing\{service="queue",store="journal"\} 0\.0', metrics), metrics
+        assert re.search(r'shmooze_storage_failing\{service="queue",store="command log"\} 0\.0', metrics), metrics
+        new = client.queue.add(type="good")["uid"]  # commands work again, and are kept
+        wait_for(lambda: client.queue.status()["journal"]["pending"] == 0, 10, what="the journal written")
+        kept = journal.read(str(small_disk / "state" / "queue.journal"))[0]
+        assert {e["uid"] for e in kept} == {*uids, new}
+        text = (logs / "queue.log").read_text(errors="replace")
+        began = re.findall(r"(?:journal|command log) \S+ cannot be written", text)
+        ended = re.findall(r"(?:journal|command log) \S+ is written again", text)
+        # One line per store as each outage began and one as it ended (the first worker's ended with it).
+        assert len(began) <= 4 and 1 <= len(ended) <= 2, text[-4000:]
+        assert any(line.startswith("journal") for line in ended), ended
+        if not logs_there:
+            assert len(began) >= 2, text[-4000:]  # (on the full disk, supervisord could not write them)
+        assert "change(s) lost" not in text and "row(s) lost" not in text, text[-4000:]
+        gateway = (logs / "wsgi.log").read_text(errors="replace")
+        assert "SIGBUS" not in gateway and "was sent" not in gateway, gateway[-4000:]  # its workers lived through it
+
+        out = shmooze("stop", "--settings", str(path))
+        assert out.returncode == 0, out.stderr
+        run.popen.wait(30)
+    finally:
+        if filler is not None:
+            filler.unlink(missing_ok=True)
+        run.kill_everything()
