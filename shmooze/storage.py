@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: What "the disk is full" looks like to a writer.
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: What a store keeps, in words (the log and ``problem`` count them).
+UNITS = {"journal": "change(s)", "command log": "row(s)"}
 #: Retry delays of a store that cannot be written: from FIRST_RETRY, doubling up to LAST_RETRY seconds.
 FIRST_RETRY, LAST_RETRY = 0.25, 4.0
 
@@ -114,8 +116,9 @@ class Health:
             delay = backoff(state.failures)
             self._update()
         if began:
-            kept = f"{pending} item(s) kept in memory, to be written once it can be" if pending else "nothing waiting"
-            dropped = f"; {lost} item(s) could not be kept and are lost" if lost else ""
+            unit = UNITS.get(store, "item(s)")
+            kept = f"{pending} {unit} kept in memory, to be written once it can be" if pending else "nothing waiting"
+            dropped = f"; {lost} {unit} could not be kept and are lost" if lost else ""
             log.warning("%s %s cannot be written: %s; %s%s; retrying every %g-%g s, and refusing state-changing "
                         "commands until it works", store, path, state.error, kept, dropped, FIRST_RETRY, LAST_RETRY)
             self._tell()
@@ -136,10 +139,12 @@ class Health:
             self._update()
         if state is None:
             return
-        lost = f"; {state.lost} item(s) were lost meanwhile" if state.lost else "; nothing was lost"
-        log.warning("%s %s is written again after %.1f s (%d failed attempt(s)): %d item(s) kept in memory "
+        unit = UNITS.get(store, "item(s)")
+        lost = f"; {state.lost} {unit} were lost meanwhile (the oldest waiting, past what memory keeps)" \
+            if state.lost else "; nothing was lost"
+        log.warning("%s %s is written again after %.1f s (%d failed attempt(s)): %d %s kept in memory "
                     "meanwhile are on disk now%s", store, state.path, time.monotonic() - state.since_mono,
-                    state.failures, count, lost)
+                    state.failures, count, unit, lost)
         self._tell()
 
     def lose(self, store: str, count: int, why: str) -> None:
@@ -147,7 +152,8 @@ class Health:
         if count:
             with self._lock:
                 self.lost[store] = self.lost.get(store, 0) + count
-            log.error("%s: %d item(s) could not be written and are lost: %s", store, count, why)
+            log.error("%s: %d %s could not be written and are lost: %s", store, count, UNITS.get(store, "item(s)"),
+                      why)
 
     @property
     def failing(self) -> bool:
@@ -161,9 +167,10 @@ class Health:
             return None
         parts = []
         for s in stores:
-            part = f"{s.name} {s.path} cannot be written ({s.error}) since {time.strftime('%H:%M:%S', time.localtime(s.since))}"
+            since = time.strftime("%H:%M:%S", time.localtime(s.since))
+            part = f"{s.name} {s.path} cannot be written ({s.error}) since {since}"
             if s.pending:
-                part += f", {s.pending} item(s) kept in memory until it can be"
+                part += f", {s.pending} {UNITS.get(s.name, 'item(s)')} kept in memory until it can be"
             if s.lost:
                 part += f", {s.lost} lost"
             parts.append(part)

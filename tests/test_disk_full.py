@@ -20,17 +20,19 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from shmooze import journal, storage
+from shmooze import deploy, journal, storage
 from shmooze.client import Client, ServiceError
 from shmooze.cmdlog import CommandLog
 from shmooze.journal import Journal
 from shmooze.settings import read as read_settings
-from tests.helpers import free_port, shmooze_argv, start_run, wait_for, write_settings
+from shmooze.statustable import format_status
+from tests.helpers import free_port, report_line, shmooze_argv, start_run, wait_for, write_settings
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -165,6 +167,21 @@ def test_stores_open_on_a_full_disk_and_catch_up(small_disk, caplog):
     assert len(lines_matching(caplog.records, "is written again")) == 2
 
 
+def test_status_table_and_exit_status_show_a_problem():
+    problem = "journal /x/queue.journal cannot be written (disk full (No space left on device)) since 12:00:00"
+    report = {"services": {
+        "queue": {"state": "RUNNING", "pid": 30, "uptime": 5, "answering": True, "status": {"problem": problem}},
+        "pool": {"state": "RUNNING", "pid": 31, "uptime": 5, "answering": True, "status": {"problem": None}},
+    }}
+    text = format_status(report)
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()[1:3]}
+    assert rows["queue"][:2] == ["RUNNING", "(PROBLEM)"] and rows["pool"][0:2] == ["RUNNING", "31"], text
+    assert f"queue: PROBLEM: {problem}" in text.splitlines() and "pool: PROBLEM" not in text
+    assert not deploy.all_up(report)  # shmooze status exits 1
+    report["services"]["queue"]["status"]["problem"] = None
+    assert deploy.all_up(report) and "PROBLEM" not in format_status(report)
+
+
 # -- live ----------------------------------------------------------------------------------
 
 def shmooze(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -172,7 +189,7 @@ def shmooze(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("logs_there", [False, True], ids=["logs-elsewhere", "logs-on-the-full-disk"])
-def test_a_full_disk_is_reported_survived_and_recovered_from(small_disk, tmp_path, logs_there):
+def test_a_full_disk_is_reported_survived_and_recovered_from(small_disk, tmp_path, logs_there, request):
     """``logs-elsewhere``: the run's logs folder is a link off the small disk, so that the test reads every
     line the services wrote; ``logs-on-the-full-disk``: all of the run folder is there (supervisord cannot
     write the logs meanwhile)."""
@@ -222,13 +239,15 @@ def test_a_full_disk_is_reported_survived_and_recovered_from(small_disk, tmp_pat
         # The worker killed while the disk is full comes back, answering with the problem.
         old_pid = status["pid"]
         os.kill(old_pid, signal.SIGKILL)
+        killed = time.monotonic()
 
         def back_with_problem():
             with contextlib.suppress(Exception):
                 st = client.queue.status()
                 return st["pid"] != old_pid and not st["restoring"] and st["problem"] and st
             return None
-        status = wait_for(back_with_problem, 60, interval=0.2, what="a new worker answering on the full disk")
+        status = wait_for(back_with_problem, 60, interval=0.1, what="a new worker answering on the full disk")
+        back = time.monotonic() - killed
         assert {m["uid"] for m in status["modules"]} == set(uids)  # restored from what was written
         assert "journal" in status["problem"], status["problem"]  # it could not rewrite its journal at start
         out = shmooze("status", "--settings", str(path), "--json")
@@ -237,6 +256,7 @@ def test_a_full_disk_is_reported_survived_and_recovered_from(small_disk, tmp_pat
 
         filler.unlink()
         filler = None
+        freed = time.monotonic()
 
         def recovered():
             with contextlib.suppress(Exception):
@@ -244,6 +264,9 @@ def test_a_full_disk_is_reported_survived_and_recovered_from(small_disk, tmp_pat
                 return st["problem"] is None and st["journal"]["unwritten"] == 0 and st
             return None
         status = wait_for(recovered, RECOVERY, interval=0.1, what="the problem cleared once space returned")
+        report_line(request, f"disk full ({request.node.callspec.id}): {i} command(s) accepted after the fill, "
+                             f"then refused; back answering after SIGKILL in {back:.2f} s; recovered "
+                             f"{time.monotonic() - freed:.2f} s after space returned")
         assert status["pid"] == client.queue.status()["pid"]  # the same worker: nothing was restarted
         out = shmooze("status", "--settings", str(path))
         assert out.returncode == 0 and "PROBLEM" not in out.stdout, out.stdout + out.stderr
