@@ -1,18 +1,25 @@
 """The command log: every state-changing command and module update, in SQLite.
 
-Writes never slow a command down: :meth:`CommandLog.record` puts the row on an
-in-memory queue and returns; one writer thread (:class:`shmooze.batchwriter.BatchWriter`)
-inserts what has gathered in one transaction. Applications read history with :meth:`CommandLog.history`.
+:meth:`CommandLog.record` puts the row on an in-memory queue and returns; one writer thread
+(:class:`shmooze.batchwriter.BatchWriter`) inserts what has gathered in one transaction, and a
+service answers a command once :meth:`CommandLog.sync` says its rows are committed (group commit:
+the rows of every command that arrived meanwhile share the transaction). ``durability`` ``fsync``
+(the default) commits with SQLite's ``synchronous=FULL`` (synced to the disk), ``write`` with
+``NORMAL`` (a crash of the service loses nothing; a power cut, the last commits). A row that cannot
+be committed fails its command's answer and is kept for the next try (see below); a row lost is
+named in the log (what, when, which module). Applications read history with
+:meth:`CommandLog.history`.
 
 The log stays small: the writer deletes rows older than ``max_age`` seconds and,
 when the rows take more than ``max_bytes``, the oldest ones, checking after every
 ``prune_every`` rows and at least once a minute.
 
 A write that fails (a full disk, a log that cannot be opened at start) keeps its rows in memory,
-up to ``max_pending``, and the writer tries again with backoff; beyond that the oldest are dropped
-and counted. Both are reported to the service's :class:`shmooze.storage.Health`, which logs one
-line when the failures start and one when writing works again. Services record client commands
-and modules leaving; modules' parameter updates only when asked (see
+up to ``max_pending``, and the writer tries again with backoff; beyond that the oldest are dropped,
+counted and named in the log. Both are reported to the service's :class:`shmooze.storage.Health`,
+which logs one line when the failures start and one when writing works again.
+
+Services record client commands and modules leaving; modules' parameter updates only when asked (see
 :class:`shmooze.host.ModuleHost`).
 """
 
@@ -24,10 +31,10 @@ import logging
 import os
 import sqlite3
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from shmooze import storage
-from shmooze.batchwriter import BatchWriter
+from shmooze.batchwriter import BatchWriter, WriteFailed
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +60,11 @@ class CommandLog:
     """An append-only SQLite log, written by a background thread, pruned by age and size."""
 
     def __init__(self, path: str, service: str, max_age: float = 7 * 86400, max_bytes: int = 100_000_000,
-                 prune_every: int = 10_000, health: storage.Health | None = None, max_pending: int = 100_000):
+                 prune_every: int = 10_000, durability: str = "fsync", health: storage.Health | None = None,
+                 max_pending: int = 100_000):
         self.path = path
         self.service = service
+        self.synchronous = "FULL" if durability == "fsync" else "NORMAL"
         self.health = health if health is not None else storage.Health()
         self.health.watch("command log")
         self.max_age, self.max_bytes, self.prune_every = max_age, max_bytes, prune_every  # see prune()
@@ -65,6 +74,7 @@ class CommandLog:
         self._db: sqlite3.Connection | None = None  # the writer's connection (used on its thread only)
         self._unwritten: list[Any] = []  # rows whose write failed, written at the next try
         self._retry_at = 0.0
+        self._last_error = ""
         try:
             self._open()
         except (sqlite3.Error, OSError) as exc:  # (a full disk) the writer opens it once it can
@@ -90,19 +100,29 @@ class CommandLog:
     def _failed(self, exc: BaseException, rows: list[Any]) -> None:
         """Writing ``rows`` failed: keep them (the newest ``max_pending``) for the next try."""
         self._unwritten.extend(rows)
+        self._last_error = storage.describe(exc)
         lost = max(0, len(self._unwritten) - self.max_pending)
         if lost:
+            self._lose(self._unwritten[:lost], f"more than {self.max_pending} rows waiting")
             del self._unwritten[:lost]
-            self.dropped += lost
         self._retry_at = time.monotonic() + self.health.failed("command log", self.path, exc,
                                                                len(self._unwritten), lost)
+
+    def _lose(self, rows: list[Any], why: str) -> None:
+        """Rows that will never be written: counted, and named in the log."""
+        if not rows:
+            return
+        self.dropped += len(rows)
+        named = "; ".join(f"{time.strftime('%H:%M:%S', time.localtime(r[0]))} {r[2]} {r[5]} {r[3] or ''}"
+                          for r in rows[:20]) + (f"; and {len(rows) - 20} more" if len(rows) > 20 else "")
+        log.error("command log %s: %d row(s) lost (%s): %s", self.path, len(rows), why, named)
 
     def _connect(self, auto_vacuum: bool = False) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
         if auto_vacuum:  # takes effect on a new file only (before WAL): then pruning shrinks the file
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
         return db
 
     def record(self, namespace: str, uid: str | None, command: dict[str, Any], result: Any,
@@ -115,6 +135,16 @@ class CommandLog:
             self.dropped += 1
             return
         self._writer.put(row)
+
+    @property
+    def tickets(self) -> int:
+        """Rows recorded so far: pass it to :meth:`sync` as ``since`` before recording."""
+        return self._writer.tickets
+
+    def sync(self, since: int = 0, timeout: float = 30.0) -> str | None:
+        """Block until every row recorded so far is committed; None when those after ``since`` are, else
+        why not (such rows are kept in memory and written at the next try; rows lost are named in the log)."""
+        return self._writer.wait(since, timeout)
 
     def prune(self, db: sqlite3.Connection) -> int:
         """Delete rows past the age limit, then the oldest rows while the rest take more than ``max_bytes``."""
@@ -135,12 +165,16 @@ class CommandLog:
         return deleted
 
     def _write(self, rows: list[Any], last: bool) -> None:
-        """On the writer thread: prune when due, insert ``rows`` in one transaction."""
+        """On the writer thread: prune when due, insert ``rows`` in one transaction. Rows that cannot be
+        committed are kept for the next try, and the batch is failed (:class:`WriteFailed`)."""
         failing = bool(self._unwritten) or self._db is None
         if failing:  # try again when due (or when closing)
             if time.monotonic() < self._retry_at and not last:
                 self._unwritten.extend(rows)
                 self.health.waiting("command log", len(self._unwritten))
+                if rows:
+                    raise WriteFailed(f"the command log {self.path} cannot be written ({self._last_error}); its "
+                                      "rows are kept in memory and written once it can be")
                 return
             rows, self._unwritten = self._unwritten + rows, []
             try:
@@ -148,9 +182,7 @@ class CommandLog:
                     self._open()
             except (sqlite3.Error, OSError) as exc:
                 self._failed(exc, rows)
-                if last:
-                    self._close_failing()
-                return
+                self._failed_batch(exc, last)
         assert self._db is not None  # opened above
         if self._since_prune >= self.prune_every or time.monotonic() >= self._next_prune:
             try:
@@ -165,29 +197,31 @@ class CommandLog:
                 self._db.executemany("INSERT INTO log (time, service, namespace, uid, type, cmd, input, output) "
                                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 self._db.execute("COMMIT")
-                self.health.written("command log", len(rows))
             except sqlite3.Error as exc:  # (a full disk) kept for the next try
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
                 self._failed(exc, rows)
+                self._failed_batch(exc, last)
+            self.health.written("command log", len(rows))
             self._since_prune += len(rows)
         elif failing:  # opened at last, with nothing to write
             self.health.written("command log")
         if last:
             self._db.close()
-            self._close_failing()
 
-    def _close_failing(self) -> None:
-        """The service stops: rows still unwritten are lost, and said so."""
-        if self._unwritten:
-            self.dropped += len(self._unwritten)
-            self.health.lose("command log", len(self._unwritten), f"{self.service} stopped before its command log "
-                             f"{self.path} could be written")
+    def _failed_batch(self, exc: BaseException, last: bool) -> NoReturn:
+        """End a batch whose rows are kept for the next try (lost, when the service is stopping)."""
+        if last:
+            if self._db is not None:
+                self._db.close()
+            self.health.lose("command log", len(self._unwritten))
+            self._lose(self._unwritten, f"{self.service} stopped before its command log could be written")
             self._unwritten = []
+        raise WriteFailed(f"the command log {self.path} cannot be written ({storage.describe(exc)}); its rows "
+                          "are kept in memory and written once it can be") from None
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything recorded so far is on disk; False when that took longer than ``timeout``
-        or the writes failed (see :attr:`health`)."""
+        """Wait until everything recorded so far is on disk (False when it could not be)."""
         return self._writer.flush(timeout) and not self._unwritten and self._db is not None
 
     def close(self) -> None:

@@ -25,11 +25,11 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-from shmooze import procutil
+from shmooze import procutil, protocol
 from shmooze.containment import MODULE_VAR, Containment
 from shmooze.errors import CommandError
 from shmooze.ioloop import IOLoop
-from shmooze.journal import Entry, Journal
+from shmooze.journal import FSYNC, Entry, Journal
 from shmooze.limits import Limits
 from shmooze.module import ModuleBroken, ModuleError, ModuleProcess
 from shmooze.moduletype import ModuleType
@@ -39,6 +39,9 @@ from shmooze.service import Service
 from shmooze.watchdog import OWNER_VAR, Watchdog
 
 log = logging.getLogger(__name__)
+
+#: Seconds a command concerning modules being restored waits for the restore before it gives up.
+RESTORE_WAIT = 120.0
 
 
 class _KeySlot:
@@ -61,6 +64,11 @@ class ModuleHost(Service):
     restored (``entry``: uid, type, args, kind, parameters). ``key_window``: seconds for
     which a repeated client ``key`` of ``add`` / ``set_bg`` gets the first answer.
     ``log_module_updates``: every module's parameter updates go to the command log.
+
+    Acknowledged means kept: a command that is not read-only is answered once the journal and the
+    command log hold what it changed (:meth:`_dispatch`), synced to the disk (``durability``
+    ``fsync``) or written to the kernel (``write``); commands that touch modules being restored
+    wait for the restore (:meth:`_after_restore_of`).
     """
 
     #: Which kinds of module a restart policy applies to ("module" or "background").
@@ -70,7 +78,7 @@ class ModuleHost(Service):
                  keep_ended: int = 100, journal: str | Journal | None = None,
                  restore_hook: Callable[[Entry], bool] | None = None, restore_concurrency: int = 8,
                  key_window: float = 600.0, log_module_updates: bool = False, containment: str = "auto",
-                 check_peers: bool = True):
+                 check_peers: bool = True, durability: str = FSYNC):
         """``containment``: ``auto`` (a cgroup per module where possible), ``cgroup`` or ``process-group``;
         ``check_peers``: refuse connections to a module's ports from processes that are not the module."""
         super().__init__()
@@ -86,7 +94,11 @@ class ModuleHost(Service):
         self.restore_concurrency = max(1, restore_concurrency)
         self.key_window = key_window
         self.log_module_updates = log_module_updates
+        self.durability = durability  # of the journal made here (see shmooze.journal)
         self.restoring = False
+        self._restored = threading.Event()  # set once the restore has ended (see _after_restore_of)
+        self._restoring_uids: set[str] = set()
+        self._restoring_keys: set[str] = set()
         self._restorer: threading.Thread | None = None
         self._keys: dict[str, _KeySlot] = {}
         self._keys_lock = threading.Lock()
@@ -123,7 +135,10 @@ class ModuleHost(Service):
         """Boot, then restore the journal's modules in the background (:meth:`after_restore` follows)."""
         self._boot()
         if self.journal is None and self._journal_path:
-            self.journal = Journal(self._journal_path, self.name, health=self.storage)
+            self.journal = Journal(self._journal_path, self.name, durability=self.durability, health=self.storage)
+        if self.journal is not None:
+            self._restoring_uids = {e["uid"] for e in self.journal.recovered}
+            self._restoring_keys = {e["key"] for e in self.journal.recovered if e.get("key")}
         self.restoring = True
         self._restorer = threading.Thread(target=self._restore, name=f"{self.name}-restore", daemon=True)
         self._restorer.start()
@@ -484,6 +499,7 @@ class ModuleHost(Service):
     @command
     def rm(self, uids: list[str]) -> None:
         """Remove modules (unknown uids are ignored); returns once their processes are stopped."""
+        self._after_restore_of(uids)  # a module being restored is removed once it is back, not missed
         self._log_command("rm", {"uids": uids})
         for uid in uids:
             self.ops.cancel(uid)  # a module waiting to be restarted is removed too
@@ -492,6 +508,7 @@ class ModuleHost(Service):
     @command
     def tell_module(self, uid: str, cmd: str, args: dict = {}) -> Any:  # noqa: B006 - never mutated
         """Send the module the custom command ``do_CMD`` and return its answer."""
+        self._after_restore_of([uid])
         return self._tell(self._find(uid), cmd, args, "tell_module")
 
     @command(read_only=True)
@@ -517,6 +534,39 @@ class ModuleHost(Service):
         info.update(restarts)
         return info
 
+    # -- acknowledged means kept -----------------------------------------------------------
+
+    def _dispatch(self, item: protocol.Item) -> dict[str, Any]:
+        """Run a command; one that is not read-only is answered once what it changed is kept: written
+        (and synced, with durability ``fsync``) to the journal and the command log. Its waits share one
+        write and one sync with every command that changed something meanwhile (group commit)."""
+        spec = self._commands.get(getattr(item, "cmd", ""))
+        journal, command_log = self.journal, self.command_log
+        if spec is None or spec.read_only or (journal is None and command_log is None):
+            return super()._dispatch(item)
+        since = journal.tickets if journal is not None else 0
+        log_since = command_log.tickets if command_log is not None else 0
+        answer = super()._dispatch(item)
+        problem = journal.sync(since) if journal is not None else None
+        log_problem = command_log.sync(log_since) if command_log is not None else None
+        if problem is not None and answer.get("success"):
+            return protocol.error(f"{spec.name} was done but is not kept ({problem}): a restart of {self.name} "
+                                  "before it is written would undo it")
+        if log_problem is not None and answer.get("success"):  # (its row is kept in memory, written later)
+            return protocol.error(f"{spec.name} was done but its command-log row is not kept ({log_problem})")
+        return answer
+
+    def _after_restore_of(self, uids: Iterable[Any] | None = None) -> None:
+        """While the journal's modules are being restored, wait for the restore when a command concerns
+        them (``uids``; None: the whole queue, as ``mv`` does), so it applies to the restored state: an
+        ``rm`` of a module being restored removes it once it is back, and the removal is journaled."""
+        if not self.restoring:
+            return
+        if uids is not None and self._restoring_uids.isdisjoint(u for u in uids if isinstance(u, str)):
+            return
+        if not self._restored.wait(RESTORE_WAIT):
+            raise CommandError(f"{self.name} is still restoring its modules; try again in a moment")
+
     # -- client keys -----------------------------------------------------------------------
 
     def _once(self, key: str | None, run: Callable[[], dict]) -> dict:
@@ -526,6 +576,8 @@ class ModuleHost(Service):
             return run()
         if not 0 < len(key) <= 200:
             raise CommandError("key must be a string of 1 to 200 characters")
+        if self.restoring and key in self._restoring_keys:
+            self._after_restore_of()  # its first answer is being restored: a retry gets it, not a second
         while True:
             with self._keys_lock:
                 now = time.monotonic()
@@ -570,6 +622,8 @@ class ModuleHost(Service):
             log.exception("%s: restoring from the journal failed", self.name)
         finally:
             self.restoring = False
+            self._restoring_uids, self._restoring_keys = set(), set()
+            self._restored.set()
         if self._closing:
             return
         try:

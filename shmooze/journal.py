@@ -1,34 +1,39 @@
 """The state journal: what a queue or pool needs to rebuild itself after a restart.
 
-A journal is an append-only file of JSON lines. The first line is a snapshot of
-every module in place (uid, type, init ``args``, queue module or background,
-last parameters, client key); each later line is one change (``add``, ``rm``,
-``order``, ``params``). Why a plain file rather than SQLite: a write torn by
-SIGKILL or a power cut can only damage the last line, which reading drops (the
-command log's SQLite file, truncated, is unreadable as a whole); replay needs
-no schema; and the writer appends and fsyncs, nothing more.
+A journal is an append-only file of records, each framed as a JSON text sequence (RFC 7464) with
+a checksum: ``RS CRC32 SP JSON LF``, where ``RS`` is the byte 0x1E, which JSON never holds raw.
+Record 0 heads the file (``snapshot``: format, time, how many modules follow); then one ``add``
+per module in place (uid, type, init ``args``, queue module or background, last parameters, client
+key); then one record per change (``add``, ``rm``, ``order``, ``params``). Every record carries its
+number ``n`` (0, 1, 2, ... within the file). Why a plain file rather than SQLite: a reader can
+resynchronise at the next ``RS`` after any damage, whatever byte offset was torn or overwritten,
+so damage loses the damaged records only, and the numbers say exactly which (the command log's
+SQLite file, damaged, is unreadable as a whole); replay needs no schema; and the writer appends
+and syncs, nothing more.
 
-Commands never wait for the disk: :class:`Journal` methods put the change on an
-in-memory queue (under the service's lock, so the order on disk is the order of
-the changes) and return. One writer thread applies changes to its own copy of
-the state and appends them within a few milliseconds (from then on a crash of the
-service loses nothing), fsyncs at most every ``fsync_interval`` (50 ms: what a
-power cut can lose), and rewrites the file as one
-snapshot when it has grown to several times the state. Parameter updates are
-coalesced: at most one line per module every ``params_interval`` seconds,
-carrying its full parameters as the service last heard them.
+Commands wait for the disk, together: :class:`Journal` methods put the change on an in-memory queue
+(under the service's lock, so the order on disk is the order of the changes) and return a ticket;
+the service answers a command once :meth:`Journal.sync` says its changes are kept. One writer thread
+applies changes to its own copy of the state, appends every change that has gathered in one write,
+and (``durability`` ``fsync``, the default) syncs the file once for all of them before their
+commands are answered: group commit. With ``durability`` ``write`` it answers once the changes are
+written to the kernel (a crash of the service loses nothing acknowledged; a power cut can lose the
+last ``fsync_interval``, 50 ms). The file is rewritten as one snapshot when it has grown to several
+times the state. Parameter updates, which no command waits for, are coalesced: at most one record
+per module every ``params_interval`` seconds, carrying its full parameters as the service last
+heard them.
 
 A write that fails (a full disk) loses nothing while the service runs: the writer's copy of the
-state already holds the change, so it is kept in memory and the writer tries again with backoff
-to write the whole state as one snapshot; the failure and the recovery are reported to the
-service's :class:`shmooze.storage.Health` (its ``status`` problem, a gauge, one log line each).
-A service whose journal cannot be written at start (the disk full) starts anyway and writes it
-once it can.
+state already holds the change, the commands waiting for it are answered that it is not kept, and
+the writer tries again with backoff to write the whole state as one snapshot. The failure and the
+recovery are reported to the service's :class:`shmooze.storage.Health` (its ``status`` problem, a
+gauge, one log line as the failures begin and one as they end). A service whose journal cannot be
+written at start (the disk full) starts anyway and writes it once it can.
 
-Reading tolerates damage: a torn last line is dropped; an unreadable line stops
-the replay there; either way the damaged file is kept aside (``NAME.bad-TIME``)
-with a warning in the log, and the service starts from what was readable (empty,
-when nothing was).
+Reading tolerates damage: a damaged record is skipped and the replay goes on at the next one; the
+problem says exactly which records were lost (a module of the snapshot, a change, the last record
+torn); the damaged file is kept aside (``NAME.bad-TIME``) with a warning in the log. Journals of
+the first format (plain JSON lines) are still read, then rewritten in this one.
 """
 
 from __future__ import annotations
@@ -39,16 +44,21 @@ import json
 import logging
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
 from shmooze import storage
-from shmooze.batchwriter import BatchWriter
+from shmooze.batchwriter import BatchWriter, WriteFailed
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 SUFFIX = ".journal"
+RS = b"\x1e"  # starts every record; json.dumps escapes it inside strings (ensure_ascii)
+#: ``durability``: answered once synced to the disk, or once written to the kernel.
+FSYNC, WRITE = "fsync", "write"
+DURABILITY = (FSYNC, WRITE)
 
 Entry = dict[str, Any]  # {"uid", "type", "args", "kind": "module"|"background", "parameters", "key"?, "time"}
 
@@ -103,8 +113,8 @@ class _State:
 
     def apply(self, record: dict[str, Any]) -> None:
         op = record["op"]
-        if op == "snapshot":
-            self.entries = {e["uid"]: dict(e) for e in record["entries"]}
+        if op == "snapshot":  # the head of a file (format 1 held the entries; format 2 adds them after it)
+            self.entries = {e["uid"]: dict(e) for e in record.get("entries", [])}
         elif op == "add":
             entry = dict(record["entry"])
             if entry["kind"] == "background":
@@ -126,8 +136,28 @@ class _State:
         else:
             raise ValueError(f"unknown record {op!r}")
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"op": "snapshot", "format": FORMAT, "time": time.time(), "entries": list(self.entries.values())}
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The records of a new file: its head, then one ``add`` per module."""
+        head = {"op": "snapshot", "format": FORMAT, "time": time.time(), "count": len(self.entries)}
+        return [head] + [{"op": "add", "entry": e} for e in self.entries.values()]
+
+
+def frame(n: int, record: dict[str, Any]) -> bytes:
+    """One record as it is written: ``RS CRC32 SP JSON LF``."""
+    body = json.dumps({"n": n, **record}, separators=(",", ":")).encode()
+    return b"%s%08x %s\n" % (RS, zlib.crc32(body), body)
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    """A framed record's JSON (without RS and LF), or None when damaged."""
+    crc, _, body = line.partition(b" ")
+    try:
+        if len(crc) != 8 or int(crc, 16) != zlib.crc32(body):
+            return None
+        record = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("n"), int) else None
 
 
 def read(path: str) -> tuple[list[Entry], str | None]:
@@ -138,6 +168,69 @@ def read(path: str) -> tuple[list[Entry], str | None]:
         return [], None
     except OSError as exc:
         return [], f"cannot read it ({exc.strerror or exc}): starting empty"
+    if data.startswith(b"{"):
+        return _read_lines(data)
+    return _read_records(data)
+
+
+def _read_records(data: bytes) -> tuple[list[Entry], str | None]:
+    state = _State()
+    missing: list[int] = []  # numbers of records lost between good ones
+    damaged: list[tuple[int, int]] = []  # (offset, length) of bytes that are no record
+    tail = 0  # damaged pieces after the last good record: the records torn at the end
+    expected, count, good, offset = 0, None, 0, 0
+    for piece in data.split(RS):
+        at, offset = offset, offset + len(piece) + 1
+        if not piece and at == 0:
+            continue  # before the first RS
+        line, lf, rest = piece.partition(b"\n")
+        record = _parse(line) if lf else None
+        if record is not None and record["n"] >= expected:
+            try:
+                state.apply(record)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                record = None
+        if record is None:
+            damaged.append((at - 1, len(piece) + 1) if at else (0, len(piece)))  # (from its RS)
+            tail += 1
+            continue
+        missing.extend(range(expected, record["n"]))
+        expected, tail, good = record["n"] + 1, 0, good + 1
+        if record["op"] == "snapshot":
+            count = record.get("count")
+        if rest:  # bytes after a record's LF, before the next RS: a record whose RS was overwritten
+            damaged.append((at + len(line) + 1, len(rest)))
+            tail += 1
+    if not damaged and not missing:
+        return list(state.entries.values()), None
+    return list(state.entries.values()), _loss(missing, count, tail, damaged, good)
+
+
+def _loss(missing: list[int], count: int | None, tail: int, damaged: list[tuple[int, int]], good: int) -> str:
+    """Exactly what a damaged journal lost, for the log and ``status``."""
+    def what(n: int) -> str:
+        if n == 0:
+            return "record 1, the head (it held no module)"
+        if count is None:
+            return f"record {n + 1} (a module of the snapshot or a change)"
+        return f"record {n + 1} (module {n} of the snapshot)" if n <= count else f"record {n + 1} (a change)"
+
+    size = sum(length for _, length in damaged)
+    where = f"{size} damaged byte(s) from offset {damaged[0][0]}" if damaged else "no damaged byte"
+    parts = [what(n) for n in missing[:20]] + ([f"{len(missing) - 20} more"] if len(missing) > 20 else [])
+    if not good:
+        return f"no readable record ({size} bytes): starting empty"
+    if not missing and tail:
+        return f"the last record was torn ({size} bytes): that change is lost; the {good} before it were replayed"
+    if tail:
+        parts.append(f"the last {tail} record(s), torn")
+    lost = len(missing) + tail
+    return (f"{lost} record(s) lost: {', '.join(parts)} ({where}); the other {good} record(s) were replayed, "
+            "the records after the damage included")
+
+
+def _read_lines(data: bytes) -> tuple[list[Entry], str | None]:
+    """A journal of format 1: a snapshot line, then one JSON line per change."""
     state = _State()
     lines = data.split(b"\n")
     torn = lines.pop()  # what follows the last newline: empty unless the last write was torn
@@ -158,29 +251,32 @@ def read(path: str) -> tuple[list[Entry], str | None]:
 
 # -- writing ----------------------------------------------------------------------------
 
-_SYNC = object()  # queued by flush(): write and fsync everything now
+_SYNC = object()  # queued by flush(): write and fsync everything now (parameters included)
 
 
 class Journal:
-    """The journal of one service: read on creation, then appended by a writer thread."""
+    """The journal of one service: read on creation, then appended by a writer thread.
 
-    def __init__(self, path: str, service: str, *, params_interval: float = 0.5, fsync: bool = True,
-                 compact_min: int = 1000, group_window: float = 0.005,
-                 fsync_interval: float = 0.05, health: storage.Health | None = None):
+    ``durability``: ``fsync`` (a change is kept once synced to the disk) or ``write`` (once
+    written to the kernel; synced within ``fsync_interval``). See :meth:`sync`."""
+
+    def __init__(self, path: str, service: str, *, params_interval: float = 0.5, durability: str = FSYNC,
+                 compact_min: int = 1000, fsync_interval: float = 0.05, health: storage.Health | None = None):
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY)}, not {durability!r}")
         self.path = path
+        self.service = service
         self.health = health if health is not None else storage.Health()
         self.health.watch("journal")
-        self.service = service
         self.params_interval = params_interval
-        self.fsync = fsync
+        self.durability = durability
         self.compact_min = compact_min
-        self.group_window = group_window
         self.fsync_interval = fsync_interval
         self._unsynced = False
         self._synced_at = 0.0
-        self._behind = 0  # changes in the state but not on disk, after a failed write (0: not failing)
+        self._rewrite_due = False  # a write failed: the file is rewritten whole from the state
+        self._behind = 0  # changes in the state but not on disk (while _rewrite_due)
         self._retry_at = 0.0
-        self._pending_records = 0  # those of the batch being written
         entries, problem = read(path)
         if problem is not None:
             aside = f"{path}.bad-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
@@ -197,12 +293,12 @@ class Journal:
         self._state = _State()
         self._state.entries = {e["uid"]: e for e in entries}
         self._file: Any = None
-        self._lines = 0
+        self._n = 0  # the number of the next record in the file
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             self._rewrite()
-        except OSError as exc:  # (a full disk) the writer writes the state once it can
-            self._failed(exc, len(entries) or 1)
+        except OSError as exc:  # (a full disk) the state is in memory: the writer tries again
+            self._failed(exc, len(entries))
         # Parameter changes: the latest getter per uid, set without a lock or a wake-up (a dict store is
         # atomic), collected by the writer at most every params_interval.
         self._dirty: dict[str, Callable[[], dict[str, Any]]] = {}
@@ -210,9 +306,10 @@ class Journal:
         self._unplaced: dict[str, tuple[Callable[[], dict[str, Any]], float]] = {}
         self._params_due = 0.0
         self.writes = 0
+        self.syncs = 0
         self.compactions = 0
-        self._writer = BatchWriter(f"{service}-journal", self._write_batch, timeout=self._idle_time,
-                                   gather=group_window)  # a burst gathers: one write and one fsync for all
+        # No gathering delay: the changes that arrive while a write and its sync run make the next batch.
+        self._writer = BatchWriter(f"{service}-journal", self._write_batch, timeout=self._idle_time)
 
     # -- what the service records (never blocks on the disk) ----------------------------
 
@@ -241,49 +338,65 @@ class Journal:
     def closed(self) -> bool:
         return self._writer.closed
 
+    @property
+    def tickets(self) -> int:
+        """Changes recorded so far: pass it to :meth:`sync` as ``since`` before making a change."""
+        return self._writer.tickets
+
+    def sync(self, since: int = 0, timeout: float = 30.0) -> str | None:
+        """Block until every change recorded so far is kept (group commit: one write and one sync serve
+        every change that gathered meanwhile). None when those recorded after ``since`` are; else why
+        not (the write failed, the journal is closed, ``timeout`` passed)."""
+        return self._writer.wait(since, timeout)
+
     def _put(self, item: Any) -> None:
         self._writer.put(item)
 
     # -- the writer thread ----------------------------------------------------------------
 
     def _idle_time(self) -> float:
-        """How long the writer may wait for a change before parameters or an fsync are due."""
+        """How long the writer may wait for a change before parameters, an fsync or a rewrite are due."""
         timeout = self.params_interval
         if self._dirty or self._unplaced:
             timeout = max(0.0, self._params_due - time.monotonic())
         if self._unsynced:
             timeout = min(timeout, max(0.0, self._synced_at + self.fsync_interval - time.monotonic()))
-        if self._behind:
+        if self._rewrite_due:  # try again with backoff until the disk takes it
             timeout = min(timeout, max(0.0, self._retry_at - time.monotonic()))
         return timeout
 
     def _write_batch(self, items: list[Any], last: bool) -> None:
-        now = last or any(i is _SYNC for i in items)  # write and fsync everything now
+        changes = [i for i in items if i is not _SYNC]
+        now = last or len(changes) < len(items)  # write and fsync everything now
         try:
-            self._write([i for i in items if i is not _SYNC], flush_params=now or time.monotonic() >= self._params_due,
-                        retry=last)
-            if self._unsynced and (now or time.monotonic() >= self._synced_at + self.fsync_interval):
-                os.fsync(self._file.fileno())
+            if self._rewrite_due and not (now or changes or time.monotonic() >= self._retry_at):
+                return  # (parameters wait in _dirty: written with the state at the next try)
+            self._write(changes, flush_params=now or time.monotonic() >= self._params_due)
+            due = now or time.monotonic() >= self._synced_at + self.fsync_interval
+            if self._unsynced and (due or (changes and self.durability == FSYNC)):
+                _datasync(self._file.fileno())  # one for every change of the batch: their commands wait
                 self._unsynced, self._synced_at = False, time.monotonic()
-        except Exception as exc:  # (ValueError: what a bug may raise) kept in the state, retried
-            if not isinstance(exc, OSError):
-                log.exception("%s journal %s: write failed", self.service, self.path)
-            self._failed(exc, self._pending_records)
-        if last and self._behind:
-            self.health.lose("journal", self._behind, f"{self.service} stopped before its journal {self.path} "
-                             "could be written; a restart restores the state written before")
-        if last and self._file is not None:
-            self._file.close()
-            self._file = None
+                self.syncs += 1
+        except OSError as exc:  # the state holds the changes: the whole of it is written at the next try
+            self._failed(exc, len(changes))
+            if last and self._behind:
+                self.health.lose("journal", self._behind)
+                log.error("%s journal %s: %d change(s) could not be written and are lost: the service stopped "
+                          "first; a restart restores the state written before", self.service, self.path, self._behind)
+            raise WriteFailed(f"the journal {self.path} cannot be written ({storage.describe(exc)}); the service "
+                              "holds the change and writes it once there is space") from None
+        finally:
+            if last and self._file is not None:
+                self._file.close()
+                self._file = None
 
-    def _failed(self, exc: BaseException, records: int) -> None:
-        """A write failed: the state holds ``records`` more changes than the disk; try again later."""
-        self._behind += records
-        self._unsynced = False  # (the snapshot that follows is fsynced)
+    def _failed(self, exc: OSError, changes: int) -> None:
+        """A write failed: the state holds ``changes`` more changes than the disk; try again later."""
+        self._rewrite_due = True
+        self._behind += changes
         self._retry_at = time.monotonic() + self.health.failed("journal", self.path, exc, self._behind)
 
-    def _write(self, items: list[Any], flush_params: bool, retry: bool = False) -> None:
-        self._pending_records = 0
+    def _write(self, items: list[Any], flush_params: bool) -> None:
         records = []
         for item in items:
             op = item[0]
@@ -311,62 +424,54 @@ class Journal:
                 elif until < now:  # never placed (its start failed) or already gone
                     del self._unplaced[uid]
             self._params_due = time.monotonic() + self.params_interval
-        self._pending_records = len(records)
-        if self._behind:  # a write failed before: the whole state, as one snapshot, when the retry is due
-            if time.monotonic() < self._retry_at and not retry:
-                self._behind += len(records)
-                self.health.waiting("journal", self._behind)
-                return
+        if self._rewrite_due:  # a write failed: the state, these changes and those of failed writes included
             self._rewrite()
-            self.health.written("journal", self._behind + len(records))
+            self._rewrite_due = False
+            self.health.written("journal", self._behind + len(items))
             self._behind = 0
             return
         if not records:
             return
-        if self._lines + len(records) > max(self.compact_min, 4 * len(self._state.entries)):
+        if self._n + len(records) > max(self.compact_min, 4 * len(self._state.entries)):
             self._rewrite()
             self.compactions += 1
             return
-        data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
-        self._file.write(data)
-        self._file.flush()  # in the kernel now: a crash of this process loses nothing
-        self._unsynced = self.fsync  # on the disk within fsync_interval (see _writer)
-        self._lines += len(records)
+        data = b"".join(frame(self._n + i, r) for i, r in enumerate(records))
+        _write_all(self._file.fileno(), data)  # in the kernel now: a crash of this process loses nothing
+        self._unsynced = True
+        self._n += len(records)
         self.writes += 1
 
     def _rewrite(self) -> None:
-        """Replace the file with one snapshot of the state (a new file renamed over the old one)."""
+        """Replace the file with one snapshot of the state (a new file, synced, renamed over the old one)."""
         old, self._file = self._file, None
         if old is not None:
-            try:
-                old.close()
-            except OSError:
-                pass  # what it still held (a write that failed) is in the snapshot
+            with contextlib.suppress(OSError):
+                old.close()  # (unbuffered: nothing held back to lose)
         tmp = f"{self.path}.tmp-{os.getpid()}"
+        records = self._state.snapshot()
         try:
             with open(tmp, "wb") as f:
-                f.write(json.dumps(self._state.snapshot(), separators=(",", ":")).encode() + b"\n")
+                f.write(b"".join(frame(n, r) for n, r in enumerate(records)))
                 f.flush()
-                if self.fsync:
-                    os.fsync(f.fileno())
+                os.fsync(f.fileno())
             os.replace(tmp, self.path)
-        except BaseException:
+        except OSError:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)  # (a full disk: give back what the attempt took)
+                os.unlink(tmp)
             raise
-        if self.fsync:
-            _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
-        self._file = open(self.path, "ab")
-        self._lines = 1
+        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        self._file = open(self.path, "ab", buffering=0)  # unbuffered: a failed write keeps nothing back
+        self._n = len(records)
         self._unsynced = False
 
     # -- control --------------------------------------------------------------------------
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every change recorded so far is written (parameters included); False when that
-        took longer than ``timeout`` or the writes failed (the disk full: see :attr:`health`)."""
+        """Wait until every change recorded so far is written and synced (parameters included); False when
+        that took longer than ``timeout`` or the disk did not take it (see :attr:`health`)."""
         self._put(_SYNC)
-        return self._writer.flush(timeout) and not self._behind
+        return self._writer.flush(timeout) and not self._rewrite_due
 
     def close(self) -> None:
         """Write what is pending and stop recording: later changes (the service stopping) are not kept."""
@@ -374,8 +479,19 @@ class Journal:
 
     def status(self) -> dict[str, Any]:
         return {"path": self.path, "modules": len(self._state.entries), "pending": self._writer.pending,
-                "writes": self.writes, "compactions": self.compactions, "recovered": len(self.recovered),
-                "problem": self.problem, "unwritten": self._behind}
+                "writes": self.writes, "syncs": self.syncs, "compactions": self.compactions,
+                "recovered": len(self.recovered), "problem": self.problem, "durability": self.durability,
+                "unwritten": self._behind}
+
+
+_datasync = getattr(os, "fdatasync", os.fsync)  # the data and the size, not the times
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``write(2)`` until all of ``data`` is written (a write may take part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _fsync_dir(path: str) -> None:

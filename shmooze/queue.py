@@ -106,6 +106,7 @@ class Queue(ModuleHost):
     @command
     def mv(self, uids: list[str]) -> None:
         """Reorder: the named modules first, in that order, then the others in their old order."""
+        self._after_restore_of()  # the restored modules are placed first: an order made before would not hold
         with self._lock:
             first = [self._modules[uid] for uid in dict.fromkeys(uids) if uid in self._modules]
             first = [m for m in first if m is not self._bg]

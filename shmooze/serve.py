@@ -122,12 +122,19 @@ def _configure_host(host: ModuleHost, settings: Settings, name: str) -> None:
             raise SettingsError(f"{settings.path}: module_limits must be one of {', '.join(LIMIT_MODES)}, not {mode!r}")
         host.limits_mode = mode
     _configure_module_types(settings, host)
+    from shmooze.journal import DURABILITY
+
+    host.durability = settings.get("durability", host.durability)  # when a command is answered: see journal
+    if host.durability not in DURABILITY:
+        raise SettingsError(f"{settings.path}: durability must be one of {', '.join(DURABILITY)}, "
+                            f"not {host.durability!r}")
     log_path = settings.get("log_database_path")
     if log_path and host.command_log is None:
         from shmooze.cmdlog import CommandLog
 
         host.command_log = CommandLog(log_path, name, max_age=float(settings.get("log_max_age_days", 7)) * 86400,
-                                      max_bytes=int(settings.get("log_max_bytes", 100_000_000)), health=host.storage)
+                                      max_bytes=int(settings.get("log_max_bytes", 100_000_000)),
+                                      durability=host.durability, health=host.storage)
     if settings.get("log_module_updates"):
         host.log_module_updates = True
     if host.journal is None and not host._journal_path:

@@ -147,13 +147,12 @@ class Health:
                     state.failures, count, unit, lost)
         self._tell()
 
-    def lose(self, store: str, count: int, why: str) -> None:
-        """``count`` items of ``store`` are lost for good (the service stopping with them unwritten)."""
+    def lose(self, store: str, count: int) -> None:
+        """``count`` items of ``store`` are lost for good (the service stopping with them unwritten: the
+        store says which in its log)."""
         if count:
             with self._lock:
                 self.lost[store] = self.lost.get(store, 0) + count
-            log.error("%s: %d %s could not be written and are lost: %s", store, count, UNITS.get(store, "item(s)"),
-                      why)
 
     @property
     def failing(self) -> bool:
