@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -200,6 +201,31 @@ def test_a_change_the_full_disk_did_not_take_is_answered_not_kept_then_refused(s
         assert len(journal.read(str(path))[0]) == 1
     finally:
         q.stop()
+
+
+def test_health_says_it_once_per_outage_and_names_quota_and_sqlite_full(caplog):
+    caplog.set_level(logging.INFO)
+    changes: list = []
+    health = storage.Health(on_change=changes.append)
+    quota = OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+    assert storage.is_full(quota) and storage.is_full(sqlite3.OperationalError("database or disk is full"))
+    assert not storage.is_full(OSError(errno.EACCES, "Permission denied"))
+    delays = [health.failed("journal", "/j", quota, pending=i + 1) for i in range(8)]
+    assert delays == sorted(delays) and delays[0] == storage.FIRST_RETRY and delays[-1] == storage.LAST_RETRY
+    assert health.refusal and "Disk quota exceeded" in health.refusal
+    health.failed("command log", "/l", OSError(errno.EIO, "Input/output error"), pending=3, lost=2)
+    problem = health.problem()
+    assert "disk full (Disk quota exceeded)" in problem and "8 change(s) kept" in problem, problem
+    assert "Input/output error" in problem and "2 lost" in problem, problem  # not a full disk: said as it is
+    health.written("journal", 8)
+    health.written("journal", 1)  # (no outage: nothing said)
+    assert "journal" not in (health.problem() or "") and health.refusal is not None  # the log still fails
+    health.written("command log", 3)
+    assert health.problem() is None and health.refusal is None
+    assert health.status() == {"failing": [], "lost": {"command log": 2}, "outages": {"journal": 1, "command log": 1}}
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 4, said  # two outages: a line as each began, one as each ended
+    assert [p is None for p in changes] == [False, False, False, True]  # a change event each time
 
 
 def test_status_table_and_exit_status_show_a_problem():
