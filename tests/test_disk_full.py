@@ -228,6 +228,15 @@ def test_health_says_it_once_per_outage_and_names_quota_and_sqlite_full(caplog):
     assert [p is None for p in changes] == [False, False, False, True]  # a change event each time
 
 
+def test_shmooze_run_on_a_full_disk_says_so_in_one_line(small_disk, tmp_path):
+    fill(small_disk)
+    path = write_settings(tmp_path / "settings.json", ports={"wsgi": free_port(), "queue": free_port()},
+                          services={"queue": "tests.apps:make_queue"}, run_path=str(small_disk / "run"))
+    out = shmooze("run", str(path))
+    assert out.returncode == 1 and "No space left on device" in out.stderr, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
 def test_status_table_and_exit_status_show_a_problem():
     problem = "journal /x/queue.journal cannot be written (disk full (No space left on device)) since 12:00:00"
     report = {"services": {

@@ -187,6 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     except ShmoozeError as exc:
         sys.stderr.write(f"shmooze: {exc}\n")
         return 1
+    except OSError as exc:
+        from shmooze.storage import is_full
+
+        if not is_full(exc):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        sys.stderr.write(f"shmooze: a write failed{where}: {exc.strerror}; free some space and try again\n")
+        return 1
     except KeyboardInterrupt:
         return 130
 
