@@ -141,6 +141,8 @@ class BatchWriter:
         with self._lock:
             if failed is not None and items:
                 self._failed.append((self._done + 1, self._done + len(items), failed))
+            if failed is not None and self._idle:  # a waiter's write failed: the owner's retry may be due
+                self._work.notify()  # sooner than the idle thread's timeout, which it reads again now
             self._done += len(items)
 
     def _run(self) -> None:

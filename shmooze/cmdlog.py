@@ -7,13 +7,20 @@ it; :class:`shmooze.batchwriter.BatchWriter`), a writer thread what nobody waits
 (the default) commits with SQLite's ``synchronous=FULL`` (synced to the disk); ``write`` with
 ``NORMAL`` (written to the kernel: a crash of the service loses nothing) and syncs the write-ahead
 log at most every ``sync_interval`` (50 ms: what a power cut can lose). A row that cannot be
-committed is named in the log (what, when, which module). Applications read history with
+committed fails its command's answer and is kept for the next try (see below); a row lost is named
+in the log (what, when, which module). Applications read history with
 :meth:`CommandLog.history`.
 
 The log stays small: the writer deletes rows older than ``max_age`` seconds and,
 when the rows take more than ``max_bytes``, the oldest ones, checking after every
-``prune_every`` rows and at least once a minute. Services record client commands
-and modules leaving; modules' parameter updates only when asked (see
+``prune_every`` rows and at least once a minute.
+
+A write that fails (a full disk, a log that cannot be opened at start) keeps its rows in memory,
+up to ``max_pending``, and the writer tries again with backoff; beyond that the oldest are dropped,
+counted and named in the log. Both are reported to the service's :class:`shmooze.storage.Health`,
+which logs one line when the failures start and one when writing works again.
+
+Services record client commands and modules leaving; modules' parameter updates only when asked (see
 :class:`shmooze.host.ModuleHost`).
 """
 
@@ -24,9 +31,9 @@ import json
 import logging
 import sqlite3
 import time
-from typing import Any
+from typing import Any, NoReturn
 
-from shmooze import private
+from shmooze import private, storage
 from shmooze.batchwriter import BatchWriter, Syncer, WriteFailed
 
 log = logging.getLogger(__name__)
@@ -54,24 +61,66 @@ class CommandLog:
     """An append-only SQLite log, written by a background thread, pruned by age and size."""
 
     def __init__(self, path: str, service: str, max_age: float = 7 * 86400, max_bytes: int = 100_000_000,
-                 prune_every: int = 10_000, durability: str = "fsync", sync_interval: float = 0.05):
+                 prune_every: int = 10_000, durability: str = "fsync", sync_interval: float = 0.05,
+                 health: storage.Health | None = None, max_pending: int = 100_000):
         self.path = path
         self.service = service
-        private.private_state(path, ("-wal", "-shm"))  # folder 0700 when made here; old files 0600
         self.synchronous = "FULL" if durability == "fsync" else "NORMAL"
         # (NORMAL) The write-ahead log synced within sync_interval, on a thread of its own (SQLite has no call
         # for that short of a checkpoint; a sync of the file is one), so commits never wait for the disk.
         self._syncer = Syncer(f"{service}-cmdlog-sync", path + "-wal", sync_interval) \
             if self.synchronous == "NORMAL" else None
+        self.health = health if health is not None else storage.Health()
+        self.health.watch("command log")
         self.max_age, self.max_bytes, self.prune_every = max_age, max_bytes, prune_every  # see prune()
+        self.max_pending = max_pending
         self.pruned = 0
-        self._db = self._connect(auto_vacuum=True)  # the writer's connection (used on its thread only)
-        self._db.executescript(SCHEMA)
         self.dropped = 0
+        self._db: sqlite3.Connection | None = None  # the writer's connection (used on its thread only)
+        self._unwritten: list[Any] = []  # rows whose write failed, written at the next try
+        self._retry_at = 0.0
+        self._last_error = ""
+        try:
+            self._open()
+        except (sqlite3.Error, OSError) as exc:  # (a full disk) the writer opens it once it can
+            self._failed(exc, [])
         self._since_prune = 0
         self._next_prune = 0.0
-        self._writer = BatchWriter(f"{service}-cmdlog", self._write,
-                                   timeout=lambda: max(0.01, self._next_prune - time.monotonic()), max_batch=5000)
+        self._writer = BatchWriter(f"{service}-cmdlog", self._write, timeout=self._idle_time, max_batch=5000)
+
+    def _open(self) -> None:
+        private.private_state(self.path, ("-wal", "-shm"))  # folder 0700 when made here; old files 0600
+        db = self._connect(auto_vacuum=True)
+        try:
+            db.executescript(SCHEMA)
+        except sqlite3.Error:
+            db.close()
+            raise
+        self._db = db
+
+    def _idle_time(self) -> float:
+        due = self._retry_at if self._unwritten or self._db is None else self._next_prune
+        return max(0.01, due - time.monotonic())
+
+    def _failed(self, exc: BaseException, rows: list[Any]) -> None:
+        """Writing ``rows`` failed: keep them (the newest ``max_pending``) for the next try."""
+        self._unwritten.extend(rows)
+        self._last_error = storage.describe(exc)
+        lost = max(0, len(self._unwritten) - self.max_pending)
+        if lost:
+            self._lose(self._unwritten[:lost], f"more than {self.max_pending} rows waiting")
+            del self._unwritten[:lost]
+        self._retry_at = time.monotonic() + self.health.failed("command log", self.path, exc,
+                                                               len(self._unwritten), lost)
+
+    def _lose(self, rows: list[Any], why: str) -> None:
+        """Rows that will never be written: counted, and named in the log."""
+        if not rows:
+            return
+        self.dropped += len(rows)
+        named = "; ".join(f"{time.strftime('%H:%M:%S', time.localtime(r[0]))} {r[2]} {r[5]} {r[3] or ''}"
+                          for r in rows[:20]) + (f"; and {len(rows) - 20} more" if len(rows) > 20 else "")
+        log.error("command log %s: %d row(s) lost (%s): %s", self.path, len(rows), why, named)
 
     def _connect(self, auto_vacuum: bool = False) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
@@ -103,7 +152,7 @@ class CommandLog:
 
     def sync(self, since: int = 0, timeout: float = 30.0) -> str | None:
         """Block until every row recorded so far is committed; None when those after ``since`` are, else
-        why not (the rows lost are named in the log)."""
+        why not (such rows are kept in memory and written at the next try; rows lost are named in the log)."""
         return self._writer.wait(since, timeout)
 
     def prune(self, db: sqlite3.Connection) -> int:
@@ -125,13 +174,32 @@ class CommandLog:
         return deleted
 
     def _write(self, rows: list[Any], last: bool) -> None:
-        """Under the write lock (a waiting command or the writer's thread): prune when due, insert ``rows``
-        in one transaction."""
+        """Under the write lock (a waiting command or the writer's thread): prune when due, insert ``rows`` in
+        one transaction. Rows that cannot be committed are kept for the next try, and the batch is failed
+        (:class:`WriteFailed`)."""
+        failing = bool(self._unwritten) or self._db is None
+        if failing:  # try again when due (or when closing)
+            if time.monotonic() < self._retry_at and not last:
+                self._unwritten.extend(rows)
+                self.health.waiting("command log", len(self._unwritten))
+                if rows:
+                    raise WriteFailed(f"the command log {self.path} cannot be written ({self._last_error}); its "
+                                      "rows are kept in memory and written once it can be")
+                return
+            rows, self._unwritten = self._unwritten + rows, []
+            try:
+                if self._db is None:
+                    self._open()
+            except (sqlite3.Error, OSError) as exc:
+                self._failed(exc, rows)
+                self._failed_batch(exc, last)
+        assert self._db is not None  # opened above
         if self._since_prune >= self.prune_every or time.monotonic() >= self._next_prune:
             try:
                 self.prune(self._db)
-            except sqlite3.Error:
-                log.exception("command log %s: pruning failed", self.path)
+            except sqlite3.Error as exc:
+                if not storage.is_full(exc):  # (a full disk: the insert below says so)
+                    log.exception("command log %s: pruning failed", self.path)
             self._since_prune, self._next_prune = 0, time.monotonic() + 60
         if rows:
             try:
@@ -141,25 +209,34 @@ class CommandLog:
                     self._db.execute("BEGIN")
                     self._db.executemany(INSERT, rows)
                     self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self.dropped += len(rows)
+            except sqlite3.Error as exc:  # (a full disk) kept for the next try
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
-                named = "; ".join(f"{time.strftime('%H:%M:%S', time.localtime(r[0]))} {r[2]} {r[5]} {r[3] or ''}"
-                                  for r in rows[:20]) + (f"; and {len(rows) - 20} more" if len(rows) > 20 else "")
-                log.error("command log %s: %d row(s) lost (%s): %s", self.path, len(rows), exc, named)
-                if last:
-                    self._db.close()
-                raise WriteFailed(f"the command log could not commit {len(rows)} row(s): {exc}") from None
+                self._failed(exc, rows)
+                self._failed_batch(exc, last)
+            self.health.written("command log", len(rows))
             self._since_prune += len(rows)
             if self._syncer is not None:
                 self._syncer.written()
+        elif failing:  # opened at last, with nothing to write
+            self.health.written("command log")
         if last:
             self._db.close()
 
+    def _failed_batch(self, exc: BaseException, last: bool) -> NoReturn:
+        """End a batch whose rows are kept for the next try (lost, when the service is stopping)."""
+        if last:
+            if self._db is not None:
+                self._db.close()
+            self.health.lose("command log", len(self._unwritten))
+            self._lose(self._unwritten, f"{self.service} stopped before its command log could be written")
+            self._unwritten = []
+        raise WriteFailed(f"the command log {self.path} cannot be written ({storage.describe(exc)}); its rows "
+                          "are kept in memory and written once it can be") from None
+
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything recorded so far is on disk."""
-        return self._writer.flush(timeout)
+        """Wait until everything recorded so far is on disk (False when it could not be)."""
+        return self._writer.flush(timeout) and not self._unwritten and self._db is not None
 
     def close(self) -> None:
         self._writer.close()

@@ -602,8 +602,10 @@ def status(settings: Settings) -> dict[str, Any]:
 
 
 def all_up(report: dict[str, Any]) -> bool:
-    """Whether every service of a status report is RUNNING and answering."""
-    return all(e["state"] in ("RUNNING", "REMOTE") and e.get("answering") for e in report["services"].values())
+    """Whether every service of a status report is RUNNING, answering, and reports no ``problem`` (a full
+    disk: see shmooze.storage)."""
+    return all(e["state"] in ("RUNNING", "REMOTE") and e.get("answering") and not (e.get("status") or {}).get("problem")
+               for e in report["services"].values())
 
 
 def stop(settings: Settings, timeout: float = 60.0) -> int | None:

@@ -135,7 +135,7 @@ class ModuleHost(Service):
         """Boot, then restore the journal's modules in the background (:meth:`after_restore` follows)."""
         self._boot()
         if self.journal is None and self._journal_path:
-            self.journal = Journal(self._journal_path, self.name, durability=self.durability)
+            self.journal = Journal(self._journal_path, self.name, durability=self.durability, health=self.storage)
         if self.journal is not None:
             self._restoring_uids = {e["uid"] for e in self.journal.recovered}
             self._restoring_keys = {e["key"] for e in self.journal.recovered if e.get("key")}
@@ -550,11 +550,12 @@ class ModuleHost(Service):
         if journal is not None and command_log is not None and self.durability == FSYNC:
             command_log.start_writing()  # its commit's sync beside the journal's, not after it
         problem = journal.sync(since) if journal is not None else None
-        if command_log is not None:
-            command_log.sync(log_since)  # a row it could not keep, it names in the log
+        log_problem = command_log.sync(log_since) if command_log is not None else None
         if problem is not None and answer.get("success"):
             return protocol.error(f"{spec.name} was done but is not kept ({problem}): a restart of {self.name} "
-                                  "would undo it")
+                                  "before it is written would undo it")
+        if log_problem is not None and answer.get("success"):  # (its row is kept in memory, written later)
+            return protocol.error(f"{spec.name} was done but its command-log row is not kept ({log_problem})")
         return answer
 
     def _after_restore_of(self, uids: Iterable[Any] | None = None) -> None:

@@ -23,6 +23,13 @@ times the state. Parameter updates, which no command waits for, are coalesced: a
 per module every ``params_interval`` seconds, carrying its full parameters as the service last
 heard them.
 
+A write that fails (a full disk) loses nothing while the service runs: the writer's copy of the
+state already holds the change, the commands waiting for it are answered that it is not kept, and
+the writer tries again with backoff to write the whole state as one snapshot. The failure and the
+recovery are reported to the service's :class:`shmooze.storage.Health` (its ``status`` problem, a
+gauge, one log line as the failures begin and one as they end). A service whose journal cannot be
+written at start (the disk full) starts anyway and writes it once it can.
+
 Reading tolerates damage: a damaged record is skipped and the replay goes on at the next one; the
 problem says exactly which records were lost (a module of the snapshot, a change, the last record
 torn); the damaged file is kept aside (``NAME.bad-TIME``) with a warning in the log. Journals of
@@ -41,7 +48,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable
 
-from shmooze import private
+from shmooze import private, storage
 from shmooze.batchwriter import BatchWriter, Syncer, WriteFailed
 
 log = logging.getLogger(__name__)
@@ -255,18 +262,21 @@ class Journal:
     to the kernel; synced within ``fsync_interval``). See :meth:`sync`."""
 
     def __init__(self, path: str, service: str, *, params_interval: float = 0.5, durability: str = FSYNC,
-                 compact_min: int = 1000, fsync_interval: float = 0.05):
+                 compact_min: int = 1000, fsync_interval: float = 0.05, health: storage.Health | None = None):
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY)}, not {durability!r}")
         self.path = path
         self.service = service
+        self.health = health if health is not None else storage.Health()
+        self.health.watch("journal")
         self.params_interval = params_interval
         self.durability = durability
         self.compact_min = compact_min
         self.fsync_interval = fsync_interval
         self._unsynced = False
         self._rewrite_due = False  # a write failed: the file is rewritten whole from the state
-        private.private_state(path)  # its folder 0700 when made here; an old file that others could read, 0600
+        self._behind = 0  # changes in the state but not on disk (while _rewrite_due)
+        self._retry_at = 0.0
         entries, problem = read(path)
         if problem is not None:
             aside = f"{path}.bad-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
@@ -285,11 +295,10 @@ class Journal:
         self._file: Any = None
         self._n = 0  # the number of the next record in the file
         try:
+            private.private_state(path)  # its folder 0700 when made here; an old file that others could read, 0600
             self._rewrite()
         except OSError as exc:  # (a full disk) the state is in memory: the writer tries again
-            self._rewrite_due = True
-            log.error("%s journal %s: cannot write it (%s); trying again every second", service, path,
-                      exc.strerror or exc)
+            self._failed(exc, len(entries))
         # Parameter changes: the latest getter per uid, set without a lock or a wake-up (a dict store is
         # atomic), collected by the writer at most every params_interval.
         self._dirty: dict[str, Callable[[], dict[str, Any]]] = {}
@@ -352,18 +361,16 @@ class Journal:
         timeout = self.params_interval
         if self._dirty or self._unplaced:
             timeout = max(0.0, self._params_due - time.monotonic())
-        if self._rewrite_due:
-            timeout = min(timeout, 1.0)  # try again every second until the disk takes it
+        if self._rewrite_due:  # try again with backoff until the disk takes it
+            timeout = min(timeout, max(0.0, self._retry_at - time.monotonic()))
         return timeout
 
     def _write_batch(self, items: list[Any], last: bool) -> None:
         changes = [i for i in items if i is not _SYNC]
         now = last or len(changes) < len(items)  # write and fsync everything now
         try:
-            if self._rewrite_due:
-                self._rewrite()  # the state, changes of failed writes included
-                self._rewrite_due = False
-                log.warning("%s journal %s: written whole again after a failed write", self.service, self.path)
+            if self._rewrite_due and not (now or changes or time.monotonic() >= self._retry_at):
+                return  # (parameters wait in _dirty: written with the state at the next try)
             self._write(changes, flush_params=now or time.monotonic() >= self._params_due)
             if self._unsynced and self._syncer is not None and not now:
                 self._syncer.written()
@@ -371,17 +378,24 @@ class Journal:
                 _datasync(self._file.fileno())  # one for every change of the batch: their commands wait
                 self.syncs += 1
             self._unsynced = False
-        except OSError as exc:
-            if changes or not self._rewrite_due:  # (not once a second while the disk stays full)
-                log.error("%s journal %s: write failed (%s): %d change(s) not kept yet (their commands are "
-                          "answered so); the journal is written whole again once the disk takes it", self.service,
-                          self.path, exc.strerror or exc, len(changes))
-            self._rewrite_due = True
-            raise WriteFailed(f"the journal could not be written: {exc.strerror or exc}") from None
+        except OSError as exc:  # the state holds the changes: the whole of it is written at the next try
+            self._failed(exc, len(changes))
+            if last and self._behind:
+                self.health.lose("journal", self._behind)
+                log.error("%s journal %s: %d change(s) could not be written and are lost: the service stopped "
+                          "first; a restart restores the state written before", self.service, self.path, self._behind)
+            raise WriteFailed(f"the journal {self.path} cannot be written ({storage.describe(exc)}); the service "
+                              "holds the change and writes it once there is space") from None
         finally:
             if last and self._file is not None:
                 self._file.close()
                 self._file = None
+
+    def _failed(self, exc: OSError, changes: int) -> None:
+        """A write failed: the state holds ``changes`` more changes than the disk; try again later."""
+        self._rewrite_due = True
+        self._behind += changes
+        self._retry_at = time.monotonic() + self.health.failed("journal", self.path, exc, self._behind)
 
     def _write(self, items: list[Any], flush_params: bool) -> None:
         records = []
@@ -411,6 +425,13 @@ class Journal:
                 elif until < now:  # never placed (its start failed) or already gone
                     del self._unplaced[uid]
             self._params_due = time.monotonic() + self.params_interval
+        if self._rewrite_due:  # a write failed: the state, these changes and those of failed writes included
+            private.private_state(self.path)  # (its folder, when a full disk kept it from being made at start)
+            self._rewrite()
+            self._rewrite_due = False
+            self.health.written("journal", self._behind + len(items))
+            self._behind = 0
+            return
         if not records:
             return
         if self._n + len(records) > max(self.compact_min, 4 * len(self._state.entries)):
@@ -425,9 +446,10 @@ class Journal:
 
     def _rewrite(self) -> None:
         """Replace the file with one snapshot of the state (a new file, synced, renamed over the old one)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        old, self._file = self._file, None
+        if old is not None:
+            with contextlib.suppress(OSError):
+                old.close()  # (unbuffered: nothing held back to lose)
         tmp = f"{self.path}.tmp-{os.getpid()}"
         records = self._state.snapshot()
         try:
@@ -448,9 +470,10 @@ class Journal:
     # -- control --------------------------------------------------------------------------
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every change recorded so far is written and synced (parameters included)."""
+        """Wait until every change recorded so far is written and synced (parameters included); False when
+        that took longer than ``timeout`` or the disk did not take it (see :attr:`health`)."""
         self._put(_SYNC)
-        return self._writer.flush(timeout)
+        return self._writer.flush(timeout) and not self._rewrite_due
 
     def close(self) -> None:
         """Write what is pending and stop recording: later changes (the service stopping) are not kept."""
@@ -460,8 +483,9 @@ class Journal:
 
     def status(self) -> dict[str, Any]:
         return {"path": self.path, "modules": len(self._state.entries), "pending": self._writer.pending,
-                "writes": self.writes, "syncs": self.syncs + (self._syncer.syncs if self._syncer else 0), "compactions": self.compactions,
-                "recovered": len(self.recovered), "problem": self.problem, "durability": self.durability}
+                "writes": self.writes, "syncs": self.syncs + (self._syncer.syncs if self._syncer else 0),
+                "compactions": self.compactions, "recovered": len(self.recovered), "problem": self.problem,
+                "durability": self.durability, "unwritten": self._behind}
 
 
 _datasync = getattr(os, "fdatasync", os.fsync)  # the data and the size, not the times

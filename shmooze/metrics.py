@@ -9,11 +9,15 @@ scrape asks every service for its ``metrics`` at that moment (so no gateway work
 copy of a service's counts) and adds ``shmooze_service_up``. The gateway's own figures (push
 watchers, events sent) live in each worker; they are summed across workers by prometheus_client's
 multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by ``shmooze serve wsgi``), or counted in the
-one process when there is no such folder.
+one process when there is no such folder. Those files are mmapped: a page written where the disk has
+none left kills the process (SIGBUS), so each worker reserves its files' space first
+(:func:`reserve_files`) and, when it cannot (a full disk), keeps its figures in memory, out of the
+scrapes, rather than die.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -132,13 +136,43 @@ class ServicesCollector:
         yield from merged.values()
 
 
-class GatewayStats:
-    """The figures of one gateway worker: WebSocket sessions and push events sent."""
+#: The files of a gateway worker's figures in multiprocess mode (prometheus_client's names), and the
+#: space reserved for each (prometheus_client's first size: it grows them only past that).
+GATEWAY_FILES, GATEWAY_FILE_BYTES = ("counter", "gauge_livesum"), 1 << 16
 
-    def __init__(self) -> None:
+
+def reserve_files(folder: str, pid: int) -> OSError | None:
+    """Give this process's multiprocess files their disk space now (None), or say why it cannot be had
+    (the files are then removed). prometheus_client makes them sparse: a full disk would show as SIGBUS
+    at the first figure written, not as an error."""
+    made = []
+    try:
+        for prefix in GATEWAY_FILES:
+            path = os.path.join(folder, f"{prefix}_{pid}.db")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            made.append(path)
+            try:
+                if os.fstat(fd).st_size == 0:
+                    os.posix_fallocate(fd, 0, GATEWAY_FILE_BYTES)
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        for path in made:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return exc
+    return None
+
+
+class GatewayStats:
+    """The figures of one gateway worker: WebSocket sessions and push events sent.
+
+    ``shared``: counted in the multiprocess folder (its files' space reserved), else in memory only."""
+
+    def __init__(self, shared: bool = True) -> None:
         from prometheus_client import Counter, Gauge
 
-        multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        multiprocess = self.shared = shared and bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         gauge_options: dict[str, Any] = {"multiprocess_mode": "livesum"} if multiprocess else {}
         self.sessions = Gauge("shmooze_push_sessions", "Open WebSocket sessions at the gateway",
                               registry=None, **gauge_options)
@@ -172,7 +206,15 @@ def gateway_stats() -> GatewayStats:
     global _gateway_stats
     with _stats_lock:
         if _gateway_stats is None:
-            _gateway_stats = GatewayStats()
+            folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+            failed = reserve_files(folder, os.getpid()) if folder else None
+            if failed is not None:
+                from prometheus_client import values
+
+                log.warning("this gateway worker's push figures are left out of the metrics: no space for its "
+                            "files in %s (%s)", folder, failed.strerror or failed)
+                values.ValueClass = values.MutexValue  # (this process only: its figures stay in memory)
+            _gateway_stats = GatewayStats(shared=failed is None)
         return _gateway_stats
 
 

@@ -150,7 +150,7 @@ class HostOps:
                 self._add_restart_view(entry, now)
                 waiting.append(entry)
             given_up = list(self._given_up.values())
-        return {**info, "restarting": waiting, "given_up": given_up}
+        return {**info, "restarting": waiting, "given_up": given_up, "storage": self.host.storage.status()}
 
     # -- life of a module --------------------------------------------------------------
 

@@ -134,7 +134,7 @@ def _configure_host(host: ModuleHost, settings: Settings, name: str) -> None:
 
         host.command_log = CommandLog(log_path, name, max_age=float(settings.get("log_max_age_days", 7)) * 86400,
                                       max_bytes=int(settings.get("log_max_bytes", 100_000_000)),
-                                      durability=host.durability)
+                                      durability=host.durability, health=host.storage)
     if settings.get("log_module_updates"):
         host.log_module_updates = True
     if host.journal is None and not host._journal_path:

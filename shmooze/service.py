@@ -31,7 +31,7 @@ import time
 import typing
 from typing import Any
 
-from shmooze import __version__, protocol
+from shmooze import __version__, protocol, storage
 from shmooze.commands import CommandSpec, command, declared, describe, spec_of
 from shmooze.errors import CommandError
 from shmooze.events import ChangeLog, epoch_base
@@ -158,6 +158,8 @@ class Service:
         from shmooze.metrics import ServiceStats
 
         self.stats = ServiceStats()  # what the metrics command hands out (shmooze.metrics)
+        #: Whether what the service keeps (journal, command log) can be written (see shmooze.storage).
+        self.storage = storage.Health(on_change=lambda problem: self.changed("storage", problem=problem))
 
     @classmethod
     def declared_read_only(cls) -> frozenset[str]:
@@ -186,7 +188,8 @@ class Service:
 
     @command(quick=True)
     def status(self) -> dict[str, Any]:
-        """The service's pid, uptime, version and change version."""
+        """The service's pid, uptime, version, change version and ``problem``: what keeps it from working
+        as it should (a store it cannot write: a full disk), None when nothing does."""
         return {
             "service": self.name,
             "pid": os.getpid(),
@@ -194,6 +197,7 @@ class Service:
             "version": __version__,
             "change_version": self.events.version,
             "epoch": self.events.base,
+            "problem": self.storage.problem(),
         }
 
     @command(read_only=True)
@@ -214,7 +218,7 @@ class Service:
 
     def _gauges(self) -> list:
         return [("shmooze_change_events", "Change events the service published", "counter", {},
-                 float(self.events.version))]
+                 float(self.events.version)), *self.storage.gauges()]
 
 
     # -- helpers for subclasses ----------------------------------------------------
@@ -258,6 +262,9 @@ class Service:
         problem = self._check_args(spec, item.args)
         if problem:
             return protocol.error(f"{spec.name}: {problem}")
+        refusal = None if spec.read_only else self.storage.refusal
+        if refusal is not None:  # the change could not be kept: no success answer (fail closed)
+            return protocol.error(f"{spec.name} {refusal}")
         try:
             result = getattr(self, spec.name)(**item.args)
         except CommandError as exc:

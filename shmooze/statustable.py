@@ -10,7 +10,8 @@ from typing import Any
 
 
 def format_status(report: dict[str, Any]) -> str:
-    """The report as text: a table of services, one of modules, then each host's containment."""
+    """The report as text: a table of services, one of modules, each service's problem, then each host's
+    containment."""
     rows = [("SERVICE", "STATE", "PID", "UPTIME", "MODULES")]
     module_rows = [("  MODULE", "TYPE", "STATE", "PID", "UPTIME / ENDED BY", "CPU", "CPU%", "MEMORY", "RESTARTS")]
     for name, entry in report["services"].items():
@@ -18,6 +19,8 @@ def format_status(report: dict[str, Any]) -> str:
         modules = st.get("modules", [])
         state = entry["state"] if entry.get("answering") or entry["state"] not in ("RUNNING", "REMOTE") else \
             "NOT ANSWERING" if entry["state"] == "RUNNING" else "DOWN"
+        if st.get("problem"):
+            state += " (PROBLEM)"
         if entry["state"] == "REMOTE":
             state += f" ({entry['host']})"
         rows.append((name, state, str(entry["pid"] or "-"), _duration(entry.get("uptime")),
@@ -33,7 +36,15 @@ def format_status(report: dict[str, Any]) -> str:
             module_rows.append((f"  {name}/{m['uid']}", m["type"], "ended", str(m.get("pid") or "-"),
                                 str(m.get("ended_by")) + (f" ({m['reason']})" if m.get("reason") else ""),
                                 "", "", "", ""))
-    return _table(rows) + ("\n\n" + _table(module_rows) if len(module_rows) > 1 else "") + _containment_lines(report)
+    return _table(rows) + ("\n\n" + _table(module_rows) if len(module_rows) > 1 else "") + _problem_lines(report) \
+        + _containment_lines(report)
+
+
+def _problem_lines(report: dict[str, Any]) -> str:
+    """What keeps a service from working as it should (its status ``problem``: a full disk)."""
+    lines = [f"{name}: PROBLEM: {problem}" for name, entry in report["services"].items()
+             if (problem := (entry.get("status") or {}).get("problem"))]
+    return "\n\n" + "\n".join(lines) if lines else ""
 
 
 def _containment_lines(report: dict[str, Any]) -> str:

@@ -209,7 +209,8 @@ def test_a_command_is_answered_once_its_row_and_its_change_are_kept(tmp_path, du
 
 def test_a_change_the_journal_cannot_write_is_answered_as_not_kept(tmp_path):
     """The journal's file answers ENOSPC (it is /dev/full for a moment): ``rm`` says it was done but is
-    not kept; the next write puts the whole state on the disk again, that removal included."""
+    not kept; the writer's next try (with backoff) puts the whole state on the disk again, that removal
+    included, and changes are taken again."""
     path = tmp_path / "queue.journal"
     q = slow_queue(path, delay=0)
     try:
@@ -218,9 +219,12 @@ def test_a_change_the_journal_cannot_write_is_answered_as_not_kept(tmp_path):
         q.journal._file = open("/dev/full", "ab", buffering=0)  # every write fails as on a full disk
         answer = q.dispatch(Command("rm", {"uids": [a]}))
         assert not answer["success"]
-        assert answer["error"].startswith("rm was done but is not kept (the journal could not be written: No space left")
+        assert answer["error"].startswith(f"rm was done but is not kept (the journal {path} cannot be written "
+                                          "(disk full (No space left"), answer
         assert [m["uid"] for m in call(q, "queue")] == [b]  # done, as it says
-        c = call(q, "add", type="slow")["uid"]  # the disk takes writes again: the journal is rewritten whole
+        wait_for(lambda: q.storage.refusal is None, 10)  # the disk takes writes again: rewritten whole
+        assert [e["uid"] for e in read(str(path))[0]] == [b]
+        c = call(q, "add", type="slow")["uid"]
         assert [e["uid"] for e in read(str(path))[0]] == [b, c]
     finally:
         q.stop()

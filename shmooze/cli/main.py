@@ -2,6 +2,7 @@
 
     shmooze run [SETTINGS]                 every service under supervisord, in the foreground
     shmooze status [--json]                every service and module of the running application
+                                           (exit status 1 when one is down or reports a problem)
     shmooze stop [--clear]                 stop it (each service stops its modules through the ladder;
                                            the queues and pools come back on the next run, unless --clear)
     shmooze restart [SERVICE ...]          restart some services, or all
@@ -187,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ShmoozeError as exc:
         sys.stderr.write(f"shmooze: {exc}\n")
+        return 1
+    except OSError as exc:
+        from shmooze.storage import is_full
+
+        if not is_full(exc):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        sys.stderr.write(f"shmooze: a write failed{where}: {exc.strerror}; free some space and try again\n")
         return 1
     except KeyboardInterrupt:
         return 130

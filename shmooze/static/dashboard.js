@@ -2,7 +2,8 @@
  * The shmooze dashboard: every service and module of the application, live, on shmooze.js push.
  *
  * Each service's status is read once, then again whenever the service pushes a change event (a module
- * added, ended, restarted; "figures" while someone watches; "output" naming the modules that printed).
+ * added, ended, restarted; "figures" while someone watches; "output" naming the modules that printed;
+ * "storage" when what it keeps can no longer be written, or can again: its status "problem" shows on its card).
  * Nothing is polled: with no change, no request is made (uptimes advance on the page's own clock).
  */
 (function () {
@@ -169,11 +170,14 @@
                   ["modules", st.modules ? String(st.modules.length) : "-"],
                   ["containment", containment(st.containment)]];
       if (!up && entry) rows = [["error", entry.error]];
+      var problem = up && st.problem;  // what keeps it from working as it should (a full disk)
       var restart = el("button", {className: "danger", "data-restart": name, text: "restart"});
       restart.addEventListener("click", function () { restartService(name); });
       box.appendChild(el("div", {className: "card", "data-service": name}, [
-        el("h3", {}, [el("span", {}, [el("span", {className: "dot " + (up ? "up" : "down")}), document.createTextNode(name)]),
-                      el("span", {className: "muted", text: entry ? (up ? "up" : "down") : "…"})]),
+        el("h3", {}, [el("span", {}, [el("span", {className: "dot " + (problem ? "problem" : up ? "up" : "down")}),
+                                      document.createTextNode(name)]),
+                      el("span", {className: "muted", text: entry ? (problem ? "problem" : up ? "up" : "down") : "…"})]),
+        problem ? el("p", {className: "problem", text: problem}) : null,
         el("dl", {}, [].concat.apply([], rows.map(function (r) {
           if (r[0] === "uptime") return [el("dt", {text: r[0]}), uptimeCell("dd", entry, r[1])];
           return [el("dt", {text: r[0]}), el("dd", {text: r[1] === undefined || r[1] === null ? "-" : String(r[1])})];
