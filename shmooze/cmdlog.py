@@ -261,6 +261,20 @@ class CommandLog:
         return [{"time": t, "uid": uid, "type": ty, "command": json.loads(inp), "result": json.loads(out)}
                 for t, uid, ty, inp, out in rows]
 
+    def logged_uids(self, uids: list[str], cmds: tuple[str, ...] = ("add", "set_bg")) -> set[str]:
+        """Which of ``uids`` have a ``cmds`` row of this service (committed ones)."""
+        found: set[str] = set()
+        db = self._connect()
+        try:
+            for at in range(0, len(uids), 500):
+                chunk = uids[at:at + 500]
+                sql = (f"SELECT DISTINCT uid FROM log WHERE service = ? AND cmd IN ({','.join('?' * len(cmds))}) "
+                       f"AND uid IN ({','.join('?' * len(chunk))})")
+                found.update(uid for (uid,) in db.execute(sql, [self.service, *cmds, *chunk]))
+        finally:
+            db.close()
+        return found
+
     def count(self) -> int:
         self.flush()
         db = self._connect()

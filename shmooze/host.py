@@ -21,6 +21,7 @@ import itertools
 import logging
 import os
 import secrets
+import sqlite3
 import threading
 import time
 from typing import Any, Callable, Iterable
@@ -639,6 +640,7 @@ class ModuleHost(Service):
 
     def _restore_entries(self, entries: list[Entry]) -> None:
         assert self.journal is not None  # the entries come from it
+        self._log_journaled_adds(entries)
         tables = self.type_tables()
         wanted, dropped = [], []
         for entry in entries:
@@ -695,6 +697,25 @@ class ModuleHost(Service):
         self.changed("restored", uids=[m.uid for m in placed])
         log.info("%s: restored %d module(s)", self.name, len(placed))
         self._settle(placed)
+
+    def _log_journaled_adds(self, entries: list[Entry]) -> None:
+        """Every module in the journal was added; one whose ``add`` has no command-log row (the worker
+        died between the journal's sync and the row's commit, which durability ``fsync`` runs side by
+        side) gets its row now: an add a client was told of is never missing from the log."""
+        if self.command_log is None or not entries:
+            return
+        try:
+            logged = self.command_log.logged_uids([e["uid"] for e in entries])
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("%s: cannot check the command log for the restored modules' rows: %s", self.name, exc)
+            return
+        for entry in entries:
+            if entry["uid"] not in logged:
+                log.info("%s: the command log had no row for the add of %s (%s): written now", self.name,
+                         entry["uid"], entry.get("type"))
+                self._log_command("add" if entry.get("kind") == "module" else "set_bg",
+                                  {"type": entry.get("type"), "args": entry.get("args", {})}, {"uid": entry["uid"]},
+                                  entry["uid"], entry.get("type"))
 
     @command(read_only=True)
     def output(self, uid: str, after: int = 0, lines: int = 200) -> dict:

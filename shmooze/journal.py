@@ -453,7 +453,7 @@ class Journal:
         tmp = f"{self.path}.tmp-{os.getpid()}"
         records = self._state.snapshot()
         try:
-            with open(tmp, "wb") as f:
+            with _open_private(tmp, os.O_TRUNC) as f:
                 f.write(b"".join(frame(n, r) for n, r in enumerate(records)))
                 f.flush()
                 os.fsync(f.fileno())
@@ -463,7 +463,7 @@ class Journal:
                 os.unlink(tmp)
             raise
         _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
-        self._file = open(self.path, "ab", buffering=0)  # unbuffered: a failed write keeps nothing back
+        self._file = _open_private(self.path, os.O_APPEND)  # unbuffered: a failed write keeps nothing back
         self._n = len(records)
         self._unsynced = False
 
@@ -496,6 +496,12 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def _open_private(path: str, flags: int) -> Any:
+    """An unbuffered binary file for writing, 0600 when made, never through a link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | flags, 0o600)
+    return os.fdopen(fd, "ab" if flags & os.O_APPEND else "wb", buffering=0)
 
 
 def _fsync_dir(path: str) -> None:

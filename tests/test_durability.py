@@ -207,6 +207,38 @@ def test_a_command_is_answered_once_its_row_and_its_change_are_kept(tmp_path, du
         q.stop()
 
 
+def test_a_journaled_add_whose_row_was_lost_gets_its_row_at_the_restore(tmp_path):
+    """With durability fsync the journal's sync and the row's commit run side by side: a worker killed
+    between them leaves an add in the journal (and acknowledged, to a keyed retry) with no row."""
+    path = tmp_path / "queue.journal"
+    q = slow_queue(path, delay=0)  # no command log: the adds are journaled, never logged
+    try:
+        wait_for(lambda: not q.restoring, 30)
+        keyed = call(q, "add", type="slow", key="k-1")["uid"]
+        plain = call(q, "add", type="slow")["uid"]
+        assert os.stat(path).st_mode & 0o777 == 0o600  # private even without the CLI's umask
+    finally:
+        q.stop()
+    q = Queue([python_module("slow", SLOW_RESTORE, "0", **FAST)], journal=str(path))
+    q.command_log = CommandLog(str(tmp_path / "log.db"), "queue")
+    q.start()
+    try:
+        wait_for(lambda: not q.restoring, 30)
+        assert call(q, "add", type="slow", key="k-1") == {"uid": keyed}  # the retry: answered from the restore
+        rows = [(r["uid"], r["type"]) for r in call(q, "history")]
+        assert sorted(rows) == sorted([(keyed, "slow"), (plain, "slow")])
+    finally:
+        q.stop()
+    q = Queue([python_module("slow", SLOW_RESTORE, "0", **FAST)], journal=str(path))
+    q.command_log = CommandLog(str(tmp_path / "log.db"), "queue")
+    q.start()
+    try:
+        wait_for(lambda: not q.restoring, 30)
+        assert len(call(q, "history")) == 2  # a second restore writes no second row
+    finally:
+        q.stop()
+
+
 def test_a_change_the_journal_cannot_write_is_answered_as_not_kept(tmp_path):
     """The journal's file answers ENOSPC (it is /dev/full for a moment): ``rm`` says it was done but is
     not kept; the writer's next try (with backoff) puts the whole state on the disk again, that removal
