@@ -248,6 +248,9 @@ def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:
         # A request's scheme is its connection's (plain HTTP), whatever X-Forwarded-Proto says: the Origin
         # check compares it exactly (a TLS proxy's https origin goes in allowed_origins).
         "secure_scheme_headers": {},
+        # No client sets the WSGI environ: a SCRIPT_NAME or PATH_INFO header from a loopback peer (which
+        # gunicorn trusts as a proxy by default) is dropped, not taken (a path outside it was a 500).
+        "forwarder_headers": "",
     }
     if name == "wsgi":
         # The gateway holds no state: on stop it gives requests in flight a few seconds, and open

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from shmooze import servicekey
+from shmooze.settings import read as read_settings
 from tests.helpers import Stack, free_port
 from tests.test_browser import browser, jukebox, page  # noqa: F401 - fixtures
 
@@ -30,9 +32,12 @@ def original_app(jukebox, tmp_path_factory):
     static.mkdir()
     shutil.copy(ORIGINAL_PAGE, static / "index.html")
     (static / "ws").write_text("not the WebSocket")
-    # A gateway of its own in front of the jukebox's services.
+    # A gateway of its own in front of the jukebox's services, with their service key (as every host of an
+    # application shares one).
+    key_path = servicekey.key_file(read_settings(jukebox["path"]))
     stack = Stack(tmp, {}, ports={**jukebox["ports"], "wsgi": free_port()}, public=["ports", "app_name"],
-                  app_name="old app", api_key="SECRET-KEY", static_prefix="/", static_path=str(static), stop_timeout=3)
+                  app_name="old app", api_key="SECRET-KEY", static_prefix="/", static_path=str(static), stop_timeout=3,
+                  service_key_path=key_path)
     (static / "settings.json").symlink_to(stack.path)
     with stack:
         yield {"url": stack.url}
