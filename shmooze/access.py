@@ -60,7 +60,7 @@ def check_listen_address(settings: Settings, name: str) -> None:
     """Raise :class:`SettingsError` when service ``name`` would listen beyond loopback with no shared
     service key (a key file made on each host would differ between hosts)."""
     address = settings.listen_address(name)
-    if is_loopback(address) or settings.get("service_key") or settings.get("service_key_path"):
+    if is_loopback(address) or settings.service_key or settings.service_key_path:
         return
     raise SettingsError(f"{settings.path}: service {name!r} would listen on {address}, beyond loopback, "
                         "with no 'service_key': set one (a long random string, the same in every host's "
@@ -92,7 +92,7 @@ class ServiceGuard:
     @classmethod
     def for_settings(cls, service: Service, settings: Settings, name: str, key: bytes | None) -> ServiceGuard:
         listen = settings.listen_address(name)
-        hosts = {listen, settings.address(name), *[h for h in settings.get("allowed_hosts", []) if isinstance(h, str)]}
+        hosts = {listen, settings.address(name), *settings.allowed_hosts}
         return cls(service, key, frozenset(hosts), listen in ("0.0.0.0", "::", ""))
 
     def check_headers(self, environ: dict[str, Any]) -> None:

@@ -74,7 +74,7 @@ class RunPaths:
     def for_settings(cls, settings: Settings) -> RunPaths:
         """``run_path`` from the settings, else the settings file's default folder (see
         :func:`default_run_folders`): the one where a run holds the lock, else the first."""
-        configured = settings.get("run_path")
+        configured = settings.run_path
         if configured:
             return cls(Path(configured))
         folders = default_run_folders(settings.path)
@@ -190,7 +190,7 @@ GROUP = "shmooze"
 
 def stop_wait_seconds(settings: Settings) -> int:
     """How long supervisord waits for a service to stop: its ladders plus a margin."""
-    return int(settings.get("stop_timeout", 15)) + 5
+    return settings.stop_timeout + 5
 
 
 def _conf_value(text: str) -> str:
@@ -443,7 +443,7 @@ class Runner:
         out.flush()
 
     def run(self, out: Any = sys.stdout, start_timeout: float | None = None) -> int:
-        start_timeout = float(self.settings.get("start_timeout", 30) if start_timeout is None else start_timeout)
+        start_timeout = self.settings.start_timeout if start_timeout is None else start_timeout
         exposed = exposure_warning(self.settings)
         if exposed:
             self.say(out, f"warning: {exposed}")
@@ -541,7 +541,7 @@ class Runner:
         if time.monotonic() > deadline:
             name = sorted(waiting)[0]
             return self._failure_text(name, f"service {name!r} did not answer within its start timeout "
-                                            f"({self.settings.get('start_timeout', 30)} s)")
+                                            f"({self.settings.start_timeout:g} s)")
         return None
 
     def _failure_text(self, name: str, headline: str) -> str:
@@ -584,7 +584,7 @@ def status(settings: Settings) -> dict[str, Any]:
             continue  # a host that runs services only (``shmooze run --services``)
         if not prog and not is_loopback(settings.address(name)):
             # Run by another host (``shmooze run --services`` there): asked over the network.
-            found = service_status(settings, name, timeout=float(settings.connect_timeout)) \
+            found = service_status(settings, name, timeout=settings.connect_timeout) \
                 if name != "wsgi" else None
             services[name] = {"state": "REMOTE", "pid": None, "host": settings.address(name),
                               "status": found, "answering": found is not None}
@@ -642,7 +642,7 @@ def restart(settings: Settings, names: list[str]) -> list[str]:
             if "NOT_RUNNING" not in fault.faultString:
                 raise ShmoozeError(f"cannot stop {name}: {fault.faultString}") from None
         server.supervisor.startProcess(f"{GROUP}:{name}", True)
-    start_timeout = float(settings.get("start_timeout", 30))
+    start_timeout = settings.start_timeout
     for name in targets:
         try:
             wait_until(partial(service_answers, settings, name, timeout=1.0), start_timeout,
@@ -651,7 +651,7 @@ def restart(settings: Settings, names: list[str]) -> list[str]:
         except NotTheService:
             raise ShmoozeError(_port_thief(settings, name, paths)) from None
         leader = server.supervisor.getProcessInfo(f"{GROUP}:{name}").get("pid") or 0
-        strangers = {pid for pid in procutil.listening_pids(int(settings.ports[name])) if _group_of(pid) != leader}
+        strangers = {pid for pid in procutil.listening_pids(settings.ports[name]) if _group_of(pid) != leader}
         if strangers:
             raise ShmoozeError(_port_thief(settings, name, paths, strangers))
     return targets
@@ -666,7 +666,7 @@ def _group_of(pid: int) -> int | None:
 
 def _port_thief(settings: Settings, name: str, paths: RunPaths, pids: set[int] | None = None) -> str:
     """Why a restart failed: another program holds the service's port."""
-    port = int(settings.ports[name])
+    port = settings.ports[name]
     holders = pids if pids is not None else procutil.listening_pids(port)
     who = ", ".join(procutil.describe(pid) for pid in sorted(holders)) or "a process this user cannot see"
     return (f"{name} was restarted but another program holds its port {port} ({who}): it is not "

@@ -20,13 +20,14 @@ from typing import Any, Protocol
 
 from shmooze import metrics, protocol
 from shmooze.forward import ForwardError, ServiceProxy
+from shmooze.registry import Declared
 from shmooze.websocket import CLOSE_POLICY, WebSocket, WebSocketClosed, text_frame
 
 log = logging.getLogger(__name__)
 
 POLL_TIMEOUT = 20.0  # seconds a long poll waits at the service
 OUTBOX_LIMIT = 500  # messages a slow browser may be behind before it is dropped
-OUTBOX_BYTES = 8 << 20  # ... or bytes
+OUTBOX_BYTES = Declared.ws_outbox_bytes.default  # ... or bytes
 
 
 class Listener(Protocol):

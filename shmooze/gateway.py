@@ -138,36 +138,35 @@ class Gateway:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.prefix: str = settings.wsgi_prefix
-        self.static_prefix: str = settings.static_prefix
-        self.static_path: str = settings.static_path
-        self.max_body_bytes: int = settings.max_body_bytes
-        self.body_timeout = float(settings.body_timeout)
-        self.body_min_rate = float(settings.body_min_rate)
+        self.prefix = settings.wsgi_prefix
+        self.static_prefix = settings.static_prefix
+        self.static_path = settings.static_path
+        self.max_body_bytes = settings.max_body_bytes
+        self.body_timeout = settings.body_timeout
+        self.body_min_rate = settings.body_min_rate
         if gevent_sockets():  # a gateway worker: cut slow bodies while they crowd its connections
-            READERS.watch(int(settings.get("gateway_connections", 4000)), float(settings.body_shed_after))
-        timeout = float(settings.forward_timeout)
-        self.connect_timeout = float(settings.connect_timeout)
+            READERS.watch(settings.gateway_connections, settings.body_shed_after)
+        timeout = settings.forward_timeout
+        self.connect_timeout = settings.connect_timeout
         # A kept-alive connection is dropped well before the service would drop it.
-        idle = min(float(settings.forward_idle_timeout), float(settings.service_keepalive) / 2)
+        idle = min(settings.forward_idle_timeout, settings.service_keepalive / 2)
         # Every request to a service is signed with the service key and its answer proven (shmooze.servicekey).
         key = servicekey.load(settings)
         self.signer = servicekey.Signer(key) if key else None
         self.proxies = {
             name: ServiceProxy(name, settings.address(name), port, timeout=timeout, idle_timeout=idle,
-                               connect_timeout=self.connect_timeout, max_answer_bytes=int(settings.max_answer_bytes),
+                               connect_timeout=self.connect_timeout, max_answer_bytes=settings.max_answer_bytes,
                                signer=self.signer)
             for name, port in settings.ports.items()
             if name != "wsgi"
         }
         self.public_settings = protocol.dumps(settings.public())
-        self.token: str | None = settings.get("access_token") or None
-        extra = frozenset(settings.get("open_commands", []))  # open to all besides what services declare
+        self.token = settings.access_token or None
+        extra = frozenset(settings.open_commands)  # open to all besides what services declare
         self.declared = {name: DeclaredReadOnly(proxy, extra) for name, proxy in self.proxies.items()}
-        self.allowed_origins: list[str] = list(settings.get("allowed_origins", []))
-        listen = str(settings.get("host", "127.0.0.1"))
-        self.allowed_hosts = LOCAL_HOSTS | {host_name(listen)} | {
-            host_name(h) for h in settings.get("allowed_hosts", []) if isinstance(h, str)}
+        self.allowed_origins = list(settings.allowed_origins)
+        listen = settings.host
+        self.allowed_hosts = LOCAL_HOSTS | {host_name(listen)} | {host_name(h) for h in settings.allowed_hosts}
         self.any_ip_host = listen in ("0.0.0.0", "::", "")  # listening everywhere: any address literal
         self.watchers = {name: ServiceWatcher(proxy) for name, proxy in self.proxies.items()}
         self.sockets: set[Any] = set()  # open WebSockets, closed with "going away" when the gateway stops
@@ -340,16 +339,16 @@ class Gateway:
             try:
                 PushSession(ws, self.proxies, self.watchers, authorize,
                             lambda service, items: self.declared[service].only_reads(items, ask=False),
-                            int(self.settings.ws_max_in_flight), int(self.settings.ws_outbox_bytes)).run()
+                            self.settings.ws_max_in_flight, self.settings.ws_outbox_bytes).run()
             finally:
                 sessions.dec()
                 self.sockets.discard(ws)
 
         s = self.settings
         return websocket_response(environ, start_response, handler, self.allowed_origins or None,
-                                  max_message_size=self.max_body_bytes, ping_interval=float(s.ws_ping_interval),
-                                  idle_timeout=float(s.ws_idle_timeout), message_timeout=float(s.ws_message_timeout),
-                                  max_pings=int(s.ws_max_pings))
+                                  max_message_size=self.max_body_bytes, ping_interval=s.ws_ping_interval,
+                                  idle_timeout=s.ws_idle_timeout, message_timeout=s.ws_message_timeout,
+                                  max_pings=s.ws_max_pings)
 
     def close_websockets(self) -> None:
         """Tell every open WebSocket the gateway is going away; browsers reconnect elsewhere."""

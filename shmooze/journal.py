@@ -46,10 +46,13 @@ import os
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from shmooze import private, storage
 from shmooze.batchwriter import BatchWriter, Syncer, WriteFailed
+
+if TYPE_CHECKING:
+    from shmooze.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +68,22 @@ Entry = dict[str, Any]  # {"uid", "type", "args", "kind": "module"|"background",
 
 # -- where journals live ----------------------------------------------------------------
 
-def journal_dir(settings: Any) -> str | None:
+def journal_dir(settings: Settings) -> str | None:
     """The folder of the services' journals, or None when journals are off.
 
     ``journal_path`` when set; else the folder of ``log_database_path``; else ``run_path``;
     else a folder under ``$XDG_STATE_HOME`` (``~/.local/state``) named after the settings
     file: never under /tmp unless the settings say so. ``"journal": false`` turns it off.
     """
-    if settings.get("journal", True) is False:
+    if not settings.journal:
         return None
-    for key in ("journal_path", "log_database_path", "run_path"):
-        value = settings.get(key)
-        if value:
-            return str(value) if key != "log_database_path" else os.path.dirname(os.path.abspath(value))
-    path = getattr(settings, "path", "<memory>")
+    if settings.journal_path:
+        return settings.journal_path
+    if settings.log_database_path:
+        return os.path.dirname(os.path.abspath(settings.log_database_path))
+    if settings.run_path:
+        return settings.run_path
+    path = settings.path
     if not path or path.startswith("<"):
         return None  # settings made in code, with no file to name a folder after
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
@@ -86,13 +91,13 @@ def journal_dir(settings: Any) -> str | None:
     return os.path.join(state, "shmooze", digest)
 
 
-def journal_file(settings: Any, service: str) -> str | None:
+def journal_file(settings: Settings, service: str) -> str | None:
     """The journal of one service, or None when journals are off."""
     folder = journal_dir(settings)
     return None if folder is None else os.path.join(folder, service + SUFFIX)
 
 
-def clear(settings: Any) -> list[str]:
+def clear(settings: Settings) -> list[str]:
     """Forget every service's saved state (``shmooze stop --clear``); return the files removed."""
     removed = []
     for name in settings.service_names():

@@ -27,11 +27,12 @@ from shmooze import protocol
 from shmooze.fanout import OUTBOX_BYTES, ServiceWatcher, Subscriber, change_message
 from shmooze.forward import ForwardError, ServiceProxy
 from shmooze.longpoll import wait_for_changes_here
+from shmooze.registry import Declared
 from shmooze.websocket import WebSocket, text_frame
 
 log = logging.getLogger(__name__)
 
-MAX_IN_FLIGHT = 16  # messages of one WebSocket handled at once
+MAX_IN_FLIGHT = Declared.ws_max_in_flight.default  # messages of one WebSocket handled at once
 LANE_LIMIT = 64  # messages with one id waiting their turn
 
 

@@ -102,40 +102,32 @@ def _configure_service(service: Service, settings: Settings, name: str) -> None:
     """What every service takes from the settings: its name, command slots, event limits."""
     if service.name == "service":  # the base's name: the settings name it
         service.name = name
-    service.limit_commands(int(settings.service_threads))  # the threads beyond stay free for reads
-    service.events.max_bytes = int(settings.events_max_bytes)
-    service.events.max_answer_bytes = int(settings.changes_max_bytes)
+    service.limit_commands(settings.service_threads)  # the threads beyond stay free for reads
+    service.events.max_bytes = settings.events_max_bytes
+    service.events.max_answer_bytes = settings.changes_max_bytes
 
 
 def _configure_host(host: ModuleHost, settings: Settings, name: str) -> None:
     """What a queue or pool takes from the settings: line limit, containment, command log, journal, output."""
-    host.max_line = int(settings.get("max_line_bytes", host.max_line))
-    if settings.get("containment"):
-        host.containment_mode = str(settings.get("containment"))  # auto, cgroup or process-group
-    if settings.get("check_module_peers") is not None:
-        host.check_peers = bool(settings.get("check_module_peers"))
-    if settings.get("module_limits"):
-        from shmooze.containment import LIMIT_MODES
-
-        mode = settings.get("module_limits")
-        if mode not in LIMIT_MODES:
-            raise SettingsError(f"{settings.path}: module_limits must be one of {', '.join(LIMIT_MODES)}, not {mode!r}")
-        host.limits_mode = mode
+    host.max_line = settings.max_line_bytes
+    # What the file does not set stays as the service's code made it.
+    if settings.given("containment"):
+        host.containment_mode = settings.containment  # auto, cgroup or process-group
+    if settings.given("check_module_peers"):
+        host.check_peers = settings.check_module_peers
+    if settings.given("module_limits"):
+        host.limits_mode = settings.module_limits
     _configure_module_types(settings, host)
-    from shmooze.journal import DURABILITY
-
-    host.durability = settings.get("durability", host.durability)  # when a command is answered: see journal
-    if host.durability not in DURABILITY:
-        raise SettingsError(f"{settings.path}: durability must be one of {', '.join(DURABILITY)}, "
-                            f"not {host.durability!r}")
-    log_path = settings.get("log_database_path")
+    if settings.given("durability"):
+        host.durability = settings.durability  # when a command is answered: see journal
+    log_path = settings.log_database_path
     if log_path and host.command_log is None:
         from shmooze.cmdlog import CommandLog
 
-        host.command_log = CommandLog(log_path, name, max_age=float(settings.get("log_max_age_days", 7)) * 86400,
-                                      max_bytes=int(settings.get("log_max_bytes", 100_000_000)),
-                                      durability=host.durability, health=host.storage)
-    if settings.get("log_module_updates"):
+        host.command_log = CommandLog(log_path, name, max_age=settings.log_max_age_days * 86400,
+                                      max_bytes=settings.log_max_bytes, durability=host.durability,
+                                      health=host.storage)
+    if settings.log_module_updates:
         host.log_module_updates = True
     if host.journal is None and not host._journal_path:
         from shmooze.journal import journal_file
@@ -153,9 +145,7 @@ def _configure_module_types(settings: Settings, host: ModuleHost) -> None:
     (for every queue or pool with a module or background type of that name)."""
     from shmooze.moduletype import with_settings
 
-    table = settings.get("module_types") or {}
-    if not isinstance(table, dict):
-        raise SettingsError(f"{settings.path}: module_types must be an object of type name to settings")
+    table = settings.module_types
     changed: list[tuple[dict, str, Any]] = []
     for types in host.type_tables().values():
         for name in sorted(set(types) & set(table)):
@@ -173,13 +163,13 @@ def _keep_module_output(settings: Settings, name: str, ops: Any) -> None:
 
     from shmooze.deploy import RunPaths
 
-    folder = settings.get("module_output_path")
+    folder = settings.module_output_path
     if folder:
         ops.output_folder = Path(folder) / name
     elif settings.path and settings.path != "<memory>":
         ops.output_folder = RunPaths.for_settings(settings).logs / "modules" / name
-    ops.output_max_bytes = int(settings.get("module_output_max_bytes", ops.output_max_bytes))
-    ops.output_backups = int(settings.get("module_output_backups", ops.output_backups))
+    ops.output_max_bytes = settings.module_output_max_bytes
+    ops.output_backups = settings.module_output_backups
 
 
 def _gather_gateway_metrics(settings: Settings) -> dict[str, Any]:
@@ -192,8 +182,8 @@ def _gather_gateway_metrics(settings: Settings) -> dict[str, Any]:
     from shmooze.deploy import RunPaths
     from shmooze.private import private_dir
 
-    if settings.get("metrics_path"):
-        folder = Path(settings.get("metrics_path"))
+    if settings.metrics_path:
+        folder = Path(settings.metrics_path)
     elif settings.path and settings.path != "<memory>":
         folder = RunPaths.for_settings(settings).root / "gateway-metrics"
     else:
@@ -240,8 +230,8 @@ def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:
         "proc_name": f"shmooze-{name}",
         "accesslog": None,
         "errorlog": "-",
-        "loglevel": str(settings.get("log_level", "info")).lower(),
-        "graceful_timeout": int(settings.get("stop_timeout", 15)),
+        "loglevel": settings.log_level,
+        "graceful_timeout": settings.stop_timeout,
         "on_starting": lambda server: procutil.become_subreaper(),
         "post_fork": _die_with_master,
         "control_socket_disable": True,  # one per user by default: several services would collide
@@ -256,15 +246,15 @@ def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:
         # The gateway holds no state: on stop it gives requests in flight a few seconds, and open
         # WebSockets (which would hold it for the whole graceful timeout) reconnect elsewhere.
         # gunicorn's gevent worker with the fast lane for plain command requests (shmooze.gatewaylane).
-        return {**common, "workers": int(settings.gateway_workers), "worker_class": "shmooze.gatewaylane.GatewayWorker",
-                "worker_connections": int(settings.get("gateway_connections", 4000)), "keepalive": 30,
-                "graceful_timeout": int(settings.get("gateway_stop_timeout", 3))}
+        return {**common, "workers": settings.gateway_workers, "worker_class": "shmooze.gatewaylane.GatewayWorker",
+                "worker_connections": settings.gateway_connections, "keepalive": 30,
+                "graceful_timeout": settings.gateway_stop_timeout}
     # A service holds state: exactly one worker process, with a pool of threads.
     # service_threads for commands that change state, read_threads more that only reads use;
     # with service_worker "loop", quick commands are answered on the connection loop (shmooze.loopworker).
-    return {**common, "workers": 1, "worker_class": SERVICE_WORKERS[str(settings.get("service_worker"))],
-            "threads": int(settings.service_threads) + int(settings.read_threads),
-            "keepalive": max(1, int(settings.service_keepalive))}
+    return {**common, "workers": 1, "worker_class": SERVICE_WORKERS[settings.service_worker],
+            "threads": settings.service_threads + settings.read_threads,
+            "keepalive": settings.service_keepalive}
 
 
 _running: list[Any] = []
@@ -336,7 +326,7 @@ def serve(settings: Settings, name: str) -> None:
     from shmooze import settings as current
 
     current.use(settings)
-    configure_logging(name, str(settings.get("log_level", "INFO")).upper())
+    configure_logging(name, settings.log_level.upper())
     exposed = exposure_warning(settings)
     if exposed:
         log.warning("%s", exposed)
@@ -375,7 +365,7 @@ def serve(settings: Settings, name: str) -> None:
         if isinstance(service, ModuleHost):
             _on_stop.append(service.stop)  # a module host starts its ladders at once, not after gunicorn's wait
         guard = ServiceGuard.for_settings(service, settings, name, key)
-        return service_app(service, int(settings.max_body_bytes), int(settings.max_answer_bytes), guard)
+        return service_app(service, settings.max_body_bytes, settings.max_answer_bytes, guard)
 
     options = gunicorn_options(settings, name)
     options["worker_exit"] = _worker_exit

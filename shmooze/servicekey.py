@@ -37,10 +37,13 @@ import secrets
 import stat
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from shmooze.errors import SettingsError
 from shmooze.private import private_dir
+
+if TYPE_CHECKING:
+    from shmooze.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -63,30 +66,25 @@ class BadSignature(Exception):
 
 # -- where the key lives --------------------------------------------------------------------
 
-def key_file(settings: Any) -> str | None:
+def key_file(settings: Settings) -> str | None:
     """The key's file for these settings, or None when the settings name no file (made in code)."""
-    configured = settings.get("service_key_path")
-    if configured:
-        return str(configured)
-    run = settings.get("run_path")
-    if run:
-        return os.path.join(str(run), "service.key")
-    path = getattr(settings, "path", None)
-    if not path or str(path).startswith("<"):
+    if settings.service_key_path:
+        return settings.service_key_path
+    if settings.run_path:
+        return os.path.join(settings.run_path, "service.key")
+    path = settings.path
+    if not path or path.startswith("<"):
         return None
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:12]
     return os.path.join(state, "shmooze", "keys", digest, "service.key")
 
 
-def load(settings: Any, create: bool = True) -> bytes | None:
+def load(settings: Settings, create: bool = True) -> bytes | None:
     """The application's service key, or None when it has none (settings made in code, with no
     ``service_key``). With ``create``, a missing key file is made."""
-    literal = settings.get("service_key")
-    if literal:
-        if not isinstance(literal, str) or len(literal) < 16:
-            raise SettingsError(f"{settings.path}: 'service_key' must be a string of at least 16 characters")
-        return literal.encode()
+    if settings.service_key:  # (at least 16 characters: shmooze.registry)
+        return settings.service_key.encode()
     path = key_file(settings)
     if path is None:
         return None
@@ -230,7 +228,7 @@ class Verifier:
         return answer_proof(self.key, nonce, status, body)
 
 
-def ensure(settings: Any) -> None:
+def ensure(settings: Settings) -> None:
     """Make the key before the app's processes start (``shmooze run``), so they never race for it;
     a settings error is raised as it is."""
     try:

@@ -14,65 +14,28 @@ from __future__ import annotations
 import json
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
+from shmooze import registry
 from shmooze.errors import SettingsError
 
 ENV_VAR = "SHMOOZE_SETTINGS"
-STATIC_DIR = str(Path(__file__).resolve().parent / "static")
-
-#: ``service_worker`` setting to gunicorn worker class.
-SERVICE_WORKERS = {"gthread": "gthread", "loop": "shmooze.loopworker.LoopWorker"}
-
-DEFAULTS: dict[str, Any] = {
-    "public": [],
-    "wsgi_prefix": "/",
-    "static_prefix": "/static/",
-    "static_path": STATIC_DIR,
-    "log_database_path": None,
-    "max_body_bytes": 1 << 20,
-    "max_line_bytes": 1 << 20,
-    "host": "127.0.0.1",
-    "gateway_workers": 2,
-    "service_threads": 32,
-    "forward_timeout": 30.0,
-    "connect_timeout": 2.0,
-    "hosts": {},
-    "service_host": None,
-    "services": {},
-    "access_token": None,
-    "service_key": None,
-    "service_key_path": None,
-    "allowed_origins": [],
-    # Under real traffic (see the README's "Safety and limits").
-    "allowed_hosts": [],
-    "service_keepalive": 120.0,
-    "forward_idle_timeout": 60.0,
-    "read_threads": 8,
-    "service_worker": "loop",
-    "body_timeout": 10.0,
-    "body_min_rate": 8192,
-    "body_shed_after": 1.0,
-    "max_answer_bytes": 16 << 20,
-    "events_max_bytes": 8 << 20,
-    "changes_max_bytes": 4 << 20,
-    "ws_ping_interval": 20.0,
-    "ws_idle_timeout": 60.0,
-    "ws_message_timeout": 30.0,
-    "ws_max_pings": 20,
-    "ws_outbox_bytes": 8 << 20,
-    "ws_max_in_flight": 16,
-}
+STATIC_DIR = registry.STATIC_DIR
+SERVICE_WORKERS = registry.SERVICE_WORKERS
 
 
-class Settings:
-    """One loaded settings file: attribute access and :meth:`get`."""
+class Settings(registry.Declared):
+    """One loaded settings file: typed attributes for the declared keys (:mod:`shmooze.registry`),
+    attribute access for the application's own, and :meth:`get`."""
 
     def __init__(self, data: dict[str, Any], path: str = "<memory>"):
-        self._data = {**DEFAULTS, **data}
         self.path = path
-        _validate(self._data, path)
+        self._given = frozenset(data)
+        self._data, problems = registry.check(data)
+        if len(problems) == 1:
+            raise SettingsError(f"{path}: {problems[0]}")
+        if problems:
+            raise SettingsError(f"{path}: {len(problems)} invalid settings: " + "; ".join(problems))
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -86,10 +49,14 @@ class Settings:
     def get(self, name: str, default: Any = None) -> Any:
         return self._data.get(name, default)
 
+    def given(self, name: str) -> bool:
+        """Whether the file sets ``name`` (else a declared key has its default)."""
+        return name in self._given
+
     def public(self) -> dict[str, Any]:
         """The keys listed in ``public``: what the gateway serves as settings.json (never a secret,
         even when listed)."""
-        return {k: self._data[k] for k in self._data.get("public", []) if k in self._data and k not in SECRETS}
+        return {k: self._data[k] for k in self.public_keys if k in self._data and k not in SECRETS}
 
     def service_names(self) -> list[str]:
         """Service names: every port but the gateway's."""
@@ -97,12 +64,12 @@ class Settings:
 
     def listen_address(self, name: str) -> str:
         """Where service ``name`` listens: its address in ``hosts``, else ``host`` (127.0.0.1)."""
-        return str(self._data["hosts"].get(name) or self._data.get("host") or "127.0.0.1")
+        return self.hosts.get(name) or self.host
 
     def address(self, name: str) -> str:
         """Where clients reach service ``name``: its address in ``hosts``, else ``service_host``, else
         loopback (a service listening on every address, 0.0.0.0 or ::, is reached on loopback)."""
-        placed = self._data["hosts"].get(name) or self._data.get("service_host")
+        placed = self.hosts.get(name) or self.service_host
         if placed and placed not in ("0.0.0.0", "::"):
             return str(placed)
         listen = self.listen_address(name)
@@ -112,30 +79,6 @@ class Settings:
         """``http://ADDRESS:PORT`` of service ``name`` (IPv6 addresses in brackets)."""
         host = self.address(name)
         return f"http://{'[' + host + ']' if ':' in host else host}:{self.ports[name]}"
-
-
-def _validate(data: dict[str, Any], path: str) -> None:
-    ports = data.get("ports")
-    if not isinstance(ports, dict) or not ports:
-        raise SettingsError(f"{path}: 'ports' is missing or not an object of service name to port")
-    for name, port in ports.items():
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
-            raise SettingsError(f"{path}: port of {name!r} must be a number from 0 to 65535, not {port!r}")
-    hosts = data.get("hosts")
-    if not isinstance(hosts, dict) or not all(isinstance(h, str) and h for h in hosts.values()):
-        raise SettingsError(f"{path}: 'hosts' must be an object of service name to address")
-    unknown = sorted(set(hosts) - set(ports))
-    if unknown:
-        raise SettingsError(f"{path}: 'hosts' names {unknown[0]!r}, which has no port in 'ports'")
-    if not isinstance(data.get("public"), list):
-        raise SettingsError(f"{path}: 'public' must be a list of key names")
-    for key in ("wsgi_prefix", "static_prefix"):
-        value = data.get(key)
-        if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/"):
-            raise SettingsError(f"{path}: {key!r} must be a path that starts and ends with '/', not {value!r}")
-    if data.get("service_worker") not in SERVICE_WORKERS:
-        raise SettingsError(f"{path}: 'service_worker' must be {' or '.join(map(repr, SERVICE_WORKERS))}, "
-                            f"not {data.get('service_worker')!r}")
 
 
 #: Keys never served, even when ``public`` lists them.

@@ -55,11 +55,12 @@ from wsproto.utilities import LocalProtocolError, generate_accept_token
 
 from shmooze.cooperative import pollers
 from shmooze.errors import ShmoozeError
+from shmooze.registry import Declared
 
 log = logging.getLogger(__name__)
 
 #: Largest message accepted by default (bytes of UTF-8); bigger ones close with 1009.
-MAX_MESSAGE_BYTES = 1 << 20
+MAX_MESSAGE_BYTES = Declared.max_body_bytes.default
 #: Seconds a send may block on a stalled peer before the connection is dropped.
 SEND_TIMEOUT = 10.0
 #: Seconds to wait for the peer's answer to our close frame.
@@ -67,13 +68,13 @@ CLOSE_TIMEOUT = 5.0
 #: Bytes asked of one ``recv``.
 RECV_BYTES = 65536
 #: The server pings this often (seconds) ...
-PING_INTERVAL = 20.0
+PING_INTERVAL = Declared.ws_ping_interval.default
 #: ... and closes a connection from which nothing (not even a pong) came for this long.
-IDLE_TIMEOUT = 60.0
+IDLE_TIMEOUT = Declared.ws_idle_timeout.default
 #: Seconds a message may take from its first byte to its last.
-MESSAGE_TIMEOUT = 30.0
+MESSAGE_TIMEOUT = Declared.ws_message_timeout.default
 #: Pings a client may send per second (a burst of as many is allowed); more close with 1008.
-MAX_PINGS = 20
+MAX_PINGS = Declared.ws_max_pings.default
 #: Bytes written at once; the writer lets other greenlets run between pieces.
 WRITE_PIECE = 256 << 10
 #: Reads in a row after which a reader lets other greenlets run, even when more data is waiting.

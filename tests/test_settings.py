@@ -67,6 +67,36 @@ def test_bad_files_are_one_clear_error(tmp_path, text, fragment):
     assert fragment in str(info.value) and str(path) in str(info.value)
 
 
+def test_every_invalid_value_is_reported_at_once(tmp_path):
+    path = write(tmp_path, {"ports": {"wsgi": 1, "queue": 70000}, "forward_timeout": "30", "service_worker": "sync",
+                            "durability": "sometimes", "module_types": {"w": {"restart_delay": -1, "colour": 1}},
+                            "gateway_connections": 0, "public": "ports", "app_name": 5})
+    with pytest.raises(SettingsError) as info:
+        settings.read(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: 7 invalid settings: ") and "\n" not in message
+    for fragment in ("port of 'queue'", "'forward_timeout' must be a number", "'service_worker' must be 'gthread' or",
+                     "'durability' must be 'fsync' or 'write', not 'sometimes'", "module_types['w']: restart_delay",
+                     "module_types['w']: unknown setting colour", "'gateway_connections' must be a whole number",
+                     "'public' must be a list"):
+        assert fragment in message
+    assert "app_name" not in message  # the application's own keys are its own
+    with pytest.raises(SettingsError, match="'hosts' names 'volume', which has no port"):
+        settings.Settings({"ports": {"wsgi": 1}, "hosts": {"volume": "10.0.0.2"}})
+
+
+def test_reads_are_typed_by_the_registry():
+    s = settings.Settings({"ports": {"wsgi": 1}, "forward_timeout": 3, "max_body_bytes": 2048.0, "log_level": "DEBUG",
+                           "stop_timeout": 4})
+    assert s.forward_timeout == 3.0 and isinstance(s.forward_timeout, float)
+    assert s.max_body_bytes == 2048 and isinstance(s.max_body_bytes, int)
+    assert s.log_level == "debug" and s.stop_timeout == 4.0
+    assert s.gateway_connections == 4000 and not s.given("gateway_connections") and s.given("stop_timeout")
+    assert s.get("gateway_connections") == 4000 and s.get("app_key", 5) == 5
+    s.hosts["x"] = "y"  # each file has its own copy of a default
+    assert settings.Settings({"ports": {"wsgi": 1}}).hosts == {}
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(SettingsError) as info:
         settings.read(tmp_path / "nope.json")
@@ -77,6 +107,8 @@ def test_missing_file(tmp_path):
     (None, "settings file not found"),
     ('{"ports": \n\n  {"wsgi": 1,}}', "bad JSON at line 3 column"),
     ('{"public": []}', "'ports' is missing"),
+    # checked before anything starts (durability was checked once the service was built)
+    ('{"ports": {"wsgi": 1, "queue": 2}, "forward_timeout": "x", "durability": "never"}', "2 invalid settings"),
 ])
 def test_commands_print_one_line_not_a_traceback(tmp_path, text, fragment):
     path = tmp_path / "settings.json"
