@@ -118,12 +118,10 @@ def test_settings_module_types_reach_the_services_types(tmp_path):
     serve._configure_module_types(settings, host)
     assert host.types["video"].limit_memory == 1 << 30 and host.backgrounds["video"].restart == "always"
     assert host.types["other"].limit_memory is None
-    bad = Settings({"ports": {"wsgi": 1}, "module_types": {"video": {"limit_memory": "huge"},
-                                                          "other": {"limit_files": 5}}}, "/etc/app/settings.json")
-    untouched = Host()
+    # A bad table is refused as the file is read, before any service starts (and so before any type changes).
     with pytest.raises(SettingsError, match=r"/etc/app/settings.json: module_types\['video'\]: not a size"):
-        serve._configure_module_types(bad, untouched)
-    assert untouched.types["other"].limit_files is None  # nothing changed by a bad table
+        Settings({"ports": {"wsgi": 1}, "module_types": {"video": {"limit_memory": "huge"},
+                                                        "other": {"limit_files": 5}}}, "/etc/app/settings.json")
 
 
 def test_meter_measures_over_an_interval_of_at_least_half_a_second():
