@@ -20,7 +20,8 @@ a failure. ``quick=True`` (which implies read-only) says more: it answers from m
 at once and never waits (no I/O, no lock held for long), so the service's worker may
 run it on its connection loop instead of handing it to a thread (see
 :mod:`shmooze.loopworker`). A command that may wait, such as ``changes`` with a
-timeout, must not be quick: while it runs, no other connection is served. A subclass that overrides a command keeps it a command (with the
+timeout, must not be quick: while it runs, no other connection is served. A subclass that overrides a command
+keeps it a command (with the
 flags of the nearest declaration unless it declares again).
 
 For a quick script, ``expose_all = True`` on a service class makes every public

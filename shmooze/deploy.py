@@ -20,8 +20,8 @@ import sys
 import tempfile
 import time
 import xmlrpc.client
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 

@@ -352,7 +352,8 @@ class ServiceProxy:
 
         It is sent a second time only when the first try cannot have reached the service (the
         write failed on a kept-alive connection the service had closed), or when ``repeatable()``
-        says the body only reads (asked only then, so the hot path parses nothing). A service that closes the connection after taking the request
+        says the body only reads (asked only then, so the hot path parses nothing). A service that closes the
+        connection after taking the request
         is a :class:`ForwardError` 502 with :data:`MAY_HAVE_RUN`.
         """
         start = self._heads.get(content_type) if path == "/" and not headers else None

@@ -18,15 +18,15 @@ from werkzeug.utils import send_from_directory
 from werkzeug.wrappers import Request, Response
 
 from shmooze import protocol, servicekey
+from shmooze.cooperative import gevent_sockets
 from shmooze.fanout import ServiceWatcher
 from shmooze.forward import ForwardError, Reply, ServiceProxy
 from shmooze.httpjson import JSONHTTPError, json_response, raw_json_response, read_command_body, serve_json_errors
-from shmooze.metrics import gateway_stats
 from shmooze.longpoll import wait_for_changes_here
+from shmooze.metrics import gateway_stats
 from shmooze.push import PushSession
 from shmooze.service import Service, only_reads
 from shmooze.settings import STATIC_DIR, Settings
-from shmooze.cooperative import gevent_sockets
 from shmooze.slowbodies import READERS
 from shmooze.websocket import CLOSE_GOING_AWAY, check_origin, host_name
 
@@ -171,7 +171,8 @@ class Gateway:
         self.watchers = {name: ServiceWatcher(proxy) for name, proxy in self.proxies.items()}
         self.sockets: set[Any] = set()  # open WebSockets, closed with "going away" when the gateway stops
         #: Extra routes under the prefix: name -> WSGI app.
-        self.routes: dict[str, Callable[..., Any]] = {"ws": self.websocket, "healthz": self.healthz}  # each returns a Response or bytes
+        # Each returns a Response or bytes.
+        self.routes: dict[str, Callable[..., Any]] = {"ws": self.websocket, "healthz": self.healthz}
         from shmooze import dashboard
 
         dashboard.add_routes(self)  # metrics and the dashboard (shmooze.dashboard)

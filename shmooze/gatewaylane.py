@@ -29,8 +29,8 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from gunicorn import http, util
 from gevent import GreenletExit
+from gunicorn import http, util
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 

@@ -27,6 +27,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from shmooze import procutil, protocol
+from shmooze.commands import command
 from shmooze.containment import MODULE_VAR, Containment
 from shmooze.errors import CommandError
 from shmooze.ioloop import IOLoop
@@ -35,7 +36,6 @@ from shmooze.limits import Limits
 from shmooze.module import ModuleBroken, ModuleError, ModuleProcess
 from shmooze.moduletype import ModuleType
 from shmooze.ops import HostOps
-from shmooze.commands import command
 from shmooze.service import Service
 from shmooze.watchdog import OWNER_VAR, Watchdog
 

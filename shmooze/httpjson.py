@@ -21,8 +21,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from shmooze import protocol
-from shmooze.servicekey import PROOF_HEADER
 from shmooze.cooperative import gevent_sockets
+from shmooze.servicekey import PROOF_HEADER
 from shmooze.slowbodies import READERS, Shed
 
 log = logging.getLogger(__name__)

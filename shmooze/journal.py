@@ -18,7 +18,8 @@ applies every change queued to the journal's own copy of the state and appends t
 (group commit; :class:`shmooze.batchwriter.BatchWriter`). With ``durability`` ``fsync`` (the
 default) it syncs the file once for all of them before their commands are answered; with ``write``
 they are kept once written to the kernel (a crash of the service loses nothing acknowledged) and
-the file is synced at most every ``fsync_interval`` (50 ms: what a power cut can lose). The file is rewritten as one snapshot when it has grown to several
+the file is synced at most every ``fsync_interval`` (50 ms: what a power cut can lose). The file is rewritten
+as one snapshot when it has grown to several
 times the state. Parameter updates, which no command waits for, are coalesced: at most one record
 per module every ``params_interval`` seconds, carrying its full parameters as the service last
 heard them.

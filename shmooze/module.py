@@ -27,7 +27,8 @@ from typing import Any, Callable
 from shmooze import ladder, peer, protocol
 from shmooze.containment import Box
 from shmooze.errors import CommandError
-from shmooze.ioloop import IOLoop, pidfd as open_pidfd, wait_readable
+from shmooze.ioloop import IOLoop, wait_readable
+from shmooze.ioloop import pidfd as open_pidfd
 from shmooze.limits import Limits
 from shmooze.moduletype import ModuleType
 

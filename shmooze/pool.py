@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from shmooze.commands import command
 from shmooze.host import ModuleHost
 from shmooze.module import ModuleProcess

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from shmooze.errors import CommandError
 from shmooze.commands import command
+from shmooze.errors import CommandError
 from shmooze.host import ModuleHost, _available, _by_name
 from shmooze.module import ModuleProcess
 from shmooze.moduletype import ModuleType

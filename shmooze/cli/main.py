@@ -19,13 +19,17 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from shmooze.errors import SettingsError, ShmoozeError
+
+if TYPE_CHECKING:
+    from shmooze.settings import Settings
 
 log = logging.getLogger("shmooze")
 
 
-def _load_settings(path: str | None):  # -> Settings
+def _load_settings(path: str | None) -> Settings:
     from shmooze import settings
 
     loaded = settings.load(path)
