@@ -77,6 +77,8 @@ class PushSession:
             self.subscriber.stop()
 
     def _start(self, msg: Any) -> None:
+        if isinstance(msg, dict) and "subscribe" in msg:
+            self._listen(msg["subscribe"])
         mid = msg.get("id") if isinstance(msg, dict) else None
         try:
             key = json.dumps(mid, sort_keys=True)
@@ -165,6 +167,16 @@ class PushSession:
         if isinstance(body, list):
             return _reply(mid, {"answers": answer} if isinstance(answer, list) else answer)
         return _reply(mid, answer)
+
+    def _listen(self, spec: Any) -> None:
+        """On the reader, before any later message runs: the subscriber hears the named services'
+        events from now on, so a command sent after a subscription never publishes an event that
+        the subscription misses (messages otherwise run concurrently). :meth:`subscribe` answers."""
+        names = spec if isinstance(spec, list) else list(spec) if isinstance(spec, dict) else []
+        for name in names:
+            if isinstance(name, str) and name in self.watchers and name not in self.subscribed:
+                self.subscribed.add(name)
+                self.watchers[name].subscribe(self.subscriber)
 
     def subscribe(self, spec: Any) -> dict[str, Any]:
         if isinstance(spec, list):

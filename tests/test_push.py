@@ -115,6 +115,20 @@ def test_subscribers_get_change_events_pushed(gateway):
         assert event["events"][-1]["kind"] == "volume" and event["events"][-1]["level"] == 33
 
 
+def test_a_command_sent_right_after_a_subscription_is_heard_by_it(gateway):
+    """Messages of one WebSocket run concurrently, but a subscription is in effect before any message
+    read after it runs: the command's change event is never missed (20 times, each on a new socket)."""
+    for level in range(20, 40):
+        with WebSocketClient.connect(gateway["ws"], timeout=5) as ws:
+            ws.send(json.dumps({"id": 1, "subscribe": {"volume": None}}))
+            ws.send(json.dumps({"id": 2, "service": "volume", "cmd": "set_volume", "args": {"level": level}}))
+            heard = []
+            deadline = time.monotonic() + 10
+            while not any(m.get("event") == "change" and m["events"][-1].get("level") == level for m in heard):
+                assert time.monotonic() < deadline, f"the event of set_volume {level} never came: {heard}"
+                heard.append(receive_json(ws, timeout=max(0.1, deadline - time.monotonic())))
+
+
 def test_returning_subscriber_catches_up(gateway):
     client = Client(gateway["url"])
     since = client.volume.changes(since=0)["version"]
