@@ -280,9 +280,17 @@
     endpoints.pool.deferQuery({cmd: "pool", args: {parameters: LIGHT_PARAMS}}, function (r) { model.lights = r; renderLights(); });
   }
 
+  /* Reads of the volume may be answered out of order (messages run concurrently): an answer to an
+     older read never replaces a newer one's. */
+  var volumeAsked = 0, volumeShown = 0;
   function loadVolume() {
     if (!endpoints.volume) return;
-    endpoints.volume.deferQuery({cmd: "get_volume"}, showVolume);
+    var asked = ++volumeAsked;
+    endpoints.volume.deferQuery({cmd: "get_volume"}, function (v) {
+      if (asked < volumeShown) return;
+      volumeShown = asked;
+      showVolume(v);
+    });
   }
 
   function showVolume(v) {
