@@ -318,16 +318,14 @@ class CommandApp:
             if guard is not None:
                 guard.admit(parsed, environ, nonce is not None)
             answer = encode_or_fail(parsed, self.handler(parsed))
-        except JSONHTTPError as exc:
-            if nonce is not None:  # an error is proven too: the client knows it is the service's
-                exc.extra_headers[PROOF_HEADER] = guard.proof(nonce, exc.code, exc.body())
-            raise
-        except Exception:
+        except Exception as exc:
             if nonce is None:
                 raise
-            log.exception("internal error on %s", environ.get("PATH_INFO", ""))
-            error = JSONHTTPError(500, "internal error")
-            error.extra_headers[PROOF_HEADER] = guard.proof(nonce, 500, error.body())
+            error = exc if isinstance(exc, JSONHTTPError) else JSONHTTPError(500, "internal error")
+            if error is not exc:
+                log.exception("internal error on %s", environ.get("PATH_INFO", ""))
+            # An error is proven too: the client knows it is the service's.
+            error.extra_headers[PROOF_HEADER] = guard.proof(nonce, error.code, error.body())
             raise error from None
         if len(answer) > self.max_answer_bytes:
             answer = too_big_answer(parsed, len(answer), self.max_answer_bytes)

@@ -186,13 +186,10 @@ class PushSession:
         unknown = [n for n in spec if n not in self.watchers]
         if unknown:
             return protocol.error(f"no service named {protocol.short(unknown[0], 60)}")
+        self._listen(spec)  # (already done on the reader for a message read there)
         result = {}
         for name, since in spec.items():
-            watcher = self.watchers[name]
-            if name not in self.subscribed:
-                self.subscribed.add(name)
-                watcher.subscribe(self.subscriber)
-            version = watcher.current_version()
+            version = self.watchers[name].current_version()
             if isinstance(since, int) and not isinstance(since, bool) and version is not None and since != version:
                 self._catch_up(name, since)
             result[name] = {"version": version}

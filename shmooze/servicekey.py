@@ -226,14 +226,3 @@ class Verifier:
 
     def proof(self, nonce: bytes, status: int, body: bytes) -> str:
         return answer_proof(self.key, nonce, status, body)
-
-
-def ensure(settings: Settings) -> None:
-    """Make the key before the app's processes start (``shmooze run``), so they never race for it;
-    a settings error is raised as it is."""
-    try:
-        load(settings, create=True)
-    except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise SettingsError(f"cannot make the service key ({exc}); set service_key_path") from None
-        raise

@@ -207,6 +207,14 @@ def test_a_command_is_answered_once_its_row_and_its_change_are_kept(tmp_path, du
         q.stop()
 
 
+def logged_queue(journal: Path, log_db: Path) -> Queue:
+    """A started queue with its journal and a command log."""
+    q = Queue([python_module("slow", SLOW_RESTORE, "0", **FAST)], journal=str(journal))
+    q.command_log = CommandLog(str(log_db), "queue")
+    q.start()
+    return q
+
+
 def test_a_journaled_add_whose_row_was_lost_gets_its_row_at_the_restore(tmp_path):
     """With durability fsync the journal's sync and the row's commit run side by side: a worker killed
     between them leaves an add in the journal (and acknowledged, to a keyed retry) with no row."""
@@ -219,9 +227,7 @@ def test_a_journaled_add_whose_row_was_lost_gets_its_row_at_the_restore(tmp_path
         assert os.stat(path).st_mode & 0o777 == 0o600  # private even without the CLI's umask
     finally:
         q.stop()
-    q = Queue([python_module("slow", SLOW_RESTORE, "0", **FAST)], journal=str(path))
-    q.command_log = CommandLog(str(tmp_path / "log.db"), "queue")
-    q.start()
+    q = logged_queue(path, tmp_path / "log.db")
     try:
         wait_for(lambda: not q.restoring, 30)
         assert call(q, "add", type="slow", key="k-1") == {"uid": keyed}  # the retry: answered from the restore
@@ -229,9 +235,7 @@ def test_a_journaled_add_whose_row_was_lost_gets_its_row_at_the_restore(tmp_path
         assert sorted(rows) == sorted([(keyed, "slow"), (plain, "slow")])
     finally:
         q.stop()
-    q = Queue([python_module("slow", SLOW_RESTORE, "0", **FAST)], journal=str(path))
-    q.command_log = CommandLog(str(tmp_path / "log.db"), "queue")
-    q.start()
+    q = logged_queue(path, tmp_path / "log.db")
     try:
         wait_for(lambda: not q.restoring, 30)
         assert len(call(q, "history")) == 2  # a second restore writes no second row

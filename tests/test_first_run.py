@@ -112,10 +112,21 @@ def test_demo_command_on_a_plain_venv(checkout, tmp_path):
 
 def test_pip_install_dot_runs_the_example(checkout, tmp_path):
     """`pip install .` (not editable) into a fresh venv, then `shmooze run` from somewhere else."""
+    venv = pip_install(tmp_path, str(checkout))
+    run_demo_from(venv, checkout, tmp_path)
+
+
+def pip_install(tmp_path: Path, *what: str) -> Path:
+    """A fresh virtualenv in ``tmp_path`` with ``pip install WHAT`` done in it, as a user's shell would."""
     venv = tmp_path / "venv"
     subprocess.run([BASE_PYTHON, "-m", "venv", str(venv)], check=True, env=plain_env(), timeout=120)
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(checkout)],
-                   check=True, env=plain_env(), timeout=600, cwd=str(tmp_path))
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    *what], check=True, env=plain_env(), timeout=900, cwd=str(tmp_path))
+    return venv
+
+
+def run_demo_from(venv: Path, checkout: Path, tmp_path: Path) -> None:
+    """``shmooze run`` of that virtualenv on the example, used as a person would (see :func:`use_demo`)."""
     settings = demo_settings(checkout, tmp_path / "run")
     run = Proc([str(venv / "bin" / "shmooze"), "run", str(settings)], env=plain_env(), cwd=str(tmp_path),
                log_path=tmp_path / "run.log")
@@ -141,11 +152,8 @@ def test_the_lowest_declared_versions_run_the_example(checkout, tmp_path):
     """Every runtime dependency at the lowest version ``pyproject.toml`` accepts (a user whose
     environment already has those), then the example as a person uses it: the gateway's fast lane
     and the services' loop worker lean on gunicorn's internals, so a floor set too low fails here."""
-    venv = tmp_path / "venv"
-    subprocess.run([BASE_PYTHON, "-m", "venv", str(venv)], check=True, env=plain_env(), timeout=120)
     pins = lowest_versions()
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    *pins, str(checkout)], check=True, env=plain_env(), timeout=900, cwd=str(tmp_path))
+    venv = pip_install(tmp_path, *pins, str(checkout))
     listed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
                             capture_output=True, text=True, timeout=60, check=True).stdout
     from packaging.version import Version
@@ -154,13 +162,7 @@ def test_the_lowest_declared_versions_run_the_example(checkout, tmp_path):
     for pin in pins:
         name, version = pin.split("==")
         assert Version(have[name.split("[")[0].lower().replace("_", "-")]) == Version(version), (pin, have)
-    settings = demo_settings(checkout, tmp_path / "run")
-    run = Proc([str(venv / "bin" / "shmooze"), "run", str(settings)], env=plain_env(), cwd=str(tmp_path),
-               log_path=tmp_path / "run.log")
-    try:
-        use_demo(run, settings)
-    finally:
-        run.kill_everything()
+    run_demo_from(venv, checkout, tmp_path)
     for name in ("wsgi", "queue"):
         log = (tmp_path / "run" / "logs" / f"{name}.log").read_text(errors="replace")
         assert "Traceback" not in log, log[-3000:]
