@@ -13,10 +13,14 @@ DNS rebinding. So, on its own port, a service:
   such a process could read the key anyway). Read-only commands (declared ``read_only``) are open.
 - proves every answer to a signed request, so its clients can tell it from a process that took
   its port.
+
+And who may command through the gateway: with an ``access_token`` set, what changes state (and the
+metrics, and the dashboard's restart) needs it, checked in one place, :class:`AccessToken`.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 from typing import Any
@@ -32,6 +36,43 @@ log = logging.getLogger(__name__)
 
 #: Host names every service answers to on its port.
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+#: How an HTTP request gives the access token, as a refusal tells it.
+BEARER = "Authorization: Bearer TOKEN"
+
+
+class AccessToken:
+    """The gateway's ``access_token`` (none: nothing to check), compared in constant time."""
+
+    def __init__(self, token: str | None):
+        self._secret = token.encode("utf-8", "surrogatepass") if token else None
+
+    @property
+    def required(self) -> bool:
+        return self._secret is not None
+
+    def matches(self, given: str) -> bool:
+        """Whether ``given`` is the token (a WebSocket message's ``token``); False when none is set."""
+        if self._secret is None:
+            return False
+        return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), self._secret)
+
+    def bearer_matches(self, authorization: str) -> bool:
+        """Whether an ``Authorization`` header is ``Bearer TOKEN`` (the scheme in any case, RFC 9110 11.1)."""
+        scheme, _, credentials = authorization.strip().partition(" ")
+        return scheme.lower() == "bearer" and self.matches(credentials.strip())
+
+    def check_bearer(self, authorization: str, what: str) -> None:
+        """Raise the 401 unless a token is set and ``authorization`` gives it (the caller knows that
+        ``what`` needs it)."""
+        if not self.bearer_matches(authorization):
+            raise JSONHTTPError(401, refusal(what), {"WWW-Authenticate": "Bearer"})
+
+
+def refusal(what: str, how: str = BEARER) -> str:
+    """What a client hears when ``what`` needs the access token it did not give (``how`` says how to give it)."""
+    return f"{what} needs the access token ({how})"
 
 
 def is_read_only(service: Service, cmd: str) -> bool:

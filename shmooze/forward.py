@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import select
 import socket
 import threading
@@ -29,6 +28,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 from shmooze.cooperative import gevent_sockets, native_poll
+from shmooze.httphead import HeadError, head_end, parse_response
 from shmooze.servicekey import AUTH_HEADER, HELLO, Signer
 
 log = logging.getLogger(__name__)
@@ -129,17 +129,23 @@ class _Connection:
     def read_reply(self) -> tuple[Reply, bool]:
         """Read one answer; return it and whether the connection may be used again."""
         buf = self.buf
-        while True:
-            end = buf.find(b"\r\n\r\n")
-            if end >= 0:
-                break
-            if len(buf) > MAX_HEADER_BYTES:
-                raise ForwardError(502, "the service sent headers over 64 KiB")
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise _Closed()
-            buf += chunk
-        status, length, keep, content_type, self.proof = _parse_answer_head(buf, end)
+        try:
+            while (end := head_end(buf, MAX_HEADER_BYTES)) < 0:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise _Closed()
+                buf += chunk
+            head = parse_response(buf, end, MAX_HEADER_BYTES)
+        except HeadError as exc:
+            raise ForwardError(502, f"the service answered something that is not HTTP/1.1: {exc}") from None
+        if head.chunked:
+            raise ForwardError(502, "the service answered without a Content-Length")
+        fields = head.fields
+        proof = fields.get(b"shmooze-proof")
+        self.proof = proof.decode("latin-1") if proof is not None else None
+        raw_type = fields.get(b"content-type")
+        content_type = raw_type.decode("latin-1") if raw_type is not None else "application/json"
+        status, length, keep = head.status, head.content_length, head.keep_alive
         body = buf[end + 4:]
         if length is None:  # the answer runs to the end of the connection
             chunks = [body]
@@ -160,35 +166,6 @@ class _Connection:
             body += chunk
         self.buf = body[length:]
         return Reply(status, body[:length], content_type), keep
-
-
-#: The answer's headers the forward reads (in the lower-cased head).
-_ANSWER_FIELDS = re.compile(
-    rb"\r\n(content-length|connection|transfer-encoding|content-type|shmooze-proof):[\t ]*([^\r\n]*)")
-
-
-def _parse_answer_head(buf: bytes, end: int) -> tuple[int, int | None, bool, str, str | None]:
-    """Status, Content-Length (None: to the end), keep-alive, media type and service key proof of an
-    answer's head ``buf[:end]``: only as far as the forward needs (the body goes back as it came)."""
-    line_end = buf.find(b"\r\n", 0, end)
-    line = buf[:line_end if line_end >= 0 else end]
-    proto, status = line[:9], line[9:12]
-    if proto not in (b"HTTP/1.1 ", b"HTTP/1.0 ") or not status.isdigit() or line[12:13] not in (b"", b" "):
-        raise ForwardError(502, f"the service answered something that is not HTTP: {line[:80]!r}")
-    fields = {name: value.rstrip(b" \t") for name, value in _ANSWER_FIELDS.findall(buf[:end].lower(), line_end)}
-    encoding = fields.get(b"transfer-encoding")
-    if encoding is not None and encoding != b"identity":
-        raise ForwardError(502, "the service answered without a Content-Length")
-    raw_length = fields.get(b"content-length")
-    if raw_length is not None and not raw_length.isdigit():
-        raise ForwardError(502, f"the service answered a bad Content-Length {raw_length[:20]!r}")
-    connection = fields.get(b"connection")
-    keep = proto == b"HTTP/1.1 " if connection is None else connection != b"close"
-    content_type = fields.get(b"content-type")
-    proof = fields.get(b"shmooze-proof")
-    return (int(status), int(raw_length) if raw_length is not None else None, keep,
-            content_type.decode("latin-1") if content_type is not None else "application/json",
-            proof.decode("latin-1") if proof is not None else None)
 
 
 def _notice_lost_hosts(sock: socket.socket, timeout: float) -> None:

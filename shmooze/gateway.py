@@ -18,12 +18,14 @@ from werkzeug.utils import send_from_directory
 from werkzeug.wrappers import Request, Response
 
 from shmooze import protocol, servicekey
+from shmooze.access import AccessToken, host_allowed, refusal
 from shmooze.cooperative import gevent_sockets
+from shmooze.dashboard import Dashboard
 from shmooze.fanout import ServiceWatcher
 from shmooze.forward import ForwardError, Reply, ServiceProxy
 from shmooze.httpjson import JSONHTTPError, json_response, raw_json_response, read_command_body, serve_json_errors
 from shmooze.longpoll import wait_for_changes_here
-from shmooze.metrics import gateway_stats
+from shmooze.metrics import gateway_stats, render
 from shmooze.push import PushSession
 from shmooze.service import Service, only_reads
 from shmooze.settings import STATIC_DIR, Settings
@@ -161,7 +163,7 @@ class Gateway:
             if name != "wsgi"
         }
         self.public_settings = protocol.dumps(settings.public())
-        self.token = settings.access_token or None
+        self.access = AccessToken(settings.access_token)
         extra = frozenset(settings.open_commands)  # open to all besides what services declare
         self.declared = {name: DeclaredReadOnly(proxy, extra) for name, proxy in self.proxies.items()}
         self.allowed_origins = list(settings.allowed_origins)
@@ -173,9 +175,8 @@ class Gateway:
         #: Extra routes under the prefix: name -> WSGI app.
         # Each returns a Response or bytes.
         self.routes: dict[str, Callable[..., Any]] = {"ws": self.websocket, "healthz": self.healthz}
-        from shmooze import dashboard
-
-        dashboard.add_routes(self)  # metrics and the dashboard (shmooze.dashboard)
+        app_name = settings.public().get("app_name")
+        self.routes.update(Dashboard(self.proxies, self.access, app_name, self.render_metrics, self.restart_service).routes())
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         return serve_json_errors(lambda: self.dispatch(environ, start_response), environ, start_response,
@@ -236,7 +237,7 @@ class Gateway:
             declared.keep_fresh()  # whether it may be sent again after a failure, even without a token
         except ForwardError as exc:
             unreachable = exc
-        if self.token is not None:
+        if self.access.required:
             self.check_token(proxy.name, body, authorization)
         if unreachable is not None:  # asking found the service unreachable: say so now, not after a second wait
             log.warning("forward to %s: %s", proxy.name, unreachable.message)
@@ -290,22 +291,32 @@ class Gateway:
         healthy = bool(up or slow) or not self.proxies
         return json_response({"healthy": healthy, "up": up, "slow": slow, "down": down}, 200 if healthy else 503)
 
+    # -- what the dashboard needs (shmooze.dashboard) ------------------------------------------
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        """Every service's figures, in the Prometheus text format: (body, content type)."""
+        return render(gateway_stats().registry(self.proxies))
+
+    def restart_service(self, name: str) -> None:
+        """Restart service ``name`` through the run's supervisord, returning once it answers again.
+
+        It runs here, in the gateway worker that took the dashboard's request: only this request's
+        greenlet waits (supervisord's XML-RPC and the wait for the port are cooperative sockets and
+        sleeps under gevent), the worker serves the others meanwhile; the gateway itself is not one
+        of supervisord's services it restarts."""
+        from shmooze import deploy
+
+        deploy.restart(self.settings, [name])
+
     # -- access control ------------------------------------------------------------------
 
     def host_allowed(self, host: str) -> bool:
         """Whether the ``Host`` header names this gateway (a defence against DNS rebinding)."""
-        from shmooze.access import host_allowed
-
         return host_allowed(host, self.allowed_hosts, self.any_ip_host)
 
     def needs_token(self, service: str, items: list[protocol.Item]) -> bool:
         """Whether these commands change state: any command the service does not declare read-only."""
         return not self.declared[service].only_reads(items)
-
-    def token_ok(self, given: str) -> bool:
-        import hmac
-
-        return self.token is not None and hmac.compare_digest(given.encode(), self.token.encode())
 
     def check_token(self, service: str, body: bytes, authorization: str) -> None:
         """With an access token set, a command that changes state needs ``Authorization: Bearer TOKEN``."""
@@ -313,9 +324,8 @@ class Gateway:
             items = protocol.parse_request(body).items
         except protocol.BodyError as exc:
             raise JSONHTTPError(400, str(exc)) from None
-        if self.needs_token(service, items) and not self.token_ok(authorization.removeprefix("Bearer ").strip()):
-            raise JSONHTTPError(401, "this command needs the access token (Authorization: Bearer TOKEN)",
-                                {"WWW-Authenticate": "Bearer"})
+        if self.needs_token(service, items):
+            self.access.check_bearer(authorization, "this command")
 
     # -- the WebSocket ---------------------------------------------------------------------
 
@@ -324,14 +334,14 @@ class Gateway:
 
         if not is_websocket_request(environ):
             raise JSONHTTPError(400, "this is the WebSocket endpoint: connect with a WebSocket")
-        authorized = {"ok": self.token is None}
+        authorized = {"ok": not self.access.required}
 
         def authorize(service: str, items: list[protocol.Item], msg: dict[str, Any]) -> str | None:
             if authorized["ok"] or not self.needs_token(service, items):
                 return None
-            if isinstance(msg.get("token"), str) and self.token_ok(msg["token"]):
+            if isinstance(msg.get("token"), str) and self.access.matches(msg["token"]):
                 return None
-            return "this command needs the access token (send it as 'token')"
+            return refusal("this command", "send it as 'token'")
 
         def handler(ws: Any) -> None:
             self.sockets.add(ws)

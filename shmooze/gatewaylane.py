@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import re
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -34,6 +33,7 @@ from gunicorn import http, util
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
+from shmooze import httphead
 from shmooze.forward import RestartingTimer
 
 if TYPE_CHECKING:
@@ -43,14 +43,9 @@ log = logging.getLogger(__name__)
 
 #: Longest head the lane parses; a longer one goes to gunicorn (which has its own limits).
 MAX_HEAD = 8192
-_REQUEST_LINE = re.compile(rb"POST (/[!-~]*) HTTP/1\.1\r\n")
-#: Header lines as RFC 9110 writes them: a token, a colon, visible characters, spaces and tabs.
-_FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
-#: Headers the lane reads; any other header is ignored, as the WSGI path ignores it.
-_READ = frozenset({b"host", b"content-type", b"content-length", b"origin", b"authorization", b"connection"})
-#: Those, and the headers that change how a request is framed or answered (the request goes to gunicorn).
-_NAMED = re.compile(rb"\r\n(" + b"|".join(_READ) + rb"|transfer-encoding|expect|upgrade|http2-settings|te|trailer):[\t ]*"
-                    rb"([^\r\n]*)", re.IGNORECASE)
+#: Headers that change how a request is framed or answered: such a request goes to gunicorn.
+_NOT_PLAIN = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"http2-settings", b"te", b"trailer"})
+_CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close"})
 
 
 class Head(NamedTuple):
@@ -70,36 +65,16 @@ def parse_head(data: bytes, end: int) -> Head | None:
 
     No I/O: the caller has read it. ``None`` means "not for the lane", never "bad": gunicorn
     then parses the same bytes and answers whatever is wrong with them."""
-    if end > MAX_HEAD:
+    try:
+        head = httphead.parse_request(data, end, MAX_HEAD)
+    except httphead.HeadError:
         return None
-    line = _REQUEST_LINE.match(data, 0, end + 2)
-    if line is None:
+    fields = head.fields
+    if (head.method != b"POST" or head.version != b"1.1" or head.content_length is None
+            or not _NOT_PLAIN.isdisjoint(fields) or not head.connection <= _CONNECTION_OPTIONS):
         return None
-    start = line.end()
-    if _FIELDS.fullmatch(data, start, end + 2) is None:
-        return None
-    found: dict[bytes, bytes] = {}
-    for name, value in _NAMED.findall(data, start - 2, end + 2):
-        name = name.lower()
-        if name in found or name not in _READ:
-            return None  # repeated, or a header that changes the framing: gunicorn and the WSGI path decide
-        found[name] = value
-    length = found.get(b"content-length", b"").rstrip(b" \t")
-    if not (length.isdigit() and len(length) < 16):
-        return None
-    close = False
-    connection = found.get(b"connection")
-    if connection is not None:
-        tokens = {t.strip() for t in connection.lower().split(b",")}
-        if not tokens <= {b"keep-alive", b"close"}:
-            return None
-        close = b"close" in tokens
-    host = found.get(b"host")
-    origin = found.get(b"origin")
-    return Head(line.group(1), host.rstrip(b" \t") if host is not None else None,
-                found.get(b"content-type", b"").split(b";", 1)[0].strip().lower(), int(length),
-                origin.rstrip(b" \t") if origin is not None else None,
-                found.get(b"authorization", b"").rstrip(b" \t"), close)
+    return Head(head.target, fields.get(b"host"), fields.get(b"content-type", b"").split(b";", 1)[0].strip().lower(),
+                head.content_length, fields.get(b"origin"), fields.get(b"authorization", b""), not head.keep_alive)
 
 
 class _Received:

@@ -30,12 +30,14 @@ from typing import Any, Callable
 from gunicorn import http
 from gunicorn.workers import gthread
 
+from shmooze import httphead
 from shmooze.httpjson import answer_worker_error
 
 #: What the loop reads of a connection at once; a request that does not fit goes to a pool thread.
 READ_SIZE = 64 << 10
 
-_CONTENT_LENGTH = b"\r\ncontent-length:"
+#: Headers with which a request is not simply its head and a body of known length.
+_NOT_SIMPLE = frozenset({b"expect", b"upgrade"})
 
 
 def whole_request(data: bytes) -> int | None:
@@ -44,20 +46,13 @@ def whole_request(data: bytes) -> int | None:
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
-    head = data[:end].lower()
-    if b"transfer-encoding" in head or b"\r\nexpect:" in head or b"\r\nupgrade:" in head:
+    try:
+        head = httphead.parse_request(data, end)
+    except httphead.HeadError:  # gunicorn's parser, on the pool, answers what is wrong
         return None
-    length = 0
-    at = head.find(_CONTENT_LENGTH)
-    if at >= 0:
-        if head.find(_CONTENT_LENGTH, at + 2) >= 0:  # given twice: gunicorn's parser judges that
-            return None
-        stop = head.find(b"\r\n", at + 2)
-        value = head[at + len(_CONTENT_LENGTH):stop if stop >= 0 else len(head)].strip()
-        if not value.isdigit():
-            return None
-        length = int(value)
-    return end + 4 if len(data) == end + 4 + length else None
+    if head.chunked or not _NOT_SIMPLE.isdisjoint(head.fields):
+        return None
+    return end + 4 if len(data) == end + 4 + (head.content_length or 0) else None
 
 
 class _LoopSocket:
