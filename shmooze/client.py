@@ -183,14 +183,19 @@ class ServiceClient:
         args = with_key(cmd, args or {})
         payload = {"cmd": cmd, "args": args}
         if cmd not in KEYED or "key" not in args:
-            return _result(self._transport.post(self.url, payload, timeout), self.name, cmd)
+            return _result(self.post(payload, timeout), self.name, cmd)
         try:
-            answer = self._transport.post(self.url, payload, timeout)
+            answer = self.post(payload, timeout)
         except TransportError as exc:
             if exc.status is not None and exc.status not in (502, 503, 504):
                 raise
-            answer = self._transport.post(self.url, payload, timeout)  # same key: never a second module
+            answer = self.post(payload, timeout)  # same key: never a second module
         return _result(answer, self.name, cmd)
+
+    def post(self, payload: Any, timeout: float | None = None) -> Any:
+        """Send one request body (a command, or a batch: a list of them) and return the decoded answer
+        (a command's answer is not checked here: see :meth:`call`)."""
+        return self._transport.post(self.url, payload, timeout)
 
     def batch(self) -> Batch:
         return Batch(self)
@@ -251,7 +256,7 @@ class Batch:
 
     def send(self, timeout: float | None = None) -> list[Pending]:
         payload = [{"cmd": i.cmd, "args": i.args} for i in self.items]
-        answers = self.service._transport.post(self.service.url, payload, timeout)
+        answers = self.service.post(payload, timeout)
         if not isinstance(answers, list) or len(answers) != len(self.items):
             raise TransportError(f"{self.service.name} answered a batch of {len(self.items)} with something else")
         for item, answer in zip(self.items, answers):
@@ -287,6 +292,10 @@ class Client:
     def settings(self, timeout: float | None = None) -> dict[str, Any]:
         """The gateway's public settings."""
         return self._transport.get(self.url + "settings.json", timeout)
+
+    def service_names(self, timeout: float | None = None) -> list[str]:
+        """The gateway's services, as its dashboard lists them (even when ``ports`` is not public)."""
+        return list(self._transport.get(self.url + "_shmooze/services.json", timeout)["services"])
 
     def __getattr__(self, name: str) -> ServiceClient:
         if name.startswith("_"):

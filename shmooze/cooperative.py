@@ -26,6 +26,13 @@ def gevent_sockets() -> bool:
     return patched("socket")
 
 
+def green_library(sock: Any) -> str | None:
+    """The library whose cooperative socket ``sock`` is (``"gevent"`` or ``"eventlet"``: what gunicorn's
+    async workers hand the app); None for a standard socket."""
+    top = type(sock).__module__.partition(".")[0]
+    return top if top in ("gevent", "eventlet") else None
+
+
 _NATIVE_POLL: Any = None
 
 

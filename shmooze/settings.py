@@ -49,6 +49,10 @@ class Settings(registry.Declared):
     def get(self, name: str, default: Any = None) -> Any:
         return self._data.get(name, default)
 
+    def secret_names(self) -> list[str]:
+        """The names of the settings (at any depth) that hold a secret (see :data:`SECRET_NAMES`)."""
+        return _secret_names(self._data)
+
     def given(self, name: str) -> bool:
         """Whether the file sets ``name`` (else a declared key has its default)."""
         return name in self._given
@@ -149,7 +153,7 @@ def _secret_names(data: dict[str, Any]) -> list[str]:
 
 def exposure_warning(settings: Settings) -> str | None:
     """One line to warn with when the settings file holds a secret and other users may read it."""
-    names = _secret_names(settings._data)
+    names = settings.secret_names()
     if not names or settings.path.startswith("<"):
         return None
     try:

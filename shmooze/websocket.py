@@ -53,7 +53,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
-from shmooze.cooperative import pollers
+from shmooze.cooperative import green_library, pollers
 from shmooze.errors import ShmoozeError
 from shmooze.registry import Declared
 
@@ -245,7 +245,7 @@ def _send_nowait(sock: socket.socket, data: bytes) -> int:
     first (and wait), so it is polled here with no wait.
     """
     try:
-        if type(sock).__module__.startswith("gevent"):
+        if green_library(sock) == "gevent":
             return sock.send(data, 0, timeout=0.0)  # type: ignore[call-arg]
         if sock.gettimeout() != 0.0:
             poller = select.poll()
@@ -323,6 +323,14 @@ class Endpoint:
         self._reads = 0
 
     # -- public API
+
+    def keep_alive(self, ping_interval: float | None, idle_timeout: float | None, message_timeout: float | None,
+                   max_pings: int | None) -> None:
+        """The server side's keep-alive and budgets (see :func:`websocket_response`; None: off); the
+        ping budget starts full."""
+        self.ping_interval, self.idle_timeout, self.message_timeout = ping_interval, idle_timeout, message_timeout
+        self.max_pings = max_pings
+        self._ping_tokens = float(max_pings or 0)
 
     @property
     def closed(self) -> bool:
@@ -748,7 +756,7 @@ def finish_request(environ: Mapping[str, Any]) -> Iterable[bytes]:
     """
     sock = environ.get("gunicorn.socket")
     if sock is not None:
-        if type(sock).__module__.split(".")[0] in ("gevent", "eventlet"):
+        if green_library(sock) is not None:
             from gunicorn.workers.base_async import ALREADY_HANDLED
 
             return ALREADY_HANDLED
@@ -824,9 +832,7 @@ def websocket_response(
     except WebSocketClosed as exc:
         log.debug("websocket handshake dropped: %s", exc)
         return finish_request(environ)
-    ws.ping_interval, ws.idle_timeout, ws.message_timeout = ping_interval, idle_timeout, message_timeout
-    ws.max_pings = max_pings
-    ws._ping_tokens = float(max_pings or 0)
+    ws.keep_alive(ping_interval, idle_timeout, message_timeout, max_pings)
     try:
         handler(ws)
     except Exception:

@@ -17,7 +17,7 @@ from shmooze.errors import ServiceError, ShmoozeError
 def services_of(client: Any) -> list[str]:
     """The gateway's services (from the dashboard's list, else the public settings' ports)."""
     try:
-        return list(client._transport.get(client.url + "_shmooze/services.json", None)["services"])
+        return client.service_names()
     except (ShmoozeError, KeyError, TypeError):
         ports = client.settings().get("ports") or {}
         return sorted(name for name in ports if name != "wsgi")
