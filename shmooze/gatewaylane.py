@@ -24,8 +24,6 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from email.utils import formatdate
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gevent import GreenletExit
@@ -117,7 +115,6 @@ class Lane:
         self.http_error = httpjson.JSONHTTPError
         self._hosts: dict[bytes, bool] = {}  # Host header -> allowed (a few values in practice)
         self._origins: dict[tuple[bytes, bytes], bool] = {}
-        self._date = (0, "")
 
     def serve(self, sock: Any, addr: Any, buf: bytes) -> bytes | None:
         """Serve plain requests on ``sock`` (``buf``: bytes already read from it) until one is not
@@ -169,7 +166,7 @@ class Lane:
             try:
                 reply = self.gateway.pass_on(proxy, body, head.content_type.decode("latin-1"),
                                              head.authorization.decode("latin-1") if head.authorization else "")
-                answer = self._answer(reply.status, reply.body, close)
+                answer = httphead.json_answer(reply.status, reply.body, close)
             except self.http_error as exc:
                 close = close or exc.close
                 answer = self._error(exc, close)
@@ -177,7 +174,7 @@ class Lane:
                 log.exception("internal error in the gateway on POST %s", head.path.decode("latin-1"))
                 from shmooze import protocol
 
-                answer = self._answer(500, protocol.dumps(protocol.error("internal error in the gateway")), close)
+                answer = httphead.json_answer(500, protocol.dumps(protocol.error("internal error in the gateway")), close)
             self._send(sock, answer, idle)
             if close:
                 return None
@@ -212,19 +209,11 @@ class Lane:
         table[key] = value
         return value
 
-    def _answer(self, status: int, body: bytes, close: bool, extra: str = "") -> bytes:
-        now = int(time.time())
-        if self._date[0] != now:
-            self._date = (now, formatdate(now, usegmt=True))
-        return (f"HTTP/1.1 {status} {_reason(status)}\r\nDate: {self._date[1]}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n{extra}"
-                f"{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n").encode("latin-1") + body
-
     def _error(self, exc: Any, close: bool) -> bytes:
         from shmooze import protocol
 
         extra = "".join(f"{name}: {value}\r\n" for name, value in exc.extra_headers.items())
-        return self._answer(exc.code, protocol.dumps(protocol.error(exc.message)), close, extra)
+        return httphead.json_answer(exc.code, protocol.dumps(protocol.error(exc.message)), close, extra)
 
     @staticmethod
     def _send(sock: Any, data: bytes, timer: Any) -> None:
@@ -246,20 +235,6 @@ class _Idle(Exception):
 
 def _address(addr: Any) -> str:
     return str(addr[0]) if isinstance(addr, tuple) and addr else str(addr)
-
-
-_REASONS: dict[int, str] = {}
-
-
-def _reason(status: int) -> str:
-    reason = _REASONS.get(status)
-    if reason is None:
-        try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = "Unknown"
-        _REASONS[status] = reason
-    return reason
 
 
 class GatewayWorker(GeventWorker):

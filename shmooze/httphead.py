@@ -1,5 +1,6 @@
 """HTTP/1.1 heads parsed from bytes: a request's (the gateway's fast lane, a service's loop worker)
-and a response's (the gateway's forward).
+and a response's (the gateway's forward); and the JSON answer written where no WSGI server writes it
+(:func:`json_answer`: the lane's answers, a worker's error page).
 
 No I/O, in the manner of websockets' sans-I/O core: the caller reads, finds the head's end with
 :func:`head_end`, and gets a parsed head or a :class:`HeadError` saying what is wrong. Strict, as
@@ -14,6 +15,9 @@ answer (502).
 from __future__ import annotations
 
 import re
+import time
+from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any, NamedTuple
 
 #: The longest head parsed unless the caller says otherwise.
@@ -185,3 +189,32 @@ def _keep_alive(version: bytes, connection: frozenset[bytes]) -> bool:
     if version == b"1.1":
         return b"close" not in connection
     return b"keep-alive" in connection
+
+
+_REASONS: dict[int, str] = {}
+
+
+def reason(status: int) -> str:
+    """The reason phrase of ``status`` ("Unknown" for a code HTTP does not name)."""
+    phrase = _REASONS.get(status)
+    if phrase is None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Unknown"
+        _REASONS[status] = phrase
+    return phrase
+
+
+_date = (0, "")  # (second, its Date header): one formatting a second
+
+
+def json_answer(status: int, body: bytes, close: bool, extra: str = "") -> bytes:
+    """A whole answer with a JSON ``body`` (never cached); ``extra``: more header lines, each ending CRLF."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, formatdate(now, usegmt=True))
+    return (f"HTTP/1.1 {status} {reason(status)}\r\nDate: {_date[1]}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n{extra}"
+            f"{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n").encode("latin-1") + body

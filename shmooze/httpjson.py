@@ -14,7 +14,6 @@ import logging
 import socket
 import threading
 import time
-from http import HTTPStatus
 from typing import Any, Callable, Iterable
 
 from werkzeug.exceptions import HTTPException
@@ -22,6 +21,7 @@ from werkzeug.wrappers import Response
 
 from shmooze import protocol
 from shmooze.cooperative import gevent_sockets
+from shmooze.httphead import json_answer, reason
 from shmooze.servicekey import PROOF_HEADER
 from shmooze.slowbodies import READERS, Shed
 
@@ -205,15 +205,8 @@ def raw_json_response(start_response: Callable[..., Any], body: bytes, status: i
     headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
     if extra is not None:
         headers.append(extra)
-    start_response(f"{status} {_reason(status)}", headers)
+    start_response(f"{status} {reason(status)}", headers)
     return [body]
-
-
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
 
 
 class _ErrorPage:
@@ -247,12 +240,10 @@ def answer_worker_error(handle_error: Callable[..., Any], req: Any, client: Any,
     except (IndexError, ValueError):
         status = 500
     text = str(exc) if status != 500 else ""  # (a 500 is a fault of ours: its text stays in the log)
-    message = f"{_reason(status).lower()}: {text[:100]}" if text else _reason(status).lower()
+    message = f"{reason(status).lower()}: {text[:100]}" if text else reason(status).lower()
     body = protocol.dumps(protocol.error(message))
-    head = (f"HTTP/1.1 {status} {_reason(status)}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n\r\n")
     try:
-        util.write_nonblock(client, head.encode("latin-1") + body)
+        util.write_nonblock(client, json_answer(status, body, close=True))
     except OSError:  # the client may be gone
         log.debug("could not send an error answer", exc_info=True)
 
