@@ -13,7 +13,7 @@ and answers them the way the WSGI path would: the same checks (``allowed_hosts``
 body's size and its arrival rate, the access token and the read-only table, through
 :meth:`shmooze.gateway.Gateway.pass_on`) and the same errors, with the service's answer sent back
 in one write. Every other request (another method or path, ``Transfer-Encoding``, ``Expect``,
-``Upgrade``, a head that came in pieces or breaks a rule, a repeated header, a refused Host or
+``Upgrade``, a head that came in pieces or breaks a rule (:mod:`shmooze.httphead` parses it), a repeated header, a refused Host or
 Origin, a body over the limit...) is left, with every byte read so far, to gunicorn's parser and
 the WSGI application, which decide as always; the connection comes back to the lane after it.
 The lane is off (gunicorn's own loop serves everything) with TLS, the PROXY protocol or h2c.

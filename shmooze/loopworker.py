@@ -50,9 +50,10 @@ def whole_request(data: bytes) -> int | None:
         head = httphead.parse_request(data, end)
     except httphead.HeadError:  # gunicorn's parser, on the pool, answers what is wrong
         return None
-    if head.chunked or not _NOT_SIMPLE.isdisjoint(head.fields):
+    length = head.body_length
+    if length is None or not _NOT_SIMPLE.isdisjoint(head.fields):
         return None
-    return end + 4 if len(data) == end + 4 + (head.content_length or 0) else None
+    return end + 4 if len(data) == end + 4 + length else None
 
 
 class _LoopSocket:
