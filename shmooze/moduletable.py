@@ -1,0 +1,127 @@
+"""The modules of a host, by state, under one lock: :class:`ModuleTable`.
+
+A module's states in its host, and the one method of the table that moves it::
+
+    (spawned) --starting()--> starting --started()--> (placed next, or stopped)
+    --place()--> placed, untold --told()--> placed, playing or suspended
+    placed --take_out()--> stopping --stopped()--> (ended)
+
+A module that fails its start, or finds no place, goes from ``started()`` straight to its stop
+ladder and ``stopped()``. Placed modules are indexed by uid, so finding one never scans; where they
+go (the queue's order and background, the pool's set) is the placement policy's
+(:mod:`shmooze.placement`), which the table calls with its lock held.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterable
+
+from shmooze.module import ModuleProcess
+from shmooze.placement import Orders, Placement
+
+
+class ModuleTable:
+    """Every module of a host that is starting, placed or stopping, and whether the host is closing.
+
+    ``lock`` guards them all (an RLock: a caller holds it across several transitions and the placement
+    policy's calls, each transition takes it too)."""
+
+    def __init__(self, placement: Placement):
+        self.lock = threading.RLock()
+        self.placement = placement
+        #: Set once when the host stops: nothing is started or placed after it.
+        self.closing = False
+        #: Connections refused by modules that have ended (those of live modules are on each module).
+        self.refused_before = 0
+        self._index: dict[str, ModuleProcess] = {}  # every placed module, by uid
+        self._untold: dict[str, ModuleProcess] = {}  # placed modules told nothing yet
+        self._playing: dict[str, ModuleProcess] = {}  # placed modules last told play
+        self._starting: dict[str, ModuleProcess] = {}
+        self._stopping: dict[str, ModuleProcess] = {}
+
+    # -- transitions -------------------------------------------------------------------
+
+    def close(self) -> bool:
+        """The host is stopping: return whether it already was (a second ``stop`` waits for the first)."""
+        with self.lock:
+            closing, self.closing = self.closing, True
+            return closing
+
+    def starting(self, module: ModuleProcess) -> None:
+        """Spawned, not answered init yet: in no place, but counted and stopped with the host."""
+        with self.lock:
+            self._starting[module.uid] = module
+
+    def started(self, module: ModuleProcess) -> None:
+        """Its start is over, answered or failed: placed next (:meth:`place`), or stopped."""
+        with self.lock:
+            self._starting.pop(module.uid, None)
+
+    def place(self, module: ModuleProcess) -> None:
+        """The placement policy gave it a place: indexed by uid, and told nothing yet (the rule tells it)."""
+        with self.lock:
+            self._index[module.uid] = self._untold[module.uid] = module
+
+    def told(self, orders: Orders) -> None:
+        """The rule's orders are being sent: each module is what it was last told (play or suspend)."""
+        with self.lock:
+            for module, cmd in orders:
+                module.told = cmd
+                self._untold.pop(module.uid, None)
+                if cmd == "play":
+                    self._playing[module.uid] = module
+                else:
+                    self._playing.pop(module.uid, None)
+
+    def take_out(self, uids: Iterable[str]) -> list[ModuleProcess]:
+        """Out of place and out of the index, to be stopped (unknown uids are skipped): stopping."""
+        with self.lock:
+            removed = [m for m in (self._index.pop(uid, None) for uid in dict.fromkeys(uids)) if m is not None]
+            for module in removed:
+                self.placement.detach(module)
+                self._untold.pop(module.uid, None)
+                self._playing.pop(module.uid, None)
+                self._stopping[module.uid] = module
+            return removed
+
+    def stopped(self, module: ModuleProcess) -> None:
+        """Its stop ladder is over: out of the table; its refused connections join the host's count."""
+        with self.lock:
+            self._stopping.pop(module.uid, None)
+            self.refused_before += module.refused
+
+    # -- views -------------------------------------------------------------------------
+
+    def find(self, uid: str) -> ModuleProcess | None:
+        """The placed module with this uid, or None."""
+        return self._index.get(uid)
+
+    def placed(self) -> list[ModuleProcess]:
+        """Placed modules, in the placement policy's order."""
+        with self.lock:
+            return self.placement.placed()
+
+    def live(self) -> list[ModuleProcess]:
+        """Placed modules, then those starting."""
+        with self.lock:
+            return self.placement.placed() + list(self._starting.values())
+
+    def stopping(self) -> list[ModuleProcess]:
+        with self.lock:
+            return list(self._stopping.values())
+
+    def count(self) -> int:
+        """Modules placed or starting (what ``max_modules`` limits)."""
+        with self.lock:
+            return len(self._index) + len(self._starting)
+
+    def orders(self) -> Orders:
+        """The play/suspend orders the placement's rule asks for now."""
+        with self.lock:
+            return self.placement.orders(list(self._untold.values()), list(self._playing.values()))
+
+    def refused(self) -> int:
+        """Connections refused by this host's modules, ended or live."""
+        with self.lock:
+            return self.refused_before + sum(m.refused for m in self.live())
