@@ -27,8 +27,12 @@ class _KeySlot:
 
 
 class ClientKeys:
-    def __init__(self, window: float = 600.0):
+    """``wait(key)`` is called before a key is looked up (a host waits there while the first answer to
+    that key is being restored from its journal)."""
+
+    def __init__(self, window: float = 600.0, wait: Callable[[str], None] | None = None):
         self.window = window
+        self.wait = wait
         self._slots: dict[str, _KeySlot] = {}
         self._lock = threading.Lock()
 
@@ -38,6 +42,8 @@ class ClientKeys:
             return run()
         if not 0 < len(key) <= 200:
             raise CommandError("key must be a string of 1 to 200 characters")
+        if self.wait is not None:
+            self.wait(key)
         while True:
             with self._lock:
                 now = time.monotonic()

@@ -14,7 +14,6 @@ modules come back through a :class:`~shmooze.restore.Restorer`.
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
 import logging
 import os
 import secrets
@@ -36,7 +35,8 @@ from shmooze.module import ModuleBroken, ModuleError, ModuleProcess
 from shmooze.moduletable import ModuleTable
 from shmooze.moduletype import ModuleType, available, by_name
 from shmooze.ops import HostOps
-from shmooze.placement import Placement, send_orders
+from shmooze.placement import Placement
+from shmooze.playrule import PlayRule
 from shmooze.restarter import RestartPolicies
 from shmooze.restore import Restorer
 from shmooze.runtime import ModuleRuntime
@@ -48,17 +48,13 @@ log = logging.getLogger(__name__)
 class ModuleHost(Service):
     """A service that starts, commands and stops module processes, placed by ``placement``.
 
-    ``journal`` (a path or a :class:`~shmooze.journal.Journal`): where the service keeps
-    what it needs to restore its modules after a restart; :meth:`start` restores from it
-    in the background. ``restore_hook(entry) -> bool`` decides per module whether it is
-    restored (``entry``: uid, type, args, kind, parameters). ``key_window``: seconds for
-    which a repeated client ``key`` of ``add`` / ``set_bg`` gets the first answer.
-    ``log_module_updates``: every module's parameter updates go to the command log.
-
-    Acknowledged means kept: a command that is not read-only is answered once the journal and the
-    command log hold what it changed (:meth:`_dispatch`): synced to the disk (``durability``
-    ``fsync``, the default) or written to the kernel (``write``); commands that touch modules being
-    restored wait for the restore.
+    ``journal`` (a path or a :class:`~shmooze.journal.Journal`): what the service keeps to restore its
+    modules after a restart (in the background, from :meth:`start`); ``restore_hook(entry) -> bool``
+    decides per module whether it is restored. ``key_window``: seconds for which a repeated client
+    ``key`` of ``add`` / ``set_bg`` gets the first answer. ``log_module_updates``: every module's
+    parameter updates go to the command log. ``containment``: ``auto`` (a cgroup per module where
+    possible), ``cgroup`` or ``process-group``; ``check_peers``: refuse connections to a module's ports
+    from processes that are not the module. Acknowledged means kept: see :meth:`_dispatch`.
     """
 
     #: Which kinds of module a restart policy applies to ("module" or "background").
@@ -69,8 +65,6 @@ class ModuleHost(Service):
                  restore_hook: Callable[[Entry], bool] | None = None, restore_concurrency: int = 8,
                  key_window: float = 600.0, log_module_updates: bool = False, containment: str = "auto",
                  check_peers: bool = True, durability: str = FSYNC):
-        """``containment``: ``auto`` (a cgroup per module where possible), ``cgroup`` or ``process-group``;
-        ``check_peers``: refuse connections to a module's ports from processes that are not the module."""
         super().__init__()
         self.types = by_name(modules, "module")
         self.max_modules, self.max_line = max_modules, max_line
@@ -85,18 +79,17 @@ class ModuleHost(Service):
         self.limits_mode = "auto"  # where module limits go: auto, cgroup or rlimit (shmooze.containment)
         self.check_peers = check_peers
         self.table = ModuleTable(placement)
-        self.keys = ClientKeys(key_window)
         self.restorer = Restorer(self)
+        self.keys = ClientKeys(key_window, wait=self.restorer.wait_for_key)  # (a retry of an add being restored)
         self.runtime: ModuleRuntime | None = None  # made when the host boots
         self.loop: IOLoop | None = None  # the runtime's, once booted
         self.containment: Containment | None = None  # the runtime's, once booted
-        self._uids = itertools.count(1)
-        self._uid_prefix = secrets.token_hex(3)
         self._token = f"{os.getpid()}-{secrets.token_hex(8)}"
         self._stop_done = threading.Event()
-        self._rule_lock = threading.Lock()  # one pass of the play/suspend rule at a time
         self.ops = HostOps(self, keep=keep_ended)  # output, figures, recent ends (shmooze.ops)
         self.restarts = RestartPolicies(self, keep=keep_ended)
+        self.rule = PlayRule(self.table, lambda orders: self._boot().send(orders, self._told),
+                             lambda uids: self._remove(uids, "failed play/suspend", send_rm=False, wait=False))
         self.recorder = CommandRecorder(lambda: self.name, lambda: self.command_log, lambda: self.log_module_updates)
         # Who hears each step of a module's life, in this order (the only place it is set):
         self.lifecycle = Lifecycle([
@@ -110,10 +103,6 @@ class ModuleHost(Service):
     # -- life --------------------------------------------------------------------------
 
     @property
-    def closing(self) -> bool:
-        return self.table.closing
-
-    @property
     def restoring(self) -> bool:
         return self.restorer.restoring
 
@@ -125,8 +114,6 @@ class ModuleHost(Service):
         self.restorer.begin()
 
     def _boot(self) -> ModuleRuntime:
-        if self.runtime is not None:
-            return self.runtime
         with self.table.lock:
             if self.runtime is None:
                 self.runtime = ModuleRuntime(self.name, self._token, self.table, self.ops.tick,
@@ -135,9 +122,7 @@ class ModuleHost(Service):
             return self.runtime
 
     def stop(self) -> None:
-        """Stop every module through the ladder (all at once), then the guard and the I/O thread.
-
-        A second caller waits for the first to finish."""
+        """Stop every module through the ladder (all at once), then the runtime; a second caller waits."""
         if self.journal is not None:
             self.journal.close()  # what the service holds now is what it restores: not its stopping
         if self.table.close():
@@ -146,13 +131,7 @@ class ModuleHost(Service):
         try:
             self.restorer.join(60)  # it sees closing, starts nothing more and stops what it started
             if self.runtime is not None:
-                modules = self.table.live()
-                log.info("%s stopping: %d module(s)", self.name, len(modules))
-                concurrent.futures.wait([self.in_thread(self.stop_module, m, "service stopping", True)
-                                         for m in modules])
-                for m in self.table.stopping():
-                    m.wait_stopped()
-                self.runtime.close()
+                self.runtime.close(self.stop_module)
             if self.command_log is not None:
                 self.command_log.close()
             super().stop()
@@ -183,11 +162,10 @@ class ModuleHost(Service):
         if mtype is None:
             raise CommandError(f"unknown {kind} type {type!r} (available: {', '.join(sorted(types)) or 'none'})")
         with self.table.lock:
-            if self.table.closing:
-                raise CommandError(f"{self.name} is stopping")
-            if self.table.count() >= self.max_modules:
-                raise CommandError(f"{self.name} already holds {self.max_modules} modules, its limit")
-            uid = uid or f"{self._uid_prefix}-{next(self._uids)}"
+            refusal = self.table.refusal(self.max_modules)
+            if refusal is not None:
+                raise CommandError(f"{self.name} {refusal}")
+            uid = uid or self.table.new_uid()
             module = runtime.module(mtype, uid, {"SHMOOZE_RESTORED": "1"} if restored is not None else {},
                                     on_update=self._on_update, on_gone=self._on_gone, on_output=self.ops.on_output,
                                     check_peers=self.check_peers, max_line=self.max_line)
@@ -236,21 +214,7 @@ class ModuleHost(Service):
         for module in modules:
             if module.gone_reason is not None:
                 self._remove([module.uid], f"module left: {module.gone_reason}", send_rm=False, wait=False)
-        self._after_change()
-
-    def _after_change(self) -> None:
-        """Apply the rule: send the play/suspend orders it asks for, remove modules that fail them, repeat."""
-        with self._rule_lock:
-            while True:
-                with self.table.lock:
-                    orders = self.table.orders()
-                    self.table.told(orders)
-                assert self.runtime is not None  # modules are placed only once the host has booted
-                failed = send_orders(orders, self.runtime.commands,
-                                     lambda m, cmd: self.changed("told", uid=m.uid, cmd=cmd))
-                if not failed:
-                    return
-                self._remove([m.uid for m in failed], "failed play/suspend", send_rm=False, wait=False)
+        self.rule.apply()
 
     def _remove(self, uids: Iterable[str], reason: str, send_rm: bool = True, wait: bool = True) -> None:
         """Take modules out of place (their removal published) and stop them (see :meth:`_stop_taken`)."""
@@ -267,10 +231,10 @@ class ModuleHost(Service):
             return
         futures = [self.in_thread(self.stop_module, module, reason, send_rm) for module in modules]
         if wait:
-            self._after_change()
+            self.rule.apply()
             concurrent.futures.wait(futures)
         else:
-            self.in_thread(self._after_change)
+            self.in_thread(self.rule.apply)
 
     def stop_module(self, module: ModuleProcess, reason: str, send_rm: bool) -> None:
         """The one stop path: the module's ladder (once, whoever asks), then its end published, here only."""
@@ -283,6 +247,9 @@ class ModuleHost(Service):
         if module.pid and self.runtime is not None:
             self.runtime.forget(module.pid)
         self.lifecycle.publish(Ended(module))
+
+    def _told(self, module: ModuleProcess, cmd: str) -> None:
+        self.changed("told", uid=module.uid, cmd=cmd)
 
     def _on_update(self, module: ModuleProcess, cmd: str, args: dict[str, Any]) -> None:
         """An update line from a module (I/O thread)."""
@@ -311,13 +278,6 @@ class ModuleHost(Service):
             self._remove([module.uid], f"broken: {exc}", send_rm=False, wait=False)
             raise CommandError(f"module {module.uid} ({module.type.name}) failed and was removed: {exc}") from None
 
-    def _once(self, key: str | None, run: Callable[[], dict]) -> dict:
-        """``run`` once per client key (see :mod:`shmooze.clientkeys`); a retry of an add being restored
-        waits for the restore and gets its first answer."""
-        if key is not None:
-            self.restorer.wait_for_key(key)
-        return self.keys.once(key, run)
-
     # -- shared commands ---------------------------------------------------------------
 
     @command
@@ -325,7 +285,7 @@ class ModuleHost(Service):
         """Start a module of a type; answers ``{"uid": UID}`` once the module answered ``init``.
 
         ``key``: a client's name for this request; a repeat within the key window gets the first answer."""
-        return self._once(key, lambda: {"uid": self._start_and_place(self.types, type, args, "module", key,
+        return self.keys.once(key, lambda: {"uid": self._start_and_place(self.types, type, args, "module", key,
                                                                      logged_as="add").uid})
 
     @command(read_only=True)
@@ -378,8 +338,7 @@ class ModuleHost(Service):
         return super()._gauges() + self.ops.gauges()
 
     def _dispatch(self, item: protocol.Item) -> dict[str, Any]:
-        """Run a command; one that is not read-only is answered once what it changed is kept
-        (see :mod:`shmooze.acknowledge`)."""
+        """Run a command; one that changes something is answered once its change is kept (shmooze.acknowledge)."""
         spec = self._commands.get(getattr(item, "cmd", ""))
         if spec is None or spec.read_only or (self.journal is None and self.command_log is None):
             return super()._dispatch(item)

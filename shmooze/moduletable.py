@@ -14,6 +14,8 @@ go (the queue's order and background, the pool's set) is the placement policy's
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import threading
 from typing import Iterable
 
@@ -39,6 +41,11 @@ class ModuleTable:
         self._playing: dict[str, ModuleProcess] = {}  # placed modules last told play
         self._starting: dict[str, ModuleProcess] = {}
         self._stopping: dict[str, ModuleProcess] = {}
+        self._uid_prefix = secrets.token_hex(3)  # (uids of another instance of the host differ)
+        self._uid_numbers = itertools.count(1)
+
+    def new_uid(self) -> str:
+        return f"{self._uid_prefix}-{next(self._uid_numbers)}"
 
     # -- transitions -------------------------------------------------------------------
 
@@ -111,10 +118,15 @@ class ModuleTable:
         with self.lock:
             return list(self._stopping.values())
 
-    def count(self) -> int:
-        """Modules placed or starting (what ``max_modules`` limits)."""
+    def refusal(self, most: int) -> str | None:
+        """Why no module may start now (the host is stopping, or holds ``most`` modules placed or
+        starting), or None."""
         with self.lock:
-            return len(self._index) + len(self._starting)
+            if self.closing:
+                return "is stopping"
+            if len(self._index) + len(self._starting) >= most:
+                return f"already holds {most} modules, its limit"
+            return None
 
     def orders(self) -> Orders:
         """The play/suspend orders the placement's rule asks for now."""

@@ -116,7 +116,7 @@ class Queue(ModuleHost):
     @command
     def set_bg(self, type: str, args: dict = {}, key: str | None = None) -> dict:  # noqa: B006 - never mutated
         """Start a background; the old one is stopped. ``key``: as for ``add``."""
-        return self._once(key, lambda: {"uid": self._start_and_place(self.backgrounds, type, args, "background", key,
+        return self.keys.once(key, lambda: {"uid": self._start_and_place(self.backgrounds, type, args, "background", key,
                                                                      logged_as="set_bg").uid})
 
     @command
@@ -128,7 +128,7 @@ class Queue(ModuleHost):
             order = self.order.move_first([m for m in first if m is not self.order.background])
             self.lifecycle.publish(Reordered(order))
         self.recorder.command("mv", {"uids": uids})
-        self._after_change()
+        self.rule.apply()
 
     @command(read_only=True)
     def queue(self, parameters: dict[str, list[str]] = {}) -> list:  # noqa: B006 - never mutated

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from shmooze.ioloop import IOLoop
     from shmooze.metrics import ServiceStats
     from shmooze.module import ModuleProcess
+    from shmooze.moduletable import ModuleTable
     from shmooze.moduletype import ModuleType
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class Host(Protocol):
     def loop(self) -> IOLoop | None: ...
 
     @property
-    def closing(self) -> bool: ...
+    def table(self) -> ModuleTable: ...
 
     def changed(self, kind: str, **details: Any) -> int: ...
 
@@ -118,7 +119,7 @@ class RestartPolicies(Subscriber):
 
     def was_removed(self, module: ModuleProcess) -> bool:
         """Whether the module was removed (by ``rm`` and the like, or the service stopping), not ended."""
-        return module.stop_reason in REMOVALS or self.host.closing
+        return module.stop_reason in REMOVALS or self.host.table.closing
 
     def cancel(self, uid: str) -> bool:
         """Drop a planned restart (the module was removed while it waited); True if there was one."""
@@ -160,14 +161,14 @@ class RestartPolicies(Subscriber):
         self.host.loop.call_later(delay, lambda: self._submit(uid))
 
     def _submit(self, uid: str) -> None:
-        if not self.host.closing:  # (the ladder threads are gone once the service stopped)
+        if not self.host.table.closing:  # (the ladder threads are gone once the service stopped)
             self.host.in_thread(self._restart, uid)
 
     def _restart(self, uid: str) -> None:
         with self._lock:
             plan = self._waiting.get(uid)
             tracker = self._trackers.get(uid)
-        if plan is None or tracker is None or self.host.closing:
+        if plan is None or tracker is None or self.host.table.closing:
             return
         try:
             self.host.restart_module(plan["type"], plan["args"], plan["kind"], uid)

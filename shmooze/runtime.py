@@ -22,6 +22,7 @@ from shmooze.limits import Limits
 from shmooze.module import ModuleProcess
 from shmooze.moduletable import ModuleTable
 from shmooze.moduletype import ModuleType
+from shmooze.placement import Orders
 from shmooze.watchdog import OWNER_VAR, Watchdog
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,25 @@ class ModuleRuntime:
             raise CommandError(f"cannot make the cgroup of module {uid}: {exc.strerror or exc}") from None
         return ModuleProcess(mtype, uid, self.loop, env={OWNER_VAR: self.token, MODULE_VAR: uid, **env}, box=box,
                              on_spawn=self.watch, **options)
+
+    def send(self, orders: Orders, told: Callable[[ModuleProcess, str], Any]) -> list[ModuleProcess]:
+        """Send play/suspend orders concurrently (``told`` after each that succeeded); return the modules
+        that failed theirs."""
+        if not orders:
+            return []
+        if len(orders) == 1:  # (one add to a pool) sent from this thread: no pool thread to wake or to make
+            futures = {_run_now(orders[0][0].call, orders[0][1]): orders[0]}
+        else:
+            futures = {self.commands.submit(m.call, cmd): (m, cmd) for m, cmd in orders}
+        failed = []
+        for future, (module, cmd) in futures.items():
+            try:
+                future.result()
+                told(module, cmd)
+            except CommandError as exc:
+                log.warning("module %s (%s) failed %s: %s", module.uid, module.type.name, cmd, exc)
+                failed.append(module)
+        return failed
 
     def watch(self, pgid: int) -> None:
         """A module's process group, for the guard to kill if the host dies (under the table's lock: the
@@ -92,9 +112,15 @@ class ModuleRuntime:
             run()
         return future
 
-    def close(self) -> None:
-        """Once every module is stopped: wait for the work in threads, then close the guard (it sweeps
-        what escaped the ladders, by cgroup and by token), the containment, the threads and the I/O thread."""
+    def close(self, stop: Callable[[ModuleProcess, str, bool], None]) -> None:
+        """Stop every module of the table, all at once (each with ``stop``, its host's one stop path), wait
+        for the work in threads, then close the guard (it sweeps what escaped the ladders, by cgroup and by
+        token), the containment, the threads and the I/O thread."""
+        modules = self.table.live()
+        log.info("%s stopping: %d module(s)", self.name, len(modules))
+        concurrent.futures.wait([self.in_thread(stop, m, "service stopping", True) for m in modules])
+        for m in self.table.stopping():
+            m.wait_stopped()
         with self._work_lock:
             pending = list(self._work)
         concurrent.futures.wait(pending)
@@ -121,3 +147,13 @@ class ModuleRuntime:
             managed.append(guard.proc.pid)
             procutil.reap_orphans(managed)
             self.tick()
+
+
+def _run_now(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+    """``fn(*args)`` run here, as a done future (as a pool would hand it back)."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    try:
+        future.set_result(fn(*args))
+    except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the future
+        future.set_exception(exc)
+    return future
