@@ -194,10 +194,8 @@ class ModuleHost(Service):
         module = self.spawn(types, type, args, kind, uid=uid)
         with self.table.lock:
             closing = self.table.closing
-            displaced = None if closing else self.table.placement.attach(module, kind, restarted=uid is not None)
+            displaced = None if closing else self.table.place(module, kind, restarted=uid is not None)
             if displaced is not None:
-                self.table.place(module)
-                displaced = self.table.take_out([m.uid for m in displaced])
                 self.lifecycle.publish(Placed(module, args, kind, key, uid is not None, logged_as, displaced))
         if displaced is None:
             self.stop_module(module, "service stopping" if closing else "rm", True)

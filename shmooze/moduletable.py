@@ -3,11 +3,12 @@
 A module's states in its host, and the one method of the table that moves it::
 
     (spawned) --starting()--> starting --started()--> (placed next, or stopped)
-    --place()--> placed, untold --told()--> placed, playing or suspended
+    --place() or place_restored()--> placed, untold --told()--> placed, playing or suspended
     placed --take_out()--> stopping --stopped()--> (ended)
 
 A module that fails its start, or finds no place, goes from ``started()`` straight to its stop
-ladder and ``stopped()``. Placed modules are indexed by uid, so finding one never scans; where they
+ladder and ``stopped()``; a module that another displaces (a new background) is taken out as the
+new one is placed. Placed modules are indexed by uid, so finding one never scans; where they
 go (the queue's order and background, the pool's set) is the placement policy's
 (:mod:`shmooze.placement`), which the table calls with its lock held.
 """
@@ -65,10 +66,26 @@ class ModuleTable:
         with self.lock:
             self._starting.pop(module.uid, None)
 
-    def place(self, module: ModuleProcess) -> None:
-        """The placement policy gave it a place: indexed by uid, and told nothing yet (the rule tells it)."""
+    def place(self, module: ModuleProcess, kind: str, restarted: bool) -> list[ModuleProcess] | None:
+        """Started, it takes the place the placement policy gives it: indexed by uid, told nothing yet (the
+        rule tells it). Return the modules it displaced, taken out (:meth:`take_out`); None when it has no
+        place (a restarted module no longer wanted there): then it is in no state, to be stopped."""
         with self.lock:
+            displaced = self.placement.attach(module, kind, restarted)
+            if displaced is None:
+                return None
             self._index[module.uid] = self._untold[module.uid] = module
+            return self.take_out(m.uid for m in displaced)
+
+    def place_restored(self, modules: list[ModuleProcess], background: ModuleProcess | None) -> list[ModuleProcess]:
+        """Modules restored from the journal take their places (:meth:`place`), before those placed meanwhile;
+        return those that found none (in no state, to be stopped)."""
+        with self.lock:
+            unplaced = self.placement.place_restored(modules, background)
+            for module in modules + ([background] if background is not None else []):
+                if module not in unplaced:
+                    self._index[module.uid] = self._untold[module.uid] = module
+            return unplaced
 
     def told(self, orders: Orders) -> None:
         """The rule's orders are being sent: each module is what it was last told (play or suspend)."""

@@ -159,11 +159,8 @@ class Restorer:
             if table.closing:
                 unplaced = modules + backgrounds
             else:
-                unplaced = table.placement.place_restored(modules, backgrounds[-1] if backgrounds else None)
+                unplaced = table.place_restored(modules, backgrounds[-1] if backgrounds else None)
                 unplaced += backgrounds[:-1]
-                for _, module in started:
-                    if module not in unplaced:
-                        table.place(module)
         for entry, module in started:
             if entry.get("key") and module not in unplaced:
                 host.keys.remember(entry["key"], {"uid": module.uid}, entry.get("time", 0))
