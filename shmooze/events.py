@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from shmooze.lifecycle import Ended, Placed, Removed, Reordered, Restored, Subscriber, Updated
+from shmooze.lifecycle import Ended, Placed, Removed, Reordered, Restored, Subscriber, Told, Updated
 
 #: 2024-01-01 UTC: epochs count from here, so that versions stay far below 2**53 for centuries.
 _ORIGIN = 1704067200.0
@@ -122,7 +122,7 @@ class ChangeLog:
 
 class ModuleChanges(Subscriber):
     """A host's modules' lifecycle as change events (``added``, ``removed``, ``moved``, ``restored``,
-    ``parameters``, ``stopped``), through the service's ``changed`` and ``changed_each``."""
+    ``parameters``, ``told``, ``stopped``), through the service's ``changed`` and ``changed_each``."""
 
     def __init__(self, changed: Callable[..., int], changed_each: Callable[[str, list[dict[str, Any]]], int]):
         self.changed, self.changed_each = changed, changed_each
@@ -153,6 +153,9 @@ class ModuleChanges(Subscriber):
             self.changed("parameters", uid=event.module.uid, set=event.args.get("parameters", {}))
         elif event.cmd == "unset_parameters":
             self.changed("parameters", uid=event.module.uid, unset=event.args.get("parameters", []))
+
+    def told(self, event: Told) -> None:
+        self.changed("told", uid=event.module.uid, cmd=event.cmd)
 
     def ended(self, event: Ended) -> None:
         module = event.module

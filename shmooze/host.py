@@ -30,7 +30,7 @@ from shmooze.errors import CommandError
 from shmooze.events import ModuleChanges
 from shmooze.ioloop import IOLoop
 from shmooze.journal import FSYNC, Entry, Journal, JournalRecorder
-from shmooze.lifecycle import Ended, Lifecycle, Placed, Removed, Started, StartFailed, Updated
+from shmooze.lifecycle import Ended, Lifecycle, Placed, Removed, Started, StartFailed, Told, Updated
 from shmooze.module import ModuleBroken, ModuleError, ModuleProcess
 from shmooze.moduletable import ModuleTable
 from shmooze.moduletype import ModuleType, available, by_name
@@ -247,7 +247,7 @@ class ModuleHost(Service):
         self.lifecycle.publish(Ended(module))
 
     def _told(self, module: ModuleProcess, cmd: str) -> None:
-        self.changed("told", uid=module.uid, cmd=cmd)
+        self.lifecycle.publish(Told(module, cmd))
 
     def _on_update(self, module: ModuleProcess, cmd: str, args: dict[str, Any]) -> None:
         """An update line from a module (I/O thread)."""

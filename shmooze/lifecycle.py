@@ -1,7 +1,7 @@
 """What happens to a host's modules, as events, and who hears of it in what order.
 
 The host publishes one event per step of a module's life (:class:`Started`, :class:`Placed`,
-:class:`Updated`, :class:`Removed`, :class:`Ended`...); its journal, command log, operations
+:class:`Updated`, :class:`Told`, :class:`Removed`, :class:`Ended`...); its journal, command log, operations
 figures, restart policies and change events are :class:`Subscriber` objects that the
 :class:`Lifecycle` calls in the one order the host declares (see ``ModuleHost.__init__``).
 A subscriber overrides the methods of the events it cares about; the others do nothing.
@@ -60,6 +60,15 @@ class Updated:
 
 
 @dataclass(frozen=True)
+class Told:
+    """The module answered a play or suspend order of the rule (:mod:`shmooze.playrule`)."""
+
+    handler: ClassVar[str] = "told"
+    module: ModuleProcess
+    cmd: str
+
+
+@dataclass(frozen=True)
 class Removed:
     """Modules taken out of place, to be stopped (published with the table's lock held)."""
 
@@ -98,7 +107,7 @@ class Ended:
         return self.module.ended_by
 
 
-Event = Started | StartFailed | Placed | Updated | Removed | Reordered | Restored | Ended
+Event = Started | StartFailed | Placed | Updated | Told | Removed | Reordered | Restored | Ended
 
 
 class Subscriber:
@@ -114,6 +123,9 @@ class Subscriber:
         pass
 
     def updated(self, event: Updated) -> None:
+        pass
+
+    def told(self, event: Told) -> None:
         pass
 
     def removed(self, event: Removed) -> None:

@@ -10,7 +10,9 @@ import threading
 
 import pytest
 
-from shmooze.lifecycle import Ended, Lifecycle, Placed, Removed, Started, StartFailed, Subscriber, Updated
+from shmooze.ioloop import IOLoop
+from shmooze.lifecycle import Ended, Lifecycle, Placed, Removed, Started, StartFailed, Subscriber, Told, Updated
+from shmooze.module import ModuleProcess
 from shmooze.moduletype import ModuleType
 from shmooze.pool import Pool
 from shmooze.queue import Queue
@@ -49,6 +51,9 @@ class Recorder(Subscriber):
         self._keep(event, journal_tickets=self.host.journal.tickets, changes=self._kinds_published(event.module.uid))
 
     def updated(self, event: Updated) -> None:
+        self._keep(event, changes=self._kinds_published(event.module.uid))
+
+    def told(self, event: Told) -> None:
         self._keep(event, changes=self._kinds_published(event.module.uid))
 
     def removed(self, event: Removed) -> None:
@@ -95,23 +100,27 @@ def test_publish_calls_each_subscriber_in_order_with_only_its_own_methods():
         def started(self, event):
             heard.append(("second started", event.kind))
 
-    class Module:  # what an Ended event reads of its module
-        ended_by = "term"
-
-    lifecycle = Lifecycle([First(), Second()])
-    lifecycle.publish(Ended(Module()))
-    lifecycle.publish(Started(Module(), {}, "module"))
+    loop = IOLoop("lifecycle-test")
+    try:
+        module = ModuleProcess(mtype("m"), "u-1", loop)  # a handle, never spawned
+        module.ended_by = "term"
+        lifecycle = Lifecycle([First(), Second()])
+        lifecycle.publish(Ended(module))
+        lifecycle.publish(Started(module, {}, "module"))
+    finally:
+        loop.stop()
     assert heard == [("first", "term"), ("second", "term"), ("second started", "module")]
 
 
 def test_a_module_is_started_placed_updated_removed_and_ended_with_its_rung(queue):
     d, recorder = queue
+    journaled = d.svc.journal.tickets
     uid = d.add("m", x=1)  # answered once placed: its placed event was heard
     d.ok("rm", uids=[uid])  # answered once stopped: its end was heard
     heard = recorder.of(uid)
     handlers = [h for h, _, _ in heard]
     # misbehave.py sets its pid during init (an update before it is started), then nothing until rm.
-    assert handlers == ["updated", "started", "placed", "removed", "ended"], handlers
+    assert handlers == ["updated", "started", "placed", "told", "removed", "ended"], handlers
     by = {h: (event, seen) for h, event, seen in heard}
     updated, _ = by["updated"]
     assert updated.cmd == "set_parameters" and "pid" in updated.args["parameters"]
@@ -120,7 +129,9 @@ def test_a_module_is_started_placed_updated_removed_and_ended_with_its_rung(queu
     assert started.args == {"x": 1} and started.kind == "module"
     placed, seen = by["placed"]
     assert placed.logged_as == "add" and not placed.restarted and placed.displaced == []
-    assert seen["journal_tickets"] > 0 and "added" in seen["changes"]  # journaled and announced before it
+    assert seen["journal_tickets"] > journaled and "added" in seen["changes"]  # journaled and announced before
+    told, seen = by["told"]
+    assert told.cmd == "play" and "told" in seen["changes"]  # the only entry of the queue plays
     removed, seen = by["removed"]
     assert removed.reason == "rm" and "removed" in seen["changes"]
     ended, seen = by["ended"]
