@@ -20,8 +20,8 @@ up to ``max_pending``, and the writer tries again with backoff; beyond that the 
 counted and named in the log. Both are reported to the service's :class:`shmooze.storage.Health`,
 which logs one line when the failures start and one when writing works again.
 
-Services record client commands and modules leaving; modules' parameter updates only when asked (see
-:class:`shmooze.host.ModuleHost`).
+Services record client commands and modules leaving; modules' parameter updates only when asked
+(:class:`CommandRecorder`, which hears a host's lifecycle events).
 """
 
 from __future__ import annotations
@@ -31,10 +31,12 @@ import json
 import logging
 import sqlite3
 import time
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 from shmooze import private, storage
 from shmooze.batchwriter import BatchWriter, Syncer, WriteFailed
+from shmooze.errors import CommandError
+from shmooze.lifecycle import Placed, Subscriber, Updated
 
 log = logging.getLogger(__name__)
 
@@ -282,3 +284,65 @@ class CommandLog:
             return db.execute("SELECT COUNT(*) FROM log").fetchone()[0]
         finally:
             db.close()
+
+
+class CommandRecorder(Subscriber):
+    """A host's rows in its command log: the client commands it runs (:meth:`command`), the modules
+    they placed (``add``, ``set_bg``: on :class:`~shmooze.lifecycle.Placed`) and module updates
+    (modules leaving; parameter updates when ``log_module_updates`` or the type's ``log_updates``).
+
+    Its getters give the service's name, command log (None: it keeps none) and ``log_module_updates``,
+    read at each row: the settings set them after the service is made."""
+
+    def __init__(self, name: Callable[[], str], command_log: Callable[[], CommandLog | None],
+                 log_module_updates: Callable[[], bool]):
+        self.name, self.command_log, self.log_module_updates = name, command_log, log_module_updates
+
+    def command(self, cmd: str, args: dict[str, Any], result: Any = None, uid: str | None = None,
+                type: str | None = None) -> None:
+        """A client command's row (namespace ``client-SERVICE``)."""
+        command_log = self.command_log()
+        if command_log is not None:
+            command_log.record(f"client-{self.name()}", uid, {"cmd": cmd, "args": args}, result, type)
+
+    def placed(self, event: Placed) -> None:
+        if event.logged_as is not None:
+            module = event.module
+            self.command(event.logged_as, {"type": module.type.name, "args": event.args}, {"uid": module.uid},
+                         module.uid, module.type.name)
+
+    def updated(self, event: Updated) -> None:
+        command_log, module = self.command_log(), event.module
+        if command_log is not None and (event.cmd == "rm" or self.log_module_updates() or module.type.log_updates):
+            command_log.record("module-update", module.uid, {"cmd": event.cmd, "args": event.args}, None,
+                               module.type.name)
+
+    def journaled_adds(self, entries: list[dict[str, Any]]) -> None:
+        """Every module in the journal was added; one whose ``add`` has no row (the worker died between
+        the journal's sync and the row's commit, which durability ``fsync`` runs side by side) gets its
+        row now: an add a client was told of is never missing from the log."""
+        command_log = self.command_log()
+        if command_log is None or not entries:
+            return
+        try:
+            logged = command_log.logged_uids([e["uid"] for e in entries])
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("%s: cannot check the command log for the restored modules' rows: %s", self.name(), exc)
+            return
+        for entry in entries:
+            if entry["uid"] not in logged:
+                log.info("%s: the command log had no row for the add of %s (%s): written now", self.name(),
+                         entry["uid"], entry.get("type"))
+                self.command("add" if entry.get("kind") == "module" else "set_bg",
+                             {"type": entry.get("type"), "args": entry.get("args", {})}, {"uid": entry["uid"]},
+                             entry["uid"], entry.get("type"))
+
+    def history(self, limit: int, type: str | None) -> list[dict[str, Any]]:
+        """The ``history`` command: modules added recently, newest first, optionally of one type."""
+        command_log = self.command_log()
+        if command_log is None:
+            raise CommandError(f"{self.name()} keeps no command log (set log_database_path in the settings)")
+        if limit < 0 or limit > 1000:
+            raise CommandError("limit must be from 0 to 1000")
+        return [{"uid": row["uid"], "type": row["type"], "args": row["command"]["args"].get("args", {}),
+                 "time": row["time"]} for row in command_log.history(limit, type)]

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from shmooze import private, storage
 from shmooze.batchwriter import BatchWriter, Syncer, WriteFailed
+from shmooze.lifecycle import Placed, Removed, Reordered, Restored, Subscriber, Updated
 
 if TYPE_CHECKING:
     from shmooze.settings import Settings
@@ -495,6 +496,45 @@ class Journal:
 
 
 _datasync = getattr(os, "fdatasync", os.fsync)  # the data and the size, not the times
+
+
+class JournalRecorder(Subscriber):
+    """A host's modules' lifecycle, into its journal (``journal()``: the host's, None when it keeps none).
+
+    It hears places, removals and orders with the host's table lock held, so the journal's order is
+    the table's; what it records never blocks on the disk (the host's answer waits for the sync)."""
+
+    def __init__(self, journal: Callable[[], Journal | None]):
+        self.journal = journal
+
+    def placed(self, event: Placed) -> None:
+        journal = self.journal()
+        if journal is None:
+            return
+        journal.removed([m.uid for m in event.displaced])
+        if not event.restarted:  # (a restarted module is in the journal still, under its uid)
+            module = event.module
+            journal.added(module.uid, module.type.name, event.args, event.kind, event.key, module.get_parameters)
+
+    def removed(self, event: Removed) -> None:
+        journal = self.journal()
+        if journal is not None:
+            journal.removed([m.uid for m in event.modules])
+
+    def reordered(self, event: Reordered) -> None:
+        journal = self.journal()
+        if journal is not None:
+            journal.ordered(event.order)
+
+    def restored(self, event: Restored) -> None:
+        journal = self.journal()
+        if journal is not None:
+            journal.removed(event.dropped)
+
+    def updated(self, event: Updated) -> None:
+        journal = self.journal()
+        if journal is not None and event.cmd != "rm":  # (a module leaving is removed by the host)
+            journal.parameters(event.module.uid, event.module.get_parameters)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -73,7 +73,7 @@ class ModuleProcess:
     # A service holds hundreds of these: slots, not a dict of 40 entries each (1.6 KiB less per module).
     __slots__ = ("type", "uid", "loop", "on_update", "on_gone", "on_spawn", "on_output", "extra_env", "max_line",
                  "host", "box", "check_peers", "refused", "state", "parameters", "proc", "pid", "started_at",
-                 "_started_mono", "stopped_at", "ended_by", "stop_reason", "start_failed", "returncode", "told",
+                 "started_mono", "stopped_at", "ended_by", "stop_reason", "start_failed", "returncode", "told",
                  "gone_reason", "restart_plan", "_cmd_sock", "_cmd_buf", "_upd_sock", "_upd_buf", "_upd_chan",
                  "_pidfd", "_pipes", "_lock", "_cmd_lock", "_cmd_watched", "_running")
 
@@ -102,7 +102,7 @@ class ModuleProcess:
         self.proc: subprocess.Popen | None = None
         self.pid: int | None = None
         self.started_at = time.time()
-        self._started_mono = time.monotonic()
+        self.started_mono = time.monotonic()
         self.stopped_at: float | None = None
         self.ended_by: str | None = None
         self.stop_reason: str | None = None
@@ -431,7 +431,8 @@ class ModuleProcess:
             self._pipes.append(stream)
             self.loop.call_soon(_OutputPipe(self, stream, level).watch)
 
-    def _on_output(self, stream: Any, buf: protocol.LineBuffer, level: int) -> None:
+    def read_output(self, stream: Any, buf: protocol.LineBuffer, level: int) -> None:
+        """(I/O thread) Read what the module wrote on ``stream`` (its stdout or stderr) and pass on each line."""
         read = self.loop.read_buffer
         try:
             data = read[:os.readv(stream.fileno(), [read])]  # (copied out by the line buffer below)
@@ -635,7 +636,7 @@ class ModuleProcess:
         info: dict[str, Any] = {"uid": self.uid, "type": self.type.name, "state": self.state.value,
                                 "pid": self.pid, "told": self.told}
         if self.stopped_at is None:
-            info["uptime"] = round(time.monotonic() - self._started_mono, 3)
+            info["uptime"] = round(time.monotonic() - self.started_mono, 3)
         else:
             info.update(ended_by=self.ended_by, reason=self.stop_reason, returncode=self.returncode,
                         start_failed=self.start_failed, stopped_at=self.stopped_at)
@@ -655,7 +656,7 @@ class _OutputPipe(protocol.LineBuffer):
         self.module.loop.add_reader(self.pipe, self)
 
     def __call__(self) -> None:
-        self.module._on_output(self.pipe, self, self.level)
+        self.module.read_output(self.pipe, self, self.level)
 
 
 class _FdObject:

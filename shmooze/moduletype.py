@@ -6,7 +6,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Iterable
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,21 @@ class ModuleType:
 def python_module(name: str, path: str, *args: str, **options: Any) -> ModuleType:
     """A module type that runs a Python file with the service's interpreter."""
     return ModuleType(name, (sys.executable, path, *args), **options)
+
+
+def by_name(types: Iterable[ModuleType], kind: str) -> dict[str, ModuleType]:
+    """A service's table of types, by name (``kind`` names them in the error of two with one name)."""
+    table: dict[str, ModuleType] = {}
+    for t in types:
+        if t.name in table:
+            raise ValueError(f"two {kind} types named {t.name!r}")
+        table[t.name] = t
+    return table
+
+
+def available(types: dict[str, ModuleType], describe: bool) -> list:
+    """``modules_available`` / ``backgrounds_available``: names, or with ``describe`` each type's description."""
+    return [types[name].describe() if describe else name for name in sorted(types)]
 
 
 #: What ``module_types`` in the settings may set on a module type, with the kind of value.

@@ -2,33 +2,46 @@
 
 from __future__ import annotations
 
+from typing import Any, Iterable
+
 from shmooze.commands import command
 from shmooze.host import ModuleHost
 from shmooze.module import ModuleProcess
+from shmooze.moduletype import ModuleType
+from shmooze.placement import Orders, Placement, listed
+
+
+class PoolSet(Placement):
+    """The pool's placement: every module, oldest first; each is told play once, and nothing after."""
+
+    def __init__(self) -> None:
+        self.modules: dict[str, ModuleProcess] = {}
+
+    def placed(self) -> list[ModuleProcess]:
+        return list(self.modules.values())
+
+    def attach(self, module: ModuleProcess, kind: str, restarted: bool) -> list[ModuleProcess] | None:
+        self.modules[module.uid] = module
+        return []
+
+    def detach(self, module: ModuleProcess) -> None:
+        self.modules.pop(module.uid, None)
+
+    def place_restored(self, modules: list[ModuleProcess], background: ModuleProcess | None) -> list[ModuleProcess]:
+        self.modules = {**{m.uid: m for m in modules}, **self.modules}  # before those added meanwhile
+        return [background] if background is not None else []
+
+    def orders(self, untold: Iterable[ModuleProcess], playing: Iterable[ModuleProcess]) -> Orders:
+        return [(m, "play") for m in untold]
 
 
 class Pool(ModuleHost):
     name = "pool"
 
-    def _placed(self) -> list[ModuleProcess]:
-        return list(self._modules.values())  # the host's index is the pool, oldest first
-
-    def _attach(self, module: ModuleProcess, kind: str, restarted: bool) -> list[ModuleProcess] | None:
-        return []
-
-    def _detach(self, module: ModuleProcess) -> None:
-        pass
-
-    def _place_restored(self, modules: list[ModuleProcess], background: ModuleProcess | None) -> list[ModuleProcess]:
-        self._modules = {**{m.uid: m for m in modules}, **self._modules}  # before those added meanwhile
-        return [background] if background is not None else []
-
-    def _orders(self) -> list[tuple[ModuleProcess, str]]:
-        return [(m, "play") for m in self._untold.values()]
+    def __init__(self, modules: Iterable[ModuleType], **options: Any):
+        super().__init__(modules, placement=PoolSet(), **options)
 
     @command(read_only=True)
     def pool(self, parameters: dict[str, list[str]] = {}) -> list:  # noqa: B006 - never mutated
         """Every module, oldest first: ``{"uid", "type", "parameters"?}``."""
-        with self._lock:
-            modules = list(self._modules.values())
-        return [self._describe(m, parameters) for m in modules]
+        return [listed(m, parameters) for m in self.table.placed()]

@@ -129,12 +129,12 @@ def _configure_host(host: ModuleHost, settings: Settings, name: str) -> None:
                                       health=host.storage)
     if settings.log_module_updates:
         host.log_module_updates = True
-    if host.journal is None and not host._journal_path:
+    if host.journal is None and not host.journal_path:
         from shmooze.journal import journal_file
 
         path = journal_file(settings, name)
         if path:
-            host._journal_path = path  # opened (read, then restored from) when the service starts
+            host.journal_path = path  # opened (read, then restored from) when the service starts
         else:
             log.info("%s keeps no journal: its modules are not restored after a restart", name)
     _keep_module_output(settings, name, host.ops)

@@ -155,7 +155,7 @@ def ended(svc, uid):
 
 
 def module(svc, uid):
-    return next(m for m in svc._queue if m.uid == uid)
+    return next(m for m in svc.order.entries if m.uid == uid)
 
 
 @pytest.mark.parametrize("cut", ["sigkill", "sigkill-stubborn", "update-socket", "command-socket", "both-sockets"])

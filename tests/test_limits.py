@@ -40,7 +40,7 @@ needs = pytest.mark.skipif(
 
 
 def box_of(d, uid: str):
-    return next(m.box for m in d.svc._all_modules() if m.uid == uid)
+    return next(m.box for m in d.svc.table.live() if m.uid == uid)
 
 
 def ended(d, uid: str) -> dict | None:

@@ -7,10 +7,10 @@ import pytest
 from shmooze import serve
 from shmooze.containment import Box, LimitPlaces
 from shmooze.errors import SettingsError
-from shmooze.host import ModuleHost
 from shmooze.limits import Limits, cgroup_hits, cgroup_limits, ended_by_limit
 from shmooze.moduletype import ModuleType, parse_bytes, with_settings
 from shmooze.output import ModuleOutput
+from shmooze.queue import Queue
 from shmooze.settings import Settings
 from shmooze.usage import Figures, Meter, cgroup_figures
 
@@ -110,7 +110,7 @@ def test_settings_module_types_reach_the_services_types(tmp_path):
             self.types = {"video": ModuleType("video", ("true",)), "other": ModuleType("other", ("true",))}
             self.backgrounds = {"video": ModuleType("video", ("true",))}
 
-        type_tables = ModuleHost.type_tables  # the real method, over this stand-in's tables
+        type_tables = Queue.type_tables  # the real method, over this stand-in's tables
 
     settings = Settings({"ports": {"wsgi": 1}, "module_types": {"video": {"limit_memory": "1G", "restart": "always"},
                                           "elsewhere": {"limit_files": 5}}}, str(tmp_path / "s.json"))
