@@ -27,11 +27,11 @@ from shmooze.cmdlog import CommandLog, CommandRecorder
 from shmooze.commands import command
 from shmooze.containment import Containment
 from shmooze.errors import CommandError
-from shmooze.events import ModuleChanges
 from shmooze.ioloop import IOLoop
 from shmooze.journal import FSYNC, Entry, Journal, JournalRecorder
 from shmooze.lifecycle import Ended, Lifecycle, Placed, Removed, Started, StartFailed, Told, Updated
 from shmooze.module import ModuleBroken, ModuleError, ModuleProcess
+from shmooze.modulechanges import ModuleChanges
 from shmooze.moduletable import ModuleTable
 from shmooze.moduletype import ModuleType, available, by_name
 from shmooze.ops import HostOps
