@@ -13,10 +13,10 @@ connections. Goal: its p99 within 3x of calm, 0 errors, 0 gateway worker restart
 from __future__ import annotations
 
 import argparse
-import os
 import http.client
 import json
 import logging
+import os
 import socket
 import sys
 import tempfile
@@ -31,12 +31,24 @@ for _path in (str(HERE.parent), str(HERE)):
         sys.path.insert(0, _path)
 
 import psutil  # noqa: E402
+from common import (  # noqa: E402
+    PYTHON,
+    Proc,
+    Row,
+    Section,
+    child_env,
+    free_port,
+    markdown,
+    median,
+    percentile,
+    rounds_row,
+    save_sections,
+    setup_logging,
+)
 from wsproto.events import Ping, TextMessage  # noqa: E402
 
-from common import (PYTHON, Proc, Row, Section, child_env, free_port, markdown, median, percentile,  # noqa: E402
-                    rounds_row, save_sections, setup_logging)
-from tests.wsclient import WebSocketClient  # noqa: E402
 from tests.test_traffic import on_every_worker  # noqa: E402
+from tests.wsclient import WebSocketClient  # noqa: E402
 
 log = logging.getLogger("bench.attack")
 ONLY: str | None = None

@@ -25,6 +25,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "pymodule"), o
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 from common import Section, markdown, rounds_row, save_sections  # noqa: E402
+
 from shmooze.cmdlog import CommandLog  # noqa: E402
 from shmooze.moduletype import python_module  # noqa: E402
 from shmooze.protocol import Command  # noqa: E402

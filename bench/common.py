@@ -5,9 +5,9 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import shutil
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -272,7 +272,7 @@ class ForeignMeter:
         return max(other, 0.0) / wall if wall > 0 else 0.0
 
 
-def noise_note(section: "Section", meter: ForeignMeter, threshold: float = 0.25) -> float:
+def noise_note(section: Section, meter: ForeignMeter, threshold: float = 0.25) -> float:
     """Note on the section how busy the rest of the machine was while it ran; returns the cores."""
     cores = meter.cores()
     text = f"Other processes on the machine used {cores:.2f} cores on average while this section ran"

@@ -35,6 +35,7 @@ for _path in (str(HERE.parent / "pymodule"), str(HERE.parent), str(HERE)):
         sys.path.insert(0, _path)
 
 from common import Section, child_env, markdown, rounds_row, save_sections, setup_logging  # noqa: E402
+
 from shmooze import cgroup, peer, protocol  # noqa: E402
 from shmooze.containment import PROCESS_GROUP, Containment  # noqa: E402
 from shmooze.moduletype import ModuleType, python_module  # noqa: E402

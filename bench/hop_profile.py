@@ -33,10 +33,9 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
-from gevent.server import StreamServer  # noqa: E402
-
 import loadgen  # noqa: E402
 from common import PYTHON, Proc, child_env, free_port, setup_logging  # noqa: E402
+from gevent.server import StreamServer  # noqa: E402
 from http_bench import GET_VOLUME  # noqa: E402
 from relay_floor import relay  # noqa: E402
 

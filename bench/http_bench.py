@@ -8,8 +8,19 @@ import time
 from dataclasses import dataclass
 
 import loadgen
-from common import (HOST, JSON_HEADERS, Client, ForeignMeter, Section, child_env, cpu_seconds, encode_command,
-                    noise_note, percentile, rounds_row)
+from common import (
+    HOST,
+    JSON_HEADERS,
+    Client,
+    ForeignMeter,
+    Section,
+    child_env,
+    cpu_seconds,
+    encode_command,
+    noise_note,
+    percentile,
+    rounds_row,
+)
 from stack import Stack
 
 log = logging.getLogger("bench.http")

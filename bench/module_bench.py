@@ -7,9 +7,22 @@ import socket
 import subprocess
 import time
 
-from common import (BENCH, HOST, PYTHON, BenchError, Client, ForeignMeter, Section, child_env, encode_command, median,
-                    noise_note, percentile, rounds_row)
 import peers_bench
+from common import (
+    BENCH,
+    HOST,
+    PYTHON,
+    BenchError,
+    Client,
+    ForeignMeter,
+    Section,
+    child_env,
+    encode_command,
+    median,
+    noise_note,
+    percentile,
+    rounds_row,
+)
 from stack import Stack
 
 log = logging.getLogger("bench.modules")

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-
 from common import PYTHON, Proc, child_env, free_port, median, setup_logging
 
 CONCURRENT_ADDS = 16

@@ -49,9 +49,9 @@ for _path in (str(ROOT / "pymodule"), str(ROOT), str(HERE)):
         sys.path.insert(0, _path)
 
 import psutil  # noqa: E402
-
 from common import child_env, setup_logging  # noqa: E402
 from push_wire import Fleet, StampLog  # noqa: E402
+
 from tests import netns  # noqa: E402
 
 log = logging.getLogger("bench.multihost")

@@ -33,9 +33,21 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-
-from common import (BENCH, HOST, PYTHON, BenchError, Client, Proc, Section, child_env, encode_command, free_port,
-                    median, rounds_row, wait_until)
+from common import (
+    BENCH,
+    HOST,
+    PYTHON,
+    BenchError,
+    Client,
+    Proc,
+    Section,
+    child_env,
+    encode_command,
+    free_port,
+    median,
+    rounds_row,
+    wait_until,
+)
 from stack import Stack
 
 log = logging.getLogger("bench.peers")

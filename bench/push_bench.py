@@ -50,11 +50,9 @@ for _path in (str(ROOT / "pymodule"), str(ROOT), str(HERE)):
         sys.path.insert(0, _path)
 
 import psutil  # noqa: E402
-
-from common import (PYTHON, Row, Section, child_env, free_port, markdown,  # noqa: E402
-                    rounds_row, save_sections, setup_logging)
-from push_stack import MachineMeter, MiniStack, raise_nofile, reap_own_descendants  # noqa: E402
+from common import PYTHON, Row, Section, child_env, free_port, markdown, rounds_row, save_sections, setup_logging  # noqa: E402
 from push_fleet import RemoteFleet, run_window, subscribe  # noqa: E402
+from push_stack import MachineMeter, MiniStack, raise_nofile, reap_own_descendants  # noqa: E402
 from push_wire import Fleet  # noqa: E402
 
 log = logging.getLogger("bench.push")

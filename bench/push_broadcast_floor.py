@@ -18,9 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from websockets.asyncio.server import ServerConnection, broadcast, serve
-
 from push_wire import _STAMP
+from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 clients: set[ServerConnection] = set()
 

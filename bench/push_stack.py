@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-
-from common import PYTHON, Managed, Client, Proc, child_env, free_port
+from common import PYTHON, Client, Managed, Proc, child_env, free_port
 
 log = logging.getLogger("bench.stack")
 

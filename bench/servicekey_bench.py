@@ -28,8 +28,19 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from common import (HOST, JSON_HEADERS, PYTHON, Proc, Section, child_env, encode_command, free_port, markdown,
-                    rounds_row, save_sections)
+from common import (
+    HOST,
+    JSON_HEADERS,
+    PYTHON,
+    Proc,
+    Section,
+    child_env,
+    encode_command,
+    free_port,
+    markdown,
+    rounds_row,
+    save_sections,
+)
 
 GET_VOLUME = encode_command("get_volume")
 

@@ -56,7 +56,6 @@ for _path in (str(ROOT / "pymodule"), str(ROOT), str(HERE)):
         sys.path.insert(0, _path)
 
 import psutil  # noqa: E402
-
 from common import RESULTS_DIR, Row, Section, markdown, percentile, setup_logging  # noqa: E402
 from push_stack import MachineMeter, MiniStack, describe_load, raise_nofile, reap_own_descendants  # noqa: E402
 from soak_apps import TYPES  # noqa: E402

@@ -8,7 +8,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import PYTHON, Managed, Client, Proc, child_env, family, free_port
+from common import PYTHON, Client, Managed, Proc, child_env, family, free_port
 
 log = logging.getLogger("bench.stack")
 

@@ -84,7 +84,7 @@ def _json_codec():
     try:
         import _json
 
-        class _Context(object):  # the attributes the C scanner reads
+        class _Context:  # the attributes the C scanner reads
             strict = True
             object_hook = None
             object_pairs_hook = None
@@ -174,7 +174,7 @@ def assert_success(answer: object) -> object:
     raise Exception(answer["error"])
 
 
-class packet(object):
+class packet:
     """The original's ``shmooze.lib.packet`` without the package: ``from shmooze_module import packet``."""
 
     good = staticmethod(good)
@@ -203,7 +203,7 @@ def parse_argv(argv: list[str] | None = None) -> tuple[list[str], str, int, int]
         raise ProtocolError("ports must be integers, got %r %r" % (cmd_port, update_port))
 
 
-class _Timer(object):
+class _Timer:
     """A scheduled callback (one-shot or repeating)."""
 
     __slots__ = ("when", "interval", "fn", "cancelled")
@@ -236,7 +236,7 @@ def _exit_now(status: int) -> None:
     os._exit(status)
 
 
-class ParentConnection(object):
+class ParentConnection:
     """The two connections to the parent service.
 
     Connects to ``host``/``cmd_port``/``update_port`` if given, otherwise to
@@ -284,10 +284,10 @@ class ParentConnection(object):
         # The update socket is non-blocking: writes interleave with draining
         # the service's answers so neither side can deadlock on the other.
         self.update_socket.setblocking(False)
-        super(ParentConnection, self).__init__()
+        super().__init__()
 
     @property
-    def connection(self) -> "ParentConnection":
+    def connection(self) -> ParentConnection:
         """The original API's ``self.connection``: here the poller is its own connection."""
         return self
 
@@ -564,7 +564,7 @@ class JSONParentPoller(ParentConnection):
         #: remembered: ``{"uid": ..., "parameters": {...}}``, its last parameters. Set before
         #: the ``init`` handler runs; ``init`` gets the same arguments either way.
         self.restore_info = None
-        super(JSONParentPoller, self).__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)
 
     # -- dispatch -------------------------------------------------------
 
@@ -807,7 +807,7 @@ class Module(JSONParentPoller):
     def __init__(self, *args: object, **kwargs: object) -> None:
         #: Local mirror of the parameters this module has set.
         self.parameters = {}
-        super(Module, self).__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)
 
     @classmethod
     def main(cls, argv: list[str] | None = None, **kwargs: object) -> None:

@@ -4,7 +4,8 @@
     python3 scripts/dev.py demo    install into .venv and run the example jukebox
     python3 scripts/dev.py test    install into .venv (and Chromium), run the linters, then every test
     python3 scripts/dev.py test tests/test_x.py   only those tests (no linters)
-    python3 scripts/dev.py lint    install into .venv and run ruff and mypy on shmooze/
+    python3 scripts/dev.py lint    install into .venv and run ruff (shmooze/, pymodule/, tests/, bench/)
+                                   and mypy (shmooze/)
     python3 scripts/dev.py bench   install into .venv and run the benchmarks
 
 Only the standard library is used here: it runs before anything is installed.
@@ -105,18 +106,25 @@ def missing(why: str, tests: str) -> None:
     say(f"{why}; {tests} will be skipped")
 
 
+#: What ruff checks, one folder at a time so that the report says where the problems are.
+LINTED = ["shmooze", "pymodule", "tests", "bench"]
+
+
 def lint() -> int:
-    """ruff, then mypy, on the framework (their settings are in pyproject.toml); 0 when both are clean."""
+    """ruff on every folder of :data:`LINTED`, then mypy on the framework (their settings are in
+    pyproject.toml); 0 when all are clean."""
     caches = {**os.environ, "RUFF_CACHE_DIR": str(VENV / "ruff-cache")}
-    checks = {"ruff": [BIN / "ruff", "check", "shmooze"],
-              "mypy": [BIN / "python", "-m", "mypy", "--cache-dir", VENV / "mypy-cache"]}
-    status = 0
+    checks = {f"ruff {folder}/": [BIN / "ruff", "check", folder] for folder in LINTED}
+    checks["mypy shmooze/"] = [BIN / "python", "-m", "mypy", "--cache-dir", VENV / "mypy-cache"]
+    failed = []
     for name, argv in checks.items():
-        say(f"{name}: checking shmooze/")
+        say(f"{name}: checking")
         if subprocess.call([str(a) for a in argv], env=caches) != 0:
-            say(f"{name} found problems (see above)")
-            status = 1
-    return status
+            failed.append(name)
+    if failed:
+        say(f"lint found problems in: {', '.join(failed)} (see above)")
+        return 1
+    return 0
 
 
 def main(argv: list[str]) -> int:

@@ -212,8 +212,6 @@ from tests.containment_apps import ESCAPE_SH, MISBEHAVE  # noqa: E402
 from tests.test_faults import ended, ok  # noqa: E402
 
 
-
-
 @pytest.fixture
 def queue():
     made = []

@@ -13,13 +13,13 @@ try:
 except ImportError:  # pragma: no cover - depends on the machine
     pytest.skip("the playwright Python package is not installed", allow_module_level=True)
 
-from tests.test_browser import CHROMIUM, browser  # noqa: E402,F401 - the fixture
+from tests.test_browser import CHROMIUM, browser  # noqa: F401 - the fixture
 
 if not CHROMIUM:  # pragma: no cover
     pytest.skip("no Chromium", allow_module_level=True)
 
-from shmooze.client import Client  # noqa: E402
-from tests.helpers import Stack, wait_for  # noqa: E402
+from shmooze.client import Client
+from tests.helpers import Stack, wait_for
 
 TOKEN = "dash-token"
 pytestmark = pytest.mark.timeout(120)

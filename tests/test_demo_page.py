@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.test_browser import add_countdown, browser, jukebox, open_demo, page  # noqa: F401 (fixtures)
 from tests.helpers import wait_for
+from tests.test_browser import add_countdown, browser, jukebox, open_demo, page  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,14 +11,14 @@ try:
 except ImportError:  # pragma: no cover - depends on the machine
     pytest.skip("the playwright Python package is not installed", allow_module_level=True)
 
-from tests.test_browser import CHROMIUM, browser  # noqa: E402,F401 - the fixture
+from tests.test_browser import CHROMIUM, browser  # noqa: F401 - the fixture
 
 if not CHROMIUM:  # pragma: no cover
     pytest.skip("no Chromium", allow_module_level=True)
 
-from shmooze.client import Client  # noqa: E402
-from tests.helpers import Stack  # noqa: E402
-from tests.test_disk_full import RECOVERY, fill, small_disk  # noqa: E402,F401 - the fixture
+from shmooze.client import Client
+from tests.helpers import Stack
+from tests.test_disk_full import RECOVERY, fill, small_disk  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,7 +15,6 @@ from werkzeug.test import Client
 
 from shmooze.gateway import Gateway
 from shmooze.httpjson import service_app
-from shmooze.settings import Settings
 from tests.helpers import wait_for
 from tests.sample_service import Sample
 from tests.test_gateway import backend  # noqa: F401 - a fixture: the sample service on a real port

@@ -129,6 +129,7 @@ def test_import_is_light():
             "bad = [m for m in ('logging', 'threading', 'asyncio', 'subprocess', 'json', 're') if m in sys.modules]; "
             "print(bad)")
     import subprocess
+
     from fakeparent import module_env
     out = subprocess.run([sys.executable, "-c", code], env=module_env(),
                          capture_output=True, text=True, timeout=30)

@@ -90,7 +90,7 @@ def dumps(obj):
     return (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-class UpdateWriter(object):
+class UpdateWriter:
     """Writes update lines from a daemon thread; never reads answers."""
 
     def __init__(self, sock):
@@ -127,7 +127,7 @@ class UpdateWriter(object):
         self.send("set_parameters", {"parameters": params}, wait)
 
 
-class Misbehave(object):
+class Misbehave:
     """The module's command loop."""
 
     def __init__(self, opts):
