@@ -7,8 +7,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-import loadgen
-from common import (
+from bench import loadgen
+from bench.common import (
     HOST,
     JSON_HEADERS,
     Client,
@@ -21,7 +21,7 @@ from common import (
     percentile,
     rounds_row,
 )
-from stack import Stack
+from bench.stack import Stack
 
 log = logging.getLogger("bench.http")
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from common import PYTHON, Client, Managed, Proc, child_env, free_port
+
+from bench.common import PYTHON, Client, Managed, Proc, child_env, free_port
 
 log = logging.getLogger("bench.stack")
 

@@ -26,9 +26,11 @@ VENV = Path(os.environ.get("SHMOOZE_VENV", ROOT / ".venv"))
 BIN = VENV / "bin"
 
 
-#: Every benchmark, in the order `dev.py bench` runs them (each prints its tables and saves them in
-#: bench/results/; --quick shortens all); bench/summary.py then joins them into bench/results.md.
-BENCHMARKS = ["run.py", "push_bench.py", "cmdlog_bench.py", "journal_bench.py", "servicekey_bench.py", "containment_bench.py", "soak.py", "attack_bench.py"]
+#: Every benchmark (a module of the bench package, run as `python -m bench.NAME` from the root), in the
+#: order `dev.py bench` runs them (each prints its tables and saves them in bench/results/; --quick
+#: shortens all); bench.summary then joins them into bench/results.md.
+BENCHMARKS = ["run", "push_bench", "cmdlog_bench", "journal_bench", "servicekey_bench", "containment_bench", "soak",
+              "attack_bench"]
 
 
 def say(text: str) -> None:
@@ -155,12 +157,11 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(results, ignore_errors=True)  # the summary is of this run only
         started = time.monotonic()
         status = 0
-        for script in BENCHMARKS:
-            say(f"bench/{script} {' '.join(rest)}")
-            status |= subprocess.call([str(BIN / "python"), str(ROOT / "bench" / script), *rest])
+        for name in BENCHMARKS:
+            say(f"python -m bench.{name} {' '.join(rest)}")
+            status |= subprocess.call([str(BIN / "python"), "-m", f"bench.{name}", *rest])
         seconds = time.monotonic() - started
-        status |= subprocess.call([str(BIN / "python"), str(ROOT / "bench" / "summary.py"), "--seconds",
-                                   f"{seconds:.0f}"])
+        status |= subprocess.call([str(BIN / "python"), "-m", "bench.summary", "--seconds", f"{seconds:.0f}"])
         say(f"benchmarks done in {seconds / 60:.1f} min")
         return status
     sys.stderr.write(__doc__ or "")

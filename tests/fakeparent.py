@@ -42,7 +42,7 @@ def pid_gone(pid: int) -> bool:
     except PermissionError:
         return False
     try:
-        with open("/proc/%d/stat" % pid) as f:
+        with open(f"/proc/{pid}/stat") as f:
             state = f.read().rsplit(")", 1)[1].split()[0]
         return state in ("Z", "X")
     except (OSError, IndexError):
@@ -82,7 +82,7 @@ class _LineSocket:
                 return None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise Timeout("no line within %.1fs (buffered %r)" % (timeout, self.buf[:200]))
+                raise Timeout(f"no line within {timeout:.1f}s (buffered {self.buf[:200]!r})")
             r, _, _ = select.select([self.sock], [], [], remaining)
             if not r:
                 continue
@@ -166,10 +166,9 @@ class FakeParent:
         while pending:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise Timeout("module did not connect %s within %.1fs"
-                              % (sorted(pending.values()), timeout))
+                raise Timeout(f"module did not connect {sorted(pending.values())} within {timeout:.1f}s")
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError("module exited with %r before connecting" % self.proc.returncode)
+                raise AssertionError(f"module exited with {self.proc.returncode!r} before connecting")
             r, _, _ = select.select(list(pending), [], [], min(remaining, 0.1))
             for lst in r:
                 conn, _ = lst.accept()
@@ -188,7 +187,7 @@ class FakeParent:
         try:
             return self.proc.wait(self.timeout if timeout is None else timeout)
         except subprocess.TimeoutExpired:
-            raise Timeout("module pid %d still running" % self.proc.pid)
+            raise Timeout(f"module pid {self.proc.pid} still running")
 
     # -- command stream -------------------------------------------------
 
@@ -264,11 +263,10 @@ class FakeParent:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise Timeout("no matching update within %.1fs; seen %r"
-                              % (timeout, self.updates[-5:]))
+                raise Timeout(f"no matching update within {timeout:.1f}s; seen {self.updates[-5:]!r}")
             msg = self.read_update(remaining)
             if msg is None:
-                raise AssertionError("update stream closed; seen %r" % self.updates[-5:])
+                raise AssertionError(f"update stream closed; seen {self.updates[-5:]!r}")
             if pred(msg):
                 return msg
 
@@ -304,7 +302,7 @@ class FakeParent:
         self.kill()
         if self.proc is not None:
             assert self.proc.returncode is not None
-            assert pid_gone(self.proc.pid), "module pid %d survived" % self.proc.pid
+            assert pid_gone(self.proc.pid), f"module pid {self.proc.pid} survived"
 
     def __enter__(self) -> "FakeParent":
         return self

@@ -24,10 +24,10 @@ from shmooze.gateway import Gateway
 from shmooze.httpjson import service_app
 from shmooze.queue import Queue
 from shmooze.settings import Settings
+from shmooze.testing import WebSocketClient
 from shmooze.websocket import HandshakeError
 from tests.apps import TYPES
 from tests.helpers import Stack
-from tests.wsclient import WebSocketClient
 
 TOKEN = "tok-3f9a1c"
 GOOD = {"Authorization": f"Bearer {TOKEN}"}

@@ -37,10 +37,9 @@ TIMEOUT_MS = 10_000  # for every wait on the page
 pytestmark = pytest.mark.timeout(90)
 
 
-# -- fixtures ------------------------------------------------------------------------------
+# -- fixtures: conftest.py's ``jukebox``, ``browser`` and ``page`` (for every browser test module) ---------
 
-@pytest.fixture(scope="module")
-def jukebox(tmp_path_factory):
+def jukebox_stack(tmp_path_factory):
     """The demo's three services and the gateway; ``procs["wsgi"]`` may be replaced by a test."""
     tmp = tmp_path_factory.mktemp("browser")
     with Stack(tmp, {"queue": "jukebox.app:make_queue", "pool": "jukebox.app:make_pool",
@@ -53,8 +52,7 @@ def jukebox(tmp_path_factory):
                "client": Client(stack.url)}
 
 
-@pytest.fixture(scope="module")
-def browser():
+def headless_chromium():
     """One headless Chromium (fresh temporary profile) for the module; its processes are checked gone."""
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
@@ -105,8 +103,7 @@ def _parse(payload):
         return payload
 
 
-@pytest.fixture
-def page(browser, jukebox):
+def recorded_page(browser, jukebox):
     """A page in its own browser context, recording its traffic in ``page.net``; the queue starts empty."""
     client = jukebox["client"]
     uids = [item["uid"] for item in client.queue.queue()]

@@ -13,7 +13,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the machine
     pytest.skip("the playwright Python package is not installed", allow_module_level=True)
 
-from tests.test_browser import CHROMIUM, browser  # noqa: F401 - the fixture
+from tests.test_browser import CHROMIUM
 
 if not CHROMIUM:  # pragma: no cover
     pytest.skip("no Chromium", allow_module_level=True)
@@ -33,7 +33,7 @@ def app(tmp_path_factory):
         yield {"url": stack.url, "client": Client(stack.url, token=TOKEN)}
 
 
-def test_dashboard_live(browser, app):  # noqa: F811 - the fixture
+def test_dashboard_live(browser, app):
     client = app["client"]
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     page = context.new_page()

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.helpers import wait_for
-from tests.test_browser import add_countdown, browser, jukebox, open_demo, page  # noqa: F401 (fixtures)
+from tests.test_browser import add_countdown, open_demo
 
 pytestmark = pytest.mark.timeout(120)
 

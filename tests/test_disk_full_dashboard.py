@@ -11,7 +11,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the machine
     pytest.skip("the playwright Python package is not installed", allow_module_level=True)
 
-from tests.test_browser import CHROMIUM, browser  # noqa: F401 - the fixture
+from tests.test_browser import CHROMIUM
 
 if not CHROMIUM:  # pragma: no cover
     pytest.skip("no Chromium", allow_module_level=True)
@@ -23,7 +23,7 @@ from tests.test_disk_full import RECOVERY, fill, small_disk  # noqa: F401 - the 
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_the_dashboard_shows_a_full_disk_until_space_returns(browser, small_disk, tmp_path):  # noqa: F811
+def test_the_dashboard_shows_a_full_disk_until_space_returns(browser, small_disk, tmp_path):  # noqa: F811 - the fixture above
     filler = fill(small_disk)  # full before the pool starts: it starts all the same, with the problem
     try:
         with Stack(tmp_path, {"pool": "tests.apps:make_pool"}, run_path=str(tmp_path / "run"), stop_timeout=3,

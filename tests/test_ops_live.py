@@ -11,8 +11,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from shmooze.client import Client
+from shmooze.testing import WebSocketClient
 from tests.helpers import PYTHON, Proc, Stack, gone, wait_for
-from tests.wsclient import WebSocketClient
 
 TOKEN = "s3cret-ops"
 

@@ -9,9 +9,9 @@ import pytest
 
 from shmooze.client import Client
 from shmooze.events import ChangeLog
+from shmooze.testing import WebSocketClient
 from tests.helpers import PYTHON, Proc, Stack, free_port, wait_for
 from tests.sample_service import Sample
-from tests.wsclient import WebSocketClient
 
 
 def test_versions_increase_and_since_returns_only_newer():

@@ -13,12 +13,7 @@ import time
 
 import pytest
 
-_TESTS = os.path.dirname(os.path.abspath(__file__))
-for _p in (_TESTS, os.path.dirname(_TESTS), os.path.join(os.path.dirname(_TESTS), "pymodule")):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
-from fakeparent import FakeParent, Timeout, pid_gone, wait_pid_gone  # noqa: E402
+from tests.fakeparent import Timeout, pid_gone, wait_pid_gone
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -82,17 +77,6 @@ BASIC_MODULE = textwrap.dedent('''
 
 
 @pytest.fixture
-def parent():
-    p = FakeParent()
-    try:
-        yield p
-    finally:
-        p.close()
-        if p.proc is not None:
-            assert pid_gone(p.proc.pid)
-
-
-@pytest.fixture
 def basic_module(tmp_path):
     path = tmp_path / "basic_module.py"
     path.write_text(BASIC_MODULE)
@@ -130,7 +114,7 @@ def test_import_is_light():
             "print(bad)")
     import subprocess
 
-    from fakeparent import module_env
+    from tests.fakeparent import module_env
     out = subprocess.run([sys.executable, "-c", code], env=module_env(),
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr

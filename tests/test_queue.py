@@ -20,7 +20,6 @@ from shmooze.client import ServiceClient
 from shmooze.errors import ServiceError
 from shmooze.httpjson import service_app
 from shmooze.moduletype import ModuleType
-from shmooze.queue import Queue
 from tests.helpers import ROOT, gone, wait_for
 
 MISBEHAVE = str(ROOT / "tests" / "modules" / "misbehave.py")
@@ -31,12 +30,6 @@ def mtype(name: str, *flags: str, **options) -> ModuleType:
     """A misbehave.py module type with a fast ladder."""
     opts = {"rm_timeout": 0.3, "term_timeout": 0.3, "command_timeout": 1.0, **options}
     return ModuleType(name, ("python3", MISBEHAVE, *flags), **opts)
-
-
-@pytest.fixture
-def make_queue(make_host):
-    """Build started queues (see the make_host fixture in tests/conftest.py)."""
-    return lambda modules=(), backgrounds=(), **options: make_host(Queue, modules, list(backgrounds), **options)
 
 
 def assert_gone(*pids):

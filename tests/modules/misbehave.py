@@ -262,7 +262,7 @@ class Misbehave:
         elif cmd == "do_crash" and o.crash_mid_command:
             os._exit(3)
         else:
-            self.answer(False, error="unknown command: %s" % (cmd,))
+            self.answer(False, error=f"unknown command: {cmd}")
 
     def loop(self):
         o = self.opts

@@ -71,4 +71,4 @@ while mod.is_alive():
 mod.join(5)
 if mod.marker:
     with open(mod.marker, "w") as f:
-        f.write("cleaned up after %d beats" % mod.beats)
+        f.write(f"cleaned up after {mod.beats} beats")
