@@ -81,7 +81,7 @@ def make_host():
     for host in made:
         host.stop()
         guard = host.status()["watchdog_pid"]
-        assert guard is None or wait_for(lambda: gone(guard), 5, what=f"orphan guard {guard} to end")
+        assert guard is None or wait_for(lambda guard=guard: gone(guard), 5, what=f"orphan guard {guard} to end")
 
 
 @pytest.fixture

@@ -187,7 +187,7 @@ class FakeParent:
         try:
             return self.proc.wait(self.timeout if timeout is None else timeout)
         except subprocess.TimeoutExpired:
-            raise Timeout(f"module pid {self.proc.pid} still running")
+            raise Timeout(f"module pid {self.proc.pid} still running") from None
 
     # -- command stream -------------------------------------------------
 

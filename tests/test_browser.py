@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: F401 - for the browser tests
     from playwright.sync_api import sync_playwright
 except ImportError:  # pragma: no cover - depends on the machine
     pytest.skip("the playwright Python package is not installed", allow_module_level=True)
@@ -414,7 +415,7 @@ def test_polling_page_is_told_to_reset_after_a_restart(page, jukebox):
     page.wait_for_function("window.changes.some(c => c.reset === true)", timeout=60_000)
     reset = next(c for c in page.evaluate("window.changes") if c.get("reset"))
     assert reset["version"] > old["change_version"]
-    new = wait_for(lambda: (s := _status(client)) and s["pid"] != old["pid"] and not s["restoring"] and s, 60)
+    wait_for(lambda: (s := _status(client)) and s["pid"] != old["pid"] and not s["restoring"] and s, 60)
     assert [q["uid"] for q in client.queue.queue()] == [uid]
     client.queue.rm(uids=[uid])
 

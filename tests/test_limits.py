@@ -39,7 +39,8 @@ needs = pytest.mark.skipif(
 
 
 def box_of(d, uid: str):
-    return next(m.box for m in d.svc._all_modules() if m.uid == uid)
+    # Inside: the module's box (its limits): the host gives out only its uid.
+    return next(m.box for m in d.svc._all_modules() if m.uid == uid)  # noqa: SLF001
 
 
 def ended(d, uid: str) -> dict | None:

@@ -108,7 +108,7 @@ def cluster(tmp_path_factory):
         conf.write_text(haproxy_conf(hosts))
         procs["lb"] = Proc(hosts.argv("lb", [HAPROXY, "-db", "-f", str(conf)]), log_path=tmp / "lb.log")
         for host in ("queue", "pool", "gw1", "gw2"):
-            wait_for(lambda: "shmooze: running" in procs[host].log() or procs[host].popen.poll() is not None, 150,
+            wait_for(lambda host=host: "shmooze: running" in procs[host].log() or procs[host].popen.poll() is not None, 150,
                      interval=0.2, what=f"{host} to run")
             assert procs[host].popen.poll() is None, f"{host} did not start:\n{procs[host].log()}"
         yield {"hosts": hosts, "tmp": tmp, "procs": procs, "url": f"http://{hosts.addresses['lb']}:{PORT}/"}

@@ -308,7 +308,8 @@ def test_helper_api_in_process():
         def other(self):
             return 2
 
-    assert M._command_methods == {"do_hello": "hello", "do_bye": "other"}
+    # Inside: the names the class collected: the helper's dispatch table.
+    assert M._command_methods == {"do_hello": "hello", "do_bye": "other"}  # noqa: SLF001
 
 
 # -- the bash module ---------------------------------------------------------
@@ -440,20 +441,21 @@ def test_line_codec_matches_the_json_module():
 
     for value in [{"cmd": "init", "args": {"text": "h\u00e9llo \u2603 \"q\" \\ \n", "n": -1.5e-7, "big": 2 ** 70}},
                   [], {}, "x", 0, None, True, [1, [2, [3, {"a": None}]]]]:
-        line = sm._dumps(value)
+        # Inside: the helper's own JSON codec (not its API), checked against json's.
+        line = sm._dumps(value)  # noqa: SLF001
         assert line.endswith(b"\n") and b"\n" not in line[:-1]
         assert json.loads(line) == value
-        assert sm._loads(json.dumps(value)) == value
-        assert sm._loads("  " + json.dumps(value) + " \r\n") == value
+        assert sm._loads(json.dumps(value)) == value  # noqa: SLF001
+        assert sm._loads("  " + json.dumps(value) + " \r\n") == value  # noqa: SLF001
     for bad in ["", "{", "[1,]", "NaN", "Infinity", "{} {}", "{'a': 1}", "tru"]:
         try:
-            sm._loads(bad)
+            sm._loads(bad)  # noqa: SLF001
         except ValueError:
             continue
         raise AssertionError(f"{bad!r} was accepted")
     for bad in [float("nan"), {1, 2}, object()]:
         try:
-            sm._dumps(bad)
+            sm._dumps(bad)  # noqa: SLF001
         except (ValueError, TypeError):
             continue
         raise AssertionError(f"{bad!r} was encoded")

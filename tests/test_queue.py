@@ -35,7 +35,7 @@ def mtype(name: str, *flags: str, **options) -> ModuleType:
 def assert_gone(*pids):
     for pid in pids:
         assert pid, "no pid recorded"
-        wait_for(lambda: gone(pid), 5, what=f"pid {pid} to end")
+        wait_for(lambda pid=pid: gone(pid), 5, what=f"pid {pid} to end")
 
 
 # -- the commands of section 6 -----------------------------------------------------
@@ -344,7 +344,8 @@ def test_garbage_update_is_answered_and_module_stays(make_queue, caplog):
         assert q.wait_param(uid, "garbage_sent") is True
     assert any("bad update line" in r.getMessage() for r in caplog.records)
     # what the service answers such a line (the module never reads it)
-    answer = q.svc._find(uid)._apply_update(b"this is {not json")
+    # Inside: a bad update line as the module's reader gets it: the module never reads the answer.
+    answer = q.svc._find(uid)._apply_update(b"this is {not json")  # noqa: SLF001
     assert answer["success"] is False and "not JSON" in answer["error"]
     assert q.order() == [uid]
     # later updates still apply and commands still work
@@ -572,7 +573,7 @@ def test_add_answers_after_the_parameters_the_module_set_before_answering_init(m
     loop = q.svc.loop
     for _ in range(2):
         held = threading.Event()
-        loop.call_soon(lambda: (held.set(), time.sleep(1.5)))  # the I/O thread busy while the module starts
+        loop.call_soon(lambda held=held: (held.set(), time.sleep(1.5)))  # the I/O thread busy while the module starts
         assert held.wait(5)
         uid = q.add("good")
         assert isinstance(q.param(uid, "pid"), int)

@@ -151,8 +151,9 @@ class Process:
                 pass
         try:
             self.popen.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+            wait_until(lambda: not self.left_behind(), 5, f"what {self.name} started to die", error=TimeoutError)
+        except (subprocess.TimeoutExpired, TimeoutError):
+            pass  # stuck in the kernel: a later check of what is left says so
 
 
 def stop_all(procs: Iterable[Process]) -> None:
