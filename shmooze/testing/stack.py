@@ -19,7 +19,7 @@ class Connected(Protocol):
     """A client connection with its socket: ``http.client.HTTPConnection`` or a :class:`WebSocketClient`."""
 
     @property
-    def sock(self) -> socket.socket | Any: ...
+    def sock(self) -> socket.socket: ...
 
 
 T = TypeVar("T", bound=Connected)
