@@ -1,6 +1,6 @@
 """Before/after: the same service and gateway from two source trees, rounds interleaved.
 
-Usage: ``.venv/bin/python bench/ab_bench.py OLD_TREE [NEW_TREE] [--rounds 3] [--seconds 2]``
+Usage: ``.venv/bin/python -m bench.ab_bench OLD_TREE [NEW_TREE] [--rounds 3] [--seconds 2]``
 
 For each tree it starts the volume service and a gateway in front of it; beside them a
 minimal gevent TCP relay (``relay_floor.py``) in front of the new tree's service. Each round
@@ -22,11 +22,10 @@ import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from bench import loadgen
+from bench.common import PYTHON, Client, Proc, child_env, cpu_seconds, encode_command, family, free_port, percentile
 
-import loadgen  # noqa: E402
-from common import PYTHON, Client, Proc, child_env, cpu_seconds, encode_command, family, free_port, percentile  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 log = logging.getLogger("bench.ab")
 BODY = encode_command("get_volume")

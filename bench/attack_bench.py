@@ -1,7 +1,7 @@
 """The gateway under attack: a normal client's latency while hostile clients run, against the same
 client with no attack, in the same run (rounds of calm and attack interleaved).
 
-Usage: ``.venv/bin/python bench/attack_bench.py [--quick] [--phase SECONDS] [--out PATH]``
+Usage: ``.venv/bin/python -m bench.attack_bench [--quick] [--phase SECONDS] [--out PATH]``
 
 Attacks, all at once during an attack phase: a 100 GB body streamed after its 413, ping floods,
 subscribers that stop reading while 100 KB events flow, bodies trickled one byte a second, slow
@@ -13,10 +13,10 @@ connections. Goal: its p99 within 3x of calm, 0 errors, 0 gateway worker restart
 from __future__ import annotations
 
 import argparse
-import os
 import http.client
 import json
 import logging
+import os
 import socket
 import sys
 import tempfile
@@ -25,18 +25,27 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
+from wsproto.events import Ping, TextMessage
+
+from bench.common import (
+    PYTHON,
+    Proc,
+    Row,
+    Section,
+    bench_argv,
+    child_env,
+    free_port,
+    markdown,
+    median,
+    percentile,
+    rounds_row,
+    save_sections,
+    setup_logging,
+)
+from shmooze.testing import WebSocketClient, on_every_worker
+
 HERE = Path(__file__).resolve().parent
-for _path in (str(HERE.parent), str(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import psutil  # noqa: E402
-from wsproto.events import Ping, TextMessage  # noqa: E402
-
-from common import (PYTHON, Proc, Row, Section, child_env, free_port, markdown, median, percentile,  # noqa: E402
-                    rounds_row, save_sections, setup_logging)
-from tests.wsclient import WebSocketClient  # noqa: E402
-from tests.test_traffic import on_every_worker  # noqa: E402
 
 log = logging.getLogger("bench.attack")
 ONLY: str | None = None
@@ -154,8 +163,8 @@ def attacks(port: int, stop: threading.Event, only: str | None = None) -> list[C
 
     def ping_flood() -> None:
         ws = WebSocketClient.connect(url)
-        burst = b"".join(ws._conn.send(Ping(payload=b"p")) for _ in range(4000))  # ~40 KB of pings
-        sock = ws._sock
+        burst = b"".join(ws.frame(Ping(payload=b"p")) for _ in range(4000))  # ~40 KB of pings
+        sock = ws.sock
 
         def read_pongs() -> None:  # as the issue's client did
             try:
@@ -207,7 +216,7 @@ def attacks(port: int, stop: threading.Event, only: str | None = None) -> list[C
     def idle_and_fragment() -> None:
         idle = WebSocketClient.connect(url)
         frag = WebSocketClient.connect(url)
-        frag._send_event(TextMessage(data='{"id": 1', message_finished=False))
+        frag.send_event(TextMessage(data='{"id": 1', message_finished=False))
         stop.wait(10)
         idle.close()
         frag.close()
@@ -257,9 +266,9 @@ def run(phase_seconds: float, rounds: int) -> dict[str, Any]:
                 before = {k: len(v) for k, v in client.latencies.items()}
                 client.phase = phase
                 # The attackers run in a process of their own, so they take no time from the client.
-                attacker = Proc("attacker", [PYTHON, str(Path(__file__).resolve()), "--attack", str(port),
-                                             "--phase", str(phase_seconds)] + (["--only", ONLY] if ONLY else []),
-                                child_env(),
+                only = ["--only", ONLY] if ONLY else []
+                attacker = Proc("attacker", bench_argv("attack_bench", "--attack", str(port), "--phase", str(phase_seconds),
+                                                       *only), child_env(),
                                 app.dir / f"attacker-{r}.log") if phase == "attack" else None
                 try:
                     if attacker is not None:

@@ -1,6 +1,6 @@
 """Does the command log slow a busy queue? ``tell_module`` and ``mv`` rates with and without it.
 
-Run: ``.venv/bin/python bench/cmdlog_bench.py [--quick]``. In-process (no HTTP), so the
+Run: ``.venv/bin/python -m bench.cmdlog_bench [--quick]``. In-process (no HTTP), so the
 figures isolate the cost the log adds to a command. A command is answered once its row is
 committed (group commit): with ``durability`` ``fsync`` (the default, SQLite ``synchronous=FULL``)
 or ``write`` (``NORMAL``). Three queues, without the log and with it both ways, are measured in
@@ -17,18 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import Section, markdown, rounds_row, save_sections
+from shmooze.cmdlog import CommandLog
+from shmooze.moduletype import python_module
+from shmooze.protocol import Command
+from shmooze.queue import Queue
+
 ROOT = Path(__file__).resolve().parent.parent
-for extra in (str(ROOT), str(ROOT / "pymodule"), str(ROOT / "bench")):
-    if extra not in sys.path:
-        sys.path.insert(0, extra)
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "pymodule"), os.environ.get("PYTHONPATH", "")])
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-
-from common import Section, markdown, rounds_row, save_sections  # noqa: E402
-from shmooze.cmdlog import CommandLog  # noqa: E402
-from shmooze.moduletype import python_module  # noqa: E402
-from shmooze.protocol import Command  # noqa: E402
-from shmooze.queue import Queue  # noqa: E402
 
 MODULE = str(ROOT / "tests" / "modules" / "misbehave.py")
 

@@ -1,16 +1,14 @@
-"""Shared helpers for the benchmarks: processes, ports, HTTP posting, statistics and result rows."""
+"""Shared helpers for the benchmarks: their processes (the test kit's, :mod:`shmooze.testing`), HTTP
+posting, statistics and result rows."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import logging
-import shutil
 import os
 import resource
-import signal
-import socket
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
@@ -20,12 +18,13 @@ from typing import Any, Callable, Iterable, Sequence
 
 import psutil
 
+from shmooze.polling import wait_until as poll
+from shmooze.testing import HOST, PYTHON, Process, free_port  # noqa: F401 - the benchmarks import them from here
+
 log = logging.getLogger("bench")
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-PYTHON = sys.executable
-HOST = "127.0.0.1"
 #: Bytecode caches of every process the benchmarks start go here, so nothing is written in the
 #: project tree while caches still work (the environment sets PYTHONDONTWRITEBYTECODE=1).
 PYCACHE = Path(tempfile.gettempdir()) / "shmooze-bench-pycache"
@@ -43,12 +42,13 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment of every process started here: bytecode caches on, project folders importable."""
+    """Environment of every process started here: bytecode caches on, project folders importable
+    (``bench`` itself, as a package: children run as ``python -m bench.NAME``)."""
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
     env["PYTHONUNBUFFERED"] = "1"
-    paths = [str(ROOT), str(ROOT / "pymodule"), str(ROOT / "examples"), str(BENCH)]
+    paths = [str(ROOT), str(ROOT / "pymodule"), str(ROOT / "examples")]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -56,121 +56,27 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    """Whether something accepts connections on ``127.0.0.1:port``."""
-    try:
-        with socket.create_connection((HOST, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+def bench_argv(name: str, *args: str) -> list[str]:
+    """``python -m bench.NAME ARGS...``: a benchmark script run as a child (with :func:`child_env`)."""
+    return [PYTHON, "-m", f"bench.{name}", *args]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
     """Poll ``predicate`` until it returns something true; raise :class:`BenchError` after ``timeout`` s."""
-    from shmooze.polling import wait_until as poll
-
     return poll(predicate, timeout, what, interval, error=BenchError)
 
 
-def _identity(pid: int) -> tuple[int, float] | None:
-    try:
-        return pid, psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
-class Proc:
-    """A process started by the benchmarks, in its own session; stopped by its pid only."""
+class Proc(Process):
+    """A process started by the benchmarks (the test kit's, in its own session, stopped by its pid),
+    named for the log and with :func:`child_env` unless told otherwise."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None,
                  log_path: Path | None = None, cwd: str | None = None):
-        self.name = name
-        self.argv = argv
-        self.log_path = log_path
-        out: Any = open(log_path, "wb") if log_path else subprocess.DEVNULL
-        try:
-            self.popen = subprocess.Popen(argv, env=env or child_env(), cwd=cwd, stdin=subprocess.DEVNULL,
-                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            if log_path:
-                out.close()
-        self.pid = self.popen.pid
-        self._seen: dict[int, float] = {}
+        super().__init__(argv, env or child_env(), cwd=cwd, log_path=log_path, name=name)
 
     def log_tail(self, chars: int = 2000) -> str:
         """The end of the process's log file, for error messages."""
-        if not self.log_path or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def remember_descendants(self) -> list[int]:
-        """Note every descendant (pid and start time) so a later stop can check they are gone."""
-        try:
-            kids = psutil.Process(self.pid).children(recursive=True)
-        except psutil.Error:
-            return []
-        for kid in kids:
-            ident = _identity(kid.pid)
-            if ident:
-                self._seen[ident[0]] = ident[1]
-        return [k.pid for k in kids]
-
-    def wait_port(self, port: int, timeout: float = 30.0) -> None:
-        """Return once ``port`` accepts connections; fail early if the process exits."""
-        def ready() -> bool:
-            if self.popen.poll() is not None:
-                raise BenchError(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")
-            return port_open(port)
-
-        wait_until(ready, timeout, f"{self.name} on port {port}")
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM, bounded wait, SIGKILL to its group if needed; then end any descendant left behind."""
-        self.remember_descendants()
-        if self.popen.poll() is None:
-            try:
-                os.kill(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("%s (pid %d) ignored SIGTERM for %g s: SIGKILL to its group", self.name, self.pid,
-                            timeout)
-                try:
-                    os.killpg(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.popen.wait(5)
-        deadline = time.monotonic() + 5.0
-        left = self._left_behind()
-        while left and time.monotonic() < deadline:
-            time.sleep(0.05)
-            left = self._left_behind()
-        for pid in left:
-            log.warning("%s left pid %d behind: SIGKILL", self.name, pid)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def _left_behind(self) -> list[int]:
-        left = []
-        for pid, created in self._seen.items():
-            try:
-                proc = psutil.Process(pid)
-                if proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE:
-                    left.append(pid)
-            except psutil.Error:
-                pass
-        return left
+        return self.log()[-chars:]
 
 
 class Client:
@@ -272,7 +178,7 @@ class ForeignMeter:
         return max(other, 0.0) / wall if wall > 0 else 0.0
 
 
-def noise_note(section: "Section", meter: ForeignMeter, threshold: float = 0.25) -> float:
+def noise_note(section: Section, meter: ForeignMeter, threshold: float = 0.25) -> float:
     """Note on the section how busy the rest of the machine was while it ran; returns the cores."""
     cores = meter.cores()
     text = f"Other processes on the machine used {cores:.2f} cores on average while this section ran"

@@ -2,7 +2,7 @@
 process group alone; the cost of the peer check itself, and of its refusals; adds while another
 user floods the module's ports.
 
-Usage: ``.venv/bin/python bench/containment_bench.py [--quick]``
+Usage: ``.venv/bin/python -m bench.containment_bench [--quick]``
 
 Four configurations of an in-process queue run the same trivial Python module, in rounds that
 interleave them (so load from other processes hits every configuration alike):
@@ -29,16 +29,13 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-for _path in (str(HERE.parent / "pymodule"), str(HERE.parent), str(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+from bench.common import Section, child_env, markdown, rounds_row, save_sections, setup_logging
+from shmooze import cgroup, peer, protocol
+from shmooze.containment import PROCESS_GROUP, Containment
+from shmooze.moduletype import ModuleType, python_module
+from shmooze.queue import Queue
 
-from common import Section, child_env, markdown, rounds_row, save_sections, setup_logging  # noqa: E402
-from shmooze import cgroup, peer, protocol  # noqa: E402
-from shmooze.containment import PROCESS_GROUP, Containment  # noqa: E402
-from shmooze.moduletype import ModuleType, python_module  # noqa: E402
-from shmooze.queue import Queue  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 TRIVIAL = str(HERE / "trivial_module.py")
 SHOUT = str(HERE.parent / "examples" / "modules" / "shout.sh")

@@ -1,6 +1,6 @@
 """The gateway hop's CPU per request beside the relay floor, in one process, and where it goes.
 
-Usage: ``.venv/bin/python bench/hop_profile.py [--rounds 3] [--seconds 2] [--profile]``
+Usage: ``.venv/bin/python -m bench.hop_profile [--rounds 3] [--seconds 2] [--profile]``
 
 py-spy is of little use for a gevent worker: a process waiting in gevent's hub looks busy to it
 (the loop's C code), and under load the samples pile up on whatever system call woke another
@@ -35,10 +35,10 @@ from types import SimpleNamespace  # noqa: E402
 
 from gevent.server import StreamServer  # noqa: E402
 
-import loadgen  # noqa: E402
-from common import PYTHON, Proc, child_env, free_port, setup_logging  # noqa: E402
-from http_bench import GET_VOLUME  # noqa: E402
-from relay_floor import relay  # noqa: E402
+from bench import loadgen  # noqa: E402
+from bench.common import PYTHON, Proc, child_env, free_port, setup_logging  # noqa: E402
+from bench.http_bench import GET_VOLUME  # noqa: E402
+from bench.relay_floor import relay  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     floor_port, lane_port, relay_port = free_port(), free_port(), free_port()
     floor = Proc("floor", [PYTHON, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", "32",
                            "--keep-alive", "120", "--no-control-socket", "--log-level", "warning",
-                           "-b", f"127.0.0.1:{floor_port}", "floorapp:app"], child_env(), folder / "floor.log")
+                           "-b", f"127.0.0.1:{floor_port}", "bench.floorapp:app"], child_env(), folder / "floor.log")
     try:
         floor.wait_port(floor_port, 60)
         gateway = Gateway(Settings({"ports": {"wsgi": lane_port, "floor": floor_port}}))

@@ -7,10 +7,21 @@ import logging
 import time
 from dataclasses import dataclass
 
-import loadgen
-from common import (HOST, JSON_HEADERS, Client, ForeignMeter, Section, child_env, cpu_seconds, encode_command,
-                    noise_note, percentile, rounds_row)
-from stack import Stack
+from bench import loadgen
+from bench.common import (
+    HOST,
+    JSON_HEADERS,
+    Client,
+    ForeignMeter,
+    Section,
+    child_env,
+    cpu_seconds,
+    encode_command,
+    noise_note,
+    percentile,
+    rounds_row,
+)
+from bench.stack import Stack
 
 log = logging.getLogger("bench.http")
 

@@ -1,6 +1,6 @@
 """What does keeping a command cost, and how fast does a queue come back after a restart?
 
-Run: ``.venv/bin/python bench/journal_bench.py [--quick] [--baseline REF|DIR|none]``. In-process queues
+Run: ``.venv/bin/python -m bench.journal_bench [--quick] [--baseline REF|DIR|none]``. In-process queues
 (no HTTP, which would only dilute the difference), each round in a fresh process, four ways in
 interleaved rounds (the order rotating):
 
@@ -36,18 +36,15 @@ import threading
 import time
 from pathlib import Path
 
+# The modules a round starts import shmooze_module from it too.
+from shmooze.cmdlog import CommandLog
+from shmooze.moduletype import ModuleType, python_module
+from shmooze.protocol import Command
+from shmooze.queue import Queue
+
 ROOT = Path(__file__).resolve().parent.parent
 SRC = Path(os.environ.get("JOURNAL_BENCH_SRC") or ROOT)  # the code measured (another checkout for "today")
-for extra in (str(ROOT / "bench"), str(SRC / "pymodule"), str(SRC)):
-    if extra in sys.path:
-        sys.path.remove(extra)
-    sys.path.insert(0, extra)
 os.environ["PYTHONPATH"] = os.pathsep.join([str(SRC), str(SRC / "pymodule"), os.environ.get("PYTHONPATH", "")])
-
-from shmooze.cmdlog import CommandLog  # noqa: E402
-from shmooze.moduletype import ModuleType, python_module  # noqa: E402
-from shmooze.protocol import Command  # noqa: E402
-from shmooze.queue import Queue  # noqa: E402
 
 SHOUT = str(ROOT / "examples" / "modules" / "shout.sh")
 MISBEHAVE = str(ROOT / "tests" / "modules" / "misbehave.py")
@@ -183,8 +180,10 @@ def baseline_source(spec: str) -> tuple[str | None, str]:
 
 
 def round_in_child(mode: str, pairs: int, moves: int, today: str | None) -> dict[str, float]:
-    env = {**os.environ, "JOURNAL_BENCH_SRC": today if mode == "today" and today else str(ROOT)}
-    env.pop("PYTHONPATH", None)
+    """One round in a fresh process that imports shmooze from the code measured (run by its path, it
+    imports nothing of bench/: only that code is on its path)."""
+    src = today if mode == "today" and today else str(ROOT)
+    env = {**os.environ, "JOURNAL_BENCH_SRC": src, "PYTHONPATH": os.pathsep.join([src, os.path.join(src, "pymodule")])}
     out = subprocess.run([sys.executable, __file__, "--round", mode, "--pairs", str(pairs), "--moves", str(moves)],
                          env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
@@ -204,7 +203,7 @@ def main() -> int:
     if opts.round:
         sys.stdout.write(json.dumps(one_round(opts.round, opts.pairs, opts.moves)) + "\n")
         return 0
-    from common import Section, markdown, rounds_row, save_sections
+    from bench.common import Section, markdown, rounds_row, save_sections  # here: a round imports only the code measured
 
     rounds = 3 if opts.quick else 7
     pairs = 20 if opts.quick else 48

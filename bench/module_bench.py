@@ -7,10 +7,23 @@ import socket
 import subprocess
 import time
 
-from common import (BENCH, HOST, PYTHON, BenchError, Client, ForeignMeter, Section, child_env, encode_command, median,
-                    noise_note, percentile, rounds_row)
-import peers_bench
-from stack import Stack
+from bench import peers_bench
+from bench.common import (
+    BENCH,
+    HOST,
+    PYTHON,
+    BenchError,
+    Client,
+    ForeignMeter,
+    Section,
+    child_env,
+    encode_command,
+    median,
+    noise_note,
+    percentile,
+    rounds_row,
+)
+from bench.stack import Stack
 
 log = logging.getLogger("bench.modules")
 
@@ -270,9 +283,9 @@ def run(stack: Stack, quick: bool, lifecycle: bool = False) -> list[Section]:
     tells = 300 if quick else 1500
     sup_cycles = 6 if quick else 21
     steps = [
-        ("B1: add/rm, %d cycles" % cycles, lambda: start_stop_section(stack, cycles, warmup)),
-        ("B2: tell_module, %d round trips" % tells, lambda: tell_section(stack, tells, 50)),
-        ("B4: supervisord, %d cycles" % sup_cycles, lambda: supervisor_section(stack, sup_cycles, 2)),
+        (f"B1: add/rm, {cycles} cycles", lambda: start_stop_section(stack, cycles, warmup)),
+        (f"B2: tell_module, {tells} round trips", lambda: tell_section(stack, tells, 50)),
+        (f"B4: supervisord, {sup_cycles} cycles", lambda: supervisor_section(stack, sup_cycles, 2)),
         ("B5: many modules beside supervisord and circus", lambda: peers_bench.run(stack, quick)[0]),
     ]
     if lifecycle:

@@ -16,7 +16,7 @@ the RSS growth of the service's worker per module, from a baseline read after on
 modules, in each 200 round: the B5 memory row's shmooze figures without the peers (a minute instead
 of ten).
 
-Usage: ``.venv/bin/python bench/module_memory.py [--modules 200] [--top 15] [--frames 6] [--served]``
+Usage: ``.venv/bin/python -m bench.module_memory [--modules 200] [--top 15] [--frames 6] [--served]``
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import gc
 import json
 import os
 import re
-import sys
 import tempfile
 import threading
 import time
@@ -37,7 +36,7 @@ from typing import Any
 
 import psutil
 
-from common import PYTHON, Proc, child_env, free_port, median, setup_logging
+from bench.common import PYTHON, Proc, child_env, free_port, median, setup_logging
 
 CONCURRENT_ADDS = 16
 
@@ -51,7 +50,7 @@ def _build(folder: Path) -> Any:
     from shmooze import serve, settings
 
     path = folder / "settings.json"
-    path.write_text(json.dumps({"ports": {"pool": free_port()}, "services": {"pool": "benchapps:make_pool"}}))
+    path.write_text(json.dumps({"ports": {"pool": free_port()}, "services": {"pool": "bench.benchapps:make_pool"}}))
     loaded = settings.read(path)
     settings.use(loaded)
     serve.one_malloc_arena()  # as in a service's worker
@@ -142,11 +141,11 @@ def _print_top(title: str, stats: list[Any], count: int, top: int) -> None:
 
 def served(folder: Path, count: int, rounds: int, old_baseline: bool) -> None:
     """B5's shmooze side alone: the pool service under gunicorn, modules added over HTTP."""
-    from peers_bench import Shmooze, _rss
+    from bench.peers_bench import Shmooze, _rss
 
     port = free_port()
     path = folder / "settings.json"
-    path.write_text(json.dumps({"ports": {"pool": port}, "services": {"pool": "benchapps:make_pool"}}))
+    path.write_text(json.dumps({"ports": {"pool": port}, "services": {"pool": "bench.benchapps:make_pool"}}))
     proc = Proc("pool", [PYTHON, "-m", "shmooze", "serve", "pool", "--settings", str(path)], child_env(),
                 folder / "pool.log")
     try:
@@ -232,5 +231,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main()

@@ -1,10 +1,10 @@
 """Past one machine, measured: push to many watchers over 2 gateways behind HAProxy against one
 gateway, and command latency through HAProxy + gateway against the gateway alone.
 
-Usage (root: it makes network namespaces): ``.venv/bin/python bench/multihost_bench.py [--quick]
+Usage (root: it makes network namespaces): ``.venv/bin/python -m bench.multihost_bench [--quick]
 [--watchers N] [--rounds R] [--window S]``
 
-Simulated hosts (one network namespace each, tests/netns.py): a service host running the queue
+Simulated hosts (one network namespace each, shmooze/testing/netns.py): a service host running the queue
 (with the push benchmark's ``stamp`` module, bench/push_stamp_module.py, setting ``{"seq", "sent"}``
 every second), two gateway hosts (``shmooze serve wsgi``), a load-balancer host (Debian's HAProxy,
 round robin over both gateways) and a client host, where this process does its measuring (it
@@ -42,17 +42,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from bench.common import child_env, setup_logging
+from bench.push_wire import Fleet, StampLog
+from shmooze.testing import netns
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-for _path in (str(ROOT / "pymodule"), str(ROOT), str(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import psutil  # noqa: E402
-
-from common import child_env, setup_logging  # noqa: E402
-from push_wire import Fleet, StampLog  # noqa: E402
-from tests import netns  # noqa: E402
 
 log = logging.getLogger("bench.multihost")
 HOSTS = {"lb": 10, "gw1": 11, "gw2": 12, "svc": 21, "client": 30}
@@ -94,7 +91,7 @@ class Cluster:
         path.write_text(json.dumps({
             "ports": {"wsgi": PORT, "queue": QUEUE_PORT}, "hosts": {"queue": self.addr["svc"]},
             "host": "0.0.0.0", "access_token": TOKEN, "service_key": TOKEN + "-services", "connect_timeout": 2, "journal": False,
-            "services": {"queue": "push_apps:make_queue"}, "public": ["ports"],
+            "services": {"queue": "bench.push_apps:make_queue"}, "public": ["ports"],
             # One gateway must hold every watcher on its own (the one-gateway target).
             "gateway_workers": 2, "gateway_connections": self.watchers // 2 + 2000,
             "run_path": str(self.tmp / f"run-{host}"), "log_level": "warning",
@@ -184,7 +181,7 @@ backend gateways
         return pids
 
     def close(self) -> None:
-        for host, proc in self.procs.items():
+        for proc in self.procs.values():
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 20

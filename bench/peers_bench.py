@@ -34,9 +34,22 @@ from typing import Any
 
 import psutil
 
-from common import (BENCH, HOST, PYTHON, BenchError, Client, Proc, Section, child_env, encode_command, free_port,
-                    median, rounds_row, wait_until)
-from stack import Stack
+from bench.common import (
+    BENCH,
+    HOST,
+    PYTHON,
+    BenchError,
+    Client,
+    Proc,
+    Section,
+    child_env,
+    encode_command,
+    free_port,
+    median,
+    rounds_row,
+    wait_until,
+)
+from bench.stack import Stack
 
 log = logging.getLogger("bench.peers")
 
@@ -218,7 +231,7 @@ class Supervisord:
                 raise BenchError(f"supervisord exited:\n{self.proc.log_tail()}")
             try:
                 return connect().supervisor.getState()["statename"] == "RUNNING"
-            except (OSError, xmlrpc.client.Error, Exception):
+            except Exception:  # noqa: BLE001 - what the socket, HTTP and XML-RPC layers raise while it starts: not up yet
                 return False
 
         wait_until(up, 20, "supervisord to answer")
@@ -291,7 +304,7 @@ class Circus:
                 raise BenchError(f"circusd exited:\n{self.proc.log_tail()}")
             try:
                 return self.client.call({"command": "list", "properties": {}}).get("status") == "ok"
-            except Exception:
+            except Exception:  # noqa: BLE001 - circus's and zmq's errors while circusd starts: not up yet
                 return False
 
         wait_until(up, 30, "circusd to answer", 0.1)
@@ -376,7 +389,7 @@ def peers_section(stack: Stack, counts: list[int], rounds: int,
                     c2 = _cpu(system.pid)
                     t2 = time.perf_counter()
                     system.stop(count)
-                    wait_until(lambda: _gone(pids), 60, f"{system.label}'s {count} processes to be reaped", 0.002)
+                    wait_until(lambda pids=pids: _gone(pids), 60, f"{system.label}'s {count} processes to be reaped", 0.002)
                     t3 = time.perf_counter()
                     c3 = _cpu(system.pid)
                     answerer.drop_all()
@@ -432,10 +445,10 @@ def run(stack: Stack, quick: bool) -> list[Section]:
     return [peers_section(stack, counts, 3)]
 
 
-if __name__ == "__main__":  # run alone: python bench/peers_bench.py [--quick]
+if __name__ == "__main__":  # run alone: python -m bench.peers_bench [--quick]
     import sys
 
-    from common import markdown, setup_logging
+    from bench.common import markdown, setup_logging
 
     setup_logging()
     with Stack() as st:

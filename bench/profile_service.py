@@ -1,6 +1,6 @@
 """Profile a service (or the gateway) under load with py-spy, and summarise where its CPU goes.
 
-Usage: ``.venv/bin/python bench/profile_service.py [--target direct|gateway] [--seconds 10] [--out DIR]``
+Usage: ``.venv/bin/python -m bench.profile_service [--target direct|gateway] [--seconds 10] [--out DIR]``
 
 Starts the benchmark stack (bench/stack.py), runs the A2 load (16 kept-alive connections sending
 ``get_volume``) at the volume service directly or through the gateway, and meanwhile records the
@@ -24,10 +24,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-import loadgen
-from common import Client, child_env, setup_logging
-from http_bench import GET_VOLUME, targets
-from stack import Stack
+from bench import loadgen
+from bench.common import Client, child_env, setup_logging
+from bench.http_bench import GET_VOLUME, targets
+from bench.stack import Stack
 
 log = logging.getLogger("bench.profile")
 
@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             target.port, target.path, GET_VOLUME, 4, 4, opts.seconds + 2, env=child_env(), start_delay=0.5)))
         load.start()
         try:
-            subprocess.run([pyspy, "record", "--format", "raw", "--rate", "100", "--duration",
-                            f"{opts.seconds:g}", "--pid", str(pid), "--output", str(raw), "--nonblocking", *(["--gil"] if opts.gil else [])],
+            subprocess.run([pyspy, "record", "--format", "raw", "--rate", "100", "--duration", f"{opts.seconds:g}",
+                            "--pid", str(pid), "--output", str(raw), "--nonblocking", *(["--gil"] if opts.gil else [])],
                            check=True, stdout=subprocess.DEVNULL, timeout=opts.seconds + 60)
         finally:
             load.join()

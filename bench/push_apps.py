@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jukebox.app import BACKGROUND_TYPES, QUEUE_TYPES
+
 from shmooze.moduletype import python_module
 from shmooze.queue import Queue
 

@@ -1,6 +1,6 @@
 """Push benchmark: how fast a module's ``set_parameters`` reaches WebSocket watchers, and what watchers cost.
 
-Usage: ``.venv/bin/python bench/push_bench.py [--quick] [--watchers N] [--workers N] [--no-hog] [--big N]``
+Usage: ``.venv/bin/python -m bench.push_bench [--quick] [--watchers N] [--workers N] [--no-hog] [--big N]``
 
 One stack: the gateway (gunicorn gevent workers, ``gateway_workers``, default 2), the queue (the jukebox
 types plus ``stamp``, bench/push_stamp_module.py), the jukebox pool and volume (so the jukebox page
@@ -43,19 +43,26 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import psutil
+
+from bench.common import (
+    PYTHON,
+    Row,
+    Section,
+    bench_argv,
+    child_env,
+    free_port,
+    markdown,
+    rounds_row,
+    save_sections,
+    setup_logging,
+)
+from bench.push_fleet import RemoteFleet, run_window, subscribe
+from bench.push_stack import MachineMeter, MiniStack, raise_nofile, reap_own_descendants
+from bench.push_wire import Fleet
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-for _path in (str(ROOT / "pymodule"), str(ROOT), str(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import psutil  # noqa: E402
-
-from common import (PYTHON, Row, Section, child_env, free_port, markdown,  # noqa: E402
-                    rounds_row, save_sections, setup_logging)
-from push_stack import MachineMeter, MiniStack, raise_nofile, reap_own_descendants  # noqa: E402
-from push_fleet import RemoteFleet, run_window, subscribe  # noqa: E402
-from push_wire import Fleet  # noqa: E402
 
 log = logging.getLogger("bench.push")
 
@@ -172,10 +179,9 @@ class BroadcastFloor:
         self.dir = Path(tempfile.mkdtemp(prefix="shmooze-push-floor-"))
         (self.dir / "sample.json").write_text(sample)
         self.port = free_port()
-        self.proc = subprocess.Popen([PYTHON, str(HERE / "push_broadcast_floor.py"), str(self.port),
-                                      str(self.dir / "sample.json")], env=child_env(), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=open(self.dir / "stderr.log", "wb"),
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(bench_argv("push_broadcast_floor", str(self.port), str(self.dir / "sample.json")),
+                                     env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=open(self.dir / "stderr.log", "wb"), start_new_session=True)
         if self.proc.stdout.readline().strip() != b"ready":
             raise RuntimeError(f"the broadcast floor did not start: {(self.dir / 'stderr.log').read_text()[-1000:]}")
 
@@ -493,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                            "big_interval_s": opts.big_interval}
     fleet: Fleet | None = None
     try:
-        services = {"queue": "push_apps:make_queue", "pool": "jukebox.app:make_pool",
+        services = {"queue": "bench.push_apps:make_queue", "pool": "jukebox.app:make_pool",
                     "volume": "jukebox.volume:Volume"}
         extra = {"static_path": JUKEBOX_STATIC, "public": ["ports", "wsgi_prefix", "app_name"],
                  "app_name": "shmooze jukebox (push bench)", "gateway_workers": opts.workers,

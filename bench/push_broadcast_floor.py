@@ -1,6 +1,6 @@
 """The push benchmark's fan-out floor: a plain `websockets` server that broadcasts stamp events itself.
 
-Usage: ``python push_broadcast_floor.py PORT SAMPLE_FILE``. SAMPLE_FILE holds one change message as
+Usage: ``python -m bench.push_broadcast_floor PORT SAMPLE_FILE``. SAMPLE_FILE holds one change message as
 the shmooze gateway sent it for a stamp module; every stamp sent here is that message with its
 ``time``, ``seq`` and ``sent`` filled in anew, so the payload is the same size and shape. Every
 connection is a watcher (no subscribe step). Commands on standard input, one a line:
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
-from push_wire import _STAMP
+from bench.push_wire import _STAMP
 
 clients: set[ServerConnection] = set()
 

@@ -19,12 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+from bench.common import bench_argv, child_env, percentile
+from bench.push_wire import Fleet, StampLog
 
-from common import PYTHON, child_env, percentile  # noqa: E402
-from push_wire import Fleet, StampLog  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 def ms_stats(values: Any) -> dict[str, float]:
@@ -69,7 +67,7 @@ class RemoteFleet:
     """``n`` watchers of ``port`` in a child process (this file run as a script), stopped by its pid."""
 
     def __init__(self, port: int, n: int, subscribed: bool):
-        argv = [PYTHON, str(Path(__file__).resolve()), str(port), str(n)] + (["subscribe"] if subscribed else [])
+        argv = bench_argv("push_fleet", str(port), str(n)) + (["subscribe"] if subscribed else [])
         self.n = n
         self.proc = subprocess.Popen(argv, env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      start_new_session=True)
@@ -118,7 +116,7 @@ def run_window(fleet: Fleet | RemoteFleet, start: float, end: float, seconds: fl
 
 def main(argv: list[str]) -> int:
     port, n = int(argv[0]), int(argv[1])
-    from push_stack import raise_nofile
+    from bench.push_stack import raise_nofile
     raise_nofile(n + 1000)
     fleet = Fleet(port)
     try:

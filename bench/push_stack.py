@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from common import PYTHON, Managed, Client, Proc, child_env, free_port
+from bench.common import PYTHON, Client, Managed, Proc, child_env, free_port
 
 log = logging.getLogger("bench.stack")
 

@@ -1,6 +1,6 @@
 """The HTTP and module benchmarks: print one markdown table per section; also write bench/results/run.json.
 
-Usage: ``.venv/bin/python bench/run.py [--quick] [--only http|modules|lifecycle]``
+Usage: ``.venv/bin/python -m bench.run [--quick] [--only http|modules|lifecycle]``
 
 ``--only lifecycle``: the module life cycle rows alone (B1 add/rm one at a time; B5 start and stop of
 50 and 200 modules beside supervisord), saved in bench/results/lifecycle.json.
@@ -22,15 +22,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-for _path in (str(HERE.parent / "pymodule"), str(HERE.parent), str(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+from bench import http_bench, module_bench
+from bench.common import PYCACHE, Section, markdown, save_sections, setup_logging
+from bench.stack import Stack
 
-import http_bench  # noqa: E402
-import module_bench  # noqa: E402
-from common import PYCACHE, Section, markdown, save_sections, setup_logging  # noqa: E402
-from stack import Stack  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 log = logging.getLogger("bench")
 
@@ -90,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"noise to every figure)._\n")
     sys.stdout.flush()
     failed = [f"{s.title.split('.')[0]}: {r.measure}" for s in sections for r in s.rows if r.verdict == "FAIL"]
-    out = save_sections("lifecycle" if opts.only == "lifecycle" else "run", sections, opts.quick, started=started, duration_s=round(elapsed, 1),
-                        environment=environment(), loadavg_before=load_before, loadavg_after=load_after,
-                        failed_targets=failed)
+    out = save_sections("lifecycle" if opts.only == "lifecycle" else "run", sections, opts.quick, started=started,
+                        duration_s=round(elapsed, 1), environment=environment(), loadavg_before=load_before,
+                        loadavg_after=load_after, failed_targets=failed)
     log.info("done in %.0f s; results in %s; %d target(s) missed%s", elapsed, out, len(failed),
              f": {', '.join(failed)}" if failed else "")
     return 0

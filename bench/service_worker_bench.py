@@ -1,6 +1,6 @@
 """A service's two gunicorn workers side by side: ``gthread`` and the loop worker (``service_worker``).
 
-Usage: ``.venv/bin/python bench/service_worker_bench.py [--rounds 3] [--seconds 3]``
+Usage: ``.venv/bin/python -m bench.service_worker_bench [--rounds 3] [--seconds 3]``
 
 Starts the volume service twice from this tree, once per ``service_worker`` setting, and the bare
 WSGI floor under ``gthread`` (bench/floorapp.py, as in A2); each round runs, in turn, 15 kept-alive
@@ -19,11 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from bench.ab_bench import measure, print_rounds
+from bench.common import PYTHON, Proc, child_env, family, free_port
 
-from ab_bench import measure, print_rounds
-from common import PYTHON, Proc, child_env, family, free_port
+HERE = Path(__file__).resolve().parent
 
 
 def _worker_family(proc: Proc, timeout: float = 60.0) -> list[int]:
@@ -60,7 +59,7 @@ def main() -> int:
             targets[f"service, {worker} worker"] = (port, _worker_family(proc))
         port = free_port()
         floor = Proc("floor", [PYTHON, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", "32", "--keep-alive",
-                               "120", "-b", f"127.0.0.1:{port}", "floorapp:app"], env, folder / "floor.log")
+                               "120", "-b", f"127.0.0.1:{port}", "bench.floorapp:app"], env, folder / "floor.log")
         started.append(floor)
         floor.wait_port(port, 60)
         targets["bare WSGI floor (gthread)"] = (port, _worker_family(floor))

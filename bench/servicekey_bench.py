@@ -1,7 +1,7 @@
 """What the service key costs on the hop: signed requests and proven answers against the same hop
 without them, on a real service process.
 
-Usage: ``.venv/bin/python bench/servicekey_bench.py [--quick]``
+Usage: ``.venv/bin/python -m bench.servicekey_bench [--quick]``
 
 One ``shmooze serve volume`` (the loop worker, as deployed). The client is the gateway's forwarder
 (:class:`shmooze.forward.ServiceProxy`), one kept-alive connection, requests one after another:
@@ -28,8 +28,19 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from common import (HOST, JSON_HEADERS, PYTHON, Proc, Section, child_env, encode_command, free_port, markdown,
-                    rounds_row, save_sections)
+from bench.common import (
+    HOST,
+    JSON_HEADERS,
+    PYTHON,
+    Proc,
+    Section,
+    child_env,
+    encode_command,
+    free_port,
+    markdown,
+    rounds_row,
+    save_sections,
+)
 
 GET_VOLUME = encode_command("get_volume")
 
@@ -63,7 +74,7 @@ def main() -> int:
                   folder / "volume.log"),
              Proc("floor", [PYTHON, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", "4", "--keep-alive",
                             "120", "--no-control-socket", "--log-level", "warning", "-b",
-                            f"{HOST}:{ports['floor']}", "floorapp:app"], env, folder / "floor.log")]
+                            f"{HOST}:{ports['floor']}", "bench.floorapp:app"], env, folder / "floor.log")]
     try:
         for proc, port in zip(procs, ports.values()):
             proc.wait_port(port, 60)

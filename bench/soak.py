@@ -1,6 +1,6 @@
 """Soak: concurrent clients mixing queue commands through the gateway, modules leaving by themselves.
 
-Usage: ``.venv/bin/python bench/soak.py [--seconds 60] [--clients 32] [--per-client 3]``
+Usage: ``.venv/bin/python -m bench.soak [--seconds 60] [--clients 32] [--per-client 3]``
 
 One stack: the gateway and a queue of tests/modules/misbehave.py types (bench/soak_apps.py): ``stay``
 and ``record`` (stay until removed; ``record`` sets a parameter on every command) and ``leave05``,
@@ -49,17 +49,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import psutil
+
+from bench.common import RESULTS_DIR, Row, Section, markdown, percentile, setup_logging
+from bench.push_stack import MachineMeter, MiniStack, describe_load, raise_nofile, reap_own_descendants
+from bench.soak_apps import TYPES
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-for _path in (str(ROOT / "pymodule"), str(ROOT), str(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import psutil  # noqa: E402
-
-from common import RESULTS_DIR, Row, Section, markdown, percentile, setup_logging  # noqa: E402
-from push_stack import MachineMeter, MiniStack, describe_load, raise_nofile, reap_own_descendants  # noqa: E402
-from soak_apps import TYPES  # noqa: E402
 
 log = logging.getLogger("bench.soak")
 
@@ -403,11 +400,12 @@ class EventWatcher(threading.Thread):
         self.ready = threading.Event()
 
     def run(self) -> None:
-        from tests.wsclient import WebSocketClient
+        from shmooze.testing import WebSocketClient
+        from shmooze.websocket import HandshakeError
 
         try:
             ws = WebSocketClient.connect(self.url, timeout=10)
-        except Exception as exc:
+        except (OSError, HandshakeError) as exc:
             self.problem = f"cannot connect: {exc}"
             self.ready.set()
             return
@@ -439,7 +437,7 @@ class EventWatcher(threading.Thread):
                     self.kinds[ev.get("kind", "?")] += 1
                 if msg.get("version") is not None:
                     self.version = msg["version"]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the soak's verdict reports it (a check fails on any problem)
             self.problem = f"{type(exc).__name__}: {exc}"
         finally:
             self.ready.set()
@@ -615,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     ledger = Ledger()
     crashed: list[str] = []
     try:
-        services = {"queue": "soak_apps:make_queue"}
+        services = {"queue": "bench.soak_apps:make_queue"}
         with MiniStack(services, "shmooze-soak-", {"service_threads": 32}) as stack:
             qport = stack.ports["queue"]
             worker = stack.worker_pid("queue")
@@ -817,8 +815,8 @@ def report(opts: argparse.Namespace, res: dict[str, Any], ledger: Ledger, crashe
                error_examples={f"{'expected' if e else 'UNEXPECTED'}: {k}": v for (e, k), v in ledger.examples.items()},
                crashed_clients=crashed, duration_s=round(time.monotonic() - t_start, 1))
     opts.out.parent.mkdir(exist_ok=True)
-    out = {"name": "soak", "quick": opts.quick, "started": started, "environment": {"python": sys.version.split()[0], "platform": platform.platform(),
-                                               "cpus": os.cpu_count()},
+    out = {"name": "soak", "quick": opts.quick, "started": started,
+           "environment": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
            "results": res, "sections": [s.as_json() for s in sections], "failed_checks": failed}
     opts.out.write_text(json.dumps(out, indent=2, default=str) + "\n")
     log.info("done in %.0f s; results in %s; %d check(s) failed%s", res["duration_s"], opts.out, len(failed),

@@ -8,11 +8,11 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import PYTHON, Managed, Client, Proc, child_env, family, free_port
+from bench.common import PYTHON, Client, Managed, Proc, child_env, family, free_port
 
 log = logging.getLogger("bench.stack")
 
-SERVICES = {"volume": "jukebox.volume:Volume", "queue": "benchapps:make_queue", "pool": "benchapps:make_pool"}
+SERVICES = {"volume": "jukebox.volume:Volume", "queue": "bench.benchapps:make_queue", "pool": "bench.benchapps:make_pool"}
 
 
 class Stack(Managed):
@@ -41,12 +41,12 @@ class Stack(Managed):
         env = child_env()
         floor_argv = [PYTHON, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", "32", "--keep-alive", "120",
                       "--graceful-timeout", "15", "--no-control-socket", "--log-level", "warning",
-                      "-b", f"127.0.0.1:{self.ports['floor']}", "floorapp:app"]
+                      "-b", f"127.0.0.1:{self.ports['floor']}", "bench.floorapp:app"]
         self.procs["floor"] = Proc("floor", floor_argv, env, self.dir / "floor.log")
         gevent_argv = [PYTHON, "-m", "gunicorn", "-k", "gevent", "-w", str(self.gateway_workers),
                        "--worker-connections", "4000", "--keep-alive", "30", "--graceful-timeout", "15",
                        "--no-control-socket", "--log-level", "warning",
-                       "-b", f"127.0.0.1:{self.gevent_floor_port}", "floorapp:app"]
+                       "-b", f"127.0.0.1:{self.gevent_floor_port}", "bench.floorapp:app"]
         self.procs["floor_gevent"] = Proc("floor_gevent", gevent_argv, env, self.dir / "floor_gevent.log")
         relay_argv = [PYTHON, str(Path(__file__).with_name("relay_floor.py")), str(self.relay_port),
                       str(self.ports["floor"]), str(self.gateway_workers)]

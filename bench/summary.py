@@ -1,6 +1,6 @@
 """Join the results every benchmark saved in bench/results/ into one summary table and bench/results.md.
 
-Usage: ``.venv/bin/python bench/summary.py [--seconds S] [--out PATH] [--readme]``. Prints the summary
+Usage: ``.venv/bin/python -m bench.summary [--seconds S] [--out PATH] [--readme]``. Prints the summary
 table (every row that has a floor, a peer or a target, and every failed check, from every script, in
 the common format) and writes it, followed by every section in full, as markdown to bench/results.md.
 The header counts the targets missed and checks failed: every row whose verdict is FAIL. ``--readme``
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import BENCH, RESULTS_DIR, TABLE_HEAD, Row, table_line
+from bench.common import BENCH, RESULTS_DIR, TABLE_HEAD, Row, table_line
 
 #: The order of the scripts in the summary (that of `dev.py bench`).
 ORDER = ["run", "push", "cmdlog", "journal", "servicekey", "containment", "soak", "attack"]

@@ -84,7 +84,7 @@ def _json_codec():
     try:
         import _json
 
-        class _Context(object):  # the attributes the C scanner reads
+        class _Context:  # the attributes the C scanner reads
             strict = True
             object_hook = None
             object_pairs_hook = None
@@ -99,7 +99,7 @@ def _json_codec():
         scan = _json.make_scanner(_Context())
 
         def default(obj):
-            raise TypeError("Object of type %s is not JSON serializable" % type(obj).__name__)
+            raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
         encode = _json.make_encoder(None, default, _json.encode_basestring_ascii, None, ":", ",",
                                     False, False, False)
@@ -109,7 +109,7 @@ def _json_codec():
             try:
                 value, end = scan(text, 0)
             except StopIteration:
-                raise ValueError("not JSON")
+                raise ValueError("not JSON") from None
             if end != len(text):
                 raise ValueError("extra data after the JSON value")
             return value
@@ -166,15 +166,15 @@ def error(message: object) -> dict:
 def assert_success(answer: object) -> object:
     """Return an answer's ``result`` (None when it has none); raise if it failed or is malformed."""
     if not isinstance(answer, dict) or not isinstance(answer.get("success"), bool):
-        raise ProtocolError("malformed answer: %r" % (answer,))
+        raise ProtocolError(f"malformed answer: {answer!r}")
     if answer["success"]:
         return answer.get("result")
     if "error" not in answer:
-        raise ProtocolError("failed answer without an error: %r" % (answer,))
+        raise ProtocolError(f"failed answer without an error: {answer!r}")
     raise Exception(answer["error"])
 
 
-class packet(object):
+class packet:
     """The original's ``shmooze.lib.packet`` without the package: ``from shmooze_module import packet``."""
 
     good = staticmethod(good)
@@ -193,17 +193,16 @@ def parse_argv(argv: list[str] | None = None) -> tuple[list[str], str, int, int]
     argv = list(argv)
     if len(argv) < 4:
         raise ProtocolError(
-            "expected HOST CMD_PORT UPDATE_PORT as the last three arguments, got %r"
-            % (argv[1:],)
+            f"expected HOST CMD_PORT UPDATE_PORT as the last three arguments, got {argv[1:]!r}"
         )
     host, cmd_port, update_port = argv[-3:]
     try:
         return argv[1:-3], host, int(cmd_port), int(update_port)
     except ValueError:
-        raise ProtocolError("ports must be integers, got %r %r" % (cmd_port, update_port))
+        raise ProtocolError(f"ports must be integers, got {cmd_port!r} {update_port!r}") from None
 
 
-class _Timer(object):
+class _Timer:
     """A scheduled callback (one-shot or repeating)."""
 
     __slots__ = ("when", "interval", "fn", "cancelled")
@@ -225,8 +224,8 @@ def _exit_now(status: int) -> None:
     import os
 
     try:
-        atexit._run_exitfuncs()
-    except Exception:  # an atexit handler's error must not keep the module alive
+        atexit._run_exitfuncs()  # noqa: SLF001 - the one way to run them before os._exit
+    except Exception:  # noqa: BLE001 - atexit reports a handler's error itself; nothing may keep the module alive
         pass
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -236,7 +235,7 @@ def _exit_now(status: int) -> None:
     os._exit(status)
 
 
-class ParentConnection(object):
+class ParentConnection:
     """The two connections to the parent service.
 
     Connects to ``host``/``cmd_port``/``update_port`` if given, otherwise to
@@ -284,10 +283,10 @@ class ParentConnection(object):
         # The update socket is non-blocking: writes interleave with draining
         # the service's answers so neither side can deadlock on the other.
         self.update_socket.setblocking(False)
-        super(ParentConnection, self).__init__()
+        super().__init__()
 
     @property
-    def connection(self) -> "ParentConnection":
+    def connection(self) -> ParentConnection:
         """The original API's ``self.connection``: here the poller is its own connection."""
         return self
 
@@ -359,7 +358,7 @@ class ParentConnection(object):
                 self._cmd_buf_len = 0
                 if too_long:
                     raise LineTooLongError(
-                        "command line exceeds %d bytes" % self.max_line_length)
+                        f"command line exceeds {self.max_line_length} bytes")
                 return None
             nl = chunk.find(b"\n")
             take = len(chunk) if nl < 0 else nl + 1
@@ -374,7 +373,7 @@ class ParentConnection(object):
             if nl >= 0:
                 if too_long:
                     raise LineTooLongError(
-                        "command line exceeds %d bytes" % self.max_line_length)
+                        f"command line exceeds {self.max_line_length} bytes")
                 line = b"".join(self._cmd_buf)[:-1]
                 self._cmd_buf = []
                 self._cmd_buf_len = 0
@@ -564,7 +563,7 @@ class JSONParentPoller(ParentConnection):
         #: remembered: ``{"uid": ..., "parameters": {...}}``, its last parameters. Set before
         #: the ``init`` handler runs; ``init`` gets the same arguments either way.
         self.restore_info = None
-        super(JSONParentPoller, self).__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)
 
     # -- dispatch -------------------------------------------------------
 
@@ -583,16 +582,16 @@ class JSONParentPoller(ParentConnection):
         if handler is None:
             if cmd in DEFAULT_COMMANDS:
                 return {"success": True}
-            return {"success": False, "error": "unknown command: %s" % (cmd,)}
+            return {"success": False, "error": f"unknown command: {cmd}"}
         try:
             result = handler(**args)
         except SystemExit:
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - logged with its traceback (by the lazily made logger)
             _log().exception("command %r failed", cmd)
             msg = str(e)
             return {"success": False,
-                    "error": "%s: %s" % (type(e).__name__, msg) if msg else type(e).__name__}
+                    "error": f"{type(e).__name__}: {msg}" if msg else type(e).__name__}
         answer = {"success": True}
         if result is not None:
             answer["result"] = result
@@ -623,7 +622,7 @@ class JSONParentPoller(ParentConnection):
         try:
             req = _loads(line.decode("utf-8"))
         except (ValueError, RecursionError) as e:
-            answer = {"success": False, "error": "invalid JSON command: %s" % (e,)}
+            answer = {"success": False, "error": f"invalid JSON command: {e}"}
         else:
             if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
                 answer = {"success": False, "error": "malformed command: missing \"cmd\""}
@@ -651,10 +650,10 @@ class JSONParentPoller(ParentConnection):
         """Write an answer; a dead service means we exit (or, for the original API, raise)."""
         try:
             self.write_answer(answer)
-        except OSError:
+        except OSError as exc:
             if not self.exit_on_rm:
                 self.close()
-                raise CommandStreamClosed("the service closed the command stream")
+                raise CommandStreamClosed("the service closed the command stream") from exc
             _log().info("command stream closed while answering; exiting")
             self.exit(0)
 
@@ -717,7 +716,7 @@ class JSONParentPoller(ParentConnection):
                 t.fn()
             except SystemExit:
                 raise
-            except Exception:
+            except Exception:  # noqa: BLE001 - logged with its traceback (by the lazily made logger)
                 _log().exception("timer callback %r failed", t.fn)
         if self._exit_requested:
             self.exit(0)
@@ -774,7 +773,7 @@ def command(name: str | None = None) -> object:
     def mark(fn, cmd_name):
         if not cmd_name.startswith("do_"):
             cmd_name = "do_" + cmd_name
-        fn._shmooze_command = cmd_name
+        fn._shmooze_command = cmd_name  # noqa: SLF001 - the decorator's mark on the function, read by Module
         return fn
 
     if callable(name):
@@ -807,7 +806,7 @@ class Module(JSONParentPoller):
     def __init__(self, *args: object, **kwargs: object) -> None:
         #: Local mirror of the parameters this module has set.
         self.parameters = {}
-        super(Module, self).__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)
 
     @classmethod
     def main(cls, argv: list[str] | None = None, **kwargs: object) -> None:

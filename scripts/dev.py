@@ -4,7 +4,8 @@
     python3 scripts/dev.py demo    install into .venv and run the example jukebox
     python3 scripts/dev.py test    install into .venv (and Chromium), run the linters, then every test
     python3 scripts/dev.py test tests/test_x.py   only those tests (no linters)
-    python3 scripts/dev.py lint    install into .venv and run ruff and mypy on shmooze/
+    python3 scripts/dev.py lint    install into .venv and run ruff (shmooze/, pymodule/, tests/, bench/)
+                                   and mypy (shmooze/)
     python3 scripts/dev.py bench   install into .venv and run the benchmarks
 
 Only the standard library is used here: it runs before anything is installed.
@@ -25,9 +26,11 @@ VENV = Path(os.environ.get("SHMOOZE_VENV", ROOT / ".venv"))
 BIN = VENV / "bin"
 
 
-#: Every benchmark, in the order `dev.py bench` runs them (each prints its tables and saves them in
-#: bench/results/; --quick shortens all); bench/summary.py then joins them into bench/results.md.
-BENCHMARKS = ["run.py", "push_bench.py", "cmdlog_bench.py", "journal_bench.py", "servicekey_bench.py", "containment_bench.py", "soak.py", "attack_bench.py"]
+#: Every benchmark (a module of the bench package, run as `python -m bench.NAME` from the root), in the
+#: order `dev.py bench` runs them (each prints its tables and saves them in bench/results/; --quick
+#: shortens all); bench.summary then joins them into bench/results.md.
+BENCHMARKS = ["run", "push_bench", "cmdlog_bench", "journal_bench", "servicekey_bench", "containment_bench", "soak",
+              "attack_bench"]
 
 
 def say(text: str) -> None:
@@ -105,18 +108,25 @@ def missing(why: str, tests: str) -> None:
     say(f"{why}; {tests} will be skipped")
 
 
+#: What ruff checks, one folder at a time so that the report says where the problems are.
+LINTED = ["shmooze", "pymodule", "tests", "bench"]
+
+
 def lint() -> int:
-    """ruff, then mypy, on the framework (their settings are in pyproject.toml); 0 when both are clean."""
+    """ruff on every folder of :data:`LINTED`, then mypy on the framework (their settings are in
+    pyproject.toml); 0 when all are clean."""
     caches = {**os.environ, "RUFF_CACHE_DIR": str(VENV / "ruff-cache")}
-    checks = {"ruff": [BIN / "ruff", "check", "shmooze"],
-              "mypy": [BIN / "python", "-m", "mypy", "--cache-dir", VENV / "mypy-cache"]}
-    status = 0
+    checks = {f"ruff {folder}/": [BIN / "ruff", "check", folder] for folder in LINTED}
+    checks["mypy shmooze/"] = [BIN / "python", "-m", "mypy", "--cache-dir", VENV / "mypy-cache"]
+    failed = []
     for name, argv in checks.items():
-        say(f"{name}: checking shmooze/")
+        say(f"{name}: checking")
         if subprocess.call([str(a) for a in argv], env=caches) != 0:
-            say(f"{name} found problems (see above)")
-            status = 1
-    return status
+            failed.append(name)
+    if failed:
+        say(f"lint found problems in: {', '.join(failed)} (see above)")
+        return 1
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -147,12 +157,11 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(results, ignore_errors=True)  # the summary is of this run only
         started = time.monotonic()
         status = 0
-        for script in BENCHMARKS:
-            say(f"bench/{script} {' '.join(rest)}")
-            status |= subprocess.call([str(BIN / "python"), str(ROOT / "bench" / script), *rest])
+        for name in BENCHMARKS:
+            say(f"python -m bench.{name} {' '.join(rest)}")
+            status |= subprocess.call([str(BIN / "python"), "-m", f"bench.{name}", *rest])
         seconds = time.monotonic() - started
-        status |= subprocess.call([str(BIN / "python"), str(ROOT / "bench" / "summary.py"), "--seconds",
-                                   f"{seconds:.0f}"])
+        status |= subprocess.call([str(BIN / "python"), "-m", "bench.summary", "--seconds", f"{seconds:.0f}"])
         say(f"benchmarks done in {seconds / 60:.1f} min")
         return status
     sys.stderr.write(__doc__ or "")

@@ -81,4 +81,50 @@ def make_host():
     for host in made:
         host.stop()
         guard = host.status()["watchdog_pid"]
-        assert guard is None or wait_for(lambda: gone(guard), 5, what=f"orphan guard {guard} to end")
+        assert guard is None or wait_for(lambda guard=guard: gone(guard), 5, what=f"orphan guard {guard} to end")
+
+
+@pytest.fixture
+def make_queue(make_host):
+    """Build started queues (see :func:`make_host`)."""
+    from shmooze.queue import Queue
+
+    return lambda modules=(), backgrounds=(), **options: make_host(Queue, modules, list(backgrounds), **options)
+
+
+@pytest.fixture
+def parent():
+    """The service's side of a module's two streams, played with plain sockets (tests/fakeparent.py)."""
+    from tests.fakeparent import FakeParent, pid_gone
+
+    p = FakeParent()
+    try:
+        yield p
+    finally:
+        p.close()
+        if p.proc is not None:
+            assert pid_gone(p.proc.pid)
+
+
+# The browser tests' fixtures (tests/test_browser.py makes them; importing it skips where no Chromium
+# or Playwright is): here, so that every browser test module has them without importing them.
+
+@pytest.fixture(scope="module")
+def jukebox(tmp_path_factory):
+    from tests.test_browser import jukebox_stack
+
+    yield from jukebox_stack(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from tests.test_browser import headless_chromium
+
+    yield from headless_chromium()
+
+
+@pytest.fixture
+def page(browser, jukebox):
+    from tests.test_browser import recorded_page
+
+    yield from recorded_page(browser, jukebox)

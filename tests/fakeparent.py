@@ -14,14 +14,14 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DEFAULT_TIMEOUT = 10.0
 
 
-def module_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+def module_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for module processes: PYTHONPATH sees shmooze and pymodule."""
     env = dict(os.environ)
     paths = [ROOT, os.path.join(ROOT, "pymodule")]
@@ -42,7 +42,7 @@ def pid_gone(pid: int) -> bool:
     except PermissionError:
         return False
     try:
-        with open("/proc/%d/stat" % pid) as f:
+        with open(f"/proc/{pid}/stat") as f:
             state = f.read().rsplit(")", 1)[1].split()[0]
         return state in ("Z", "X")
     except (OSError, IndexError):
@@ -63,7 +63,7 @@ class Timeout(AssertionError):
     """A bounded wait in the fake parent expired."""
 
 
-class _LineSocket(object):
+class _LineSocket:
     """Line-oriented reader/writer over a connected socket, with deadlines."""
 
     def __init__(self, sock: socket.socket):
@@ -74,7 +74,7 @@ class _LineSocket(object):
     def write_line(self, data: bytes) -> None:
         self.sock.sendall(data + b"\n")
 
-    def read_line(self, timeout: float) -> Optional[bytes]:
+    def read_line(self, timeout: float) -> bytes | None:
         """Return one line (without newline), or None at EOF; raise Timeout."""
         deadline = time.monotonic() + timeout
         while b"\n" not in self.buf:
@@ -82,7 +82,7 @@ class _LineSocket(object):
                 return None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise Timeout("no line within %.1fs (buffered %r)" % (timeout, self.buf[:200]))
+                raise Timeout(f"no line within {timeout:.1f}s (buffered {self.buf[:200]!r})")
             r, _, _ = select.select([self.sock], [], [], remaining)
             if not r:
                 continue
@@ -121,7 +121,7 @@ class _LineSocket(object):
             pass
 
 
-class FakeParent(object):
+class FakeParent:
     """Service side of the module protocol, for tests."""
 
     def __init__(self, host: str = "127.0.0.1", timeout: float = DEFAULT_TIMEOUT,
@@ -129,16 +129,16 @@ class FakeParent(object):
         self.host = host
         self.timeout = timeout
         self.answer_updates = answer_updates
-        self.proc: Optional[subprocess.Popen] = None
-        self.cmd: Optional[_LineSocket] = None
-        self.upd: Optional[_LineSocket] = None
-        self.updates: List[Dict[str, Any]] = []
-        self.parameters: Dict[str, Any] = {}
+        self.proc: subprocess.Popen | None = None
+        self.cmd: _LineSocket | None = None
+        self.upd: _LineSocket | None = None
+        self.updates: list[dict[str, Any]] = []
+        self.parameters: dict[str, Any] = {}
         self.cmd_listener = self._listen()
         self.update_listener = self._listen()
         self.cmd_port = self.cmd_listener.getsockname()[1]
         self.update_port = self.update_listener.getsockname()[1]
-        self.accept_order: List[str] = []
+        self.accept_order: list[str] = []
 
     def _listen(self) -> socket.socket:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -149,7 +149,7 @@ class FakeParent(object):
 
     # -- process --------------------------------------------------------
 
-    def spawn(self, argv: List[str], accept: bool = True, env: Optional[Dict[str, str]] = None,
+    def spawn(self, argv: list[str], accept: bool = True, env: dict[str, str] | None = None,
               **popen_kw: Any) -> subprocess.Popen:
         """Start ``argv + [HOST, CMD_PORT, UPDATE_PORT]``; accept both streams."""
         full = list(argv) + [self.host, str(self.cmd_port), str(self.update_port)]
@@ -158,7 +158,7 @@ class FakeParent(object):
             self.accept()
         return self.proc
 
-    def accept(self, timeout: Optional[float] = None) -> None:
+    def accept(self, timeout: float | None = None) -> None:
         """Accept the command and update connections in either order."""
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
@@ -166,10 +166,9 @@ class FakeParent(object):
         while pending:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise Timeout("module did not connect %s within %.1fs"
-                              % (sorted(pending.values()), timeout))
+                raise Timeout(f"module did not connect {sorted(pending.values())} within {timeout:.1f}s")
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError("module exited with %r before connecting" % self.proc.returncode)
+                raise AssertionError(f"module exited with {self.proc.returncode!r} before connecting")
             r, _, _ = select.select(list(pending), [], [], min(remaining, 0.1))
             for lst in r:
                 conn, _ = lst.accept()
@@ -182,13 +181,13 @@ class FakeParent(object):
                 else:
                     self.upd = _LineSocket(conn)
 
-    def wait_exit(self, timeout: Optional[float] = None) -> int:
+    def wait_exit(self, timeout: float | None = None) -> int:
         """Wait for the module process to exit; return its status."""
         assert self.proc is not None
         try:
             return self.proc.wait(self.timeout if timeout is None else timeout)
         except subprocess.TimeoutExpired:
-            raise Timeout("module pid %d still running" % self.proc.pid)
+            raise Timeout(f"module pid {self.proc.pid} still running") from None
 
     # -- command stream -------------------------------------------------
 
@@ -197,16 +196,16 @@ class FakeParent(object):
         assert self.cmd is not None
         self.cmd.write_line(data)
 
-    def read_answer(self, timeout: Optional[float] = None) -> Optional[Dict[str, Any]]:
+    def read_answer(self, timeout: float | None = None) -> dict[str, Any] | None:
         """Read one answer line (None at EOF)."""
         assert self.cmd is not None
         line = self.cmd.read_line(self.timeout if timeout is None else timeout)
         return None if line is None else json.loads(line.decode("utf-8"))
 
-    def send(self, cmd: str, args: Optional[Dict[str, Any]] = None,
-             timeout: Optional[float] = None) -> Optional[Dict[str, Any]]:
+    def send(self, cmd: str, args: dict[str, Any] | None = None,
+             timeout: float | None = None) -> dict[str, Any] | None:
         """Send one command and return its answer (None if the stream closed)."""
-        msg: Dict[str, Any] = {"cmd": cmd}
+        msg: dict[str, Any] = {"cmd": cmd}
         if args is not None:
             msg["args"] = args
         self.send_raw(json.dumps(msg, separators=(",", ":")).encode("utf-8"))
@@ -223,7 +222,7 @@ class FakeParent(object):
 
     # -- update stream --------------------------------------------------
 
-    def read_update(self, timeout: Optional[float] = None) -> Optional[Dict[str, Any]]:
+    def read_update(self, timeout: float | None = None) -> dict[str, Any] | None:
         """Read one update line, apply it to :attr:`parameters`, answer it.
 
         Returns the parsed update (or ``{"raw": bytes}`` for non-JSON lines),
@@ -256,23 +255,22 @@ class FakeParent(object):
         self.updates.append(msg)
         return msg
 
-    def wait_update(self, pred: Callable[[Dict[str, Any]], bool],
-                    timeout: Optional[float] = None) -> Dict[str, Any]:
+    def wait_update(self, pred: Callable[[dict[str, Any]], bool],
+                    timeout: float | None = None) -> dict[str, Any]:
         """Read updates until ``pred(update)`` holds; return that update."""
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise Timeout("no matching update within %.1fs; seen %r"
-                              % (timeout, self.updates[-5:]))
+                raise Timeout(f"no matching update within {timeout:.1f}s; seen {self.updates[-5:]!r}")
             msg = self.read_update(remaining)
             if msg is None:
-                raise AssertionError("update stream closed; seen %r" % self.updates[-5:])
+                raise AssertionError(f"update stream closed; seen {self.updates[-5:]!r}")
             if pred(msg):
                 return msg
 
-    def wait_param(self, name: str, value: Any = None, timeout: Optional[float] = None) -> Any:
+    def wait_param(self, name: str, value: Any = None, timeout: float | None = None) -> Any:
         """Read updates until parameter ``name`` is set (to ``value`` if given)."""
         def ok(_msg):
             if name not in self.parameters:
@@ -304,7 +302,7 @@ class FakeParent(object):
         self.kill()
         if self.proc is not None:
             assert self.proc.returncode is not None
-            assert pid_gone(self.proc.pid), "module pid %d survived" % self.proc.pid
+            assert pid_gone(self.proc.pid), f"module pid {self.proc.pid} survived"
 
     def __enter__(self) -> "FakeParent":
         return self
@@ -313,6 +311,6 @@ class FakeParent(object):
         self.close()
 
 
-def python_module(path: str, *args: str) -> List[str]:
+def python_module(path: str, *args: str) -> list[str]:
     """argv running a Python module file with this interpreter."""
     return [sys.executable, path] + list(args)

@@ -1,30 +1,38 @@
-"""Test helpers: free ports, bounded waits, services started as real processes (:class:`Stack`),
-and a driver of services in-process (:class:`Driver`)."""
+"""Test helpers: bounded waits, ``shmooze run`` as a real process, and a driver of services in-process
+(:class:`Driver`). Ports, processes and stacks of services are the framework's test kit
+(:mod:`shmooze.testing`), imported here for the tests."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable
-
-import psutil
+from typing import Any, Callable
 
 from shmooze import protocol
 from shmooze.polling import wait_until
+from shmooze.testing import (  # noqa: F401 - the tests import them from here
+    PYTHON,
+    Process,
+    Stack,
+    descendants,
+    free_port,
+    gone,
+    port_open,
+    shmooze_argv,
+    start_service,
+    stop_all,
+    write_settings,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Proc(Process):
+    """The kit's process, with ``env`` as changes to the test's own environment."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None,
+                 log_path: Path | None = None):
+        super().__init__(argv, {**os.environ, **(env or {})}, cwd, log_path)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, what: str = "") -> Any:
@@ -32,115 +40,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
     return wait_until(predicate, timeout, what, interval, error=AssertionError)
 
 
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-def gone(pid: int) -> bool:
-    """True when the pid is no longer a live process (reaped or a zombie)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def descendants(pid: int) -> list[int]:
-    try:
-        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def write_settings(path: Path, **data: Any) -> Path:
-    path.write_text(json.dumps(data))
-    return path
-
-
-class Proc:
-    """A process started by a test, in its own session, that the test stops by pid."""
-
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None,
-                 log_path: Path | None = None):
-        self.argv = argv
-        self.log_path = log_path
-        out = open(log_path, "wb") if log_path else subprocess.DEVNULL
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.popen = subprocess.Popen(argv, env=full_env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
-        if log_path:
-            out.close()
-        self.pid = self.popen.pid
-        self._seen: set[int] = set()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
-
-    def remember_descendants(self) -> list[int]:
-        kids = descendants(self.pid)
-        self._seen.update(kids)
-        return kids
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        """Signal the process, wait (bounded), kill its group if needed; assert nothing is left."""
-        self.remember_descendants()
-        if self.popen.poll() is None:
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.pid, signal.SIGKILL)
-                self.popen.wait(5)
-                raise AssertionError(f"{self.argv} did not stop within {timeout} s after signal {sig}")
-        wait_for(lambda: all(gone(p) for p in self._seen), 10, what=f"descendants {sorted(self._seen)} to end")
-        return self.popen.returncode
-
-    def kill_everything(self) -> None:
-        """Last resort cleanup: SIGKILL the session's group and every remembered descendant."""
-        self.remember_descendants()
-        for pid in [self.pid, *self._seen]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            self.popen.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-
-
-def stop_all(procs: list[Proc]) -> None:
-    """Stop processes in the order given (callers pass the gateway first: its long polls hold the
-    services' threads); each is killed outright if it does not stop, and the first failure is raised
-    once every one is stopped."""
-    failure: BaseException | None = None
-    for proc in procs:
-        try:
-            proc.stop()
-        except BaseException as exc:  # noqa: BLE001 - raised below, after the others are stopped
-            failure = failure or exc
-        finally:
-            proc.kill_everything()
-    if failure is not None:
-        raise failure
-
-
-def shmooze_argv(*args: str) -> list[str]:
-    return [PYTHON, "-m", "shmooze", *args]
-
-
-def run_app(path: Path, log_dir: Path, name: str = "run") -> Proc:
+def run_app(path: Path, log_dir: Path, name: str = "run") -> Process:
     """``shmooze run SETTINGS`` as a real process (its log is ``log_dir/NAME.log``); see :func:`wait_running`."""
-    return Proc(shmooze_argv("run", str(path)), log_path=log_dir / f"{name}.log")
+    return Process(shmooze_argv("run", str(path)), log_path=log_dir / f"{name}.log")
 
 
-def wait_running(run: Proc, timeout: float = 60) -> Proc:
+def wait_running(run: Process, timeout: float = 60) -> Process:
     """Wait for ``shmooze run`` to say it is running (its ``running; open URL`` line); fail if it exited."""
     wait_for(lambda: "running; open" in run.log() or run.popen.poll() is not None, timeout, interval=0.05,
              what="shmooze run to announce")
@@ -148,84 +53,9 @@ def wait_running(run: Proc, timeout: float = 60) -> Proc:
     return run
 
 
-def start_run(path: Path, log_dir: Path, name: str = "run") -> Proc:
+def start_run(path: Path, log_dir: Path, name: str = "run") -> Process:
     """``shmooze run`` started and running (every service up)."""
     return wait_running(run_app(path, log_dir, name))
-
-
-def start_service(settings_path: Path, name: str, log_dir: Path) -> Proc:
-    """``shmooze serve NAME`` as a real process; returns once its port accepts connections."""
-    from shmooze import settings as settings_mod
-
-    port = settings_mod.read(settings_path).ports[name]
-    proc = Proc(shmooze_argv("serve", name, "--settings", str(settings_path)), log_path=log_dir / f"{name}.log")
-    try:
-        wait_for(lambda: port_open(port) or proc.popen.poll() is not None, 20, what=f"{name} on port {port}")
-        if proc.popen.poll() is not None:
-            raise AssertionError(f"{name} exited with {proc.popen.returncode}:\n{proc.log()}")
-    except BaseException:
-        proc.kill_everything()
-        raise
-    return proc
-
-
-class Stack:
-    """An application's services and its gateway on free ports, each started as a real process
-    (``shmooze serve``), stopped by pid: the gateway first (its long polls hold the services' threads).
-
-    ``services``: name to factory (the settings' ``services``); ``down``: names that get a port where
-    nothing runs; ``ports``: the ports to use instead (services run by another stack keep theirs);
-    ``settings``: the rest of the settings file. Use it as a context manager around the test (or
-    the fixture's ``yield``); :meth:`start` starts the services, then the gateway, or the names given.
-    """
-
-    def __init__(self, tmp: Path, services: dict[str, str], down: Iterable[str] = (),
-                 ports: dict[str, int] | None = None, **settings: Any):
-        self.tmp = tmp
-        self.ports = ports or {"wsgi": free_port(), **{name: free_port() for name in [*services, *down]}}
-        self.services = services
-        extra = {"services": services} if services else {}
-        self.path = write_settings(tmp / "settings.json", ports=self.ports, **extra, **settings)
-        #: name -> process; a test may replace one (a restarted gateway): :meth:`stop` stops what is here.
-        self.procs: dict[str, Proc] = {}
-
-    @property
-    def url(self) -> str:
-        """The gateway's base URL."""
-        return f"http://127.0.0.1:{self.ports['wsgi']}/"
-
-    @property
-    def ws(self) -> str:
-        """The gateway's WebSocket URL."""
-        return f"ws://127.0.0.1:{self.ports['wsgi']}/ws"
-
-    def direct(self, name: str) -> str:
-        """A service's own URL (not through the gateway)."""
-        return f"http://127.0.0.1:{self.ports[name]}/"
-
-    def start(self, *names: str) -> Stack:
-        for name in names or (*self.services, "wsgi"):
-            self.procs[name] = start_service(self.path, name, self.tmp)
-        return self
-
-    def stop(self) -> None:
-        """Stop every process, the gateway first; assert that none of them, nor what they started, is left."""
-        procs = sorted(self.procs.values(), key=lambda p: p is not self.procs.get("wsgi"))
-        try:
-            stop_all(procs)
-        finally:
-            left = [pid for proc in procs for pid in (proc.pid, *proc._seen) if not gone(pid)]
-        assert not left, f"processes left after the stack stopped: {left}"
-
-    def __enter__(self) -> Stack:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 class Driver:

@@ -12,7 +12,8 @@ two ports from their last arguments, as ``ps`` shows them, and attacks them unti
 * ``hold``: connect once, write the lines, and keep the connection open, reporting what it read.
 
 It prints ``watching`` once ready, ``HIJACKED`` for each ``init`` it read, and a summary line
-``modules N connections M hijacked H`` at the end (connections: attempts not refused) (SIGTERM ends it early, still printing the summary).
+``modules N connections M hijacked H`` at the end (connections: attempts not refused) (SIGTERM ends it
+early, still printing the summary).
 """
 
 from __future__ import annotations

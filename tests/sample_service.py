@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Optional
+from typing import Any
 
 from shmooze.commands import command
 from shmooze.errors import CommandError
@@ -31,7 +31,7 @@ class Sample(Service):
 
     @command
     def typed(self, name: str, uids: list[str], flag: bool = False, ratio: float = 1.0,
-              extra: Optional[dict] = None) -> dict:
+              extra: dict | None = None) -> dict:
         return {"name": name, "uids": uids, "flag": flag, "ratio": ratio, "extra": extra}
 
     @command

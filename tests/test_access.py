@@ -20,14 +20,15 @@ import requests
 from werkzeug.serving import make_server
 from werkzeug.test import Client
 
+from shmooze.commands import declared
 from shmooze.gateway import Gateway
 from shmooze.httpjson import service_app
 from shmooze.queue import Queue
 from shmooze.settings import Settings
+from shmooze.testing import WebSocketClient
 from shmooze.websocket import HandshakeError
 from tests.apps import TYPES
 from tests.helpers import Stack
-from tests.wsclient import WebSocketClient
 
 TOKEN = "tok-3f9a1c"
 GOOD = {"Authorization": f"Bearer {TOKEN}"}
@@ -65,7 +66,7 @@ ARGS = {"add": {"type": "nosuch"}, "rm": {"uids": []}, "mv": {"uids": []}, "set_
 
 
 def changing(svc):
-    return sorted(c for c in svc._commands if c not in svc.read_only_commands)
+    return sorted(c for c in declared(type(svc)) if c not in svc.read_only_commands)
 
 
 def test_the_split_between_open_and_state_changing_commands(queue_svc):

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: F401 - for the browser tests
     from playwright.sync_api import sync_playwright
 except ImportError:  # pragma: no cover - depends on the machine
     pytest.skip("the playwright Python package is not installed", allow_module_level=True)
@@ -37,10 +38,9 @@ TIMEOUT_MS = 10_000  # for every wait on the page
 pytestmark = pytest.mark.timeout(90)
 
 
-# -- fixtures ------------------------------------------------------------------------------
+# -- fixtures: conftest.py's ``jukebox``, ``browser`` and ``page`` (for every browser test module) ---------
 
-@pytest.fixture(scope="module")
-def jukebox(tmp_path_factory):
+def jukebox_stack(tmp_path_factory):
     """The demo's three services and the gateway; ``procs["wsgi"]`` may be replaced by a test."""
     tmp = tmp_path_factory.mktemp("browser")
     with Stack(tmp, {"queue": "jukebox.app:make_queue", "pool": "jukebox.app:make_pool",
@@ -53,8 +53,7 @@ def jukebox(tmp_path_factory):
                "client": Client(stack.url)}
 
 
-@pytest.fixture(scope="module")
-def browser():
+def headless_chromium():
     """One headless Chromium (fresh temporary profile) for the module; its processes are checked gone."""
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
@@ -105,8 +104,7 @@ def _parse(payload):
         return payload
 
 
-@pytest.fixture
-def page(browser, jukebox):
+def recorded_page(browser, jukebox):
     """A page in its own browser context, recording its traffic in ``page.net``; the queue starts empty."""
     client = jukebox["client"]
     uids = [item["uid"] for item in client.queue.queue()]
@@ -417,7 +415,7 @@ def test_polling_page_is_told_to_reset_after_a_restart(page, jukebox):
     page.wait_for_function("window.changes.some(c => c.reset === true)", timeout=60_000)
     reset = next(c for c in page.evaluate("window.changes") if c.get("reset"))
     assert reset["version"] > old["change_version"]
-    new = wait_for(lambda: (s := _status(client)) and s["pid"] != old["pid"] and not s["restoring"] and s, 60)
+    wait_for(lambda: (s := _status(client)) and s["pid"] != old["pid"] and not s["restoring"] and s, 60)
     assert [q["uid"] for q in client.queue.queue()] == [uid]
     client.queue.rm(uids=[uid])
 

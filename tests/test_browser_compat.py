@@ -18,7 +18,6 @@ import pytest
 from shmooze import servicekey
 from shmooze.settings import read as read_settings
 from tests.helpers import Stack, free_port
-from tests.test_browser import browser, jukebox, page  # noqa: F401 - fixtures
 
 ORIGINAL_PAGE = Path(__file__).resolve().parent / "browser_static" / "original.html"
 

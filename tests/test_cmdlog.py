@@ -6,9 +6,9 @@ import sqlite3
 import time
 
 from shmooze.cmdlog import CommandLog
+from shmooze.moduletype import python_module
 from shmooze.protocol import Command
 from shmooze.queue import Queue
-from shmooze.moduletype import python_module
 from tests.apps import MISBEHAVE, TYPES
 
 

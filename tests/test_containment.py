@@ -212,8 +212,6 @@ from tests.containment_apps import ESCAPE_SH, MISBEHAVE  # noqa: E402
 from tests.test_faults import ended, ok  # noqa: E402
 
 
-
-
 @pytest.fixture
 def queue():
     made = []
@@ -251,7 +249,7 @@ def test_closed_command_stream_is_noticed_at_once_and_rung_exited(queue):
     ok(q, "add", type="good")
     for _ in range(3):
         uid = ok(q, "add", type="leaver")["uid"]
-        entry = wait_for(lambda: ended(q, uid), 2, what="the module that left to be removed")
+        entry = wait_for(lambda uid=uid: ended(q, uid), 2, what="the module that left to be removed")
         assert entry["ended_by"] == ladder.EXITED, entry
 
 
@@ -260,7 +258,7 @@ def test_an_answer_sent_before_leaving_is_always_delivered(queue):
     for i in range(30):
         uid = ok(q, "add", type="leaver")["uid"]
         assert ok(q, "tell_module", uid=uid, cmd="leave") == "bye", i
-        entry = wait_for(lambda: ended(q, uid), 5, what="the module to be removed")
+        entry = wait_for(lambda uid=uid: ended(q, uid), 5, what="the module to be removed")
         assert entry["ended_by"] == ladder.EXITED, entry
 
 

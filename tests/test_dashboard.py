@@ -13,13 +13,13 @@ try:
 except ImportError:  # pragma: no cover - depends on the machine
     pytest.skip("the playwright Python package is not installed", allow_module_level=True)
 
-from tests.test_browser import CHROMIUM, browser  # noqa: E402,F401 - the fixture
+from tests.test_browser import CHROMIUM
 
 if not CHROMIUM:  # pragma: no cover
     pytest.skip("no Chromium", allow_module_level=True)
 
-from shmooze.client import Client  # noqa: E402
-from tests.helpers import Stack, wait_for  # noqa: E402
+from shmooze.client import Client
+from tests.helpers import Stack, wait_for
 
 TOKEN = "dash-token"
 pytestmark = pytest.mark.timeout(120)
@@ -33,7 +33,7 @@ def app(tmp_path_factory):
         yield {"url": stack.url, "client": Client(stack.url, token=TOKEN)}
 
 
-def test_dashboard_live(browser, app):  # noqa: F811 - the fixture
+def test_dashboard_live(browser, app):
     client = app["client"]
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     page = context.new_page()

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.test_browser import add_countdown, browser, jukebox, open_demo, page  # noqa: F401 (fixtures)
 from tests.helpers import wait_for
+from tests.test_browser import PlaywrightTimeout, add_countdown, open_demo
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,7 +44,7 @@ def press_until_gone(page, rows):
         try:
             page.wait_for_selector(row, state="detached", timeout=5000)
             gone += 1
-        except Exception:  # that press did nothing
+        except PlaywrightTimeout:  # that press did nothing
             pass
     return gone
 

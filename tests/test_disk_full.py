@@ -31,7 +31,6 @@ from shmooze import deploy, journal, storage
 from shmooze.client import Client, ServiceError
 from shmooze.cmdlog import CommandLog
 from shmooze.journal import Journal
-from shmooze.settings import read as read_settings
 from shmooze.statustable import format_status
 from tests.helpers import free_port, report_line, shmooze_argv, start_run, wait_for, write_settings
 
@@ -275,7 +274,6 @@ def test_a_full_disk_is_reported_survived_and_recovered_from(small_disk, tmp_pat
     path = write_settings(tmp_path / "settings.json", ports=ports, run_path=str(run_folder),
                           services={"queue": "tests.apps:make_queue"}, journal_path=str(small_disk / "state"),
                           log_database_path=str(small_disk / "log.db"), stop_timeout=5)
-    settings = read_settings(path)
     client = Client(f"http://127.0.0.1:{ports['wsgi']}/", timeout=20)
     run = start_run(path, tmp_path)
     filler = None

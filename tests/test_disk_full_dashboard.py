@@ -11,19 +11,19 @@ try:
 except ImportError:  # pragma: no cover - depends on the machine
     pytest.skip("the playwright Python package is not installed", allow_module_level=True)
 
-from tests.test_browser import CHROMIUM, browser  # noqa: E402,F401 - the fixture
+from tests.test_browser import CHROMIUM
 
 if not CHROMIUM:  # pragma: no cover
     pytest.skip("no Chromium", allow_module_level=True)
 
-from shmooze.client import Client  # noqa: E402
-from tests.helpers import Stack  # noqa: E402
-from tests.test_disk_full import RECOVERY, fill, small_disk  # noqa: E402,F401 - the fixture
+from shmooze.client import Client
+from tests.helpers import Stack
+from tests.test_disk_full import RECOVERY, fill, small_disk  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_the_dashboard_shows_a_full_disk_until_space_returns(browser, small_disk, tmp_path):  # noqa: F811
+def test_the_dashboard_shows_a_full_disk_until_space_returns(browser, small_disk, tmp_path):  # noqa: F811 - the fixture above
     filler = fill(small_disk)  # full before the pool starts: it starts all the same, with the problem
     try:
         with Stack(tmp_path, {"pool": "tests.apps:make_pool"}, run_path=str(tmp_path / "run"), stop_timeout=3,

@@ -23,6 +23,7 @@ import pytest
 
 from shmooze.client import Client
 from shmooze.cmdlog import CommandLog
+from shmooze.errors import ShmoozeError
 from shmooze.journal import RS, Journal, read
 from shmooze.moduletype import python_module
 from shmooze.protocol import Command
@@ -252,7 +253,8 @@ def test_a_change_the_journal_cannot_write_is_answered_as_not_kept(tmp_path):
     try:
         wait_for(lambda: not q.restoring, 30)
         a, b = call(q, "add", type="slow")["uid"], call(q, "add", type="slow")["uid"]
-        q.journal._file = open("/dev/full", "ab", buffering=0)  # every write fails as on a full disk
+        # Inside: a full disk under the journal's own file: nothing public makes its writes fail.
+        q.journal._file = open("/dev/full", "ab", buffering=0)  # every write fails as on a full disk  # noqa: SLF001
         answer = q.dispatch(Command("rm", {"uids": [a]}))
         assert not answer["success"]
         assert answer["error"].startswith(f"rm was done but is not kept (the journal {path} cannot be written "
@@ -288,8 +290,8 @@ def test_rm_during_a_restore_removes_the_module_for_good(tmp_path):
             q = slow_queue(path)  # restores keep and the victims, each taking 0.5 s in init
             assert q.restoring
             answers: list[dict] = []
-            threads = [threading.Thread(target=lambda u=u: answers.append(q.dispatch(Command("rm", {"uids": [u]}))))
-                       for u in victims]
+            threads = [threading.Thread(target=lambda u=u, q=q, answers=answers:
+                                        answers.append(q.dispatch(Command("rm", {"uids": [u]})))) for u in victims]
             for t in threads:
                 t.start()
             for t in threads:
@@ -375,7 +377,7 @@ def test_64_clients_and_a_killed_worker_lose_no_acknowledged_change(tmp_path, re
                     with lock:
                         acked_adds[uid] = time.time()
                     mine.append(uid)
-            except Exception as exc:  # the worker is down for a while: those commands are not acknowledged
+            except ShmoozeError as exc:  # the worker is down for a while: those commands are not acknowledged
                 with lock:
                     failures.append(f"{type(exc).__name__}: {exc}")
                 stop.wait(0.05)
@@ -394,7 +396,7 @@ def test_64_clients_and_a_killed_worker_lose_no_acknowledged_change(tmp_path, re
         def back():
             try:
                 status = admin.status()
-            except Exception:
+            except ShmoozeError:
                 return False
             return status["pid"] != old_pid and not status["restoring"]
         wait_for(back, 90, interval=0.2, what="the queue's new worker, restored")

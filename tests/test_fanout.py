@@ -54,7 +54,8 @@ def test_frames_go_straight_out_without_a_writer(pair):
     for i in range(50):
         sub.push(text_frame(f"event {i}"))
     assert threading.active_count() == threads  # no writer was needed
-    assert not sub._writing and not sub._outbox
+    # Inside: whether a writer thread and an outbox were needed: nothing public tells.
+    assert not sub._writing and not sub._outbox  # noqa: SLF001
     assert read_frames(client, 50) == [f"event {i}" for i in range(50)]
 
 
@@ -66,9 +67,10 @@ def test_a_peer_that_stops_reading_gets_an_outbox_and_everything_in_order(pair):
     texts = [f"{i} {big}" for i in range(40)]  # far more than the socket buffers hold
     for text in texts:
         sub.push(text_frame(text))
-    assert sub._writing and (sub._outbox or ws.unsent)  # the rest waits for the peer
+    # Inside: whether the writer and its outbox took over: nothing public tells.
+    assert sub._writing and (sub._outbox or ws.unsent)  # the rest waits for the peer  # noqa: SLF001
     assert read_frames(client, 40) == texts
-    wait_for(lambda: not sub._writing, 10, what="the writer to finish")
+    wait_for(lambda: not sub._writing, 10, what="the writer to finish")  # noqa: SLF001
     sub.push(text_frame("after"))  # caught up: straight out again
     assert read_frames(client, 1) == ["after"]
 

@@ -168,7 +168,8 @@ def test_module_cut_from_outside_is_removed_and_others_unaffected(queue, cut):
     if cut.startswith("sigkill"):
         os.kill(pid, signal.SIGKILL)
     else:
-        upd, cmd = proc._upd_sock, proc._cmd_sock
+        # Inside: the faults are cut from outside: the handle's own sockets.
+        upd, cmd = proc._upd_sock, proc._cmd_sock  # noqa: SLF001
         for sock, cuts in ((upd, ("update-socket", "both-sockets")), (cmd, ("command-socket", "both-sockets"))):
             if cut in cuts:
                 try:
@@ -293,7 +294,8 @@ def test_add_and_ladder_work_with_descriptors_above_1024(queue):
     padding = [open(os.devnull, "rb") for _ in range(1100)]
     try:
         uid = ok(queue, "add", type="good")["uid"]
-        assert module(queue, uid)._cmd_sock.fileno() > 1024
+        # Inside: the socket's descriptor number: nothing public tells.
+        assert module(queue, uid)._cmd_sock.fileno() > 1024  # noqa: SLF001
         assert ok(queue, "tell_module", uid=uid, cmd="echo", args={"k": 1}) == {"k": 1}
         ok(queue, "rm", uids=[uid])
         assert ended(queue, uid)["ended_by"] == ladder.RM  # it exited after rm; no SIGTERM/SIGKILL needed

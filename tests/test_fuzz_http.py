@@ -24,6 +24,7 @@ from werkzeug.serving import make_server
 from werkzeug.test import Client
 
 from shmooze import protocol
+from shmooze.commands import CommandSpec, declared, spec_of
 from shmooze.gateway import Gateway
 from shmooze.httpjson import service_app
 from shmooze.pool import Pool
@@ -100,8 +101,13 @@ scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-(1
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=16)
 
-QUEUE_COMMANDS = sorted(set(make_queue()._commands) - SLOW)
-ARG_NAMES = sorted({p for svc in (make_queue(), Pool(TYPES)) for spec in svc._commands.values() for p in spec.params})
+def specs(svc) -> dict[str, CommandSpec]:
+    """A service's commands, each with its arguments and their types (what ``commands`` describes)."""
+    return {name: spec_of(name, getattr(svc, name)) for name in declared(type(svc))}
+
+
+QUEUE_COMMANDS = sorted(set(specs(make_queue())) - SLOW)
+ARG_NAMES = sorted({p for svc in (make_queue(), Pool(TYPES)) for spec in specs(svc).values() for p in spec.params})
 
 
 def command_like(names=QUEUE_COMMANDS):
@@ -294,7 +300,7 @@ def placeholder(hint):
 def every_argument(services, names=("queue", "pool")):
     out = []
     for name in names:
-        for cmd, spec in sorted(services[name]._commands.items()):
+        for cmd, spec in sorted(specs(services[name]).items()):
             for param in spec.params:
                 hint = spec.hints.get(param)
                 if hint is not None and any(not type_matches(v, hint) for v in WRONG_CANDIDATES):
@@ -303,7 +309,7 @@ def every_argument(services, names=("queue", "pool")):
 
 
 def wrong_type_command(services, name, cmd, param, value):
-    spec = services[name]._commands[cmd]
+    spec = specs(services[name])[cmd]
     args = {p: placeholder(spec.hints.get(p)) for p in spec.required}
     args[param] = value
     return {"cmd": cmd, "args": args}
@@ -313,11 +319,11 @@ def test_wrong_type_for_every_argument_of_every_command(services, clients):
     combos = every_argument(services)
     covered = {(n, c) for n, c, _ in combos}
     for name in ("queue", "pool"):  # every command with arguments is in there
-        with_args = {c for c, s in services[name]._commands.items() if s.params}
+        with_args = {c for c, s in specs(services[name]).items() if s.params}
         assert with_args <= {c for n, c in covered if n == name}, with_args
     assert len(combos) >= 25
     for name, cmd, param in combos:
-        hint = services[name]._commands[cmd].hints[param]
+        hint = specs(services[name])[cmd].hints[param]
         wrong = [v for v in WRONG_CANDIDATES if not type_matches(v, hint)]
         body = [wrong_type_command(services, name, cmd, param, v) for v in wrong]
         COUNTS[f"service:{name}:wrong-type"] += len(body)
@@ -333,7 +339,7 @@ def test_wrong_type_for_every_argument_of_every_command(services, clients):
 @given(data=st.data())
 def test_wrong_type_random_values(services, clients, data):
     name, cmd, param = data.draw(st.sampled_from(every_argument(services)))
-    hint = services[name]._commands[cmd].hints[param]
+    hint = specs(services[name])[cmd].hints[param]
     value = data.draw(json_values.filter(lambda v: not type_matches(v, hint)))
     COUNTS[f"service:{name}:wrong-type"] += 1
     status, reply = post(clients[name], json.dumps(wrong_type_command(services, name, cmd, param, value)).encode())

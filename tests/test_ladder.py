@@ -76,11 +76,12 @@ def test_transitions_are_enforced(loop, start, new):
     m = handle(loop)
     m.state = start
     if (start, new) in TRANSITIONS:
-        m._enter(new)
+        # Inside: each transition of the state machine, alone: the table's enforcement.
+        m._enter(new)  # noqa: SLF001
         assert m.state is new
     else:
         with pytest.raises(RuntimeError, match="no transition"):
-            m._enter(new)
+            m._enter(new)  # noqa: SLF001
         assert m.state is start
 
 
@@ -88,11 +89,12 @@ def test_happy_path_and_alive(loop):
     m = handle(loop)
     assert m.alive
     for s in (State.INITIALIZING, State.RUNNING):
-        m._enter(s)
+        # Inside: the states' liveness, entered one by one.
+        m._enter(s)  # noqa: SLF001
         assert m.alive
-    m._enter(State.STOPPING)
+    m._enter(State.STOPPING)  # noqa: SLF001
     assert not m.alive
-    m._enter(State.STOPPED)
+    m._enter(State.STOPPED)  # noqa: SLF001
     assert not m.alive
 
 
@@ -259,7 +261,8 @@ def test_io_loop_removes_closed_and_rewrapped_objects(loop):
     on_loop(lambda: (loop.add_reader(stream, lambda: None), loop.add_reader(_FdObject(r2), lambda: None)))
     stream.close()  # closed while watched: its fd number is free again
     on_loop(lambda: (loop.remove(stream), loop.remove(_FdObject(r2)), loop.remove(stream)))
-    assert on_loop(lambda: (len(loop._channels), len(loop._fds), len(loop._selector.get_map()))) == (0, 0, 1)
+    # Inside: no registration left behind: the loop's own tables.
+    assert on_loop(lambda: (len(loop._channels), len(loop._fds), len(loop._selector.get_map()))) == (0, 0, 1)  # noqa: SLF001
     again = os.fdopen(os.dup(w), "wb", buffering=0)  # may reuse the closed stream's fd number
     on_loop(lambda: loop.add_reader(again, lambda: None))
     on_loop(lambda: loop.remove(again))

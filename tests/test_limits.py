@@ -17,9 +17,8 @@ from shmooze import cgroup, ladder, serve
 from shmooze.containment import Containment
 from shmooze.pool import Pool
 from shmooze.settings import Settings
-from tests.helpers import gone, wait_for
+from tests.helpers import Driver, gone, wait_for
 from tests.test_ops import module_status, otype
-from tests.helpers import Driver
 
 
 def _where_limits_go() -> dict[str, str]:

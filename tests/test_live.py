@@ -40,7 +40,7 @@ def test_client_batches(app):
     assert a.result["level"] == 10 and c.result["level"] == 15
     assert not b.ok
     with pytest.raises(ServiceError, match="from 0 to 100"):
-        b.result
+        _ = b.result
 
 
 def test_client_errors_have_one_root(app):

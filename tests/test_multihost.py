@@ -14,10 +14,10 @@ import pytest
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.test import Client
 
-from shmooze import settings as settings_module
 from shmooze import servicekey
+from shmooze import settings as settings_module
 from shmooze.access import ServiceGuard, check_listen_address, is_read_only
-from shmooze.deploy import chosen_services, supervisord_conf, systemd_units, RunPaths, write_systemd_units
+from shmooze.deploy import RunPaths, chosen_services, supervisord_conf, systemd_units, write_systemd_units
 from shmooze.errors import SettingsError, ShmoozeError
 from shmooze.gateway import Gateway
 from shmooze.httpjson import service_app

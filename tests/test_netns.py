@@ -1,5 +1,5 @@
 """Past one machine, on simulated hosts: two gateway hosts behind HAProxy, a queue host and a pool
-host, and a browser host, each a network namespace the test makes (tests/netns.py).
+host, and a browser host, each a network namespace the test makes (shmooze/testing/netns.py).
 
 Every host runs the real thing: ``shmooze run --services ...`` with its own settings file,
 Debian's HAProxy, headless Chromium. The scenario: pages on either gateway add modules and see
@@ -19,7 +19,7 @@ import subprocess
 
 import pytest
 
-from tests import netns
+from shmooze.testing import netns
 from tests.helpers import PYTHON, ROOT, Proc, gone, stop_all, wait_for, write_settings
 
 try:
@@ -108,7 +108,7 @@ def cluster(tmp_path_factory):
         conf.write_text(haproxy_conf(hosts))
         procs["lb"] = Proc(hosts.argv("lb", [HAPROXY, "-db", "-f", str(conf)]), log_path=tmp / "lb.log")
         for host in ("queue", "pool", "gw1", "gw2"):
-            wait_for(lambda: "shmooze: running" in procs[host].log() or procs[host].popen.poll() is not None, 150,
+            wait_for(lambda host=host: "shmooze: running" in procs[host].log() or procs[host].popen.poll() is not None, 150,
                      interval=0.2, what=f"{host} to run")
             assert procs[host].popen.poll() is None, f"{host} did not start:\n{procs[host].log()}"
         yield {"hosts": hosts, "tmp": tmp, "procs": procs, "url": f"http://{hosts.addresses['lb']}:{PORT}/"}
@@ -121,7 +121,7 @@ def cluster(tmp_path_factory):
             stop_all(ordered)
         except BaseException as exc:  # noqa: BLE001 - raised below, once the hosts are gone
             failure = exc
-        pids = [pid for proc in ordered for pid in (proc.pid, *proc._seen)]
+        pids = [pid for proc in ordered for pid in (proc.pid, *proc.seen)]
         hosts.remove()
         wait_for(lambda: all(gone(pid) for pid in pids), 15, what="the hosts' processes to end")
         assert not any(ns.startswith(hosts.tag) for ns in _namespaces()), "a namespace was left behind"

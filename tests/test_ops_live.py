@@ -11,8 +11,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from shmooze.client import Client
+from shmooze.testing import WebSocketClient
 from tests.helpers import PYTHON, Proc, Stack, gone, wait_for
-from tests.wsclient import WebSocketClient
 
 TOKEN = "s3cret-ops"
 
@@ -71,7 +71,7 @@ def test_push_figures_are_summed_over_workers(app):
     ws_url = app["url"].replace("http", "ws", 1) + "ws"
     sockets = [WebSocketClient.connect(ws_url, timeout=5) for _ in range(4)]
     try:
-        for i, ws in enumerate(sockets):
+        for ws in sockets:
             ws.send(json.dumps({"id": 1, "subscribe": {"pool": None}}))
             assert json.loads(ws.receive(timeout=5))["id"] == 1
         wait_for(lambda: value(scrape(app), "shmooze_push_sessions") == 4, 10, interval=0.1, what="4 sessions")

@@ -115,7 +115,8 @@ def test_settings_module_types_reach_the_services_types(tmp_path):
     settings = Settings({"ports": {"wsgi": 1}, "module_types": {"video": {"limit_memory": "1G", "restart": "always"},
                                           "elsewhere": {"limit_files": 5}}}, str(tmp_path / "s.json"))
     host = Host()
-    serve._configure_module_types(settings, host)
+    # Inside: the settings' module type options applied to a host, alone.
+    serve._configure_module_types(settings, host)  # noqa: SLF001
     assert host.types["video"].limit_memory == 1 << 30 and host.backgrounds["video"].restart == "always"
     assert host.types["other"].limit_memory is None
     # A bad table is refused as the file is read, before any service starts (and so before any type changes).

@@ -15,7 +15,6 @@ from werkzeug.test import Client
 
 from shmooze.gateway import Gateway
 from shmooze.httpjson import service_app
-from shmooze.settings import Settings
 from tests.helpers import wait_for
 from tests.sample_service import Sample
 from tests.test_gateway import backend  # noqa: F401 - a fixture: the sample service on a real port
@@ -41,8 +40,6 @@ def keyed_backend():
     yield server.server_port
     server.shutdown()
     thread.join(5)
-from tests.test_pymodule import parent  # noqa: F401 - a fixture: the service side of a module's streams
-from tests.test_queue import make_queue  # noqa: F401 - a fixture: started queues, stopped at the end
 
 
 def post(client, body, path="/", content_type="application/json"):

@@ -13,12 +13,7 @@ import time
 
 import pytest
 
-_TESTS = os.path.dirname(os.path.abspath(__file__))
-for _p in (_TESTS, os.path.dirname(_TESTS), os.path.join(os.path.dirname(_TESTS), "pymodule")):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
-from fakeparent import FakeParent, Timeout, pid_gone, wait_pid_gone  # noqa: E402
+from tests.fakeparent import Timeout, pid_gone, wait_pid_gone
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -82,17 +77,6 @@ BASIC_MODULE = textwrap.dedent('''
 
 
 @pytest.fixture
-def parent():
-    p = FakeParent()
-    try:
-        yield p
-    finally:
-        p.close()
-        if p.proc is not None:
-            assert pid_gone(p.proc.pid)
-
-
-@pytest.fixture
 def basic_module(tmp_path):
     path = tmp_path / "basic_module.py"
     path.write_text(BASIC_MODULE)
@@ -129,7 +113,8 @@ def test_import_is_light():
             "bad = [m for m in ('logging', 'threading', 'asyncio', 'subprocess', 'json', 're') if m in sys.modules]; "
             "print(bad)")
     import subprocess
-    from fakeparent import module_env
+
+    from tests.fakeparent import module_env
     out = subprocess.run([sys.executable, "-c", code], env=module_env(),
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
@@ -323,7 +308,8 @@ def test_helper_api_in_process():
         def other(self):
             return 2
 
-    assert M._command_methods == {"do_hello": "hello", "do_bye": "other"}
+    # Inside: the names the class collected: the helper's dispatch table.
+    assert M._command_methods == {"do_hello": "hello", "do_bye": "other"}  # noqa: SLF001
 
 
 # -- the bash module ---------------------------------------------------------
@@ -455,20 +441,21 @@ def test_line_codec_matches_the_json_module():
 
     for value in [{"cmd": "init", "args": {"text": "h\u00e9llo \u2603 \"q\" \\ \n", "n": -1.5e-7, "big": 2 ** 70}},
                   [], {}, "x", 0, None, True, [1, [2, [3, {"a": None}]]]]:
-        line = sm._dumps(value)
+        # Inside: the helper's own JSON codec (not its API), checked against json's.
+        line = sm._dumps(value)  # noqa: SLF001
         assert line.endswith(b"\n") and b"\n" not in line[:-1]
         assert json.loads(line) == value
-        assert sm._loads(json.dumps(value)) == value
-        assert sm._loads("  " + json.dumps(value) + " \r\n") == value
+        assert sm._loads(json.dumps(value)) == value  # noqa: SLF001
+        assert sm._loads("  " + json.dumps(value) + " \r\n") == value  # noqa: SLF001
     for bad in ["", "{", "[1,]", "NaN", "Infinity", "{} {}", "{'a': 1}", "tru"]:
         try:
-            sm._loads(bad)
+            sm._loads(bad)  # noqa: SLF001
         except ValueError:
             continue
         raise AssertionError(f"{bad!r} was accepted")
     for bad in [float("nan"), {1, 2}, object()]:
         try:
-            sm._dumps(bad)
+            sm._dumps(bad)  # noqa: SLF001
         except (ValueError, TypeError):
             continue
         raise AssertionError(f"{bad!r} was encoded")

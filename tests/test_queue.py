@@ -20,7 +20,6 @@ from shmooze.client import ServiceClient
 from shmooze.errors import ServiceError
 from shmooze.httpjson import service_app
 from shmooze.moduletype import ModuleType
-from shmooze.queue import Queue
 from tests.helpers import ROOT, gone, wait_for
 
 MISBEHAVE = str(ROOT / "tests" / "modules" / "misbehave.py")
@@ -33,16 +32,10 @@ def mtype(name: str, *flags: str, **options) -> ModuleType:
     return ModuleType(name, ("python3", MISBEHAVE, *flags), **opts)
 
 
-@pytest.fixture
-def make_queue(make_host):
-    """Build started queues (see the make_host fixture in tests/conftest.py)."""
-    return lambda modules=(), backgrounds=(), **options: make_host(Queue, modules, list(backgrounds), **options)
-
-
 def assert_gone(*pids):
     for pid in pids:
         assert pid, "no pid recorded"
-        wait_for(lambda: gone(pid), 5, what=f"pid {pid} to end")
+        wait_for(lambda pid=pid: gone(pid), 5, what=f"pid {pid} to end")
 
 
 # -- the commands of section 6 -----------------------------------------------------
@@ -351,7 +344,8 @@ def test_garbage_update_is_answered_and_module_stays(make_queue, caplog):
         assert q.wait_param(uid, "garbage_sent") is True
     assert any("bad update line" in r.getMessage() for r in caplog.records)
     # what the service answers such a line (the module never reads it)
-    answer = q.svc._find(uid)._apply_update(b"this is {not json")
+    # Inside: a bad update line as the module's reader gets it: the module never reads the answer.
+    answer = q.svc._find(uid)._apply_update(b"this is {not json")  # noqa: SLF001
     assert answer["success"] is False and "not JSON" in answer["error"]
     assert q.order() == [uid]
     # later updates still apply and commands still work
@@ -579,7 +573,7 @@ def test_add_answers_after_the_parameters_the_module_set_before_answering_init(m
     loop = q.svc.loop
     for _ in range(2):
         held = threading.Event()
-        loop.call_soon(lambda: (held.set(), time.sleep(1.5)))  # the I/O thread busy while the module starts
+        loop.call_soon(lambda held=held: (held.set(), time.sleep(1.5)))  # the I/O thread busy while the module starts
         assert held.wait(5)
         uid = q.add("good")
         assert isinstance(q.param(uid, "pid"), int)

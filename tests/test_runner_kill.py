@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from shmooze.client import ServiceClient
 from shmooze.supervise import RUNNER_LOST_STOP
-from tests.helpers import Proc, descendants, free_port, gone, report_line, shmooze_argv, wait_for, write_settings
+from tests.helpers import Proc, free_port, gone, report_line, shmooze_argv, wait_for, write_settings
 
 TRIALS = 20
 AT_ONCE = 4  # runs started side by side: the trials fit in about a minute

@@ -24,7 +24,7 @@ def test_defaults_and_attribute_access(tmp_path):
     assert s.static_path == settings.STATIC_DIR
     assert s.service_names() == ["queue"] and s.services == {}
     with pytest.raises(AttributeError):
-        s.missing
+        _ = s.missing
 
 
 def test_path_keys_expand_env_vars_and_resolve_relative_to_the_file(tmp_path, monkeypatch):

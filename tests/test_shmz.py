@@ -171,7 +171,7 @@ def test_the_readmes_terminal_example_works_and_shows_something_lasting(app):
     assert [item["type"] for item in queue] == ["countdown"] and queue[0]["parameters"]["remaining"] > 30
     popen = subprocess.Popen(base + ["watch", "queue"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        seen, deadline, buffered = [], time.monotonic() + 20, ""
+        seen, deadline = [], time.monotonic() + 20
         while len(seen) < 3 and time.monotonic() < deadline:
             ready, _, _ = select.select([popen.stdout], [], [], max(0.0, deadline - time.monotonic()))
             if ready:
@@ -204,7 +204,7 @@ def test_the_readmes_python_client_example_runs(app):
     assert isinstance(names["uid"], str)
     assert isinstance(names["listing"].result, list) and names["wrong"].ok is False
     with pytest.raises(ServiceError, match="uids"):
-        names["wrong"].result
+        _ = names["wrong"].result
     client_module_clear(app)
 
 

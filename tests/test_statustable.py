@@ -23,7 +23,8 @@ def test_services_modules_restarts_ended_and_containment():
     assert modules[0] == ["queue/q-1", "text", "running", "31", "0:00:05", "1.2s", "12%", "3.0M", "1"]
     assert modules[1][:6] == ["queue/q-2", "clock", "restart", "in", "1.5", "s"] and modules[1][-1] == "2"
     assert modules[2] == ["queue/q-0", "text", "ended", "29", "sigterm", "(rm)"]
-    assert lines[-1] == "queue: containment: process group + environment sweep (no cgroup v2); limits: rlimits (no cgroup controller)"
+    assert lines[-1] == ("queue: containment: process group + environment sweep (no cgroup v2); "
+                         "limits: rlimits (no cgroup controller)")
 
 
 def test_no_module_table_without_modules():

@@ -20,12 +20,12 @@ import pytest
 import requests
 from wsproto.utilities import generate_accept_token
 
+from shmooze.testing import WebSocketClient
 from shmooze.websocket import (
     HandshakeError,
     check_origin,
     is_websocket_request,
 )
-from tests.wsclient import WebSocketClient
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = 1000

@@ -1,7 +1,7 @@
 """WSGI apps for the WebSocket transport tests (served by gunicorn ``-k gevent``).
 
-``/ws`` echoes text messages, ``/bye`` greets and closes (4000), ``/boom`` raises, ``/broadcast`` (POST body) sends its body to every
-open WebSocket, ``/count`` tells how many are open, anything else answers 200.
+``/ws`` echoes text messages, ``/bye`` greets and closes (4000), ``/boom`` raises, ``/broadcast`` (POST
+body) sends its body to every open WebSocket, ``/count`` tells how many are open, anything else answers 200.
 ``$WSAPPS_PAD_FDS`` descriptors are held open in the worker.
 """
 

@@ -7,7 +7,6 @@ modules did), publishing a ``beat`` counter every 50 ms while playing.
 """
 
 import select
-import socket
 import time
 
 from shmooze.modules import JSONParentPoller
@@ -74,7 +73,7 @@ class CompatModule(JSONParentPoller):
                     if self.playing:
                         self.beat += 1
                         self.set_parameters({"beat": self.beat})
-        except socket.error:  # the service closed the stream
+        except OSError:  # the service closed the stream
             pass
 
 

@@ -90,7 +90,7 @@ def dumps(obj):
     return (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-class UpdateWriter(object):
+class UpdateWriter:
     """Writes update lines from a daemon thread; never reads answers."""
 
     def __init__(self, sock):
@@ -127,7 +127,7 @@ class UpdateWriter(object):
         self.send("set_parameters", {"parameters": params}, wait)
 
 
-class Misbehave(object):
+class Misbehave:
     """The module's command loop."""
 
     def __init__(self, opts):
@@ -262,7 +262,7 @@ class Misbehave(object):
         elif cmd == "do_crash" and o.crash_mid_command:
             os._exit(3)
         else:
-            self.answer(False, error="unknown command: %s" % (cmd,))
+            self.answer(False, error=f"unknown command: {cmd}")
 
     def loop(self):
         o = self.opts

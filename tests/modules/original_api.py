@@ -8,7 +8,6 @@ named by ``init``'s ``marker`` argument. That code runs only if the helper lets 
 its own after ``rm``.
 """
 
-import socket
 import threading
 import time
 
@@ -18,7 +17,7 @@ from shmooze.modules import JSONParentPoller
 
 class Beater(JSONParentPoller, threading.Thread):
     def __init__(self):
-        super(Beater, self).__init__()
+        super().__init__()
         self.daemon = True
         self.init_event = threading.Event()
         self.running = True
@@ -66,10 +65,10 @@ mod.start()
 while mod.is_alive():
     try:
         mod.handle_one_command()
-    except socket.error:
+    except OSError:
         break
 
 mod.join(5)
 if mod.marker:
     with open(mod.marker, "w") as f:
-        f.write("cleaned up after %d beats" % mod.beats)
+        f.write(f"cleaned up after {mod.beats} beats")

@@ -16,7 +16,7 @@ import sys
 def main(argv):
     report_port, host, cmd_port, update_port = argv[1:5]
     report = socket.create_connection(("127.0.0.1", int(report_port)), timeout=10)
-    report.sendall(("%s %s %s %d\n" % (host, cmd_port, update_port, os.getpid())).encode())
+    report.sendall((f"{host} {cmd_port} {update_port} {os.getpid()}\n").encode())
     report.settimeout(None)
     while True:
         try:

@@ -13,7 +13,7 @@ for line in cmd.makefile("rb"):
     if "args" in msg:
         answer = {"success": True, "result": {"cmd": msg["cmd"], "args": msg["args"]}}
     else:
-        answer = {"success": False, "error": "no args in %s" % line.decode().strip()}
+        answer = {"success": False, "error": f"no args in {line.decode().strip()}"}
     cmd.sendall((json.dumps(answer) + "\n").encode())
     if msg["cmd"] == "rm":
         break

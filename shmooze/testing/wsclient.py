@@ -1,4 +1,4 @@
-"""A small blocking WebSocket client for the tests and the benchmarks (not part of the package).
+"""A small blocking WebSocket client, to test an application's WebSocket endpoint.
 
 It shares the server side's framing, ping/pong and close handshake (``shmooze.websocket.Endpoint``);
 wsproto does the client's handshake.
@@ -10,11 +10,12 @@ import socket
 import ssl
 import time
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection
-from wsproto.events import AcceptConnection, Ping, RejectConnection, RejectData, Request
+from wsproto.events import AcceptConnection, Event, Ping, RejectConnection, RejectData, Request
 
 from shmooze.websocket import DEFAULT_PORTS, MAX_MESSAGE_BYTES, RECV_BYTES, Endpoint, HandshakeError
 
@@ -23,6 +24,33 @@ class WebSocketClient(Endpoint):
     """A small blocking client: connect, then the server side's ``send``, ``receive``, ``close``."""
 
     _owns_socket = True
+
+    def __init__(self, sock: socket.socket, conn: Connection, **options: Any):
+        super().__init__(sock, conn, **options)
+        self._process_events()  # frames that came with the 101
+
+    @property
+    def sock(self) -> socket.socket:
+        """The connection's socket (as ``http.client.HTTPConnection.sock``)."""
+        return self._sock
+
+    # What a misbehaving client does, to test how a server copes with it.
+
+    def send_event(self, event: Event) -> None:
+        """Send any wsproto event as it is: a ping without waiting for its pong, the first part of a
+        message (``TextMessage(..., message_finished=False)``) never followed by the rest."""
+        self._send_event(event)
+
+    def frame(self, event: Event) -> bytes:
+        """The bytes of an event's frame, unsent: a test writes them to :attr:`sock` itself (a burst
+        of pings in one write)."""
+        return self._conn.send(event)
+
+    def pump(self, timeout: float | None = 0.0) -> bool:
+        """Read what has arrived (pongs noted, pings answered, messages queued for :meth:`receive`);
+        False when the connection closed or nothing came within ``timeout`` seconds."""
+        with self._recv_lock:
+            return self._read(timeout)
 
     @classmethod
     def connect(
@@ -60,9 +88,7 @@ class WebSocketClient(Endpoint):
         except BaseException:
             sock.close()
             raise
-        client = cls(sock, conn, max_message_size=max_message_size)
-        client._process_events()  # frames that came with the 101
-        return client
+        return cls(sock, conn, max_message_size=max_message_size)
 
     @staticmethod
     def _handshake(sock: socket.socket, ws: WSConnection) -> Connection:

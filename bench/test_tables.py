@@ -1,20 +1,15 @@
-"""The benchmarks' common table: median and min-max of the rounds, the floor's, the ratio, the target."""
+"""The benchmarks' common table: median and min-max of the rounds, the floor's, the ratio, the target.
+
+The benchmarks' own tests: pytest collects them with the project's (``testpaths``)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-sys.path.insert(0, str(BENCH))
-try:
-    import common
-    import summary
-finally:
-    sys.path.remove(str(BENCH))
+from bench import common, summary
 
 
 def test_a_row_is_the_median_of_its_rounds_with_their_spread_and_the_ratio_of_medians() -> None:

@@ -1,4 +1,5 @@
-"""Simulated hosts for tests: one network namespace per host, joined by a bridge.
+"""Simulated hosts: one network namespace per host, joined by a bridge, to test an application
+spread over several machines on one (a service host, gateway hosts, a browser's host).
 
 The test makes every namespace itself, with private addresses that exist only inside them (the
 test's own namespace is never given one), and :meth:`Hosts.remove` tears everything down, ending
