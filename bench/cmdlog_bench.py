@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench.common import Section, markdown, rounds_row, save_sections
-from shmooze.cmdlog import CommandLog
+from shmooze.hosting.cmdlog import CommandLog
 from shmooze.moduletype import python_module
 from shmooze.protocol import Command
 from shmooze.queue import Queue

@@ -30,10 +30,11 @@ import time
 from pathlib import Path
 
 from bench.common import Section, child_env, markdown, rounds_row, save_sections, setup_logging
-from shmooze import cgroup, peer, protocol
-from shmooze.containment import PROCESS_GROUP, Containment
+from shmooze import protocol
 from shmooze.moduletype import ModuleType, python_module
 from shmooze.queue import Queue
+from shmooze.system import cgroup, peer
+from shmooze.system.containment import PROCESS_GROUP, Containment
 
 HERE = Path(__file__).resolve().parent
 
@@ -58,7 +59,7 @@ def make_queue(kind: str) -> Queue:
     mtype = python_module("trivial", TRIVIAL, rm_timeout=3, term_timeout=3, **limits)
     if kind == "floor":
         q = Queue([mtype], containment=PROCESS_GROUP, check_peers=False)
-        import shmooze.host as host_module
+        import shmooze.hosting.host as host_module
 
         original = host_module.Containment
         host_module.Containment = Today  # type: ignore[misc]
@@ -95,7 +96,7 @@ CHILD = "import socket, sys, time\ns = socket.create_connection(('127.0.0.1', in
 
 
 def peer_check_cost(n: int, stranger: bool = False) -> list[float]:
-    """Microseconds per :func:`shmooze.peer.check` on a connection from a child process (one per stream);
+    """Microseconds per :func:`shmooze.system.peer.check` on a connection from a child process (one per stream);
     with ``stranger``, the child runs as another user and each check refuses it."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

@@ -5,7 +5,7 @@ Usage: ``.venv/bin/python -m bench.hop_profile [--rounds 3] [--seconds 2] [--pro
 py-spy is of little use for a gevent worker: a process waiting in gevent's hub looks busy to it
 (the loop's C code), and under load the samples pile up on whatever system call woke another
 process. This measures CPU time instead: one gevent process serves, on two ports, the gateway's
-fast lane (``shmooze.gatewaylane.Lane`` around a real :class:`~shmooze.gateway.Gateway`) and the
+fast lane (``shmooze.gateway.lane.Lane`` around a real :class:`~shmooze.gateway.app.Gateway`) and the
 minimal relay (``relay_floor.pipe``), both in front of the bare-WSGI floor (gunicorn gthread). The
 A2 load (16 kept-alive connections, ``bench/loadgen.py``) runs at each in turn, rounds interleaved,
 and the process's own CPU time (``time.process_time``) per request is the hop's cost: same process,
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25)
     opts = parser.parse_args(argv)
     setup_logging()
-    from shmooze.gateway import Gateway
-    from shmooze.gatewaylane import Lane
+    from shmooze.gateway.app import Gateway
+    from shmooze.gateway.lane import Lane
     from shmooze.settings import Settings
 
     folder = Path(tempfile.mkdtemp(prefix="shmooze-hop-"))

@@ -191,7 +191,7 @@ def _http_client(port: int) -> tuple[str, object]:
 
 
 def _service_proxy(port: int) -> tuple[str, object]:
-    from shmooze.forward import ServiceProxy
+    from shmooze.http.forward import ServiceProxy
 
     proxy = ServiceProxy("floor", HOST, port)
 
@@ -234,7 +234,7 @@ def _gateway_app(port: int) -> tuple[str, object]:
     """The gateway's WSGI app called in this process (werkzeug request/response plus the ServiceProxy hop)."""
     import io
 
-    from shmooze.gateway import Gateway
+    from shmooze.gateway.app import Gateway
     from shmooze.settings import Settings
 
     gateway = Gateway(Settings({"ports": {"wsgi": 1, "floor": port}}))
@@ -284,7 +284,7 @@ def forwarding_section(stack: Stack, n: int, warmup: int, rounds: int = 5) -> Se
                   f"{per_round} hops each, clients in turn, time.process_time)")
     for label, _ in clients[1:]:
         sec.add(rounds_row(label, cpu[label], "ms", cpu[base_label], base_label))
-    sec.notes.append("The gateway forwards with shmooze.forward.ServiceProxy: a pool of kept-alive "
+    sec.notes.append("The gateway forwards with shmooze.http.forward.ServiceProxy: a pool of kept-alive "
                      "sockets, one sendall per request, the answer read by its Content-Length; the "
                      "in-process gateway row is its whole WSGI app without gunicorn and gevent.")
     return sec

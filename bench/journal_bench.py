@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 # The modules a round starts import shmooze_module from it too.
-from shmooze.cmdlog import CommandLog
+from shmooze.hosting.cmdlog import CommandLog
 from shmooze.moduletype import ModuleType, python_module
 from shmooze.protocol import Command
 from shmooze.queue import Queue
@@ -157,7 +157,7 @@ def restore_round(count: int) -> dict[str, float]:
 def baseline_source(spec: str) -> tuple[str | None, str]:
     """A folder holding the code of ``today`` and what it is: a folder given, a git ref extracted (to a
     temporary folder: see :func:`main`), or ``auto``: the parent of the commit that brought
-    ``durability`` into shmooze/journal.py."""
+    ``durability`` into shmooze/hosting/journal.py."""
     if spec == "none":
         return None, "none"
     if os.path.isdir(spec):
@@ -165,7 +165,7 @@ def baseline_source(spec: str) -> tuple[str | None, str]:
     ref = spec
     if spec == "auto":
         found = subprocess.run(["git", "-C", str(ROOT), "log", "--reverse", "--format=%H", "-S", "DURABILITY = ",
-                                "--", "shmooze/journal.py"], capture_output=True, text=True).stdout.split()
+                                "--", "shmooze/hosting/journal.py"], capture_output=True, text=True).stdout.split()
         if not found:
             return None, "none (no commit brings durability: this checkout is today)"
         ref = found[0] + "^"

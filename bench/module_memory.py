@@ -122,7 +122,7 @@ def _settle(service: Any) -> None:
 
 
 def _short(frame: str) -> str:
-    """``File "/long/path/shmooze/host.py", line 311`` as ``shmooze/host.py:311``."""
+    """``File "/long/path/shmooze/hosting/host.py", line 311`` as ``shmooze/hosting/host.py:311``."""
     match = re.match(r'File "(.*)", line (\d+)', frame)
     if match is None:
         return frame

@@ -4,7 +4,7 @@ without them, on a real service process.
 Usage: ``.venv/bin/python -m bench.servicekey_bench [--quick]``
 
 One ``shmooze serve volume`` (the loop worker, as deployed). The client is the gateway's forwarder
-(:class:`shmooze.forward.ServiceProxy`), one kept-alive connection, requests one after another:
+(:class:`shmooze.http.forward.ServiceProxy`), one kept-alive connection, requests one after another:
 
 - a read (``get_volume``) unsigned (the floor: the same hop with no key) and signed (the gateway's
   way: signature checked and answer proven);
@@ -61,7 +61,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     rounds, n = (3, 1000) if opts.quick else (5, 3000)
     from shmooze import servicekey
-    from shmooze.forward import ServiceProxy
+    from shmooze.http.forward import ServiceProxy
 
     folder = Path(tempfile.mkdtemp(prefix="shmooze-keybench-"))
     ports = {"volume": free_port(), "floor": free_port()}

@@ -400,8 +400,8 @@ class EventWatcher(threading.Thread):
         self.ready = threading.Event()
 
     def run(self) -> None:
+        from shmooze.http.websocket import HandshakeError
         from shmooze.testing import WebSocketClient
-        from shmooze.websocket import HandshakeError
 
         try:
             ws = WebSocketClient.connect(self.url, timeout=10)

@@ -27,10 +27,10 @@ from typing import Any
 
 from shmooze import protocol, servicekey
 from shmooze.errors import SettingsError
-from shmooze.httpjson import JSONHTTPError
+from shmooze.http.jsonapp import JSONHTTPError
+from shmooze.http.websocket import host_name
 from shmooze.service import Service
 from shmooze.settings import Settings, is_loopback
-from shmooze.websocket import host_name
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def check_listen_address(settings: Settings, name: str) -> None:
 
 def same_user_peer(environ: dict[str, Any]) -> bool:
     """Whether the request came over loopback from a socket of this process's user (the kernel says)."""
-    from shmooze.peer import peer_socket
+    from shmooze.system.peer import peer_socket
 
     sock = environ.get("gunicorn.socket")
     if sock is None or not is_loopback(str(environ.get("REMOTE_ADDR", ""))):
@@ -120,7 +120,7 @@ def same_user_peer(environ: dict[str, Any]) -> bool:
 
 
 class ServiceGuard:
-    """The checks of one service's port (see the module's docstring) for :class:`shmooze.httpjson.CommandApp`."""
+    """The checks of one service's port (see the module's docstring) for :class:`shmooze.http.jsonapp.CommandApp`."""
 
     def __init__(self, service: Service, key: bytes | None, hosts: frozenset[str] = frozenset(),
                  any_ip_host: bool = False):

@@ -58,7 +58,7 @@ class _Transport:
         body = json.dumps(payload).encode()
         if self.signer is None:
             return self.request("POST", url, timeout, data=body, headers=self.headers)
-        from shmooze.forward import ForwardError
+        from shmooze.http.forward import ForwardError
 
         limit = self.timeout if timeout is None else timeout
         try:
@@ -72,7 +72,7 @@ class _Transport:
         return _decode_body(reply.body, reply.status, "", url)
 
     def _proxy(self, url: str, timeout: float) -> Any:
-        from shmooze.forward import ServiceProxy
+        from shmooze.http.forward import ServiceProxy
 
         proxy = self._proxies.get((url, timeout))
         if proxy is None:

@@ -19,7 +19,7 @@ slot, the gateway serves it without the access token, and may send it again afte
 a failure. ``quick=True`` (which implies read-only) says more: it answers from memory
 at once and never waits (no I/O, no lock held for long), so the service's worker may
 run it on its connection loop instead of handing it to a thread (see
-:mod:`shmooze.loopworker`). A command that may wait, such as ``changes`` with a
+:mod:`shmooze.http.loopworker`). A command that may wait, such as ``changes`` with a
 timeout, must not be quick: while it runs, no other connection is served. A subclass that overrides a command
 keeps it a command (with the
 flags of the nearest declaration unless it declares again).

@@ -25,7 +25,7 @@ class ModuleType:
     ``restore=False``: after a restart of its service, a module of this type is not
     started again (a countdown, say). ``log_updates=True``: its parameter updates go
     to the command log (by default they do not).
-    Operations (see :mod:`shmooze.restart` and :mod:`shmooze.limits`): ``restart`` is ``"never"``,
+    Operations (see :mod:`shmooze.restart` and :mod:`shmooze.system.limits`): ``restart`` is ``"never"``,
     ``"on-failure"`` or ``"always"``, with backoff from ``restart_delay`` to ``restart_max_delay``
     seconds, giving up after ``restart_max_starts`` starts within ``restart_window`` seconds;
     ``limit_memory`` (bytes), ``limit_cpu`` (seconds of CPU time), ``limit_cpu_rate`` (CPUs: 0.5 is half

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from shmooze.commands import command
-from shmooze.host import ModuleHost
-from shmooze.module import ModuleProcess
+from shmooze.hosting.host import ModuleHost
+from shmooze.hosting.moduleprocess import ModuleProcess
+from shmooze.hosting.placement import Orders, Placement, listed
 from shmooze.moduletype import ModuleType
-from shmooze.placement import Orders, Placement, listed
 
 
 class PoolSet(Placement):

@@ -13,11 +13,11 @@ from typing import Any, Iterable
 
 from shmooze.commands import command
 from shmooze.errors import CommandError
-from shmooze.host import ModuleHost
-from shmooze.lifecycle import Reordered
-from shmooze.module import ModuleProcess
+from shmooze.hosting.host import ModuleHost
+from shmooze.hosting.lifecycle import Reordered
+from shmooze.hosting.moduleprocess import ModuleProcess
+from shmooze.hosting.placement import Orders, Placement, listed
 from shmooze.moduletype import ModuleType, available, by_name
-from shmooze.placement import Orders, Placement, listed
 
 
 class QueueOrder(Placement):

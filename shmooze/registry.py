@@ -18,10 +18,10 @@ T = TypeVar("T")
 
 STATIC_DIR = str(Path(__file__).resolve().parent / "static")
 #: ``service_worker`` setting to gunicorn worker class.
-SERVICE_WORKERS = {"gthread": "gthread", "loop": "shmooze.loopworker.LoopWorker"}
+SERVICE_WORKERS = {"gthread": "gthread", "loop": "shmooze.http.loopworker.LoopWorker"}
 CONTAINMENT = ("auto", "cgroup", "process-group")
-LIMIT_MODES = ("auto", "cgroup", "rlimit")  # (shmooze.containment)
-DURABILITY = ("fsync", "write")  # (shmooze.journal)
+LIMIT_MODES = ("auto", "cgroup", "rlimit")  # (shmooze.system.containment)
+DURABILITY = ("fsync", "write")  # (shmooze.hosting.journal)
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _SAME = object()
 

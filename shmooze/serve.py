@@ -2,7 +2,7 @@
 
 A stateful service (one that holds modules) runs in exactly one gunicorn worker
 process with a pool of threads (``gthread``, or by default its subclass
-:class:`shmooze.loopworker.LoopWorker`, which answers quick commands on its
+:class:`shmooze.http.loopworker.LoopWorker`, which answers quick commands on its
 connection loop): one process, so one copy of the state; threads, so a slow
 command never holds up the others. The port itself is
 the single-instance guard: a second copy cannot bind it.
@@ -20,12 +20,12 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
-from shmooze import procutil
 from shmooze.errors import SettingsError
 from shmooze.settings import SERVICE_WORKERS, Settings, exposure_warning
+from shmooze.system import procutil
 
 if TYPE_CHECKING:  # imported when a service is built: the gateway's master process needs neither
-    from shmooze.host import ModuleHost
+    from shmooze.hosting.host import ModuleHost
     from shmooze.service import Service
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def service_spec(settings: Settings, name: str) -> Any:
 def build_service(settings: Settings, name: str) -> Service:
     """Build the service object named in settings: ``services[name]`` is a class or factory of a
     :class:`~shmooze.service.Service`, or a service object."""
-    from shmooze.host import ModuleHost
+    from shmooze.hosting.host import ModuleHost
     from shmooze.service import Service
 
     spec = service_spec(settings, name)
@@ -122,7 +122,7 @@ def _configure_host(host: ModuleHost, settings: Settings, name: str) -> None:
         host.durability = settings.durability  # when a command is answered: see journal
     log_path = settings.log_database_path
     if log_path and host.command_log is None:
-        from shmooze.cmdlog import CommandLog
+        from shmooze.hosting.cmdlog import CommandLog
 
         host.command_log = CommandLog(log_path, name, max_age=settings.log_max_age_days * 86400,
                                       max_bytes=settings.log_max_bytes, durability=host.durability,
@@ -130,7 +130,7 @@ def _configure_host(host: ModuleHost, settings: Settings, name: str) -> None:
     if settings.log_module_updates:
         host.log_module_updates = True
     if host.journal is None and not host.journal_path:
-        from shmooze.journal import journal_file
+        from shmooze.hosting.journal import journal_file
 
         path = journal_file(settings, name)
         if path:
@@ -161,7 +161,7 @@ def _keep_module_output(settings: Settings, name: str, ops: Any) -> None:
     """Module output files go to ``module_output_path``/SERVICE, else the run folder's logs/modules/SERVICE."""
     from pathlib import Path
 
-    from shmooze.deploy import RunPaths
+    from shmooze.deploy.runner import RunPaths
 
     folder = settings.module_output_path
     if folder:
@@ -179,8 +179,8 @@ def _gather_gateway_metrics(settings: Settings) -> dict[str, Any]:
     import tempfile
     from pathlib import Path
 
-    from shmooze.deploy import RunPaths
-    from shmooze.private import private_dir
+    from shmooze.deploy.runner import RunPaths
+    from shmooze.system.private import private_dir
 
     if settings.metrics_path:
         folder = Path(settings.metrics_path)
@@ -206,7 +206,7 @@ class _GunicornApp:
     def __new__(cls, loader: Callable[[], Any], options: dict[str, Any]) -> Any:
         from gunicorn.app.base import BaseApplication
 
-        from shmooze import onewrite
+        from shmooze.http import onewrite
 
         onewrite.install()
 
@@ -245,13 +245,13 @@ def gunicorn_options(settings: Settings, name: str) -> dict[str, Any]:
     if name == "wsgi":
         # The gateway holds no state: on stop it gives requests in flight a few seconds, and open
         # WebSockets (which would hold it for the whole graceful timeout) reconnect elsewhere.
-        # gunicorn's gevent worker with the fast lane for plain command requests (shmooze.gatewaylane).
-        return {**common, "workers": settings.gateway_workers, "worker_class": "shmooze.gatewaylane.GatewayWorker",
+        # gunicorn's gevent worker with the fast lane for plain command requests (shmooze.gateway.lane).
+        return {**common, "workers": settings.gateway_workers, "worker_class": "shmooze.gateway.lane.GatewayWorker",
                 "worker_connections": settings.gateway_connections, "keepalive": 30,
                 "graceful_timeout": settings.gateway_stop_timeout}
     # A service holds state: exactly one worker process, with a pool of threads.
     # service_threads for commands that change state, read_threads more that only reads use;
-    # with service_worker "loop", quick commands are answered on the connection loop (shmooze.loopworker).
+    # with service_worker "loop", quick commands are answered on the connection loop (shmooze.http.loopworker).
     return {**common, "workers": 1, "worker_class": SERVICE_WORKERS[settings.service_worker],
             "threads": settings.service_threads + settings.read_threads,
             "keepalive": settings.service_keepalive}
@@ -333,7 +333,7 @@ def serve(settings: Settings, name: str) -> None:
     die_with_supervisord()
     if name == "wsgi":
         def load_gateway() -> Any:
-            from shmooze.gateway import make_gateway
+            from shmooze.gateway.app import make_gateway
 
             gateway = make_gateway(settings)
             _on_stop.append(gateway.close_websockets)
@@ -355,8 +355,8 @@ def serve(settings: Settings, name: str) -> None:
 
     def load_service() -> Any:
         from shmooze.access import ServiceGuard
-        from shmooze.host import ModuleHost
-        from shmooze.httpjson import service_app
+        from shmooze.hosting.host import ModuleHost
+        from shmooze.http.jsonapp import service_app
 
         service = build_service(settings, name)
         service.start()

@@ -31,10 +31,11 @@ import time
 import typing
 from typing import Any
 
-from shmooze import __version__, protocol, storage
+from shmooze import __version__, protocol
 from shmooze.commands import CommandSpec, command, declared, describe, spec_of
 from shmooze.errors import CommandError
 from shmooze.events import ChangeLog, epoch_base
+from shmooze.system import storage
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +156,10 @@ class Service:
         self._stopped = threading.Event()
         self._command_slots: threading.BoundedSemaphore | None = None
         self._slot_count = 0
-        from shmooze.metrics import ServiceStats
+        from shmooze.http.metrics import ServiceStats
 
-        self.stats = ServiceStats()  # what the metrics command hands out (shmooze.metrics)
-        #: Whether what the service keeps (journal, command log) can be written (see shmooze.storage).
+        self.stats = ServiceStats()  # what the metrics command hands out (shmooze.http.metrics)
+        #: Whether what the service keeps (journal, command log) can be written (see shmooze.system.storage).
         self.storage = storage.Health(on_change=lambda problem: self.changed("storage", problem=problem))
 
     @classmethod
@@ -213,7 +214,7 @@ class Service:
 
     @command(read_only=True)
     def metrics(self) -> list:
-        """This service's figures for the gateway's Prometheus endpoint (see :mod:`shmooze.metrics`)."""
+        """This service's figures for the gateway's Prometheus endpoint (see :mod:`shmooze.http.metrics`)."""
         return self.stats.export(self.name, self._gauges())
 
     def _gauges(self) -> list:

@@ -40,7 +40,7 @@ import time
 from typing import TYPE_CHECKING
 
 from shmooze.errors import SettingsError
-from shmooze.private import private_dir
+from shmooze.system.private import private_dir
 
 if TYPE_CHECKING:
     from shmooze.settings import Settings

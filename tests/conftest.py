@@ -19,7 +19,7 @@ for extra in (str(ROOT), str(ROOT / "pymodule"), str(ROOT / "examples")):
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(ROOT), str(ROOT / "pymodule"), str(ROOT / "examples"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
-from shmooze import procutil  # noqa: E402
+from shmooze.system import procutil  # noqa: E402
 
 # Services that find no journal folder in their settings default to $XDG_STATE_HOME: not the user's.
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="shmooze-test-state-")

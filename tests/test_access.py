@@ -21,12 +21,12 @@ from werkzeug.serving import make_server
 from werkzeug.test import Client
 
 from shmooze.commands import declared
-from shmooze.gateway import Gateway
-from shmooze.httpjson import service_app
+from shmooze.gateway.app import Gateway
+from shmooze.http.jsonapp import service_app
+from shmooze.http.websocket import HandshakeError
 from shmooze.queue import Queue
 from shmooze.settings import Settings
 from shmooze.testing import WebSocketClient
-from shmooze.websocket import HandshakeError
 from tests.apps import TYPES
 from tests.helpers import Stack
 

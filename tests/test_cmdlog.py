@@ -5,7 +5,7 @@ import os
 import sqlite3
 import time
 
-from shmooze.cmdlog import CommandLog
+from shmooze.hosting.cmdlog import CommandLog
 from shmooze.moduletype import python_module
 from shmooze.protocol import Command
 from shmooze.queue import Queue

@@ -14,9 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from shmooze import cgroup
 from shmooze.client import ServiceClient
 from shmooze.settings import read as read_settings
+from shmooze.system import cgroup
 from tests.helpers import Proc, free_port, gone, run_app, shmooze_argv, wait_for, wait_running, write_settings
 
 GRACE = 2.0
@@ -205,9 +205,10 @@ def test_death_of_any_layer_leaves_nothing(app, layer):
 
 # -- in one process: stops in parallel, streams, answers, init crashes, strangers -------------------
 
-from shmooze import ladder, protocol  # noqa: E402
+from shmooze import protocol  # noqa: E402
 from shmooze.moduletype import ModuleType, python_module  # noqa: E402
 from shmooze.queue import Queue  # noqa: E402
+from shmooze.system import ladder  # noqa: E402
 from tests.containment_apps import ESCAPE_SH, MISBEHAVE  # noqa: E402
 from tests.test_faults import ended, ok  # noqa: E402
 

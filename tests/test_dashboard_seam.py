@@ -1,4 +1,4 @@
-"""The dashboard's routes (shmooze.dashboard) on their own: they take the services, the access token
+"""The dashboard's routes (shmooze.gateway.dashboard) on their own: they take the services, the access token
 and two callables (the metrics, a restart) from whoever mounts them, and need no gateway."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 from werkzeug.test import EnvironBuilder
 
 from shmooze.access import AccessToken
-from shmooze.dashboard import Dashboard
 from shmooze.errors import ShmoozeError
-from shmooze.httpjson import JSONHTTPError
+from shmooze.gateway.dashboard import Dashboard
+from shmooze.http.jsonapp import JSONHTTPError
 
 TOKEN = "Dash-Tok-9"
 

@@ -17,8 +17,8 @@ from werkzeug.test import Client
 from examples.jukebox.app import make_queue
 from examples.jukebox.volume import Volume
 from shmooze.commands import command
-from shmooze.gateway import Gateway
-from shmooze.httpjson import service_app
+from shmooze.gateway.app import Gateway
+from shmooze.http.jsonapp import service_app
 from shmooze.service import Service
 from shmooze.settings import Settings
 

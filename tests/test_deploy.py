@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from shmooze.client import Client
-from shmooze.deploy import InstanceLock, RunPaths, is_locked
+from shmooze.deploy.runner import InstanceLock, RunPaths, is_locked
 from shmooze.settings import read as read_settings
 from tests.helpers import free_port, gone, port_open, shmooze_argv, start_run, wait_for, write_settings
 

@@ -27,11 +27,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from shmooze import deploy, journal, storage
+from shmooze.cli.statustable import format_status
 from shmooze.client import Client, ServiceError
-from shmooze.cmdlog import CommandLog
-from shmooze.journal import Journal
-from shmooze.statustable import format_status
+from shmooze.deploy import runner
+from shmooze.hosting import journal
+from shmooze.hosting.cmdlog import CommandLog
+from shmooze.hosting.journal import Journal
+from shmooze.system import storage
 from tests.helpers import free_port, report_line, shmooze_argv, start_run, wait_for, write_settings
 
 pytestmark = pytest.mark.timeout(240)
@@ -246,9 +248,9 @@ def test_status_table_and_exit_status_show_a_problem():
     rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()[1:3]}
     assert rows["queue"][:2] == ["RUNNING", "(PROBLEM)"] and rows["pool"][0:2] == ["RUNNING", "31"], text
     assert f"queue: PROBLEM: {problem}" in text.splitlines() and "pool: PROBLEM" not in text
-    assert not deploy.all_up(report)  # shmooze status exits 1
+    assert not runner.all_up(report)  # shmooze status exits 1
     report["services"]["queue"]["status"]["problem"] = None
-    assert deploy.all_up(report) and "PROBLEM" not in format_status(report)
+    assert runner.all_up(report) and "PROBLEM" not in format_status(report)
 
 
 # -- live ----------------------------------------------------------------------------------

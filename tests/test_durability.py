@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from shmooze.client import Client
-from shmooze.cmdlog import CommandLog
 from shmooze.errors import ShmoozeError
-from shmooze.journal import RS, Journal, read
+from shmooze.hosting.cmdlog import CommandLog
+from shmooze.hosting.journal import RS, Journal, read
 from shmooze.moduletype import python_module
 from shmooze.protocol import Command
 from shmooze.queue import Queue

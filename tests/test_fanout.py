@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from shmooze import fanout
-from shmooze.fanout import Subscriber
-from shmooze.websocket import CLOSE_POLICY, WebSocket, text_frame
+from shmooze.gateway import fanout
+from shmooze.gateway.fanout import Subscriber
+from shmooze.http.websocket import CLOSE_POLICY, WebSocket, text_frame
 from tests.helpers import wait_for
 
 

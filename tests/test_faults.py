@@ -17,11 +17,12 @@ import time
 import psutil
 import pytest
 
-from shmooze import ladder, protocol
+from shmooze import protocol
 from shmooze.client import Client, ServiceClient
 from shmooze.errors import ShmoozeError
 from shmooze.moduletype import ModuleType
 from shmooze.queue import Queue
+from shmooze.system import ladder
 from tests.helpers import PYTHON, ROOT, Proc, Stack, free_port, gone, port_open, wait_for, write_settings
 
 MISBEHAVE = str(ROOT / "tests" / "modules" / "misbehave.py")

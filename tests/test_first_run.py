@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from shmooze.deploy import RunPaths, supervisord_conf
+from shmooze.deploy.runner import RunPaths, supervisord_conf
 from shmooze.settings import read as read_settings
 from tests.helpers import ROOT, Proc, free_port, gone, run_app, shmooze_argv, wait_for, wait_running, write_settings
 

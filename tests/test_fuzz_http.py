@@ -25,8 +25,8 @@ from werkzeug.test import Client
 
 from shmooze import protocol
 from shmooze.commands import CommandSpec, declared, spec_of
-from shmooze.gateway import Gateway
-from shmooze.httpjson import service_app
+from shmooze.gateway.app import Gateway
+from shmooze.http.jsonapp import service_app
 from shmooze.pool import Pool
 from shmooze.queue import Queue
 from shmooze.service import type_matches

@@ -23,10 +23,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shmooze import ladder, protocol
+from shmooze import protocol
 from shmooze.moduletype import ModuleType
 from shmooze.pool import Pool
 from shmooze.queue import Queue
+from shmooze.system import ladder
 from tests.helpers import ROOT, Driver, gone, report_line, wait_for
 
 RAW = str(ROOT / "tests" / "modules" / "rawmodule.py")
@@ -116,7 +117,7 @@ class Host(Driver):
         types = [ModuleType("raw", (sys.executable, RAW, str(port)), **fast),
                  ModuleType("good", (sys.executable, MISBEHAVE), **fast)]
         # The test itself speaks as the module, from outside the module's processes: the peer check
-        # (shmooze.peer) would rightly refuse it, so it is off here.
+        # (shmooze.system.peer) would rightly refuse it, so it is off here.
         super().__init__(Pool(types, max_line=MAX_LINE, check_peers=False) if kind == "pool" else
                          Queue(types, max_line=MAX_LINE, check_peers=False))
         self.raws: list[RawModule] = []

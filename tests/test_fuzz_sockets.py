@@ -1,6 +1,6 @@
 """Fuzzing over real sockets: raw HTTP/1.1 byte streams against the two parts of shmooze that parse
-real traffic themselves, a service's loop worker (shmooze.loopworker) and the gateway's fast lane
-(shmooze.gatewaylane), each in a real process (``shmooze serve``: a service under the loop worker and
+real traffic themselves, a service's loop worker (shmooze.http.loopworker) and the gateway's fast lane
+(shmooze.gateway.lane), each in a real process (``shmooze serve``: a service under the loop worker and
 a gateway in front of it).
 
 Valid streams: random JSON command bodies (random commands and arguments, batches, unicode, deep

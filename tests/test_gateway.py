@@ -7,8 +7,8 @@ import pytest
 from werkzeug.serving import make_server
 from werkzeug.test import Client
 
-from shmooze.gateway import Gateway
-from shmooze.httpjson import service_app
+from shmooze.gateway.app import Gateway
+from shmooze.http.jsonapp import service_app
 from shmooze.settings import Settings
 from tests.helpers import ROOT, free_port
 from tests.sample_service import Sample

@@ -1,4 +1,4 @@
-"""The gateway's fast lane (shmooze.gatewaylane): plain command requests answered without gunicorn's
+"""The gateway's fast lane (shmooze.gateway.lane): plain command requests answered without gunicorn's
 per-request work, everything else left to gunicorn and the WSGI app on the same connection.
 
 Unit: which heads the lane takes. Live (``shmooze serve wsgi`` under gunicorn, raw sockets): the
@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from shmooze.forward import RestartingTimer
-from shmooze.gatewaylane import parse_head
+from shmooze.gateway.lane import parse_head
+from shmooze.http.forward import RestartingTimer
 from tests.helpers import Stack
 
 TOKEN = "Lane-Tok-7Q"

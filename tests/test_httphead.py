@@ -1,4 +1,4 @@
-"""The HTTP/1.1 head parser (shmooze.httphead), sans I/O: bytes in, a parsed head or a HeadError
+"""The HTTP/1.1 head parser (shmooze.http.heads), sans I/O: bytes in, a parsed head or a HeadError
 that says what is wrong; and the access token's check (shmooze.access.AccessToken)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from shmooze.access import AccessToken
-from shmooze.httphead import MAX_HEAD, HeadError, head_end, parse_request, parse_response
-from shmooze.httpjson import JSONHTTPError
+from shmooze.http.heads import MAX_HEAD, HeadError, head_end, parse_request, parse_response
+from shmooze.http.jsonapp import JSONHTTPError
 
 REQUEST = (b"POST /queue HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"
            b"Content-Length: 2\r\nAuthorization: Bearer MiXed  \r\nAccept: a\r\nAccept: b\r\n\r\n{}")

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from shmooze import ladder, procutil
-from shmooze.ioloop import IOLoop, pidfd
-from shmooze.module import TRANSITIONS, ModuleBroken, ModuleProcess, State
+from shmooze.hosting.moduleprocess import TRANSITIONS, ModuleBroken, ModuleProcess, State
 from shmooze.moduletype import ModuleType
+from shmooze.system import ladder, procutil
+from shmooze.system.ioloop import IOLoop, pidfd
 from tests.helpers import gone, wait_for
 
 IGNORE_TERM = ("import signal, sys, time\n"
@@ -247,7 +247,7 @@ def test_io_loop_removes_closed_and_rewrapped_objects(loop):
     """A closed stream is found without its fd, a raw fd through a new wrapper; the fds can be watched again."""
     import threading
 
-    from shmooze.module import _FdObject
+    from shmooze.hosting.moduleprocess import _FdObject
 
     def on_loop(fn):
         done, out = threading.Event(), []

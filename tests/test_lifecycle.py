@@ -10,12 +10,12 @@ import threading
 
 import pytest
 
-from shmooze.ioloop import IOLoop
-from shmooze.lifecycle import Ended, Lifecycle, Placed, Removed, Started, StartFailed, Subscriber, Told, Updated
-from shmooze.module import ModuleProcess
+from shmooze.hosting.lifecycle import Ended, Lifecycle, Placed, Removed, Started, StartFailed, Subscriber, Told, Updated
+from shmooze.hosting.moduleprocess import ModuleProcess
 from shmooze.moduletype import ModuleType
 from shmooze.pool import Pool
 from shmooze.queue import Queue
+from shmooze.system.ioloop import IOLoop
 from tests.helpers import ROOT, Driver, wait_for
 
 MISBEHAVE = str(ROOT / "tests" / "modules" / "misbehave.py")

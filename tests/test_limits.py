@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from shmooze import cgroup, ladder, serve
-from shmooze.containment import Containment
+from shmooze import serve
 from shmooze.pool import Pool
 from shmooze.settings import Settings
+from shmooze.system import cgroup, ladder
+from shmooze.system.containment import Containment
 from tests.helpers import Driver, gone, wait_for
 from tests.test_ops import module_status, otype
 

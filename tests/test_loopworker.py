@@ -1,4 +1,4 @@
-"""The service worker (shmooze.loopworker): quick commands on the connection loop, nothing that may
+"""The service worker (shmooze.http.loopworker): quick commands on the connection loop, nothing that may
 block there; real services on free ports."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from shmooze.loopworker import whole_request
+from shmooze.http.loopworker import whole_request
 from tests.helpers import Stack
 
 HEAD = "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n"
@@ -204,8 +204,8 @@ def test_the_worker_is_chosen_in_the_settings(tmp_path):
 
     ports = {"wsgi": 1, "loop": 2}
     loop = Settings({"ports": ports})
-    assert gunicorn_options(loop, "loop")["worker_class"] == "shmooze.loopworker.LoopWorker"  # the default
-    assert gunicorn_options(loop, "wsgi")["worker_class"] == "shmooze.gatewaylane.GatewayWorker"  # its own
+    assert gunicorn_options(loop, "loop")["worker_class"] == "shmooze.http.loopworker.LoopWorker"  # the default
+    assert gunicorn_options(loop, "wsgi")["worker_class"] == "shmooze.gateway.lane.GatewayWorker"  # its own
     plain = Settings({"ports": ports, "service_worker": "gthread"})
     assert gunicorn_options(plain, "loop")["worker_class"] == "gthread"
     with pytest.raises(SettingsError, match="service_worker"):

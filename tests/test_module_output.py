@@ -14,7 +14,7 @@ CHATTY = str(ROOT / "tests" / "modules" / "chatty.py")
 
 
 def test_output_is_logged_with_uid_and_pid(caplog):
-    caplog.set_level(logging.INFO, logger="shmooze.module")
+    caplog.set_level(logging.INFO, logger="shmooze.hosting.moduleprocess")
     # (init_timeout: 20,000 lines logged before init's answer take over the default second on a busy machine)
     q = Queue([python_module("chatty", CHATTY, init_timeout=20)])
     q.start()

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from shmooze import cgroup, peer, protocol
+from shmooze import protocol
 from shmooze.moduletype import ModuleType
 from shmooze.queue import Queue
+from shmooze.system import cgroup, peer
 from tests.helpers import wait_for
 from tests.test_faults import ok
 

@@ -1,6 +1,6 @@
 """The module table's transitions and the placement policies, on module handles that are never spawned.
 
-Each test moves handles through the states of shmooze.moduletable (starting, placed, told,
+Each test moves handles through the states of shmooze.hosting.moduletable (starting, placed, told,
 stopping, out) and checks what every view of the table says at each step.
 """
 
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from shmooze.ioloop import IOLoop
-from shmooze.module import ModuleProcess
-from shmooze.moduletable import ModuleTable
+from shmooze.hosting.moduleprocess import ModuleProcess
+from shmooze.hosting.moduletable import ModuleTable
 from shmooze.moduletype import ModuleType
 from shmooze.pool import PoolSet
 from shmooze.queue import QueueOrder
+from shmooze.system.ioloop import IOLoop
 
 TYPE = ModuleType("t", ("true",))
 

@@ -17,10 +17,10 @@ from werkzeug.test import Client
 from shmooze import servicekey
 from shmooze import settings as settings_module
 from shmooze.access import ServiceGuard, check_listen_address, is_read_only
-from shmooze.deploy import RunPaths, chosen_services, supervisord_conf, systemd_units, write_systemd_units
+from shmooze.deploy.runner import RunPaths, chosen_services, supervisord_conf, systemd_units, write_systemd_units
 from shmooze.errors import SettingsError, ShmoozeError
-from shmooze.gateway import Gateway
-from shmooze.httpjson import service_app
+from shmooze.gateway.app import Gateway
+from shmooze.http.jsonapp import service_app
 from shmooze.settings import Settings
 from tests.helpers import PYTHON, ROOT, free_port, shmooze_argv, write_settings
 from tests.sample_service import Sample

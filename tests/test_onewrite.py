@@ -1,4 +1,4 @@
-"""One socket write per answer under gunicorn (shmooze.onewrite)."""
+"""One socket write per answer under gunicorn (shmooze.http.onewrite)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from gunicorn.config import Config
 from gunicorn.http import wsgi
 
-from shmooze.onewrite import OneWriteResponse
+from shmooze.http.onewrite import OneWriteResponse
 
 
 class RecordingSocket:
@@ -58,7 +58,7 @@ def test_other_answers_go_gunicorns_way():
 
 
 def test_installed_for_gunicorns_workers(monkeypatch):
-    from shmooze import onewrite
+    from shmooze.http import onewrite
 
     monkeypatch.setattr(wsgi, "Response", wsgi.Response)
     onewrite.install()

@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from shmooze import ladder
 from shmooze.moduletype import ModuleType
 from shmooze.pool import Pool
 from shmooze.queue import Queue
+from shmooze.system import ladder
 from tests.helpers import ROOT, Driver, gone, wait_for
 
 OPSMOD = str(ROOT / "tests" / "modules" / "opsmod.py")

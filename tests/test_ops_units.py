@@ -5,14 +5,14 @@ import signal
 import pytest
 
 from shmooze import serve
-from shmooze.containment import Box, LimitPlaces
 from shmooze.errors import SettingsError
-from shmooze.limits import Limits, cgroup_hits, cgroup_limits, ended_by_limit
+from shmooze.hosting.output import ModuleOutput
 from shmooze.moduletype import ModuleType, parse_bytes, with_settings
-from shmooze.output import ModuleOutput
 from shmooze.queue import Queue
 from shmooze.settings import Settings
-from shmooze.usage import Figures, Meter, cgroup_figures
+from shmooze.system.containment import Box, LimitPlaces
+from shmooze.system.limits import Limits, cgroup_hits, cgroup_limits, ended_by_limit
+from shmooze.system.usage import Figures, Meter, cgroup_figures
 
 
 def test_ended_by_limit_reads_signal_and_last_words():
@@ -146,7 +146,7 @@ def test_output_numbers_lines_and_says_what_was_missed(tmp_path):
 
 
 def test_where_limits_go_in_words():
-    from shmooze.statustable import limits_in_words
+    from shmooze.cli.statustable import limits_in_words
 
     assert limits_in_words({"memory": "cgroup v1", "pids": "cgroup v1", "cpu": "cgroup v1"}) == \
         "memory, pids, cpu in cgroup v1, others as rlimits"

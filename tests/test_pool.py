@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shmooze import ladder
 from shmooze.pool import Pool
+from shmooze.system import ladder
 from tests.helpers import gone, wait_for
 from tests.test_queue import mtype
 

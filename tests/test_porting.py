@@ -13,8 +13,8 @@ import sys
 import pytest
 from werkzeug.test import Client
 
-from shmooze.gateway import Gateway
-from shmooze.httpjson import service_app
+from shmooze.gateway.app import Gateway
+from shmooze.http.jsonapp import service_app
 from tests.helpers import wait_for
 from tests.sample_service import Sample
 from tests.test_gateway import backend  # noqa: F401 - a fixture: the sample service on a real port
@@ -30,7 +30,7 @@ def keyed_backend():
     from werkzeug.serving import make_server
 
     from shmooze.access import ServiceGuard
-    from shmooze.httpjson import service_app
+    from shmooze.http.jsonapp import service_app
     from tests.sample_service import Sample
 
     service = Sample()
@@ -254,8 +254,8 @@ def test_queue_sends_args_on_every_module_line(make_queue):
 
 
 def test_original_api_module_in_a_queue_ends_by_itself_after_rm(make_queue, tmp_path):
-    from shmooze import ladder
     from shmooze.moduletype import python_module
+    from shmooze.system import ladder
     from tests.helpers import ROOT
 
     marker = tmp_path / "marker"
@@ -279,7 +279,7 @@ def banner_queue(make_queue):
 
 
 def test_the_demos_banner_scrolls_pauses_and_leaves_by_itself(make_queue):
-    from shmooze import ladder
+    from shmooze.system import ladder
 
     q = banner_queue(make_queue)
     uid = q.add("banner", text="hi", passes=1)  # 27 frames, about 3 s
@@ -297,9 +297,9 @@ def test_the_demos_banner_scrolls_pauses_and_leaves_by_itself(make_queue):
 def test_the_demos_banner_cleans_up_after_rm(make_queue, caplog):
     import logging
 
-    from shmooze import ladder
+    from shmooze.system import ladder
 
-    caplog.set_level(logging.INFO, logger="shmooze.module")  # the module's output is logged there
+    caplog.set_level(logging.INFO, logger="shmooze.hosting.moduleprocess")  # the module's output is logged there
     q = banner_queue(make_queue)
     uid = q.add("banner", text="a long text that takes a while to scroll by", passes=5)
     q.wait_param(uid, "progress")

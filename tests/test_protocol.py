@@ -137,7 +137,7 @@ def test_a_real_module_sending_over_long_lines_gets_one_error_each_and_goes_on(c
     from shmooze.queue import Queue
     from tests.helpers import ROOT, wait_for
 
-    caplog.set_level(logging.INFO, logger="shmooze.module")
+    caplog.set_level(logging.INFO, logger="shmooze.hosting.moduleprocess")
     q = Queue([python_module("long", str(ROOT / "tests" / "modules" / "longline.py"), "4096",
                              rm_timeout=2, term_timeout=1)], max_line=4096)
     q.start()

@@ -170,7 +170,7 @@ def test_module_parameters_are_pushed(gateway):
 
 
 def test_foreign_origin_is_refused_and_allowed_one_accepted(gateway):
-    from shmooze.websocket import HandshakeError
+    from shmooze.http.websocket import HandshakeError
 
     with pytest.raises(HandshakeError) as info:
         WebSocketClient.connect(gateway["ws"], origin="http://evil.example", timeout=5)
@@ -209,7 +209,7 @@ def test_text_frame_is_what_a_websocket_client_decodes(size):
     from wsproto.connection import Connection
     from wsproto.events import TextMessage
 
-    from shmooze.websocket import text_frame
+    from shmooze.http.websocket import text_frame
 
     text = "é" * (size // 2) + "x" * (size % 2)
     client = Connection(ConnectionType.CLIENT)

@@ -15,11 +15,11 @@ import time
 import pytest
 from werkzeug.serving import make_server
 
-from shmooze import ladder
 from shmooze.client import ServiceClient
 from shmooze.errors import ServiceError
-from shmooze.httpjson import service_app
+from shmooze.http.jsonapp import service_app
 from shmooze.moduletype import ModuleType
+from shmooze.system import ladder
 from tests.helpers import ROOT, gone, wait_for
 
 MISBEHAVE = str(ROOT / "tests" / "modules" / "misbehave.py")
@@ -339,7 +339,7 @@ def test_crash_mid_command(make_queue):
 
 def test_garbage_update_is_answered_and_module_stays(make_queue, caplog):
     q = make_queue([mtype("garbage", "--garbage", "--record")])
-    with caplog.at_level(logging.WARNING, logger="shmooze.module"):
+    with caplog.at_level(logging.WARNING, logger="shmooze.hosting.moduleprocess"):
         uid = q.add("garbage")
         assert q.wait_param(uid, "garbage_sent") is True
     assert any("bad update line" in r.getMessage() for r in caplog.records)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shmooze.events import ChangeLog, epoch_base
-from shmooze.journal import Journal, journal_dir, read
+from shmooze.hosting.journal import Journal, journal_dir, read
 from shmooze.moduletype import ModuleType, python_module
 from shmooze.pool import Pool
 from shmooze.protocol import Command
@@ -99,7 +99,7 @@ def test_torn_journal_loses_only_the_last_change(tmp_path, caplog):
     j.close()
     data = path.read_bytes()
     path.write_bytes(data[:-7])  # a write torn by SIGKILL: the last line is cut
-    with caplog.at_level(logging.WARNING, logger="shmooze.journal"):
+    with caplog.at_level(logging.WARNING, logger="shmooze.hosting.journal"):
         j = Journal(str(path), "queue")
     assert [e["uid"] for e in j.recovered] == ["a", "b"]
     assert "the last record was torn" in caplog.text and "kept as" in caplog.text
@@ -112,7 +112,7 @@ def test_torn_journal_loses_only_the_last_change(tmp_path, caplog):
 def test_unreadable_journal_starts_empty_and_is_kept_aside(tmp_path, caplog):
     path = tmp_path / "q.journal"
     path.write_bytes(b"\x00\xffnot a journal at all\n{\"op\": \"add\"}\n")
-    with caplog.at_level(logging.WARNING, logger="shmooze.journal"):
+    with caplog.at_level(logging.WARNING, logger="shmooze.hosting.journal"):
         q = make_queue(path)
     try:
         assert snapshot(q) == ([], None)

@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from shmooze import deploy, private
 from shmooze.client import Client
-from shmooze.deploy import InstanceLock, RunPaths, default_run_folders, is_locked
+from shmooze.deploy import runner
+from shmooze.deploy.runner import InstanceLock, RunPaths, default_run_folders, is_locked
 from shmooze.errors import ShmoozeError
 from shmooze.settings import Settings, exposure_warning
 from shmooze.settings import read as read_settings
+from shmooze.system import private
 from tests.helpers import Proc, free_port, gone, shmooze_argv, start_run, wait_for, write_settings
 
 NOBODY = 65534
@@ -117,7 +118,7 @@ def test_the_lock_and_the_configuration_never_follow_a_link(tmp_path, victim):
     paths.lock.symlink_to(victim.path)
     with pytest.raises(private.NotPrivate, match="shmooze.lock: it is a symbolic link"):
         InstanceLock(paths.lock).acquire()
-    assert not is_locked(paths.lock) and deploy.holder_pid(paths.lock) is None
+    assert not is_locked(paths.lock) and runner.holder_pid(paths.lock) is None
     paths.conf.symlink_to(victim.path)
     private.write_private(paths.conf, "[supervisord]\n")  # replaces the link, not what it points to
     assert paths.conf.read_text() == "[supervisord]\n" and not paths.conf.is_symlink()
@@ -242,7 +243,7 @@ def test_the_configuration_cannot_be_swapped_during_the_start(tmp_path, shared):
         assert counts.get("EACCES", 0) > 0, counts  # it tried on the real folder, and was refused
         st = os.lstat(run)
         assert stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o700
-        programs = [info["name"] for info in deploy.rpc(RunPaths(run)).supervisor.getAllProcessInfo()]
+        programs = [info["name"] for info in runner.rpc(RunPaths(run)).supervisor.getAllProcessInfo()]
         assert programs == ["queue"] and not marker.exists()
         assert "[program:pwn]" not in (run / "supervisord.conf").read_text()
         assert not no_loose_modes(run), no_loose_modes(run)

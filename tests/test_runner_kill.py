@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from shmooze.client import ServiceClient
-from shmooze.supervise import RUNNER_LOST_STOP
+from shmooze.deploy.supervise import RUNNER_LOST_STOP
 from tests.helpers import Proc, free_port, gone, report_line, shmooze_argv, wait_for, write_settings
 
 TRIALS = 20

@@ -5,7 +5,7 @@ import json
 import pytest
 from werkzeug.test import Client
 
-from shmooze.httpjson import service_app
+from shmooze.http.jsonapp import service_app
 from tests.sample_service import Sample
 
 

@@ -281,7 +281,7 @@ def test_the_gateway_checks_who_holds_a_port_without_a_key(tmp_path):
     need_setpriv()
     from werkzeug.test import Client as WsgiClient
 
-    from shmooze.gateway import Gateway
+    from shmooze.gateway.app import Gateway
 
     port = free_port()
     thief = as_nobody(THIEF, str(port), stdout=subprocess.PIPE)
@@ -299,7 +299,7 @@ def test_the_gateway_checks_who_holds_a_port_without_a_key(tmp_path):
 def test_an_answer_without_proof_is_never_taken_over_a_kept_connection():
     """A kept-alive connection is proven at every answer, not only at its check."""
     key = b"k" * 32
-    from shmooze.forward import ForwardError, ServiceProxy
+    from shmooze.http.forward import ForwardError, ServiceProxy
 
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))

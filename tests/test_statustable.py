@@ -1,6 +1,6 @@
-"""The ``shmooze status`` table, from a report like :func:`shmooze.deploy.status` gathers."""
+"""The ``shmooze status`` table, from a report like :func:`shmooze.deploy.runner.status` gathers."""
 
-from shmooze.statustable import format_status
+from shmooze.cli.statustable import format_status
 
 
 def test_services_modules_restarts_ended_and_containment():

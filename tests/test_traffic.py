@@ -23,9 +23,9 @@ import pytest
 import requests
 from wsproto.events import Ping
 
-from shmooze.forward import MAY_HAVE_RUN, ServiceProxy
+from shmooze.http.forward import MAY_HAVE_RUN, ServiceProxy
+from shmooze.http.websocket import HandshakeError
 from shmooze.testing import WebSocketClient, on_every_worker, server_workers
-from shmooze.websocket import HandshakeError
 from tests.helpers import Stack, wait_for
 from tests.test_push import receive_json
 

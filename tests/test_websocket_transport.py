@@ -1,4 +1,4 @@
-"""WebSockets served by gunicorn's gevent worker (``shmooze.websocket`` + ``tests/wsapps.py``)."""
+"""WebSockets served by gunicorn's gevent worker (``shmooze.http.websocket`` + ``tests/wsapps.py``)."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ import pytest
 import requests
 from wsproto.utilities import generate_accept_token
 
-from shmooze.testing import WebSocketClient
-from shmooze.websocket import (
+from shmooze.http.websocket import (
     HandshakeError,
     check_origin,
     is_websocket_request,
 )
+from shmooze.testing import WebSocketClient
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = 1000

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from shmooze.websocket import WebSocket, WebSocketClosed, websocket_response
+from shmooze.http.websocket import WebSocket, WebSocketClosed, websocket_response
 
 ALLOWED_ORIGINS = ["http://allowed.example"]
 

@@ -52,7 +52,7 @@ def cmd_serve(opts: argparse.Namespace) -> int:
 
 
 def cmd_run(opts: argparse.Namespace) -> int:
-    from shmooze.deploy import Runner
+    from shmooze.deploy.runner import Runner
 
     os.umask(0o077)  # the run folder's files, and what supervisord and the services write
     return Runner(_load_settings(opts.settings_file or opts.settings), conf=opts.supervisord_conf,
@@ -66,10 +66,10 @@ def _service_list(text: str | None) -> list[str] | None:
 
 
 def cmd_systemd_units(opts: argparse.Namespace) -> int:
-    from shmooze import deploy
+    from shmooze.deploy import runner
 
     loaded = _load_settings(opts.settings)
-    written = deploy.write_systemd_units(loaded, opts.output, _service_list(opts.services), opts.user)
+    written = runner.write_systemd_units(loaded, opts.output, _service_list(opts.services), opts.user)
     target = next(path.name for path in written if path.suffix == ".target")
     sys.stdout.write("".join(f"wrote {path}\n" for path in written)
                      + f"then: systemctl daemon-reload && systemctl enable --now {target}\n")
@@ -79,18 +79,19 @@ def cmd_systemd_units(opts: argparse.Namespace) -> int:
 def cmd_status(opts: argparse.Namespace) -> int:
     import json
 
-    from shmooze import deploy, statustable
+    from shmooze.cli import statustable
+    from shmooze.deploy import runner
 
-    report = deploy.status(_load_settings(opts.settings))
+    report = runner.status(_load_settings(opts.settings))
     sys.stdout.write((json.dumps(report, indent=2) if opts.json else statustable.format_status(report)) + "\n")
-    return 0 if deploy.all_up(report) else 1
+    return 0 if runner.all_up(report) else 1
 
 
 def cmd_logs(opts: argparse.Namespace) -> int:
-    from shmooze import deploy, logs
+    from shmooze.deploy import logs, runner
 
     settings = _load_settings(opts.settings)
-    folder = deploy.RunPaths.for_settings(settings).logs
+    folder = runner.RunPaths.for_settings(settings).logs
     names = [opts.service] if opts.service else sorted(settings.ports)
     for name in names:
         if name not in settings.ports and name != "supervisord":
@@ -107,13 +108,14 @@ def cmd_logs(opts: argparse.Namespace) -> int:
 
 
 def cmd_stop(opts: argparse.Namespace) -> int:
-    from shmooze import deploy, journal
+    from shmooze.deploy import runner
+    from shmooze.hosting import journal
 
     loaded = _load_settings(opts.settings)
     try:
-        pid = deploy.stop(loaded)
+        pid = runner.stop(loaded)
         sys.stdout.write(f"shmooze: stopped (run pid {pid})\n")
-    except deploy.NotRunning:
+    except runner.NotRunning:
         if not opts.clear:
             raise
         sys.stdout.write("shmooze: not running\n")
@@ -124,9 +126,9 @@ def cmd_stop(opts: argparse.Namespace) -> int:
 
 
 def cmd_restart(opts: argparse.Namespace) -> int:
-    from shmooze import deploy
+    from shmooze.deploy import runner
 
-    names = deploy.restart(_load_settings(opts.settings), opts.services)
+    names = runner.restart(_load_settings(opts.settings), opts.services)
     sys.stdout.write(f"shmooze: restarted {', '.join(names)}\n")
     return 0
 
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"shmooze: {exc}\n")
         return 1
     except OSError as exc:
-        from shmooze.storage import is_full
+        from shmooze.system.storage import is_full
 
         if not is_full(exc):
             raise

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO
 
-from shmooze import procutil
 from shmooze.polling import wait_until
+from shmooze.system import procutil
 
 HOST = "127.0.0.1"
 PYTHON = sys.executable

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from shmooze import procutil
 from shmooze import settings as settings_mod
 from shmooze.polling import wait_until
+from shmooze.system import procutil
 from shmooze.testing.processes import HOST, Process, free_port, shmooze_argv, stop_all
 
 

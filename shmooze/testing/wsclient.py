@@ -1,6 +1,6 @@
 """A small blocking WebSocket client, to test an application's WebSocket endpoint.
 
-It shares the server side's framing, ping/pong and close handshake (``shmooze.websocket.Endpoint``);
+It shares the server side's framing, ping/pong and close handshake (``shmooze.http.websocket.Endpoint``);
 wsproto does the client's handshake.
 """
 
@@ -17,7 +17,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection
 from wsproto.events import AcceptConnection, Event, Ping, RejectConnection, RejectData, Request
 
-from shmooze.websocket import DEFAULT_PORTS, MAX_MESSAGE_BYTES, RECV_BYTES, Endpoint, HandshakeError
+from shmooze.http.websocket import DEFAULT_PORTS, MAX_MESSAGE_BYTES, RECV_BYTES, Endpoint, HandshakeError
 
 
 class WebSocketClient(Endpoint):

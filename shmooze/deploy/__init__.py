@@ -1,0 +1,1 @@
+"""Running an application: every service as a supervisord daemon, systemd units, logs."""

@@ -1,0 +1,202 @@
+"""Fan-out: one long poll per watched service per gateway worker, its events to every subscriber.
+
+Each gateway worker long-polls every watched service once (its ``changes`` command) and
+fans each batch of events out to all its subscribers, so 1,000 browsers cost one poll per
+service, not 1,000. An event is framed once and offered to each connection in turn: it goes
+straight out when the connection has nothing waiting and its socket takes it. Only then does
+a connection get an outbox (bounded in messages and bytes) and a writer of its own, until it
+has caught up; so one slow browser never delays the others, and an idle watcher costs no
+writer. One that falls too far behind is dropped (its page reconnects and reloads).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from typing import Any, Protocol
+
+from shmooze import protocol
+from shmooze.http import metrics
+from shmooze.http.forward import ForwardError, ServiceProxy
+from shmooze.http.websocket import CLOSE_POLICY, WebSocket, WebSocketClosed, text_frame
+from shmooze.registry import Declared
+
+log = logging.getLogger(__name__)
+
+POLL_TIMEOUT = 20.0  # seconds a long poll waits at the service
+OUTBOX_LIMIT = 500  # messages a slow browser may be behind before it is dropped
+OUTBOX_BYTES = Declared.ws_outbox_bytes.default  # ... or bytes
+
+
+class Listener(Protocol):
+    """What a watcher publishes to: a connection's :class:`Subscriber`, or a waiting long poll."""
+
+    def push(self, frame: bytes) -> None: ...
+
+
+class Subscriber:
+    """One WebSocket connection's side of the fan-out: frames go straight out when they can,
+    else into an outbox that a writer (a thread, a greenlet under gevent) drains while it is
+    not empty.
+
+    The outbox holds at most ``OUTBOX_LIMIT`` frames and ``max_bytes`` bytes (one frame larger
+    than that still goes when the outbox is empty). Past either, the connection is dropped, on a
+    greenlet of its own: whoever pushed (the publisher, fanning out to everyone) never waits.
+    """
+
+    def __init__(self, ws: WebSocket, max_bytes: int = OUTBOX_BYTES):
+        self.ws = ws
+        self.max_bytes = max_bytes
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._bytes = 0
+        self._writing = False  # a writer owns the connection until the outbox is empty
+        self._lock = threading.Lock()
+        self.dropped = False
+
+    def push(self, frame: bytes) -> None:
+        if self.dropped:
+            return
+        with self._lock:
+            direct = not self._writing
+            if direct:
+                self._writing = True  # held while offering, so frames keep their order
+            elif len(self._outbox) >= OUTBOX_LIMIT or (self._bytes and self._bytes + len(frame) > self.max_bytes):
+                self._drop_behind()
+                return
+            else:
+                self._queue(frame)
+                return
+        try:
+            went = self.ws.offer(frame)
+        except WebSocketClosed:
+            went = True  # nothing more goes; the reader sees the connection closed
+            self.dropped = True
+        with self._lock:
+            if went and not self.ws.unsent:
+                if not self._outbox:
+                    self._writing = False
+                    return
+            elif not went:
+                self._outbox.appendleft(frame)  # ahead of what others queued meanwhile
+                self._bytes += len(frame)
+        threading.Thread(target=self._write_loop, name="ws-writer", daemon=True).start()
+
+    def _queue(self, frame: bytes) -> None:
+        self._outbox.append(frame)
+        self._bytes += len(frame)
+
+    def _drop_behind(self) -> None:
+        """Drop a connection that fell behind (lock held); the closing runs on its own greenlet."""
+        behind = (len(self._outbox), self._bytes)
+        self.dropped = True
+        self._outbox.clear()
+        self._bytes = 0
+        log.warning("a WebSocket client fell behind (%d messages, %d bytes unread); dropping it", *behind)
+        threading.Thread(target=self.ws.drop, args=(CLOSE_POLICY, "too slow"), name="ws-drop", daemon=True).start()
+
+    def _write_loop(self) -> None:
+        """Finish the frame the socket took part of, then the outbox, waiting on the socket as needed."""
+        frame = b""
+        while True:
+            try:
+                self.ws.send_frame(frame)
+            except WebSocketClosed:
+                self.dropped = True
+            with self._lock:
+                if self.dropped or not self._outbox:
+                    self._outbox.clear()
+                    self._bytes = 0
+                    self._writing = False
+                    return
+                frame = self._outbox.popleft()
+                self._bytes -= len(frame)
+
+    def stop(self) -> None:
+        """The connection is over: nothing more is sent."""
+        self.dropped = True
+
+
+class ServiceWatcher:
+    """Long-polls one service's change events while anyone subscribes, and fans them out."""
+
+    def __init__(self, proxy: ServiceProxy):
+        self.proxy = proxy
+        self.version: int | None = None
+        self._listeners: set[Listener] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    def subscribe(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.add(listener)
+            if self._thread is None:
+                metrics.gateway_stats().watchers.inc()
+                self._ready.clear()
+                self._thread = threading.Thread(target=self._run, name=f"watch-{self.proxy.name}", daemon=True)
+                self._thread.start()
+
+    def unsubscribe(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.discard(listener)
+
+    def current_version(self, timeout: float = 5.0) -> int | None:
+        self._ready.wait(timeout)
+        return self.version
+
+    def changes(self, since: int, timeout: float) -> dict[str, Any]:
+        """The service's answer to ``changes`` (``version``, ``events``, ``reset``?)."""
+        body = protocol.dumps({"cmd": "changes", "args": {"since": since, "timeout": timeout}})
+        reply = self.proxy.post(body)
+        answer = json.loads(reply.body)
+        ok, value = protocol.parse_answer(answer)
+        if not ok:
+            raise ForwardError(502, f"changes failed: {value}")
+        return value
+
+    def _run(self) -> None:
+        backoff = 0.0
+        while True:
+            with self._lock:
+                if not self._listeners:
+                    metrics.gateway_stats().watchers.dec()
+                    self._thread = None
+                    self.version = None  # learnt afresh when someone subscribes again
+                    return
+            try:
+                if self.version is None:
+                    self.version = self.changes(0, 0)["version"]
+                    self._ready.set()
+                    continue
+                result = self.changes(self.version, POLL_TIMEOUT)
+                backoff = 0.0
+            except (ForwardError, ValueError, KeyError, TypeError) as exc:
+                log.info("watching %s: %s", self.proxy.name, exc)
+                self._ready.set()
+                backoff = min(5.0, backoff * 2 or 0.25)
+                time.sleep(backoff)
+                continue
+            if result.get("events") or result.get("reset"):
+                self.publish(result)
+            self.version = result["version"]
+
+    def publish(self, result: dict[str, Any]) -> None:
+        message = text_frame(change_message(self.proxy.name, result))  # framed once for everyone
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener.push(message)
+        metrics.gateway_stats().events.inc(sum(isinstance(s, Subscriber) for s in listeners))
+
+
+def change_message(service: str, result: dict[str, Any]) -> str:
+    """The message that tells a browser about a batch of change events."""
+    out: dict[str, Any] = {"event": "change", "service": service, "version": result["version"],
+                           "events": result.get("events", [])}
+    if result.get("reset"):
+        out["reset"] = True
+    return json.dumps(out, separators=(",", ":"))
+

@@ -1,0 +1,691 @@
+"""One module process, from the service's side: start, command, updates, stop.
+
+Its life is a small state machine; every transition goes through
+:meth:`ModuleProcess._enter`, which checks it against :data:`TRANSITIONS`::
+
+    starting -> initializing -> running -> stopping -> stopped
+        \\______________\\______________/^
+
+``stop`` may be reached from any earlier state and always runs the stop ladder
+(:mod:`shmooze.system.ladder`), so no process outlives its handle.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+from typing import Any, Callable
+
+from shmooze import protocol
+from shmooze.errors import CommandError
+from shmooze.moduletype import ModuleType
+from shmooze.system import ladder, peer
+from shmooze.system.containment import Box
+from shmooze.system.ioloop import IOLoop, wait_readable
+from shmooze.system.ioloop import pidfd as open_pidfd
+from shmooze.system.limits import Limits
+
+log = logging.getLogger(__name__)
+
+
+class State(str, enum.Enum):
+    STARTING = "starting"
+    INITIALIZING = "initializing"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+#: Every allowed transition and why it happens.
+TRANSITIONS: dict[tuple[State, State], str] = {
+    (State.STARTING, State.INITIALIZING): "both streams connected; init is sent",
+    (State.STARTING, State.STOPPING): "the process did not connect in time, or exited first",
+    (State.INITIALIZING, State.RUNNING): "init answered with success",
+    (State.INITIALIZING, State.STOPPING): "init failed, timed out, or the module left",
+    (State.RUNNING, State.STOPPING): "rm, a failed command, a closed stream, or the module left",
+    (State.STOPPING, State.STOPPED): "the ladder ended the process and it was reaped",
+}
+
+
+class ModuleError(CommandError):
+    """A command to the module failed: the module answered ``success: false``."""
+
+
+class ModuleBroken(CommandError):
+    """The module broke the protocol (no answer in time, closed stream, garbage): it must be stopped."""
+
+
+class ModuleProcess:
+    """The handle of one module process.
+
+    ``on_update(module, cmd, args)`` is called on the I/O thread for each update
+    line; ``on_gone(module, reason)`` when the module leaves on its own (an ``rm``
+    update, end of its update stream, or its process exiting).
+    """
+
+    # A service holds hundreds of these: slots, not a dict of 40 entries each (1.6 KiB less per module).
+    __slots__ = ("type", "uid", "loop", "on_update", "on_gone", "on_spawn", "on_output", "extra_env", "max_line",
+                 "host", "box", "check_peers", "refused", "state", "parameters", "proc", "pid", "started_at",
+                 "started_mono", "stopped_at", "ended_by", "stop_reason", "start_failed", "returncode", "told",
+                 "gone_reason", "restart_plan", "_cmd_sock", "_cmd_buf", "_upd_sock", "_upd_buf", "_upd_chan",
+                 "_pidfd", "_pipes", "_lock", "_cmd_lock", "_cmd_watched", "_running")
+
+    def __init__(self, mtype: ModuleType, uid: str, loop: IOLoop, *,
+                 on_update: Callable[[ModuleProcess, str, dict[str, Any]], None] | None = None,
+                 on_gone: Callable[[ModuleProcess, str], None] | None = None,
+                 on_spawn: Callable[[int], None] | None = None,
+                 on_output: Callable[[ModuleProcess, str, str], None] | None = None,
+                 env: dict[str, str] | None = None, max_line: int = 1 << 20,
+                 host: str = "127.0.0.1", box: Box | None = None, check_peers: bool = True):
+        self.type = mtype
+        self.uid = uid
+        self.loop = loop
+        self.on_update = on_update
+        self.on_gone = on_gone
+        self.on_spawn = on_spawn
+        self.on_output = on_output  # (module, "stdout" or "stderr", line): see shmooze.hosting.output
+        self.extra_env = env or {}
+        self.max_line = max_line
+        self.host = host
+        self.box = box if box is not None else Box(uid, None)
+        self.check_peers = check_peers
+        self.refused = 0  # connections to its ports from processes that were not the module
+        self.state = State.STARTING
+        self.parameters: dict[str, Any] = {}
+        self.proc: subprocess.Popen | None = None
+        self.pid: int | None = None
+        self.started_at = time.time()
+        self.started_mono = time.monotonic()
+        self.stopped_at: float | None = None
+        self.ended_by: str | None = None
+        self.stop_reason: str | None = None
+        self.start_failed = False
+        self.returncode: int | None = None
+        self.told: str | None = None  # last of play/suspend sent
+        self.gone_reason: str | None = None
+        self.restart_plan: dict[str, Any] | None = None  # what a restart starts again (see shmooze.hosting.ops)
+        self._cmd_sock: socket.socket | None = None
+        self._cmd_buf = protocol.LineBuffer(max_line)
+        self._upd_sock: socket.socket | None = None
+        self._upd_buf = protocol.LineBuffer(max_line)
+        self._upd_chan: Any = None
+        self._pidfd: int | None = None
+        self._pipes: list[Any] = []
+        self._lock = threading.RLock()  # state and parameters
+        self._cmd_lock = threading.Lock()  # one command at a time on the command stream
+        self._cmd_watched: socket.socket | None = None  # the command stream, while the I/O thread watches it
+        # Held until the module is stopped: a lock costs 56 bytes where an Event (a Condition, its deque
+        # and lock) cost 900 per module; waiters take it and give it back at once.
+        self._running = threading.Lock()
+        self._running.acquire()
+
+    # -- the state machine -----------------------------------------------------------
+
+    def _enter(self, new: State) -> None:
+        """The one place where the state changes."""
+        with self._lock:
+            why = TRANSITIONS.get((self.state, new))
+            if why is None:
+                raise RuntimeError(f"module {self.uid}: no transition from {self.state.value} to {new.value}")
+            log.debug("module %s (%s, pid %s): %s -> %s: %s", self.uid, self.type.name, self.pid,
+                      self.state.value, new.value, why)
+            self.state = new
+
+    @property
+    def alive(self) -> bool:
+        return self.state in (State.STARTING, State.INITIALIZING, State.RUNNING)
+
+    # -- start -----------------------------------------------------------------------
+
+    def start(self, args: dict[str, Any], restored: dict[str, Any] | None = None) -> None:
+        """Spawn, wait for both connections, send ``init``; on any failure stop and raise.
+
+        ``restored`` (a module started again after a restart) goes beside ``args`` in the
+        ``init`` line, as ``"restored"``: modules that do not look for it see the same ``init``.
+        """
+        try:
+            self._spawn_and_connect()
+            self._advance(State.STARTING, State.INITIALIZING)
+            self.call("init", args, timeout=self.type.init_timeout or self.type.command_timeout, starting=True,
+                      extra=None if restored is None else {"restored": restored})
+            self._hear_updates(self.type.command_timeout)
+            self._advance(State.INITIALIZING, State.RUNNING)
+        except CommandError as exc:
+            self.start_failed = True
+            if self.proc is not None and ladder.wait_exit(self.proc, 0.2 if isinstance(exc, ModuleBroken) else 0,
+                                                          self._pidfd):
+                # It ended by itself (a crash during init): the ladder records rung ``exited``.
+                exc = CommandError(f"{exc}; exited with status {self.proc.returncode}")
+            self.stop(f"start failed: {exc}", send_rm=False)
+            self._close_streams()  # connected after a concurrent stop closed them
+            raise CommandError(f"module {self.type.name!r} failed to start: {exc}") from None
+
+    def _advance(self, old: State, new: State) -> None:
+        """Enter ``new`` from ``old``; a stop that began meanwhile (service stopping) fails the start."""
+        with self._lock:
+            if self.state is not old:
+                raise CommandError(f"stopped while {old.value}")
+            self._enter(new)
+
+    def _spawn_and_connect(self) -> None:
+        listeners = []
+        try:
+            for _ in range(2):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.bind((self.host, 0))
+                # A deep queue: connections flooding in from strangers must not crowd out the module's
+                # (with a backlog of 1 its connect waited out the start in SYN retransmits).
+                sock.listen(socket.SOMAXCONN)
+                sock.setblocking(False)
+                listeners.append(sock)
+            argv = self.type.command_line() + [self.host, str(listeners[0].getsockname()[1]),
+                                               str(listeners[1].getsockname()[1])]
+            program = argv[0]
+            limits = self.box.rlimits(Limits.of(self.type))  # (a cgroup holds the others)
+            env = self.type.environment(self.extra_env)
+            wrapped = self.box.wrap(limits.wrap(argv))
+            if wrapped is not argv and not _runnable(program, env, self.type.cwd):
+                raise CommandError(f"cannot run {program}: No such file or directory")
+            try:
+                self.proc = subprocess.Popen(
+                    wrapped, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    env=env, cwd=self.type.cwd, start_new_session=True,
+                    bufsize=0)  # the pipes are read with os.read: no 8 KiB buffer each per module
+            except OSError as exc:
+                raise CommandError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+            self.pid = self.box.pid = self.proc.pid
+            limits.apply(self.pid)
+            if self.on_spawn is not None:
+                self.on_spawn(self.pid)
+            self._pidfd = open_pidfd(self.pid)
+            self._watch_output()
+            self._accept_both(listeners)
+        except OSError as exc:  # sockets or pidfd: out of file descriptors and the like
+            raise CommandError(f"cannot start: {exc.strerror or exc}") from None
+        finally:
+            for sock in listeners:
+                sock.close()
+
+    def _accept_both(self, listeners: list[socket.socket]) -> None:
+        assert self.proc is not None  # started just before
+        deadline = time.monotonic() + self.type.connect_timeout
+        conns: dict[int, socket.socket] = {}
+        refused: dict[str, int] = {}  # kind of refusal -> count, logged once below
+        watch: list[Any] = list(listeners) + ([self._pidfd] if self._pidfd is not None else [])
+        try:
+            while len(conns) < 2:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CommandError(f"did not connect within {self.type.connect_timeout:g} s"
+                                       + _refusals(refused, "; refused {}"))
+                ready = wait_readable(watch, min(remaining, 0.25))
+                if self.proc.poll() is not None:
+                    raise CommandError(f"exited with status {self.proc.returncode} before connecting")
+                for i, sock in enumerate(listeners):
+                    if sock in ready and i not in conns:
+                        conn = self._accept_module(sock, ("command", "update")[i], refused)
+                        if conn is not None:
+                            conns[i] = conn
+                            watch.remove(sock)
+        except BaseException:
+            for c in conns.values():
+                c.close()
+            raise
+        finally:
+            if refused:
+                self.refused += sum(refused.values())
+                log.warning("module %s (%s, pid %s): refused %s", self.uid, self.type.name, self.pid,
+                            _refusals(refused))
+        self._cmd_sock, self._upd_sock = conns[0], conns[1]
+        self._cmd_sock.setblocking(True)
+        self._cmd_sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._upd_sock.setblocking(False)
+        self._upd_sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.loop.call_soon(self._register_update_stream)
+
+    def _accept_module(self, listener: socket.socket, stream: str, refused: dict[str, int],
+                       most: int = 64) -> socket.socket | None:
+        """Accept from ``listener`` until the module's connection comes (returned), the queue is
+        empty, or ``most`` were refused (then the caller polls again: the other port gets its turn).
+        Each connection is identified before anything is read from it; others are reset at once."""
+        for _ in range(most):
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return None
+            except ConnectionAbortedError:
+                continue  # reset while queued
+            if not self.check_peers:
+                return conn
+            verdict = peer.check(conn, self.box.members)
+            if verdict:
+                return conn
+            refused[verdict.kind] = refused.get(verdict.kind, 0) + 1
+            log.debug("module %s (%s, pid %s): refused a connection to its %s port: %s", self.uid,
+                      self.type.name, self.pid, stream, verdict.why)
+            try:  # a reset, not a close: no TIME_WAIT kept for a stranger, whatever it sent unread
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
+            except OSError:
+                pass
+            conn.close()
+        return None
+
+    # -- the update stream (runs on the I/O thread) ----------------------------------
+
+    def _register_update_stream(self) -> None:
+        sock = self._upd_sock
+        if sock is None or sock.fileno() < 0:
+            return
+        self._upd_chan = self.loop.add_reader(sock, self._on_update_readable, max_out=256 << 10)
+        if self._pidfd is not None:
+            self.loop.add_reader(_FdObject(self._pidfd), self._on_exit)
+        self._watch_command_stream()
+
+    # -- the command stream between commands (I/O thread) ----------------------------
+
+    def _watch_command_stream(self) -> None:
+        """Watch the command stream while no command is in flight, so that its close is noticed at once."""
+        sock = self._cmd_sock
+        if sock is None or self._cmd_watched is not None or sock.fileno() < 0:
+            return
+        self._cmd_watched = sock
+        self.loop.add_reader(sock, self._on_command_readable)
+
+    def _on_command_readable(self) -> None:
+        sock, self._cmd_watched = self._cmd_watched, None
+        if sock is None:
+            return
+        self.loop.remove(sock)  # one shot: re-armed after the next command, or below
+        if not self._cmd_lock.acquire(blocking=False):
+            return  # a command is in flight: its caller reads the answer and re-arms the watch
+        try:
+            if sock is not self._cmd_sock:
+                return
+            try:
+                # Readable now, or the last answer was read meanwhile (then nothing to see: watch again).
+                # The socket may have a timeout set, so recv is called only when it cannot block.
+                data = sock.recv(1, socket.MSG_PEEK) if wait_readable([sock], 0) else None
+            except (BlockingIOError, InterruptedError, TimeoutError):
+                data = None
+            except OSError:
+                data = b""
+            if data is None:
+                self._watch_command_stream()
+                return
+        finally:
+            self._cmd_lock.release()
+        if not data:
+            self._left("its command stream closed")
+        # else: a line nobody asked for; the next command reports it (see _check_nothing_unasked)
+
+    def _hear_updates(self, timeout: float) -> None:
+        """Apply the updates the module sent before its last answer, before that answer is passed on.
+
+        The I/O thread reads the update stream on its own, so an answer (``init``'s: the end of
+        ``add``) could overtake the parameters the module set before answering, and a client asking
+        at once would not see them. They are in the update socket already (a local write lands
+        before the writer goes on), so the I/O thread reads what is there now; this waits for it
+        (at most ``timeout``: a busy I/O thread delays the answer, never loses it)."""
+        heard = threading.Event()
+
+        def drain() -> None:
+            try:
+                for _ in range(64):  # what is there now, not a module's endless flood
+                    if not self._read_updates():
+                        break
+            finally:
+                heard.set()
+
+        self.loop.call_soon(drain)
+        heard.wait(timeout)
+
+    def _on_update_readable(self) -> None:
+        self._read_updates()
+
+    def _read_updates(self) -> bool:
+        """Read and apply what the update stream has (one read); whether there was anything."""
+        sock = self._upd_sock
+        if sock is None:
+            return False
+        buf = self.loop.read_buffer
+        try:
+            data = buf[:sock.recv_into(buf)]  # (copied out by the line buffer below, before the next read)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            data = buf[:0]
+        if not data:
+            self.loop.remove(sock)
+            self._left("its update stream closed")
+            return False
+        # Every line gets its answer, in order: a line over the limit is answered with an error (once)
+        # and the complete lines around it are still applied.
+        for event in self._upd_buf.events(data):
+            if isinstance(event, protocol.LineTooLong):
+                log.warning("module %s (%s): update %s", self.uid, self.type.name, event)
+                answer = protocol.error(f"update refused: {event}")
+            else:
+                answer = self._apply_update(event.data)
+            if self._upd_chan is not None:
+                self.loop.write(self._upd_chan, protocol.encode_line(answer))
+        return True
+
+    def _apply_update(self, line: bytes) -> dict[str, Any]:
+        try:
+            item = protocol.to_item(protocol.loads(line))
+        except protocol.BodyError as exc:
+            log.warning("module %s (%s) sent a bad update line: %s", self.uid, self.type.name, exc)
+            return protocol.error(f"update is not JSON: {exc}")
+        if isinstance(item, protocol.Invalid):
+            return protocol.error(item.error)
+        args = item.args
+        if item.cmd == "set_parameters":
+            params = args.get("parameters")
+            if not isinstance(params, dict):
+                return protocol.error("set_parameters needs 'parameters', an object")
+            with self._lock:
+                self.parameters.update(params)
+        elif item.cmd == "unset_parameters":
+            names = args.get("parameters")
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                return protocol.error("unset_parameters needs 'parameters', a list of names")
+            with self._lock:
+                for name in names:
+                    self.parameters.pop(name, None)
+        elif item.cmd == "rm":
+            self._left("it removed itself")
+        else:
+            return protocol.error(f"unknown update {protocol.short(item.cmd, 40)} "
+                                  "(updates: set_parameters, unset_parameters, rm)")
+        if self.on_update is not None:
+            try:
+                self.on_update(self, item.cmd, args)
+            except Exception:
+                log.exception("update handler failed")
+        return protocol.ok()
+
+    def _on_exit(self) -> None:
+        if self._pidfd is not None:
+            self.loop.remove(_FdObject(self._pidfd))
+        self._left("its process exited")
+
+    def _left(self, reason: str) -> None:
+        with self._lock:
+            if self.gone_reason is not None or not self.alive:
+                return
+            self.gone_reason = reason
+        if self.on_gone is not None and self.state is State.RUNNING:
+            self.on_gone(self, reason)
+
+    def _watch_output(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None and self.proc.stderr is not None
+        for stream, level in ((self.proc.stdout, logging.INFO), (self.proc.stderr, logging.WARNING)):
+            os.set_blocking(stream.fileno(), False)
+            self._pipes.append(stream)
+            self.loop.call_soon(_OutputPipe(self, stream, level).watch)
+
+    def read_output(self, stream: Any, buf: protocol.LineBuffer, level: int) -> None:
+        """(I/O thread) Read what the module wrote on ``stream`` (its stdout or stderr) and pass on each line."""
+        read = self.loop.read_buffer
+        try:
+            data = read[:os.readv(stream.fileno(), [read])]  # (copied out by the line buffer below)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = read[:0]
+        if not data:
+            self.loop.remove(stream)
+            stream.close()
+            return
+        for event in buf.events(data):
+            if isinstance(event, protocol.LineTooLong):
+                self._log_output(level, b"[output line over the line limit dropped]")
+            else:
+                self._log_output(level, event.data)
+
+    def _log_output(self, level: int, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip()
+        log.log(level, "module %s (%s, pid %s): %s", self.uid, self.type.name, self.pid, text)
+        if self.on_output is not None:
+            try:
+                self.on_output(self, "stderr" if level >= logging.WARNING else "stdout", text)
+            except Exception:
+                log.exception("output handler failed")
+
+    # -- the command stream ----------------------------------------------------------
+
+    def call(self, cmd: str, args: dict[str, Any] | None = None, timeout: float | None = None,
+             starting: bool = False, extra: dict[str, Any] | None = None) -> Any:
+        """Send one command and wait for its answer.
+
+        Raises :class:`ModuleError` when the module answered ``success: false`` and
+        :class:`ModuleBroken` when it broke the protocol (the caller stops it).
+        """
+        if not starting and self.state is not State.RUNNING:
+            raise ModuleBroken(f"module {self.uid} is {self.state.value}")
+        limit = self.type.command_timeout if timeout is None else timeout
+        line = protocol.encode_line({**protocol.Command(cmd, args or {}).to_json(), **(extra or {})})
+        with self._cmd_lock:
+            sock = self._cmd_sock
+            if sock is None:
+                raise ModuleBroken(f"module {self.uid} has no command stream")
+            deadline = time.monotonic() + limit
+            try:
+                self._check_nothing_unasked(sock, cmd)
+                sock.settimeout(limit)
+                sock.sendall(line)
+                raw = self._read_line(sock, deadline, cmd)
+            except (socket.timeout, TimeoutError):
+                raise ModuleBroken(f"no answer to {cmd} within {limit:g} s") from None
+            except OSError as exc:
+                raise ModuleBroken(f"command stream failed during {cmd}: {exc.strerror or exc}") from None
+            finally:
+                self.loop.call_soon(self._watch_command_stream)
+        try:
+            answer = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ModuleBroken(f"answer to {cmd} is not JSON: {protocol.short(raw)}") from None
+        try:
+            return protocol.answer_result(answer)
+        except protocol.AnswerFailed as exc:
+            raise ModuleError(str(exc)) from None
+        except protocol.NotAnAnswer as exc:
+            raise ModuleBroken(f"answer to {cmd}: {exc}") from None
+
+    def _check_nothing_unasked(self, sock: socket.socket, cmd: str) -> None:
+        """Between commands the module must be silent: an extra answer (two answers to one command)
+        would otherwise be taken as the answer to the next command, and every later one too."""
+        if not self._cmd_buf.pending:
+            if not wait_readable([sock], 0):
+                return
+            if not sock.recv(1, socket.MSG_PEEK):
+                raise ConnectionResetError("closed by the module")
+        raise ModuleBroken(f"sent an answer nobody asked for (before {cmd}): it answered a command twice")
+
+    def _read_line(self, sock: socket.socket, deadline: float, cmd: str) -> bytes:
+        """The next answer line; any further complete lines stay buffered (and are unasked answers)."""
+        while True:
+            event = self._cmd_buf.next_event()
+            if isinstance(event, protocol.LineTooLong):
+                raise ModuleBroken(f"answer to {cmd}: {event}")
+            if event is not None:
+                return event.data
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout()
+            sock.settimeout(remaining)
+            data = sock.recv(65536 if self._cmd_buf.pending else 4096)  # most answers fit in the first read
+            if not data:
+                raise ConnectionResetError("closed by the module")
+            self._cmd_buf.feed(data)
+
+    # -- stop ------------------------------------------------------------------------
+
+    def stop(self, reason: str, send_rm: bool = True) -> str:
+        """Run the stop ladder once (later callers wait for it); return the rung that ended the process."""
+        with self._lock:
+            first = self.state not in (State.STOPPING, State.STOPPED)
+            if first:
+                self._enter(State.STOPPING)
+                self.stop_reason = reason
+        if not first:
+            self.wait_stopped()
+            return self.ended_by or ladder.EXITED
+        try:
+            if self.proc is None:
+                self.ended_by = ladder.EXITED
+            else:
+                leaving = self.gone_reason is not None
+                ask = send_rm and not leaving and self._cmd_sock is not None
+
+                def request() -> None:
+                    if ask:
+                        try:
+                            self.call("rm", timeout=self.type.command_timeout, starting=True)
+                        except CommandError:
+                            pass
+                    self._close_streams(wait_call=self.type.command_timeout)
+
+                self.ended_by = ladder.stop_ladder(
+                    self.proc, request, self.type.rm_timeout, self.type.term_timeout,
+                    pidfd=self._pidfd, first_rung=ladder.EXITED if leaving else ladder.RM,
+                    sweep=self.box.sweep)
+                self.returncode = self.proc.returncode
+        finally:
+            # A command in flight gets the answer the module sent before it left (the ladder's request
+            # waits for it the same way; a module found gone at once skipped that step).
+            self._close_streams(wait_call=self.type.command_timeout)
+            self._release()
+            self.box.release()
+            self.stopped_at = time.time()
+            self._enter(State.STOPPED)
+            self._running.release()
+        log.info("module %s (%s, pid %s) stopped: %s (%s)", self.uid, self.type.name, self.pid,
+                      self.ended_by, reason)
+        return self.ended_by
+
+    def _close_streams(self, wait_call: float = 0.0) -> None:
+        """Close both streams; with ``wait_call``, first let a command in flight get its answer
+        (waiting up to that many seconds), so an answer the module sent before leaving is delivered."""
+        upd, self._upd_sock = self._upd_sock, None
+        locked = self._cmd_lock.acquire(timeout=wait_call) if wait_call > 0 else False
+        try:
+            cmd, self._cmd_sock = self._cmd_sock, None
+        finally:
+            if locked:
+                self._cmd_lock.release()
+        if upd is not None:
+            self.loop.call_soon(lambda: self._unwatch_and_close(upd))
+        if cmd is not None:
+            try:
+                cmd.shutdown(socket.SHUT_RDWR)  # wakes a caller still blocked on it
+            except OSError:
+                pass
+            # Closed on the I/O thread, after it stops watching it (the fd number must not be reused first).
+            self.loop.call_soon(lambda: self._unwatch_and_close(cmd))
+
+    def _unwatch_and_close(self, sock: socket.socket) -> None:
+        """On the I/O thread: stop watching a stream, then close it."""
+        self.loop.remove(sock)
+        sock.close()
+
+    def _release(self) -> None:
+        fd, self._pidfd = self._pidfd, None
+        pipes, self._pipes = self._pipes, []
+
+        def close_all() -> None:
+            if fd is not None:
+                self.loop.remove(_FdObject(fd))
+                os.close(fd)
+            for stream in pipes:
+                # Read what the module wrote last, so its final words reach the log.
+                self.loop.remove(stream)
+                try:
+                    rest = stream.read() or b""
+                except (OSError, ValueError):
+                    rest = b""
+                for line in rest.splitlines():
+                    self._log_output(logging.INFO, line)
+                stream.close()
+
+        self.loop.call_soon(close_all)
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        if not self._running.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            return False
+        self._running.release()
+        return True
+
+    # -- views -----------------------------------------------------------------------
+
+    def get_parameters(self, names: list[str] | None = None) -> dict[str, Any]:
+        with self._lock:
+            if names is None:
+                return dict(self.parameters)
+            return {n: self.parameters[n] for n in names if n in self.parameters}
+
+    def snapshot(self) -> dict[str, Any]:
+        """What ``status`` shows of this module."""
+        info: dict[str, Any] = {"uid": self.uid, "type": self.type.name, "state": self.state.value,
+                                "pid": self.pid, "told": self.told}
+        if self.stopped_at is None:
+            info["uptime"] = round(time.monotonic() - self.started_mono, 3)
+        else:
+            info.update(ended_by=self.ended_by, reason=self.stop_reason, returncode=self.returncode,
+                        start_failed=self.start_failed, stopped_at=self.stopped_at)
+        return info
+
+
+class _OutputPipe(protocol.LineBuffer):
+    """A module's stdout or stderr on the I/O thread: its unfinished line, and the reader to call."""
+
+    __slots__ = ("module", "pipe", "level")
+
+    def __init__(self, module: ModuleProcess, pipe: Any, level: int):
+        super().__init__(module.max_line)
+        self.module, self.pipe, self.level = module, pipe, level
+
+    def watch(self) -> None:
+        self.module.loop.add_reader(self.pipe, self)
+
+    def __call__(self) -> None:
+        self.module.read_output(self.pipe, self, self.level)
+
+
+class _FdObject:
+    """Wraps a raw fd for the selector (equal and hashable by fd)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+_LINGER_0 = struct.pack("ii", 1, 0)
+
+
+def _refusals(refused: dict[str, int], form: str = "{}") -> str:
+    """``3 connections to its ports (uid 65534: 2, ...)``, put in ``form``; empty when none."""
+    if not refused:
+        return ""
+    total = sum(refused.values())
+    kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(refused.items(), key=lambda kv: -kv[1]))
+    return form.format(f"{total} connection{'s' if total != 1 else ''} to its ports ({kinds})")
+
+
+def _runnable(program: str, env: dict[str, str], cwd: str | None) -> bool:
+    """Whether ``program`` names an executable (checked before it is run through a launcher)."""
+    if os.sep in program:
+        return os.access(os.path.join(cwd or "", program), os.X_OK)
+    return shutil.which(program, path=env.get("PATH", os.defpath)) is not None
