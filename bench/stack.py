@@ -42,7 +42,9 @@ class Stack(Managed):
         floor_argv = [PYTHON, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", "32", "--keep-alive", "120",
                       "--graceful-timeout", "15", "--no-control-socket", "--log-level", "warning",
                       "-b", f"127.0.0.1:{self.ports['floor']}", "bench.floorapp:app"]
-        self.procs["floor"] = Proc("floor", floor_argv, env, self.dir / "floor.log")
+        # (the floor proves its answers with the app's key, as the gateway asks of every service)
+        floor_env = child_env({"SHMOOZE_SETTINGS": str(self.settings_path)})
+        self.procs["floor"] = Proc("floor", floor_argv, floor_env, self.dir / "floor.log")
         gevent_argv = [PYTHON, "-m", "gunicorn", "-k", "gevent", "-w", str(self.gateway_workers),
                        "--worker-connections", "4000", "--keep-alive", "30", "--graceful-timeout", "15",
                        "--no-control-socket", "--log-level", "warning",
