@@ -56,6 +56,7 @@ class Head(NamedTuple):
     origin: bytes | None
     authorization: bytes
     close: bool  # ``Connection: close``
+    forwarded_for: bytes | None  # ``X-Forwarded-For`` (taken only from a trusted proxy)
 
 
 def parse_head(data: bytes, end: int) -> Head | None:
@@ -72,7 +73,8 @@ def parse_head(data: bytes, end: int) -> Head | None:
             or not _NOT_PLAIN.isdisjoint(fields) or not head.connection <= _CONNECTION_OPTIONS):
         return None
     return Head(head.target, fields.get(b"host"), fields.get(b"content-type", b"").split(b";", 1)[0].strip().lower(),
-                head.content_length, fields.get(b"origin"), fields.get(b"authorization", b""), not head.keep_alive)
+                head.content_length, fields.get(b"origin"), fields.get(b"authorization", b""), not head.keep_alive,
+                fields.get(b"x-forwarded-for"))
 
 
 class _Received:
@@ -120,6 +122,7 @@ class Lane:
         """Serve plain requests on ``sock`` (``buf``: bytes already read from it) until one is not
         plain: return every byte read of it, for gunicorn. ``None``: the connection is done."""
         sock.settimeout(None)  # waits are bounded by one timer per connection: cheaper than a socket timeout
+        peer = _address(addr)
         idle = RestartingTimer(self.keepalive, _Idle)  # the whole keep-alive time for every wait
         while True:
             end = buf.find(b"\r\n\r\n")
@@ -164,8 +167,10 @@ class Lane:
                 worker.alive = False
             close = head.close or not worker.alive
             try:
+                forwarded = head.forwarded_for.decode("latin-1") if head.forwarded_for is not None else None
                 reply = self.gateway.pass_on(proxy, body, head.content_type.decode("latin-1"),
-                                             head.authorization.decode("latin-1") if head.authorization else "")
+                                             head.authorization.decode("latin-1") if head.authorization else "",
+                                             peer=self.gateway.clients.address(peer, forwarded))
                 answer = heads.json_answer(reply.status, reply.body, close)
             except self.http_error as exc:
                 close = close or exc.close
