@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import ipaddress
 import os
 import urllib.parse
@@ -65,8 +66,10 @@ def of_client(user_name: str | None, address: str) -> str:
     return user(user_name) if user_name else anonymous(address)
 
 
+@functools.lru_cache(maxsize=16)
 def local(uid: int | None = None) -> str:
-    """A process of this host's user ``uid`` (this process's by default), by name when it has one."""
+    """A process of this host's user ``uid`` (this process's by default), by name when it has one
+    (looked up once: the password database is a file read)."""
     import pwd
 
     uid = os.geteuid() if uid is None else uid
@@ -86,7 +89,8 @@ def encode(caller: str) -> str:
 
 
 def decode(value: str) -> str:
-    return urllib.parse.unquote(value)[:MAX_LENGTH]
+    """A caller from its header value (as the gateway sends it, nearly always with nothing to unquote)."""
+    return (urllib.parse.unquote(value) if "%" in value else value)[:MAX_LENGTH]
 
 
 # -- the client's address behind trusted proxies ----------------------------------------------
