@@ -27,6 +27,7 @@ from shmooze import settings as settings_mod
 from shmooze.gateway.app import Gateway
 from shmooze.gateway.ratelimit import RateLimiter, retry_after
 from shmooze.hosting.cmdlog import CommandLog
+from shmooze.testing import WebSocketClient
 from tests.helpers import Stack
 
 pytestmark = pytest.mark.timeout(120)
@@ -241,6 +242,29 @@ def test_a_flood_from_one_client_is_refused_while_another_is_served(stack):
             f"refused, {got['ok']} passed) against {calm_p99 * 1000:.2f} ms calm")
     print(line)
     assert loud_p99 <= 3 * calm_p99, line
+
+
+def test_the_websocket_names_its_caller_and_is_rate_limited(stack):
+    """A WebSocket's commands run for its client, and count against its bucket: a burst past the limit
+    gets error answers that say so, while reads on the same socket go on."""
+    with WebSocketClient.connect(stack.ws, timeout=10) as ws:
+        for i in range(40):
+            ws.send(json.dumps({"id": i, "service": "whoami", "cmd": "whoami"}))
+        answers = {}
+        deadline = time.monotonic() + 20
+        while len(answers) < 40:
+            assert time.monotonic() < deadline, answers
+            text = ws.receive(max(0.1, deadline - time.monotonic()))
+            if text is not None:
+                message = json.loads(text)
+                answers[message["id"]] = message
+        passed = [a for a in answers.values() if a["success"]]
+        refused = [a for a in answers.values() if not a["success"]]
+        assert passed and all(a["result"] == "anonymous:127.0.0.1" for a in passed)
+        assert refused and all("rate_limit" in a["error"] for a in refused), refused
+        assert len(passed) <= 20 + 5  # the burst (and what refilled meanwhile)
+        ws.send(json.dumps({"id": "read", "service": "whoami", "cmd": "status"}))
+        assert json.loads(ws.receive(10))["success"] is True
 
 
 def test_client_address_takes_forwarded_for_only_from_trusted_proxies():

@@ -19,7 +19,7 @@ from werkzeug.wrappers import Request, Response
 
 from shmooze import caller, protocol, servicekey
 from shmooze.access import AccessToken, host_allowed, refusal
-from shmooze.gateway.clients import Clients
+from shmooze.gateway.clients import USER_ENVIRON, Clients
 from shmooze.gateway.dashboard import Dashboard
 from shmooze.gateway.fanout import ServiceWatcher
 from shmooze.gateway.longpoll import wait_for_changes_here
@@ -178,7 +178,8 @@ class Gateway:
         # Each returns a Response or bytes.
         self.routes: dict[str, Callable[..., Any]] = {"ws": self.websocket, "healthz": self.healthz}
         app_name = settings.public().get("app_name")
-        self.routes.update(Dashboard(self.proxies, self.access, app_name, self.render_metrics, self.restart_service).routes())
+        self.routes.update(Dashboard(self.proxies, self.access, app_name, self.render_metrics, self.restart_service,
+                                     self.clients.caller_of).routes())
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         return serve_json_errors(lambda: self.dispatch(environ, start_response), environ, start_response,
@@ -226,9 +227,8 @@ class Gateway:
             log.info("refused a command from origin %r", environ["HTTP_ORIGIN"][:100])
             raise JSONHTTPError(403, "origin not allowed", close=True)
         body, mimetype = read_command_body(environ, self.max_body_bytes, self.body_timeout, self.body_min_rate)
-        peer = self.clients.address(environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR"))
         reply = self.pass_on(proxy, body, mimetype, environ.get("HTTP_AUTHORIZATION", ""),
-                             environ.get("shmooze.user"), peer)
+                             environ.get(USER_ENVIRON), self.clients.address_of(environ))
         return raw_json_response(start_response, reply.body, reply.status)
 
     def pass_on(self, proxy: ServiceProxy, body: bytes, mimetype: str, authorization: str,
@@ -342,8 +342,7 @@ class Gateway:
         if not is_websocket_request(environ):
             raise JSONHTTPError(400, "this is the WebSocket endpoint: connect with a WebSocket")
         authorized = {"ok": not self.access.required}
-        user = environ.get("shmooze.user")
-        peer = self.clients.address(environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR"))
+        user, peer = environ.get(USER_ENVIRON), self.clients.address_of(environ)
 
         def authorize(service: str, items: list[protocol.Item], msg: dict[str, Any]) -> str | None:
             refused = check_token(service, items, msg)

@@ -10,7 +10,7 @@ change state against ``rate_limit`` (:mod:`shmooze.gateway.ratelimit`) unless it
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from shmooze import caller
 from shmooze.gateway.ratelimit import RateLimiter, retry_after
@@ -18,6 +18,9 @@ from shmooze.http.jsonapp import JSONHTTPError
 
 if TYPE_CHECKING:
     from shmooze.settings import Settings
+
+#: Where the gateway's client policy puts the signed-in user's name (None: nobody signed in).
+USER_ENVIRON = "shmooze.user"
 
 
 class Clients:
@@ -40,6 +43,14 @@ class Clients:
         if not forwarded_for or not self.trusted:
             return peer
         return caller.client_address(peer, forwarded_for, self.trusted)
+
+    def address_of(self, environ: dict[str, Any]) -> str:
+        """The client's address of a WSGI request."""
+        return self.address(environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR"))
+
+    def caller_of(self, environ: dict[str, Any]) -> str:
+        """Who sent a WSGI request (:mod:`shmooze.caller`): the signed-in user, else anonymous at its address."""
+        return caller.of_client(environ.get(USER_ENVIRON), self.address_of(environ))
 
     def admit(self, user: str | None, address: str, writes: Callable[[], bool]) -> bytes:
         """The ``Shmooze-Caller`` value of a command from ``user`` (None: nobody signed in) at ``address``;

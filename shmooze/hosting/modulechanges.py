@@ -17,7 +17,7 @@ class ModuleChanges(Subscriber):
 
     def placed(self, event: Placed) -> None:
         module = event.module
-        by = _by(event.by)
+        by = by_field(event.by)
         if event.restarted:
             self.changed("added", uid=module.uid, type=module.type.name, restarted=True)
         else:
@@ -26,7 +26,7 @@ class ModuleChanges(Subscriber):
         self._removed(event.displaced, f"replaced by a new {event.kind}", by)
 
     def removed(self, event: Removed) -> None:
-        self._removed(event.modules, event.reason, _by(event.by))
+        self._removed(event.modules, event.reason, by_field(event.by))
 
     def _removed(self, modules: list[Any], reason: str, by: dict[str, str]) -> None:
         if modules:
@@ -34,7 +34,7 @@ class ModuleChanges(Subscriber):
                                           for m in modules])
 
     def reordered(self, event: Reordered) -> None:
-        self.changed("moved", order=event.order, **_by(event.by))
+        self.changed("moved", order=event.order, **by_field(event.by))
 
     def restored(self, event: Restored) -> None:
         self.changed("restored", uids=[m.uid for m in event.modules])
@@ -54,6 +54,7 @@ class ModuleChanges(Subscriber):
             self.changed("stopped", uid=module.uid, type=module.type.name, ended_by=event.rung)
 
 
-def _by(caller: str | None) -> dict[str, str]:
-    """An event's ``by``: only when a client's command caused it (an event's fields stay as they were otherwise)."""
+def by_field(caller: str | None) -> dict[str, str]:
+    """A change event's ``by`` field: only when a client's command caused it (its fields stay as they were
+    otherwise)."""
     return {"by": caller} if caller else {}
