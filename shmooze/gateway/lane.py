@@ -8,6 +8,7 @@ which takes only the plainest requests, the ones a browser or client sends for e
 
     POST {wsgi_prefix}SERVICE HTTP/1.1      (a service of the settings, no query)
     Host, Content-Type (JSON), Content-Length, and at most Origin, Authorization, Connection
+    (and X-Forwarded-For from a reverse proxy)
 
 and answers them the way the WSGI path would: the same checks (``allowed_hosts``, the Origin, the
 body's size and its arrival rate, the access token and the read-only table, through
