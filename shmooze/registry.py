@@ -114,6 +114,14 @@ def names(value: Any) -> list[str]:
     return value
 
 
+def address_list(value: Any) -> list[str]:
+    """IP addresses and networks (CIDR), kept as written (checked here, compiled where used)."""
+    from shmooze.caller import networks
+
+    networks(names(value))
+    return value
+
+
 def prefix(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/"):
         raise ValueError(f"must be a path that starts and ends with '/', not {value!r}")
@@ -230,6 +238,12 @@ class Declared:
     open_commands: Key[list[str]] = Key(names, [], "commands that need no token")
     allowed_origins: Key[list[str]] = Key(names, [], "other origins allowed to send commands")
     allowed_hosts: Key[list[str]] = Key(names, [], "more host names the gateway answers to")
+    trusted_proxies: Key[list[str]] = Key(address_list, [], "proxies whose `X-Forwarded-For` names the client",
+                                          example=["127.0.0.1", "10.0.0.0/24"])
+    rate_limit = Key(rate, 10.0, "commands that change state a client may send a second; 0: no limit")
+    rate_limit_burst = Key(_count, 50, "commands that change state a client may send at once")
+    rate_limit_exempt: Key[list[str]] = Key(address_list, ["127.0.0.0/8", "::1"],
+                                            "client addresses never rate limited")
 
     service_keepalive = Key(whole(1), 120, "seconds a service keeps an idle connection open")
     forward_idle_timeout = Key(seconds, 60.0, "seconds the gateway keeps an idle connection to a service")

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "shmooze"
 #: The layers, lowest first. A module may import only from its own layer or one below. A layer is
 #: named by module paths (a subpackage stands for every module in it).
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundation", ["errors", "protocol", "polling", "events", "restart", "moduletype", "registry", "settings",
+    ("foundation", ["errors", "protocol", "polling", "events", "caller", "restart", "moduletype", "registry", "settings",
                     "commands", "modules", "lib"]),
     ("operating system", ["system"]),
     ("service key", ["servicekey"]),

@@ -6,13 +6,17 @@ figures, restart policies and change events are :class:`Subscriber` objects that
 :class:`Lifecycle` calls in the one order the host declares (see ``ModuleHost.__init__``).
 A subscriber overrides the methods of the events it cares about; the others do nothing. Events are
 facts: nobody changes one (they are plain slotted dataclasses, not frozen ones, which cost twice as
-much to make on the path of every parameter update).
+much to make on the path of every parameter update). The events a client's command causes (a module
+placed, removed, the queue reordered) carry ``by``: who sent it (:func:`shmooze.caller.current` where the
+event is made; None for what the host does on its own: a restart, a module that left).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from shmooze.caller import current
 
 if TYPE_CHECKING:
     from shmooze.hosting.moduleprocess import ModuleProcess
@@ -49,6 +53,7 @@ class Placed:
     restarted: bool = False  # started again by its restart policy (already journaled and logged)
     logged_as: str | None = None  # the command to log it as ("add", "set_bg"), if any
     displaced: list[ModuleProcess] = field(default_factory=list)
+    by: str | None = field(default_factory=current)  # who sent the command that placed it
 
 
 @dataclass(slots=True)
@@ -77,6 +82,7 @@ class Removed:
     handler: ClassVar[str] = "removed"
     modules: list[ModuleProcess]
     reason: str
+    by: str | None = field(default_factory=current)  # who sent the command that removed them
 
 
 @dataclass(slots=True)
@@ -85,6 +91,7 @@ class Reordered:
 
     handler: ClassVar[str] = "reordered"
     order: list[str]
+    by: str | None = field(default_factory=current)
 
 
 @dataclass(slots=True)

@@ -13,8 +13,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from shmooze.caller import current
 from shmooze.errors import CommandError
 from shmooze.hosting.lifecycle import Ended, Started, Subscriber
+from shmooze.hosting.modulechanges import by_field
 from shmooze.restart import Policy, Tracker
 
 if TYPE_CHECKING:
@@ -127,7 +129,7 @@ class RestartPolicies(Subscriber):
             plan = self._waiting.pop(uid, None)
             self._trackers.pop(uid, None)
         if plan is not None:
-            self.host.changed("removed", uid=uid, type=plan["type"].name, reason="rm")
+            self.host.changed("removed", uid=uid, type=plan["type"].name, reason="rm", **by_field(current()))
         return plan is not None
 
     # -- restarting --------------------------------------------------------------------
