@@ -179,6 +179,9 @@ class PushSession:
             if isinstance(name, str) and name in self.watchers and name not in self.subscribed:
                 self.subscribed.add(name)
                 self.watchers[name].subscribe(self.subscriber)
+                # A watcher that has just started counts from the version it learns first: until it
+                # has learnt it, a command's event could fall before it and never be pushed.
+                self.watchers[name].current_version()
 
     def subscribe(self, spec: Any) -> dict[str, Any]:
         if isinstance(spec, list):
