@@ -78,4 +78,6 @@ def make_first_hour_queue() -> Queue:
     one that prints nothing."""
     return Queue([ModuleType("crasher", ("python3", "-c", "import nope_not_here")),
                   ModuleType("missing", ("python3", str(HERE / "modules" / "nope.py"))),
-                  python_module("quiet", MISBEHAVE, **FAST)])
+                  python_module("quiet", MISBEHAVE, **FAST),
+                  python_module("init-crash", MISBEHAVE, "--crash-in-init", **FAST),
+                  python_module("init-error", MISBEHAVE, "--init-error", **FAST)])

@@ -43,6 +43,7 @@ def shmz(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("kind,cause", [
     ("crasher", "it printed: ModuleNotFoundError: No module named 'nope_not_here'"),
     ("missing", "can't open file"),
+    ("init-crash", "exited with status 4; it printed: crashing in init"),  # a crash after connecting
 ])
 def test_a_module_that_fails_to_start_says_why_in_the_answer(app, kind, cause):
     with pytest.raises(ServiceError) as failed:
@@ -51,9 +52,15 @@ def test_a_module_that_fails_to_start_says_why_in_the_answer(app, kind, cause):
     assert cause in message, message
     assert message.count("exited with status") == 1, message  # the clause once
     uid = message.split("(uid ", 1)[1].split(")", 1)[0]
-    assert f"module {kind!r} (uid {uid}) failed to start: exited with status " in message
+    assert f"module {kind!r} (uid {uid}) failed to start: " in message
     ended = [m for m in app["client"].queue.status()["ended"] if m["uid"] == uid]
     assert ended and cause in ended[0]["reason"], ended  # status says the same
+
+
+def test_a_module_that_answers_why_its_init_failed_is_not_second_guessed(app):
+    with pytest.raises(ServiceError) as failed:
+        app["client"].queue.call("add", {"type": "init-error"})
+    assert str(failed.value).endswith("failed to start: init failed (--init-error)"), str(failed.value)
 
 
 def test_the_telling_line_of_some_output():

@@ -178,7 +178,9 @@ class ModuleProcess:
                 why = f"{why}; exited with status {self.proc.returncode}"
             self.stop(f"start failed: {why}", send_rm=False)
             self._close_streams()  # connected after a concurrent stop closed them
-            cause = self._start_cause()
+            # What it printed last, unless it answered why itself (init answered success: false).
+            cause = self._start_cause() if not isinstance(exc, ModuleError) else None
+            self._start_stderr = None
             if cause:
                 why = f"{why}; it printed: {cause}"
                 with self._lock:
@@ -188,9 +190,10 @@ class ModuleProcess:
     def _start_cause(self, wait: float = 1.0) -> str | None:
         """The line of its stderr that most likely says why the start failed (``ModuleNotFoundError: ...``,
         ``can't open file ...``), once the I/O thread has read what the stopped process wrote last."""
-        read = threading.Event()
-        self.loop.call_soon(read.set)  # after the last reads that stop() queued (see _release)
-        read.wait(wait)
+        if self.proc is not None and self.loop.thread.is_alive():  # (else nothing was or will be read)
+            read = threading.Event()
+            self.loop.call_soon(read.set)  # after the last reads that stop() queued (see _release)
+            read.wait(wait)
         lines, self._start_stderr = self._start_stderr or [], None
         return telling_line(lines)
 
