@@ -181,6 +181,26 @@ def test_a_plain_service_reports_its_cpu_and_memory(app):
              what="a CPU % over an interval")
 
 
+def test_the_dashboard_shows_a_plain_services_cpu_memory_and_worker_pid(app, request):
+    from tests.test_browser import CHROMIUM
+
+    if not CHROMIUM:  # pragma: no cover - depends on the machine
+        pytest.skip("no Chromium")
+    browser = request.getfixturevalue("browser")
+    page = browser.new_page()
+    try:
+        page.goto(app["url"] + "_shmooze/")
+        page.wait_for_selector(".card[data-service=volume] .dot.up", timeout=10_000)
+        shown = page.evaluate("""() => { const out = {};
+            document.querySelectorAll(".card[data-service=volume] dt").forEach(dt => {
+                out[dt.textContent] = dt.nextElementSibling.textContent; });
+            return out; }""")
+    finally:
+        page.close()
+    assert shown["memory"].endswith("MiB") and shown["CPU"].split(" s")[0].replace(".", "").isdigit(), shown
+    assert shown["worker pid"] == str(app["client"].volume.status()["pid"]), shown  # as `shmooze status` labels it
+
+
 # -- 8. commands in whole plain sentences ------------------------------------------------------------------
 
 
