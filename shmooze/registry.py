@@ -159,10 +159,11 @@ def secret(value: Any) -> str:
 def type_table(value: Any) -> dict[str, dict[str, Any]]:
     """Type name to restart policy and limits (checked again against the code's types at start)."""
     from shmooze.moduletype import SETTABLE, _setting
+    from shmooze.restart import MODES
 
     if not isinstance(value, dict):
         raise ValueError("must be an object of type name to settings")
-    problems = []
+    problems = []  # every one of them, not only the first
     for name, options in value.items():
         if not isinstance(options, dict):
             problems.append(f"module_types[{name!r}] must be an object of settings, not {options!r}")
@@ -173,10 +174,13 @@ def type_table(value: Any) -> dict[str, dict[str, Any]]:
                 continue
             try:
                 _setting(key, option)
+                if key == "restart" and option is not None and option not in MODES:
+                    raise ValueError(f"restart must be one of {', '.join(MODES)}, not {option!r}")
             except ValueError as exc:
-                problems.append(f"module_types[{name!r}]: {exc}")
+                why = str(exc)  # named by its key, once
+                problems.append(f"module_types[{name!r}]: {why if why.startswith(key) else f'{key}: {why}'}")
     if problems:
-        raise ValueError("; ".join(problems))
+        raise ValueError(f"has {len(problems)} problems: " + "; ".join(problems) if len(problems) > 1 else problems[0])
     return value
 
 

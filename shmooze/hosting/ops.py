@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -70,7 +69,6 @@ class HostOps(Subscriber):
         self._lock = threading.Lock()
         self._pending_output: dict[str, int] = {}
         self._output_timer = False
-        self._own_meter = usage.Meter()
         self._status_read = -FIGURES_WATCHED
         self._figures_sent = 0.0
 
@@ -123,7 +121,11 @@ class HostOps(Subscriber):
     def output(self, uid: str, after: int = 0, lines: int = 200) -> dict[str, Any]:
         out = self.output_of(uid, create=False)
         if out is None:
-            raise CommandError(f"no output kept for module {uid!r}")
+            if self.host.table.find(uid) is None and uid not in self.host.restarts.waiting():
+                raise CommandError(f"no output kept for module {uid!r}")
+            # A module that has printed nothing yet: its (empty) output, said in words too.
+            return {"uid": uid, "lines": [], "next": 0, "missed": 0, "file": None,
+                    "note": f"module {uid} has printed nothing yet"}
         return out.since(after, max(0, min(lines, 10_000)))
 
     # -- figures -----------------------------------------------------------------------
@@ -142,10 +144,6 @@ class HostOps(Subscriber):
         self._status_read = now
         info: dict[str, Any] = {"modules": modules, "stopping": stopping, **self.host.restarts.status()}
         info.update(ended=list(self.ended_modules), refused_connections=table.refused())
-        own = usage.process_figures(os.getpid())
-        if own is not None:
-            info.update(cpu_seconds=round(own.cpu_seconds, 3), cpu_percent=self._own_meter.percent(own.cpu_seconds),
-                        rss_bytes=own.rss_bytes)
         info["storage"] = self.host.storage.status()
         return info
 

@@ -204,7 +204,7 @@
       var entry = model.services[name];
       var st = entry && entry.status || {};
       var up = entry && entry.up;
-      var rows = [["pid", st.pid], ["uptime", up ? st.uptime : null],
+      var rows = [["worker pid", st.pid], ["uptime", up ? st.uptime : null],  // (the gunicorn master's: shmooze status)
                   ["version", st.version], ["CPU", num(st.cpu_seconds, 1, " s") + " · " + num(st.cpu_percent, 0, " %")],
                   ["memory", bytes(st.rss_bytes)],
                   ["modules", st.modules ? String(st.modules.length) : "-"],
