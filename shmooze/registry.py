@@ -163,6 +163,12 @@ def environment_table(value: Any) -> dict[str, dict[str, str]]:
         for name in variables:
             if not name or "=" in name or not name.replace("_", "a").isalnum() or name[0].isdigit():
                 raise ValueError(f"names a variable {name!r} for {service!r}: not a variable name")
+            text = variables[name]
+            quotes = ("'", '"')
+            if "\n" in text or "\r" in text or all(q in text for q in quotes) or text.startswith(quotes) \
+                    or text.endswith(quotes):
+                raise ValueError(f"gives {name!r} of {service!r} a value supervisord cannot pass: a line break, both "
+                                 "kinds of quote, or a quote at either end")
             if name.startswith(OWN_ENVIRONMENT):
                 raise ValueError(f"names {name!r} for {service!r}: the framework sets that variable itself "
                                  f"(names starting with {', '.join(OWN_ENVIRONMENT)} are its own)")

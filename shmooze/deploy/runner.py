@@ -214,10 +214,13 @@ def service_environment(settings: Settings, name: str) -> dict[str, str]:
 
 
 def _supervisord_environment(variables: dict[str, str]) -> str:
-    """``environment=`` of a program: each value double-quoted (supervisord splits it with shell rules)."""
-    quoted = ",".join('{}="{}"'.format(name, value.replace("\\", "\\\\").replace('"', '\\"'))
-                      for name, value in variables.items())
-    return "environment=" + _conf_value(quoted)
+    """``environment=`` of a program: each value quoted with the quote it does not hold (supervisord splits
+    the line with shlex, without escapes; the registry refuses a value holding both)."""
+    pairs = []
+    for name, value in variables.items():
+        quote = "'" if '"' in value else '"'
+        pairs.append(f"{name}={quote}{value}{quote}")
+    return "environment=" + _conf_value(",".join(pairs))
 
 
 def chosen_services(settings: Settings, services: list[str] | None) -> list[str]:
