@@ -73,6 +73,7 @@ def test_an_original_service_answers_through_the_gateway(radio):
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         done = list(pool.map(lambda v: volume.set_vol(vol=v)["vol"], range(20)))
     assert done == list(range(20))
+    assert sorted(volume.history()[-20:]) == list(range(20))  # a connection made in __init__, used on the loop
     # The new services' built-ins are there too: status, and commands (the gateway learns the table).
     assert volume.status()["service"] == "volume"
     assert set(volume.commands()) >= {"get_vol", "set_vol", "announce", "both", "status"}

@@ -1,6 +1,7 @@
 """The volume service, as the original's services were written (started with ``python -m``)."""
 
 import signal
+import sqlite3
 
 import shmooze.lib.packet as packet
 import shmooze.lib.service as service
@@ -16,6 +17,9 @@ class Volume(service.JSONCommandProcessor, service.Service):
         self.vol = 50
         self.sets = 0
         self.lock = service.Lock()
+        # A connection bound to this thread, as the original's services made them: the loop runs here.
+        self.db = sqlite3.connect(":memory:")
+        self.db.execute("CREATE TABLE sets (vol INTEGER)")
         super(Volume, self).__init__()  # noqa: UP008 - as the original was written
 
     @service.coroutine
@@ -30,6 +34,7 @@ class Volume(service.JSONCommandProcessor, service.Service):
             yield service.sleep(0.01)  # the original's services waited on hardware here
             self.vol = vol
             self.sets += 1
+            self.db.execute("INSERT INTO sets VALUES (?)", (vol,))
         raise service.Return({"vol": self.vol})
 
     @service.coroutine
@@ -48,7 +53,12 @@ class Volume(service.JSONCommandProcessor, service.Service):
         results = yield [self.get_vol(), service.json_query("localhost", self.queue_port, {"cmd": "modules_available"})]
         raise service.Return({"vol": results[0]["vol"], "types": packet.assert_success(results[1])})
 
+    @service.coroutine
+    def history(self):
+        raise service.Return([vol for (vol,) in self.db.execute("SELECT vol FROM sets")])
+
     commands = {
+        "history": history,
         "get_vol": get_vol,
         "set_vol": set_vol,
         "announce": announce,
