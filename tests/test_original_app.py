@@ -190,6 +190,24 @@ def test_a_reader_survives_a_fresh_database(tmp_path):
         assert Client(stack.url).top.top_played() == []
 
 
+def test_an_original_program_named_in_services_runs_unchanged(tmp_path):
+    """The volume module, with its top-level service, signal handlers and ioloop.start(), imported by
+    shmooze serve: its port serves, json_query works from the loop's own thread, and the framework stops it."""
+    stack = Stack(tmp_path, {**SERVICES, "volume": "tests.original_app.volume:vol"}, public=["ports"],
+                  gateway_workers=1, stop_timeout=3, log_database_path=str(tmp_path / "radio.db"))
+    with stack:
+        client = Client(stack.url)
+        assert client.volume.set_vol(vol=5) == {"vol": 5}
+        answer = client.volume.announce(text="from a service named in services")
+        assert [m["uid"] for m in client.queue.queue()] == [answer["uid"]]
+        client.queue.rm(uids=[answer["uid"]])
+        assert client.volume.history() == [5]  # one instance: the module's own `vol`
+        volume = stack.procs["volume"]
+    log = volume.log()
+    assert "Received signal" not in log  # its SIGTERM handler was not used: the framework stopped it
+    assert "handlers of SIGTERM, SIGINT are not used" in log
+
+
 # -- the original's command log of a pool: the setting, failures, retention -----------------------------
 
 def test_the_setting_writes_a_pools_original_log_bounded_by_retention(tmp_path):

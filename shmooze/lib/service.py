@@ -31,13 +31,14 @@ loop, which runs other commands meanwhile. ``json_query`` posts to another servi
 the application's service key (see :meth:`shmooze.client.ServiceClient.on_port`), on a thread of
 its own, and hands back the whole answer as the original did.
 
+The loop runs on a thread of its own, and each service is made on it (:class:`MadeOnTheLoop`): what
+its ``__init__`` makes (a SQLite connection) is used on the thread that made it, as under Tornado.
 Started as a program (``python -m app.service``, as the original's supervisord.conf did),
-``ioloop.start()`` serves every :class:`Service` made so far on its ``port`` and runs the loop on
-the calling thread (the one that made the service: objects bound to a thread, such as a SQLite
-connection made in ``__init__``, stay usable) until ``ioloop.stop()``. Named in the settings'
-``services`` (``"volume": "app.service:Volume"``), the module is imported by ``shmooze serve``:
-``ioloop.start()`` at its top level then returns at once, and the loop runs on a thread of its own
-from the service's :meth:`Service.start`.
+``ioloop.start()`` serves every :class:`Service` made so far on its ``port`` and returns once
+``ioloop.stop()`` is called (from a signal handler, say). Named in the settings' ``services``
+(``"volume": "app.service:Volume"``, or the instance ``app.service:vol``), the module is imported
+by ``shmooze serve``, which serves and stops it: ``ioloop.start()`` at its top level then returns at
+once, and puts back the signal handlers the module replaced.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ import itertools
 import logging
 import os
 import select
+import signal
 import subprocess
 import threading
 import time
@@ -77,6 +79,25 @@ __all__ = ["Future", "Return", "TimeoutError", "coroutine", "json_query", "Lock"
 #: The built-in commands of every new service that an original service answers too (unless its
 #: ``commands`` table has one of these names: then the table's wins).
 BUILT_INS = ("status", "changes", "metrics", "commands")
+
+
+#: Signals whose handlers an imported original module may replace at its top level (its shutdown
+#: handler), as they were when this module was first imported: ``ioloop.start()`` under ``shmooze
+#: serve`` puts them back, since there the framework stops the service.
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+_signals_before = {sig: signal.getsignal(sig) for sig in HANDLED_SIGNALS}
+
+
+def restore_signal_handlers() -> list[str]:
+    """Put back the handlers an original module replaced (on the main thread only); their names."""
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    restored = []
+    for sig, before in _signals_before.items():
+        if before is not None and signal.getsignal(sig) is not before:
+            signal.signal(sig, before)
+            restored.append(signal.Signals(sig).name)
+    return restored
 
 
 class Return(Exception):
@@ -162,13 +183,20 @@ class IOLoop:
         caller = inspect.currentframe()
         caller = caller.f_back if caller is not None else None
         if caller is None or caller.f_globals.get("__name__") != "__main__":
-            log.info("ioloop.start() in an imported module: the service is served by shmooze serve")
+            restored = restore_signal_handlers()
+            log.info("ioloop.start() in an imported module: shmooze serve serves the service and stops it%s",
+                     f" (its handlers of {', '.join(restored)} are not used)" if restored else "")
             return
         servers = [ServedPort(s) for s in list(_made)]
         try:
             for server in servers:
                 server.start()
-            self.run()
+            thread = self._thread
+            if thread is not None and thread.is_alive():  # (it made the services): wait for its stop
+                while thread.is_alive():
+                    thread.join(0.5)  # (signal handlers run meanwhile)
+            else:
+                self.run()
         finally:
             for server in servers:
                 server.close()
@@ -584,7 +612,18 @@ class JSONCommandProcessor:
         raise Return(result)
 
 
-class Service(NewService):
+class MadeOnTheLoop(type):
+    """Makes each original service on the loop's thread, where its commands run (started if need be): what
+    its ``__init__`` makes (a SQLite connection) is used on the thread that made it, as under Tornado."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if ioloop.running_on == threading.get_ident():
+            return type.__call__(cls, *args, **kwargs)
+        ioloop.run_in_thread()
+        return ioloop.run_on_loop(lambda: type.__call__(cls, *args, **kwargs)).result()
+
+
+class Service(NewService, metaclass=MadeOnTheLoop):
     """An original service: listens on its ``port`` (a class attribute, or the argument) with the new
     HTTP/JSON. Its commands are its ``command(line)`` coroutine's (a :class:`JSONCommandProcessor`'s
     ``commands`` table); ``status``, ``changes``, ``metrics`` and ``commands`` are the new services' own."""
