@@ -308,3 +308,12 @@ def test_environment_in_the_systemd_units_and_the_framework_variables_refused(tm
             settings_mod.Settings({"ports": {"queue": 2}, "environment": {"queue": {own: "x"}}})
     with pytest.raises(SettingsError, match="supervisord cannot pass"):
         settings_mod.Settings({"ports": {"queue": 2}, "environment": {"queue": {"A": "it's \"both\""}}})
+
+
+def test_the_porting_guide_tells_each_remaining_difference():
+    guide = (ROOT / "docs" / "porting.md").read_text()
+    for topic in ("shmooze.lib.service", "shmooze.lib.database", "shmooze.lib.bot", "json_query",
+                  "### Commands run concurrently", "check_same_thread=False", "### A service that fails at start stops the run",
+                  "no such table", "original_command_log", "queue_log", "module-instance", "queue-module",
+                  '"environment": {"queue": {"DISPLAY": ":0"}}', "Queue(modules, backgrounds, log_path)"):
+        assert topic in guide, topic
