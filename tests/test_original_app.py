@@ -74,6 +74,11 @@ def test_an_original_service_answers_through_the_gateway(radio):
         done = list(pool.map(lambda v: volume.set_vol(vol=v)["vol"], range(20)))
     assert done == list(range(20))
     assert sorted(volume.history()[-20:]) == list(range(20))  # a connection made in __init__, used on the loop
+    # A command waiting on an Event holds nothing up: the set_vol that ends its wait runs meanwhile.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(volume.next_set)
+        wait_for(lambda: volume.set_vol(vol=44) and waiting.done(), 10, what="next_set to end")
+        assert waiting.result() == {"vol": 44}
     # The new services' built-ins are there too: status, and commands (the gateway learns the table).
     assert volume.status()["service"] == "volume"
     assert set(volume.commands()) >= {"get_vol", "set_vol", "announce", "both", "status"}

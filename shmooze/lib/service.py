@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 
 Future = concurrent.futures.Future
 
-__all__ = ["Future", "Return", "TimeoutError", "coroutine", "json_query", "Lock", "with_timeout", "sleep", "moment",
+__all__ = ["Future", "Return", "TimeoutError", "coroutine", "json_query", "Lock", "Event", "with_timeout", "sleep", "moment",
            "maybe_future", "wait", "IOLoop", "ioloop", "Service", "JSONCommandProcessor"]
 
 #: The built-in commands of every new service that an original service answers too (unless its
@@ -499,6 +499,37 @@ class Lock:
                     waiter.set_result(_Release(self))
                     return
             self._held = False
+
+
+class Event:
+    """toro's Event: ``yield event.wait()`` until another command calls ``event.set()``."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[Future] = []
+        self._guard = threading.Lock()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        with self._guard:
+            self._set = True
+            waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def wait(self, deadline: Any = None) -> Future:
+        with self._guard:
+            if self._set:
+                return done_future(None)
+            future: Future = Future()
+            self._waiters.append(future)
+        return future if deadline is None else with_timeout(deadline, future)
 
 
 class _Release:

@@ -17,6 +17,7 @@ class Volume(service.JSONCommandProcessor, service.Service):
         self.vol = 50
         self.sets = 0
         self.lock = service.Lock()
+        self.set_event = service.Event()
         # A connection bound to this thread, as the original's services made them: the loop runs here.
         self.db = sqlite3.connect(":memory:")
         self.db.execute("CREATE TABLE sets (vol INTEGER)")
@@ -35,6 +36,8 @@ class Volume(service.JSONCommandProcessor, service.Service):
             self.vol = vol
             self.sets += 1
             self.db.execute("INSERT INTO sets VALUES (?)", (vol,))
+        event, self.set_event = self.set_event, service.Event()
+        event.set()
         raise service.Return({"vol": self.vol})
 
     @service.coroutine
@@ -54,11 +57,18 @@ class Volume(service.JSONCommandProcessor, service.Service):
         raise service.Return({"vol": results[0]["vol"], "types": packet.assert_success(results[1])})
 
     @service.coroutine
+    def next_set(self):
+        # Waits for another command (set_vol) while the loop runs it.
+        yield self.set_event.wait()
+        raise service.Return({"vol": self.vol})
+
+    @service.coroutine
     def history(self):
         raise service.Return([vol for (vol,) in self.db.execute("SELECT vol FROM sets")])
 
     commands = {
         "history": history,
+        "next_set": next_set,
         "get_vol": get_vol,
         "set_vol": set_vol,
         "announce": announce,
