@@ -156,6 +156,33 @@ def secret(value: Any) -> str:
     return value
 
 
+#: Variables the framework sets on its services' processes (by prefix, or the whole name): the
+#: ``environment`` setting may not name them, so that it never overrides them silently.
+OWN_ENVIRONMENT = ("SHMOOZE_", "SUPERVISOR_", "PYTHONUNBUFFERED")
+
+
+def environment_table(value: Any) -> dict[str, dict[str, str]]:
+    """Service name (``wsgi``: the gateway; ``*``: every service) to its processes' variables."""
+    if not isinstance(value, dict):
+        raise ValueError("must be an object of service name to an object of variables")
+    for service, variables in value.items():
+        if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
+            raise ValueError(f"gives {service!r} something else than an object of variable name to text")
+        for name in variables:
+            if not name or "=" in name or not name.replace("_", "a").isalnum() or name[0].isdigit():
+                raise ValueError(f"names a variable {name!r} for {service!r}: not a variable name")
+            text = variables[name]
+            quotes = ("'", '"')
+            if "\n" in text or "\r" in text or all(q in text for q in quotes) or text.startswith(quotes) \
+                    or text.endswith(quotes):
+                raise ValueError(f"gives {name!r} of {service!r} a value supervisord cannot pass: a line break, both "
+                                 "kinds of quote, or a quote at either end")
+            if name.startswith(OWN_ENVIRONMENT):
+                raise ValueError(f"names {name!r} for {service!r}: the framework sets that variable itself "
+                                 f"(names starting with {', '.join(OWN_ENVIRONMENT)} are its own)")
+    return value
+
+
 def type_table(value: Any) -> dict[str, dict[str, Any]]:
     """Type name to restart policy and limits (checked again against the code's types at start)."""
     from shmooze.moduletype import SETTABLE, _setting
@@ -206,6 +233,12 @@ class Declared:
     log_max_age_days = Key(seconds, 7.0, "days the command log keeps a row")
     log_max_bytes = Key(_bytes, 100_000_000, "bytes the command log keeps at most")
     log_module_updates = Key(flag, False, "whether every module's parameter updates are logged")
+    original_command_log = Key(flag, False, "queues and pools also write the original framework's command log "
+                               "(tables `queue_log`, `pool_log`) in `log_database_path`")
+    environment: Key[dict[str, dict[str, str]]] = Key(
+        environment_table, {}, "service name (`wsgi`: the gateway, `*`: every service) to variables set in its "
+        "process and its modules' (the framework's own variables cannot be named)",
+        example={"queue": {"DISPLAY": ":0"}})
     journal = Key(flag, True, "queues and pools restore their modules after a restart")
     journal_path = Key(_path, None, "the folder of the journals", example="${HOME}/.local/share/myapp/journal")
     durability = Key(choice(DURABILITY), "fsync", "when a command that changes something is answered")

@@ -239,6 +239,24 @@ def service_command(settings_path: str, name: str) -> str:
     return _conf_value(" ".join(shlex.quote(a) for a in argv))
 
 
+def service_environment(settings: Settings, name: str) -> dict[str, str]:
+    """The variables the ``environment`` setting gives service ``name``'s process (and so its modules'):
+    the entry ``*`` (every service), then the service's own entry over it. The framework's own variables
+    (``SHMOOZE_SETTINGS``, ``PYTHONUNBUFFERED``...) cannot be named there (shmooze.registry refuses them)."""
+    table = settings.environment
+    return {**table.get("*", {}), **table.get(name, {})}
+
+
+def _supervisord_environment(variables: dict[str, str]) -> str:
+    """``environment=`` of a program: each value quoted with the quote it does not hold (supervisord splits
+    the line with shlex, without escapes; the registry refuses a value holding both)."""
+    pairs = []
+    for name, value in variables.items():
+        quote = "'" if '"' in value else '"'
+        pairs.append(f"{name}={quote}{value}{quote}")
+    return "environment=" + _conf_value(",".join(pairs))
+
+
 def chosen_services(settings: Settings, services: list[str] | None) -> list[str]:
     """The services this host runs: those named (``gateway`` is ``wsgi``), else every port's."""
     if not services:
@@ -285,7 +303,7 @@ def supervisord_conf(settings: Settings, paths: RunPaths, services: list[str] | 
             f"directory={_conf_value(os.path.dirname(settings_path))}",
             # The settings path travels on the command line (quoted), not here: supervisord's
             # environment syntax has no escape for every character a path may hold.
-            'environment=PYTHONUNBUFFERED="1"',
+            _supervisord_environment({"PYTHONUNBUFFERED": "1", **service_environment(settings, name)}),
             "umask=077",  # what a service writes (journal, command log, logs) is its user's alone
             "autostart=true",
             "autorestart=true",
@@ -308,6 +326,12 @@ def _systemd_word(text: str) -> str:
     """One word of a unit's ``ExecStart``: double-quoted, with ``%`` and ``$`` kept literal."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
     return f'"{escaped}"'
+
+
+def _systemd_env(name: str, value: str) -> str:
+    """One ``Environment=`` assignment, double-quoted, with ``%`` kept literal."""
+    text = f"{name}={value}".replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{text}"'
 
 
 def unit_prefix(settings: Settings) -> str:
@@ -344,6 +368,8 @@ def systemd_units(settings: Settings, services: list[str] | None = None, user: s
             "WorkingDirectory=" + os.path.dirname(settings_path).replace("%", "%%"),
             f"Environment={_systemd_word('SHMOOZE_SETTINGS=' + settings_path)}",
             "Environment=PYTHONUNBUFFERED=1",
+            # The settings' environment: systemd expands % specifiers (doubled here), not $ in Environment=.
+            *(f"Environment={_systemd_env(k, v)}" for k, v in service_environment(settings, name).items()),
             *([f"User={user}"] if user else []),
             "Restart=always",
             "RestartSec=1",

@@ -27,11 +27,23 @@ from shmooze.hosting.acknowledge import answer_when_kept
 from shmooze.hosting.clientkeys import ClientKeys
 from shmooze.hosting.cmdlog import CommandLog, CommandRecorder
 from shmooze.hosting.journal import FSYNC, Entry, Journal, JournalRecorder
-from shmooze.hosting.lifecycle import Ended, Lifecycle, Placed, Removed, Started, StartFailed, Told, Updated
+from shmooze.hosting.lifecycle import (
+    Answered,
+    Commanded,
+    Ended,
+    Lifecycle,
+    Placed,
+    Removed,
+    Started,
+    StartFailed,
+    Told,
+    Updated,
+)
 from shmooze.hosting.modulechanges import ModuleChanges
 from shmooze.hosting.moduleprocess import ModuleBroken, ModuleError, ModuleProcess
 from shmooze.hosting.moduletable import ModuleTable
 from shmooze.hosting.ops import HostOps
+from shmooze.hosting.originallog import OriginalLog, OriginalLogWriter
 from shmooze.hosting.placement import Placement
 from shmooze.hosting.playrule import PlayRule
 from shmooze.hosting.restarter import RestartPolicies
@@ -59,6 +71,8 @@ class ModuleHost(Service):
 
     #: Which kinds of module a restart policy applies to ("module" or "background").
     restartable: tuple[str, ...] = ("module",)
+    #: Its table and namespaces in the original's command log (``queue_log``, ``client-queue``).
+    original_kind = "queue"
 
     def __init__(self, modules: Iterable[ModuleType], *, placement: Placement, max_modules: int = 1000,
                  max_line: int = 1 << 20, keep_ended: int = 100, journal: str | Journal | None = None,
@@ -69,6 +83,8 @@ class ModuleHost(Service):
         self.types = by_name(modules, "module")
         self.max_modules, self.max_line = max_modules, max_line
         self.command_log: CommandLog | None = None  # set by the application (see shmooze.hosting.cmdlog)
+        #: The command log in the original's tables (see shmooze.hosting.originallog); set by the settings.
+        self.original_log: OriginalLogWriter | None = None
         self.journal: Journal | None = journal if isinstance(journal, Journal) else None
         #: Where the journal is opened when the service starts (set from the settings by shmooze.serve).
         self.journal_path = journal if isinstance(journal, str) else None
@@ -91,10 +107,12 @@ class ModuleHost(Service):
         self.rule = PlayRule(self.table, lambda orders: self._boot().send(orders, self._told),
                              lambda uids: self._remove(uids, "failed play/suspend", send_rm=False, wait=False))
         self.recorder = CommandRecorder(lambda: self.name, lambda: self.command_log, lambda: self.log_module_updates)
+        self.original = OriginalLog(lambda: self.original_log)
         # Who hears each step of a module's life, in this order (the only place it is set):
         self.lifecycle = Lifecycle([
             JournalRecorder(lambda: self.journal),  # first: what a success answer promises is on its way to disk
             self.recorder,  # the command log's rows, kept before the answer as the journal's records are
+            self.original,  # the original's command log rows (never waited for)
             self.ops,  # names the limit that ended a module before anyone reads its rung; keeps the recent ends
             self.restarts,  # after the end is among the recent ends: status never shows a restart without it
             ModuleChanges(self.changed, self.changed_each),  # last: a client told of a change finds all it did
@@ -134,6 +152,8 @@ class ModuleHost(Service):
                 self.runtime.close(self.stop_module)
             if self.command_log is not None:
                 self.command_log.close()
+            if self.original_log is not None:
+                self.original_log.close()
             super().stop()
         finally:
             self._stop_done.set()
@@ -168,7 +188,9 @@ class ModuleHost(Service):
             uid = uid or self.table.new_uid()
             module = runtime.module(mtype, uid, {"SHMOOZE_RESTORED": "1"} if restored is not None else {},
                                     on_update=self._on_update, on_gone=self._on_gone, on_output=self.ops.on_output,
-                                    check_peers=self.check_peers, max_line=self.max_line)
+                                    check_peers=self.check_peers, max_line=self.max_line,
+                                    on_answer=self._on_answer if kind == "module" and self.original.wants_commands()
+                                    else None)
             self.table.starting(module)
         try:
             module.start(args, restored)
@@ -248,6 +270,10 @@ class ModuleHost(Service):
 
     def _told(self, module: ModuleProcess, cmd: str) -> None:
         self.lifecycle.publish(Told(module, cmd))
+
+    def _on_answer(self, module: ModuleProcess, command: dict[str, Any], answer: Any) -> None:
+        """A command sent to a module and its answer (only while the original's command log is written)."""
+        self.lifecycle.publish(Commanded(module, command, answer))
 
     def _on_update(self, module: ModuleProcess, cmd: str, args: dict[str, Any]) -> None:
         """An update line from a module (I/O thread)."""
@@ -338,7 +364,12 @@ class ModuleHost(Service):
     def _dispatch(self, item: protocol.Item) -> dict[str, Any]:
         """Run a command; one that changes something is answered once its change is kept (shmooze.hosting.acknowledge)."""
         spec = self._commands.get(getattr(item, "cmd", ""))
-        if spec is None or spec.read_only or (self.journal is None and self.command_log is None):
+        if spec is None or spec.read_only:
             return super()._dispatch(item)
-        return answer_when_kept(lambda: super(ModuleHost, self)._dispatch(item), spec.name, self.name, self.journal,
-                                self.command_log, self.durability)
+        if self.journal is None and self.command_log is None:
+            answer = super()._dispatch(item)
+        else:
+            answer = answer_when_kept(lambda: super(ModuleHost, self)._dispatch(item), spec.name, self.name,
+                                      self.journal, self.command_log, self.durability)
+        self.lifecycle.publish(Answered(spec.name, getattr(item, "args", {}), answer))
+        return answer

@@ -76,6 +76,28 @@ class Told:
 
 
 @dataclass(slots=True)
+class Commanded:
+    """A command sent to a module (``{"cmd", "args"}``) and its whole answer, None when none came (a
+    timeout, a closed stream); on the thread that sent it. Only modules the host hears commands of
+    (see ``ModuleHost.spawn``) publish it: the others pay nothing."""
+
+    handler: ClassVar[str] = "commanded"
+    module: ModuleProcess
+    command: dict[str, Any]
+    answer: Any
+
+
+@dataclass(slots=True)
+class Answered:
+    """A client command that may change something, and the whole answer it got (a failure too)."""
+
+    handler: ClassVar[str] = "answered"
+    cmd: str
+    args: dict[str, Any]
+    answer: dict[str, Any]
+
+
+@dataclass(slots=True)
 class Removed:
     """Modules taken out of place, to be stopped (published with the table's lock held)."""
 
@@ -116,7 +138,8 @@ class Ended:
         return self.module.ended_by
 
 
-Event = Started | StartFailed | Placed | Updated | Told | Removed | Reordered | Restored | Ended
+Event = (Started | StartFailed | Placed | Updated | Told | Commanded | Answered | Removed | Reordered | Restored
+         | Ended)
 
 
 class Subscriber:
@@ -135,6 +158,12 @@ class Subscriber:
         pass
 
     def told(self, event: Told) -> None:
+        pass
+
+    def commanded(self, event: Commanded) -> None:
+        pass
+
+    def answered(self, event: Answered) -> None:
         pass
 
     def removed(self, event: Removed) -> None:

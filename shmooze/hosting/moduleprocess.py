@@ -80,7 +80,7 @@ class ModuleProcess:
     """
 
     # A service holds hundreds of these: slots, not a dict of 40 entries each (1.6 KiB less per module).
-    __slots__ = ("type", "uid", "loop", "on_update", "on_gone", "on_spawn", "on_output", "extra_env", "max_line",
+    __slots__ = ("type", "uid", "loop", "on_update", "on_gone", "on_answer", "on_spawn", "on_output", "extra_env", "max_line",
                  "host", "box", "check_peers", "refused", "state", "parameters", "proc", "pid", "started_at",
                  "started_mono", "stopped_at", "ended_by", "stop_reason", "start_failed", "returncode", "told",
                  "gone_reason", "restart_plan", "_cmd_sock", "_cmd_buf", "_upd_sock", "_upd_buf", "_upd_chan",
@@ -91,6 +91,7 @@ class ModuleProcess:
                  on_gone: Callable[[ModuleProcess, str], None] | None = None,
                  on_spawn: Callable[[int], None] | None = None,
                  on_output: Callable[[ModuleProcess, str, str], None] | None = None,
+                 on_answer: Callable[[ModuleProcess, dict[str, Any], Any], None] | None = None,
                  env: dict[str, str] | None = None, max_line: int = 1 << 20,
                  host: str = "127.0.0.1", box: Box | None = None, check_peers: bool = True):
         self.type = mtype
@@ -100,6 +101,7 @@ class ModuleProcess:
         self.on_gone = on_gone
         self.on_spawn = on_spawn
         self.on_output = on_output  # (module, "stdout" or "stderr", line): see shmooze.hosting.output
+        self.on_answer = on_answer  # (module, command, whole answer or None): each command and its answer
         self.extra_env = env or {}
         self.max_line = max_line
         self.host = host
@@ -517,21 +519,33 @@ class ModuleProcess:
                 sock.sendall(line)
                 raw = self._read_line(sock, deadline, cmd)
             except (socket.timeout, TimeoutError):
+                self._heard(cmd, args, None)
                 raise ModuleBroken(f"no answer to {cmd} within {limit:g} s") from None
             except OSError as exc:
+                self._heard(cmd, args, None)
                 raise ModuleBroken(f"command stream failed during {cmd}: {exc.strerror or exc}") from None
             finally:
                 self.loop.call_soon(self._watch_command_stream)
         try:
             answer = json.loads(raw)
         except (ValueError, RecursionError):
+            self._heard(cmd, args, None)
             raise ModuleBroken(f"answer to {cmd} is not JSON: {protocol.short(raw)}") from None
+        self._heard(cmd, args, answer)
         try:
             return protocol.answer_result(answer)
         except protocol.AnswerFailed as exc:
             raise ModuleError(str(exc)) from None
         except protocol.NotAnAnswer as exc:
             raise ModuleBroken(f"answer to {cmd}: {exc}") from None
+
+    def _heard(self, cmd: str, args: dict[str, Any] | None, answer: Any) -> None:
+        """Tell ``on_answer`` of a command and its answer (None: no answer came)."""
+        if self.on_answer is not None:
+            try:
+                self.on_answer(self, {"cmd": cmd, "args": args or {}}, answer)
+            except Exception:
+                log.exception("answer handler failed")
 
     def _check_nothing_unasked(self, sock: socket.socket, cmd: str) -> None:
         """Between commands the module must be silent: an extra answer (two answers to one command)
