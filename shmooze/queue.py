@@ -123,7 +123,7 @@ class Queue(ModuleHost):
     @command
     def set_bg(self, type: str, args: dict = {}, key: str | None = None) -> dict:  # noqa: B006 - never mutated
         """Start a background; the old one is stopped. ``key``: as for ``add``."""
-        return self.keys.once(key, lambda: {"uid": self._start_and_place(self.backgrounds, type, args, "background", key,
+        return self.keys.once(key, lambda: {"uid": self.start_and_place(self.backgrounds, type, args, "background", key,
                                                                      logged_as="set_bg").uid})
 
     @command

@@ -266,7 +266,7 @@ def test_without_the_setting_no_original_tables(tmp_path):
     settings = settings_mod.Settings({"ports": {"pool": 1}, "services": {"pool": lambda: Pool([])},
                                       "log_database_path": path, "journal": False})
     pool = build_service(settings, "pool")
-    assert pool.original_log is None and not pool.original.wants_commands()
+    assert pool.original_log is None and pool.original.answer_hook(pool.lifecycle) is None
     pool.stop()
 
 

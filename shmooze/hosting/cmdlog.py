@@ -315,6 +315,11 @@ class CommandRecorder(Subscriber):
                  log_module_updates: Callable[[], bool]):
         self.name, self.command_log, self.log_module_updates = name, command_log, log_module_updates
 
+    def close(self) -> None:
+        log = self.command_log()
+        if log is not None:
+            log.close()
+
     def command(self, cmd: str, args: dict[str, Any], result: Any = None, uid: str | None = None,
                 type: str | None = None, caller: str | None = None) -> None:
         """A client command's row (namespace ``client-SERVICE``), naming its caller (by default the one

@@ -3,7 +3,7 @@
 A host keeps its modules in a :class:`~shmooze.hosting.moduletable.ModuleTable` (states, uid index, lock)
 whose placement policy (:mod:`shmooze.hosting.placement`: the queue's order, the pool's set) says where a
 module goes and what it is told. Each step of a module's life is one method here: :meth:`spawn`
-starts it, :meth:`_start_and_place` puts it in place, :meth:`_remove` takes modules out and
+starts it, :meth:`start_and_place` puts it in place, :meth:`_remove` takes modules out and
 :meth:`stop_module` is the one stop path of every module (its ladder, then its end). Each step is
 published as a lifecycle event (:mod:`shmooze.hosting.lifecycle`) to the journal, the command log, the
 operations figures, the restart policies and the change events, in the order declared in
@@ -29,7 +29,6 @@ from shmooze.hosting.cmdlog import CommandLog, CommandRecorder
 from shmooze.hosting.journal import FSYNC, Entry, Journal, JournalRecorder
 from shmooze.hosting.lifecycle import (
     Answered,
-    Commanded,
     Ended,
     Lifecycle,
     Placed,
@@ -150,10 +149,7 @@ class ModuleHost(Service):
             self.restorer.join(60)  # it sees closing, starts nothing more and stops what it started
             if self.runtime is not None:
                 self.runtime.close(self.stop_module)
-            if self.command_log is not None:
-                self.command_log.close()
-            if self.original_log is not None:
-                self.original_log.close()
+            self.lifecycle.close()  # the command logs
             super().stop()
         finally:
             self._stop_done.set()
@@ -189,8 +185,7 @@ class ModuleHost(Service):
             module = runtime.module(mtype, uid, {"SHMOOZE_RESTORED": "1"} if restored is not None else {},
                                     on_update=self._on_update, on_gone=self._on_gone, on_output=self.ops.on_output,
                                     check_peers=self.check_peers, max_line=self.max_line,
-                                    on_answer=self._on_answer if kind == "module" and self.original.wants_commands()
-                                    else None)
+                                    on_answer=self.original.answer_hook(self.lifecycle) if kind == "module" else None)
             self.table.starting(module)
         try:
             module.start(args, restored)
@@ -203,11 +198,7 @@ class ModuleHost(Service):
         self.lifecycle.publish(Started(module, args, kind))
         return module
 
-    def restart_module(self, mtype: ModuleType, args: dict[str, Any], kind: str, uid: str) -> ModuleProcess:
-        """Start a module again under its uid, as its restart policy asks (see :mod:`shmooze.hosting.restarter`)."""
-        return self._start_and_place({mtype.name: mtype}, mtype.name, args, kind, uid=uid)
-
-    def _start_and_place(self, types: dict[str, ModuleType], type: str, args: dict[str, Any], kind: str,
+    def start_and_place(self, types: dict[str, ModuleType], type: str, args: dict[str, Any], kind: str,
                          key: str | None = None, uid: str | None = None,
                          logged_as: str | None = None) -> ModuleProcess:
         """The one placing sequence: start a module, put it in place (what it displaced is taken out and
@@ -271,10 +262,6 @@ class ModuleHost(Service):
     def _told(self, module: ModuleProcess, cmd: str) -> None:
         self.lifecycle.publish(Told(module, cmd))
 
-    def _on_answer(self, module: ModuleProcess, command: dict[str, Any], answer: Any) -> None:
-        """A command sent to a module and its answer (only while the original's command log is written)."""
-        self.lifecycle.publish(Commanded(module, command, answer))
-
     def _on_update(self, module: ModuleProcess, cmd: str, args: dict[str, Any]) -> None:
         """An update line from a module (I/O thread)."""
         self.lifecycle.publish(Updated(module, cmd, args))
@@ -309,7 +296,7 @@ class ModuleHost(Service):
         """Start a module of a type; answers ``{"uid": UID}`` once the module answered ``init``.
 
         ``key``: a client's name for this request; a repeat within the key window gets the first answer."""
-        return self.keys.once(key, lambda: {"uid": self._start_and_place(self.types, type, args, "module", key,
+        return self.keys.once(key, lambda: {"uid": self.start_and_place(self.types, type, args, "module", key,
                                                                      logged_as="add").uid})
 
     @command(read_only=True)
@@ -340,12 +327,7 @@ class ModuleHost(Service):
 
     @command(read_only=True)
     def status(self) -> dict[str, Any]:
-        info = super().status()
-        info.update(self.ops.modules_status(), types=sorted(self.types), restoring=self.restoring,
-                    watchdog_pid=self.runtime.watchdog_pid if self.runtime else None,
-                    journal=self.journal.status() if self.journal else None,
-                    containment=self.containment.describe() if self.containment else None)
-        return info
+        return {**super().status(), **self.ops.host_status()}
 
     @command(read_only=True)
     def output(self, uid: str, after: int = 0, lines: int = 200) -> dict:
@@ -366,10 +348,7 @@ class ModuleHost(Service):
         spec = self._commands.get(getattr(item, "cmd", ""))
         if spec is None or spec.read_only:
             return super()._dispatch(item)
-        if self.journal is None and self.command_log is None:
-            answer = super()._dispatch(item)
-        else:
-            answer = answer_when_kept(lambda: super(ModuleHost, self)._dispatch(item), spec.name, self.name,
-                                      self.journal, self.command_log, self.durability)
+        answer = answer_when_kept(lambda: super(ModuleHost, self)._dispatch(item), spec.name, self.name,
+                                  self.journal, self.command_log, self.durability)
         self.lifecycle.publish(Answered(spec.name, getattr(item, "args", {}), answer))
         return answer

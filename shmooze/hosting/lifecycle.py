@@ -178,6 +178,10 @@ class Subscriber:
     def ended(self, event: Ended) -> None:
         pass
 
+    def close(self) -> None:
+        """The host has stopped (subscribers that write somewhere close it here)."""
+
+
 
 class Lifecycle:
     """The subscribers of one host, in the order they hear every event (set once, by the host)."""
@@ -197,6 +201,11 @@ class Lifecycle:
             if getattr(type(subscriber), name) is not getattr(Subscriber, name):
                 hearers.append(getattr(subscriber, name))
 
+    def close(self) -> None:
+        """The host has stopped: each subscriber that writes somewhere closes it, in order."""
+        for subscriber in self.subscribers:
+            subscriber.close()
+
     def publish(self, event: Event) -> None:
         """Hand ``event`` to every subscriber that hears its kind, in order, on this thread (an exception
         goes to the publisher)."""
@@ -204,4 +213,4 @@ class Lifecycle:
             hear(event)
 
 
-_HANDLERS = [name for name in vars(Subscriber) if not name.startswith("_")]
+_HANDLERS = [name for name in vars(Subscriber) if not name.startswith("_") and name != "close"]

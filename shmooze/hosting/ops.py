@@ -22,11 +22,14 @@ from shmooze.system import usage
 from shmooze.system.limits import Limits, ended_by_limit
 
 if TYPE_CHECKING:
+    from shmooze.hosting.journal import Journal
     from shmooze.hosting.moduleprocess import ModuleProcess
     from shmooze.hosting.moduletable import ModuleTable
     from shmooze.hosting.restarter import RestartPolicies
+    from shmooze.hosting.runtime import ModuleRuntime
     from shmooze.http.metrics import ServiceStats
     from shmooze.moduletype import ModuleType
+    from shmooze.system.containment import Containment
     from shmooze.system.ioloop import IOLoop
     from shmooze.system.storage import Health
 
@@ -50,6 +53,18 @@ class Host(Protocol):
 
     @property
     def loop(self) -> IOLoop | None: ...
+
+    @property
+    def restoring(self) -> bool: ...
+
+    @property
+    def runtime(self) -> ModuleRuntime | None: ...
+
+    @property
+    def journal(self) -> Journal | None: ...
+
+    @property
+    def containment(self) -> Containment | None: ...
 
     def changed(self, kind: str, **details: Any) -> int: ...
 
@@ -129,6 +144,15 @@ class HostOps(Subscriber):
         return out.since(after, max(0, min(lines, 10_000)))
 
     # -- figures -----------------------------------------------------------------------
+
+    def host_status(self) -> dict[str, Any]:
+        """What a module host adds to a service's ``status``: its modules (:meth:`modules_status`), module
+        types, whether it is restoring, its orphan guard, journal and containment."""
+        host = self.host
+        return {**self.modules_status(), "types": sorted(host.types), "restoring": host.restoring,
+                "watchdog_pid": host.runtime.watchdog_pid if host.runtime else None,
+                "journal": host.journal.status() if host.journal else None,
+                "containment": host.containment.describe() if host.containment else None}
 
     def modules_status(self) -> dict[str, Any]:
         """The modules of ``status``: those live and stopping with their figures, those waiting to restart

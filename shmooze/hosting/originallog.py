@@ -26,11 +26,14 @@ import logging
 import sqlite3
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from shmooze.hosting.batchwriter import BatchWriter
-from shmooze.hosting.lifecycle import Answered, Commanded, Ended, Subscriber, Updated
+from shmooze.hosting.lifecycle import Answered, Commanded, Ended, Lifecycle, Subscriber, Updated
 from shmooze.system import private
+
+if TYPE_CHECKING:
+    from shmooze.hosting.moduleprocess import ModuleProcess
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +146,17 @@ class OriginalLog(Subscriber):
         self._modules: set[str] = set()  # the uids of the modules whose commands are logged (not backgrounds)
         self._lock = threading.Lock()
 
-    def wants_commands(self) -> bool:
-        """Whether modules should publish their commands and answers (:class:`Commanded`)."""
-        return self.writer() is not None
+    def answer_hook(self, lifecycle: Lifecycle) -> Callable[[ModuleProcess, dict[str, Any], Any], None] | None:
+        """What a module started now calls with each command sent to it and its answer: publishes
+        :class:`Commanded` (None while no original log is written: modules then publish nothing)."""
+        if self.writer() is None:
+            return None
+        return lambda module, command, answer: lifecycle.publish(Commanded(module, command, answer))
+
+    def close(self) -> None:
+        writer = self.writer()
+        if writer is not None:
+            writer.close()
 
     def answered(self, event: Answered) -> None:
         writer = self.writer()

@@ -50,7 +50,9 @@ class Host(Protocol):
 
     def in_thread(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future: ...
 
-    def restart_module(self, mtype: ModuleType, args: dict[str, Any], kind: str, uid: str) -> ModuleProcess: ...
+    def start_and_place(self, types: dict[str, ModuleType], type: str, args: dict[str, Any], kind: str,
+                        key: str | None = None, uid: str | None = None,
+                        logged_as: str | None = None) -> ModuleProcess: ...
 
 
 class RestartPolicies(Subscriber):
@@ -173,7 +175,8 @@ class RestartPolicies(Subscriber):
         if plan is None or tracker is None or self.host.table.closing:
             return
         try:
-            self.host.restart_module(plan["type"], plan["args"], plan["kind"], uid)
+            self.host.start_and_place({plan["type"].name: plan["type"]}, plan["type"].name, plan["args"], plan["kind"],
+                                         uid=uid)
         except CommandError as exc:
             log.warning("module %s (%s): restart failed: %s", uid, plan["type"].name, exc)
             with self._lock:
