@@ -8,6 +8,8 @@
     shmooze restart [SERVICE ...]          restart some services, or all
     shmooze logs [SERVICE] [-f] [-n N]     a service's log (with its modules' output), or all of them
     shmooze serve NAME                     one service (or ``wsgi``, the gateway) in the foreground
+    shmooze hash-password                  the argon2 hash of a password (read from the terminal or
+                                           standard input) for ``users`` in the settings
 
 Commands other than ``run`` find the application by ``--settings``, ``$SHMOOZE_SETTINGS`` or
 ``./settings.json``.
@@ -133,6 +135,26 @@ def cmd_restart(opts: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_password(opts: argparse.Namespace) -> int:
+    """Print the hash of a password, never taken from the command line (``ps`` shows that to everyone)."""
+    from shmooze.gateway.users import hash_password
+
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            sys.stderr.write("shmooze: the two passwords differ\n")
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        sys.stderr.write("shmooze: an empty password\n")
+        return 1
+    sys.stdout.write(hash_password(password) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shmooze", description="Run shmooze services and applications.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--settings", default=None, help=settings_help)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("hash-password", help="print the hash of a password for 'users' in the settings")
+    p.set_defaults(func=cmd_hash_password)
     return parser
 
 

@@ -40,7 +40,7 @@ class PushSession:
     """The gateway's side of one WebSocket: commands in, answers and events out."""
 
     def __init__(self, ws: WebSocket, proxies: dict[str, ServiceProxy], watchers: dict[str, ServiceWatcher],
-                 authorize: Callable[[str, list[protocol.Item], dict[str, Any]], str | None],
+                 authorize: Callable[[str, list[protocol.Item], dict[str, Any]], str | dict[str, Any] | None],
                  is_read: Callable[[str, list[protocol.Item]], bool],
                  max_in_flight: int = MAX_IN_FLIGHT, outbox_bytes: int = OUTBOX_BYTES):
         self.ws = ws
@@ -154,8 +154,8 @@ class PushSession:
         request = protocol.Request([protocol.to_item(c) for c in (body if isinstance(body, list) else [body])],
                                    isinstance(body, list))
         refusal = self.authorize(service, request.items, msg)
-        if refusal:
-            return _reply(mid, protocol.error(refusal))
+        if refusal:  # a message, or a whole answer (one that says to sign in)
+            return _reply(mid, refusal if isinstance(refusal, dict) else protocol.error(refusal))
         try:
             data = wait_for_changes_here(self.watchers[service], protocol.dumps(body))
             reply = proxy.post(data, repeatable=lambda: self.is_read(service, request.items))
