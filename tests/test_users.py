@@ -305,3 +305,24 @@ def test_hash_password_makes_a_hash_that_verifies():
     out = subprocess.run(shmooze_argv("hash-password"), input="s3cret pass\n", capture_output=True, text=True,
                          timeout=60, check=True).stdout.strip()
     assert out.startswith("$argon2id$") and PasswordHasher().verify(out, "s3cret pass")
+
+
+def test_signed_out_ids_reach_every_worker_and_the_file_stays_small(tmp_path, monkeypatch):
+    from shmooze.gateway import sessions
+
+    path = str(tmp_path / "keys" / "service.key.signed-out")
+    one, two = sessions.Revocations(path, 3600), sessions.Revocations(path, 3600)  # two workers of a host
+    one.revoke("first")
+    assert two.revoked("first") and not two.revoked("second")
+    stale = sessions.Revocations(path, -10)  # ids whose cookies have expired anyway: dropped when compacted
+    for i in range(20):
+        stale.revoke(f"old{i}")
+    assert "old19" in Path(path).read_text() and not two.revoked("old19")
+    monkeypatch.setattr(sessions, "COMPACT_AFTER", 200)
+    for i in range(12):
+        two.revoke(f"id{i:02d}")
+    size = Path(path).stat().st_size
+    assert size < 400 and "old0" not in Path(path).read_text()
+    fresh = sessions.Revocations(path, 3600)
+    assert all(w.revoked(f"id{i:02d}") for w in (one, two, fresh) for i in range(12))
+    assert fresh.revoked("first") and (Path(path).stat().st_mode & 0o077) == 0

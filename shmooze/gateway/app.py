@@ -375,6 +375,7 @@ class Gateway:
             raise JSONHTTPError(400, "this is the WebSocket endpoint: connect with a WebSocket")
         # The caller of the upgrade request (its session cookie...) for every message; a message's
         # ``token`` names the token's holder for that message only.
+        self.callers.identify(environ)  # (stored in the upgrade's environ, as for every request)
         upgrade = {k: v for k, v in environ.items() if isinstance(v, str)}  # its headers and peer
 
         def authorize(service: str, items: list[protocol.Item], msg: dict[str, Any]) -> str | dict[str, Any] | None:

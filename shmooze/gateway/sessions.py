@@ -30,6 +30,8 @@ from shmooze.system.private import private_dir
 log = logging.getLogger(__name__)
 
 COOKIE = "shmooze_session"
+#: Bytes of signed-out ids after which the file is written anew without the expired ones.
+COMPACT_AFTER = 256 * 1024
 
 
 def session_secret(service_key: bytes | None) -> bytes:
@@ -47,7 +49,7 @@ class Revocations:
         self.path = path
         self.max_age = max_age
         self.ids: dict[str, float] = {}  # id -> wall-clock time after which its cookie is expired anyway
-        self._read = 0  # bytes of the file read so far
+        self._read = (0, 0)  # (inode, bytes) of the file read so far
         self._lock = threading.Lock()
 
     def revoke(self, sid: str) -> None:
@@ -60,8 +62,25 @@ class Revocations:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, line)  # one write of a short line with O_APPEND: whole, among several workers
+            size = os.fstat(fd).st_size
         finally:
             os.close(fd)
+        if size > COMPACT_AFTER:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Write the file anew with the ids that are still good (a new inode: readers start over)."""
+        assert self.path is not None
+        self._catch_up()
+        now = time.time()
+        kept = "".join(f"{sid} {until:.0f}\n" for sid, until in self.ids.items() if until > now)
+        fresh = f"{self.path}.{os.getpid()}.new"
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, kept.encode())
+        finally:
+            os.close(fd)
+        os.replace(fresh, self.path)  # (a sign-out written meanwhile by another worker is lost: rare, bounded)
 
     def revoked(self, sid: str) -> bool:
         if self.path is not None:
@@ -70,19 +89,19 @@ class Revocations:
 
     def _catch_up(self) -> None:
         try:
-            size = os.stat(self.path).st_size  # type: ignore[arg-type]
+            info = os.stat(self.path)  # type: ignore[arg-type]
         except FileNotFoundError:
             return
-        if size == self._read:
+        if (info.st_ino, info.st_size) == self._read:
             return
         with self._lock:
             with open(self.path, "rb") as f:  # type: ignore[arg-type]
-                if size < self._read:
-                    self._read = 0  # replaced: read it anew
-                f.seek(self._read)
+                ino = os.fstat(f.fileno()).st_ino
+                start = self._read[1] if ino == self._read[0] else 0  # compacted: read it anew
+                f.seek(start)
                 data = f.read()
             complete = data[:data.rfind(b"\n") + 1]
-            self._read += len(complete)
+            self._read = (ino, start + len(complete))
             now = time.time()
             for line in complete.decode("ascii", "replace").splitlines():
                 sid, _, until = line.partition(" ")
