@@ -34,7 +34,7 @@ from shmooze.settings import Settings
 from shmooze.settings import read as read_settings
 from shmooze.testing import WebSocketClient
 from tests.apps import TYPES
-from tests.helpers import Stack, start_service, write_settings
+from tests.helpers import Stack, start_service, wait_for, write_settings
 from tests.test_service_key import as_nobody, need_setpriv
 
 TOKEN = "users-token-5d1e0b7a"
@@ -207,6 +207,14 @@ def test_no_secret_is_served_or_logged(live):
                ada.cookies[COOKIE]]
     for secret in secrets:
         assert secret not in json.dumps(public) + metrics + json.dumps(status)
+    # Nor in a module's environment.
+    uid = send(live, ADD)[1]["result"]["uid"]
+    pid = wait_for(lambda: next((m.get("pid") for m in send(live, {"cmd": "status"})[1]["result"]["modules"]
+                                 if m["uid"] == uid), None), 10, what="the module's pid")
+    environment = Path(f"/proc/{pid}/environ").read_bytes().decode("utf-8", "replace")
+    assert "SHMOOZE" in environment or "PATH" in environment
+    for secret in secrets:
+        assert secret not in environment
     logs = [p for p in Path(live.tmp).rglob("*") if p.is_file() and p.name != "settings.json"
             and p.suffix not in (".key", ".signed-out") and not p.name.endswith((".db", ".journal"))]
     assert any(p.suffix == ".log" for p in logs)
