@@ -334,3 +334,24 @@ def test_signed_out_ids_reach_every_worker_and_the_file_stays_small(tmp_path, mo
     fresh = sessions.Revocations(path, 3600)
     assert all(w.revoked(f"id{i:02d}") for w in (one, two, fresh) for i in range(12))
     assert fresh.revoked("first") and (Path(path).stat().st_mode & 0o077) == 0
+
+
+def test_sign_ins_do_not_hold_up_other_commands(live):
+    """A password check (argon2, tens of milliseconds of CPU) runs off the gateway worker's event
+    loop: reads sent while six sign-ins are being checked are answered long before they all are."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def sign_in_once(_: int) -> float:
+        requests.post(live.url + "_session", json={"user": "bo", "password": "not bo's password"}, timeout=30)
+        return time.monotonic()
+
+    reads = []
+    with ThreadPoolExecutor(6) as pool:
+        started = time.monotonic()
+        done = [pool.submit(sign_in_once, i) for i in range(6)]
+        while not all(f.done() for f in done):
+            sent = time.monotonic()
+            assert send(live, {"cmd": "queue"})[0] == 200
+            reads.append(time.monotonic() - sent)
+        all_done = max(f.result() for f in done) - started
+    assert reads and max(reads) < all_done / 2, (reads, all_done)
