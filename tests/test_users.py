@@ -355,3 +355,18 @@ def test_sign_ins_do_not_hold_up_other_commands(live):
             reads.append(time.monotonic() - sent)
         all_done = max(f.result() for f in done) - started
     assert reads and max(reads) < all_done / 2, (reads, all_done)
+
+
+def test_the_cookie_is_secure_behind_tls(queue_port):
+    client = in_process(queue_port, users=USERS, trusted_proxies=["10.9.0.1"])
+    body = json.dumps({"user": "bo", "password": PASSWORDS["bo"]})
+
+    def cookie(**kw: Any) -> str:
+        resp = client.post("/_session", data=body, content_type="application/json", **kw)
+        assert resp.status_code == 200
+        return resp.headers["Set-Cookie"]
+
+    assert "Secure" not in cookie()
+    assert "; Secure" in cookie(base_url="https://localhost/")
+    assert "; Secure" in cookie(headers={"X-Forwarded-Proto": "https"}, environ_base={"REMOTE_ADDR": "10.9.0.1"})
+    assert "Secure" not in cookie(headers={"X-Forwarded-Proto": "https"}, environ_base={"REMOTE_ADDR": "10.9.0.2"})
