@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.common import BENCH, RESULTS_DIR, TABLE_HEAD, Row, table_line
 
 #: The order of the scripts in the summary (that of `dev.py bench`).
-ORDER = ["run", "push", "cmdlog", "journal", "servicekey", "containment", "soak", "attack"]
+ORDER = ["run", "push", "cmdlog", "journal", "servicekey", "users", "containment", "soak", "attack"]
 
 
 README_BEGIN = "<!-- bench:begin (written by bench/summary.py --readme) -->"

@@ -18,7 +18,10 @@
  *   reconnects with backoff; where no WebSocket can be had, long polling of the service's
  *   "changes" command takes its place;
  * - elements with class "disconnect-hide" are hidden and "disconnect-show" shown while the
- *   connection is lost, and the reverse when it comes back.
+ *   connection is lost, and the reverse when it comes back;
+ * - a command the gateway refuses for want of a sign-in (401, "sign_in": true) shows a sign-in
+ *   form (shmooze.askSignIn; options.signInForm false: none) and tells shmooze.on("sign_in", fn);
+ *   shmooze.signIn(user, password), signOut() and whoami() use the gateway's session cookie.
  */
 (function (global) {
   "use strict";
@@ -35,12 +38,14 @@
       backoffMin: 250,         // ms
       backoffMax: 5000,        // ms
       wsFailuresBeforePolling: 3,
-      requestTimeout: 15000    // ms
+      requestTimeout: 15000,   // ms
+      signInForm: true         // false: no built-in form when a command needs a sign-in (listen to "sign_in")
     },
+    user: null,                // {user, role} once signed in here
     stats: {httpRequests: 0, wsMessagesSent: 0, wsMessagesReceived: 0, reconnects: 0}
   };
 
-  var listeners = {connect: [], disconnect: [], change: []};
+  var listeners = {connect: [], disconnect: [], change: [], sign_in: [], signed_in: [], signed_out: []};
   var ws = null;
   var wsOpen = false;
   var wsFailures = 0;
@@ -98,7 +103,7 @@
           return;
         }
         if (xhr.status !== 200) {
-          reject(new Error((data && data.error) || ("HTTP " + xhr.status)));
+          reject(refusal(data, "HTTP " + xhr.status));
           return;
         }
         resolve(data);
@@ -107,6 +112,14 @@
       xhr.ontimeout = function () { reject(new Error("timed out")); };
       xhr.send(body === undefined ? null : JSON.stringify(body));
     });
+  }
+
+  /* The Error of a refused command; one the gateway refused for want of a sign-in says so
+   * (err.signIn, err.needs: "user" or "operator"). */
+  function refusal(data, fallback) {
+    var err = new Error((data && data.error) || fallback || "failed");
+    if (data && data.sign_in) { err.signIn = true; err.needs = data.needs; }
+    return err;
   }
 
   // -- the WebSocket ----------------------------------------------------------------------
@@ -178,7 +191,7 @@
       delete pending[data.id];
       if (data.answers) waiter.resolve(data.answers);
       else if (data.success) waiter.resolve(data.result);
-      else waiter.reject(new Error(data.error || "failed"));
+      else waiter.reject(refusal(data));
     };
     sock.onclose = function () {
       if (ws !== sock) return;
@@ -274,8 +287,12 @@
     }
   }
 
-  function failAll(items, err) {
-    items.forEach(function (item) { settle(item, {success: false, error: err.message || String(err)}); });
+  function failAll(items, err) {  // each item's promise rejects with err itself (err.signIn...)
+    var message = err.message || String(err);
+    items.forEach(function (item) {
+      if (item.onError) item.onError(message);
+      item.reject(err instanceof Error ? err : new Error(message));
+    });
   }
 
   Endpoint.prototype._send = function (items) {
@@ -293,8 +310,9 @@
       items.forEach(function (item, i) { settle(item, answers[i]); });
       return true;
     }, function (err) {
-      self._reached(false);
+      self._reached(!!err.signIn);  // refused for want of a sign-in: the service itself is fine
       failAll(items, err);
+      if (err.signIn) needSignIn(err);
       return false;
     });
   };
@@ -382,6 +400,88 @@
       try { fn(event); } catch (e) { if (global.console) console.error(e); }
     });
     emit("change", event);
+  };
+
+  // -- signing in --------------------------------------------------------------------------
+  // A command that needs a signed-in user or operator is refused (401, "sign_in": true): the
+  // "sign_in" listeners hear it, and the built-in form shows (options.signInForm). Once signed in
+  // (a session cookie the gateway sets), the WebSocket is opened again with it and the command
+  // may be sent again.
+
+  function needSignIn(err) {
+    emit("sign_in", {needs: err.needs, error: err.message});
+    if (shmooze.options.signInForm) shmooze.askSignIn(err.message);
+  }
+
+  function reopenWebSocket() {
+    if (!ws) return;  // polling, or not yet open: the next WebSocket sends the cookie anyway
+    var old = ws;
+    ws = null;
+    wsOpen = false;
+    Object.keys(pending).forEach(function (id) { pending[id].reject(new Error("connection lost")); });
+    pending = {};
+    old.close();
+    openWebSocket();
+  }
+
+  /* Sign in as user with password; resolves with {user, role}. */
+  shmooze.signIn = function (user, password) {
+    return httpJson("POST", baseUrl() + "_session", {user: user, password: password}).then(function (answer) {
+      shmooze.user = answer.result;
+      reopenWebSocket();
+      emit("signed_in", answer.result);
+      return answer.result;
+    });
+  };
+
+  /* Sign out (the gateway refuses the session's cookie from then on). */
+  shmooze.signOut = function () {
+    return httpJson("DELETE", baseUrl() + "_session").then(function () {
+      shmooze.user = null;
+      reopenWebSocket();
+      emit("signed_out", null);
+    });
+  };
+
+  /* Who the gateway takes this page for: resolves with {user, role, sign_in} (user null: anonymous). */
+  shmooze.whoami = function () {
+    return httpJson("GET", baseUrl() + "_session").then(function (answer) {
+      shmooze.user = answer.result.user ? answer.result : null;
+      return answer.result;
+    });
+  };
+
+  /* Show the built-in sign-in form (a form#shmooze-sign-in, made once), saying why. */
+  shmooze.askSignIn = function (why) {
+    if (typeof document === "undefined") return;
+    var form = document.getElementById("shmooze-sign-in");
+    if (!form) {
+      form = document.createElement("form");
+      form.id = "shmooze-sign-in";
+      form.setAttribute("style", "position:fixed;top:1em;right:1em;z-index:1000;background:#fff;color:#000;" +
+                        "border:1px solid #888;border-radius:6px;padding:.75em;font:14px sans-serif;" +
+                        "box-shadow:0 2px 8px rgba(0,0,0,.3)");
+      form.innerHTML = '<p class="shmooze-sign-in-why" style="margin:0 0 .5em"></p>' +
+        '<input name="user" autocomplete="username" placeholder="user" required> ' +
+        '<input name="password" type="password" autocomplete="current-password" placeholder="password" required> ' +
+        '<button type="submit">sign in</button> <button type="button" name="cancel">cancel</button>' +
+        '<p class="shmooze-sign-in-error" style="margin:.5em 0 0;color:#b00"></p>';
+      form.addEventListener("submit", function (ev) {
+        ev.preventDefault();
+        shmooze.signIn(form.elements.user.value, form.elements.password.value).then(function () {
+          form.elements.password.value = "";
+          form.hidden = true;
+        }, function (err) {
+          form.querySelector(".shmooze-sign-in-error").textContent = err.message;
+        });
+      });
+      form.elements.cancel.addEventListener("click", function () { form.hidden = true; });
+      document.body.appendChild(form);
+    }
+    form.querySelector(".shmooze-sign-in-why").textContent = why || "";
+    form.querySelector(".shmooze-sign-in-error").textContent = "";
+    form.hidden = false;
+    form.elements.user.focus();
   };
 
   // -- start ------------------------------------------------------------------------------

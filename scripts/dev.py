@@ -29,7 +29,7 @@ BIN = VENV / "bin"
 #: Every benchmark (a module of the bench package, run as `python -m bench.NAME` from the root), in the
 #: order `dev.py bench` runs them (each prints its tables and saves them in bench/results/; --quick
 #: shortens all); bench.summary then joins them into bench/results.md.
-BENCHMARKS = ["run", "push_bench", "cmdlog_bench", "journal_bench", "servicekey_bench", "who_bench", "containment_bench", "soak",
+BENCHMARKS = ["run", "push_bench", "cmdlog_bench", "journal_bench", "servicekey_bench", "who_bench", "users_bench", "containment_bench", "soak",
               "attack_bench"]
 
 

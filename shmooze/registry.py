@@ -211,6 +211,43 @@ def type_table(value: Any) -> dict[str, dict[str, Any]]:
     return value
 
 
+def user_table(value: Any) -> dict[str, dict[str, str]]:
+    """User name to ``{"password_hash": ARGON2 HASH, "role": "user" | "operator"}`` (shmooze.gateway.users)."""
+    if not isinstance(value, dict):
+        raise ValueError("must be an object of user name to {\"password_hash\": ..., \"role\": ...}")
+    problems = []
+    for name, entry in value.items():
+        if not name or not isinstance(entry, dict) or set(entry) - {"password_hash", "role"}:
+            problems.append(f"users[{name!r}] must be an object with 'password_hash' and 'role'")
+            continue
+        hashed = entry.get("password_hash")
+        if hashed is not None and (not isinstance(hashed, str) or not hashed.startswith("$argon2")):
+            problems.append(f"users[{name!r}]: 'password_hash' must be an argon2 hash (shmooze hash-password), "
+                            "not a password")
+        if entry.get("role", "user") not in ("user", "operator"):
+            problems.append(f"users[{name!r}]: 'role' must be 'user' or 'operator', not {entry.get('role')!r}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return value
+
+
+def access_table(value: Any) -> dict[str, dict[str, str]]:
+    """Service (or ``*``) to command (or ``*``) to ``anyone`` / ``user`` / ``operator`` (shmooze.gateway.policy)."""
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ValueError("must be an object of service name (or '*') to an object of command to level")
+    for service, commands in value.items():
+        for cmd, level in commands.items():
+            if level not in ("anyone", "user", "operator"):
+                raise ValueError(f"[{service!r}][{cmd!r}] must be 'anyone', 'user' or 'operator', not {level!r}")
+    return value
+
+
+def dotted(value: Any) -> str:
+    if not isinstance(value, str) or value.count(":") != 1 or not all(value.split(":")):
+        raise ValueError(f"must be 'package.module:function', not {value!r}")
+    return value
+
+
 _path = optional(text)
 _bytes = whole(1)
 _count = whole(1)
@@ -272,10 +309,21 @@ class Declared:
     access_token = Key(optional(text), None, "the token commands that change state need at the gateway")
     service_key = Key(optional(secret), None, "the key service requests are signed with")
     service_key_path = Key(_path, None, "the file of the service key")
-    open_commands: Key[list[str]] = Key(names, [], "commands that need no token")
+    open_commands: Key[list[str]] = Key(names, [], "commands anyone may send through the gateway (never on a service's port)")
+    command_access: Key[dict[str, dict[str, str]]] = Key(
+        access_table, {}, "per service (or `*`), command (or `*`) to `anyone`, `user` or `operator`",
+        example={"queue": {"add": "anyone", "rm": "operator"}})
+    users: Key[dict[str, dict[str, str]]] = Key(
+        user_table, {}, "user name to `password_hash` (`shmooze hash-password`) and `role`",
+        example={"ada": {"password_hash": "$argon2id$v=19$m=65536,t=3,p=4$...", "role": "operator"}})
+    user_hook = Key(optional(dotted), None, "a function of the WSGI environ naming the request's user (`module:function`)")
+    user_header = Key(optional(text), None, "the header a trusted proxy names the signed-in user in",
+                      example="X-Remote-User")
+    session_max_age = Key(seconds, 43200.0, "seconds a sign-in lasts")
     allowed_origins: Key[list[str]] = Key(names, [], "other origins allowed to send commands")
     allowed_hosts: Key[list[str]] = Key(names, [], "more host names the gateway answers to")
-    trusted_proxies: Key[list[str]] = Key(address_list, [], "proxies whose `X-Forwarded-For` names the client",
+    trusted_proxies: Key[list[str]] = Key(address_list, [], "proxies whose `X-Forwarded-For` (the client), "
+                                          "`X-Forwarded-Proto` and `user_header` are believed",
                                           example=["127.0.0.1", "10.0.0.0/24"])
     rate_limit = Key(rate, 10.0, "commands that change state a client may send a second; 0: no limit")
     rate_limit_burst = Key(_count, 50, "commands that change state a client may send at once")

@@ -86,7 +86,7 @@ class Settings(registry.Declared):
 
 
 #: Keys never served, even when ``public`` lists them.
-SECRETS = frozenset({"access_token", "service_key"})
+SECRETS = frozenset({"access_token", "service_key", "users"})
 
 
 def is_loopback(address: str) -> bool:

@@ -102,14 +102,15 @@ def test_dashboard_shows_who_changed_what(browser, app):
         uid = client.pool.add(type="ops")["uid"]
         added = f"#changes tr[data-kind=added][data-uid='{uid}']"
         page.wait_for_selector(added, timeout=5_000)
-        assert page.text_content(f"{added} td.by") == "anonymous (127.0.0.1)"  # through the gateway, nobody signed in
-        assert page.get_attribute(f"{added} td.by", "data-by") == "anonymous:127.0.0.1"
+        # The client sends the access token: the gateway names its holder (nobody signed in as a user).
+        assert page.text_content(f"{added} td.by") == "access-token"
+        assert page.get_attribute(f"{added} td.by", "data-by") == "user:access-token"
         page.fill("#token", TOKEN)
         page.click("#token-form button")
         page.click(f"#modules tr[data-uid='{uid}'] button[data-rm]")
         removed = f"#changes tr[data-kind=removed][data-uid='{uid}']"
         page.wait_for_selector(removed, timeout=5_000)
-        assert page.text_content(f"{removed} td.by") == "anonymous (127.0.0.1)"
+        assert page.text_content(f"{removed} td.by") == "access-token"  # the page sent the token too
         assert "removed (rm)" in page.text_content(removed)
         assert not page.is_visible("#no-changes")
     finally:

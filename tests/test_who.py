@@ -118,15 +118,11 @@ def test_the_command_log_and_the_change_events_name_the_caller(stack):
 
 
 def test_a_signed_in_user_is_the_caller(stack):
-    """The client policy (another part of the gateway) puts the user in the environ: a tiny middleware
-    does it here, in front of a gateway made from the same settings."""
-    gateway = Gateway(settings_mod.read(stack.path))
-
-    def with_user(environ, start_response):
-        environ["shmooze.user"] = environ.get("HTTP_X_TEST_USER")
-        return gateway(environ, start_response)
-
-    client = Client(with_user)
+    """The gateway names the user its client policy found (here an application's ``user_hook`` reading a
+    test header), in a gateway made from the same settings with everything open to anyone."""
+    data = {**json.loads(Path(stack.path).read_text()), "user_hook": "tests.who_apps:user_from_test_header",
+            "command_access": {"*": {"*": "anyone"}}}
+    client = Client(Gateway(settings_mod.Settings(data, str(stack.path))))
 
     def whoami(user: str | None) -> tuple[int, dict, dict]:
         resp = client.post("/whoami", data='{"cmd": "whoami"}', content_type="application/json",

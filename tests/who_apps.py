@@ -18,3 +18,8 @@ class Whoami(Service):
     @command(read_only=True)
     def peek(self) -> str | None:
         return caller.current()
+
+
+def user_from_test_header(environ: dict) -> str | None:
+    """A ``user_hook``: the user a test names in ``X-Test-User`` (None: anonymous)."""
+    return environ.get("HTTP_X_TEST_USER") or None

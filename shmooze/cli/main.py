@@ -11,6 +11,8 @@
     shmooze serve NAME                     one service (or ``wsgi``, the gateway) in the foreground
     shmooze completion bash                a bash completion script of shmooze and shmz
                                            (``eval "$(shmooze completion bash)"`` in ~/.bashrc)
+    shmooze hash-password                  the argon2 hash of a password (read from the terminal or
+                                           standard input) for ``users`` in the settings
 
 Commands other than ``run`` find the application by ``--settings``, ``$SHMOOZE_SETTINGS`` or
 ``./settings.json``.
@@ -149,6 +151,26 @@ def cmd_completion(opts: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_password(opts: argparse.Namespace) -> int:
+    """Print the hash of a password, never taken from the command line (``ps`` shows that to everyone)."""
+    from shmooze.gateway.users import hash_password
+
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            sys.stderr.write("shmooze: the two passwords differ\n")
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        sys.stderr.write("shmooze: an empty password\n")
+        return 1
+    sys.stdout.write(hash_password(password) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from shmooze import __version__
 
@@ -205,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description='Print a completion script: eval "$(shmooze completion bash)" in ~/.bashrc.')
     p.add_argument("shell", choices=["bash"])
     p.set_defaults(func=cmd_completion)
+    p = sub.add_parser("hash-password", help="print the hash of a password for 'users' in the settings")
+    p.set_defaults(func=cmd_hash_password)
     return parser
 
 

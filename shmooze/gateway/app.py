@@ -19,10 +19,12 @@ from werkzeug.wrappers import Request, Response
 
 from shmooze import caller, protocol, servicekey
 from shmooze.access import AccessToken, host_allowed, refusal
-from shmooze.gateway.clients import USER_ENVIRON, Clients
+from shmooze.gateway.callers import TOKEN_HOLDER, USER_ENVIRON, Callers
+from shmooze.gateway.clients import Clients
 from shmooze.gateway.dashboard import Dashboard
 from shmooze.gateway.fanout import ServiceWatcher
 from shmooze.gateway.longpoll import wait_for_changes_here
+from shmooze.gateway.policy import ClientPolicy, SignInRequired, allows
 from shmooze.gateway.push import PushSession
 from shmooze.http.forward import ForwardError, Reply, ServiceProxy
 from shmooze.http.jsonapp import JSONHTTPError, json_response, raw_json_response, read_command_body, serve_json_errors
@@ -65,6 +67,7 @@ class DeclaredReadOnly:
         self.min_interval = min_interval
         self.read_only = BASE_READ_ONLY | extra
         self.known: frozenset[str] | None = None  # every command of the last answer; None: no answer
+        self.failure = "not asked yet"  # why ``known`` is None
         self._answered_at = float("-inf")
         self._asked_at = float("-inf")
         self._lock = threading.Lock()
@@ -74,6 +77,14 @@ class DeclaredReadOnly:
         if ask and self._should_ask(items):
             self.refresh()
         return only_reads(items, self.read_only)
+
+    def learn(self, items: list[protocol.Item]) -> None:
+        """Ask again when these items name a command the last answer did not list (see the class)."""
+        if self._should_ask(items):
+            self.refresh()
+
+    def is_read_only(self, cmd: str) -> bool:
+        return cmd in self.read_only
 
     def keep_fresh(self) -> None:
         """Before a forward: ask when there is no answer yet, or an old one (cheap when fresh).
@@ -127,6 +138,7 @@ class DeclaredReadOnly:
             log.warning("cannot learn the read-only commands of %s (%s); only %s count as read-only",
                         self.proxy.name, getattr(exc, "message", exc), ", ".join(sorted(self.read_only)))
             self.known, self.read_only = None, BASE_READ_ONLY | self.extra
+            self.failure = str(getattr(exc, "message", exc))
             return exc if isinstance(exc, ForwardError) else None
         self.known = frozenset(table)
         self.read_only = frozenset(
@@ -168,6 +180,8 @@ class Gateway:
         self.clients = Clients.for_settings(settings)  # who sent a command, and rate limits (trusted_proxies)
         extra = frozenset(settings.open_commands)  # open to all besides what services declare
         self.declared = {name: DeclaredReadOnly(proxy, extra) for name, proxy in self.proxies.items()}
+        self.callers = Callers(settings, self.access, key)  # who a request comes from (shmooze.gateway.callers)
+        self.policy = ClientPolicy(settings.command_access, extra, self.callers.guarded)
         self.allowed_origins = list(settings.allowed_origins)
         listen = settings.host
         self.allowed_hosts = LOCAL_HOSTS | {host_name(listen)} | {host_name(h) for h in settings.allowed_hosts}
@@ -176,10 +190,12 @@ class Gateway:
         self.sockets: set[Any] = set()  # open WebSockets, closed with "going away" when the gateway stops
         #: Extra routes under the prefix: name -> WSGI app.
         # Each returns a Response or bytes.
-        self.routes: dict[str, Callable[..., Any]] = {"ws": self.websocket, "healthz": self.healthz}
+        self.routes: dict[str, Callable[..., Any]] = {"ws": self.websocket, "healthz": self.healthz,
+                                                      "_session": self.callers.route}
         app_name = settings.public().get("app_name")
         self.routes.update(Dashboard(self.proxies, self.access, app_name, self.render_metrics, self.restart_service,
-                                     self.clients.caller_of).routes())
+                                     self.clients.caller_of, self.operator_check,
+                                     self.callers.sessions is not None).routes())
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         return serve_json_errors(lambda: self.dispatch(environ, start_response), environ, start_response,
@@ -227,27 +243,26 @@ class Gateway:
             log.info("refused a command from origin %r", environ["HTTP_ORIGIN"][:100])
             raise JSONHTTPError(403, "origin not allowed", close=True)
         body, mimetype = read_command_body(environ, self.max_body_bytes, self.body_timeout, self.body_min_rate)
-        reply = self.pass_on(proxy, body, mimetype, environ.get("HTTP_AUTHORIZATION", ""),
-                             environ.get(USER_ENVIRON), self.clients.address_of(environ))
+        user, role = self.callers.identify(environ)
+        reply = self.pass_on(proxy, body, mimetype, environ.get("HTTP_AUTHORIZATION", ""), user=user, role=role,
+                             peer=self.clients.address_of(environ))
         return raw_json_response(start_response, reply.body, reply.status)
 
     def pass_on(self, proxy: ServiceProxy, body: bytes, mimetype: str, authorization: str,
-                user: str | None = None, peer: str = "") -> Reply:
-        """A command body that has passed the HTTP checks: the token check, the client's rate limit, then
-        the service's answer (errors are raised as :class:`JSONHTTPError`). The WSGI path and the fast lane
-        (``shmooze.gateway.lane``) both end here. ``user``: who is signed in (None: nobody); ``peer``:
-        the client's address (:meth:`Clients.address`); the service is told who sent the command."""
+                user: str | None = None, role: str | None = None, peer: str = "") -> Reply:
+        """A command body that has passed the HTTP checks, from a caller (``user`` and its ``role``,
+        :mod:`shmooze.gateway.callers`; ``peer``: the client's address, :meth:`Clients.address`): the
+        client policy, the client's rate limit, then the service's answer (errors are raised as
+        :class:`JSONHTTPError`), the service told who sent the command. The WSGI path and the fast lane
+        (``shmooze.gateway.lane``) both end here."""
         declared = self.declared[proxy.name]
-        unreachable = None
         try:
             declared.keep_fresh()  # whether it may be sent again after a failure, even without a token
-        except ForwardError as exc:
-            unreachable = exc
-        if self.access.required:
-            self.check_token(proxy.name, body, authorization)
-        if unreachable is not None:  # asking found the service unreachable: say so now, not after a second wait
-            log.warning("forward to %s: %s", proxy.name, unreachable.message)
-            raise JSONHTTPError(unreachable.status, unreachable.message)
+        except ForwardError as exc:  # unreachable: say so now, whatever the token, not after a second wait
+            log.warning("forward to %s: %s", proxy.name, exc.message)
+            raise JSONHTTPError(exc.status, exc.message) from None
+        if not self.policy.open_to_all:
+            self.check_access(proxy.name, body, authorization, role)
         sender = self.clients.admit(user, peer, lambda: not declared.body_only_reads(body)) if peer or user else b""
         body = wait_for_changes_here(self.watchers[proxy.name], body)
         try:
@@ -321,18 +336,41 @@ class Gateway:
         """Whether the ``Host`` header names this gateway (a defence against DNS rebinding)."""
         return host_allowed(host, self.allowed_hosts, self.any_ip_host)
 
-    def needs_token(self, service: str, items: list[protocol.Item]) -> bool:
-        """Whether these commands change state: any command the service does not declare read-only."""
-        return not self.declared[service].only_reads(items)
+    def needs(self, service: str, items: list[protocol.Item]) -> str:
+        """What these commands need of their caller (``anyone``, ``user``, ``operator``: the client policy)."""
+        declared = self.declared[service]
+        declared.learn(items)
+        return self.policy.batch_needs(service, items, declared.is_read_only)
 
-    def check_token(self, service: str, body: bytes, authorization: str) -> None:
-        """With an access token set, a command that changes state needs ``Authorization: Bearer TOKEN``."""
+    def refuse(self, service: str, needed: str, what: str = "this command") -> JSONHTTPError:
+        """The error for a caller who may not: the outage when the service's commands are not known
+        (the service, not the caller, is the problem), else a 401 that says whether signing in helps."""
+        declared = self.declared[service]
+        if declared.known is None:
+            return JSONHTTPError(502, f"cannot tell what {service}'s commands need: {declared.failure}")
+        if self.callers.sessions is None:  # no one signs in here: only the token opens it, as it always did
+            return JSONHTTPError(401, refusal(what), {"WWW-Authenticate": "Bearer"})
+        return SignInRequired(needed, what)
+
+    def check_access(self, service: str, body: bytes, authorization: str, role: str | None) -> None:
+        """Raise unless a caller of ``role`` (or the access token's holder) may send these commands."""
         try:
             items = protocol.parse_request(body).items
         except protocol.BodyError as exc:
             raise JSONHTTPError(400, str(exc)) from None
-        if self.needs_token(service, items):
-            self.access.check_bearer(authorization, "this command")
+        needed = self.needs(service, items)
+        if allows(role, needed) or (self.access.required and self.access.bearer_matches(authorization)):
+            return
+        raise self.refuse(service, needed)
+
+    def operator_check(self, environ: dict[str, Any], what: str) -> None:
+        """For the dashboard's routes (metrics, restart): an operator, unless no one could be one here."""
+        if not self.callers.guarded:
+            return
+        if not allows(self.callers.identify(environ)[1], "operator"):
+            if self.callers.sessions is None:
+                self.access.check_bearer(environ.get("HTTP_AUTHORIZATION", ""), what)
+            raise SignInRequired("operator", what)
 
     # -- the WebSocket ---------------------------------------------------------------------
 
@@ -341,22 +379,40 @@ class Gateway:
 
         if not is_websocket_request(environ):
             raise JSONHTTPError(400, "this is the WebSocket endpoint: connect with a WebSocket")
-        authorized = {"ok": not self.access.required}
+        # The caller of the upgrade request (its session cookie...) for every message; a message's
+        # ``token`` names the token's holder for that message only.
+        self.callers.identify(environ)  # (stored in the upgrade's environ, as for every request)
+        upgrade = {k: v for k, v in environ.items() if isinstance(v, str)}  # its headers and peer
         user, peer = environ.get(USER_ENVIRON), self.clients.address_of(environ)
 
-        def authorize(service: str, items: list[protocol.Item], msg: dict[str, Any]) -> str | None:
-            refused = check_token(service, items, msg)
+        def authorize(service: str, items: list[protocol.Item], msg: dict[str, Any]) -> str | dict[str, Any] | None:
+            refused = check_access(service, items, msg)
             if refused is None and not self.declared[service].only_reads(items, ask=False):
                 wait = self.clients.wait(user, peer)
                 return self.clients.refusal(wait) if wait > 0 else None
             return refused
 
-        def check_token(service: str, items: list[protocol.Item], msg: dict[str, Any]) -> str | None:
-            if authorized["ok"] or not self.needs_token(service, items):
+        def check_access(service: str, items: list[protocol.Item], msg: dict[str, Any]) -> str | dict[str, Any] | None:
+            if self.policy.open_to_all:
+                return None
+            needed = self.needs(service, items)
+            # Asked again each time: the user may have signed out since the WebSocket opened.
+            if allows(self.callers.identify(dict(upgrade)).role, needed):
                 return None
             if isinstance(msg.get("token"), str) and self.access.matches(msg["token"]):
                 return None
-            return refusal("this command", "send it as 'token'")
+            refused = self.refuse(service, needed)
+            if isinstance(refused, SignInRequired):
+                return refused.answer
+            return refused.message if refused.code == 502 else refusal("this command", "send it as 'token'")
+
+        def caller_of(msg: dict[str, Any]) -> bytes:
+            """The message's token names its holder; else the upgrade's caller (asked again when users
+            can sign in or out while the socket is open)."""
+            if isinstance(msg.get("token"), str) and self.access.matches(msg["token"]):
+                return self.clients.header(caller.of_client(TOKEN_HOLDER.name, peer))
+            name = self.callers.identify(dict(upgrade)).name if self.callers.guarded else user
+            return self.clients.header(caller.of_client(name, peer))
 
         def handler(ws: Any) -> None:
             self.sockets.add(ws)
@@ -366,7 +422,7 @@ class Gateway:
                 PushSession(ws, self.proxies, self.watchers, authorize,
                             lambda service, items: self.declared[service].only_reads(items, ask=False),
                             self.settings.ws_max_in_flight, self.settings.ws_outbox_bytes,
-                            self.clients.header(caller.of_client(user, peer))).run()
+                            caller_of).run()
             finally:
                 sessions.dec()
                 self.sockets.discard(ws)

@@ -13,14 +13,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from shmooze import caller
+from shmooze.gateway.callers import USER_ENVIRON
 from shmooze.gateway.ratelimit import RateLimiter, retry_after
 from shmooze.http.jsonapp import JSONHTTPError
 
 if TYPE_CHECKING:
     from shmooze.settings import Settings
-
-#: Where the gateway's client policy puts the signed-in user's name (None: nobody signed in).
-USER_ENVIRON = "shmooze.user"
 
 
 class Clients:

@@ -2,7 +2,8 @@
 ``{wsgi_prefix}_shmooze/``.
 
 * ``GET metrics``: every service's figures in the Prometheus text format (:mod:`shmooze.http.metrics`);
-  with an ``access_token`` set it needs ``Authorization: Bearer TOKEN``.
+  with an ``access_token`` set it needs ``Authorization: Bearer TOKEN`` (or whatever ``check_operator``,
+  when given, takes: the gateway's signed-in operators too).
 * ``GET _shmooze/``: the live dashboard (``dashboard.html`` and ``dashboard.js`` in the framework's
   static folder), a page built on ``shmooze.js`` and push only;
 * ``GET _shmooze/services.json``: the services the page shows (even when ``ports`` is not public);
@@ -48,9 +49,13 @@ class Dashboard:
 
     def __init__(self, services: Iterable[str], access: AccessToken, app_name: str | None,
                  metrics: Callable[[], tuple[bytes, str]], restart: Callable[[str], Any],
-                 who: Callable[[dict[str, Any]], str] = lambda environ: "unknown"):
+                 who: Callable[[dict[str, Any]], str] = lambda environ: "unknown",
+                 check_operator: Callable[[dict[str, Any], str], None] | None = None, sign_in: bool = False):
         self.services = sorted(services)
         self.access = access
+        #: Raises the 401 unless an operator sent the request (default: the access token, when one is set).
+        self.check_operator = check_operator
+        self.sign_in = sign_in  # whether operators may sign in (the page then offers a form)
         self.app_name = app_name
         self.metrics = metrics
         self.restart = restart
@@ -65,7 +70,9 @@ class Dashboard:
         return found
 
     def _check_token(self, request: Request, what: str) -> None:
-        if self.access.required:
+        if self.check_operator is not None:
+            self.check_operator(request.environ, what)
+        elif self.access.required:
             self.access.check_bearer(request.headers.get("Authorization", ""), what)
 
     def _metrics(self, environ: dict[str, Any], start: Callable[..., Any]) -> Response:
@@ -77,8 +84,8 @@ class Dashboard:
 
     def _services(self, environ: dict[str, Any], start: Callable[..., Any]) -> Response:
         _require_get(Request(environ), "services.json")
-        return json_response({"services": self.services, "token_required": self.access.required,
-                              "app_name": self.app_name})
+        listed = {"services": self.services, "token_required": self.access.required, "app_name": self.app_name}
+        return json_response({**listed, "sign_in": True} if self.sign_in else listed)
 
     def _restart(self, environ: dict[str, Any], start: Callable[..., Any]) -> Response:
         request = Request(environ)

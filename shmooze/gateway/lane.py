@@ -7,7 +7,7 @@ gunicorn's gevent worker with one change: on each kept-alive connection it first
 which takes only the plainest requests, the ones a browser or client sends for every command::
 
     POST {wsgi_prefix}SERVICE HTTP/1.1      (a service of the settings, no query)
-    Host, Content-Type (JSON), Content-Length, and at most Origin, Authorization, Connection
+    Host, Content-Type (JSON), Content-Length, and at most Origin, Authorization, Cookie, Connection
     (and X-Forwarded-For from a reverse proxy)
 
 and answers them the way the WSGI path would: the same checks (``allowed_hosts``, the Origin, the
@@ -56,6 +56,7 @@ class Head(NamedTuple):
     length: int
     origin: bytes | None
     authorization: bytes
+    cookie: bytes
     close: bool  # ``Connection: close``
     forwarded_for: bytes | None  # ``X-Forwarded-For`` (taken only from a trusted proxy)
 
@@ -74,8 +75,8 @@ def parse_head(data: bytes, end: int) -> Head | None:
             or not _NOT_PLAIN.isdisjoint(fields) or not head.connection <= _CONNECTION_OPTIONS):
         return None
     return Head(head.target, fields.get(b"host"), fields.get(b"content-type", b"").split(b";", 1)[0].strip().lower(),
-                head.content_length, fields.get(b"origin"), fields.get(b"authorization", b""), not head.keep_alive,
-                fields.get(b"x-forwarded-for"))
+                head.content_length, fields.get(b"origin"), fields.get(b"authorization", b""),
+                fields.get(b"cookie", b""), not head.keep_alive, fields.get(b"x-forwarded-for"))
 
 
 class _Received:
@@ -118,6 +119,8 @@ class Lane:
         self.http_error = jsonapp.JSONHTTPError
         self._hosts: dict[bytes, bool] = {}  # Host header -> allowed (a few values in practice)
         self._origins: dict[tuple[bytes, bytes], bool] = {}
+        #: A ``user_hook`` or ``user_header`` needs the whole request: then every command goes to the WSGI path.
+        self.plain_callers = gateway.callers.plain_requests_suffice
 
     def serve(self, sock: Any, addr: Any, buf: bytes) -> bytes | None:
         """Serve plain requests on ``sock`` (``buf``: bytes already read from it) until one is not
@@ -169,9 +172,10 @@ class Lane:
             close = head.close or not worker.alive
             try:
                 forwarded = head.forwarded_for.decode("latin-1") if head.forwarded_for is not None else None
-                reply = self.gateway.pass_on(proxy, body, head.content_type.decode("latin-1"),
-                                             head.authorization.decode("latin-1") if head.authorization else "",
-                                             peer=self.gateway.clients.address(peer, forwarded))
+                authorization = head.authorization.decode("latin-1") if head.authorization else ""
+                user, role = self.gateway.callers.from_headers(head.cookie.decode("latin-1"), authorization)
+                reply = self.gateway.pass_on(proxy, body, head.content_type.decode("latin-1"), authorization,
+                                             user=user, role=role, peer=self.gateway.clients.address(peer, forwarded))
                 answer = heads.json_answer(reply.status, reply.body, close)
             except self.http_error as exc:
                 close = close or exc.close
@@ -189,7 +193,7 @@ class Lane:
         """Whether the WSGI path would take this request as it is (else it goes there, to answer why not)."""
         if head.content_type not in self.json_types or head.length > self.gateway.max_body_bytes:
             return False
-        if head.host is None:
+        if head.host is None or not self.plain_callers:
             return False
         allowed = self._hosts.get(head.host)
         if allowed is None:
@@ -216,10 +220,8 @@ class Lane:
         return value
 
     def _error(self, exc: Any, close: bool) -> bytes:
-        from shmooze import protocol
-
         extra = "".join(f"{name}: {value}\r\n" for name, value in exc.extra_headers.items())
-        return heads.json_answer(exc.code, protocol.dumps(protocol.error(exc.message)), close, extra)
+        return heads.json_answer(exc.code, exc.body(), close, extra)
 
     @staticmethod
     def _send(sock: Any, data: bytes, timer: Any) -> None:

@@ -40,12 +40,14 @@ class PushSession:
     """The gateway's side of one WebSocket: commands in, answers and events out."""
 
     def __init__(self, ws: WebSocket, proxies: dict[str, ServiceProxy], watchers: dict[str, ServiceWatcher],
-                 authorize: Callable[[str, list[protocol.Item], dict[str, Any]], str | None],
+                 authorize: Callable[[str, list[protocol.Item], dict[str, Any]], str | dict[str, Any] | None],
                  is_read: Callable[[str, list[protocol.Item]], bool],
-                 max_in_flight: int = MAX_IN_FLIGHT, outbox_bytes: int = OUTBOX_BYTES, caller: bytes = b""):
+                 max_in_flight: int = MAX_IN_FLIGHT, outbox_bytes: int = OUTBOX_BYTES,
+                 caller_of: Callable[[dict[str, Any]], bytes] = lambda msg: b""):
         self.ws = ws
-        #: Who sends this socket's commands, as the service is told (:mod:`shmooze.caller`).
-        self.caller = caller
+        #: Who sends a message's command, as the service is told (:mod:`shmooze.caller`): the socket's
+        #: caller, or the holder of a token the message carries.
+        self.caller_of = caller_of
         # whether a service's commands change nothing (may be sent again after a lost answer)
         self.is_read = is_read
         self.proxies = proxies
@@ -156,11 +158,11 @@ class PushSession:
         request = protocol.Request([protocol.to_item(c) for c in (body if isinstance(body, list) else [body])],
                                    isinstance(body, list))
         refusal = self.authorize(service, request.items, msg)
-        if refusal:
-            return _reply(mid, protocol.error(refusal))
+        if refusal:  # a message, or a whole answer (one that says to sign in)
+            return _reply(mid, refusal if isinstance(refusal, dict) else protocol.error(refusal))
         try:
             data = wait_for_changes_here(self.watchers[service], protocol.dumps(body))
-            reply = proxy.post(data, repeatable=lambda: self.is_read(service, request.items), caller=self.caller)
+            reply = proxy.post(data, repeatable=lambda: self.is_read(service, request.items), caller=self.caller_of(msg))
             answer = json.loads(reply.body)
         except ForwardError as exc:
             return _reply(mid, protocol.error(exc.message))

@@ -159,7 +159,11 @@
       var answer = {};
       try { answer = JSON.parse(xhr.responseText); } catch (e) { /* reported below */ }
       if (xhr.status === 200 && answer.success) say("restarted " + name);
-      else { say("restart " + name + ": " + (answer.error || xhr.status)); if (xhr.status === 401) askToken(); }
+      else {
+        say("restart " + name + ": " + (answer.error || xhr.status));
+        if (xhr.status === 401 && answer.sign_in) shmooze.askSignIn(answer.error);
+        else if (xhr.status === 401) askToken();
+      }
       scheduleRefresh(name);
     };
     xhr.onerror = function () { say("restart " + name + ": connection failed"); };
@@ -167,7 +171,7 @@
   }
 
   function askToken(err) {
-    if (!model.tokenRequired) return;
+    if (!model.tokenRequired || model.signIn) return;  // with users, shmooze.js asks them to sign in
     if (err && !/token/.test(String(err.message || err))) return;
     $("token-form").hidden = false;
     $("token").focus();
@@ -290,6 +294,22 @@
 
   function render() { renderServices(); renderModules(); renderEnded(); renderChanges(); }
 
+  // -- who is signed in (when the gateway has users) -------------------------------------------
+
+  function showWho() {
+    function draw(who) {
+      var signedIn = who && who.user;
+      $("who").textContent = signedIn ? who.user + " (" + who.role + ")" : "not signed in";
+      $("sign-out").hidden = !signedIn;
+      $("sign-in").hidden = !!signedIn;
+    }
+    $("who-box").hidden = false;
+    $("sign-out").addEventListener("click", function () { shmooze.signOut().then(function () { draw(null); }); });
+    $("sign-in").addEventListener("click", function () { shmooze.askSignIn("sign in as an operator"); });
+    shmooze.on("signed_in", draw);
+    shmooze.whoami().then(draw, function () {});
+  }
+
   // -- start -----------------------------------------------------------------------------
 
   function start(info) {
@@ -297,7 +317,8 @@
     model.tokenRequired = info.token_required;
     if (info.app_name) { $("app-name").textContent = info.app_name; document.title = info.app_name + " · dashboard"; }
     var token = sessionStorage.getItem("shmooze-token");
-    if (model.tokenRequired && !token) $("token-form").hidden = false;
+    model.signIn = !!info.sign_in;
+    if (model.tokenRequired && !token && !model.signIn) $("token-form").hidden = false;
     $("token-form").addEventListener("submit", function (ev) {
       ev.preventDefault();
       shmooze.options.token = $("token").value;
@@ -310,6 +331,7 @@
       model.names.forEach(refresh);
     });
     shmooze.connect({base: base, token: token || null}).then(function () {
+      if (model.signIn) showWho();
       model.names.forEach(function (name) {
         if (!shmooze.endpoints[name]) shmooze.endpoints[name] = new shmooze.Endpoint(name, base + name);
         shmooze.endpoints[name].on("change", function (event) { onChange(name, event); });
