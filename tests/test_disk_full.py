@@ -246,7 +246,7 @@ def test_status_table_and_exit_status_show_a_problem():
     }}
     text = format_status(report)
     rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()[1:3]}
-    assert rows["queue"][:2] == ["RUNNING", "(PROBLEM)"] and rows["pool"][0:2] == ["RUNNING", "31"], text
+    assert rows["queue"][:2] == ["RUNNING", "(PROBLEM)"] and rows["pool"][0:3] == ["RUNNING", "-", "31"], text
     assert f"queue: PROBLEM: {problem}" in text.splitlines() and "pool: PROBLEM" not in text
     assert not runner.all_up(report)  # shmooze status exits 1
     report["services"]["queue"]["status"]["problem"] = None
