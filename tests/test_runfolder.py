@@ -337,9 +337,9 @@ PASSWORD_HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHRzYWx0$3dkS/0ZxWfDXBPr
 
 def test_a_settings_file_others_may_read_with_a_secret_is_warned_about(tmp_path):
     path = tmp_path / "settings.json"
+    users = {"a": {"password_hash": PASSWORD_HASH, "role": "user"}}
     cases = [({"access_token": "t"}, 0o644, "access_token"), ({"access_token": "t"}, 0o600, None),
-             ({"access_token": None}, 0o644, None), ({"db_password": "p", "users": {"a": {"password_hash": PASSWORD_HASH, "role": "user"}}}, 0o640,
-              "db_password, users"),
+             ({"access_token": None}, 0o644, None), ({"db_password": "p", "users": users}, 0o640, "db_password, users"),
              ({"services": {"queue": {"api_key": "k"}}}, 0o604, "api_key"), ({"app_name": "x"}, 0o644, None)]
     for data, mode, names in cases:
         path.write_text(json.dumps({"ports": {"queue": 1}, **data}))
