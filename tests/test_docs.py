@@ -1,0 +1,154 @@
+"""The documentation tells the truth: the getting-started page's files are the example app's, that app
+runs as the page says (a service of three commands, a queue with a Python module and a Node.js module
+written from docs/module-protocol.md alone, a page on shmooze.js), and the generated reference pages
+(settings, command line) are what scripts/docs_reference.py writes from the code.
+
+The site itself is built with ``mkdocs build --strict`` by ``python3 scripts/dev.py docs`` (and by
+``dev.py test`` before the tests): a broken link or anchor fails that build."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from shmooze import Client, ServiceError
+from shmooze.polling import wait_until
+from shmooze.testing import Stack, gone
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+APP = ROOT / "examples" / "first_app"
+NODE = shutil.which("node")
+
+
+def titled_blocks(page: Path) -> dict[str, str]:
+    """The code blocks of a page that follow a bold file name (**`path`**), by that path."""
+    found = re.findall(r"^\*\*`([^`]+)`\*\*\n\n```[a-z]*\n(.*?)^```$", page.read_text(), re.S | re.M)
+    return {path: code for path, code in found}
+
+
+def test_every_file_of_the_getting_started_page_is_the_example_apps() -> None:
+    blocks = titled_blocks(DOCS / "getting-started.md")
+    files = {str(p.relative_to(APP)) for p in APP.rglob("*") if p.is_file() and p.stat().st_size
+             and "__pycache__" not in p.parts}
+    assert set(blocks) == files, "the page shows exactly the app's files (the empty __init__.py aside)"
+    for path, code in blocks.items():
+        assert code == (APP / path).read_text(), f"{path} differs between the page and examples/first_app/"
+
+
+@pytest.fixture
+def first_app(tmp_path: Path):
+    """examples/first_app copied as a user's project, on free ports, its services and gateway running."""
+    project = tmp_path / "myapp"
+    shutil.copytree(APP, project, ignore=shutil.ignore_patterns("__pycache__"))
+    settings = json.loads((project / "settings.json").read_text())
+    del settings["ports"]
+    with Stack(project, **settings) as stack:
+        yield stack
+
+
+def module_pid(client: Client, uid: str) -> int:
+    return next(m["pid"] for m in client.queue.status()["modules"] if m["uid"] == uid)
+
+
+def test_the_first_service_has_its_three_commands(first_app: Stack) -> None:
+    notes = Client(first_app.url).notes
+    assert notes.add_note(text="buy milk") == 1
+    assert notes.add_note(text="call home") == 2
+    assert notes.notes() == ["buy milk", "call home"]
+    with pytest.raises(ServiceError, match="a note needs some text"):
+        notes.add_note(text=" ")
+    assert notes.clear() is None and notes.notes() == []
+    described = notes.commands()  # name -> arguments, docstring, read_only
+    assert {"add_note", "notes", "clear"} <= set(described) and described["notes"]["read_only"] is True
+
+
+def test_the_page_is_served_with_shmooze_js(first_app: Stack) -> None:
+    page = requests.get(first_app.url, timeout=10)
+    assert page.status_code == 200 and '<script src="/static/shmooze.js">' in page.text
+    assert "endpoints.notes" in page.text and "endpoints.queue" in page.text
+    library = requests.get(first_app.url + "static/shmooze.js", timeout=10)
+    assert library.status_code == 200 and "forceQuery" in library.text
+    public = requests.get(first_app.url + "settings.json", timeout=10).json()
+    assert set(public["ports"]) == {"wsgi", "notes", "queue"}
+
+
+def test_the_python_module_counts_down_takes_a_custom_command_and_leaves(first_app: Stack) -> None:
+    queue = Client(first_app.url).queue
+    uid = queue.add(type="timer", args={"seconds": 1, "label": "tea"})["uid"]
+    listing = queue.queue(parameters={"timer": ["label", "remaining"]})
+    assert listing == [{"uid": uid, "type": "timer", "parameters": {"label": "tea", "remaining": 1.0}}]
+    assert queue.tell_module(uid=uid, cmd="add_time", args={"seconds": 1}) >= 1.0
+    pid = module_pid(Client(first_app.url), uid)
+    wait_until(lambda: queue.queue() == [], 15, "the timer to reach zero and leave the queue")
+    wait_until(lambda: gone(pid), 10, "the timer's process to end")
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed (python3 scripts/dev.py test installs it)")
+def test_the_node_module_written_from_the_protocol_page_runs_in_the_queue(first_app: Stack) -> None:
+    client = Client(first_app.url)
+    queue = client.queue
+    params = {"ticker": ["count", "state"], "timer": ["remaining"]}
+    # init's parameters are applied before add answers.
+    first = queue.add(type="timer", args={"seconds": 30})["uid"]
+    ticker = queue.add(type="ticker", args={"from": 5, "every": 0.1})["uid"]
+    assert queue.ask_module(uid=ticker, parameters=["count"]) == {"count": 5}
+    # Second in the queue: suspended, and it does not count.
+    wait_until(lambda: queue.ask_module(uid=ticker, parameters=["state"]) == {"state": "suspended"}, 5,
+               "the ticker to be told suspend")
+    # A custom command: do_reset, its result and its error.
+    assert queue.tell_module(uid=ticker, cmd="reset", args={"to": 100}) == 100
+    with pytest.raises(ServiceError, match="reset needs 'to'"):
+        queue.tell_module(uid=ticker, cmd="reset", args={})
+    with pytest.raises(ServiceError, match="unknown command: do_nothing"):
+        queue.tell_module(uid=ticker, cmd="nothing")
+    assert queue.queue(parameters=params)[1]["parameters"]["count"] == 100
+    # The timer leaves (rm): the ticker is on top, told play, and counts.
+    queue.rm(uids=[first])
+    wait_until(lambda: queue.ask_module(uid=ticker, parameters=["count"])["count"] >= 103, 10,
+               "the ticker to count while it plays")
+    assert queue.ask_module(uid=ticker, parameters=["state"]) == {"state": "playing"}
+    # rm: it answers and exits at the first rung.
+    pid = module_pid(client, ticker)
+    queue.rm(uids=[ticker])
+    assert gone(pid)
+    ended = [m for m in queue.status()["modules"] if m["uid"] == ticker]
+    assert not ended or ended[0].get("ended_by") in (None, "rm", "exited")
+    # Leaving on its own: an rm update at `until`.
+    leaver = queue.add(type="ticker", args={"from": 0, "until": 3, "every": 0.05})["uid"]
+    wait_until(lambda: queue.queue() == [], 10, "the ticker to leave the queue at its `until`")
+    assert leaver not in [m["uid"] for m in queue.queue()]
+
+
+def test_the_generated_reference_pages_are_up_to_date() -> None:
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "docs_reference.py"), "--check"],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr
+
+
+def test_the_settings_page_names_every_declared_key() -> None:
+    from shmooze.registry import KEYS
+
+    page = (DOCS / "settings.md").read_text()
+    missing = [name for name in KEYS if f"| `{name}` |" not in page]
+    assert not missing, missing
+
+
+def test_the_command_line_page_names_every_subcommand_and_option() -> None:
+    from shmooze.cli.main import build_parser
+
+    page = (DOCS / "cli.md").read_text()
+    usage = build_parser().format_usage()
+    subcommands = re.search(r"\{([a-z,-]+)\}", usage)
+    assert subcommands is not None, usage
+    for name in subcommands.group(1).split(","):
+        assert f"## `shmooze {name}`" in page, name
+    for option in ("--url", "--json", "--follow", "--clear", "--services"):
+        assert f"`{option}" in page, option
