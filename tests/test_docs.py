@@ -43,6 +43,11 @@ def test_every_file_of_the_getting_started_page_is_the_example_apps() -> None:
         assert code == (APP / path).read_text(), f"{path} differs between the page and examples/first_app/"
 
 
+def test_every_file_shown_in_the_readme_is_that_file() -> None:
+    for path, code in titled_blocks(ROOT / "README.md").items():
+        assert code == (ROOT / path).read_text(), f"README.md shows {path} as it is not"
+
+
 @pytest.fixture
 def first_app(tmp_path: Path):
     """examples/first_app copied as a user's project, on free ports, its services and gateway running."""
