@@ -96,7 +96,7 @@ def settings_reference() -> str:
     lines = ["## Every key", "",
              "Written from `shmooze/registry.py`, in its order. Every key ending in `_path` has `$VAR`, `${VAR}` and",
              "`~` expanded, and a relative path is taken relative to the settings file.", "",
-             "| key | type | default | meaning |", "|---|---|---|---|"]
+             "| name | type | default | meaning |", "|---|---|---|---|"]
     for name, key in registry.KEYS.items():
         meaning = key.doc.replace("|", "\\|")
         lines.append(f"| `{name}` | {type_of(key.parse)} | {default_of(key)} | {meaning} |")
