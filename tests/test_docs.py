@@ -85,6 +85,33 @@ def test_the_page_is_served_with_shmooze_js(first_app: Stack) -> None:
     assert set(public["ports"]) == {"wsgi", "notes", "queue"}
 
 
+def test_the_page_shows_notes_and_the_queue_as_they_change(browser, first_app: Stack) -> None:
+    """The page of the getting-started app, in Chromium: its form and buttons send commands, and
+    what a script changes appears by push."""
+    context = browser.new_context()
+    errors: list[str] = []
+    try:
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(first_app.url)
+        page.wait_for_function("typeof endpoints !== 'undefined' && endpoints.notes !== undefined")
+        page.fill("#note", "buy milk")
+        page.click("#note-form button")
+        page.wait_for_selector("#notes li:has-text('buy milk')")
+        client = Client(first_app.url)
+        client.notes.add_note(text="sent by a script")
+        page.wait_for_selector("#notes li:has-text('sent by a script')")
+        page.click("#add-timer")
+        page.wait_for_selector("#queue li:has-text('timer')")
+        assert [m["type"] for m in client.queue.queue()] == ["timer"]
+        client.queue.rm(uids=[m["uid"] for m in client.queue.queue()])
+        page.wait_for_function("document.querySelectorAll('#queue li').length === 0")
+    finally:
+        context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
 def test_the_python_module_counts_down_takes_a_custom_command_and_leaves(first_app: Stack) -> None:
     queue = Client(first_app.url).queue
     uid = queue.add(type="timer", args={"seconds": 1, "label": "tea"})["uid"]
