@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -110,6 +111,28 @@ def test_the_page_shows_notes_and_the_queue_as_they_change(browser, first_app: S
     finally:
         context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_the_getting_started_commands_work_as_the_page_says(first_app: Stack) -> None:
+    """Every ``shmz`` line of the page, in order (``UID``: the uid its ``add`` printed); each exits 0 but
+    the one said to fail, and ``# prints X`` prints X."""
+    text = (DOCS / "getting-started.md").read_text()
+    lines = [line for block in re.findall(r"^```sh\n(.*?)^```$", text, re.S | re.M) for line in block.splitlines()
+             if line.startswith(".venv/bin/shmz ") and " watch " not in line]
+    assert len(lines) >= 9
+    uid = None
+    for line in lines:
+        words = shlex.split(line.replace("UID", uid or "UID"), comments=True)
+        comment = line.split("  #", 1)[1].strip() if "  #" in line else ""  # (a comment follows spaces)
+        ran = subprocess.run([sys.executable, "-m", "shmooze.cli.shmz", "--url", first_app.url, *words[1:]],
+                             capture_output=True, text=True, timeout=30)
+        assert ran.returncode == (1 if "exit status 1" in comment else 0), (line, ran.stdout, ran.stderr)
+        if comment.startswith("prints "):
+            assert ran.stdout.strip() == comment[len("prints "):], (line, ran.stdout)
+        if words[2:4] == ["add", "type=timer"]:
+            uid = json.loads(ran.stdout)["uid"]
+    assert uid is not None
+    Client(first_app.url).queue.rm(uids=[m["uid"] for m in Client(first_app.url).queue.queue()])
 
 
 def test_the_python_module_counts_down_takes_a_custom_command_and_leaves(first_app: Stack) -> None:
