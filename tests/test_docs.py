@@ -182,6 +182,46 @@ def test_the_node_module_written_from_the_protocol_page_runs_in_the_queue(first_
     assert leaver not in [m["uid"] for m in queue.queue()]
 
 
+def test_every_json_example_of_the_protocol_page_is_json() -> None:
+    blocks = re.findall(r"^```json\n(.*?)^```$", (DOCS / "module-protocol.md").read_text(), re.S | re.M)
+    assert len(blocks) >= 8
+    for block in blocks:
+        message = json.loads(block)
+        assert "cmd" in message or "success" in message, block
+
+
+def test_the_shell_module_of_the_protocol_page_runs_in_a_queue(tmp_path: Path) -> None:
+    page = (DOCS / "module-protocol.md").read_text()
+    section = page[page.index("## A minimal module, in the shell"):]
+    script = re.search(r"^```sh\n(.*?)^```$", section, re.S | re.M)
+    assert script is not None
+    (tmp_path / "minimal.sh").write_text(script.group(1))
+    (tmp_path / "miniapp.py").write_text(
+        "from shmooze.moduletype import ModuleType\nfrom shmooze.queue import Queue\n\n\n"
+        f"def make_queue():\n    return Queue([ModuleType('minimal', ('bash', {str(tmp_path / 'minimal.sh')!r}))])\n")
+    with Stack(tmp_path, {"queue": "miniapp:make_queue"}) as stack:
+        client = Client(stack.url)
+        queue = client.queue
+        first = queue.add(type="minimal")["uid"]
+        second = queue.add(type="minimal")["uid"]
+
+        def playing(uid: str) -> dict:
+            return queue.ask_module(uid=uid, parameters=["playing"])
+
+        wait_until(lambda: playing(first) == {"playing": True}, 5, "the first to be told play")
+        assert playing(second) == {}  # behind the first: told nothing yet
+        queue.mv(uids=[second])  # on top: it plays, the first is suspended
+        wait_until(lambda: playing(second) == {"playing": True} and playing(first) == {"playing": False}, 5,
+                   "the second to play and the first to be suspended")
+        with pytest.raises(ServiceError, match="unknown command"):
+            queue.tell_module(uid=first, cmd="anything")
+        pid = module_pid(client, second)
+        queue.rm(uids=[second])
+        assert gone(pid)
+        wait_until(lambda: playing(first) == {"playing": True}, 5, "the first to play again")
+        queue.rm(uids=[first])
+
+
 def test_the_generated_reference_pages_are_up_to_date() -> None:
     check = subprocess.run([sys.executable, str(ROOT / "scripts" / "docs_reference.py"), "--check"],
                            capture_output=True, text=True, timeout=120)
