@@ -12,6 +12,7 @@ import json
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,12 +22,14 @@ import requests
 
 from shmooze import Client, ServiceError
 from shmooze.polling import wait_until
-from shmooze.testing import Stack, gone
+from shmooze.testing import Stack, free_port, gone
+from tests.helpers import Proc, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 APP = ROOT / "examples" / "first_app"
 NODE = shutil.which("node")
+needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed (python3 scripts/dev.py test installs it)")
 
 
 def titled_blocks(page: Path) -> dict[str, str]:
@@ -113,26 +116,77 @@ def test_the_page_shows_notes_and_the_queue_as_they_change(browser, first_app: S
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
-def test_the_getting_started_commands_work_as_the_page_says(first_app: Stack) -> None:
-    """Every ``shmz`` line of the page, in order (``UID``: the uid its ``add`` printed); each exits 0 but
-    the one said to fail, and ``# prints X`` prints X."""
+def sh_blocks(page: str) -> list[str]:
+    return re.findall(r"^```sh\n(.*?)^```$", page, re.S | re.M)
+
+
+def run_page_commands(shmz: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Every ``shmz`` line of the getting-started page, in order, run as ``shmz`` (``UID``: the uid its
+    ``add`` printed); each exits 0 but the one said to fail, and ``# prints X`` prints X. Returns that uid."""
     text = (DOCS / "getting-started.md").read_text()
-    lines = [line for block in re.findall(r"^```sh\n(.*?)^```$", text, re.S | re.M) for line in block.splitlines()
+    lines = [line for block in sh_blocks(text) for line in block.splitlines()
              if line.startswith(".venv/bin/shmz ") and " watch " not in line]
     assert len(lines) >= 9
     uid = None
     for line in lines:
         words = shlex.split(line.replace("UID", uid or "UID"), comments=True)
         comment = line.split("  #", 1)[1].strip() if "  #" in line else ""  # (a comment follows spaces)
-        ran = subprocess.run([sys.executable, "-m", "shmooze.cli.shmz", "--url", first_app.url, *words[1:]],
-                             capture_output=True, text=True, timeout=30)
+        ran = subprocess.run([*shmz, *words[1:]], capture_output=True, text=True, timeout=30, cwd=cwd, env=env)
         assert ran.returncode == (1 if "exit status 1" in comment else 0), (line, ran.stdout, ran.stderr)
         if comment.startswith("prints "):
             assert ran.stdout.strip() == comment[len("prints "):], (line, ran.stdout)
         if words[2:4] == ["add", "type=timer"]:
             uid = json.loads(ran.stdout)["uid"]
     assert uid is not None
+    return uid
+
+
+@needs_node
+def test_the_getting_started_commands_work_as_the_page_says(first_app: Stack) -> None:
+    run_page_commands([sys.executable, "-m", "shmooze.cli.shmz", "--url", first_app.url])
     Client(first_app.url).queue.rm(uids=[m["uid"] for m in Client(first_app.url).queue.queue()])
+
+
+@needs_node
+@pytest.mark.timeout(600)
+def test_a_newcomer_following_the_page_from_pip_install_gets_the_app(tmp_path: Path) -> None:
+    """The page done as written, in a user's shell: its install commands (a venv, pip install from a
+    copy of the checkout), its files written from the page itself, ``shmooze run`` in the project's
+    folder, its ``shmz`` lines there (the gateway found from ./settings.json), Ctrl-C; nothing left."""
+    from tests.test_first_run import copy_checkout, plain_env
+
+    page = (DOCS / "getting-started.md").read_text()
+    checkout = copy_checkout(tmp_path / "shmooze")
+    install = sh_blocks(page[page.index("## Install into your own project"):])[0]
+    assert "pip install /path/to/shmooze" in install
+    env = plain_env()
+    subprocess.run(["bash", "-euc", install.replace("/path/to/shmooze", shlex.quote(str(checkout)))], cwd=tmp_path,
+                   env=env, check=True, timeout=500, stdout=subprocess.DEVNULL)
+    project = tmp_path / "myapp"
+    skeleton = next(block for block in sh_blocks(page) if "touch myapp/__init__.py" in block)
+    subprocess.run(["bash", "-euc", skeleton], cwd=project, env=env, check=True, timeout=30)
+    for path, code in titled_blocks(DOCS / "getting-started.md").items():
+        (project / path).write_text(code)
+    settings = json.loads((project / "settings.json").read_text())
+    settings["ports"] = {name: free_port() for name in settings["ports"]}
+    settings["run_path"] = str(tmp_path / "run")  # (not under the user's state folder)
+    (project / "settings.json").write_text(json.dumps(settings))
+
+    run = Proc([str(project / ".venv" / "bin" / "shmooze"), "run"], env=env, cwd=str(project),
+               log_path=tmp_path / "run.log")
+    try:
+        wait_for(lambda: "running; open" in run.log() or run.popen.poll() is not None, 120, interval=0.1,
+                 what="shmooze run to announce")
+        assert run.popen.poll() is None, run.log()
+        url = f"http://127.0.0.1:{settings['ports']['wsgi']}/"
+        assert '<script src="/static/shmooze.js">' in requests.get(url, timeout=10).text
+        run_page_commands([str(project / ".venv" / "bin" / "shmz")], cwd=project, env=env)
+        pids = run.remember_descendants()
+        run.popen.send_signal(signal.SIGINT)
+        assert run.popen.wait(60) == 0, run.log()
+        wait_for(lambda: all(gone(pid) for pid in pids), 10, what="every service and module to end")
+    finally:
+        run.kill_everything()
 
 
 def test_the_python_module_counts_down_takes_a_custom_command_and_leaves(first_app: Stack) -> None:
@@ -146,7 +200,7 @@ def test_the_python_module_counts_down_takes_a_custom_command_and_leaves(first_a
     wait_until(lambda: gone(pid), 10, "the timer's process to end")
 
 
-@pytest.mark.skipif(NODE is None, reason="node is not installed (python3 scripts/dev.py test installs it)")
+@needs_node
 def test_the_node_module_written_from_the_protocol_page_runs_in_the_queue(first_app: Stack) -> None:
     client = Client(first_app.url)
     queue = client.queue
