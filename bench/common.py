@@ -123,6 +123,16 @@ def percentile(values: Sequence[float], q: float) -> float:
     return data[lo] + (data[hi] - data[lo]) * (pos - lo)
 
 
+def per_request_us(call: Callable[[], None], n: int) -> float:
+    """Microseconds per ``call()``, over ``n`` calls one after another (after 50 to warm up)."""
+    for _ in range(50):  # warm the connection and the caches
+        call()
+    started = time.perf_counter()
+    for _ in range(n):
+        call()
+    return (time.perf_counter() - started) / n * 1e6
+
+
 def median(values: Sequence[float]) -> float:
     return percentile(values, 0.5)
 

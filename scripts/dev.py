@@ -31,7 +31,7 @@ BIN = VENV / "bin"
 #: Every benchmark (a module of the bench package, run as `python -m bench.NAME` from the root), in the
 #: order `dev.py bench` runs them (each prints its tables and saves them in bench/results/; --quick
 #: shortens all); bench.summary then joins them into bench/results.md.
-BENCHMARKS = ["run", "push_bench", "cmdlog_bench", "journal_bench", "servicekey_bench", "containment_bench", "soak",
+BENCHMARKS = ["run", "push_bench", "cmdlog_bench", "journal_bench", "servicekey_bench", "who_bench", "containment_bench", "soak",
               "attack_bench"]
 
 
@@ -46,7 +46,7 @@ def run(*argv: str | os.PathLike[str], **kw) -> None:
 
 def ensure_venv(extras: str) -> None:
     if not (BIN / "python").exists():
-        say(f"creating {VENV}")
+        say(f"creating {VENV} (a virtualenv with its own pip: some seconds)")
         try:
             venv.EnvBuilder(with_pip=True).create(VENV)
         except Exception as exc:  # e.g. Debian without python3-venv
@@ -61,10 +61,15 @@ def ensure_venv(extras: str) -> None:
         if "__pycache__" not in p.parts and not any(part.endswith(".egg-info") for part in p.parts))])
     if stamp.exists() and stamp.read_text() == state:
         return
-    say("installing shmooze and its dependencies")
-    run(BIN / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-        "--config-settings", "editable_mode=strict", "-e", f"{ROOT}[{extras}]" if extras else str(ROOT))
+    say("installing shmooze and its dependencies (a minute the first time; pip's progress follows)")
+    started = time.monotonic()
+    # Not --quiet: pip's own lines (Collecting, Downloading with a progress bar, Installing) show that it
+    # moves; the first install would otherwise print nothing for half a minute.
+    run(BIN / "python", "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "on",
+        "--config-settings", "editable_mode=strict", "-e", f"{ROOT}[{extras}]" if extras else str(ROOT),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})  # each line as it comes, into a log or a pipe too
     stamp.write_text(state)
+    say(f"installed in {time.monotonic() - started:.0f} s")
 
 
 def chromium() -> str | None:

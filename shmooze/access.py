@@ -25,7 +25,7 @@ import logging
 import os
 from typing import Any
 
-from shmooze import protocol, servicekey
+from shmooze import caller, protocol, servicekey
 from shmooze.errors import SettingsError
 from shmooze.http.jsonapp import JSONHTTPError
 from shmooze.http.websocket import host_name
@@ -158,21 +158,33 @@ class ServiceGuard:
         if self.verifier is None:
             raise JSONHTTPError(401, "this service has no service key to check the request's signature")
         try:
-            return self.verifier.check(value, environ.get("PATH_INFO") or "/", body)
+            return self.verifier.check(value, environ.get("PATH_INFO") or "/", body, environ.get(caller.ENVIRON, ""))
         except servicekey.BadSignature as exc:
             log.warning("refused a signed request from %s: %s", environ.get("REMOTE_ADDR", "?"), exc)
             raise JSONHTTPError(401, f"bad service signature: {exc}") from None
 
-    def admit(self, request: protocol.Request, environ: dict[str, Any], signed: bool) -> None:
-        """A request that is not signed may only read, unless it comes from this user's own process."""
-        if signed:
-            return
+    def admit(self, request: protocol.Request, environ: dict[str, Any], signed: bool) -> str | None:
+        """A request that is not signed may only read, unless it comes from this user's own process.
+
+        Returns who its commands that change state run for (:mod:`shmooze.caller`; None when it only
+        reads): the ``Shmooze-Caller`` of a signed request (its signature covers it), else this host's
+        user for a process of its own, else the address of the key's holder. A caller header on a request
+        that is not signed is never taken."""
         writes = any(isinstance(i, protocol.Command) and not is_read_only(self.service, i.cmd) for i in request.items)
-        if writes and not same_user_peer(environ):
-            log.warning("refused a command that changes state from %s: not signed with the service key",
-                        environ.get("REMOTE_ADDR", "?"))
-            raise JSONHTTPError(401, "this command changes state: on a service's own port it needs the service "
-                                     "key (send it through the gateway, or with the app's own tools)")
+        if not writes:
+            return None
+        if signed:
+            named = environ.get(caller.ENVIRON)
+            if named:
+                return caller.decode(named)
+        if same_user_peer(environ):
+            return caller.local()
+        if signed:
+            return caller.key_holder(str(environ.get("REMOTE_ADDR", "?")))
+        log.warning("refused a command that changes state from %s: not signed with the service key",
+                    environ.get("REMOTE_ADDR", "?"))
+        raise JSONHTTPError(401, "this command changes state: on a service's own port it needs the service "
+                                 "key (send it through the gateway, or with the app's own tools)")
 
     def proof(self, nonce: bytes, status: int, body: bytes) -> str:
         assert self.verifier is not None

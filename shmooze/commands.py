@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar, overload
@@ -149,3 +150,22 @@ def describe(spec: CommandSpec, method: Callable[..., Any]) -> dict[str, Any]:
     if spec.takes_any:
         out["more_args"] = True
     return out
+
+
+#: reST roles (``:class:`~a.b.C```, ``:mod:`a.b```) and inline markup (````x````, ```x```, ``**x**``).
+_ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`~?([^`]*?)`")
+_INLINE = re.compile(r"``(.+?)``|`([^`]+?)`|\*\*(.+?)\*\*")
+#: The end of a sentence: a stop and a space before a capital or an opening bracket (not "e.g. a").
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
+
+
+def plain(text: str) -> str:
+    """reST markup made plain: ``:class:`~a.b.C``` -> ``C``, ````x```` -> ``x``."""
+    text = _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(0).find("`~") >= 0 else m.group(1), text)
+    return _INLINE.sub(lambda m: next(g for g in m.groups() if g is not None), text)
+
+
+def summary(doc: str) -> str:
+    """The first sentence of a docstring, whole (it may run over lines), in plain text."""
+    paragraph = " ".join(doc.strip().split("\n\n", 1)[0].split())
+    return plain(_SENTENCE_END.split(paragraph, maxsplit=1)[0])

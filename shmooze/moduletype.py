@@ -86,10 +86,21 @@ def python_module(name: str, path: str, *args: str, **options: Any) -> ModuleTyp
     return ModuleType(name, (sys.executable, path, *args), **options)
 
 
-def by_name(types: Iterable[ModuleType], kind: str) -> dict[str, ModuleType]:
-    """A service's table of types, by name (``kind`` names them in the error of two with one name)."""
+def as_module_type(value: Any) -> ModuleType:
+    """A module type, or the original's module class (``TYPE_STRING`` and ``process``) as one."""
+    if isinstance(value, ModuleType):
+        return value
+    name, argv = getattr(value, "TYPE_STRING", None), getattr(value, "process", None)
+    if isinstance(name, str) and isinstance(argv, (list, tuple)):
+        return ModuleType(name, tuple(argv))
+    raise TypeError(f"{value!r} is not a module type (a ModuleType, or a class with TYPE_STRING and process)")
+
+
+def by_name(types: Iterable[Any], kind: str) -> dict[str, ModuleType]:
+    """A service's table of types, by name (``kind`` names them in the error of two with one name); the
+    original's module classes are taken too (:func:`as_module_type`)."""
     table: dict[str, ModuleType] = {}
-    for t in types:
+    for t in map(as_module_type, types):
         if t.name in table:
             raise ValueError(f"two {kind} types named {t.name!r}")
         table[t.name] = t

@@ -37,9 +37,15 @@ class PoolSet(Placement):
 
 class Pool(ModuleHost):
     name = "pool"
+    original_kind = "pool"
 
-    def __init__(self, modules: Iterable[ModuleType], **options: Any):
+    def __init__(self, modules: Iterable[ModuleType], logfilename: str | None = None, **options: Any):
+        """``logfilename``: as in the original, where the pool writes the original's command log (``pool_log``)."""
         super().__init__(modules, placement=PoolSet(), **options)
+        if logfilename:
+            from shmooze.hosting.originallog import OriginalLogWriter
+
+            self.original_log = OriginalLogWriter(logfilename, self.original_kind)
 
     @command(read_only=True)
     def pool(self, parameters: dict[str, list[str]] = {}) -> list:  # noqa: B006 - never mutated

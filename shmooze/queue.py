@@ -16,6 +16,7 @@ from shmooze.errors import CommandError
 from shmooze.hosting.host import ModuleHost
 from shmooze.hosting.lifecycle import Reordered
 from shmooze.hosting.moduleprocess import ModuleProcess
+from shmooze.hosting.originallog import OriginalLogWriter
 from shmooze.hosting.placement import Orders, Placement, listed
 from shmooze.moduletype import ModuleType, available, by_name
 
@@ -81,10 +82,16 @@ class Queue(ModuleHost):
     name = "queue"
     restartable = ("background",)  # a queue entry that ends leaves the queue
 
-    def __init__(self, modules: Iterable[ModuleType], backgrounds: Iterable[ModuleType] = (), **options: Any):
+    def __init__(self, modules: Iterable[ModuleType], backgrounds: Iterable[ModuleType] = (),
+                 logfilename: str | None = None, **options: Any):
+        """``modules`` and ``backgrounds``: module types (or the original's module classes, with
+        ``TYPE_STRING`` and ``process``); ``logfilename``: as in the original, a SQLite file where the
+        queue writes the original's command log (table ``queue_log``: see shmooze.hosting.originallog)."""
         self.order = QueueOrder()
         super().__init__(modules, placement=self.order, **options)
         self.backgrounds = by_name(backgrounds, "background")
+        if logfilename:
+            self.original_log = OriginalLogWriter(logfilename, self.original_kind)
 
     def type_tables(self) -> dict[str, dict[str, ModuleType]]:
         """The module types this queue starts: "module" and "background"."""
@@ -116,7 +123,7 @@ class Queue(ModuleHost):
     @command
     def set_bg(self, type: str, args: dict = {}, key: str | None = None) -> dict:  # noqa: B006 - never mutated
         """Start a background; the old one is stopped. ``key``: as for ``add``."""
-        return self.keys.once(key, lambda: {"uid": self._start_and_place(self.backgrounds, type, args, "background", key,
+        return self.keys.once(key, lambda: {"uid": self.start_and_place(self.backgrounds, type, args, "background", key,
                                                                      logged_as="set_bg").uid})
 
     @command

@@ -114,6 +114,14 @@ def names(value: Any) -> list[str]:
     return value
 
 
+def address_list(value: Any) -> list[str]:
+    """IP addresses and networks (CIDR), kept as written (checked here, compiled where used)."""
+    from shmooze.caller import networks
+
+    networks(names(value))
+    return value
+
+
 def prefix(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/"):
         raise ValueError(f"must be a path that starts and ends with '/', not {value!r}")
@@ -148,13 +156,41 @@ def secret(value: Any) -> str:
     return value
 
 
+#: Variables the framework sets on its services' processes (by prefix, or the whole name): the
+#: ``environment`` setting may not name them, so that it never overrides them silently.
+OWN_ENVIRONMENT = ("SHMOOZE_", "SUPERVISOR_", "PYTHONUNBUFFERED")
+
+
+def environment_table(value: Any) -> dict[str, dict[str, str]]:
+    """Service name (``wsgi``: the gateway; ``*``: every service) to its processes' variables."""
+    if not isinstance(value, dict):
+        raise ValueError("must be an object of service name to an object of variables")
+    for service, variables in value.items():
+        if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
+            raise ValueError(f"gives {service!r} something else than an object of variable name to text")
+        for name in variables:
+            if not name or "=" in name or not name.replace("_", "a").isalnum() or name[0].isdigit():
+                raise ValueError(f"names a variable {name!r} for {service!r}: not a variable name")
+            text = variables[name]
+            quotes = ("'", '"')
+            if "\n" in text or "\r" in text or all(q in text for q in quotes) or text.startswith(quotes) \
+                    or text.endswith(quotes):
+                raise ValueError(f"gives {name!r} of {service!r} a value supervisord cannot pass: a line break, both "
+                                 "kinds of quote, or a quote at either end")
+            if name.startswith(OWN_ENVIRONMENT):
+                raise ValueError(f"names {name!r} for {service!r}: the framework sets that variable itself "
+                                 f"(names starting with {', '.join(OWN_ENVIRONMENT)} are its own)")
+    return value
+
+
 def type_table(value: Any) -> dict[str, dict[str, Any]]:
     """Type name to restart policy and limits (checked again against the code's types at start)."""
     from shmooze.moduletype import SETTABLE, _setting
+    from shmooze.restart import MODES
 
     if not isinstance(value, dict):
         raise ValueError("must be an object of type name to settings")
-    problems = []
+    problems = []  # every one of them, not only the first
     for name, options in value.items():
         if not isinstance(options, dict):
             problems.append(f"module_types[{name!r}] must be an object of settings, not {options!r}")
@@ -165,10 +201,13 @@ def type_table(value: Any) -> dict[str, dict[str, Any]]:
                 continue
             try:
                 _setting(key, option)
+                if key == "restart" and option is not None and option not in MODES:
+                    raise ValueError(f"restart must be one of {', '.join(MODES)}, not {option!r}")
             except ValueError as exc:
-                problems.append(f"module_types[{name!r}]: {exc}")
+                why = str(exc)  # named by its key, once
+                problems.append(f"module_types[{name!r}]: {why if why.startswith(key) else f'{key}: {why}'}")
     if problems:
-        raise ValueError("; ".join(problems))
+        raise ValueError(f"has {len(problems)} problems: " + "; ".join(problems) if len(problems) > 1 else problems[0])
     return value
 
 
@@ -194,6 +233,12 @@ class Declared:
     log_max_age_days = Key(seconds, 7.0, "days the command log keeps a row")
     log_max_bytes = Key(_bytes, 100_000_000, "bytes the command log keeps at most")
     log_module_updates = Key(flag, False, "whether every module's parameter updates are logged")
+    original_command_log = Key(flag, False, "queues and pools also write the original framework's command log "
+                               "(tables `queue_log`, `pool_log`) in `log_database_path`")
+    environment: Key[dict[str, dict[str, str]]] = Key(
+        environment_table, {}, "service name (`wsgi`: the gateway, `*`: every service) to variables set in its "
+        "process and its modules' (the framework's own variables cannot be named)",
+        example={"queue": {"DISPLAY": ":0"}})
     journal = Key(flag, True, "queues and pools restore their modules after a restart")
     journal_path = Key(_path, None, "the folder of the journals", example="${HOME}/.local/share/myapp/journal")
     durability = Key(choice(DURABILITY), "fsync", "when a command that changes something is answered")
@@ -230,6 +275,12 @@ class Declared:
     open_commands: Key[list[str]] = Key(names, [], "commands that need no token")
     allowed_origins: Key[list[str]] = Key(names, [], "other origins allowed to send commands")
     allowed_hosts: Key[list[str]] = Key(names, [], "more host names the gateway answers to")
+    trusted_proxies: Key[list[str]] = Key(address_list, [], "proxies whose `X-Forwarded-For` names the client",
+                                          example=["127.0.0.1", "10.0.0.0/24"])
+    rate_limit = Key(rate, 10.0, "commands that change state a client may send a second; 0: no limit")
+    rate_limit_burst = Key(_count, 50, "commands that change state a client may send at once")
+    rate_limit_exempt: Key[list[str]] = Key(address_list, ["127.0.0.0/8", "::1"],
+                                            "client addresses never rate limited")
 
     service_keepalive = Key(whole(1), 120, "seconds a service keeps an idle connection open")
     forward_idle_timeout = Key(seconds, 60.0, "seconds the gateway keeps an idle connection to a service")

@@ -129,6 +129,13 @@ def _configure_host(host: ModuleHost, settings: Settings, name: str) -> None:
                                       health=host.storage)
     if settings.log_module_updates:
         host.log_module_updates = True
+    if settings.original_command_log and log_path and host.original_log is None:
+        from shmooze.hosting.originallog import OriginalLogWriter
+
+        host.original_log = OriginalLogWriter(log_path, host.original_kind, max_age=settings.log_max_age_days * 86400,
+                                              max_bytes=settings.log_max_bytes)
+    elif settings.original_command_log and not log_path:
+        log.warning("%s writes no original command log: original_command_log needs log_database_path", name)
     if host.journal is None and not host.journal_path:
         from shmooze.hosting.journal import journal_file
 

@@ -36,6 +36,7 @@ from shmooze.commands import CommandSpec, command, declared, describe, spec_of
 from shmooze.errors import CommandError
 from shmooze.events import ChangeLog, epoch_base
 from shmooze.system import storage
+from shmooze.system.usage import OwnUsage
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,17 @@ def _plural(hint: Any) -> str:
     return " or ".join(out)
 
 
-def _first_misfit(value: Any, hint: Any, path: str = "") -> tuple[str, Any]:
-    """The path (``['a'][1]``) and value of the deepest part of ``value`` that breaks ``hint``."""
+def _first_misfit(value: Any, hint: Any, path: str = "") -> tuple[str, Any, Any]:
+    """The path (``['a'][1]``), value and expected hint of the deepest part of ``value`` that breaks
+    ``hint``. Of a union (``list[str] | None``), the member of the value's own kind (a list) is followed."""
     origin = typing.get_origin(hint)
     inner = typing.get_args(hint)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        same_kind = [h for h in inner if type_matches(value, typing.get_origin(h) or h)]
+        if len(same_kind) == 1:
+            found = _first_misfit(value, same_kind[0], path)
+            if found[0]:
+                return found
     if origin in (list, tuple, set, frozenset) and inner and isinstance(value, list):
         for i, item in enumerate(value):
             if not type_matches(item, inner[0]):
@@ -121,17 +129,19 @@ def _first_misfit(value: Any, hint: Any, path: str = "") -> tuple[str, Any]:
         for key, item in value.items():
             if not type_matches(item, inner[1]):
                 return _first_misfit(item, inner[1], f"{path}[{key!r}]")
-    return path, value
+    return path, value, hint
 
 
 def mismatch(name: str, value: Any, hint: Any) -> str | None:
-    """Why argument ``name`` does not fit its hint, in words; None when it fits."""
+    """Why argument ``name`` does not fit its hint, in words; None when it fits. A part that does not fit
+    (an element of a list) is named: ``tags[1] is a number, not a string``."""
     if type_matches(value, hint):
         return None
-    path, part = _first_misfit(value, hint)
+    path, part, wanted = _first_misfit(value, hint)
     if not path:
         return f"argument {name!r} must be {hint_name(hint)}, not {protocol.type_name(part)}"
-    return f"argument {name!r} must be {hint_name(hint)}, but {name}{path} is {protocol.type_name(part)}"
+    return f"argument {name!r} must be {hint_name(hint)}, but {name}{path} is {protocol.type_name(part)}, " \
+           f"not {hint_name(wanted)}"
 
 
 class Service:
@@ -148,6 +158,7 @@ class Service:
         self.events = ChangeLog(base=epoch_base())
         self.started_at = time.time()
         self._started_mono = time.monotonic()
+        self._own_usage = OwnUsage()
         self._commands = self._collect_commands()
         #: Commands that change nothing: they never wait for a command slot.
         self.read_only_commands = frozenset(n for n, spec in self._commands.items() if spec.read_only)
@@ -199,6 +210,7 @@ class Service:
             "change_version": self.events.version,
             "epoch": self.events.base,
             "problem": self.storage.problem(),
+            **self._own_usage.figures(),  # the worker's CPU and memory (a host adds its modules')
         }
 
     @command(read_only=True)

@@ -12,9 +12,11 @@ Every application has one secret key that browsers never see. Where it comes fro
 It is never sent. A client that holds it signs each request and the service proves each answer:
 
 - request header ``Shmooze-Auth: TIME.NONCE.MAC``, ``MAC = BLAKE2b-256 keyed with the key, of
-  "shmooze-request" TIME NONCE PATH BODY`` (keyed BLAKE2 is a MAC by design, and half the cost of
+  "shmooze-request" TIME NONCE PATH CALLER BODY`` (keyed BLAKE2 is a MAC by design, and half the cost of
   HMAC-SHA256 here): the service takes it only within :data:`WINDOW` seconds of its own clock and
-  only once (a replayed request is refused);
+  only once (a replayed request is refused). ``CALLER`` is the ``Shmooze-Caller`` header's value
+  (empty when there is none: :mod:`shmooze.caller`), so nobody can change whom a signed command is
+  recorded for;
 - answer header ``Shmooze-Proof``, the same MAC of "shmooze-answer" NONCE STATUS BODY: the client
   takes the answer only with it, so a process that took the service's port (during a restart, say)
   cannot pass its answers off as the service's. Before a client sends anything on a new
@@ -149,8 +151,8 @@ def mac_key(key: bytes) -> bytes:
     return hashlib.blake2b(key, digest_size=32, person=b"shmooze-key").digest()
 
 
-def _request_mac(key: bytes, stamp: bytes, nonce: bytes, path: bytes, body: bytes) -> str:
-    return hashlib.blake2b(b"shmooze-request\n%s\n%s\n%s\n%s" % (stamp, nonce, path, body), key=key,
+def _request_mac(key: bytes, stamp: bytes, nonce: bytes, path: bytes, body: bytes, caller: bytes = b"") -> str:
+    return hashlib.blake2b(b"shmooze-request\n%s\n%s\n%s\n%s\n%s" % (stamp, nonce, path, caller, body), key=key,
                            digest_size=32).hexdigest()
 
 
@@ -176,11 +178,12 @@ class Signer:
             self._pid, self._prefix = pid, secrets.token_hex(8).encode()
         return b"%s%x" % (self._prefix, next(self._count))
 
-    def sign(self, body: bytes, path: str = "/") -> tuple[str, bytes]:
-        """The ``Shmooze-Auth`` value for a request, and its nonce (to check the answer's proof)."""
+    def sign(self, body: bytes, path: str = "/", caller: bytes = b"") -> tuple[str, bytes]:
+        """The ``Shmooze-Auth`` value for a request, and its nonce (to check the answer's proof).
+        ``caller``: the ``Shmooze-Caller`` header's value the request carries (none: empty)."""
         stamp = b"%d" % int(time.time())
         nonce = self._nonce()
-        mac = _request_mac(self.key, stamp, nonce, path.encode("latin-1"), body)
+        mac = _request_mac(self.key, stamp, nonce, path.encode("latin-1"), body, caller)
         return f"{stamp.decode()}.{nonce.decode()}.{mac}", nonce
 
     def proven(self, nonce: bytes, status: int, body: bytes, proof: str | None) -> bool:
@@ -198,8 +201,9 @@ class Verifier:
         self._order: collections.deque[tuple[float, bytes]] = collections.deque()
         self._lock = threading.Lock()
 
-    def check(self, value: str, path: str, body: bytes) -> bytes:
-        """The nonce of a good signature; raise :class:`BadSignature` (saying why) otherwise."""
+    def check(self, value: str, path: str, body: bytes, caller: str = "") -> bytes:
+        """The nonce of a good signature; raise :class:`BadSignature` (saying why) otherwise. ``caller``:
+        the request's ``Shmooze-Caller`` header as it came (none: empty)."""
         parts = value.strip().split(".")
         if len(parts) != 3 or not parts[0].isdigit() or not 8 <= len(parts[1]) <= 64:
             raise BadSignature("malformed Shmooze-Auth header")
@@ -208,7 +212,8 @@ class Verifier:
         if abs(now - int(stamp)) > self.window:
             raise BadSignature(f"the signature's time is {now - int(stamp):+.0f} s from this host's clock "
                                f"(over {self.window} s: are the hosts' clocks set?)")
-        expected = _request_mac(self.key, stamp, nonce, path.encode("latin-1", "replace"), body)
+        expected = _request_mac(self.key, stamp, nonce, path.encode("latin-1", "replace"), body,
+                                caller.encode("latin-1", "replace"))
         if not hmac.compare_digest(mac, expected.encode()):
             raise BadSignature("the signature does not match the service key")
         with self._lock:

@@ -71,3 +71,13 @@ CHATTY = str(HERE / "modules" / "chatty.py")
 def make_chatty_queue() -> Queue:
     """A queue of modules that print (their output goes to the module output files)."""
     return Queue([python_module("chatty", CHATTY, **FAST)])
+
+
+def make_first_hour_queue() -> Queue:
+    """A queue of modules that fail to start as a newcomer's would (a missing import, a missing file), and
+    one that prints nothing."""
+    return Queue([ModuleType("crasher", ("python3", "-c", "import nope_not_here")),
+                  ModuleType("missing", ("python3", str(HERE / "modules" / "nope.py"))),
+                  python_module("quiet", MISBEHAVE, **FAST),
+                  python_module("init-crash", MISBEHAVE, "--crash-in-init", **FAST),
+                  python_module("init-error", MISBEHAVE, "--init-error", **FAST)])

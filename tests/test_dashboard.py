@@ -88,3 +88,29 @@ def test_dashboard_live(browser, app):
         assert not errors, errors
     finally:
         context.close()
+
+
+def test_dashboard_shows_who_changed_what(browser, app):
+    """Recent changes: each module added or removed, and who did it (the change event's ``by``)."""
+    client = app["client"]
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    try:
+        page.goto(app["url"] + "_shmooze/")
+        page.wait_for_function("window.dashboardReady === true", timeout=10_000)
+        assert page.is_visible("#no-changes")
+        uid = client.pool.add(type="ops")["uid"]
+        added = f"#changes tr[data-kind=added][data-uid='{uid}']"
+        page.wait_for_selector(added, timeout=5_000)
+        assert page.text_content(f"{added} td.by") == "anonymous (127.0.0.1)"  # through the gateway, nobody signed in
+        assert page.get_attribute(f"{added} td.by", "data-by") == "anonymous:127.0.0.1"
+        page.fill("#token", TOKEN)
+        page.click("#token-form button")
+        page.click(f"#modules tr[data-uid='{uid}'] button[data-rm]")
+        removed = f"#changes tr[data-kind=removed][data-uid='{uid}']"
+        page.wait_for_selector(removed, timeout=5_000)
+        assert page.text_content(f"{removed} td.by") == "anonymous (127.0.0.1)"
+        assert "removed (rm)" in page.text_content(removed)
+        assert not page.is_visible("#no-changes")
+    finally:
+        context.close()

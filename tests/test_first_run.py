@@ -96,6 +96,8 @@ def test_demo_command_on_a_plain_venv(checkout, tmp_path):
     try:
         use_demo(first, settings)
         assert "installing shmooze" in first.log()
+        # pip's own progress while it installs (a line per package), then how long it took (issue 29).
+        assert "Collecting gunicorn" in first.log() and "[dev] installed in " in first.log(), first.log()
     finally:
         first.kill_everything()
     # The test extras (pytest and friends) were never installed: the user's venv is the plain one.

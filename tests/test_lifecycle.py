@@ -83,7 +83,7 @@ def queue(tmp_path):
 
 def test_the_hosts_subscribers_are_declared_in_one_order():
     names = [type(s).__name__ for s in Pool([mtype("m")]).lifecycle.subscribers]
-    assert names == ["JournalRecorder", "CommandRecorder", "HostOps", "RestartPolicies", "ModuleChanges"]
+    assert names == ["JournalRecorder", "CommandRecorder", "OriginalLog", "HostOps", "RestartPolicies", "ModuleChanges"]
 
 
 def test_publish_calls_each_subscriber_in_order_with_only_its_own_methods():

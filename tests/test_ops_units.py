@@ -120,7 +120,7 @@ def test_settings_module_types_reach_the_services_types(tmp_path):
     assert host.types["video"].limit_memory == 1 << 30 and host.backgrounds["video"].restart == "always"
     assert host.types["other"].limit_memory is None
     # A bad table is refused as the file is read, before any service starts (and so before any type changes).
-    with pytest.raises(SettingsError, match=r"/etc/app/settings.json: module_types\['video'\]: not a size"):
+    with pytest.raises(SettingsError, match=r"/etc/app/settings.json: module_types\['video'\]: limit_memory: not a size"):
         Settings({"ports": {"wsgi": 1}, "module_types": {"video": {"limit_memory": "huge"},
                                                         "other": {"limit_files": 5}}}, "/etc/app/settings.json")
 

@@ -65,9 +65,9 @@ def test_a_nested_type_error_says_which_part_is_wrong():
     status, answer = post(client, {"cmd": "queue", "args": {"parameters": {"text": "spoken"}}})
     assert status == 200 and answer["success"] is False
     assert answer["error"] == ("queue: argument 'parameters' must be an object of lists of strings, "
-                               "but parameters['text'] is a string")
+                               "but parameters['text'] is a string, not a list of strings")
     _, answer = post(client, {"cmd": "queue", "args": {"parameters": {"text": ["a", 2]}}})
-    assert answer["error"].endswith("but parameters['text'][1] is a number")
+    assert answer["error"].endswith("but parameters['text'][1] is a number, not a string")
     _, answer = post(client, {"cmd": "queue", "args": {"parameters": []}})
     assert answer["error"].endswith("must be an object of lists of strings, not a list")
 

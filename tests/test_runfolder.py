@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -347,3 +348,38 @@ def test_a_settings_file_others_may_read_with_a_secret_is_warned_about(tmp_path)
                                f"chmod 600 {path}")
     assert exposure_warning(Settings({"ports": {"q": 1}, "access_token": "t"})) is None  # no file
 
+
+
+# -- what a stopped run leaves ------------------------------------------------------------------------------
+
+
+def test_a_stop_removes_what_the_run_made_in_the_temp_directory(tmp_path, monkeypatch):
+    """A run folder in the temp directory (the default when the others' paths are too long for a socket)
+    goes whole at the stop; a configured one loses only what no later command reads (the configuration,
+    the gateway's metrics files)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / ("x" * 90)))  # supervisor.sock would not fit there
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    ports = {"wsgi": free_port(), "queue": free_port()}
+    path = write_settings(tmp_path / "settings.json", ports=ports, services={"queue": "tests.apps:make_queue"},
+                          stop_timeout=3)
+    folder = RunPaths.for_settings(read_settings(path)).root
+    assert folder.parent == Path(tempfile.gettempdir())
+    run = start_run(path, tmp_path)
+    try:
+        assert (folder / "supervisord.conf").exists() and (folder / "gateway-metrics").is_dir()
+        run.stop(signal.SIGINT, 30)
+    finally:
+        run.kill_everything()
+    assert not folder.exists(), sorted(os.listdir(folder))
+
+    configured = tmp_path / "run"
+    path = write_settings(tmp_path / "settings.json", ports=ports, services={"queue": "tests.apps:make_queue"},
+                          stop_timeout=3, run_path=str(configured))
+    run = start_run(path, tmp_path, "second")
+    try:
+        run.stop(signal.SIGINT, 30)
+    finally:
+        run.kill_everything()
+    left = set(os.listdir(configured))
+    assert not left & set(RunPaths.TRANSIENT) and {"logs", "shmooze.lock"} <= left, left
+    assert (configured / "logs" / "queue.log").exists()  # `shmooze logs` after the stop

@@ -5,7 +5,7 @@ from shmooze.cli.statustable import format_status
 
 def test_services_modules_restarts_ended_and_containment():
     report = {"services": {
-        "queue": {"state": "RUNNING", "pid": 30, "uptime": 3725, "answering": True, "status": {
+        "queue": {"state": "RUNNING", "pid": 30, "uptime": 3725, "answering": True, "status": {"pid": 33,
             "modules": [{"uid": "q-1", "type": "text", "state": "running", "pid": 31, "uptime": 5,
                          "cpu_seconds": 1.25, "cpu_percent": 12.0, "rss_bytes": 3 << 20, "restarts": 1}],
             "restarting": [{"uid": "q-2", "type": "clock", "next_try": 1.5, "last_end": "exited", "restarts": 2}],
@@ -15,10 +15,10 @@ def test_services_modules_restarts_ended_and_containment():
         "pool": {"state": "FATAL", "pid": None, "answering": False},
     }}
     lines = format_status(report).splitlines()
-    assert lines[0].split() == ["SERVICE", "STATE", "PID", "UPTIME", "MODULES"]
-    assert lines[1].split() == ["queue", "RUNNING", "30", "1:02:05", "1"]
-    assert lines[2].split() == ["wsgi", "NOT", "ANSWERING", "40", "-", "-"]  # running but silent
-    assert lines[3].split() == ["pool", "FATAL", "-", "-", "-"]
+    assert lines[0].split() == ["SERVICE", "STATE", "WORKER", "PID", "MASTER", "PID", "UPTIME", "MODULES"]
+    assert lines[1].split() == ["queue", "RUNNING", "33", "30", "1:02:05", "1"]  # the worker's pid, as the dashboard's
+    assert lines[2].split() == ["wsgi", "NOT", "ANSWERING", "-", "40", "-", "-"]  # running but silent
+    assert lines[3].split() == ["pool", "FATAL", "-", "-", "-", "-"]
     modules = [line.split() for line in lines if line.startswith("  queue/")]
     assert modules[0] == ["queue/q-1", "text", "running", "31", "0:00:05", "1.2s", "12%", "3.0M", "1"]
     assert modules[1][:6] == ["queue/q-2", "clock", "restart", "in", "1.5", "s"] and modules[1][-1] == "2"
@@ -29,7 +29,7 @@ def test_services_modules_restarts_ended_and_containment():
 
 def test_no_module_table_without_modules():
     text = format_status({"services": {"volume": {"state": "STOPPED", "pid": None, "answering": False}}})
-    assert text.splitlines()[1].split() == ["volume", "STOPPED", "-", "-", "-"] and "UPTIME / ENDED BY" not in text
+    assert text.splitlines()[1].split() == ["volume", "STOPPED", "-", "-", "-", "-"] and "UPTIME / ENDED BY" not in text
 
 
 def test_services_on_other_hosts_show_their_address_or_down():

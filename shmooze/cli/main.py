@@ -2,12 +2,15 @@
 
     shmooze run [SETTINGS]                 every service under supervisord, in the foreground
     shmooze status [--json]                every service and module of the running application
-                                           (exit status 1 when one is down or reports a problem)
+                                           (exit status 1 when one is down or reports a problem, or
+                                           when it is not running: --json then prints {"running": false})
     shmooze stop [--clear]                 stop it (each service stops its modules through the ladder;
                                            the queues and pools come back on the next run, unless --clear)
     shmooze restart [SERVICE ...]          restart some services, or all
     shmooze logs [SERVICE] [-f] [-n N]     a service's log (with its modules' output), or all of them
     shmooze serve NAME                     one service (or ``wsgi``, the gateway) in the foreground
+    shmooze completion bash                a bash completion script of shmooze and shmz
+                                           (``eval "$(shmooze completion bash)"`` in ~/.bashrc)
 
 Commands other than ``run`` find the application by ``--settings``, ``$SHMOOZE_SETTINGS`` or
 ``./settings.json``.
@@ -82,9 +85,15 @@ def cmd_status(opts: argparse.Namespace) -> int:
     from shmooze.cli import statustable
     from shmooze.deploy import runner
 
-    report = runner.status(_load_settings(opts.settings))
+    settings = _load_settings(opts.settings)
+    try:
+        report = runner.status(settings)
+    except runner.NotRunning:
+        if not opts.json:
+            raise
+        report = runner.stopped_report(settings)  # JSON whatever the state, for scripts: {"running": false, ...}
     sys.stdout.write((json.dumps(report, indent=2) if opts.json else statustable.format_status(report)) + "\n")
-    return 0 if runner.all_up(report) else 1
+    return 0 if report["running"] and runner.all_up(report) else 1
 
 
 def cmd_logs(opts: argparse.Namespace) -> int:
@@ -133,8 +142,18 @@ def cmd_restart(opts: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(opts: argparse.Namespace) -> int:
+    from shmooze.cli import completion
+
+    sys.stdout.write(completion.bash(build_parser()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from shmooze import __version__
+
     parser = argparse.ArgumentParser(prog="shmooze", description="Run shmooze services and applications.")
+    parser.add_argument("--version", action="version", version=f"shmooze {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     settings_help = "settings file (default: $SHMOOZE_SETTINGS or ./settings.json)"
 
@@ -181,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--settings", default=None, help=settings_help)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("completion", help="print a shell completion script of shmooze and shmz",
+                       description='Print a completion script: eval "$(shmooze completion bash)" in ~/.bashrc.')
+    p.add_argument("shell", choices=["bash"])
+    p.set_defaults(func=cmd_completion)
     return parser
 
 

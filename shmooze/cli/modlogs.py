@@ -38,6 +38,9 @@ def find(client: Any, uid: str, lines: int, service: str | None) -> tuple[Any, d
 
 
 def write(out: TextIO, answer: dict[str, Any]) -> None:
+    if answer.get("note") and not answer["lines"]:  # a module that has printed nothing yet
+        sys.stderr.write(f"shmz: {answer['note']}\n")
+        sys.stderr.flush()
     if answer.get("missed"):
         out.write(f"[{answer['missed']} line(s) no longer kept]\n")
     for line in answer["lines"]:

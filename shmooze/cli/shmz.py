@@ -8,6 +8,8 @@
     shmz watch queue
     shmz logs UID [-f]           what a module printed (see shmooze.cli.modlogs)
 
+Shell completion: ``eval "$(shmooze completion bash)"`` (see shmooze.cli.completion).
+
 Exit status: 0 on success, 1 when the command failed, 2 on a usage or connection error.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -49,6 +52,25 @@ def parse_args(words: list[str]) -> dict[str, Any]:
                 raise UsageError(f"{key}: not valid JSON ({exc.msg} at column {exc.colno}): {raw}") from None
             args[key] = raw
     return args
+
+
+def text_hint(words: list[str], message: str) -> str:
+    """How to send as text a ``key=value`` that shmz read as JSON (``text=123``: a number) when the service
+    answered that it must be a string; empty when that is not what went wrong."""
+    for word in words:
+        key, sep, raw = word.partition("=")
+        if not sep or not key:
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, (str, list, dict)) or not re.search(rf"argument {re.escape(repr(key))} must be [^,]*\ba string\b",
+                                                                 message):
+            continue
+        kind = "null" if value is None else "a boolean" if isinstance(value, bool) else "a number"
+        return f" (shmz read {key}={raw} as JSON, {kind}; to send it as text, quote it as JSON: {key}='\"{raw}\"')"
+    return ""
 
 
 def default_url() -> str:
@@ -95,7 +117,7 @@ def signature(name: str, spec: dict[str, Any]) -> str:
 
 
 def show_commands(described: Any, only: str | None = None) -> None:
-    """Print a ``commands`` answer: each command's signature and the first line of its description.
+    """Print a ``commands`` answer: each command's signature and the first sentence of its description.
 
     With ``only``, that one command with its whole description.
     """
@@ -110,13 +132,15 @@ def show_commands(described: Any, only: str | None = None) -> None:
         doc = described[only].get("doc") or "(no description)"
         show(signature(only, described[only]) + "\n\n" + "\n".join("    " + line for line in doc.splitlines()))
         return
+    from shmooze.commands import summary
+
     lines = []
     for name in sorted(described):
         lines.append(signature(name, described[name]))
-        doc = (described[name].get("doc") or "").strip()
+        first = summary(described[name].get("doc") or "")  # the first sentence whole, in plain text
         read_only = "(read-only) " if described[name].get("read_only") else ""
-        if doc or read_only:
-            lines.append("    " + read_only + (doc.splitlines()[0] if doc else ""))
+        if first or read_only:
+            lines.append("    " + read_only + first)
     show("\n".join(lines))
 
 
@@ -162,17 +186,59 @@ def _subcommand_at(words: list[str], name: str) -> int | None:
     return None
 
 
+USAGE = """shmz [OPTIONS] SERVICE COMMAND [ARGS ...]   send one command (ARGS: key=value ... or one JSON object)
+       shmz [OPTIONS] SERVICE commands               list a service's commands
+       shmz [OPTIONS] SERVICE help COMMAND           describe one command
+       shmz [OPTIONS] watch SERVICE                  print a service's change events as they come
+       shmz [OPTIONS] logs UID [-f] [-n N]           what a module printed (shmz logs --help)"""
+
+
+def _positional(words: list[str]) -> list[str]:
+    """The words that are not shmz's options nor their values."""
+    found, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in ("--url", "--timeout", "--token"):
+            skip = True
+        elif not word.startswith("-"):
+            found.append(word)
+    return found
+
+
+def _complete(words: list[str]) -> int:
+    """``shmz --complete WORD ...``: what may come next, one a line (for the completion script)."""
+    from shmooze.cli.completion import shmz_candidates
+    from shmooze.client import Client
+
+    url = words[words.index("--url") + 1] if "--url" in words[:-1] else None
+    token = words[words.index("--token") + 1] if "--token" in words[:-1] else os.environ.get("SHMOOZE_TOKEN")
+    client = Client(url or default_url(), timeout=1.0, token=token)
+    sys.stdout.write("".join(f"{word}\n" for word in shmz_candidates(client, _positional(words))))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="shmz", description="Send one command to a shmooze service.")
+    from shmooze import __version__
+
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words[:1] == ["--complete"]:
+        return _complete(words[1:])
+    parser = argparse.ArgumentParser(prog="shmz", usage=USAGE, description="Send one command to a shmooze service.",
+                                     epilog="Exit status: 0 on success, 1 when the command failed, 2 on a usage or "
+                                            "connection error.")
+    parser.add_argument("--version", action="version", version=f"shmz (shmooze) {__version__}")
     parser.add_argument("--url", default=None, help="the gateway's URL (default: $SHMOOZE_URL or settings)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
     parser.add_argument("--token", default=os.environ.get("SHMOOZE_TOKEN"), help="access token")
     parser.add_argument("--json", action="store_true", help="print the result as JSON, as the service sent it")
-    parser.add_argument("service", help="service name, or 'watch'")
-    parser.add_argument("cmd", nargs="?", help="command name ('commands' lists them, 'help CMD' describes one; "
-                                                "after 'watch', the service)")
-    parser.add_argument("args", nargs="*", help="key=value pairs or one JSON object (optional)")
-    words = sys.argv[1:] if argv is None else list(argv)
+    parser.add_argument("service", metavar="SERVICE", help="service name, or 'watch' or 'logs'")
+    parser.add_argument("cmd", nargs="?", metavar="COMMAND",
+                        help="command name ('commands' lists them, 'help CMD' describes one; after 'watch', the "
+                             "service; after 'logs', the module's uid)")
+    parser.add_argument("args", nargs="*", default=[], metavar="ARGS",  # (a default: not said to be required)
+                        help="key=value pairs (a value is read as JSON when it is JSON, else as text: text='\"123\"' "
+                             "sends the text 123) or one JSON object; none for a command without arguments")
     logs_at = _subcommand_at(words, "logs")
     try:
         if logs_at is not None:  # shmz [OPTIONS] logs UID [-f] [-n N]: its own options
@@ -222,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc)
         if message.startswith(f"{opts.cmd}: "):  # the service named the command already
             message = message[len(opts.cmd) + 2:]
-        sys.stderr.write(f"shmz: {opts.service} {opts.cmd}: {message}\n")
+        sys.stderr.write(f"shmz: {opts.service} {opts.cmd}: {message}{text_hint(opts.args, message)}\n")
         return EXIT_COMMAND
     except ShmoozeError as exc:
         sys.stderr.write(f"shmz: {exc}\n")

@@ -12,7 +12,8 @@ from typing import Any
 def format_status(report: dict[str, Any]) -> str:
     """The report as text: a table of services, one of modules, each service's problem, then each host's
     containment."""
-    rows = [("SERVICE", "STATE", "PID", "UPTIME", "MODULES")]
+    # The worker's pid first (it runs the service and its modules; the dashboard shows it), then the master's.
+    rows = [("SERVICE", "STATE", "WORKER PID", "MASTER PID", "UPTIME", "MODULES")]
     module_rows = [("  MODULE", "TYPE", "STATE", "PID", "UPTIME / ENDED BY", "CPU", "CPU%", "MEMORY", "RESTARTS")]
     for name, entry in report["services"].items():
         st = entry.get("status") or {}
@@ -23,7 +24,7 @@ def format_status(report: dict[str, Any]) -> str:
             state += " (PROBLEM)"
         if entry["state"] == "REMOTE":
             state += f" ({entry['host']})"
-        rows.append((name, state, str(entry["pid"] or "-"), _duration(entry.get("uptime")),
+        rows.append((name, state, str(st.get("pid") or "-"), str(entry["pid"] or "-"), _duration(entry.get("uptime")),
                      str(len(modules)) if "modules" in st else "-"))
         for m in modules:
             module_rows.append((f"  {name}/{m['uid']}", m["type"], m["state"], str(m.get("pid") or "-"),

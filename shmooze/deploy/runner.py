@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from shmooze.deploy import logs
-from shmooze.errors import NotTheService, ShmoozeError
+from shmooze.errors import NotTheService, ShmoozeError, exception_line
 from shmooze.polling import wait_until
 from shmooze.settings import Settings, exposure_warning, is_loopback
 from shmooze.system import procutil
@@ -91,6 +92,26 @@ class RunPaths:
         private_dir(self.root)
         private_dir(self.logs)
 
+    #: What a run writes for itself alone, removed when it ends (a run writes them anew).
+    TRANSIENT = ("supervisord.conf", "supervisord.pid", "supervisor.sock", "gateway-metrics")
+
+    def clean_after_stop(self, settings: Settings) -> None:
+        """Remove what the run made that no later command reads. A folder in the temp directory (the
+        default when the others' paths are too long for a socket) goes whole, logs included: nothing
+        there outlives the run; elsewhere the logs and the lock file stay (``shmooze logs`` after a stop)."""
+        in_temp = not settings.run_path and self.root.parent == Path(tempfile.gettempdir())
+        for name in (os.listdir(self.root) if in_temp and self.root.is_dir() else self.TRANSIENT):
+            path = self.root / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        if in_temp:
+            try:
+                self.root.rmdir()
+            except OSError:  # something came meanwhile: leave it
+                pass
+
 
 def default_run_folders(settings_path: str) -> list[Path]:
     """Where a run keeps its files when the settings name no ``run_path``, best first: a folder in
@@ -138,14 +159,18 @@ class InstanceLock:
 
     def acquire(self) -> None:
         private_dir(self.path.parent)
-        fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise AlreadyRunning(holder_pid(self.path), self.path) from None
-            raise
+        while True:
+            fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    raise AlreadyRunning(holder_pid(self.path), self.path) from None
+                raise
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # the lock file was removed by the run that ended (a run folder in /tmp): anew
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
@@ -154,6 +179,15 @@ class InstanceLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        here, there = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def holder_pid(path: Path) -> int | None:
@@ -205,6 +239,24 @@ def service_command(settings_path: str, name: str) -> str:
     return _conf_value(" ".join(shlex.quote(a) for a in argv))
 
 
+def service_environment(settings: Settings, name: str) -> dict[str, str]:
+    """The variables the ``environment`` setting gives service ``name``'s process (and so its modules'):
+    the entry ``*`` (every service), then the service's own entry over it. The framework's own variables
+    (``SHMOOZE_SETTINGS``, ``PYTHONUNBUFFERED``...) cannot be named there (shmooze.registry refuses them)."""
+    table = settings.environment
+    return {**table.get("*", {}), **table.get(name, {})}
+
+
+def _supervisord_environment(variables: dict[str, str]) -> str:
+    """``environment=`` of a program: each value quoted with the quote it does not hold (supervisord splits
+    the line with shlex, without escapes; the registry refuses a value holding both)."""
+    pairs = []
+    for name, value in variables.items():
+        quote = "'" if '"' in value else '"'
+        pairs.append(f"{name}={quote}{value}{quote}")
+    return "environment=" + _conf_value(",".join(pairs))
+
+
 def chosen_services(settings: Settings, services: list[str] | None) -> list[str]:
     """The services this host runs: those named (``gateway`` is ``wsgi``), else every port's."""
     if not services:
@@ -251,7 +303,7 @@ def supervisord_conf(settings: Settings, paths: RunPaths, services: list[str] | 
             f"directory={_conf_value(os.path.dirname(settings_path))}",
             # The settings path travels on the command line (quoted), not here: supervisord's
             # environment syntax has no escape for every character a path may hold.
-            'environment=PYTHONUNBUFFERED="1"',
+            _supervisord_environment({"PYTHONUNBUFFERED": "1", **service_environment(settings, name)}),
             "umask=077",  # what a service writes (journal, command log, logs) is its user's alone
             "autostart=true",
             "autorestart=true",
@@ -274,6 +326,12 @@ def _systemd_word(text: str) -> str:
     """One word of a unit's ``ExecStart``: double-quoted, with ``%`` and ``$`` kept literal."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
     return f'"{escaped}"'
+
+
+def _systemd_env(name: str, value: str) -> str:
+    """One ``Environment=`` assignment, double-quoted, with ``%`` kept literal."""
+    text = f"{name}={value}".replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{text}"'
 
 
 def unit_prefix(settings: Settings) -> str:
@@ -310,6 +368,8 @@ def systemd_units(settings: Settings, services: list[str] | None = None, user: s
             "WorkingDirectory=" + os.path.dirname(settings_path).replace("%", "%%"),
             f"Environment={_systemd_word('SHMOOZE_SETTINGS=' + settings_path)}",
             "Environment=PYTHONUNBUFFERED=1",
+            # The settings' environment: systemd expands % specifiers (doubled here), not $ in Environment=.
+            *(f"Environment={_systemd_env(k, v)}" for k, v in service_environment(settings, name).items()),
             *([f"User={user}"] if user else []),
             "Restart=always",
             "RestartSec=1",
@@ -468,6 +528,7 @@ class Runner:
                                     stdin=subprocess.DEVNULL)
             return self._supervise(proc, out, time.monotonic() + start_timeout)
         finally:
+            self.paths.clean_after_stop(self.settings)  # (under the lock: no other run is using them)
             lock.release()
 
     def _supervise(self, proc: subprocess.Popen[bytes], out: Any, start_deadline: float) -> int:
@@ -549,7 +610,8 @@ class Runner:
         log_path = self.paths.logs / f"{name}.log"
         tail = logs.tail_lines(log_path, 15)
         shown = "".join(f"\n  | {line}" for line in tail)
-        return f"{headline}; stopping the others. Last lines of {log_path}:{shown}"
+        cause = exception_line(tail)  # first, where it is seen: a typo in a factory is one line of a traceback
+        return f"{headline}{': ' + cause if cause else ''}; stopping the others. Last lines of {log_path}:{shown}"
 
     def _kill_now(self, proc: subprocess.Popen[bytes]) -> None:
         """Skip the graceful wait: SIGKILL every service's process group and supervisord. Each
@@ -598,8 +660,17 @@ def status(settings: Settings) -> dict[str, Any]:
             entry["answering"] = entry["status"] is not None
         else:
             entry["answering"] = service_answers(settings, name)
+        # Two processes: the gunicorn master (``pid``, supervisord's) and its worker, which runs the service
+        # and its modules (the pid of its own status, which the dashboard shows).
+        entry["master_pid"] = entry["pid"]
+        entry["worker_pid"] = (entry.get("status") or {}).get("pid")
         services[name] = entry
-    return {"runner_pid": holder_pid(paths.lock), "services": services}
+    return {"running": True, "runner_pid": holder_pid(paths.lock), "services": services}
+
+
+def stopped_report(settings: Settings) -> dict[str, Any]:
+    """What ``status --json`` prints when the application is not running."""
+    return {"running": False, "runner_pid": None, "settings": str(settings.path), "services": {}}
 
 
 def all_up(report: dict[str, Any]) -> bool:

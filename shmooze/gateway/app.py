@@ -17,8 +17,9 @@ from werkzeug.exceptions import NotFound
 from werkzeug.utils import send_from_directory
 from werkzeug.wrappers import Request, Response
 
-from shmooze import protocol, servicekey
+from shmooze import caller, protocol, servicekey
 from shmooze.access import AccessToken, host_allowed, refusal
+from shmooze.gateway.clients import USER_ENVIRON, Clients
 from shmooze.gateway.dashboard import Dashboard
 from shmooze.gateway.fanout import ServiceWatcher
 from shmooze.gateway.longpoll import wait_for_changes_here
@@ -164,6 +165,7 @@ class Gateway:
         }
         self.public_settings = protocol.dumps(settings.public())
         self.access = AccessToken(settings.access_token)
+        self.clients = Clients.for_settings(settings)  # who sent a command, and rate limits (trusted_proxies)
         extra = frozenset(settings.open_commands)  # open to all besides what services declare
         self.declared = {name: DeclaredReadOnly(proxy, extra) for name, proxy in self.proxies.items()}
         self.allowed_origins = list(settings.allowed_origins)
@@ -176,7 +178,8 @@ class Gateway:
         # Each returns a Response or bytes.
         self.routes: dict[str, Callable[..., Any]] = {"ws": self.websocket, "healthz": self.healthz}
         app_name = settings.public().get("app_name")
-        self.routes.update(Dashboard(self.proxies, self.access, app_name, self.render_metrics, self.restart_service).routes())
+        self.routes.update(Dashboard(self.proxies, self.access, app_name, self.render_metrics, self.restart_service,
+                                     self.clients.caller_of).routes())
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         return serve_json_errors(lambda: self.dispatch(environ, start_response), environ, start_response,
@@ -224,13 +227,16 @@ class Gateway:
             log.info("refused a command from origin %r", environ["HTTP_ORIGIN"][:100])
             raise JSONHTTPError(403, "origin not allowed", close=True)
         body, mimetype = read_command_body(environ, self.max_body_bytes, self.body_timeout, self.body_min_rate)
-        reply = self.pass_on(proxy, body, mimetype, environ.get("HTTP_AUTHORIZATION", ""))
+        reply = self.pass_on(proxy, body, mimetype, environ.get("HTTP_AUTHORIZATION", ""),
+                             environ.get(USER_ENVIRON), self.clients.address_of(environ))
         return raw_json_response(start_response, reply.body, reply.status)
 
-    def pass_on(self, proxy: ServiceProxy, body: bytes, mimetype: str, authorization: str) -> Reply:
-        """A command body that has passed the HTTP checks: the token check, then the service's answer
-        (errors are raised as :class:`JSONHTTPError`). The WSGI path and the fast lane
-        (``shmooze.gateway.lane``) both end here."""
+    def pass_on(self, proxy: ServiceProxy, body: bytes, mimetype: str, authorization: str,
+                user: str | None = None, peer: str = "") -> Reply:
+        """A command body that has passed the HTTP checks: the token check, the client's rate limit, then
+        the service's answer (errors are raised as :class:`JSONHTTPError`). The WSGI path and the fast lane
+        (``shmooze.gateway.lane``) both end here. ``user``: who is signed in (None: nobody); ``peer``:
+        the client's address (:meth:`Clients.address`); the service is told who sent the command."""
         declared = self.declared[proxy.name]
         unreachable = None
         try:
@@ -242,9 +248,10 @@ class Gateway:
         if unreachable is not None:  # asking found the service unreachable: say so now, not after a second wait
             log.warning("forward to %s: %s", proxy.name, unreachable.message)
             raise JSONHTTPError(unreachable.status, unreachable.message)
+        sender = self.clients.admit(user, peer, lambda: not declared.body_only_reads(body)) if peer or user else b""
         body = wait_for_changes_here(self.watchers[proxy.name], body)
         try:
-            return proxy.post(body, mimetype, repeatable=lambda: declared.body_only_reads(body))
+            return proxy.post(body, mimetype, repeatable=lambda: declared.body_only_reads(body), caller=sender)
         except ForwardError as exc:
             declared.forget()
             log.warning("forward to %s: %s", proxy.name, exc.message)
@@ -335,8 +342,16 @@ class Gateway:
         if not is_websocket_request(environ):
             raise JSONHTTPError(400, "this is the WebSocket endpoint: connect with a WebSocket")
         authorized = {"ok": not self.access.required}
+        user, peer = environ.get(USER_ENVIRON), self.clients.address_of(environ)
 
         def authorize(service: str, items: list[protocol.Item], msg: dict[str, Any]) -> str | None:
+            refused = check_token(service, items, msg)
+            if refused is None and not self.declared[service].only_reads(items, ask=False):
+                wait = self.clients.wait(user, peer)
+                return self.clients.refusal(wait) if wait > 0 else None
+            return refused
+
+        def check_token(service: str, items: list[protocol.Item], msg: dict[str, Any]) -> str | None:
             if authorized["ok"] or not self.needs_token(service, items):
                 return None
             if isinstance(msg.get("token"), str) and self.access.matches(msg["token"]):
@@ -350,7 +365,8 @@ class Gateway:
             try:
                 PushSession(ws, self.proxies, self.watchers, authorize,
                             lambda service, items: self.declared[service].only_reads(items, ask=False),
-                            self.settings.ws_max_in_flight, self.settings.ws_outbox_bytes).run()
+                            self.settings.ws_max_in_flight, self.settings.ws_outbox_bytes,
+                            self.clients.header(caller.of_client(user, peer))).run()
             finally:
                 sessions.dec()
                 self.sockets.discard(ws)

@@ -42,16 +42,19 @@ class Dashboard:
     """The operator routes of one gateway.
 
     ``metrics()`` renders every service's figures (body, content type); ``restart(name)`` restarts a
-    service and returns once it answers, raising :class:`ShmoozeError` or ``OSError`` when it cannot.
+    service and returns once it answers, raising :class:`ShmoozeError` or ``OSError`` when it cannot;
+    ``who(environ)`` names the client of a request (:mod:`shmooze.caller`), for the log of a restart.
     """
 
     def __init__(self, services: Iterable[str], access: AccessToken, app_name: str | None,
-                 metrics: Callable[[], tuple[bytes, str]], restart: Callable[[str], Any]):
+                 metrics: Callable[[], tuple[bytes, str]], restart: Callable[[str], Any],
+                 who: Callable[[dict[str, Any]], str] = lambda environ: "unknown"):
         self.services = sorted(services)
         self.access = access
         self.app_name = app_name
         self.metrics = metrics
         self.restart = restart
+        self.who = who
 
     def routes(self) -> dict[str, Route]:
         """Path under the gateway's prefix -> route."""
@@ -94,7 +97,7 @@ class Dashboard:
             return json_response(protocol.error(f"cannot restart {name}: {exc}"))
         except OSError as exc:
             return json_response(protocol.error(f"cannot restart {name}: {exc.strerror or exc}"))
-        log.info("service %s restarted from the dashboard", name)
+        log.info("service %s restarted from the dashboard by %s", name, self.who(environ))
         return json_response(protocol.ok({"restarted": name}))
 
 

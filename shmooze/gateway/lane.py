@@ -8,6 +8,7 @@ which takes only the plainest requests, the ones a browser or client sends for e
 
     POST {wsgi_prefix}SERVICE HTTP/1.1      (a service of the settings, no query)
     Host, Content-Type (JSON), Content-Length, and at most Origin, Authorization, Connection
+    (and X-Forwarded-For from a reverse proxy)
 
 and answers them the way the WSGI path would: the same checks (``allowed_hosts``, the Origin, the
 body's size and its arrival rate, the access token and the read-only table, through
@@ -56,6 +57,7 @@ class Head(NamedTuple):
     origin: bytes | None
     authorization: bytes
     close: bool  # ``Connection: close``
+    forwarded_for: bytes | None  # ``X-Forwarded-For`` (taken only from a trusted proxy)
 
 
 def parse_head(data: bytes, end: int) -> Head | None:
@@ -72,7 +74,8 @@ def parse_head(data: bytes, end: int) -> Head | None:
             or not _NOT_PLAIN.isdisjoint(fields) or not head.connection <= _CONNECTION_OPTIONS):
         return None
     return Head(head.target, fields.get(b"host"), fields.get(b"content-type", b"").split(b";", 1)[0].strip().lower(),
-                head.content_length, fields.get(b"origin"), fields.get(b"authorization", b""), not head.keep_alive)
+                head.content_length, fields.get(b"origin"), fields.get(b"authorization", b""), not head.keep_alive,
+                fields.get(b"x-forwarded-for"))
 
 
 class _Received:
@@ -120,6 +123,7 @@ class Lane:
         """Serve plain requests on ``sock`` (``buf``: bytes already read from it) until one is not
         plain: return every byte read of it, for gunicorn. ``None``: the connection is done."""
         sock.settimeout(None)  # waits are bounded by one timer per connection: cheaper than a socket timeout
+        peer = _address(addr)
         idle = RestartingTimer(self.keepalive, _Idle)  # the whole keep-alive time for every wait
         while True:
             end = buf.find(b"\r\n\r\n")
@@ -164,8 +168,10 @@ class Lane:
                 worker.alive = False
             close = head.close or not worker.alive
             try:
+                forwarded = head.forwarded_for.decode("latin-1") if head.forwarded_for is not None else None
                 reply = self.gateway.pass_on(proxy, body, head.content_type.decode("latin-1"),
-                                             head.authorization.decode("latin-1") if head.authorization else "")
+                                             head.authorization.decode("latin-1") if head.authorization else "",
+                                             peer=self.gateway.clients.address(peer, forwarded))
                 answer = heads.json_answer(reply.status, reply.body, close)
             except self.http_error as exc:
                 close = close or exc.close

@@ -42,8 +42,10 @@ class PushSession:
     def __init__(self, ws: WebSocket, proxies: dict[str, ServiceProxy], watchers: dict[str, ServiceWatcher],
                  authorize: Callable[[str, list[protocol.Item], dict[str, Any]], str | None],
                  is_read: Callable[[str, list[protocol.Item]], bool],
-                 max_in_flight: int = MAX_IN_FLIGHT, outbox_bytes: int = OUTBOX_BYTES):
+                 max_in_flight: int = MAX_IN_FLIGHT, outbox_bytes: int = OUTBOX_BYTES, caller: bytes = b""):
         self.ws = ws
+        #: Who sends this socket's commands, as the service is told (:mod:`shmooze.caller`).
+        self.caller = caller
         # whether a service's commands change nothing (may be sent again after a lost answer)
         self.is_read = is_read
         self.proxies = proxies
@@ -158,7 +160,7 @@ class PushSession:
             return _reply(mid, protocol.error(refusal))
         try:
             data = wait_for_changes_here(self.watchers[service], protocol.dumps(body))
-            reply = proxy.post(data, repeatable=lambda: self.is_read(service, request.items))
+            reply = proxy.post(data, repeatable=lambda: self.is_read(service, request.items), caller=self.caller)
             answer = json.loads(reply.body)
         except ForwardError as exc:
             return _reply(mid, protocol.error(exc.message))
@@ -177,6 +179,9 @@ class PushSession:
             if isinstance(name, str) and name in self.watchers and name not in self.subscribed:
                 self.subscribed.add(name)
                 self.watchers[name].subscribe(self.subscriber)
+                # A watcher that has just started counts from the version it learns first: until it
+                # has learnt it, a command's event could fall before it and never be pushed.
+                self.watchers[name].current_version()
 
     def subscribe(self, spec: Any) -> dict[str, Any]:
         if isinstance(spec, list):

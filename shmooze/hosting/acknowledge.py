@@ -19,6 +19,8 @@ from shmooze.hosting.journal import FSYNC, Journal
 def answer_when_kept(run: Callable[[], dict[str, Any]], command: str, service: str, journal: Journal | None,
                      command_log: CommandLog | None, durability: str) -> dict[str, Any]:
     """``run()``'s answer to ``command``, once what it recorded in ``journal`` and ``command_log`` is kept."""
+    if journal is None and command_log is None:
+        return run()  # nothing is kept: the answer is the promise of nothing more
     since = journal.tickets if journal is not None else 0
     log_since = command_log.tickets if command_log is not None else 0
     answer = run()

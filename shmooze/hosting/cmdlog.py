@@ -33,6 +33,7 @@ import sqlite3
 import time
 from typing import Any, Callable, NoReturn
 
+from shmooze.caller import UNKNOWN, current
 from shmooze.errors import CommandError
 from shmooze.hosting.batchwriter import BatchWriter, Syncer, WriteFailed
 from shmooze.hosting.lifecycle import Placed, Subscriber, Updated
@@ -50,13 +51,27 @@ CREATE TABLE IF NOT EXISTS log (
     type TEXT,                   -- its module type
     cmd TEXT NOT NULL,
     input TEXT NOT NULL,         -- the command as JSON
-    output TEXT                  -- its result as JSON
+    output TEXT,                 -- its result as JSON
+    caller TEXT                  -- who sent it (shmooze.caller); NULL: a module's own update, or a row from before
 );
 CREATE INDEX IF NOT EXISTS log_cmd_time ON log (cmd, time);
 CREATE INDEX IF NOT EXISTS log_uid ON log (uid);
 CREATE INDEX IF NOT EXISTS log_time ON log (time);
 """
-INSERT = "INSERT INTO log (time, service, namespace, uid, type, cmd, input, output) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT = ("INSERT INTO log (time, service, namespace, uid, type, cmd, input, output, caller) "
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+#: Columns added since the first schema, each with its definition: a log made before gets them at open
+#: (its old rows hold NULL there).
+ADDED_COLUMNS = {"caller": "TEXT"}
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a log made by an earlier version up to :data:`SCHEMA` (columns added, nothing rewritten)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(log)")}
+    for name, definition in ADDED_COLUMNS.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE log ADD COLUMN {name} {definition}")
+            log.info("command log: added the column %r to an older log", name)
 
 
 class CommandLog:
@@ -95,6 +110,7 @@ class CommandLog:
         db = self._connect(auto_vacuum=True)
         try:
             db.executescript(SCHEMA)
+            migrate(db)
         except sqlite3.Error:
             db.close()
             raise
@@ -133,11 +149,11 @@ class CommandLog:
         return db
 
     def record(self, namespace: str, uid: str | None, command: dict[str, Any], result: Any,
-               type: str | None = None) -> None:
-        """Queue one row; never blocks on the disk."""
+               type: str | None = None, caller: str | None = None) -> None:
+        """Queue one row (``caller``: who sent the command, :mod:`shmooze.caller`); never blocks on the disk."""
         try:
             row = (time.time(), self.service, namespace, uid, type, str(command.get("cmd", "")),
-                   json.dumps(command, separators=(",", ":")), json.dumps(result, separators=(",", ":")))
+                   json.dumps(command, separators=(",", ":")), json.dumps(result, separators=(",", ":")), caller)
         except (TypeError, ValueError):
             self.dropped += 1
             return
@@ -246,9 +262,10 @@ class CommandLog:
             self._syncer.close()
 
     def history(self, limit: int = 20, type: str | None = None, cmd: str = "add") -> list[dict[str, Any]]:
-        """Newest first: the ``cmd`` rows of this service (``add`` by default), optionally of one type."""
+        """Newest first: the ``cmd`` rows of this service (``add`` by default), optionally of one type.
+        ``caller``: who sent it (``unknown`` for a row written before callers were recorded)."""
         self.flush()
-        sql = "SELECT time, uid, type, input, output FROM log WHERE service = ? AND cmd = ?"
+        sql = "SELECT time, uid, type, input, output, caller FROM log WHERE service = ? AND cmd = ?"
         params: list[Any] = [self.service, cmd]
         if type is not None:
             sql += " AND type = ?"
@@ -260,8 +277,8 @@ class CommandLog:
             rows = db.execute(sql, params).fetchall()
         finally:
             db.close()
-        return [{"time": t, "uid": uid, "type": ty, "command": json.loads(inp), "result": json.loads(out)}
-                for t, uid, ty, inp, out in rows]
+        return [{"time": t, "uid": uid, "type": ty, "command": json.loads(inp), "result": json.loads(out),
+                 "caller": who or UNKNOWN} for t, uid, ty, inp, out, who in rows]
 
     def logged_uids(self, uids: list[str], cmds: tuple[str, ...] = ("add", "set_bg")) -> set[str]:
         """Which of ``uids`` have a ``cmds`` row of this service (committed ones)."""
@@ -298,18 +315,25 @@ class CommandRecorder(Subscriber):
                  log_module_updates: Callable[[], bool]):
         self.name, self.command_log, self.log_module_updates = name, command_log, log_module_updates
 
+    def close(self) -> None:
+        log = self.command_log()
+        if log is not None:
+            log.close()
+
     def command(self, cmd: str, args: dict[str, Any], result: Any = None, uid: str | None = None,
-                type: str | None = None) -> None:
-        """A client command's row (namespace ``client-SERVICE``)."""
+                type: str | None = None, caller: str | None = None) -> None:
+        """A client command's row (namespace ``client-SERVICE``), naming its caller (by default the one
+        the running command was sent by: :func:`shmooze.caller.current`)."""
         command_log = self.command_log()
         if command_log is not None:
-            command_log.record(f"client-{self.name()}", uid, {"cmd": cmd, "args": args}, result, type)
+            command_log.record(f"client-{self.name()}", uid, {"cmd": cmd, "args": args}, result, type,
+                               caller or current())
 
     def placed(self, event: Placed) -> None:
         if event.logged_as is not None:
             module = event.module
             self.command(event.logged_as, {"type": module.type.name, "args": event.args}, {"uid": module.uid},
-                         module.uid, module.type.name)
+                         module.uid, module.type.name, event.by)
 
     def updated(self, event: Updated) -> None:
         command_log, module = self.command_log(), event.module

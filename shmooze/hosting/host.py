@@ -3,7 +3,7 @@
 A host keeps its modules in a :class:`~shmooze.hosting.moduletable.ModuleTable` (states, uid index, lock)
 whose placement policy (:mod:`shmooze.hosting.placement`: the queue's order, the pool's set) says where a
 module goes and what it is told. Each step of a module's life is one method here: :meth:`spawn`
-starts it, :meth:`_start_and_place` puts it in place, :meth:`_remove` takes modules out and
+starts it, :meth:`start_and_place` puts it in place, :meth:`_remove` takes modules out and
 :meth:`stop_module` is the one stop path of every module (its ladder, then its end). Each step is
 published as a lifecycle event (:mod:`shmooze.hosting.lifecycle`) to the journal, the command log, the
 operations figures, the restart policies and the change events, in the order declared in
@@ -27,11 +27,22 @@ from shmooze.hosting.acknowledge import answer_when_kept
 from shmooze.hosting.clientkeys import ClientKeys
 from shmooze.hosting.cmdlog import CommandLog, CommandRecorder
 from shmooze.hosting.journal import FSYNC, Entry, Journal, JournalRecorder
-from shmooze.hosting.lifecycle import Ended, Lifecycle, Placed, Removed, Started, StartFailed, Told, Updated
+from shmooze.hosting.lifecycle import (
+    Answered,
+    Ended,
+    Lifecycle,
+    Placed,
+    Removed,
+    Started,
+    StartFailed,
+    Told,
+    Updated,
+)
 from shmooze.hosting.modulechanges import ModuleChanges
 from shmooze.hosting.moduleprocess import ModuleBroken, ModuleError, ModuleProcess
 from shmooze.hosting.moduletable import ModuleTable
 from shmooze.hosting.ops import HostOps
+from shmooze.hosting.originallog import OriginalLog, OriginalLogWriter
 from shmooze.hosting.placement import Placement
 from shmooze.hosting.playrule import PlayRule
 from shmooze.hosting.restarter import RestartPolicies
@@ -59,6 +70,8 @@ class ModuleHost(Service):
 
     #: Which kinds of module a restart policy applies to ("module" or "background").
     restartable: tuple[str, ...] = ("module",)
+    #: Its table and namespaces in the original's command log (``queue_log``, ``client-queue``).
+    original_kind = "queue"
 
     def __init__(self, modules: Iterable[ModuleType], *, placement: Placement, max_modules: int = 1000,
                  max_line: int = 1 << 20, keep_ended: int = 100, journal: str | Journal | None = None,
@@ -69,6 +82,8 @@ class ModuleHost(Service):
         self.types = by_name(modules, "module")
         self.max_modules, self.max_line = max_modules, max_line
         self.command_log: CommandLog | None = None  # set by the application (see shmooze.hosting.cmdlog)
+        #: The command log in the original's tables (see shmooze.hosting.originallog); set by the settings.
+        self.original_log: OriginalLogWriter | None = None
         self.journal: Journal | None = journal if isinstance(journal, Journal) else None
         #: Where the journal is opened when the service starts (set from the settings by shmooze.serve).
         self.journal_path = journal if isinstance(journal, str) else None
@@ -91,10 +106,12 @@ class ModuleHost(Service):
         self.rule = PlayRule(self.table, lambda orders: self._boot().send(orders, self._told),
                              lambda uids: self._remove(uids, "failed play/suspend", send_rm=False, wait=False))
         self.recorder = CommandRecorder(lambda: self.name, lambda: self.command_log, lambda: self.log_module_updates)
+        self.original = OriginalLog(lambda: self.original_log)
         # Who hears each step of a module's life, in this order (the only place it is set):
         self.lifecycle = Lifecycle([
             JournalRecorder(lambda: self.journal),  # first: what a success answer promises is on its way to disk
             self.recorder,  # the command log's rows, kept before the answer as the journal's records are
+            self.original,  # the original's command log rows (never waited for)
             self.ops,  # names the limit that ended a module before anyone reads its rung; keeps the recent ends
             self.restarts,  # after the end is among the recent ends: status never shows a restart without it
             ModuleChanges(self.changed, self.changed_each),  # last: a client told of a change finds all it did
@@ -132,8 +149,7 @@ class ModuleHost(Service):
             self.restorer.join(60)  # it sees closing, starts nothing more and stops what it started
             if self.runtime is not None:
                 self.runtime.close(self.stop_module)
-            if self.command_log is not None:
-                self.command_log.close()
+            self.lifecycle.close()  # the command logs
             super().stop()
         finally:
             self._stop_done.set()
@@ -168,7 +184,8 @@ class ModuleHost(Service):
             uid = uid or self.table.new_uid()
             module = runtime.module(mtype, uid, {"SHMOOZE_RESTORED": "1"} if restored is not None else {},
                                     on_update=self._on_update, on_gone=self._on_gone, on_output=self.ops.on_output,
-                                    check_peers=self.check_peers, max_line=self.max_line)
+                                    check_peers=self.check_peers, max_line=self.max_line,
+                                    on_answer=self.original.answer_hook(self.lifecycle) if kind == "module" else None)
             self.table.starting(module)
         try:
             module.start(args, restored)
@@ -181,11 +198,7 @@ class ModuleHost(Service):
         self.lifecycle.publish(Started(module, args, kind))
         return module
 
-    def restart_module(self, mtype: ModuleType, args: dict[str, Any], kind: str, uid: str) -> ModuleProcess:
-        """Start a module again under its uid, as its restart policy asks (see :mod:`shmooze.hosting.restarter`)."""
-        return self._start_and_place({mtype.name: mtype}, mtype.name, args, kind, uid=uid)
-
-    def _start_and_place(self, types: dict[str, ModuleType], type: str, args: dict[str, Any], kind: str,
+    def start_and_place(self, types: dict[str, ModuleType], type: str, args: dict[str, Any], kind: str,
                          key: str | None = None, uid: str | None = None,
                          logged_as: str | None = None) -> ModuleProcess:
         """The one placing sequence: start a module, put it in place (what it displaced is taken out and
@@ -283,7 +296,7 @@ class ModuleHost(Service):
         """Start a module of a type; answers ``{"uid": UID}`` once the module answered ``init``.
 
         ``key``: a client's name for this request; a repeat within the key window gets the first answer."""
-        return self.keys.once(key, lambda: {"uid": self._start_and_place(self.types, type, args, "module", key,
+        return self.keys.once(key, lambda: {"uid": self.start_and_place(self.types, type, args, "module", key,
                                                                      logged_as="add").uid})
 
     @command(read_only=True)
@@ -314,12 +327,7 @@ class ModuleHost(Service):
 
     @command(read_only=True)
     def status(self) -> dict[str, Any]:
-        info = super().status()
-        info.update(self.ops.modules_status(), types=sorted(self.types), restoring=self.restoring,
-                    watchdog_pid=self.runtime.watchdog_pid if self.runtime else None,
-                    journal=self.journal.status() if self.journal else None,
-                    containment=self.containment.describe() if self.containment else None)
-        return info
+        return {**super().status(), **self.ops.host_status()}
 
     @command(read_only=True)
     def output(self, uid: str, after: int = 0, lines: int = 200) -> dict:
@@ -338,7 +346,9 @@ class ModuleHost(Service):
     def _dispatch(self, item: protocol.Item) -> dict[str, Any]:
         """Run a command; one that changes something is answered once its change is kept (shmooze.hosting.acknowledge)."""
         spec = self._commands.get(getattr(item, "cmd", ""))
-        if spec is None or spec.read_only or (self.journal is None and self.command_log is None):
+        if spec is None or spec.read_only:
             return super()._dispatch(item)
-        return answer_when_kept(lambda: super(ModuleHost, self)._dispatch(item), spec.name, self.name, self.journal,
-                                self.command_log, self.durability)
+        answer = answer_when_kept(lambda: super(ModuleHost, self)._dispatch(item), spec.name, self.name,
+                                  self.journal, self.command_log, self.durability)
+        self.lifecycle.publish(Answered(spec.name, getattr(item, "args", {}), answer))
+        return answer

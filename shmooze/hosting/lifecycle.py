@@ -6,13 +6,17 @@ figures, restart policies and change events are :class:`Subscriber` objects that
 :class:`Lifecycle` calls in the one order the host declares (see ``ModuleHost.__init__``).
 A subscriber overrides the methods of the events it cares about; the others do nothing. Events are
 facts: nobody changes one (they are plain slotted dataclasses, not frozen ones, which cost twice as
-much to make on the path of every parameter update).
+much to make on the path of every parameter update). The events a client's command causes (a module
+placed, removed, the queue reordered) carry ``by``: who sent it (:func:`shmooze.caller.current` where the
+event is made; None for what the host does on its own: a restart, a module that left).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from shmooze.caller import current
 
 if TYPE_CHECKING:
     from shmooze.hosting.moduleprocess import ModuleProcess
@@ -49,6 +53,7 @@ class Placed:
     restarted: bool = False  # started again by its restart policy (already journaled and logged)
     logged_as: str | None = None  # the command to log it as ("add", "set_bg"), if any
     displaced: list[ModuleProcess] = field(default_factory=list)
+    by: str | None = field(default_factory=current)  # who sent the command that placed it
 
 
 @dataclass(slots=True)
@@ -71,12 +76,35 @@ class Told:
 
 
 @dataclass(slots=True)
+class Commanded:
+    """A command sent to a module (``{"cmd", "args"}``) and its whole answer, None when none came (a
+    timeout, a closed stream); on the thread that sent it. Only modules the host hears commands of
+    (see ``ModuleHost.spawn``) publish it: the others pay nothing."""
+
+    handler: ClassVar[str] = "commanded"
+    module: ModuleProcess
+    command: dict[str, Any]
+    answer: Any
+
+
+@dataclass(slots=True)
+class Answered:
+    """A client command that may change something, and the whole answer it got (a failure too)."""
+
+    handler: ClassVar[str] = "answered"
+    cmd: str
+    args: dict[str, Any]
+    answer: dict[str, Any]
+
+
+@dataclass(slots=True)
 class Removed:
     """Modules taken out of place, to be stopped (published with the table's lock held)."""
 
     handler: ClassVar[str] = "removed"
     modules: list[ModuleProcess]
     reason: str
+    by: str | None = field(default_factory=current)  # who sent the command that removed them
 
 
 @dataclass(slots=True)
@@ -85,6 +113,7 @@ class Reordered:
 
     handler: ClassVar[str] = "reordered"
     order: list[str]
+    by: str | None = field(default_factory=current)
 
 
 @dataclass(slots=True)
@@ -109,7 +138,8 @@ class Ended:
         return self.module.ended_by
 
 
-Event = Started | StartFailed | Placed | Updated | Told | Removed | Reordered | Restored | Ended
+Event = (Started | StartFailed | Placed | Updated | Told | Commanded | Answered | Removed | Reordered | Restored
+         | Ended)
 
 
 class Subscriber:
@@ -130,6 +160,12 @@ class Subscriber:
     def told(self, event: Told) -> None:
         pass
 
+    def commanded(self, event: Commanded) -> None:
+        pass
+
+    def answered(self, event: Answered) -> None:
+        pass
+
     def removed(self, event: Removed) -> None:
         pass
 
@@ -141,6 +177,10 @@ class Subscriber:
 
     def ended(self, event: Ended) -> None:
         pass
+
+    def close(self) -> None:
+        """The host has stopped (subscribers that write somewhere close it here)."""
+
 
 
 class Lifecycle:
@@ -161,6 +201,11 @@ class Lifecycle:
             if getattr(type(subscriber), name) is not getattr(Subscriber, name):
                 hearers.append(getattr(subscriber, name))
 
+    def close(self) -> None:
+        """The host has stopped: each subscriber that writes somewhere closes it, in order."""
+        for subscriber in self.subscribers:
+            subscriber.close()
+
     def publish(self, event: Event) -> None:
         """Hand ``event`` to every subscriber that hears its kind, in order, on this thread (an exception
         goes to the publisher)."""
@@ -168,4 +213,4 @@ class Lifecycle:
             hear(event)
 
 
-_HANDLERS = [name for name in vars(Subscriber) if not name.startswith("_")]
+_HANDLERS = [name for name in vars(Subscriber) if not name.startswith("_") and name != "close"]

@@ -25,7 +25,7 @@ import time
 from typing import Any, Callable
 
 from shmooze import protocol
-from shmooze.errors import CommandError
+from shmooze.errors import CommandError, telling_line
 from shmooze.moduletype import ModuleType
 from shmooze.system import ladder, peer
 from shmooze.system.containment import Box
@@ -63,6 +63,14 @@ class ModuleBroken(CommandError):
     """The module broke the protocol (no answer in time, closed stream, garbage): it must be stopped."""
 
 
+class _ExitedEarly(CommandError):
+    """The process exited before it connected (the message has its exit status already)."""
+
+
+#: How many of its last stderr lines a starting module keeps, to say why a failed start failed.
+START_STDERR_LINES = 20
+
+
 class ModuleProcess:
     """The handle of one module process.
 
@@ -72,17 +80,18 @@ class ModuleProcess:
     """
 
     # A service holds hundreds of these: slots, not a dict of 40 entries each (1.6 KiB less per module).
-    __slots__ = ("type", "uid", "loop", "on_update", "on_gone", "on_spawn", "on_output", "extra_env", "max_line",
+    __slots__ = ("type", "uid", "loop", "on_update", "on_gone", "on_answer", "on_spawn", "on_output", "extra_env", "max_line",
                  "host", "box", "check_peers", "refused", "state", "parameters", "proc", "pid", "started_at",
                  "started_mono", "stopped_at", "ended_by", "stop_reason", "start_failed", "returncode", "told",
                  "gone_reason", "restart_plan", "_cmd_sock", "_cmd_buf", "_upd_sock", "_upd_buf", "_upd_chan",
-                 "_pidfd", "_pipes", "_lock", "_cmd_lock", "_cmd_watched", "_running")
+                 "_pidfd", "_pipes", "_lock", "_cmd_lock", "_cmd_watched", "_running", "_start_stderr")
 
     def __init__(self, mtype: ModuleType, uid: str, loop: IOLoop, *,
                  on_update: Callable[[ModuleProcess, str, dict[str, Any]], None] | None = None,
                  on_gone: Callable[[ModuleProcess, str], None] | None = None,
                  on_spawn: Callable[[int], None] | None = None,
                  on_output: Callable[[ModuleProcess, str, str], None] | None = None,
+                 on_answer: Callable[[ModuleProcess, dict[str, Any], Any], None] | None = None,
                  env: dict[str, str] | None = None, max_line: int = 1 << 20,
                  host: str = "127.0.0.1", box: Box | None = None, check_peers: bool = True):
         self.type = mtype
@@ -92,6 +101,7 @@ class ModuleProcess:
         self.on_gone = on_gone
         self.on_spawn = on_spawn
         self.on_output = on_output  # (module, "stdout" or "stderr", line): see shmooze.hosting.output
+        self.on_answer = on_answer  # (module, command, whole answer or None): each command and its answer
         self.extra_env = env or {}
         self.max_line = max_line
         self.host = host
@@ -126,6 +136,8 @@ class ModuleProcess:
         # and lock) cost 900 per module; waiters take it and give it back at once.
         self._running = threading.Lock()
         self._running.acquire()
+        # Its last stderr lines while it starts (why a start failed); None once it runs, to keep no more.
+        self._start_stderr: list[str] | None = []
 
     # -- the state machine -----------------------------------------------------------
 
@@ -158,15 +170,34 @@ class ModuleProcess:
                       extra=None if restored is None else {"restored": restored})
             self._hear_updates(self.type.command_timeout)
             self._advance(State.INITIALIZING, State.RUNNING)
+            self._start_stderr = None
         except CommandError as exc:
             self.start_failed = True
-            if self.proc is not None and ladder.wait_exit(self.proc, 0.2 if isinstance(exc, ModuleBroken) else 0,
-                                                          self._pidfd):
+            why = str(exc)
+            if not isinstance(exc, _ExitedEarly) and self.proc is not None and \
+                    ladder.wait_exit(self.proc, 0.2 if isinstance(exc, ModuleBroken) else 0, self._pidfd):
                 # It ended by itself (a crash during init): the ladder records rung ``exited``.
-                exc = CommandError(f"{exc}; exited with status {self.proc.returncode}")
-            self.stop(f"start failed: {exc}", send_rm=False)
+                why = f"{why}; exited with status {self.proc.returncode}"
+            self.stop(f"start failed: {why}", send_rm=False)
             self._close_streams()  # connected after a concurrent stop closed them
-            raise CommandError(f"module {self.type.name!r} failed to start: {exc}") from None
+            # What it printed last, unless it answered why itself (init answered success: false).
+            cause = self._start_cause() if not isinstance(exc, ModuleError) else None
+            self._start_stderr = None
+            if cause:
+                why = f"{why}; it printed: {cause}"
+                with self._lock:
+                    self.stop_reason = f"start failed: {why}"
+            raise CommandError(f"module {self.type.name!r} (uid {self.uid}) failed to start: {why}") from None
+
+    def _start_cause(self, wait: float = 1.0) -> str | None:
+        """The line of its stderr that most likely says why the start failed (``ModuleNotFoundError: ...``,
+        ``can't open file ...``), once the I/O thread has read what the stopped process wrote last."""
+        if self.proc is not None and self.loop.thread.is_alive():  # (else nothing was or will be read)
+            read = threading.Event()
+            self.loop.call_soon(read.set)  # after the last reads that stop() queued (see _release)
+            read.wait(wait)
+        lines, self._start_stderr = self._start_stderr or [], None
+        return telling_line(lines)
 
     def _advance(self, old: State, new: State) -> None:
         """Enter ``new`` from ``old``; a stop that began meanwhile (service stopping) fails the start."""
@@ -228,7 +259,7 @@ class ModuleProcess:
                                        + _refusals(refused, "; refused {}"))
                 ready = wait_readable(watch, min(remaining, 0.25))
                 if self.proc.poll() is not None:
-                    raise CommandError(f"exited with status {self.proc.returncode} before connecting")
+                    raise _ExitedEarly(f"exited with status {self.proc.returncode} before connecting")
                 for i, sock in enumerate(listeners):
                     if sock in ready and i not in conns:
                         conn = self._accept_module(sock, ("command", "update")[i], refused)
@@ -454,6 +485,10 @@ class ModuleProcess:
     def _log_output(self, level: int, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip()
         log.log(level, "module %s (%s, pid %s): %s", self.uid, self.type.name, self.pid, text)
+        tail = self._start_stderr
+        if tail is not None and level >= logging.WARNING:
+            tail.append(text)
+            del tail[:-START_STDERR_LINES]
         if self.on_output is not None:
             try:
                 self.on_output(self, "stderr" if level >= logging.WARNING else "stdout", text)
@@ -484,21 +519,33 @@ class ModuleProcess:
                 sock.sendall(line)
                 raw = self._read_line(sock, deadline, cmd)
             except (socket.timeout, TimeoutError):
+                self._heard(cmd, args, None)
                 raise ModuleBroken(f"no answer to {cmd} within {limit:g} s") from None
             except OSError as exc:
+                self._heard(cmd, args, None)
                 raise ModuleBroken(f"command stream failed during {cmd}: {exc.strerror or exc}") from None
             finally:
                 self.loop.call_soon(self._watch_command_stream)
         try:
             answer = json.loads(raw)
         except (ValueError, RecursionError):
+            self._heard(cmd, args, None)
             raise ModuleBroken(f"answer to {cmd} is not JSON: {protocol.short(raw)}") from None
+        self._heard(cmd, args, answer)
         try:
             return protocol.answer_result(answer)
         except protocol.AnswerFailed as exc:
             raise ModuleError(str(exc)) from None
         except protocol.NotAnAnswer as exc:
             raise ModuleBroken(f"answer to {cmd}: {exc}") from None
+
+    def _heard(self, cmd: str, args: dict[str, Any] | None, answer: Any) -> None:
+        """Tell ``on_answer`` of a command and its answer (None: no answer came)."""
+        if self.on_answer is not None:
+            try:
+                self.on_answer(self, {"cmd": cmd, "args": args or {}}, answer)
+            except Exception:
+                log.exception("answer handler failed")
 
     def _check_nothing_unasked(self, sock: socket.socket, cmd: str) -> None:
         """Between commands the module must be silent: an extra answer (two answers to one command)
@@ -612,8 +659,9 @@ class ModuleProcess:
                     rest = stream.read() or b""
                 except (OSError, ValueError):
                     rest = b""
+                level = logging.WARNING if self.proc is not None and stream is self.proc.stderr else logging.INFO
                 for line in rest.splitlines():
-                    self._log_output(logging.INFO, line)
+                    self._log_output(level, line)
                 stream.close()
 
         self.loop.call_soon(close_all)

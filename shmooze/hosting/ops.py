@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -23,11 +22,14 @@ from shmooze.system import usage
 from shmooze.system.limits import Limits, ended_by_limit
 
 if TYPE_CHECKING:
+    from shmooze.hosting.journal import Journal
     from shmooze.hosting.moduleprocess import ModuleProcess
     from shmooze.hosting.moduletable import ModuleTable
     from shmooze.hosting.restarter import RestartPolicies
+    from shmooze.hosting.runtime import ModuleRuntime
     from shmooze.http.metrics import ServiceStats
     from shmooze.moduletype import ModuleType
+    from shmooze.system.containment import Containment
     from shmooze.system.ioloop import IOLoop
     from shmooze.system.storage import Health
 
@@ -52,6 +54,18 @@ class Host(Protocol):
     @property
     def loop(self) -> IOLoop | None: ...
 
+    @property
+    def restoring(self) -> bool: ...
+
+    @property
+    def runtime(self) -> ModuleRuntime | None: ...
+
+    @property
+    def journal(self) -> Journal | None: ...
+
+    @property
+    def containment(self) -> Containment | None: ...
+
     def changed(self, kind: str, **details: Any) -> int: ...
 
 
@@ -70,7 +84,6 @@ class HostOps(Subscriber):
         self._lock = threading.Lock()
         self._pending_output: dict[str, int] = {}
         self._output_timer = False
-        self._own_meter = usage.Meter()
         self._status_read = -FIGURES_WATCHED
         self._figures_sent = 0.0
 
@@ -123,10 +136,23 @@ class HostOps(Subscriber):
     def output(self, uid: str, after: int = 0, lines: int = 200) -> dict[str, Any]:
         out = self.output_of(uid, create=False)
         if out is None:
-            raise CommandError(f"no output kept for module {uid!r}")
+            if self.host.table.find(uid) is None and uid not in self.host.restarts.waiting():
+                raise CommandError(f"no output kept for module {uid!r}")
+            # A module that has printed nothing yet: its (empty) output, said in words too.
+            return {"uid": uid, "lines": [], "next": 0, "missed": 0, "file": None,
+                    "note": f"module {uid} has printed nothing yet"}
         return out.since(after, max(0, min(lines, 10_000)))
 
     # -- figures -----------------------------------------------------------------------
+
+    def host_status(self) -> dict[str, Any]:
+        """What a module host adds to a service's ``status``: its modules (:meth:`modules_status`), module
+        types, whether it is restoring, its orphan guard, journal and containment."""
+        host = self.host
+        return {**self.modules_status(), "types": sorted(host.types), "restoring": host.restoring,
+                "watchdog_pid": host.runtime.watchdog_pid if host.runtime else None,
+                "journal": host.journal.status() if host.journal else None,
+                "containment": host.containment.describe() if host.containment else None}
 
     def modules_status(self) -> dict[str, Any]:
         """The modules of ``status``: those live and stopping with their figures, those waiting to restart
@@ -142,10 +168,6 @@ class HostOps(Subscriber):
         self._status_read = now
         info: dict[str, Any] = {"modules": modules, "stopping": stopping, **self.host.restarts.status()}
         info.update(ended=list(self.ended_modules), refused_connections=table.refused())
-        own = usage.process_figures(os.getpid())
-        if own is not None:
-            info.update(cpu_seconds=round(own.cpu_seconds, 3), cpu_percent=self._own_meter.percent(own.cpu_seconds),
-                        rss_bytes=own.rss_bytes)
         info["storage"] = self.host.storage.status()
         return info
 

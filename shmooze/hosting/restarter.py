@@ -13,8 +13,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from shmooze.caller import current
 from shmooze.errors import CommandError
 from shmooze.hosting.lifecycle import Ended, Started, Subscriber
+from shmooze.hosting.modulechanges import by_field
 from shmooze.restart import Policy, Tracker
 
 if TYPE_CHECKING:
@@ -48,7 +50,9 @@ class Host(Protocol):
 
     def in_thread(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future: ...
 
-    def restart_module(self, mtype: ModuleType, args: dict[str, Any], kind: str, uid: str) -> ModuleProcess: ...
+    def start_and_place(self, types: dict[str, ModuleType], type: str, args: dict[str, Any], kind: str,
+                        key: str | None = None, uid: str | None = None,
+                        logged_as: str | None = None) -> ModuleProcess: ...
 
 
 class RestartPolicies(Subscriber):
@@ -127,7 +131,7 @@ class RestartPolicies(Subscriber):
             plan = self._waiting.pop(uid, None)
             self._trackers.pop(uid, None)
         if plan is not None:
-            self.host.changed("removed", uid=uid, type=plan["type"].name, reason="rm")
+            self.host.changed("removed", uid=uid, type=plan["type"].name, reason="rm", **by_field(current()))
         return plan is not None
 
     # -- restarting --------------------------------------------------------------------
@@ -171,7 +175,8 @@ class RestartPolicies(Subscriber):
         if plan is None or tracker is None or self.host.table.closing:
             return
         try:
-            self.host.restart_module(plan["type"], plan["args"], plan["kind"], uid)
+            self.host.start_and_place({plan["type"].name: plan["type"]}, plan["type"].name, plan["args"], plan["kind"],
+                                         uid=uid)
         except CommandError as exc:
             log.warning("module %s (%s): restart failed: %s", uid, plan["type"].name, exc)
             with self._lock:

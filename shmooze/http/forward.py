@@ -27,6 +27,7 @@ import threading
 import time
 from typing import Any, Callable, NamedTuple
 
+from shmooze.caller import HEADER as CALLER_HEADER
 from shmooze.http.heads import HeadError, head_end, parse_response
 from shmooze.servicekey import AUTH_HEADER, HELLO, Signer
 from shmooze.system.cooperative import gevent_sockets, native_poll
@@ -34,6 +35,7 @@ from shmooze.system.cooperative import gevent_sockets, native_poll
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 64 << 10
+_CALLER = CALLER_HEADER.encode() + b": "
 #: What a client hears when the service stopped during a command that changes state.
 MAY_HAVE_RUN = "the service stopped while running this command; it may or may not have run"
 
@@ -324,8 +326,11 @@ class ServiceProxy:
 
     def post(self, body: bytes, content_type: str = "application/json", path: str = "/",
              headers: dict[str, str] | None = None,
-             repeatable: Callable[[], bool] | None = None) -> Reply:
+             repeatable: Callable[[], bool] | None = None, caller: bytes = b"") -> Reply:
         """Send one command body and return the service's answer.
+
+        ``caller``: who sent it (:func:`shmooze.caller.encode`), in the ``Shmooze-Caller`` header, which the
+        signature covers: the service records it only from a signed request.
 
         It is sent a second time only when the first try cannot have reached the service (the
         write failed on a kept-alive connection the service had closed), or when ``repeatable()``
@@ -342,8 +347,10 @@ class ServiceProxy:
                 self._heads[content_type] = start  # the same few heads every time: built once
         signer = self.signer
         nonce = b""
+        if caller:
+            start += _CALLER + caller + b"\r\n"
         if signer is not None:
-            auth, nonce = signer.sign(body, path)
+            auth, nonce = signer.sign(body, path, caller)
             start += AUTH_HEADER.encode() + b": " + auth.encode() + b"\r\n"
         request = start + b"Content-Length: %d\r\n\r\n" % len(body) + body
         for attempt in (0, 1):

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
-from shmooze import protocol
+from shmooze import caller, protocol
 from shmooze.http.heads import json_answer, reason
 from shmooze.http.slowbodies import READERS, Shed
 from shmooze.servicekey import PROOF_HEADER
@@ -267,7 +267,8 @@ class CommandApp:
     """WSGI app that answers command requests with ``handler(parsed_request) -> answers``.
 
     ``guard`` (a :class:`shmooze.access.ServiceGuard`, on a service's own port) checks the Host and
-    Origin, the service key's signature and who may change state, and proves signed answers."""
+    Origin, the service key's signature and who may change state, names the caller the handler runs
+    the commands for (:func:`shmooze.caller.current`), and proves signed answers."""
 
     def __init__(self, handler: Callable[[protocol.Request], list[dict[str, Any]]], max_body_bytes: int = 1 << 20,
                  max_answer_bytes: int = 16 << 20, guard: Any = None,
@@ -306,9 +307,13 @@ class CommandApp:
         nonce = guard.signed(environ, body) if guard is not None else None
         try:
             parsed = self._parse(body)
-            if guard is not None:
-                guard.admit(parsed, environ, nonce is not None)
-            answer = encode_or_fail(parsed, self.handler(parsed))
+            who = guard.admit(parsed, environ, nonce is not None) if guard is not None else None
+            if who is None:
+                answers = self.handler(parsed)
+            else:
+                with caller.running_as(who):  # whom its commands run for: the command log and change events say
+                    answers = self.handler(parsed)
+            answer = encode_or_fail(parsed, answers)
         except Exception as exc:
             if nonce is None:
                 raise

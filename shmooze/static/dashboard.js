@@ -5,6 +5,8 @@
  * added, ended, restarted; "figures" while someone watches; "output" naming the modules that printed;
  * "storage" when what it keeps can no longer be written, or can again: its status "problem" shows on its card).
  * Nothing is polled: with no change, no request is made (uptimes advance on the page's own clock).
+ * "Recent changes" lists the modules added, removed and moved since the page opened, and who did it
+ * (an event's "by": a signed-in user, or anonymous with the client's address).
  */
 (function () {
   "use strict";
@@ -13,6 +15,9 @@
   var model = {services: {}, names: [], selected: null, outputNext: 0, tokenRequired: false};
   var refreshTimers = {};
   var MAX_OUTPUT_LINES = 1000;
+  var MAX_CHANGES = 30;
+  var CHANGE_KINDS = {added: 1, background: 1, removed: 1, moved: 1, restarting: 1, gave_up: 1};
+  model.changes = [];
 
   function $(id) { return document.getElementById(id); }
 
@@ -62,8 +67,43 @@
     refreshTimers[name] = setTimeout(function () { refreshTimers[name] = null; refresh(name); }, 30);
   }
 
+  /* Who caused an event, in words ("user:ann" -> "ann", "anonymous:10.0.0.7" -> "anonymous (10.0.0.7)"). */
+  function caller(by) {
+    if (!by) return "-";
+    var at = by.indexOf(":"), kind = by.slice(0, at), who = by.slice(at + 1);
+    if (kind === "user") return who;
+    if (kind === "anonymous") return "anonymous (" + who + ")";
+    if (kind === "local") return who + " (on the host)";
+    if (kind === "key") return "service key (" + who + ")";
+    return by;
+  }
+
+  function noteChanges(name, events) {
+    events.forEach(function (e) {
+      if (CHANGE_KINDS[e.kind]) model.changes.unshift({service: name, e: e});
+    });
+    if (model.changes.length > MAX_CHANGES) model.changes.length = MAX_CHANGES;
+  }
+
+  function renderChanges() {
+    var body = $("changes").tBodies[0];
+    body.textContent = "";
+    model.changes.forEach(function (item) {
+      var e = item.e;
+      var uid = e.uid || (e.order ? e.order.join(", ") : "");
+      body.appendChild(el("tr", {"data-kind": e.kind, "data-uid": e.uid || ""}, [
+        el("td", {text: e.time ? new Date(e.time * 1000).toLocaleTimeString() : "-"}),
+        el("td", {text: item.service}), el("td", {text: e.kind + (e.reason && e.kind === "removed" ? " (" + e.reason + ")" : "")}),
+        el("td", {className: "reason", text: uid}), el("td", {text: e.type || ""}),
+        el("td", {className: "by", "data-by": e.by || "", text: caller(e.by)})
+      ]));
+    });
+    $("no-changes").style.display = model.changes.length ? "none" : "";
+  }
+
   function onChange(name, event) {
     var structural = !!event.reset;
+    noteChanges(name, event.events || []);
     (event.events || []).forEach(function (e) {
       if (e.kind === "output") {
         if (model.selected && model.selected.service === name && e.lines && e.lines[model.selected.uid]) readOutput();
@@ -164,7 +204,7 @@
       var entry = model.services[name];
       var st = entry && entry.status || {};
       var up = entry && entry.up;
-      var rows = [["pid", st.pid], ["uptime", up ? st.uptime : null],
+      var rows = [["worker pid", st.pid], ["uptime", up ? st.uptime : null],  // (the gunicorn master's: shmooze status)
                   ["version", st.version], ["CPU", num(st.cpu_seconds, 1, " s") + " · " + num(st.cpu_percent, 0, " %")],
                   ["memory", bytes(st.rss_bytes)],
                   ["modules", st.modules ? String(st.modules.length) : "-"],
@@ -248,7 +288,7 @@
     });
   }
 
-  function render() { renderServices(); renderModules(); renderEnded(); }
+  function render() { renderServices(); renderModules(); renderEnded(); renderChanges(); }
 
   // -- start -----------------------------------------------------------------------------
 

@@ -107,3 +107,17 @@ def describe(pid: int | None, meter: Meter, groups: dict[int, Figures], figures:
         return {}
     return {"cpu_seconds": round(figures.cpu_seconds, 3), "cpu_percent": meter.percent(figures.cpu_seconds),
             "rss_bytes": figures.rss_bytes, "processes": figures.processes}
+
+
+class OwnUsage:
+    """CPU time, CPU % and resident memory of the calling process (a service's worker), for its ``status``."""
+
+    def __init__(self) -> None:
+        self._meter = Meter()
+
+    def figures(self) -> dict:
+        own = process_figures(os.getpid())
+        if own is None:
+            return {}
+        return {"cpu_seconds": round(own.cpu_seconds, 3), "cpu_percent": self._meter.percent(own.cpu_seconds),
+                "rss_bytes": own.rss_bytes}
