@@ -154,6 +154,8 @@ def _option_row(action: argparse.Action) -> str | None:
     text = (action.help or "").replace("|", "\\|")
     if action.help == argparse.SUPPRESS:
         return None
+    if action.choices and not isinstance(action.choices, dict):
+        text = (text + " " if text else "") + "(one of " + ", ".join(f"`{c}`" for c in action.choices) + ")"
     if action.default not in (None, False, argparse.SUPPRESS, []) and "default" not in text and action.nargs != 0:
         text += f" (default: `{action.default}`)"
     return f"| {name} | {text} |"
