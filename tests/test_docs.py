@@ -276,6 +276,15 @@ def test_the_shell_module_of_the_protocol_page_runs_in_a_queue(tmp_path: Path) -
         queue.rm(uids=[first])
 
 
+def test_the_site_builds_with_no_warning(tmp_path: Path) -> None:
+    """``mkdocs build --strict``: a broken link or anchor, or a page left out of the nav, fails it."""
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed (python3 scripts/dev.py test installs it)")
+    built = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    assert (tmp_path / "site" / "module-protocol" / "index.html").exists()
+
+
 def test_the_generated_reference_pages_are_up_to_date() -> None:
     check = subprocess.run([sys.executable, str(ROOT / "scripts" / "docs_reference.py"), "--check"],
                            capture_output=True, text=True, timeout=120)
