@@ -1,1 +1,1 @@
-"""The benchmarks, a package run from the checkout's root: ``python -m bench.NAME`` (see README.md)."""
+"""The benchmarks, a package run from the checkout's root: ``python -m bench.NAME`` (see bench/README.md)."""

@@ -4,7 +4,7 @@ Usage: ``.venv/bin/python -m bench.summary [--seconds S] [--out PATH] [--readme]
 table (every row that has a floor, a peer or a target, and every failed check, from every script, in
 the common format) and writes it, followed by every section in full, as markdown to bench/results.md.
 The header counts the targets missed and checks failed: every row whose verdict is FAIL. ``--readme``
-also puts the run's header and summary table into README.md, between its ``bench:begin`` and
+also puts the run's header and summary table into docs/benchmarks.md, between its ``bench:begin`` and
 ``bench:end`` marks.
 """
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, help="how long the whole run took (for the header)")
     parser.add_argument("--out", type=Path, default=BENCH / "results.md")
-    parser.add_argument("--readme", action="store_true", help="also replace the summary in README.md")
+    parser.add_argument("--readme", action="store_true", help="also replace the summary in docs/benchmarks.md")
     opts = parser.parse_args(argv)
     results = load()
     if not results:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [row for row in summary_rows(results) if row.verdict == "FAIL"]
     header = [
         "# Benchmark results", "",
-        f"{'QUICK run (not for the README)' if quick else 'Full run'} of `python3 scripts/dev.py bench"
+        f"{'QUICK run (not for the documentation)' if quick else 'Full run'} of `python3 scripts/dev.py bench"
         f"{' --quick' if quick else ''}` finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(finished))}: "
         f"Python {platform.python_version()}, {os.cpu_count()} cores"
         + (f", {opts.seconds / 60:.1f} min in all" if opts.seconds else "")
@@ -110,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     opts.out.write_text(text)
     if opts.readme:
         if quick:
-            sys.stderr.write("a quick run's figures do not go into the README\n")
+            sys.stderr.write("a quick run's figures do not go into the docs\n")
             return 2
-        readme = BENCH.parent / "README.md"
+        readme = BENCH.parent / "docs" / "benchmarks.md"
         old = readme.read_text()
         begin, end = old.index(README_BEGIN) + len(README_BEGIN), old.index(README_END)
         table = "\n".join(header[2:-3] + [""] + summary_lines(results))

@@ -7,6 +7,8 @@
     python3 scripts/dev.py lint    install into .venv and run ruff (shmooze/, pymodule/, tests/, bench/)
                                    and mypy (shmooze/)
     python3 scripts/dev.py bench   install into .venv and run the benchmarks
+    python3 scripts/dev.py docs    install into .venv and build the documentation site (mkdocs.yml, docs/)
+                                   into site/, failing on any warning (a broken link, a page left out)
 
 Only the standard library is used here: it runs before anything is installed.
 """
@@ -92,6 +94,13 @@ def ensure_haproxy() -> None:
     ensure_debian_package("haproxy", "HAProxy", "load-balancer tests")
 
 
+def ensure_node() -> None:
+    """tests/test_docs.py runs a Node.js module written from docs/module-protocol.md alone."""
+    if shutil.which("node") or os.environ.get("SHMOOZE_NO_NODE"):
+        return
+    ensure_debian_package("nodejs", "Node.js", "Node.js module test")
+
+
 def ensure_debian_package(package: str, what: str, tests: str) -> None:
     """Install a Debian package the tests need, when we can (root with apt-get). In CI (``$CI`` set)
     a component that cannot be installed fails the run: CI never goes green without those tests."""
@@ -134,6 +143,15 @@ def lint() -> int:
     return 0
 
 
+def docs(*extra: str) -> int:
+    """Build the documentation site with ``mkdocs build --strict``: every warning (a broken link or
+    anchor, a page missing from the nav) fails it; 0 when it built."""
+    say("mkdocs build --strict: building the documentation into site/")
+    # (Not --quiet: mkdocs then drops the warnings before --strict counts them, and passes.)
+    return subprocess.call([str(BIN / "python"), "-m", "mkdocs", "build", "--strict", "--site-dir",
+                            str(ROOT / "site"), *extra])
+
+
 def main(argv: list[str]) -> int:
     what = argv[0] if argv else "help"
     rest = argv[1:]
@@ -145,12 +163,17 @@ def main(argv: list[str]) -> int:
     if what == "lint":
         ensure_venv("test")
         return lint()
+    if what == "docs":
+        ensure_venv("docs")
+        return docs(*rest)
     if what == "test":
-        ensure_venv("test")
-        if not rest and lint() != 0:  # the whole run (CI's) fails on lint problems before any test
+        ensure_venv("test,docs")
+        # The whole run (CI's) fails on lint problems or a documentation that does not build, before any test.
+        if not rest and (lint() != 0 or docs() != 0):
             return 1
         ensure_chromium()
         ensure_haproxy()
+        ensure_node()
         env = dict(os.environ)
         if env.get("CI") and not rest:
             env.setdefault("SHMOOZE_SLOW_TESTS", "1")  # CI's whole run includes the slow proofs (the 120 s keep-alive)

@@ -3,7 +3,7 @@
 A :class:`Key` is a typed attribute of :class:`Declared` (which :class:`shmooze.settings.Settings`
 extends): ``settings.forward_timeout`` is a ``float`` because its key parses to one, so read sites
 need no casts. :func:`check` reads a whole file's values at once and lists every problem.
-``settings.example.json`` (``scripts/example_settings.py``) and the README's settings tables are
+``settings.example.json`` (``scripts/example_settings.py``) and the settings tables of the documentation (``docs/``) are
 checked against :data:`KEYS` (tests/test_settings_example.py). Keys not declared here belong to the
 application and are kept as they are.
 """
@@ -254,7 +254,7 @@ _count = whole(1)
 
 
 class Declared:
-    """The framework's settings (the README's settings tables say the same, checked by a test)."""
+    """The framework's settings (the documentation's settings tables say the same, checked by a test)."""
 
     ports: Key[dict[str, int]] = Key(port_table, {}, "service name to local TCP port; `wsgi` is the gateway's",
                 example={"wsgi": 8080, "queue": 8081, "volume": 8083})

@@ -190,7 +190,7 @@ def _has(program: str) -> bool:
 
 
 def _readme_block(after: str) -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "past-one-machine.md").read_text()
     start = text.index("```", text.index(after)) + 3
     start = text.index("\n", start) + 1
     return text[start:text.index("```", start)]

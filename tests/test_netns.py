@@ -47,7 +47,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 
 def haproxy_conf(hosts: netns.Hosts) -> str:
-    """What the README's "Past one machine" recommends, with short check intervals for the test.
+    """What "Past one machine" (docs/past-one-machine.md) recommends, with short check intervals for the test.
     The cookie only lets the test see which gateway a page landed on."""
     a = hosts.addresses
     return f"""global

@@ -1,5 +1,5 @@
 """Who may do what past one machine, on simulated hosts (shmooze/testing/netns.py): two gateway hosts
-behind HAProxy, a queue host, a pool host and a browser host, with the README's campus settings
+behind HAProxy, a queue host, a pool host and a browser host, with the campus settings of docs/past-one-machine.md
 (``command_access``: anyone adds; ``users``: an operator removes) and ``open_commands: ["add"]``.
 
 The page through HAProxy adds with no token anywhere in it; an anonymous page cannot remove; raw

@@ -1,5 +1,5 @@
 """The settings registry (shmooze/registry.py) declares every key the framework reads;
-settings.example.json is written from it; the README's settings tables name exactly its keys.
+settings.example.json is written from it; the settings tables in docs/ name exactly its keys.
 
 The keys read are found in the code itself (shmooze/), so the test keeps holding as keys are added:
 a key is read as ``<...>settings.get("key")``, ``<...>settings["key"]`` or ``<...>settings.key`` on
@@ -18,7 +18,8 @@ from shmooze import settings as settings_module
 from tests.helpers import ROOT
 
 EXAMPLE = ROOT / "settings.example.json"
-README = ROOT / "README.md"
+#: The pages with settings tables (docs/settings.md, docs/safety.md); the generated reference is headed name.
+PAGES = sorted((ROOT / "docs").glob("*.md"))
 #: Typed attribute to key name (``public_keys`` reads ``public``: ``public()`` serves them).
 ATTRIBUTES = {attr: key.name for attr, key in vars(registry.Declared).items() if isinstance(key, registry.Key)}
 # What a Settings object or the settings module offers besides keys: settings.get(...), settings.current(), ...
@@ -101,10 +102,10 @@ def test_the_example_is_written_from_the_registry():
 
 
 def _readme_tables() -> set[str]:
-    """Key names in the first column of the README's settings tables (those headed ``key`` or ``setting``)."""
+    """Key names in the first column of the settings tables in docs/ (those headed ``key`` or ``setting``)."""
     named: set[str] = set()
     in_table = False
-    for line in README.read_text().splitlines():
+    for line in "\n".join(page.read_text() for page in PAGES).splitlines():
         if not line.startswith("|"):
             in_table = False
         elif re.match(r"\|\s*(key|setting)\s*\|", line):
@@ -118,6 +119,6 @@ def test_the_readme_tables_name_exactly_the_declared_keys():
     documented = _readme_tables()
     assert {"ports", "max_body_bytes", "ws_max_in_flight"} <= documented  # the parser sees the tables
     undeclared = sorted(documented - set(registry.KEYS) - APPLICATION_KEYS)
-    assert not undeclared, f"keys in a README settings table that shmooze/registry.py does not declare: {undeclared}"
+    assert not undeclared, f"keys in a settings table in docs/ that shmooze/registry.py does not declare: {undeclared}"
     missing = sorted(set(registry.KEYS) - documented)
-    assert not missing, f"declared keys without a line in a README settings table: {missing}"
+    assert not missing, f"declared keys without a line in a settings table in docs/: {missing}"

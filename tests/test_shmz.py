@@ -147,9 +147,9 @@ def test_client_errors_for_a_refused_connection_stay_short():
     assert str(info.value).endswith("/volume: connection refused")
 
 
-def readme_block(heading, language):
-    """The first ``language`` code block after ``heading`` in the README."""
-    text = (ROOT / "README.md").read_text()
+def readme_block(heading, language, page="README.md"):
+    """The first ``language`` code block after ``heading`` in the README (or another page)."""
+    text = (ROOT / page).read_text()
     start = text.index(heading)
     match = re.compile(r"^( *)```" + language + r"\n(.*?)^ *```", re.S | re.M).search(text, start)
     indent = len(match.group(1))
@@ -198,7 +198,7 @@ def client_module_clear(app):
 
 
 def test_the_readmes_python_client_example_runs(app):
-    code = readme_block("- **Python**", "python").replace('"127.0.0.1:8080"', repr(app["url"]))
+    code = readme_block("- **Python**", "python", "docs/services.md").replace('"127.0.0.1:8080"', repr(app["url"]))
     names = {}
     exec(compile(code, "README.md", "exec"), names)
     assert isinstance(names["uid"], str)

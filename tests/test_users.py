@@ -289,6 +289,23 @@ def test_a_proxy_header_is_believed_only_from_a_trusted_proxy(queue_port):
     assert signed.status_code == 401
 
 
+def test_sign_ins_take_from_the_clients_rate_limit(queue_port):
+    """Guessing passwords from one address is as slow as any flood: after the burst, 429 with Retry-After
+    (the right password included), while another address still signs in."""
+    client = in_process(queue_port, users=USERS, rate_limit=0.5, rate_limit_burst=3)
+    guesser = {"REMOTE_ADDR": "198.51.100.7"}
+
+    def sign_in_as(password: str, peer: dict[str, str]) -> Any:
+        return client.post("/_session", data=json.dumps({"user": "bo", "password": password}),
+                           content_type="application/json", environ_base=peer)
+
+    assert [sign_in_as(f"guess {n}", guesser).status_code for n in range(3)] == [401, 401, 401]
+    refused = sign_in_as(PASSWORDS["bo"], guesser)
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert "rate_limit" in refused.get_json()["error"]
+    assert sign_in_as(PASSWORDS["bo"], {"REMOTE_ADDR": "198.51.100.8"}).status_code == 200
+
+
 def test_with_nothing_set_everything_is_open(queue_port):
     client = Client(Gateway(Settings({"ports": {"wsgi": 1, "queue": queue_port}})))
     assert status_of(client, RM) == 200 and status_of(client, MV) == 200

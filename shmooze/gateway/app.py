@@ -26,6 +26,7 @@ from shmooze.gateway.fanout import ServiceWatcher
 from shmooze.gateway.longpoll import wait_for_changes_here
 from shmooze.gateway.policy import ClientPolicy, SignInRequired, allows
 from shmooze.gateway.push import PushSession
+from shmooze.gateway.ratelimit import retry_after
 from shmooze.http.forward import ForwardError, Reply, ServiceProxy
 from shmooze.http.jsonapp import JSONHTTPError, json_response, raw_json_response, read_command_body, serve_json_errors
 from shmooze.http.metrics import gateway_stats, render
@@ -191,7 +192,7 @@ class Gateway:
         #: Extra routes under the prefix: name -> WSGI app.
         # Each returns a Response or bytes.
         self.routes: dict[str, Callable[..., Any]] = {"ws": self.websocket, "healthz": self.healthz,
-                                                      "_session": self.callers.route}
+                                                      "_session": self.session}
         app_name = settings.public().get("app_name")
         self.routes.update(Dashboard(self.proxies, self.access, app_name, self.render_metrics, self.restart_service,
                                      self.clients.caller_of, self.operator_check,
@@ -271,6 +272,16 @@ class Gateway:
             declared.forget()
             log.warning("forward to %s: %s", proxy.name, exc.message)
             raise JSONHTTPError(exc.status, exc.message) from None
+
+    def session(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Response:
+        """``{prefix}_session``: sign in, out, or who am I (:meth:`Callers.route`). A sign-in takes from the
+        client's rate limit as a command that changes state does: guessing passwords is no faster than
+        any other flood (and the argon2 threads stay free for everyone else)."""
+        if environ.get("REQUEST_METHOD") == "POST":
+            wait = self.clients.wait(None, self.clients.address_of(environ))
+            if wait > 0:
+                raise JSONHTTPError(429, self.clients.refusal(wait), {"Retry-After": retry_after(wait)})
+        return self.callers.route(environ, start_response)
 
     # -- health, for a load balancer ----------------------------------------------------------
 

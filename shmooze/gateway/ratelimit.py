@@ -11,7 +11,7 @@ last use, so the ones that have been idle long enough to be full again (they wou
 a new bucket) are forgotten from the front, a few at each check, and at most ``max_clients`` are
 kept (past that, the oldest is forgotten: a client rotating addresses gains at most a fresh bucket).
 
-Each gateway worker keeps its own buckets (no shared state between processes: see the README's
+Each gateway worker keeps its own buckets (no shared state between processes: see docs/safety.md,
 "Rate limits").
 """
 
