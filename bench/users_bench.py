@@ -40,21 +40,13 @@ from bench.common import (
     encode_command,
     free_port,
     markdown,
+    per_request_us,
     rounds_row,
     save_sections,
 )
 
 PASSWORD = "a bench user's passphrase"
 GET_VOLUME = encode_command("get_volume")
-
-
-def per_request_us(call: Callable[[], None], n: int) -> float:
-    for _ in range(50):  # warm the connection and the caches
-        call()
-    started = time.perf_counter()
-    for _ in range(n):
-        call()
-    return (time.perf_counter() - started) / n * 1e6
 
 
 def main() -> int:

@@ -21,18 +21,9 @@ from typing import Any
 
 from shmooze import settings
 from shmooze.errors import SettingsError
+from shmooze.hosting.originallog import SCHEMA as LOG_SCHEMA
 
 log = logging.getLogger(__name__)
-
-#: The original's command log table (``queue_log``, ``pool_log``, or any name given).
-LOG_SCHEMA = """CREATE TABLE IF NOT EXISTS {} (
-    pk INTEGER PRIMARY KEY,
-    uid TEXT,
-    namespace TEXT,
-    timestamp DATETIME DEFAULT CURRENT_TIMESTAMP,
-    input_json TEXT,
-    output_json TEXT
-);"""
 
 TOP_TABLES = ("top_module", "top_module_item", "top_category", "top_item", "top_log_entry", "top_module_log_entry")
 TOP_SCHEMA = [
@@ -99,7 +90,7 @@ class Database:
 
     def create_log_schema(self) -> None:
         with self.lock:
-            self.execute(LOG_SCHEMA.format(self.log_table))
+            self.execute(LOG_SCHEMA.format(table=self.log_table))  # (the original's command log table)
             self.commit()
 
     def destroy_top_schema(self) -> None:
