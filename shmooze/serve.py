@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from shmooze.errors import SettingsError
@@ -179,12 +180,12 @@ def _keep_module_output(settings: Settings, name: str, ops: Any) -> None:
     ops.output_backups = settings.module_output_backups
 
 
-def _gather_gateway_metrics(settings: Settings) -> dict[str, Any]:
+def _gather_gateway_metrics(settings: Settings) -> tuple[dict[str, Any], Path | None]:
     """Gateway workers count their push figures in files of one folder, summed at each scrape
-    (prometheus_client's multiprocess mode); the folder is emptied at each start."""
+    (prometheus_client's multiprocess mode); the folder is emptied at each start. Also the folder to
+    remove when the gateway stops (None: ``metrics_path``, the user's own, stays)."""
     import shutil
     import tempfile
-    from pathlib import Path
 
     from shmooze.deploy.runner import RunPaths
     from shmooze.system.private import private_dir
@@ -204,7 +205,7 @@ def _gather_gateway_metrics(settings: Settings) -> dict[str, Any]:
 
         multiprocess.mark_process_dead(worker.pid)
 
-    return {"child_exit": child_exit}
+    return {"child_exit": child_exit}, None if settings.metrics_path else folder
 
 
 class _GunicornApp:
@@ -348,8 +349,16 @@ def serve(settings: Settings, name: str) -> None:
 
         options = gunicorn_options(settings, name)
         options["post_worker_init"] = _post_worker_init
-        options.update(_gather_gateway_metrics(settings))
-        _GunicornApp(load_gateway, options).run()
+        hooks, made = _gather_gateway_metrics(settings)
+        options.update(hooks)
+        master = os.getpid()
+        try:
+            _GunicornApp(load_gateway, options).run()
+        finally:
+            if made is not None and os.getpid() == master:  # (a worker leaving unwinds through here too)
+                import shutil
+
+                shutil.rmtree(made, ignore_errors=True)
         return
 
     service_spec(settings, name)

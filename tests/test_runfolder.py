@@ -357,6 +357,24 @@ def test_a_settings_file_others_may_read_with_a_secret_is_warned_about(tmp_path)
 # -- what a stopped run leaves ------------------------------------------------------------------------------
 
 
+def test_a_gateway_served_alone_removes_its_metrics_folder_when_it_stops(tmp_path):
+    """``shmooze serve wsgi`` outside ``shmooze run`` (a test stack, a systemd unit): the folder its
+    workers kept their figures in goes with it; ``metrics_path``, the user's own, stays."""
+    kept = tmp_path / "kept-metrics"
+    for given in (None, kept):
+        path = write_settings(tmp_path / "settings.json", ports={"wsgi": free_port()},
+                              **({"metrics_path": str(given)} if given else {}))
+        settings = read_settings(path)
+        folder = given or RunPaths.for_settings(settings).root / "gateway-metrics"
+        gateway = Proc(shmooze_argv("serve", "wsgi", "--settings", str(path)))
+        try:
+            gateway.wait_port(settings.ports["wsgi"], 30)
+            assert folder.is_dir()
+        finally:
+            gateway.stop()
+        assert folder.is_dir() == (given is not None), folder
+
+
 def test_a_stop_removes_what_the_run_made_in_the_temp_directory(tmp_path, monkeypatch):
     """A run folder in the temp directory (the default when the others' paths are too long for a socket)
     goes whole at the stop; a configured one loses only what no later command reads (the configuration,
