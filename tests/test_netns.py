@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -134,12 +135,11 @@ def _namespaces() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-@pytest.fixture(scope="module")
-def browser(cluster, tmp_path_factory):
-    """Headless Chromium inside the browser host (a wrapper runs it there; Playwright drives it
-    over pipes, which cross namespaces)."""
-    wrapper = tmp_path_factory.mktemp("chromium") / "chromium-in-netns"
-    wrapper.write_text(f"#!/bin/sh\nexec ip netns exec {cluster['hosts'].ns('browser')} {CHROMIUM} \"$@\"\n")
+def chromium_in(namespace: str, folder: Path):
+    """Headless Chromium inside a simulated host (a wrapper runs it there; Playwright drives it over
+    pipes, which cross namespaces), for a module fixture to yield from."""
+    wrapper = folder / "chromium-in-netns"
+    wrapper.write_text(f"#!/bin/sh\nexec ip netns exec {namespace} {CHROMIUM} \"$@\"\n")
     wrapper.chmod(0o755)
     pw = sync_playwright().start()
     try:
@@ -150,6 +150,11 @@ def browser(cluster, tmp_path_factory):
             chromium.close()
     finally:
         pw.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(cluster, tmp_path_factory):
+    yield from chromium_in(cluster["hosts"].ns("browser"), tmp_path_factory.mktemp("chromium"))
 
 
 WATCH = """() => {

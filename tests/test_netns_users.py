@@ -19,10 +19,11 @@ import pytest
 from shmooze.gateway.users import hash_password
 from shmooze.testing import netns
 from tests.helpers import PYTHON, ROOT, Proc, gone, stop_all, wait_for, write_settings
-from tests.test_netns import CHROMIUM, CHROMIUM_ARGS, HAPROXY, PORT, SERVICE_KEY, TEST_PAGE, haproxy_conf
+from tests.test_netns import HAPROXY, PORT, SERVICE_KEY, TEST_PAGE, chromium_in, haproxy_conf
+from tests.test_signin_browser import sign_in_on
 
 try:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # noqa: F401 - (the module is skipped without it)
 except ImportError:  # pragma: no cover - depends on the machine
     pytest.skip("the playwright Python package is not installed", allow_module_level=True)
 
@@ -88,18 +89,7 @@ def campus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(campus, tmp_path_factory):
-    wrapper = tmp_path_factory.mktemp("chromium") / "chromium-in-netns"
-    wrapper.write_text(f"#!/bin/sh\nexec ip netns exec {campus['hosts'].ns('browser')} {CHROMIUM} \"$@\"\n")
-    wrapper.chmod(0o755)
-    pw = sync_playwright().start()
-    try:
-        chromium = pw.chromium.launch(executable_path=str(wrapper), args=CHROMIUM_ARGS, timeout=60_000)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-    finally:
-        pw.stop()
+    yield from chromium_in(campus["hosts"].ns("browser"), tmp_path_factory.mktemp("chromium"))
 
 
 def raw_add(campus, service: str, port: int) -> tuple[int, dict]:
@@ -139,11 +129,7 @@ def test_the_campus_page_adds_anonymously_and_an_operator_removes(campus, browse
     row = f"#modules tr[data-uid='{uid}']"
     dash.wait_for_selector(row)
     dash.click("#sign-in")
-    dash.fill("#shmooze-sign-in [name=user]", "ada")
-    dash.fill("#shmooze-sign-in [name=password]", PASSWORD)
-    dash.click("#shmooze-sign-in [type=submit]")
-    dash.wait_for_selector("#who:has-text('ada (operator)')")
-    dash.wait_for_function("shmooze.mode === 'websocket' && shmooze.connected === true")
+    sign_in_on(dash, "ada", PASSWORD)
     dash.click(f"{row} button[data-rm]")
     dash.wait_for_selector(row, state="detached")
     assert page.evaluate("() => endpoints.queue.forceQuery({cmd: 'queue'}).then(q => q.map(i => i.uid))") == []

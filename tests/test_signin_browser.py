@@ -60,6 +60,16 @@ def page(browser):
 # told apart from the stack's when it stops (see tests/test_browser.py headless_chromium).
 
 
+def sign_in_on(page, user: str, password: str, role: str = "operator") -> None:
+    """Fill the sign-in form shmooze.js shows; return once the page names the user and its WebSocket,
+    reopened with the session, is connected."""
+    page.fill("#shmooze-sign-in [name=user]", user)
+    page.fill("#shmooze-sign-in [name=password]", password)
+    page.click("#shmooze-sign-in [type=submit]")
+    page.wait_for_selector(f"#who:has-text('{user} ({role})')")
+    page.wait_for_function("shmooze.mode === 'websocket' && shmooze.connected === true")
+
+
 def add(app: Stack) -> str:
     answer = requests.post(app.url + "pool", json={"cmd": "add", "args": {"type": "ops"}}, timeout=10).json()
     assert answer["success"], answer  # anyone adds, no token
@@ -105,11 +115,7 @@ def test_an_operator_signs_in_on_the_dashboard_and_removes_a_module(browser, app
     page.click(f"{row} button[data-rm]")  # anonymous: refused, and the form asks for a sign-in
     page.wait_for_selector("#shmooze-sign-in", state="visible")
     assert page.is_visible(row)
-    page.fill("#shmooze-sign-in [name=user]", "ada")
-    page.fill("#shmooze-sign-in [name=password]", PASSWORD)
-    page.click("#shmooze-sign-in [type=submit]")
-    page.wait_for_selector("#who:has-text('ada (operator)')")
-    page.wait_for_function("shmooze.mode === 'websocket' && shmooze.connected")
+    sign_in_on(page, "ada", PASSWORD)
     page.click(f"{row} button[data-rm]")
     page.wait_for_selector(row, state="detached")
     page.click("#sign-out")
