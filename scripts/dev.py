@@ -94,6 +94,13 @@ def ensure_haproxy() -> None:
     ensure_debian_package("haproxy", "HAProxy", "load-balancer tests")
 
 
+def ensure_etcd() -> None:
+    """The failover tests run a cluster of three etcd members (Debian's etcd-server)."""
+    if shutil.which("etcd") or os.environ.get("SHMOOZE_NO_ETCD"):
+        return
+    ensure_debian_package("etcd-server", "etcd", "failover tests")
+
+
 def ensure_node() -> None:
     """tests/test_docs.py runs a Node.js module written from docs/module-protocol.md alone."""
     if shutil.which("node") or os.environ.get("SHMOOZE_NO_NODE"):
@@ -173,6 +180,7 @@ def main(argv: list[str]) -> int:
             return 1
         ensure_chromium()
         ensure_haproxy()
+        ensure_etcd()
         ensure_node()
         env = dict(os.environ)
         if env.get("CI") and not rest:

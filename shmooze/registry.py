@@ -122,6 +122,15 @@ def address_list(value: Any) -> list[str]:
     return value
 
 
+def etcd_urls(value: Any) -> list[str]:
+    """etcd members' client URLs (``http://host:port``); checked in full by :mod:`shmooze.cluster.etcd`."""
+    found = names(value)
+    for url in found:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"must list etcd client URLs such as 'http://10.0.0.31:2379', not {url!r}")
+    return found
+
+
 def prefix(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/"):
         raise ValueError(f"must be a path that starts and ends with '/', not {value!r}")
@@ -288,6 +297,8 @@ class Declared:
     host = Key(text, "127.0.0.1", "where services listen")
     service_host = Key(optional(text), None, "where the gateway reaches the services", example="127.0.0.1")
     hosts: Key[dict[str, str]] = Key(address_table, {}, "service name to the address of the host it runs on")
+    etcd: Key[list[str]] = Key(etcd_urls, [], "etcd members' client URLs: coordination between hosts (empty: one machine)",
+               example=[])
     connect_timeout = Key(seconds, 2.0, "seconds the gateway waits to reach a service's host")
     containment = Key(choice(CONTAINMENT), "auto", "how a queue or pool contains its modules")
     module_limits = Key(choice(LIMIT_MODES), "auto", "where module types' resource limits go")

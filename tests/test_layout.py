@@ -19,6 +19,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("operating system", ["system"]),
     ("service key", ["servicekey"]),
     ("HTTP", ["http"]),
+    ("coordination", ["cluster"]),
     ("services and clients", ["service", "client", "access"]),
     ("hosting modules", ["hosting"]),
     ("queue and pool", ["queue", "pool"]),

@@ -1,0 +1,1 @@
+"""Coordination between hosts through etcd: one client of the cluster (:mod:`.etcd`)."""

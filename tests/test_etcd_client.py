@@ -1,0 +1,110 @@
+"""The etcd client (shmooze.cluster.etcd) against a real cluster of three members on loopback."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from shmooze.cluster.etcd import Entry, Etcd, NoQuorum, Unreachable, delete_op, put_op, when
+from shmooze.errors import SettingsError
+from shmooze.polling import wait_until
+from shmooze.testing import etcd as etcd_kit
+from shmooze.testing.processes import free_port
+
+pytestmark = pytest.mark.skipif(etcd_kit.why_not() is not None, reason=str(etcd_kit.why_not()))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    members = etcd_kit.EtcdCluster(3)
+    try:
+        members.start()
+        yield members
+    finally:
+        members.stop()
+
+
+def test_keys_leases_and_transactions(cluster) -> None:
+    etcd = Etcd(cluster.endpoints)
+    try:
+        etcd.delete("/t/kv/", prefix=True)
+        first = etcd.put("/t/kv/a", "1")
+        entry = etcd.get("/t/kv/a")
+        assert entry == Entry("/t/kv/a", b"1", first, 0)
+        etcd.put("/t/kv/b", b"\x00\xff")
+        assert [e.key for e in etcd.get_prefix("/t/kv/")] == ["/t/kv/a", "/t/kv/b"]
+        # compare-and-swap: holds at the revision read, fails once another write moved it
+        ok, _ = etcd.txn([when("/t/kv/a", "MOD", "EQUAL", first)], [put_op("/t/kv/a", "2")])
+        assert ok and etcd.get("/t/kv/a").value == b"2"
+        ok, _ = etcd.txn([when("/t/kv/a", "MOD", "EQUAL", first)], [delete_op("/t/kv/a")])
+        assert not ok and etcd.get("/t/kv/a") is not None
+        # a key bound to a lease goes with it
+        lease = etcd.grant(5)
+        etcd.put("/t/kv/leased", "x", lease=lease)
+        assert etcd.get("/t/kv/leased").lease == lease
+        assert 0 < etcd.refresh(lease) <= 5
+        etcd.revoke(lease)
+        assert etcd.get("/t/kv/leased") is None
+        assert etcd.refresh(lease) <= 0
+    finally:
+        etcd.close()
+
+
+def test_a_watch_sees_every_change_in_order_across_a_member_lost(cluster) -> None:
+    etcd = Etcd(cluster.endpoints)
+    seen: list[tuple[str, bytes | None]] = []
+    lock = threading.Lock()
+
+    def heard(key: str, entry: Entry | None, revision: int) -> None:
+        with lock:
+            seen.append((key, entry.value if entry else None))
+
+    start = etcd.put("/t/w/start", "0") + 1
+    watch = etcd.watch_prefix("/t/w/", heard, start_revision=start, idle=1.0)
+    try:
+        etcd.put("/t/w/a", "1")
+        etcd.delete("/t/w/a")
+        wait_until(lambda: len(seen) == 2, 10, "two events")
+        # the member the watch streams from goes away: it picks up from the next, from where it was
+        cluster.stop_member(etcd.clients.index(etcd.clients[0]))
+        writer = Etcd(cluster.endpoints[1:])
+        writer.put("/t/w/b", "2")
+        wait_until(lambda: len(seen) == 3, 15, "the event after the member was lost")
+        assert seen == [("/t/w/a", b"1"), ("/t/w/a", None), ("/t/w/b", b"2")]
+        writer.close()
+    finally:
+        watch.stop()
+        etcd.close()
+        if 0 not in cluster.procs:
+            cluster.start_member(0)
+            cluster.wait_healthy()
+
+
+def test_no_quorum_and_unreachable_are_told_apart(cluster) -> None:
+    etcd = Etcd(cluster.endpoints, timeout=1.0)
+    try:
+        etcd.put("/t/q/a", "1")
+        cluster.stop_member(1)
+        etcd.put("/t/q/a", "2")  # one member lost: nothing changes
+        cluster.stop_member(2)
+        with pytest.raises(NoQuorum, match="no quorum"):
+            etcd.put("/t/q/a", "3")
+        # this member's copy can still be read
+        assert etcd.get("/t/q/a", serializable=True).value == b"2"
+        cluster.start_member(1)
+        cluster.start_member(2)
+        cluster.wait_healthy()
+        etcd.put("/t/q/a", "4")
+    finally:
+        etcd.close()
+    nobody = Etcd([f"http://127.0.0.1:{free_port()}"], timeout=1.0)
+    with pytest.raises(Unreachable, match="no etcd member answered"):
+        nobody.get("/x")
+
+
+def test_settings_errors_are_clear() -> None:
+    with pytest.raises(SettingsError, match="not an etcd client URL"):
+        Etcd(["10.0.0.1:2379"])
+    with pytest.raises(SettingsError, match="at least one member"):
+        Etcd([])
