@@ -299,6 +299,7 @@ class Declared:
     hosts: Key[dict[str, str]] = Key(address_table, {}, "service name to the address of the host it runs on")
     etcd: Key[list[str]] = Key(etcd_urls, [], "etcd members' client URLs: coordination between hosts (empty: one machine)",
                example=[])
+    etcd_prefix = Key(prefix, "/shmooze/", "where this application's keys live in etcd (one prefix per application)")
     connect_timeout = Key(seconds, 2.0, "seconds the gateway waits to reach a service's host")
     containment = Key(choice(CONTAINMENT), "auto", "how a queue or pool contains its modules")
     module_limits = Key(choice(LIMIT_MODES), "auto", "where module types' resource limits go")
