@@ -11,22 +11,24 @@ so a member that hangs delays none of the others). A renewal sent at ``t`` that 
 lease lasts until at least ``t + ttl`` (etcd counts the TTL from when it receives the renewal), so
 ``t`` is a *safe moment*. With ``S`` the last safe moment:
 
-- at ``S + ttl / 2`` without a newer one, the leader fences itself (:attr:`on_fence`): it stops
+- at ``S + 0.6 ttl`` without a newer one, the leader fences itself (:attr:`on_fence`): it stops
   answering commands that change state, and its owner stops its modules through the ladder, killing
   whatever is left by the deadline ``S + ttl - max(0.5, ttl / 10)``, before the lease can expire
   and a standby win;
 - a renewal that says the lease is gone, or a journal write refused because the key is no longer
   ours (:meth:`deposed`), fences at once.
 
-**No quorum.** A failed renewal whose every member was tried and that proves no majority of the
-members can be working anywhere (:attr:`shmooze.cluster.etcd.CoordinationError.no_majority_anywhere`:
-too many members refused the connection, their process being down, or answered that they have no
-leader or cannot commit) also counts as a safe moment: without a majority no lease can expire and no
+**No quorum.** After a failed renewal the leader asks every member for its own state; when that
+proves no majority of the members can be working anywhere (:meth:`shmooze.cluster.etcd.Etcd.no_majority_anywhere`:
+too many members answer that they have no leader, or refuse the connection, their process being
+down), the moment of that probe counts as a safe moment too: without a majority no lease can expire and no
 one can be elected, and when a majority forms again its new etcd leader renews every lease for a
 full TTL (etcd's lessor, with lease checkpoints off: etcd's default). So the leader keeps its modules
 and keeps answering reads, refusing what changes state with "no quorum" (503), and carries on when
 the quorum is back. A failure that proves nothing (members silent, or unreachable from this host:
 this host may be the one cut off while a majority elsewhere expires the lease) is no safe moment.
+A refused connection is taken for a member down: a firewall between the hosts must drop etcd's
+packets, not reject them (a rejection looks like a member down and would keep a cut-off leader going).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class Timings:
     def __init__(self, ttl: int):
         self.ttl = ttl
         self.renew_every = max(0.1, ttl / 10)
-        self.fence_after = ttl / 2
+        self.fence_after = ttl * 0.6
         self.stop_by = ttl - max(0.5, ttl / 10)
 
 
@@ -107,6 +109,8 @@ class Leadership:
         if not self.quorum:
             return f"no quorum: etcd cannot commit ({self.problem}); changes are refused until a majority of " \
                    "its members is back, reads are answered"
+        if self.problem:
+            return f"etcd does not answer ({self.problem}): changes are refused until it does, reads are answered"
         return None
 
     def status(self) -> dict[str, Any]:
@@ -214,7 +218,8 @@ class Leadership:
                 if start:
                     self._in_flight += 1
             if late > timings.fence_after:
-                self._fence(f"its lease could not be renewed for {late:.1f} s ({self.problem})")
+                self._fence(f"its lease could not be renewed for {late:.1f} s "
+                            f"({self.problem or 'no renewal answered'})")
                 return
             if start:
                 threading.Thread(target=self._renew, name="renew", daemon=True).start()
@@ -225,9 +230,11 @@ class Leadership:
             left = self.etcd.refresh(self.lease)
         except CoordinationError as exc:
             self._saw(exc)
-            if exc.no_majority_anywhere:  # no one can be elected, no lease can expire: as good as renewed
+            probed = time.monotonic()
+            if self.etcd.no_majority_anywhere():  # no one can be elected, no lease can expire: as good as renewed
                 with self._lock:
-                    self._safe = max(self._safe, sent)
+                    self._safe = max(self._safe, probed)
+                self.quorum = False
             return
         finally:
             with self._lock:

@@ -87,6 +87,9 @@ class Candidacy:
         """Stop the modules by ``deadline`` (the ladder, then SIGKILL), then end this process."""
         service = self.service
         service.changed("role", role="STANDBY", reason=reason)
+        if isinstance(service, ModuleHost) and service.journal is not None:
+            journal, service.journal = service.journal, None  # nothing more is written, nor waited for
+            cast(EtcdJournal, journal).abandon()
         stopping = threading.Thread(target=service.stop, name="fence", daemon=True)
         stopping.start()
         stopping.join(max(0.0, deadline - time.monotonic()))
