@@ -51,22 +51,24 @@ class Candidates:
     ``etcd_for``: the etcd endpoints one candidate uses (through a :class:`Link` the test can cut)."""
 
     def __init__(self, tmp: Path, cluster: etcd_kit.EtcdCluster, ttl: int = TTL,
-                 etcd_for: dict[str, list[str]] | None = None):
+                 etcd_for: dict[str, list[str]] | None = None, **more):
         self.tmp, self.port = tmp, free_port()
         self.data = dict(ports={"queue": self.port}, services={"queue": "tests.apps:make_queue"},
                          hosts={"queue": [A, B]}, etcd=cluster.endpoints, etcd_prefix=f"/t-{uuid.uuid4().hex[:8]}/",
-                         etcd_lease_ttl=ttl, service_key=KEY, run_path=str(tmp / "run"))
+                         etcd_lease_ttl=ttl, service_key=KEY, run_path=str(tmp / "run"), **more)
         self.path = write_settings(tmp / "settings.json", **self.data)
         self.paths = {address: write_settings(tmp / f"settings-{address}.json", **{**self.data, "etcd": endpoints})
                       for address, endpoints in (etcd_for or {}).items()}
         self.settings = read(self.path)
-        self.procs: dict[str, Proc] = {}
+        self.procs: dict[str, Proc] = {}  # the last started on each address
+        self.started: list[Proc] = []
 
     def start(self, address: str) -> Proc:
         path = self.paths.get(address, self.path)
         proc = Proc(shmooze_argv("serve", "queue", "--settings", str(path), "--address", address),
                     log_path=self.tmp / f"queue-{address}-{len(self.procs)}.log")
         self.procs[address] = proc
+        self.started.append(proc)
         wait_for(lambda: port_open(self.port, address) or proc.exited(), 30, what=f"the candidate on {address}")
         assert not proc.exited(), proc.log()[-3000:]
         return proc
@@ -92,7 +94,7 @@ class Candidates:
 
     def stop(self) -> None:
         failure = None
-        for proc in self.procs.values():
+        for proc in self.started:
             try:
                 proc.stop()
             except AssertionError as exc:
@@ -388,7 +390,11 @@ def test_no_quorum_refuses_changes_answers_reads_and_restarts_nothing(tmp_path, 
         wait_for(lambda: len(candidates.modules(A)) == 2, 10, what="the leader's modules")
         pids = sorted(candidates.modules(A))
         try:
-            cluster.stop_member(1)
+            cluster.stop_member(1)  # one member lost: nothing changes (changes wait out etcd's own election)
+            uids.append(wait_for(lambda: _added(candidates.client(A)), 15, interval=0.2, what="a change taken"))
+            pids = sorted(set(pids) | set(wait_for(lambda: len(candidates.modules(A)) == 3 and candidates.modules(A),
+                                                   10, what="the third module")))
+            assert candidates.role(A) == "LEADER" and candidates.role(B) == "STANDBY"
             cluster.stop_member(2)
             wait_for(lambda: candidates.status(A)["quorum"] is False, 20, interval=0.1, what="the leader to see no quorum")
             with pytest.raises(TransportError) as refused:
@@ -411,5 +417,48 @@ def test_no_quorum_refuses_changes_answers_reads_and_restarts_nothing(tmp_path, 
         report_line(request, f"no quorum: changes refused (503), reads answered, nothing restarted; changes taken "
                              f"again {time.monotonic() - back:.2f} s after the quorum was back")
         assert set(pids) <= set(candidates.modules(A)) and candidates.role(A) == "LEADER"
+    finally:
+        candidates.stop()
+
+
+def _added(client: ServiceClient) -> str | None:
+    try:
+        return client.call("add", {"type": "good"})["uid"]
+    except ShmoozeError:
+        return None
+
+
+def test_a_type_bound_to_a_place_is_kept_stopped_elsewhere_and_a_stopped_leader_hands_over_at_once(
+        tmp_path, cluster, request) -> None:
+    candidates = Candidates(tmp_path, cluster, module_types={"slow": {"place": A}})
+    try:
+        candidates.start(A)
+        leading(candidates, A)
+        candidates.start(B)
+        standing_by(candidates, B)
+        good, speaker = (candidates.client(A).call("add", {"type": kind})["uid"] for kind in ("good", "slow"))
+        proc = candidates.procs[A]
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            os.kill(pid, signal.SIGKILL)
+        leading(candidates, B)
+        wait_for(lambda: candidates.status(B).get("held"), 30, interval=0.1, what="the bound module held")
+        status = candidates.status(B)
+        assert [m["uid"] for m in status["modules"]] == [good] and len(candidates.modules(B)) == 1
+        assert status["held"][0]["uid"] == speaker and f"bound to the host {A}" in status["held"][0]["reason"]
+        with pytest.raises(ShmoozeError, match=f"bound to the host {A}"):
+            candidates.client(B).call("add", {"type": "slow"})
+        # its own host back (standing by), the leader stopped: the lease is ended at once, not waited for,
+        # and the speaker runs again in its room
+        candidates.start(A)
+        standing_by(candidates, A)
+        stopped = time.monotonic()
+        candidates.procs[B].stop()
+        leading(candidates, A)
+        handed = time.monotonic() - stopped
+        wait_for(lambda: queue_of(candidates, A)[0] == [good, speaker] and len(candidates.modules(A)) == 2, 30,
+                 interval=0.05, what="both modules on their own host")
+        report_line(request, f"a leader stopped (SIGTERM): the standby leads {handed:.2f} s after the signal "
+                             f"(lease {TTL} s, not waited for)")
+        assert handed < TTL
     finally:
         candidates.stop()

@@ -68,8 +68,12 @@ class Leadership:
     ends it; a fresh process stands by)."""
 
     def __init__(self, etcd: Etcd, watch_etcd: Etcd, key: str, registration: Registration, ttl: int,
-                 on_elected: Callable[[int], None], on_fence: Callable[[str, float], None]):
+                 on_elected: Callable[[int], None], on_fence: Callable[[str, float], None],
+                 on_change: Callable[[dict[str, Any]], object] | None = None):
         self.etcd, self.watch_etcd, self.key, self.registration = etcd, watch_etcd, key, registration
+        #: Called with :meth:`status` when the role, the quorum or whether etcd answers changed.
+        self.on_change = on_change
+        self._seen: tuple = ()
         self.timings = Timings(ttl)
         self.on_elected, self.on_fence = on_elected, on_fence
         self.role = STANDBY
@@ -118,6 +122,14 @@ class Leadership:
         return {"role": self.role, "leader": asdict(leader) if leader else None, "quorum": self.quorum,
                 "etcd_problem": self.problem, "fenced": self.fenced, "lease_ttl": self.timings.ttl}
 
+    def announce(self) -> None:
+        """Call :attr:`on_change` if the role, the quorum or whether etcd answers changed since last time."""
+        now = (self.role, self.quorum, self.problem is None, self.fenced)
+        if now != self._seen:
+            self._seen = now
+            if self.on_change is not None:
+                self.on_change(self.status())
+
     def gauges(self) -> list:
         return [("shmooze_leader", "1 while this process is its service's elected leader, else 0 (standby)", "gauge",
                  {}, 1.0 if self.role == LEADER else 0.0),
@@ -130,9 +142,7 @@ class Leadership:
 
     def coordination_failed(self, exc: CoordinationError) -> None:
         """A write through etcd failed (the journal): what it says about the quorum, at once."""
-        self.problem = str(exc)
-        if isinstance(exc, NoQuorum):
-            self.quorum = False
+        self._saw(exc)
 
     def stop(self) -> None:
         """Stop campaigning and renewing (the lease runs out, unless :meth:`resign` ends it now)."""
@@ -206,6 +216,7 @@ class Leadership:
     def _saw(self, exc: CoordinationError) -> None:
         self.problem = str(exc)
         self.quorum = not isinstance(exc, NoQuorum) and self.quorum
+        self.announce()
 
     # -- leading ---------------------------------------------------------------------------------------
 
@@ -235,6 +246,7 @@ class Leadership:
                 with self._lock:
                     self._safe = max(self._safe, probed)
                 self.quorum = False
+                self.announce()
             return
         finally:
             with self._lock:
@@ -245,6 +257,7 @@ class Leadership:
         with self._lock:
             self._safe = max(self._safe, sent)
         self.problem, self.quorum = None, True
+        self.announce()
 
     def _fence(self, reason: str) -> None:
         with self._lock:
@@ -255,6 +268,7 @@ class Leadership:
             self.role = STANDBY
             deadline = self._safe + self.timings.stop_by
         self.stop()
+        self.announce()
         log.warning("%s: fenced: %s; its modules stop by the deadline (%.1f s from now)", self.key, reason,
                     deadline - time.monotonic())
         if was_leader:
