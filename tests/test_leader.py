@@ -8,9 +8,11 @@ multi-host scenario tests.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -153,6 +155,29 @@ def test_one_leader_one_standby_and_status_says_so(candidates) -> None:
 
 def _gauge(families: list, name: str) -> float:
     return next(f["samples"][0][2] for f in families if f["name"] == name)
+
+
+def test_candidates_listen_on_their_own_address_and_are_reached_there(monkeypatch) -> None:
+    monkeypatch.delenv("SHMOOZE_ADDRESS", raising=False)
+    placed = Settings({"ports": {"queue": 8081, "pool": 8082}, "hosts": {"queue": [A, B], "pool": "10.255.0.9"}})
+    assert placed.hosts == {"queue": [A, B], "pool": ["10.255.0.9"]}  # one address, as before, is a list of one
+    # without --address, the first candidate that is an address of this host (all of 127/8 is)
+    assert placed.listen_address("queue") == A and placed.address("queue") == A
+    assert placed.listen_address("pool") == "10.255.0.9" and placed.url("pool") == "http://10.255.0.9:8082"  # as before
+    monkeypatch.setenv("SHMOOZE_ADDRESS", B)
+    assert placed.own_address("queue") == B and placed.listen_address("queue") == B
+    assert placed.address("queue") == A and placed.reached_at("queue") == B  # without etcd others reach the first
+    assert placed.listen_address("pool") == "127.0.0.1"  # this host is not the pool's
+    monkeypatch.delenv("SHMOOZE_ADDRESS")
+    # a name in hosts is where others reach the service, never what it binds (it was Errno 99)
+    named = Settings({"ports": {"queue": 8081}, "hosts": {"queue": "queue.service.consul"}, "service_key": KEY})
+    assert named.listen_address("queue") == "127.0.0.1" and named.url("queue") == "http://queue.service.consul:8081"
+    behind = Settings({"ports": {"queue": 8081, "pool": 8082}, "hosts": {"queue": "queue.default.svc"},
+                       "listen": {"queue": "0.0.0.0"}})
+    assert behind.listen_address("queue") == "0.0.0.0" and behind.address("queue") == "queue.default.svc"
+    assert behind.listen_address("pool") == "127.0.0.1"
+    everywhere = Settings({"ports": {"queue": 8081}, "hosts": {"queue": [A, B]}, "listen": "0.0.0.0"})
+    assert everywhere.listen_address("queue") == "0.0.0.0" and everywhere.reached_at("queue") == A
 
 
 def test_settings_errors_are_clear(tmp_path) -> None:
@@ -462,3 +487,42 @@ def test_a_type_bound_to_a_place_is_kept_stopped_elsewhere_and_a_stopped_leader_
         assert handed < TTL
     finally:
         candidates.stop()
+
+
+def test_shmooze_run_on_each_candidate_shows_leader_and_standby_in_status(tmp_path, cluster) -> None:
+    """``shmooze run --services queue --address`` on each candidate (here two settings files, one run folder each,
+    as two hosts would have): ``shmooze status`` on each says which leads."""
+    port, prefix = free_port(), f"/t-{uuid.uuid4().hex[:8]}/"
+    runs, paths = [], {}
+    try:
+        for address in (A, B):
+            paths[address] = write_settings(
+                tmp_path / f"{address}.json", ports={"queue": port}, services={"queue": "tests.apps:make_queue"},
+                hosts={"queue": [A, B]}, etcd=cluster.endpoints, etcd_prefix=prefix, etcd_lease_ttl=TTL,
+                service_key=KEY, run_path=str(tmp_path / f"run-{address}"))
+            runs.append(Proc(shmooze_argv("run", "--settings", str(paths[address]), "--services", "queue", "--address",
+                                          address), log_path=tmp_path / f"run-{address}.log"))
+            wait_for(lambda run=runs[-1]: "running" in run.log() or run.exited(), 60, interval=0.1,
+                     what="shmooze run to start")
+            assert not runs[-1].exited(), runs[-1].log()
+
+        def roles() -> dict[str, str] | None:
+            found = {}
+            for address in (A, B):
+                out = subprocess.run(shmooze_argv("status", "--json", "--settings", str(paths[address])),
+                                     capture_output=True, text=True, timeout=60)
+                status = json.loads(out.stdout)["services"]["queue"].get("status") or {}
+                found[address] = status.get("role")
+            return found if sorted(found.values()) == ["LEADER", "STANDBY"] else None
+
+        found = wait_for(roles, 30, interval=0.2, what="one leader and one standby in shmooze status")
+        standby = A if found[A] == "STANDBY" else B
+        table = subprocess.run(shmooze_argv("status", "--settings", str(paths[standby])), capture_output=True,
+                               text=True, timeout=60).stdout
+        assert "RUNNING STANDBY" in table and f"STANDBY: leader http://{B if standby == A else A}:{port}" in table
+    finally:
+        for run in runs:
+            try:
+                run.stop()
+            finally:
+                run.kill_everything()
