@@ -84,6 +84,8 @@ class Leadership:
         self.problem: str | None = None
         #: Whether etcd can commit (False: no quorum; state-changing commands are refused).
         self.quorum = True
+        #: Set by the owner once the elected service is ready for changes (its journal read from etcd).
+        self.serving = False
         self.create_revision = 0
         self.lease = 0
         self.elected_at: float | None = None  # (monotonic)
@@ -110,6 +112,8 @@ class Leadership:
             leader = self.leader
             where = f"the leader is {leader.url} on {leader.host}" if leader else "no leader is elected yet"
             return f"{name} here is a standby: {where}"
+        if not self.serving:
+            return f"{name} here was just elected and is taking over (reading its journal); try again in a moment"
         if not self.quorum:
             return f"no quorum: etcd cannot commit ({self.problem}); changes are refused until a majority of " \
                    "its members is back, reads are answered"
@@ -119,12 +123,13 @@ class Leadership:
 
     def status(self) -> dict[str, Any]:
         leader = self.leader
-        return {"role": self.role, "leader": asdict(leader) if leader else None, "quorum": self.quorum,
+        return {"role": self.role, "leader": asdict(leader) if leader else None, "serving": self.serving,
+                "quorum": self.quorum,
                 "etcd_problem": self.problem, "fenced": self.fenced, "lease_ttl": self.timings.ttl}
 
     def announce(self) -> None:
         """Call :attr:`on_change` if the role, the quorum or whether etcd answers changed since last time."""
-        now = (self.role, self.quorum, self.problem is None, self.fenced)
+        now = (self.role, self.serving, self.quorum, self.problem is None, self.fenced)
         if now != self._seen:
             self._seen = now
             if self.on_change is not None:
