@@ -27,6 +27,7 @@ from shmooze.cluster.etcd import Etcd, put_op, when
 from shmooze.errors import SettingsError, ShmoozeError, TransportError
 from shmooze.hosting import etcdjournal as etcd_journal
 from shmooze.hosting.etcdjournal import EtcdJournal, fence_on
+from shmooze.serve import build_service
 from shmooze.settings import Settings, read
 from shmooze.testing import etcd as etcd_kit
 from tests.helpers import Proc, descendants, free_port, port_open, report_line, shmooze_argv, wait_for, write_settings
@@ -190,6 +191,10 @@ def test_settings_errors_are_clear(tmp_path) -> None:
         Settings({"ports": {"q": 1}, "listen": {"nope": "0.0.0.0"}})
     with pytest.raises(SettingsError, match="etcd_lease_ttl"):
         Settings({"ports": {"q": 1}, "etcd_lease_ttl": 1})
+    with pytest.raises(SettingsError, match=r"'slow' of 'queue' is bound to the host '10.255.0.3' \(its place\), which "
+                                            r"is not among the candidates of 'queue' in 'hosts' \(127.0.0.21, 127.0.0.23\)"):
+        build_service(Settings({"ports": {"queue": 1}, "services": {"queue": "tests.apps:make_queue"},
+                                "hosts": {"queue": [A, B]}, "module_types": {"slow": {"place": "10.255.0.3"}}}), "queue")
     path = write_settings(tmp_path / "s.json", ports={"queue": free_port()}, services={"queue": "tests.apps:make_queue"},
                           hosts={"queue": ["10.255.0.1", "10.255.0.2"]}, service_key=KEY)
     done = Proc(shmooze_argv("serve", "queue", "--settings", str(path)), log_path=tmp_path / "serve.log")
