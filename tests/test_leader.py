@@ -295,6 +295,21 @@ def standing_by(candidates: Candidates, address: str) -> None:
     wait_for(lambda: candidates.role(address) == "STANDBY", 30, interval=0.1, what=f"{address} to stand by")
 
 
+def a_leads_b_stands_by(candidates: Candidates) -> None:
+    """Start the candidate on A, wait until it leads, then the one on B, which stands by."""
+    candidates.start(A)
+    leading(candidates, A)
+    candidates.start(B)
+    standing_by(candidates, B)
+
+
+def add_modules(candidates: Candidates, count: int) -> list[str]:
+    """``count`` modules added on the leader A, once their processes run; their uids."""
+    uids = [candidates.client(A).call("add", {"type": "good"})["uid"] for _ in range(count)]
+    wait_for(lambda: len(candidates.modules(A)) == count, 10, what="the leader's modules")
+    return uids
+
+
 def queue_of(candidates: Candidates, address: str) -> tuple[list[str], str | None]:
     client = candidates.client(address)
     background = client.call("bg")
@@ -302,10 +317,7 @@ def queue_of(candidates: Candidates, address: str) -> tuple[list[str], str | Non
 
 
 def test_the_standby_takes_over_a_killed_leader_with_the_same_modules(candidates, request) -> None:
-    candidates.start(A)
-    leading(candidates, A)
-    candidates.start(B)
-    standing_by(candidates, B)
+    a_leads_b_stands_by(candidates)
     client = candidates.client(A)
     uids = [client.call("add", {"type": "good", "args": {"n": n}})["uid"] for n in range(3)]
     client.call("mv", {"uids": [uids[2], uids[0]]})
@@ -341,12 +353,8 @@ def test_a_leader_cut_off_from_etcd_stops_its_modules_before_the_standby_starts_
     link = Link(cluster.endpoints)
     candidates = Candidates(tmp_path, cluster, etcd_for={A: link.endpoints})
     try:
-        candidates.start(A)
-        leading(candidates, A)
-        candidates.start(B)
-        standing_by(candidates, B)
-        uids = [candidates.client(A).call("add", {"type": "good"})["uid"] for _ in range(2)]
-        wait_for(lambda: len(candidates.modules(A)) == 2, 10, what="the leader's modules")
+        a_leads_b_stands_by(candidates)
+        uids = add_modules(candidates, 2)
         sampler = Sampler(candidates)
         cut = time.monotonic()
         link.cut.set()
@@ -420,12 +428,8 @@ def test_no_quorum_refuses_changes_answers_reads_and_restarts_nothing(tmp_path, 
     ttl = 5
     candidates = Candidates(tmp_path, cluster, ttl=ttl)
     try:
-        candidates.start(A)
-        leading(candidates, A)
-        candidates.start(B)
-        standing_by(candidates, B)
-        uids = [candidates.client(A).call("add", {"type": "good"})["uid"] for _ in range(2)]
-        wait_for(lambda: len(candidates.modules(A)) == 2, 10, what="the leader's modules")
+        a_leads_b_stands_by(candidates)
+        uids = add_modules(candidates, 2)
         pids = sorted(candidates.modules(A))
         try:
             cluster.stop_member(1)  # one member lost: nothing changes (changes wait out etcd's own election)
@@ -470,10 +474,7 @@ def test_a_type_bound_to_a_place_is_kept_stopped_elsewhere_and_a_stopped_leader_
         tmp_path, cluster, request) -> None:
     candidates = Candidates(tmp_path, cluster, module_types={"slow": {"place": A}})
     try:
-        candidates.start(A)
-        leading(candidates, A)
-        candidates.start(B)
-        standing_by(candidates, B)
+        a_leads_b_stands_by(candidates)
         good, speaker = (candidates.client(A).call("add", {"type": kind})["uid"] for kind in ("good", "slow"))
         proc = candidates.procs[A]
         for pid in [proc.pid, *descendants(proc.pid)]:
