@@ -20,19 +20,9 @@ from pathlib import Path
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
-from bench.push_wire import _STAMP
+from bench.push_wire import stamp_template
 
 clients: set[ServerConnection] = set()
-
-
-def template(sample: bytes) -> tuple[str, str, str, str]:
-    """The sample cut around its time, seq and sent values: four pieces to put the new values between."""
-    found = _STAMP.search(sample)
-    if not found:
-        raise SystemExit("the sample holds no stamp event")
-    text = sample.decode()
-    (t0, t1), (q0, q1), (s0, s1) = found.span(1), found.span(2), found.span(3)
-    return text[:t0], text[t1:q0], text[q1:s0], text[s1:]
 
 
 async def handler(ws: ServerConnection) -> None:
@@ -59,13 +49,13 @@ async def stamp(pieces: tuple[str, str, str, str], seq: int, interval: float, se
 
 
 async def main(port: int, sample: bytes) -> None:
-    pieces = template(sample)
+    pieces = stamp_template(sample)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     seq = 0
     async with serve(handler, "127.0.0.1", port, compression=None, ping_interval=None, max_queue=None,
-                     backlog=2048):
+                     backlog=4096):
         sys.stdout.write("ready\n")
         sys.stdout.flush()
         while line := await reader.readline():
