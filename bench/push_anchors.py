@@ -33,6 +33,9 @@ from bench.push_nchan import PUB_PATH, SUB_PATH, Nginx
 from bench.push_stack import MachineMeter, MiniStack
 from bench.push_wire import Fleet
 
+#: how long a window waits, after its 1 s tail, for stamps still on their way to some watcher
+LATE_S = 4.0
+
 
 def cpu_of(procs: list[psutil.Process]) -> float:
     total = 0.0
@@ -112,7 +115,7 @@ class Anchor:
             server, me = self.processes(), client_procs(fleet)
             cpu0 = (cpu_of(server), cpu_of(me), time.monotonic())
             meter = MachineMeter()
-            out = run_window(fleet, start, end, seconds + 2.0)
+            out = run_window(fleet, start, end, seconds + 2.0, LATE_S)
             machine = meter.read()
             cpu1 = (cpu_of(server), cpu_of(me), time.monotonic())
         finally:

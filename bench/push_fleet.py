@@ -8,7 +8,8 @@ As a child: ``python -m bench.push_fleet PORT N PATH [subscribe]`` connects N wa
 subscribes them to the queue), prints ``ready CONNECT_SECONDS``, then serves them (answering pings)
 while it waits for a command line on standard input:
 
-- ``window START END SECONDS``: run the fleet for SECONDS; print the window's figures as one JSON line;
+- ``window START END SECONDS MORE``: run the fleet for SECONDS (and up to MORE while stamps of the
+  window are on their way); print the window's figures as one JSON line;
 - ``rejoin SECONDS``: print ``armed``, then reconnect (and subscribe again) every watcher the server
   closes, until all were closed and all are back (or SECONDS passed); print the figures as one JSON line.
 
@@ -40,13 +41,21 @@ def ms_stats(values: Any) -> dict[str, float]:
             "max": vals[-1], "min": vals[0]}
 
 
-def local_window(fleet: Fleet, start: float, end: float, seconds: float) -> dict[str, Any]:
-    """Run ``fleet`` for ``seconds``, counting the stamps sent between ``start`` and ``end``."""
+def local_window(fleet: Fleet, start: float, end: float, seconds: float, more: float = 0.0) -> dict[str, Any]:
+    """Run ``fleet`` for ``seconds``, counting the stamps sent between ``start`` and ``end``; then for up
+    to ``more`` seconds while some sent in the window have not reached every watcher yet (what has not
+    arrived by then counts as not arrived)."""
     stamps = StampLog(start, end, len(fleet.slots))
     cpu0 = time.process_time()
+    t0 = time.monotonic()
     fleet.run(seconds, stamps.on_text)
-    expected = len(stamps.seqs)
+    late = time.monotonic()
+    while not stamps.complete() and time.monotonic() - late < more:
+        fleet.run(0.1, stamps.on_text)
+    expected = stamps.expected_stamps()
     return {
+        "run_s": time.monotonic() - t0,
+        "tail_s": time.monotonic() - late,
         "watchers": len(fleet.slots),
         "watchers_open_at_end": fleet.open_count(),
         "closed_by_server": fleet.closed_by_server,
@@ -99,9 +108,9 @@ class RemoteFleet:
         self.proc.stdin.write(line.encode() + b"\n")
         self.proc.stdin.flush()
 
-    def window(self, start: float, end: float, seconds: float) -> dict[str, Any]:
-        self._tell(f"window {start!r} {end!r} {seconds!r}")
-        return self._json(seconds + 60, "window")
+    def window(self, start: float, end: float, seconds: float, more: float) -> dict[str, Any]:
+        self._tell(f"window {start!r} {end!r} {seconds!r} {more!r}")
+        return self._json(seconds + more + 60, "window")
 
     def arm_rejoin(self, seconds: float) -> None:
         """Tell the fleet to reconnect what its server closes from now on; :meth:`rejoined` reads the result."""
@@ -122,11 +131,12 @@ class RemoteFleet:
         self.proc.stdout.close()
 
 
-def run_window(fleet: Fleet | RemoteFleet, start: float, end: float, seconds: float) -> dict[str, Any]:
-    """One window over a fleet in this process or in its own."""
+def run_window(fleet: Fleet | RemoteFleet, start: float, end: float, seconds: float,
+               more: float = 0.0) -> dict[str, Any]:
+    """One window over a fleet in this process or in its own (see :func:`local_window`)."""
     if isinstance(fleet, RemoteFleet):
-        return fleet.window(start, end, seconds)
-    return local_window(fleet, start, end, seconds)
+        return fleet.window(start, end, seconds, more)
+    return local_window(fleet, start, end, seconds, more)
 
 
 def commands(fleet: Fleet) -> Any:
@@ -159,7 +169,7 @@ def main(argv: list[str]) -> int:
         for line in commands(fleet):
             words = line.split()
             if words and words[0] == "window":
-                out = local_window(fleet, float(words[1]), float(words[2]), float(words[3]))
+                out = local_window(fleet, *map(float, words[1:5]))
             elif words and words[0] == "rejoin":
                 sys.stdout.write("armed\n")
                 sys.stdout.flush()

@@ -458,6 +458,8 @@ class StampLog:
         self.per_watcher = [0] * watchers
         self.seqs: set[int] = set()
         self.all_seqs: set[int] = set()  # every stamp that arrived while the fleet ran, in the window or not
+        self.first_seq = 0  # the lowest and highest seq sent in the window that reached any watcher: a
+        self.last_seq = 0  # sender numbers its stamps one by one, so every seq between was sent in it too
         self.late_messages = 0
         self.sample: bytes | None = None  # one change message that carried a stamp, as it came
 
@@ -481,8 +483,7 @@ class StampLog:
             self.user.append((user - sent) * 1000.0)
             self.per_watcher[w.index] += 1
             if seq not in self.seqs:
-                self.seqs.add(seq)
-                self.publish[seq] = (float(published) - sent) * 1000.0
+                self._first_arrival(seq, (float(published) - sent) * 1000.0)
 
     def on_text(self, w: Watcher, msg: dict[str, Any], kernel: float, user: float) -> None:
         if msg.get("event") != "change":
@@ -502,5 +503,18 @@ class StampLog:
             self.user.append((user - sent) * 1000.0)
             self.per_watcher[w.index] += 1
             if seq not in self.seqs:
-                self.seqs.add(seq)
-                self.publish[seq] = (ev.get("time", sent) - sent) * 1000.0
+                self._first_arrival(seq, (ev.get("time", sent) - sent) * 1000.0)
+
+    def _first_arrival(self, seq: int, publish_ms: float) -> None:
+        self.seqs.add(seq)
+        self.publish[seq] = publish_ms
+        self.first_seq = min(self.first_seq or seq, seq)
+        self.last_seq = max(self.last_seq, seq)
+
+    def expected_stamps(self) -> int:
+        """Stamps sent in the window: every seq from the first to the last that reached anyone."""
+        return self.last_seq - self.first_seq + 1 if self.seqs else 0
+
+    def complete(self) -> bool:
+        """Whether every stamp sent in the window so far reached every watcher."""
+        return len(self.kernel) >= self.expected_stamps() * len(self.per_watcher)
