@@ -33,7 +33,11 @@ from bench.push_nchan import PUB_PATH, SUB_PATH, Nginx
 from bench.push_stack import MachineMeter, MiniStack
 from bench.push_wire import Fleet
 
-#: how long a window waits, after its 1 s tail, for stamps still on their way to some watcher
+#: a window starts this long after its stamps (the module playing, the first stamps flowing) ...
+LEAD_S = 0.5
+#: ... and they go on this long after it (a stamp sent at its end is counted)
+TAIL_S = 0.2
+#: how long a window then waits for stamps sent in it still on their way to some watcher
 LATE_S = 4.0
 
 
@@ -106,16 +110,17 @@ class Anchor:
         raise NotImplementedError
 
     def phase(self, fleet: Fleet | RemoteFleet, seconds: float, interval: float) -> dict[str, Any]:
-        """One latency window of ``seconds`` (stamps from 0.5 s before it to 1 s after it), with the
-        server's CPU, this bench's client's CPU and how busy the rest of the machine was."""
-        handle = self.stamping(interval, seconds + 1.5)
+        """One latency window of ``seconds`` (stamps from :data:`LEAD_S` before it to :data:`TAIL_S` after
+        it, stragglers awaited up to :data:`LATE_S`), with the server's CPU, this bench's client's CPU and
+        how busy the rest of the machine was."""
+        handle = self.stamping(interval, seconds + LEAD_S + TAIL_S)
         try:
-            start = time.time() + 0.5
+            start = time.time() + LEAD_S
             end = start + seconds
             server, me = self.processes(), client_procs(fleet)
             cpu0 = (cpu_of(server), cpu_of(me), time.monotonic())
             meter = MachineMeter()
-            out = run_window(fleet, start, end, seconds + 2.0, LATE_S)
+            out = run_window(fleet, start, end, LEAD_S + seconds + TAIL_S, LATE_S)
             machine = meter.read()
             cpu1 = (cpu_of(server), cpu_of(me), time.monotonic())
         finally:

@@ -1,8 +1,9 @@
-"""The push benchmark's fan-out floor: a plain `websockets` server that broadcasts stamp events itself.
+"""The push benchmark's Python floor: a plain `websockets` server that broadcasts stamp events itself.
 
 Usage: ``python -m bench.push_broadcast_floor PORT SAMPLE_FILE``. SAMPLE_FILE holds one change message as
 the shmooze gateway sent it for a stamp module; every stamp sent here is that message with its
-``time``, ``seq`` and ``sent`` filled in anew, so the payload is the same size and shape. Every
+``time``, ``seq`` and ``sent`` filled in anew (``sent``: now, or the time the stamp was due when the
+server is behind: bench.push_wire.stamp_time), so the payload is the same size and shape. Every
 connection is a watcher (no subscribe step). Commands on standard input, one a line:
 
 - ``stamp INTERVAL SECONDS``: broadcast a stamp every INTERVAL s for SECONDS s, then print ``done N``;
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
-from bench.push_wire import stamp_template
+from bench.push_wire import stamp_template, stamp_time
 
 clients: set[ServerConnection] = set()
 
@@ -39,9 +40,10 @@ async def stamp(pieces: tuple[str, str, str, str], seq: int, interval: float, se
     a, b, c, d = pieces
     due = loop.time()
     end = due + seconds
+    wall = time.time() - due  # loop time -> time.time()
     while due < end:
         seq += 1
-        now = repr(time.time())
+        now = repr(stamp_time(due + wall))
         broadcast(clients, f"{a}{now}{b}{seq}{c}{now}{d}")
         due += interval
         await asyncio.sleep(max(due - loop.time(), 0.0))

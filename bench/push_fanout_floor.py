@@ -5,7 +5,9 @@ broadcast: the handshake is answered once per connection, then each stamp is fra
 with one ``send`` per socket, in one loop, by one thread; nothing is read from a watcher but its
 close. A socket whose send buffer is full is dropped (a floor does not queue). The message is the
 sample (a change message as the gateway sent it for a stamp module) with its ``time``, ``seq`` and
-``sent`` filled in anew, as in bench/push_broadcast_floor.py, whose standard-input commands it takes:
+``sent`` filled in anew (``sent``: now, or the time the stamp was due when the server is behind:
+bench.push_wire.stamp_time), as in bench/push_broadcast_floor.py, whose standard-input commands it
+takes:
 
 - ``stamp INTERVAL SECONDS``: send a stamp every INTERVAL s for SECONDS s, then print ``done N``;
 - end of input: close every connection and exit.
@@ -24,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.push_wire import stamp_template
+from bench.push_wire import stamp_template, stamp_time
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -138,11 +140,11 @@ class FanOut:
             pass
         sock.close()
 
-    def broadcast(self) -> None:
-        """One stamp: framed once, one send per watcher."""
+    def broadcast(self, due: float) -> None:
+        """One stamp (due at ``due``, time.time()'s clock): framed once, one send per watcher."""
         self.seq += 1
         a, b, c, d = self.pieces
-        now = repr(time.time())
+        now = repr(stamp_time(due))
         data = frame(f"{a}{now}{b}{self.seq}{c}{now}{d}")
         dropped = []
         for fd, sock in self.open.items():
@@ -157,8 +159,9 @@ class FanOut:
     def stamp(self, interval: float, seconds: float) -> None:
         due = time.monotonic()
         end = due + seconds
+        wall = time.time() - due  # monotonic -> time.time()
         while due < end:
-            self.broadcast()
+            self.broadcast(due + wall)
             due += interval
             while (left := due - time.monotonic()) > 0:
                 self.serve(left)

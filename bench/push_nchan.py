@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.push_wire import stamp_template
+from bench.push_wire import stamp_template, stamp_time
 
 NGINX = "/usr/sbin/nginx"
 MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
@@ -136,9 +136,10 @@ def main(port: int, sample: bytes) -> None:
         interval, seconds = float(words[1]), float(words[2])
         due = time.monotonic()
         end = due + seconds
+        wall = time.time() - due  # monotonic -> time.time()
         while due < end:
             seq += 1
-            now = repr(time.time())
+            now = repr(stamp_time(due + wall))
             body = f"{a}{now}{b}{seq}{c}{now}{d}".encode()
             try:
                 conn.request("POST", PUB_PATH, body, headers)
