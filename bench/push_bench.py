@@ -493,9 +493,10 @@ def main(argv: list[str] | None = None) -> int:
     idle = opts.idle or (5.0 if opts.quick else 10.0)
     budget = opts.budget or (480 if opts.quick else 1500)
     big = opts.big if opts.big >= 0 else (1000 if opts.quick else 10000)
-    nofile = raise_nofile(max(20000, 4 * n + 1000))
-    if nofile < 4 * n + 200:
-        log.error("RLIMIT_NOFILE %d is too low for %d watchers of each of four servers", nofile, n)
+    nofile = raise_nofile(max(20000, 4 * n + 1000, big + 1000))
+    if nofile < max(4 * n, big) + 200:  # (each fleet of --big watchers is a process of its own)
+        log.error("RLIMIT_NOFILE %d is too low for %d watchers of each of four servers here, or for a fleet of %d",
+                  nofile, n, big)
         return 2
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(budget)

@@ -41,10 +41,12 @@ async def stamp(pieces: tuple[str, str, str, str], seq: int, interval: float, se
     due = loop.time()
     end = due + seconds
     wall = time.time() - due  # loop time -> time.time()
+    busy_until = 0.0
     while due < end:
         seq += 1
-        now = repr(stamp_time(due + wall))
+        now = repr(stamp_time(due + wall, busy_until))
         broadcast(clients, f"{a}{now}{b}{seq}{c}{now}{d}")
+        busy_until = time.time()
         due += interval
         await asyncio.sleep(max(due - loop.time(), 0.0))
     return seq

@@ -71,6 +71,7 @@ class FanOut:
         self.open: dict[int, socket.socket] = {}
         self.commands = b""
         self.seq = 0
+        self.busy_until = 0.0  # when the last broadcast ended (time.time())
         self.eof = False
 
     def serve(self, timeout: float) -> None:
@@ -144,7 +145,7 @@ class FanOut:
         """One stamp (due at ``due``, time.time()'s clock): framed once, one send per watcher."""
         self.seq += 1
         a, b, c, d = self.pieces
-        now = repr(stamp_time(due))
+        now = repr(stamp_time(due, self.busy_until))
         data = frame(f"{a}{now}{b}{self.seq}{c}{now}{d}")
         dropped = []
         for fd, sock in self.open.items():
@@ -155,6 +156,7 @@ class FanOut:
                 dropped.append(fd)
         for fd in dropped:
             self._close(fd, self.open.pop(fd))
+        self.busy_until = time.time()
 
     def stamp(self, interval: float, seconds: float) -> None:
         due = time.monotonic()

@@ -127,6 +127,7 @@ def main(port: int, sample: bytes) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     headers = {"Content-Type": "application/json"}
     seq = 0
+    busy_until = 0.0  # when the last post was answered (time.time())
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     for line in sys.stdin:
@@ -139,13 +140,14 @@ def main(port: int, sample: bytes) -> None:
         wall = time.time() - due  # monotonic -> time.time()
         while due < end:
             seq += 1
-            now = repr(stamp_time(due + wall))
+            now = repr(stamp_time(due + wall, busy_until))
             body = f"{a}{now}{b}{seq}{c}{now}{d}".encode()
             try:
                 conn.request("POST", PUB_PATH, body, headers)
                 conn.getresponse().read()
             except (OSError, http.client.HTTPException):
                 conn.close()  # nginx restarted: the next stamp opens a new connection
+            busy_until = time.time()
             due += interval
             time.sleep(max(0.0, due - time.monotonic()))
         sys.stdout.write(f"done {seq}\n")

@@ -54,17 +54,12 @@ def stamp_template(sample: bytes) -> tuple[str, str, str, str]:
     return text[:t0], text[t1:q0], text[q1:s0], text[s1:]
 
 
-#: a stamp sent later than this after its due time carries its due time (see :func:`stamp_time`)
-LAG_S = 0.005
-
-
-def stamp_time(due: float) -> float:
-    """The time an anchor writes into a stamp due at ``due`` (time.time()'s clock): now, or ``due`` when
-    the sender is behind its schedule (a broadcast still running when the next stamp was due), so that
-    an anchor that falls behind counts its lag as latency, as the gateway's lag behind the module's
-    stamps counts (the module stamps on time in its own process); a timer's wake-up jitter is not lag."""
-    now = time.time()
-    return due if now - due > LAG_S else now
+def stamp_time(due: float, busy_until: float) -> float:
+    """The time an anchor writes into a stamp due at ``due``: ``due`` when the sender was still busy
+    with the previous stamp then (``busy_until``; time.time()'s clock), else now. An anchor that falls
+    behind its schedule thus counts its lag as latency, as the gateway's lag behind the module counts
+    (the module stamps on time in its own process), while a timer's late wake-up is not counted."""
+    return due if busy_until > due else time.time()
 
 
 def handshake_request(host: str, port: int, path: str) -> bytes:
