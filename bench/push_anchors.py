@@ -27,11 +27,12 @@ from typing import Any
 
 import psutil
 
-from bench.common import bench_argv, child_env, free_port
-from bench.push_fleet import RemoteFleet, run_window
+from bench.common import bench_argv, child_env, free_port, wait_until
+from bench.push_fleet import SUBSCRIBE, RemoteFleet, run_window
 from bench.push_nchan import PUB_PATH, SUB_PATH, Nginx
 from bench.push_stack import MachineMeter, MiniStack
 from bench.push_wire import Fleet
+from shmooze.testing import port_open
 
 #: a window starts this long after its stamps (the module playing, the first stamps flowing) ...
 LEAD_S = 0.5
@@ -66,22 +67,6 @@ def client_procs(fleet: Fleet | RemoteFleet) -> list[psutil.Process]:
     return [psutil.Process(fleet.pid if isinstance(fleet, RemoteFleet) else os.getpid())]
 
 
-def wait_port(port: int, deadline: float, alive: Any) -> None:
-    """Until 127.0.0.1:port accepts a connection; fail when ``alive()`` turns false or at the deadline."""
-    import socket
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            pass
-        if not alive():
-            raise RuntimeError(f"the server of port {port} exited while starting")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"nothing listens on port {port}")
-        time.sleep(0.01)
-
-
 class Anchor:
     """A server under measure (see the module's doc)."""
 
@@ -96,7 +81,6 @@ class Anchor:
         raise NotImplementedError
 
     def fleet(self) -> Fleet:
-        from bench.push_fleet import SUBSCRIBE
         return Fleet(self.port, path=self.path, subscribe=SUBSCRIBE if self.subscribe else None)
 
     def remote_fleet(self, n: int) -> RemoteFleet:
@@ -280,7 +264,9 @@ class Nchan(Anchor):
 
     def start(self) -> None:
         self.nginx.start()
-        wait_port(self.port, time.monotonic() + 20, lambda: self.nginx.proc.poll() is None)
+        wait_until(lambda: port_open(self.port) or self.nginx.proc.poll() is not None, 20, f"nginx on port {self.port}")
+        if not port_open(self.port):
+            raise RuntimeError(f"nginx did not start:\n{self.nginx.log_tail()}")
 
     def stop(self) -> None:
         self.nginx.stop()
