@@ -26,7 +26,8 @@ Each arrival's latency is the kernel's arrival time of the frame (SO_TIMESTAMPNS
    watchers idle, over its RSS before any watcher), then latency rounds; then the same rounds with a
    CPU hog (a busy loop pinned to one core) running through them (``--no-hog`` skips them);
 3. ``--big`` (10,000; quick 1,000) watchers of each server, each fleet in a process of its own
-   (bench/push_fleet.py): connect time, memory per watcher, latency rounds with stamps every 250 ms
+   (bench/push_fleet.py), each server restarted first (its memory baseline): connect time, memory
+   per watcher, latency rounds with stamps every 250 ms
    and the server's CPU per event, then restart rounds: each server stopped by its pid and started
    again while its fleet reconnects, timed until every watcher is subscribed again (``--big 0`` skips);
 4. requests per minute of an idle jukebox page in headless Chromium (Playwright), counted with
@@ -186,10 +187,27 @@ def middle_rows(anchors: list[Anchor], res: dict[str, Any], fresh: dict[str, int
             fleet.close()
 
 
-def big_rows(anchors: list[Anchor], res: dict[str, Any], fresh: dict[str, int], n: int, rounds: int,
-             seconds: float, interval: float, rejoin_limit: float) -> None:
-    """``n`` watchers of each server, each fleet in its own process: connect, memory, latency, restarts."""
+def fresh_servers(anchors: list[Anchor]) -> dict[str, int]:
+    """Restart every server (what earlier rows left in its memory is gone), have a few watchers come and
+    go (its workers up and serving), then its RSS: the baseline of the memory per watcher."""
+    for a in anchors:
+        a.stop()
+        a.start()
+        warm = a.fleet()
+        try:
+            warm.connect(8, time.monotonic() + 60)
+        finally:
+            warm.close()
+    time.sleep(1.0)
+    return {a.key: rss_of(a.processes()) for a in anchors}
+
+
+def big_rows(anchors: list[Anchor], res: dict[str, Any], n: int, rounds: int, seconds: float, interval: float,
+             rejoin_limit: float) -> None:
+    """``n`` watchers of each server, each fleet in its own process, after a restart of each: connect,
+    memory, latency, restarts."""
     fleets: dict[str, Fleet | RemoteFleet] = {}
+    fresh = fresh_servers(anchors)
     try:
         for a in anchors:  # one at a time: each connect time is the server's alone
             fleet = fleets[a.key] = a.remote_fleet(n)
@@ -409,8 +427,10 @@ def build_sections(res: dict[str, Any]) -> list[Section]:
         sec.notes.append(
             "Each server's fleet is its own client process (bench/push_fleet.py: bare sockets on one epoll, the same "
             "pre-built handshake for every watcher, up to 400 handshakes in flight, a whole change frame per recv "
-            "read without the general parser), every fleet connected throughout. CPU per event: the server's CPU "
-            "time over a window divided by the stamps that arrived in it. Restart: the server is stopped by its pid "
+            "read without the general parser), every fleet connected throughout. Each server was restarted before "
+            "its fleet connected: memory per watcher is its RSS with the watchers idle minus its RSS then (after 8 "
+            "watchers came and went), per watcher. CPU per event: the server's CPU time over a window divided by "
+            "the stamps that arrived in it. Restart: the server is stopped by its pid "
             "(SIGTERM: what a service manager's restart sends; the gateway's arbiter, nginx's master) and started "
             "again on the same port while its fleet reconnects every watcher it lost (retrying every 50 ms while "
             "refused) and subscribes it again; the figure runs from the new server's start until the last "
@@ -479,8 +499,7 @@ def measure(stack: MiniStack, opts: argparse.Namespace, res: dict[str, Any], n: 
                 fleet.close()
         middle_rows(anchors, res, fresh, n, opts.rounds, res["window_s"], opts.interval, not opts.no_hog)
         if big:
-            big_rows(anchors, res, fresh, big, opts.big_rounds, res["big_window_s"], opts.big_interval,
-                     opts.rejoin_limit)
+            big_rows(anchors, res, big, opts.big_rounds, res["big_window_s"], opts.big_interval, opts.rejoin_limit)
     finally:
         for a in anchors[1:]:
             a.close()
