@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--big-rounds", type=int, default=3, help="rounds at --big watchers (default 3)")
     p.add_argument("--big-seconds", type=float, default=0, help="window at --big watchers (default 4, quick 2)")
     p.add_argument("--big-interval", type=float, default=0.25, help="seconds between stamps at --big (default 0.25)")
-    p.add_argument("--rejoin-limit", type=float, default=60.0, help="seconds a restart round may take (default 60)")
+    p.add_argument("--rejoin-limit", type=float, default=30.0, help="seconds a restart round may take (default 30)")
     p.add_argument("--budget", type=int, default=0, help="hard limit in seconds (default 480 quick, 1500 full)")
     return p.parse_args(argv)
 
