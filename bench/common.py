@@ -228,6 +228,9 @@ class Row:
     detail: dict[str, Any] = field(default_factory=dict)
     rounds: list[float] = field(default_factory=list)
     floor_rounds: list[float] = field(default_factory=list)
+    #: when a row has several floors (:func:`anchored_row`): each one's label, median and rounds, in
+    #: order; ``floor`` is then the first that has a figure
+    anchors: list[dict[str, Any]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -309,6 +312,35 @@ def rounds_row(measure: str, rounds: Sequence[float], unit: str, floor_rounds: S
     return row
 
 
+def anchored_row(measure: str, rounds: Sequence[float], unit: str,
+                 anchors: Sequence[tuple[str, Sequence[float]]], **targets: Any) -> Row:
+    """A row measured against several floors at once (each run in the same interleaved rounds): the
+    floor/peer column lists each floor's median (min-max) and label, the ratio column each ratio of
+    medians in the same order ("-" for a floor without a figure), then the target. ``targets`` are
+    :func:`rounds_row`'s (a ratio target applies to the first floor that has a figure), or
+    ``each_at_most``: a bound that the worst round must meet."""
+    each_at_most = targets.pop("each_at_most", None)
+    present = [(label, list(r)) for label, r in anchors if r]
+    first_label, first_rounds = present[0] if present else ("", [])
+    row = rounds_row(measure, rounds, unit, first_rounds, first_label, **targets)
+    if each_at_most is not None:  # a target every round must meet, not only their median
+        row.target = f"<= {fmt(each_at_most, unit)} in every round"
+        row.verdict = verdict(max(rounds) <= each_at_most)
+    ratios = []
+    for label, r in anchors:
+        value = median(r) if r else None
+        entry: dict[str, Any] = {"label": label, "value": value, "rounds": list(r)}
+        if value and row.value is not None:
+            entry["ratio"] = row.value / value
+        ratios.append(f"{entry['ratio']:.2f}x" if "ratio" in entry else "-")
+        row.anchors.append(entry)
+    parts = [" / ".join(ratios)] if any(a.get("ratio") for a in row.anchors) else []
+    if row.target:
+        parts.append(f"target {row.target}")
+    row.compare = "; ".join(parts)
+    return row
+
+
 def with_spread(value: float | None, rounds: Sequence[float], unit: str) -> str:
     """``median unit (min-max)`` when there are several rounds, else the value alone."""
     if value is None:
@@ -328,7 +360,9 @@ TABLE_HEAD = ["| measure | shmooze median (min-max) | floor/peer median (min-max
 def table_line(r: Row) -> str:
     """One row of the common table: measure | shmooze | floor or peer | ratio (and target, verdict)."""
     floor = ""
-    if r.floor is not None:
+    if r.anchors:
+        floor = "; ".join(f"{with_spread(a['value'], a['rounds'], r.unit)} ({a['label']})" for a in r.anchors)
+    elif r.floor is not None:
         floor = with_spread(r.floor, r.floor_rounds, r.unit)
         if r.floor_label:
             floor += f" ({r.floor_label})"

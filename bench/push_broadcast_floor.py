@@ -1,8 +1,9 @@
-"""The push benchmark's fan-out floor: a plain `websockets` server that broadcasts stamp events itself.
+"""The push benchmark's Python floor: a plain `websockets` server that broadcasts stamp events itself.
 
 Usage: ``python -m bench.push_broadcast_floor PORT SAMPLE_FILE``. SAMPLE_FILE holds one change message as
 the shmooze gateway sent it for a stamp module; every stamp sent here is that message with its
-``time``, ``seq`` and ``sent`` filled in anew, so the payload is the same size and shape. Every
+``time``, ``seq`` and ``sent`` filled in anew (``sent``: now, or the time the stamp was due when the
+server is behind: bench.push_wire.stamp_time), so the payload is the same size and shape. Every
 connection is a watcher (no subscribe step). Commands on standard input, one a line:
 
 - ``stamp INTERVAL SECONDS``: broadcast a stamp every INTERVAL s for SECONDS s, then print ``done N``;
@@ -20,19 +21,9 @@ from pathlib import Path
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
-from bench.push_wire import _STAMP
+from bench.push_wire import stamp_template, stamp_time
 
 clients: set[ServerConnection] = set()
-
-
-def template(sample: bytes) -> tuple[str, str, str, str]:
-    """The sample cut around its time, seq and sent values: four pieces to put the new values between."""
-    found = _STAMP.search(sample)
-    if not found:
-        raise SystemExit("the sample holds no stamp event")
-    text = sample.decode()
-    (t0, t1), (q0, q1), (s0, s1) = found.span(1), found.span(2), found.span(3)
-    return text[:t0], text[t1:q0], text[q1:s0], text[s1:]
 
 
 async def handler(ws: ServerConnection) -> None:
@@ -49,23 +40,26 @@ async def stamp(pieces: tuple[str, str, str, str], seq: int, interval: float, se
     a, b, c, d = pieces
     due = loop.time()
     end = due + seconds
+    wall = time.time() - due  # loop time -> time.time()
+    busy_until = 0.0
     while due < end:
         seq += 1
-        now = repr(time.time())
+        now = repr(stamp_time(due + wall, busy_until))
         broadcast(clients, f"{a}{now}{b}{seq}{c}{now}{d}")
+        busy_until = time.time()
         due += interval
         await asyncio.sleep(max(due - loop.time(), 0.0))
     return seq
 
 
 async def main(port: int, sample: bytes) -> None:
-    pieces = template(sample)
+    pieces = stamp_template(sample)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     seq = 0
     async with serve(handler, "127.0.0.1", port, compression=None, ping_interval=None, max_queue=None,
-                     backlog=2048):
+                     backlog=4096):
         sys.stdout.write("ready\n")
         sys.stdout.flush()
         while line := await reader.readline():

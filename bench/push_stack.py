@@ -50,17 +50,37 @@ class MiniStack(Managed):
         self.failed = False
 
 
-    def start(self) -> None:
+    def _spawn(self, name: str) -> Proc:
         env = child_env()
         env.pop("SHMOOZE_SETTINGS", None)
+        argv = [PYTHON, "-m", "shmooze", "serve", name, "--settings", str(self.settings_path)]
+        # (appended to: a restarted gateway's log follows its predecessor's)
+        log_path = self.dir / f"{name}.log"
+        previous = log_path.read_bytes() if log_path.exists() else b""
+        proc = Proc(name, argv, env=env, log_path=log_path, cwd=str(self.dir))
+        if previous:
+            (self.dir / f"{name}.before-restart.log").write_bytes(previous)
+        return proc
+
+    def start(self) -> None:
         for name in [*self.services, "wsgi"]:
-            argv = [PYTHON, "-m", "shmooze", "serve", name, "--settings", str(self.settings_path)]
-            self.procs[name] = Proc(name, argv, env=env, log_path=self.dir / f"{name}.log", cwd=str(self.dir))
+            self.procs[name] = self._spawn(name)
         for name, proc in self.procs.items():
             proc.wait_port(self.ports[name], self.start_timeout)
         for name in self.services:  # services boot their I/O thread and orphan guard on first use
             self.call(name, "status")
         log.info("stack up in %s: ports %s", self.dir, self.ports)
+
+    def stop_gateway(self) -> None:
+        """Stop the gateway by its pid (SIGTERM, as a service manager's restart does)."""
+        proc = self.procs.pop("wsgi", None)
+        if proc is not None:
+            proc.stop()
+
+    def start_gateway(self) -> None:
+        """Start the gateway again on its port; return once it listens."""
+        self.procs["wsgi"] = self._spawn("wsgi")
+        self.procs["wsgi"].wait_port(self.ports["wsgi"], self.start_timeout)
 
     def stop_order(self) -> list[str]:
         """The gateway first, then the services (and floors)."""

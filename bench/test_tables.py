@@ -75,3 +75,24 @@ def test_a_failed_check_reaches_the_summary_and_its_count(tmp_path: Path, monkey
     text = out.read_text()
     assert "3 target(s) missed or check(s) failed." in text
     assert "| no unexpected errors | n/a |  | 0 unexpected: pass |" in text  # (in its section)
+
+
+def test_a_row_against_several_floors_lists_each_with_its_spread_and_ratio_in_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The push rows have three anchors: each floor's median (min-max) and label, the ratios in the
+    same order ("-" where a floor has no figure), the target last; the summary keeps them."""
+    row = common.anchored_row("p99", [40.0, 30.0, 60.0], "ms",
+                              [("websockets", [20.0, 10.0, 30.0]), ("fan-out", [4.0, 5.0, 6.0]), ("nchan", [])],
+                              at_most=50.0)
+    assert row.value == 40.0 and row.floor == 20.0 and row.floor_label == "websockets" and row.verdict == "pass"
+    assert [a.get("ratio") for a in row.anchors] == [2.0, 8.0, None]
+    line = ("| p99 | 40.0 ms (30.0-60.0) | 20.0 ms (10.0-30.0) (websockets); 5.00 ms (4.00-6.00) (fan-out); "
+            "n/a (nchan) | 2.00x / 8.00x / -; target <= 50.0 ms: pass |")
+    assert common.table_line(row) == line
+    assert common.anchored_row("m", [3.0], "KiB", [("a", [2.0])], at_most=1.0).compare == "1.50x; target <= 1.00 KiB"
+    worst = common.anchored_row("hog p99", [40.0, 45.0, 55.0], "ms", [("a", [1.0, 1.0, 1.0])], each_at_most=50.0)
+    assert worst.verdict == "FAIL" and worst.compare == "45.00x; target <= 50.0 ms in every round"
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(summary, "RESULTS_DIR", tmp_path)
+    common.save_sections("push", [common.Section("Push to 10000 watchers: x", [row])], quick=False)
+    assert summary.summary_lines(summary.load())[2:] == [line.replace("| p99 |", "| Push to 10000 watchers: p99 |")]

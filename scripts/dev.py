@@ -108,9 +108,21 @@ def ensure_node() -> None:
     ensure_debian_package("nodejs", "Node.js", "Node.js module test")
 
 
+def ensure_nchan() -> None:
+    """The push benchmark's third anchor is nchan in nginx (Debian's nginx and libnginx-mod-nchan): the
+    benchmark runs its own nginx (its own config, a loopback port, stopped by its pid) and leaves the
+    anchor out when they are missing. (Where an init system runs, Debian's package also starts its own
+    nginx service on port 80: stop it, or install the two packages yourself, if that is unwanted.)"""
+    if (os.path.exists("/usr/sbin/nginx") and os.path.exists("/usr/lib/nginx/modules/ngx_nchan_module.so")) \
+            or os.environ.get("SHMOOZE_NO_NCHAN"):
+        return
+    ensure_debian_package("nginx libnginx-mod-nchan", "nginx with nchan", "push benchmark's nchan rows")
+
+
 def ensure_debian_package(package: str, what: str, tests: str) -> None:
-    """Install a Debian package the tests need, when we can (root with apt-get). In CI (``$CI`` set)
-    a component that cannot be installed fails the run: CI never goes green without those tests."""
+    """Install a Debian package (or several, separated by spaces) the tests need, when we can (root with
+    apt-get). In CI (``$CI`` set) a component that cannot be installed fails the run: CI never goes green
+    without those tests."""
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         missing(f"{what} is not installed and cannot be installed here", tests)
         return
@@ -118,7 +130,7 @@ def ensure_debian_package(package: str, what: str, tests: str) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
         run("apt-get", "update", "-qq", env=env, stdout=subprocess.DEVNULL)
-        run("apt-get", "install", "-y", "-qq", package, env=env, stdout=subprocess.DEVNULL)
+        run("apt-get", "install", "-y", "-qq", *package.split(), env=env, stdout=subprocess.DEVNULL)
     except subprocess.CalledProcessError as exc:
         missing(f"could not install {what} ({exc})", tests)
 
@@ -189,6 +201,7 @@ def main(argv: list[str]) -> int:
     if what == "bench":
         ensure_venv("bench")  # circus, websockets and py-spy besides the test extras
         ensure_chromium()  # the idle-page row of the push benchmark loads the demo page
+        ensure_nchan()  # the push benchmark's nchan anchor
         results = ROOT / "bench" / "results"
         shutil.rmtree(results, ignore_errors=True)  # the summary is of this run only
         started = time.monotonic()
