@@ -211,7 +211,10 @@ class CgroupBox(Box):
         return len(cgroup.members(self.path))
 
     def sweep(self, pgid: int, grace: float = 1.0) -> int:
-        if not cgroup.populated(self.path):  # (one read: no live process in it or below, the usual end)
+        if not self.held:  # no limit's figures to read first: the usual end is one rmdir (empty, so gone)
+            if cgroup.remove_empty(self.path):
+                return 0
+        elif not cgroup.populated(self.path):  # (one read: no live process in it or below, the usual end)
             return 0
         left = [p for p in cgroup.members(self.path) if procutil.alive(p)]
         if not left:
