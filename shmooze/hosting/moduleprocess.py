@@ -222,12 +222,13 @@ class ModuleProcess:
             program = argv[0]
             limits = self.box.rlimits(Limits.of(self.type))  # (a cgroup holds the others)
             env = self.type.environment(self.extra_env)
-            wrapped = self.box.wrap(limits.wrap(argv))
-            if wrapped is not argv and not _runnable(program, env, self.type.cwd):
+            limited = limits.wrap(argv)
+            if (limited is not argv or self.box.wrap(limited) is not limited) and not _runnable(program, env,
+                                                                                                 self.type.cwd):
                 raise CommandError(f"cannot run {program}: No such file or directory")
             try:
-                self.proc = subprocess.Popen(
-                    wrapped, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                self.proc = self.box.popen(
+                    limited, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                     env=env, cwd=self.type.cwd, start_new_session=True,
                     bufsize=0)  # the pipes are read with os.read: no 8 KiB buffer each per module
             except OSError as exc:

@@ -145,6 +145,12 @@ def remove(path: Path, timeout: float = 2.0) -> bool:
     return done
 
 
+def enter(path: Path, pid: int) -> None:
+    """Move a process into the cgroup folder at ``path`` (``ProcessLookupError`` when it has ended)."""
+    with open(path / "cgroup.procs", "w") as f:
+        f.write(str(pid))
+
+
 def launch_argv(paths: Path | list[Path], argv: list[str]) -> list[str]:
     """``argv`` run inside the cgroup folder(s) at ``paths`` (same pid: the launcher execs it)."""
     folders = [paths] if isinstance(paths, Path) else list(paths)
