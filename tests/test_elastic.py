@@ -62,3 +62,19 @@ def test_a_failed_job_hands_its_exception_to_its_future_and_the_pool_goes_on():
     with pytest.raises(ValueError, match="no"):
         pool.submit(fail).result(10)
     assert pool.submit(lambda: 7).result(10) == 7
+
+
+def test_an_idle_thread_keeps_nothing_of_its_last_job():
+    """(A stopped module's handle, with its process and streams, is the argument of its ladder's job.)"""
+    import gc
+    import weakref
+
+    class Handle:
+        pass
+
+    pool = ElasticPool(size=2, slow=30.0)
+    handle = Handle()
+    gone = weakref.ref(handle)
+    pool.submit(lambda h: None, handle).result(10)
+    del handle
+    wait_for(lambda: gc.collect() is not None and gone() is None, 5, what="the job's argument to be freed")

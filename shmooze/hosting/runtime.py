@@ -28,10 +28,10 @@ from shmooze.system.watchdog import OWNER_VAR, Watchdog
 log = logging.getLogger(__name__)
 
 #: Threads that run stop ladders at once, while each is quick (a ladder's usual end: the module answers
-#: ``rm`` and exits within a few ms); a ladder waiting longer than LADDER_SLOW seconds (a module ignoring
-#: ``rm``) gives its place to a new thread.
+#: ``rm`` and exits within a few ms, tens on a busy machine); a ladder waiting longer than LADDER_SLOW
+#: seconds (a module ignoring ``rm``: its ladder waits seconds) gives its place to a new thread.
 LADDER_THREADS = 8
-LADDER_SLOW = 0.05
+LADDER_SLOW = 0.25
 
 
 class ModuleRuntime:

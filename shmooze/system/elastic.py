@@ -78,6 +78,9 @@ class ElasticPool:
         while True:
             with self._lock:
                 while not self._jobs:
+                    if self._threads > self.size:  # one started for a job that waited: no job now, it ends
+                        self._threads -= 1
+                        return
                     self._idle += 1
                     woken = self._ready.wait(IDLE_SECONDS)
                     self._idle -= 1
@@ -91,6 +94,7 @@ class ElasticPool:
             try:
                 _run(future, fn, args)
             finally:
+                del future, fn, args  # an idle thread keeps nothing of its last job (a stopped module's handle)
                 with self._lock:
                     del self._running[number]
 
