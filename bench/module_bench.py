@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import socket
 import subprocess
 import time
@@ -24,6 +26,7 @@ from bench.common import (
     rounds_row,
 )
 from bench.stack import Stack
+from shmooze.system.containment import CGROUP, Containment
 
 log = logging.getLogger("bench.modules")
 
@@ -36,9 +39,12 @@ TRIVIAL = "trivial"
 class FloorParent:
     """Spawns ``floor_child.py`` against its own listening socket, as a module host would, minus everything else."""
 
-    def __init__(self, python_flags: tuple[str, ...] = (), child_flags: tuple[str, ...] = ("--fast-exit",)) -> None:
+    def __init__(self, python_flags: tuple[str, ...] = (), child_flags: tuple[str, ...] = ("--fast-exit",),
+                 containment: Containment | None = None) -> None:
         self.python_flags = list(python_flags)
         self.child_flags = list(child_flags)
+        self.containment = containment  # each child in a box of its own, as a module is (a cgroup, made and removed)
+        self.boxes = itertools.count()
         self.listener = socket.socket()
         self.listener.bind((HOST, 0))
         self.listener.listen(16)
@@ -50,6 +56,9 @@ class FloorParent:
         """One child: (spawn until its answer arrived, exit command until reaped), in ms."""
         t0 = time.perf_counter()
         argv = [PYTHON, *self.python_flags, FLOOR_CHILD, *self.child_flags, HOST, str(self.port)]
+        box = self.containment.box(f"floor-{next(self.boxes)}") if self.containment is not None else None
+        if box is not None:
+            argv = box.wrap(argv)
         proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True)
         conn = None
@@ -62,6 +71,8 @@ class FloorParent:
             t1 = time.perf_counter()
             conn.sendall(b"exit\n")
             proc.wait(10)
+            if box is not None:
+                box.release()
             t2 = time.perf_counter()
             return (t1 - t0) * 1000.0, (t2 - t1) * 1000.0
         finally:
@@ -123,13 +134,19 @@ def start_stop_section(stack: Stack, n: int, warmup: int, rounds: int = 3) -> Se
     floor = FloorParent()
     slow = FloorParent(child_flags=())
     bare = FloorParent(("-S",))
+    # The floor with what containment costs the kernel: each child started in a cgroup of its own (made, the
+    # launcher moves itself in and execs the child, removed), through the same boxes as the modules'.
+    containment = Containment(f"{os.getpid()}-bench-floor", "auto")
+    boxed = FloorParent(containment=containment) if containment.kind == CGROUP else None
     t: dict[str, list[float]] = {k: [] for k in ("f_start", "f_stop", "slow_stop", "q_add", "q_rm", "p_add", "p_rm",
-                                                  "bare_start", "bare_stop")}
+                                                  "bare_start", "bare_stop", "box_start")}
     try:
         for _ in range(warmup):
             floor.cycle()
             slow.cycle()
             bare.cycle()
+            if boxed is not None:
+                boxed.cycle()
         add_rm_cycles(stack.ports["queue"], warmup)
         add_rm_cycles(stack.ports["pool"], warmup)
         for _ in range(n):  # interleaved, one of each per cycle
@@ -140,6 +157,8 @@ def start_stop_section(stack: Stack, n: int, warmup: int, rounds: int = 3) -> Se
             s, e = bare.cycle()
             t["bare_start"].append(s)
             t["bare_stop"].append(e)
+            if boxed is not None:
+                t["box_start"].append(boxed.cycle()[0])
             a, r = add_rm_cycles(stack.ports["queue"], 1)
             t["q_add"] += a
             t["q_rm"] += r
@@ -150,13 +169,19 @@ def start_stop_section(stack: Stack, n: int, warmup: int, rounds: int = 3) -> Se
         floor.close()
         slow.close()
         bare.close()
-    r = {k: per_round(v, rounds) for k, v in t.items()}
+        if boxed is not None:
+            boxed.close()
+        containment.close()
+    r = {k: per_round(v, rounds) for k, v in t.items() if v}
     sec = Section(f"B1. Module start and stop, one at a time ({rounds} rounds of {n // rounds} cycles, "
                   f"interleaved, after {warmup} warm-up; per round the median cycle)")
     sec.add(rounds_row("queue add (until init and play answered)", r["q_add"], "ms", r["f_start"],
-                       "spawn until the floor child answered", max_ratio=1.5))
+                       "spawn until the floor child answered", max_ratio=1.3))
     sec.add(rounds_row("pool add (until init and play answered)", r["p_add"], "ms", r["f_start"],
-                       "spawn until the floor child answered", max_ratio=1.5))
+                       "spawn until the floor child answered", max_ratio=1.3))
+    if "box_start" in r:
+        sec.add(rounds_row("reference: floor child started in a cgroup of its own (made, entered by the launcher, "
+                           "removed), start", r["box_start"], "ms", r["f_start"], "floor child"))
     sec.add(rounds_row("queue rm (until reaped)", r["q_rm"], "ms", r["f_stop"], "exit command until reaped, os._exit"))
     sec.add(rounds_row("pool rm (until reaped)", r["p_rm"], "ms", r["f_stop"], "exit command until reaped, os._exit"))
     sec.add(rounds_row("reference: floor child exiting through interpreter teardown, exit until reaped",
@@ -265,7 +290,7 @@ def supervisor_section(stack: Stack, n: int, warmup: int) -> Section:
     sec.add(rounds_row("queue add vs supervisord start until the child answered", per_round(our_add, rounds), "ms",
                        per_round(start_ready, rounds), "supervisord", max_ratio=1.0))
     sec.add(rounds_row("queue rm vs supervisord stopProcess until reaped (both exit with os._exit)",
-                       per_round(our_rm, rounds), "ms", per_round(stop_rpc, rounds), "supervisord"))
+                       per_round(our_rm, rounds), "ms", per_round(stop_rpc, rounds), "supervisord", max_ratio=1.0))
     sec.add(rounds_row("reference: supervisord stopProcess, child exits through interpreter teardown",
                        per_round(stop_teardown, rounds), "ms", per_round(stop_rpc, rounds), "same, os._exit"))
     sec.add(rounds_row("reference: supervisord startProcess call returned", per_round(start_rpc, rounds), "ms"))

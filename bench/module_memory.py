@@ -10,13 +10,17 @@ stack's (so with its journal and module output folder), and adds COUNT real triv
 2. one more round under tracemalloc (the service's bounded histories are full by then): the Python
    heap growth per module, and the allocation sites that hold it, by line and by traceback.
 
+With ``--retained``, what the service keeps once the modules are removed, round after round: the
+Python heap (tracemalloc snapshots' difference, and by traceback what it kept), pymalloc's arenas and
+free space, and the RSS by kind (issue 27: the worker grew with every module added and removed).
+
 With ``--served``, it runs ``shmooze serve pool`` instead (gunicorn, as in B5) and repeats only B5's
 shmooze side: rounds of 1 (after a warm-up), 50 and 200 modules added over HTTP by 16 clients, and
 the RSS growth of the service's worker per module, from a baseline read after one cycle of 16
 modules, in each 200 round: the B5 memory row's shmooze figures without the peers (a minute instead
 of ten).
 
-Usage: ``.venv/bin/python -m bench.module_memory [--modules 200] [--top 15] [--frames 6] [--served]``
+Usage: ``.venv/bin/python -m bench.module_memory [--modules 200] [--top 15] [--frames 6] [--served | --retained]``
 """
 
 from __future__ import annotations
@@ -176,6 +180,73 @@ def served(folder: Path, count: int, rounds: int, old_baseline: bool) -> None:
         proc.stop()
 
 
+def _pymalloc() -> dict[str, int]:
+    """pymalloc's arenas (1 MiB each), the bytes in its allocated blocks and in its free blocks and pools
+    (from ``sys._debugmallocstats``, which writes to the C stderr: read back through a pipe)."""
+    import ctypes
+    import sys
+
+    read, write = os.pipe()
+    saved = os.dup(2)
+    try:
+        os.dup2(write, 2)
+        os.close(write)
+        sys._debugmallocstats()  # noqa: SLF001 - CPython's one report of pymalloc's arenas
+        ctypes.CDLL(None).fflush(None)  # (C stdio buffers what it writes to a pipe)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    with os.fdopen(read, "r") as f:
+        text = f.read()
+    figures = {"arenas": r"# arenas allocated current\s*=\s*([\d,]+)",
+               "allocated": r"# bytes in allocated blocks\s*=\s*([\d,]+)",
+               "free blocks": r"# bytes in available blocks\s*=\s*([\d,]+)",
+               "free pools": r"unused pools \* \d+ bytes\s*=\s*([\d,]+)"}
+    out = {}
+    for name, pattern in figures.items():
+        match = re.search(pattern, text)
+        out[name] = int(match[1].replace(",", "")) if match else 0
+    return out
+
+
+def retained(service: Any, count: int, rounds: int, top: int, frames: int) -> None:
+    """What a service keeps of modules once they are removed: ROUNDS rounds of COUNT added then removed,
+    after a warm-up round (the bounded histories fill); after each, the RSS by kind and pymalloc's arenas
+    and free space; then ROUNDS more under tracemalloc: the Python heap after each, and what it kept."""
+    _add_rm(service, count)
+    gc.collect()
+    rss0, kinds0 = _rss(), rss_by_kind()
+    for r in range(rounds):
+        _add_rm(service, count)
+        time.sleep(0.6)  # (the reaper trims the heap within half a second of the last end)
+        gc.collect()
+        py = _pymalloc()
+        print(f"after round {r + 1} (all {count} removed): RSS {(_rss() - rss0) / 1024:+.0f} KiB "
+              f"({_kinds_diff(kinds0, rss_by_kind(), 1)}); pymalloc: {py['arenas']} arenas, "
+              f"{py['allocated'] / 2**20:.1f} MiB in blocks, {(py['free blocks'] + py['free pools']) / 2**20:.1f} "
+              "MiB free in them", flush=True)
+    tracemalloc.start(frames)
+    base = tracemalloc.take_snapshot()
+    for r in range(rounds):
+        _add_rm(service, count)
+        gc.collect()
+        snap = tracemalloc.take_snapshot()
+        heap = sum(s.size_diff for s in snap.compare_to(base, "filename"))
+        # (The first round replaces the histories' entries made before tracing began, which count as growth:
+        # what is kept per module is what the later rounds add.)
+        print(f"traced round {r + 1}: the Python heap {heap / 1024:+.1f} KiB since tracing began", flush=True)
+    tracemalloc.stop()
+    kept = [s for s in snap.compare_to(base, "traceback") if s.size_diff > 0]
+    _print_top(f"kept after {rounds} traced rounds, by traceback", kept, count * rounds, top)
+
+
+def _add_rm(service: Any, count: int) -> None:
+    uids = _add(service, count)
+    _settle(service)
+    service.rm(uids=uids)
+    _settle(service)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--modules", type=int, default=200)
@@ -183,6 +254,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--frames", type=int, default=6, help="traceback depth of the by-traceback table")
     parser.add_argument("--served", action="store_true", help="B5's shmooze side: the pool under gunicorn")
+    parser.add_argument("--retained", action="store_true",
+                        help="what the service keeps once modules are removed: the heap, pymalloc and RSS by round")
     parser.add_argument("--old-baseline", action="store_true",
                         help="with --served: the baseline before any module (as B5 read it before issue 14)")
     opts = parser.parse_args()
@@ -194,6 +267,12 @@ def main() -> None:
             served(Path(tmp), count, opts.rounds, opts.old_baseline)
             return
         service = _build(Path(tmp))
+        if opts.retained:
+            try:
+                retained(service, count, opts.rounds, opts.top, opts.frames)
+            finally:
+                service.stop()
+            return
         try:
             gc.collect()
             rss0, kinds0 = _rss(), rss_by_kind()

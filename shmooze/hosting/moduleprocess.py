@@ -222,12 +222,13 @@ class ModuleProcess:
             program = argv[0]
             limits = self.box.rlimits(Limits.of(self.type))  # (a cgroup holds the others)
             env = self.type.environment(self.extra_env)
-            wrapped = self.box.wrap(limits.wrap(argv))
-            if wrapped is not argv and not _runnable(program, env, self.type.cwd):
+            limited = limits.wrap(argv)
+            if (limited is not argv or self.box.wrap(limited) is not limited) and not _runnable(program, env,
+                                                                                                 self.type.cwd):
                 raise CommandError(f"cannot run {program}: No such file or directory")
             try:
-                self.proc = subprocess.Popen(
-                    wrapped, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                self.proc = self.box.popen(
+                    limited, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                     env=env, cwd=self.type.cwd, start_new_session=True,
                     bufsize=0)  # the pipes are read with os.read: no 8 KiB buffer each per module
             except OSError as exc:
@@ -525,7 +526,8 @@ class ModuleProcess:
                 self._heard(cmd, args, None)
                 raise ModuleBroken(f"command stream failed during {cmd}: {exc.strerror or exc}") from None
             finally:
-                self.loop.call_soon(self._watch_command_stream)
+                if self.state is not State.STOPPING:  # (its rm: the stream is closed next, not watched)
+                    self.loop.call_soon(self._watch_command_stream)
         try:
             answer = json.loads(raw)
         except (ValueError, RecursionError):
@@ -629,20 +631,15 @@ class ModuleProcess:
         finally:
             if locked:
                 self._cmd_lock.release()
-        if upd is not None:
-            self.loop.call_soon(lambda: self._unwatch_and_close(upd))
         if cmd is not None:
             try:
                 cmd.shutdown(socket.SHUT_RDWR)  # wakes a caller still blocked on it
             except OSError:
                 pass
-            # Closed on the I/O thread, after it stops watching it (the fd number must not be reused first).
-            self.loop.call_soon(lambda: self._unwatch_and_close(cmd))
-
-    def _unwatch_and_close(self, sock: socket.socket) -> None:
-        """On the I/O thread: stop watching a stream, then close it."""
-        self.loop.remove(sock)
-        sock.close()
+        if upd is not None or cmd is not None:
+            # Closed on the I/O thread, after it stops watching them (the fd numbers must not be reused first);
+            # both in one call: one wake-up of the I/O thread, not two, per module stopped.
+            self.loop.call_soon(lambda: _unwatch_and_close(self.loop, (upd, cmd)))
 
     def _release(self) -> None:
         fd, self._pidfd = self._pidfd, None
@@ -690,6 +687,14 @@ class ModuleProcess:
             info.update(ended_by=self.ended_by, reason=self.stop_reason, returncode=self.returncode,
                         start_failed=self.start_failed, stopped_at=self.stopped_at)
         return info
+
+
+def _unwatch_and_close(loop: IOLoop, socks: tuple[socket.socket | None, ...]) -> None:
+    """On the I/O thread: stop watching streams, then close them."""
+    for sock in socks:
+        if sock is not None:
+            loop.remove(sock)
+            sock.close()
 
 
 class _OutputPipe(protocol.LineBuffer):

@@ -3,12 +3,11 @@
 It is made when the host boots (the first module or ``start``): the I/O thread of every module
 stream, the containment of the modules (:mod:`shmooze.system.containment`), the orphan guard
 (:mod:`shmooze.system.watchdog`), the reaper of orphaned descendants, the threads that send play/suspend,
-and a thread of its own for each stop ladder, so stops never wait for each other.
+and the threads of the stop ladders (a few, each ladder waiting at most :data:`LADDER_SLOW` for one).
 """
 
 from __future__ import annotations
 
-import _thread
 import concurrent.futures
 import logging
 import threading
@@ -21,11 +20,18 @@ from shmooze.hosting.placement import Orders
 from shmooze.moduletype import ModuleType
 from shmooze.system import procutil
 from shmooze.system.containment import MODULE_VAR, Containment
+from shmooze.system.elastic import ElasticPool
 from shmooze.system.ioloop import IOLoop
 from shmooze.system.limits import Limits
 from shmooze.system.watchdog import OWNER_VAR, Watchdog
 
 log = logging.getLogger(__name__)
+
+#: Threads that run stop ladders at once, while each is quick (a ladder's usual end: the module answers
+#: ``rm`` and exits within a few ms, tens on a busy machine); a ladder waiting longer than LADDER_SLOW
+#: seconds (a module ignoring ``rm``: its ladder waits seconds) gives its place to a new thread.
+LADDER_THREADS = 8
+LADDER_SLOW = 0.25
 
 
 class ModuleRuntime:
@@ -40,9 +46,12 @@ class ModuleRuntime:
         self.containment = Containment(token, containment, limits=limits)
         self.commands = concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix=f"{name}-cmd")
         self._watchdog = Watchdog(token, self.containment.folder)
+        # Stop ladders (and the host's other work off the request path): a few threads, not one per ladder.
+        self._ladders = ElasticPool(LADDER_THREADS, LADDER_SLOW)
         self._work: set[concurrent.futures.Future] = set()  # what in_thread runs now
         self._work_lock = threading.Lock()
         self._closed = threading.Event()
+        self._ended = False  # modules ended since the heap was last trimmed
         self._reaper = threading.Thread(target=self._reap_loop, name=f"{name}-reaper", daemon=True)
         self._reaper.start()
 
@@ -82,35 +91,27 @@ class ModuleRuntime:
             self._watchdog.watch(pgid)
 
     def forget(self, pgid: int) -> None:
+        """A module has ended: its group is no longer the guard's, and the heap is trimmed soon after."""
         with self.table.lock:
             self._watchdog.forget(pgid)
+            self._ended = True
 
     @property
     def watchdog_pid(self) -> int:
         return self._watchdog.proc.pid
 
     def in_thread(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
-        """Run ``fn(*args)`` on a thread of its own: a stop ladder never queues behind another."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
-                future.set_exception(exc)
-            finally:
-                with self._work_lock:
-                    self._work.discard(future)
-
+        """Run ``fn(*args)`` on a thread of the ladders' pool: a stop ladder never waits more than
+        :data:`LADDER_SLOW` behind another (see :class:`~shmooze.system.elastic.ElasticPool`)."""
+        future = self._ladders.submit(fn, *args)
         with self._work_lock:
             self._work.add(future)
-        try:
-            # A bare thread (a daemon, as threading's would be): no Thread object, and no waiting here for
-            # it to run first, which a burst of stops (rm of 200 modules) would pay once per module.
-            _thread.start_new_thread(run, ())
-        except RuntimeError:  # no thread to be had (process limit): do it here
-            run()
+        future.add_done_callback(self._done)
         return future
+
+    def _done(self, future: concurrent.futures.Future) -> None:
+        with self._work_lock:
+            self._work.discard(future)
 
     def close(self, stop: Callable[[ModuleProcess, str, bool], None]) -> None:
         """Stop every module of the table, all at once (each with ``stop``, its host's one stop path), wait
@@ -147,6 +148,16 @@ class ModuleRuntime:
             managed.append(guard.proc.pid)
             procutil.reap_orphans(managed)
             self.tick()
+            self._trim()
+
+    def _trim(self) -> None:
+        """Once modules have ended and none is stopping, give the heap's free pages back (a few ms at most,
+        at most twice a second)."""
+        with self.table.lock:
+            if not self._ended or self.table.stopping():
+                return
+            self._ended = False
+        procutil.trim_heap()
 
 
 def _run_now(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:

@@ -112,15 +112,22 @@ def wait_empty(path: Path, timeout: float) -> bool:
     return True
 
 
-def remove(path: Path, timeout: float = 2.0) -> bool:
-    """Kill what is left, wait for it, and remove the folder and every folder below it."""
+def remove_empty(path: Path) -> bool:
+    """Remove the folder if no live process is in it and none is below it (the kernel refuses
+    otherwise); True when it is gone."""
     try:
-        os.rmdir(path)  # the usual end: empty, nothing below (the kernel refuses otherwise)
+        os.rmdir(path)
         return True
     except FileNotFoundError:
         return True
     except OSError:
-        pass
+        return False
+
+
+def remove(path: Path, timeout: float = 2.0) -> bool:
+    """Kill what is left, wait for it, and remove the folder and every folder below it."""
+    if remove_empty(path):  # the usual end
+        return True
     if populated(path):
         kill(path)
         if not wait_empty(path, timeout):
@@ -136,6 +143,12 @@ def remove(path: Path, timeout: float = 2.0) -> bool:
             log.warning("cannot remove cgroup %s: %s", folder, exc.strerror)
             done = False
     return done
+
+
+def enter(path: Path, pid: int) -> None:
+    """Move a process into the cgroup folder at ``path`` (``ProcessLookupError`` when it has ended)."""
+    with open(path / "cgroup.procs", "w") as f:
+        f.write(str(pid))
 
 
 def launch_argv(paths: Path | list[Path], argv: list[str]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Small Linux process helpers: subreaper, reaping orphans, and every look into ``/proc``.
+"""Small Linux process helpers: subreaper, reaping orphans, trimming the heap, and every look into ``/proc``.
 
 Each fact ``/proc`` tells is read here, by one function, and the rest of shmooze asks it:
 the process list (:func:`pids`), a process's state, parent and group (:func:`stat_fields`),
@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import logging
 import os
 from typing import Iterable, Iterator
@@ -20,10 +21,28 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
 
 
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
 def _prctl(option: int, arg: int) -> bool:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.prctl(option, arg, 0, 0, 0) == 0
+        return _libc().prctl(option, arg, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def trim_heap() -> bool:
+    """Give the malloc heap's free pages back to the kernel (glibc's ``malloc_trim``, which also frees
+    whole free pages amid the heap, not only at its top); False where there is no such call (not glibc).
+
+    A service that stopped many modules has freed what they held (their handles, buffers, threads'
+    structures), but glibc returns only the top of the heap by itself: the freed pages below other
+    objects stayed resident, and the service grew with every round of modules added and removed."""
+    try:
+        _libc().malloc_trim(0)
+        return True
     except (OSError, AttributeError):
         return False
 
