@@ -175,6 +175,20 @@ class ServiceClient:
         own tools: commands that change state are taken, and answers are proven)."""
         return cls(f"{settings.url(name)}/", name, timeout=timeout, key=servicekey.load(settings, create=False))
 
+    @classmethod
+    def where_registered(cls, settings: Any, name: str, timeout: float = DEFAULT_TIMEOUT) -> ServiceClient:
+        """:meth:`on_port`, at the address the service is reached now: with the ``etcd`` setting, its
+        registration there (on whichever host serves it), else the settings' address. Raises
+        :class:`TransportError` (503) while it has no registration."""
+        if not settings.etcd:
+            return cls.on_port(settings, name, timeout)
+        from shmooze.cluster.directory import lookup
+
+        found = lookup(settings, name)
+        if found is None:
+            raise TransportError(f"service {name!r} has no leader right now (no registration in etcd)", 503)
+        return cls(f"{found.url}/", name, timeout=timeout, key=servicekey.load(settings, create=False))
+
     def call(self, cmd: str, args: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         """Run one command; return its result or raise :class:`ServiceError`.
 

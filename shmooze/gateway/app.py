@@ -19,6 +19,8 @@ from werkzeug.wrappers import Request, Response
 
 from shmooze import caller, protocol, servicekey
 from shmooze.access import AccessToken, host_allowed, refusal
+from shmooze.cluster.directory import Directory
+from shmooze.cluster.keys import Registration
 from shmooze.gateway.callers import TOKEN_HOLDER, USER_ENVIRON, Callers
 from shmooze.gateway.clients import Clients
 from shmooze.gateway.dashboard import Dashboard
@@ -94,7 +96,7 @@ class DeclaredReadOnly:
         the forward would wait for the same connect timeout again."""
         if self._should_ask([]):
             failure = self.refresh()
-            if failure is not None and failure.status == 502:
+            if failure is not None and failure.status in (502, 503):
                 raise failure
 
     def body_only_reads(self, body: bytes) -> bool:
@@ -107,6 +109,10 @@ class DeclaredReadOnly:
     def forget(self) -> None:
         """The service failed: ask again when next needed."""
         self._answered_at = float("-inf")
+
+    def moved(self) -> None:
+        """The service is served elsewhere now (another process): ask it at the next request."""
+        self._answered_at = self._asked_at = float("-inf")
 
     def _should_ask(self, items: list[protocol.Item]) -> bool:
         now = time.monotonic()
@@ -188,6 +194,8 @@ class Gateway:
         self.allowed_hosts = LOCAL_HOSTS | {host_name(listen)} | {host_name(h) for h in settings.allowed_hosts}
         self.any_ip_host = listen in ("0.0.0.0", "::", "")  # listening everywhere: any address literal
         self.watchers = {name: ServiceWatcher(proxy) for name, proxy in self.proxies.items()}
+        #: With etcd: where each service is reached, followed as it moves (shmooze.cluster.directory).
+        self.directory = self.follow_services() if settings.etcd else None
         self.sockets: set[Any] = set()  # open WebSockets, closed with "going away" when the gateway stops
         #: Extra routes under the prefix: name -> WSGI app.
         # Each returns a Response or bytes.
@@ -273,6 +281,34 @@ class Gateway:
             log.warning("forward to %s: %s", proxy.name, exc.message)
             raise JSONHTTPError(exc.status, exc.message) from None
 
+    # -- discovery: services found through etcd -----------------------------------------------
+
+    def follow_services(self) -> Directory:
+        """Point every proxy where etcd says its service is reached, and keep doing so (a new leader, a
+        service moved): the next request goes there, and pushes resume at once. Until a service has
+        a registration its commands get a 503 that says so."""
+        for name, proxy in self.proxies.items():
+            proxy.retarget(None, vacancy=no_leader(name))
+        directory = Directory.for_settings(self.settings)
+        directory.subscribe(self.service_moved)
+        return directory.start(wait=self.connect_timeout)
+
+    def service_moved(self, name: str, found: Registration | None) -> None:
+        """Service ``name`` is reached at ``found.url`` now (``found`` None: nowhere, between leaders)."""
+        from urllib.parse import urlsplit
+
+        proxy = self.proxies.get(name)
+        if proxy is None:
+            return
+        if found is None:
+            moved = proxy.retarget(None, vacancy=no_leader(name))
+        else:
+            parts = urlsplit(found.url)
+            moved = proxy.retarget(parts.hostname, parts.port or 80)
+        if moved:
+            self.declared[name].moved()
+            self.watchers[name].nudge()
+
     def session(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Response:
         """``{prefix}_session``: sign in, out, or who am I (:meth:`Callers.route`). A sign-in takes from the
         client's rate limit as a command that changes state does: guessing passwords is no faster than
@@ -302,6 +338,9 @@ class Gateway:
         found: dict[str, tuple[str, str]] = {}
 
         def ask(name: str, proxy: ServiceProxy) -> None:
+            if proxy.vacancy is not None:
+                found[name] = ("down", proxy.vacancy)
+                return
             probe = ServiceProxy(name, proxy.host, proxy.port, timeout=self.connect_timeout,
                                  connect_timeout=self.connect_timeout, max_idle=0, signer=self.signer)
             try:
@@ -476,6 +515,11 @@ class Gateway:
             return full is not None and os.path.samefile(full, self.settings.path)
         except (OSError, ValueError):
             return False
+
+
+def no_leader(name: str) -> str:
+    """What a client hears while service ``name`` has no registration in etcd (between two leaders)."""
+    return f"service {name!r} has no leader right now; retry in a few seconds"
 
 
 def make_gateway(settings: Settings | None = None) -> Gateway:

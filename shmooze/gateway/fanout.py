@@ -15,7 +15,6 @@ import collections
 import json
 import logging
 import threading
-import time
 from typing import Any, Protocol
 
 from shmooze import protocol
@@ -129,6 +128,11 @@ class ServiceWatcher:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._nudged = threading.Event()
+
+    def nudge(self) -> None:
+        """Poll again now, not after the backoff: the service is back or moved (its registration changed)."""
+        self._nudged.set()
 
     def subscribe(self, listener: Listener) -> None:
         with self._lock:
@@ -177,7 +181,8 @@ class ServiceWatcher:
                 log.info("watching %s: %s", self.proxy.name, exc)
                 self._ready.set()
                 backoff = min(5.0, backoff * 2 or 0.25)
-                time.sleep(backoff)
+                self._nudged.wait(backoff)
+                self._nudged.clear()
                 continue
             if result.get("events") or result.get("reset"):
                 self.publish(result)
