@@ -150,6 +150,9 @@ def test_the_gateway_follows_a_service_that_moves_and_says_when_it_has_no_leader
             # between leaders: 503 saying so; the push watcher backs off meanwhile
             etcd.delete(key)
             wait_for(lambda: "has no leader right now" in str(served_by(stack.url)), 5, what="the 503")
+            # not a reason for a load balancer to take the gateway out: every gateway sees the same
+            health = requests.get(stack.url + "healthz", timeout=5)
+            assert health.status_code == 200 and "no leader" in health.json()["down"]["volume"], health.text
             time.sleep(3)  # (the watcher's backoff grows while the service has no address)
             # back (at A): a change there is pushed within 1 s of the registration
             etcd.put(key, Registration.now(f"http://127.0.0.1:{port_a}", "a", pid_a).encode())

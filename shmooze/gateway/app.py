@@ -329,7 +329,9 @@ class Gateway:
         is ``up``, one that takes a connection but not its answer in time is ``slow`` (reached: a
         busy service is no reason to take the gateway out), one that cannot be reached is ``down``.
         One service down is the same for every gateway, so it does not fail the check either (the
-        load balancer would take every gateway out, and the services that work with them).
+        load balancer would take every gateway out, and the services that work with them). Nor does a
+        service with no leader right now (with etcd): the gateway learnt it from etcd, so it is not cut
+        off, and every gateway sees the same.
         """
         import threading
 
@@ -360,7 +362,9 @@ class Gateway:
         up = [name for name, (state, _) in states.items() if state == "up"]
         slow = {name: why for name, (state, why) in states.items() if state == "slow"}
         down = {name: why for name, (state, why) in states.items() if state == "down"}
-        healthy = bool(up or slow) or not self.proxies
+        vacant = self.directory is not None and self.directory.loaded.is_set() and \
+            any(proxy.vacancy is not None for proxy in self.proxies.values())
+        healthy = bool(up or slow or vacant) or not self.proxies
         return json_response({"healthy": healthy, "up": up, "slow": slow, "down": down}, 200 if healthy else 503)
 
     # -- what the dashboard needs (shmooze.gateway.dashboard) ------------------------------------------
