@@ -23,7 +23,6 @@ Skipped, with the reason, when not root, without ``ip netns``, etcd, HAProxy, Ch
 
 from __future__ import annotations
 
-import ctypes
 import http.client
 import json
 import logging
@@ -55,18 +54,6 @@ CANDIDATES = ("q1", "q2")
 QUEUE_PORT = 8081
 LEASE_TTL = 5  # the default
 GOAL = 10.0  # seconds from link down to every restored module running
-CLONE_NEWNET = 0x40000000
-
-
-def enter_namespace(name: str) -> None:
-    """Move the calling thread's networking into the named namespace (and the threads it starts)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {name} failed")
-    finally:
-        os.close(fd)
 
 
 def host_settings(tmp: Path, hosts: netns.Hosts, etcd: etcd_kit.EtcdCluster, host: str) -> Path:
@@ -85,7 +72,7 @@ class Modules:
     process is one with ``SHMOOZE_MODULE_UID`` in its environment, on a host by its network namespace)."""
 
     def __init__(self, hosts: netns.Hosts):
-        self.hosts = {os.stat(f"/var/run/netns/{hosts.ns(h)}").st_ino: h for h in CANDIDATES}
+        self.hosts = hosts
         self.samples: list[tuple[float, dict[str, set[str]]]] = []
         self.both: list[tuple[float, set[str]]] = []  # samples where one uid ran on both hosts
         self._stop = threading.Event()
@@ -93,21 +80,7 @@ class Modules:
         self._thread.start()
 
     def sample(self) -> dict[str, set[str]]:
-        found: dict[str, set[str]] = {h: set() for h in CANDIDATES}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                host = self.hosts.get(os.stat(f"/proc/{entry.name}/ns/net").st_ino)
-                if host is None:
-                    continue
-                environ = Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            uid = next((v[19:].decode() for v in environ if v.startswith(b"SHMOOZE_MODULE_UID=")), None)
-            if uid:
-                found[host].add(uid)
-        return found
+        return self.hosts.module_uids(CANDIDATES)
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
@@ -137,7 +110,7 @@ class Probe:
         self.answers: list[tuple[float, str, int | str]] = []  # (time, gateway, pid or error)
         self.registrations: list[tuple[float, Registration | None]] = []
         self._stop = threading.Event()
-        self.pool = ThreadPoolExecutor(4, initializer=enter_namespace, initargs=(hosts.ns("browser"),))
+        self.pool = ThreadPoolExecutor(4, initializer=netns.enter, initargs=(hosts.ns("browser"),))
         self.directory = self.pool.submit(self._follow, etcd.endpoints).result(30)
         self.pool.submit(self._poll)
 
