@@ -76,6 +76,8 @@ def type_of(parse: Callable[..., Any]) -> str:
         "seconds": "number > 0", "rate": "number >= 0", "text": "string", "flag": "true or false",
         "names": "list of strings", "prefix": "path starting and ending with `/`",
         "port_table": "object: name to port", "address_table": "object: name to address",
+        "candidate_table": "object: name to address or list of addresses",
+        "listen_table": "address, or object: name to address",
         "service_table": "object: name to `\"module:factory\"`", "secret": "string of 16 characters or more",
         "type_table": "object: type name to settings",
     }

@@ -100,11 +100,11 @@ def host_allowed(host: str, names: frozenset[str] | set[str], any_ip: bool) -> b
 def check_listen_address(settings: Settings, name: str) -> None:
     """Raise :class:`SettingsError` when service ``name`` would listen beyond loopback with no shared
     service key (a key file made on each host would differ between hosts)."""
-    address = settings.listen_address(name)
-    if is_loopback(address) or settings.service_key or settings.service_key_path:
+    beyond = [a for a in (settings.listen_address(name), settings.address(name)) if not is_loopback(a)]
+    if not beyond or settings.service_key or settings.service_key_path:
         return
-    raise SettingsError(f"{settings.path}: service {name!r} would listen on {address}, beyond loopback, "
-                        "with no 'service_key': set one (a long random string, the same in every host's "
+    raise SettingsError(f"{settings.path}: service {name!r} would listen on or be reached at {beyond[0]}, beyond "
+                        "loopback, with no 'service_key': set one (a long random string, the same in every host's "
                         "settings), or place the service on 127.0.0.1")
 
 

@@ -152,6 +152,29 @@ def address_table(value: Any) -> dict[str, str]:
     return value
 
 
+def candidate_table(value: Any) -> dict[str, list[str]]:
+    """Service name to its candidate hosts' addresses: one address, or a list of them (read as a list)."""
+    if not isinstance(value, dict):
+        raise ValueError("must be an object of service name to an address or a list of addresses")
+    out = {}
+    for name, hosts in value.items():
+        listed = [hosts] if isinstance(hosts, str) else hosts
+        if not isinstance(listed, list) or not listed or not all(isinstance(h, str) and h for h in listed):
+            raise ValueError(f"must be an object of service name to an address or a list of addresses "
+                             f"(not {hosts!r} for {name!r})")
+        if len(set(listed)) != len(listed):
+            raise ValueError(f"lists an address twice for {name!r}: {listed!r}")
+        out[name] = list(listed)
+    return out
+
+
+def listen_table(value: Any) -> dict[str, str]:
+    """One address for every service (``"0.0.0.0"``), or service name to the address it listens on."""
+    if isinstance(value, str) and value:
+        return {"*": value}
+    return address_table(value)
+
+
 def service_table(value: Any) -> dict[str, Any]:
     """Service name to ``"package.module:factory"`` (or, in settings made in code, the object itself)."""
     if not isinstance(value, dict):
@@ -296,10 +319,19 @@ class Declared:
 
     host = Key(text, "127.0.0.1", "where services listen")
     service_host = Key(optional(text), None, "where the gateway reaches the services", example="127.0.0.1")
-    hosts: Key[dict[str, str]] = Key(address_table, {}, "service name to the address of the host it runs on")
+    hosts: Key[dict[str, list[str]]] = Key(
+        candidate_table, {}, "service name to the address of the host it runs on, or a list of its candidate hosts' "
+        "addresses (with `etcd`: one is elected leader; without: the first serves)",
+        example={"queue": ["10.0.0.21", "10.0.0.23"]})
+    listen: Key[dict[str, str]] = Key(
+        listen_table, {}, "where services listen when not on their own address in `hosts` (a Kubernetes Service, "
+        "a Consul name or a virtual IP in front): one address for all, or service name to address",
+        example={"queue": "0.0.0.0"})
     etcd: Key[list[str]] = Key(etcd_urls, [], "etcd members' client URLs: coordination between hosts (empty: one machine)",
                example=[])
     etcd_prefix = Key(prefix, "/shmooze/", "where this application's keys live in etcd (one prefix per application)")
+    etcd_lease_ttl = Key(whole(2), 5, "seconds a leader's lease lasts unrenewed: a lost leader is replaced after "
+                         "it; the leader stops its modules before it runs out")
     connect_timeout = Key(seconds, 2.0, "seconds the gateway waits to reach a service's host")
     containment = Key(choice(CONTAINMENT), "auto", "how a queue or pool contains its modules")
     module_limits = Key(choice(LIMIT_MODES), "auto", "where module types' resource limits go")
@@ -383,4 +415,7 @@ def check(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     unknown = sorted(set(out["hosts"]) - set(out["ports"]))
     if unknown and out["ports"]:
         problems.append(f"'hosts' names {unknown[0]!r}, which has no port in 'ports'")
+    unknown = sorted(set(out["listen"]) - set(out["ports"]) - {"*"})
+    if unknown and out["ports"]:
+        problems.append(f"'listen' names {unknown[0]!r}, which has no port in 'ports'")
     return out, problems

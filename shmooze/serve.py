@@ -326,6 +326,20 @@ def die_with_supervisord() -> None:
         sys.exit(1)
 
 
+def check_placement(settings: Settings, name: str) -> None:
+    """Raise :class:`SettingsError` when service ``name`` has several candidates in ``hosts`` and this host
+    is none of them (without etcd, others reach the first; with etcd, the elected one)."""
+    candidates = settings.candidates(name)
+    if len(candidates) > 1 and settings.own_address(name) is None:
+        from shmooze.settings import own_addresses
+
+        said = own_addresses()
+        this = f"--address {','.join(said)}" if said else "none of this host's interface addresses"
+        raise SettingsError(f"{settings.path}: this host is none of the candidates of {name!r} "
+                            f"({', '.join(candidates)}): {this}; run it on one of them, or name its address "
+                            "with --address")
+
+
 def serve(settings: Settings, name: str) -> None:
     """Serve the gateway (``name == "wsgi"``) or one service, in the foreground, until signalled."""
     if name not in settings.ports:
@@ -367,6 +381,7 @@ def serve(settings: Settings, name: str) -> None:
     from shmooze.access import check_listen_address
 
     check_listen_address(settings, name)  # beyond loopback: a key shared by every host
+    check_placement(settings, name)
     key = servicekey.load(settings)  # read (or made) before gunicorn starts: a bad key file stops it here
 
     def load_service() -> Any:
@@ -375,8 +390,15 @@ def serve(settings: Settings, name: str) -> None:
         from shmooze.http.jsonapp import service_app
 
         service = build_service(settings, name)
-        service.start()
-        _running.append(service)
+        if settings.etcd:  # one of the service's candidates: it starts once elected (shmooze.hosting.candidacy)
+            from shmooze.hosting.candidacy import Candidacy
+
+            candidacy = Candidacy(service, settings, name)
+            candidacy.start()
+            _running.append(candidacy)  # (its stop: the service's, then the lease ended)
+        else:
+            service.start()
+            _running.append(service)
         _on_stop.append(service.events.close)
         if isinstance(service, ModuleHost):
             _on_stop.append(service.stop)  # a module host starts its ladders at once, not after gunicorn's wait

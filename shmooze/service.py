@@ -172,6 +172,10 @@ class Service:
         self.stats = ServiceStats()  # what the metrics command hands out (shmooze.http.metrics)
         #: Whether what the service keeps (journal, command log) can be written (see shmooze.system.storage).
         self.storage = storage.Health(on_change=lambda problem: self.changed("storage", problem=problem))
+        #: With etcd, this process's part in its service's election (a :class:`shmooze.cluster.leadership.Leadership`):
+        #: its ``refusal()`` of commands that change state (a standby, no quorum: 503), its ``status()`` and
+        #: ``gauges()``. None: the service serves alone.
+        self.leadership: Any = None
 
     @classmethod
     def declared_read_only(cls) -> frozenset[str]:
@@ -211,6 +215,7 @@ class Service:
             "epoch": self.events.base,
             "problem": self.storage.problem(),
             **self._own_usage.figures(),  # the worker's CPU and memory (a host adds its modules')
+            **(self.leadership.status() if self.leadership is not None else {}),  # role: LEADER or STANDBY
         }
 
     @command(read_only=True)
@@ -231,7 +236,8 @@ class Service:
 
     def _gauges(self) -> list:
         return [("shmooze_change_events", "Change events the service published", "counter", {},
-                 float(self.events.version)), *self.storage.gauges()]
+                 float(self.events.version)), *self.storage.gauges(),
+                *(self.leadership.gauges() if self.leadership is not None else [])]
 
 
     # -- helpers for subclasses ----------------------------------------------------
@@ -290,7 +296,14 @@ class Service:
     def handle(self, request: protocol.Request) -> list[dict[str, Any]]:
         """Answer every item of a parsed request, in order."""
         slots = self._command_slots
-        if slots is None or only_reads(request.items, self.read_only_commands):
+        reads = only_reads(request.items, self.read_only_commands)
+        if self.leadership is not None and not reads:
+            refusal = self.leadership.refusal()
+            if refusal is not None:  # a standby, or no quorum: the whole request, before anything runs
+                from shmooze.http.jsonapp import JSONHTTPError
+
+                raise JSONHTTPError(503, refusal)
+        if slots is None or reads:
             return [self.dispatch(item) for item in request.items]
         if not slots.acquire(blocking=False):
             busy = protocol.error(f"{self.name} is busy: {self._slot_count} commands are running; "

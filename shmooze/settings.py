@@ -66,23 +66,93 @@ class Settings(registry.Declared):
         """Service names: every port but the gateway's."""
         return [name for name in self.ports if name != "wsgi"]
 
+    def candidates(self, name: str) -> list[str]:
+        """The addresses of service ``name``'s candidate hosts (``hosts``; empty: it runs beside the gateway)."""
+        return list(self.hosts.get(name, []))
+
+    def own_address(self, name: str) -> str | None:
+        """The candidate of service ``name`` that is this host: the one ``shmooze run/serve --address``
+        names (``$SHMOOZE_ADDRESS``, comma-separated: several services, several candidates on one host),
+        else the first that is an address of this host's interfaces; None when none is."""
+        candidates = self.hosts.get(name, [])
+        named = own_addresses()
+        if named:
+            return next((c for c in candidates if c in named), None)
+        return next((c for c in candidates if is_local_address(c)), None)
+
     def listen_address(self, name: str) -> str:
-        """Where service ``name`` listens: its address in ``hosts``, else ``host`` (127.0.0.1)."""
-        return self.hosts.get(name) or self.host
+        """Where service ``name`` listens: ``listen`` (its entry, else the one for all) when set; else its
+        own candidate address in ``hosts``; else its one address there, as written, when that is an IP
+        address and no ``--address`` says otherwise; else ``host`` (127.0.0.1). So a name in ``hosts``
+        (a Kubernetes Service, a Consul name) is where others reach it, never what it binds."""
+        listen = self.listen.get(name) or self.listen.get("*")
+        if listen:
+            return listen
+        own = self.own_address(name)
+        if own:
+            return own
+        candidates = self.hosts.get(name, [])
+        if len(candidates) == 1 and is_ip(candidates[0]) and not own_addresses():
+            return candidates[0]  # (placed there: a bind that fails says this host is not it)
+        return self.host
 
     def address(self, name: str) -> str:
-        """Where clients reach service ``name``: its address in ``hosts``, else ``service_host``, else
-        loopback (a service listening on every address, 0.0.0.0 or ::, is reached on loopback)."""
-        placed = self.hosts.get(name) or self.service_host
+        """Where clients reach service ``name`` without etcd: its (first) address in ``hosts``, else
+        ``service_host``, else loopback (a service listening on every address, 0.0.0.0 or ::, is reached
+        on loopback)."""
+        candidates = self.hosts.get(name)
+        placed = candidates[0] if candidates else self.service_host
         if placed and placed not in ("0.0.0.0", "::"):
             return str(placed)
         listen = self.listen_address(name)
         return "::1" if listen == "::" else "127.0.0.1" if listen == "0.0.0.0" else listen
 
-    def url(self, name: str) -> str:
-        """``http://ADDRESS:PORT`` of service ``name`` (IPv6 addresses in brackets)."""
-        host = self.address(name)
+    def reached_at(self, name: str) -> str:
+        """Where this process, serving ``name``, is reached (what it registers with etcd): its own
+        candidate address, else where clients reach the service (:meth:`address`)."""
+        return self.own_address(name) or self.address(name)
+
+    def url(self, name: str, address: str | None = None) -> str:
+        """``http://ADDRESS:PORT`` of service ``name`` (at ``address``, else :meth:`address`; IPv6 in brackets)."""
+        host = address or self.address(name)
         return f"http://{'[' + host + ']' if ':' in host else host}:{self.ports[name]}"
+
+
+#: This host's addresses among the candidates in ``hosts`` (``shmooze run/serve --address``), comma-separated.
+ADDRESS_VAR = "SHMOOZE_ADDRESS"
+
+
+def own_addresses() -> list[str]:
+    """The addresses ``--address`` (``$SHMOOZE_ADDRESS``) says this host has (empty: found from its interfaces)."""
+    return [a.strip() for a in os.environ.get(ADDRESS_VAR, "").split(",") if a.strip()]
+
+
+def is_ip(address: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(address.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+def is_local_address(address: str) -> bool:
+    """Whether ``address`` is one of this host's (an IP address a socket can be bound to here; every
+    127.x.x.x is: on one machine, ``--address`` tells candidates apart)."""
+    import socket
+
+    if address == "localhost":
+        return True
+    if not is_ip(address):
+        return False
+    address = address.strip("[]")
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
 
 
 #: Keys never served, even when ``public`` lists them.

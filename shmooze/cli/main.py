@@ -49,6 +49,7 @@ def cmd_serve(opts: argparse.Namespace) -> int:
     from shmooze.serve import serve
 
     os.umask(0o077)  # the service's files (journal, command log, module output) are its user's alone
+    _own_address(opts.address)
     loaded = _load_settings(opts.settings)
     # What the service starts (modules, application code) finds the same settings.
     os.environ["SHMOOZE_SETTINGS"] = os.path.abspath(loaded.path)
@@ -60,8 +61,17 @@ def cmd_run(opts: argparse.Namespace) -> int:
     from shmooze.deploy.runner import Runner
 
     os.umask(0o077)  # the run folder's files, and what supervisord and the services write
+    _own_address(opts.address)  # (the services inherit it through supervisord)
     return Runner(_load_settings(opts.settings_file or opts.settings), conf=opts.supervisord_conf,
                   services=_service_list(opts.services)).run()
+
+
+def _own_address(address: str | None) -> None:
+    """``--address``: which of the candidates in ``hosts`` this host is (see Settings.own_address)."""
+    from shmooze.settings import ADDRESS_VAR
+
+    if address:
+        os.environ[ADDRESS_VAR] = address
 
 
 def _service_list(text: str | None) -> list[str] | None:
@@ -185,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--supervisord-conf", default=None, help="use this supervisord configuration as it is")
     p.add_argument("--services", default=None, metavar="NAME,NAME",
                    help="run only these services (those placed on this host; 'gateway' or 'wsgi' is the gateway)")
+    p.add_argument("--address", default=None, metavar="ADDRESS[,ADDRESS]",
+                   help="this host's address among the candidates in 'hosts' (default: found from its interfaces)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("systemd-units", help="write one systemd unit per service (and a target for them all)")
@@ -221,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve one service (or 'wsgi', the gateway) in the foreground")
     p.add_argument("name")
     p.add_argument("--settings", default=None, help=settings_help)
+    p.add_argument("--address", default=None, metavar="ADDRESS[,ADDRESS]",
+                   help="this host's address among the candidates in 'hosts' (default: found from its interfaces)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("completion", help="print a shell completion script of shmooze and shmz",

@@ -20,6 +20,8 @@ def format_status(report: dict[str, Any]) -> str:
         modules = st.get("modules", [])
         state = entry["state"] if entry.get("answering") or entry["state"] not in ("RUNNING", "REMOTE") else \
             "NOT ANSWERING" if entry["state"] == "RUNNING" else "DOWN"
+        if st.get("role"):  # with etcd: the elected leader among the service's candidates, or a standby
+            state += f" {st['role']}"
         if st.get("problem"):
             state += " (PROBLEM)"
         if entry["state"] == "REMOTE":
@@ -45,7 +47,24 @@ def _problem_lines(report: dict[str, Any]) -> str:
     """What keeps a service from working as it should (its status ``problem``: a full disk)."""
     lines = [f"{name}: PROBLEM: {problem}" for name, entry in report["services"].items()
              if (problem := (entry.get("status") or {}).get("problem"))]
+    lines += [f"{name}: {_role_line(st)}" for name, entry in report["services"].items()
+              if (st := entry.get("status") or {}).get("role")]
     return "\n\n" + "\n".join(lines) if lines else ""
+
+
+def _role_line(st: dict[str, Any]) -> str:
+    """Where the leader is, and what keeps the service from changing state (no quorum, fenced)."""
+    leader = st.get("leader") or {}
+    where = f"{leader.get('url')} on {leader.get('host')} (pid {leader.get('pid')})" if leader else "none elected"
+    line = f"{st['role']}: leader {where}"
+    if st.get("fenced"):
+        line += f"; fenced: {st['fenced']}"
+    elif not st.get("quorum", True):
+        line += f"; NO QUORUM: {st.get('etcd_problem')} (changes refused, reads answered)"
+    held = st.get("held") or []
+    if held:
+        line += f"; {len(held)} module(s) kept stopped here: " + "; ".join(f"{m['uid']} ({m['reason']})" for m in held)
+    return line
 
 
 def _containment_lines(report: dict[str, Any]) -> str:

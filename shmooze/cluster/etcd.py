@@ -29,7 +29,21 @@ REQUEST_TIMEOUT = 2.0  # a commit that takes longer has no quorum behind it
 
 
 class CoordinationError(ShmoozeError):
-    """etcd could not do what was asked."""
+    """etcd could not do what was asked.
+
+    ``members``: how many members were tried; ``out_of_quorum``: how many of them are known to be in no
+    working majority (their port refused, so their process is down; or they answered that they have
+    no leader or cannot commit). See :attr:`no_majority_anywhere`."""
+
+    members = 0
+    out_of_quorum = 0
+
+    @property
+    def no_majority_anywhere(self) -> bool:
+        """Whether no majority of the members can be working anywhere (so no one can be elected, no
+        lease can expire): too few members are left that could form one. A member that timed out
+        on connecting, or is unreachable from here, may be in a majority elsewhere: it is not counted."""
+        return self.members > 0 and self.members - self.out_of_quorum < self.members // 2 + 1
 
 
 class Unreachable(CoordinationError):
@@ -115,6 +129,7 @@ class Etcd:
         with self._lock:
             start = self._current
         timed_out = False
+        out = 0  # members known to be in no working majority (see CoordinationError)
         for step in range(len(self.clients)):
             index = (start + step) % len(self.clients)
             client = self.clients[index]
@@ -124,11 +139,16 @@ class Etcd:
                 # refused, reset, or 503 from a member that is cut off from the leader
                 if "no leader" in str(exc) or "timed out" in str(exc):
                     timed_out = True
+                    out += 1
+                elif "refused" in str(exc).lower():
+                    out += 1  # nothing listens on its port: the member is down
                 log.debug("etcd member %s:%s: %s", client.host, client.port, exc)
                 continue
             except exceptions.ConnectionTimeoutError as exc:
                 # a connect timeout (a silent link) or a request the member could not commit in time
-                timed_out = timed_out or "connect" not in str(exc).lower()
+                if "connect" not in str(exc).lower():
+                    timed_out = True
+                    out += 1
                 log.debug("etcd member %s:%s timed out: %s", client.host, client.port, exc)
                 continue
             except exceptions.Etcd3Exception as exc:
@@ -136,9 +156,13 @@ class Etcd:
             with self._lock:
                 self._current = index
             return answer
+        error: CoordinationError
         if timed_out:
-            raise NoQuorum(f"etcd cannot commit (no quorum): {path} timed out on every member that answered")
-        raise Unreachable(f"no etcd member answered ({', '.join(f'{c.host}:{c.port}' for c in self.clients)})")
+            error = NoQuorum(f"etcd cannot commit (no quorum): {path} timed out on every member that answered")
+        else:
+            error = Unreachable(f"no etcd member answered ({', '.join(f'{c.host}:{c.port}' for c in self.clients)})")
+        error.members, error.out_of_quorum = len(self.clients), out
+        raise error
 
     # -- keys --------------------------------------------------------------------------------------
 
@@ -286,5 +310,14 @@ def put_op(key: str, value: str | bytes, lease: int = 0) -> dict[str, Any]:
     return {"request_put": body}
 
 
-def delete_op(key: str) -> dict[str, Any]:
-    return {"request_delete_range": {"key": encode(key)}}
+def delete_op(key: str, range_end: str | None = None) -> dict[str, Any]:
+    """Delete ``key`` (every key from it up to ``range_end``, excluded, when given: see :func:`prefix_end`)."""
+    body = {"key": encode(key)}
+    if range_end is not None:
+        body["range_end"] = encode(range_end.encode("latin-1"))
+    return {"request_delete_range": body}
+
+
+def range_op(key: str) -> dict[str, Any]:
+    """A transaction's read of ``key`` (in ``responses[i]["response_range"]["kvs"]``)."""
+    return {"request_range": {"key": encode(key)}}

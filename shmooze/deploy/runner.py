@@ -24,7 +24,7 @@ import xmlrpc.client
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from shmooze.deploy import logs
@@ -33,6 +33,9 @@ from shmooze.polling import wait_until
 from shmooze.settings import Settings, exposure_warning, is_loopback
 from shmooze.system import procutil
 from shmooze.system.private import OPEN_FLAGS, NotPrivate, check_private_dir, open_private, private_dir, write_private
+
+if TYPE_CHECKING:
+    from shmooze.client import ServiceClient
 
 log = logging.getLogger(__name__)
 
@@ -508,10 +511,8 @@ def service_answers(settings: Settings, name: str, timeout: float = 2.0) -> bool
     gateway. A process that runs but does not answer is not up; one that answers without proving it
     holds the service key is another program on the port (:class:`NotTheService`, raised)."""
     if name != "wsgi":
-        from shmooze.client import ServiceClient
-
         try:
-            ServiceClient.on_port(settings, name, timeout).status()
+            local_client(settings, name, timeout).status()
             return True
         except NotTheService:
             raise
@@ -678,11 +679,10 @@ class Runner:
 
 def service_status(settings: Settings, name: str, timeout: float = 3.0) -> dict[str, Any] | None:
     """A service's own ``status`` answer, asked directly on its port (None when it does not answer)."""
-    from shmooze.client import ServiceClient
     from shmooze.errors import ShmoozeError as Error
 
     try:
-        return ServiceClient.on_port(settings, name, timeout).status()
+        return local_client(settings, name, timeout).status()
     except Error:
         return None
 
@@ -702,6 +702,16 @@ def remote_status(settings: Settings, name: str) -> dict[str, Any]:
         if settings.etcd:
             host = None  # (the settings name candidates, not where it runs)
     return {"state": "REMOTE", "pid": None, "host": host, "status": found, "answering": found is not None}
+
+
+def local_client(settings: Settings, name: str, timeout: float) -> ServiceClient:
+    """A client of service ``name`` as this host runs it: at its own address among its candidates in
+    ``hosts`` (another candidate may be the leader), with the application's service key."""
+    from shmooze import servicekey
+    from shmooze.client import ServiceClient
+
+    return ServiceClient(f"{settings.url(name, settings.reached_at(name))}/", name, timeout=timeout,
+                         key=servicekey.load(settings, create=False))
 
 
 def status(settings: Settings) -> dict[str, Any]:

@@ -1,0 +1,266 @@
+"""One leader among a service's candidate hosts, elected through etcd and fenced by its lease.
+
+Every candidate process campaigns: it takes a lease of ``ttl`` seconds and creates the service's
+registration key (:func:`shmooze.cluster.keys.service_key`) bound to it, in a transaction that holds
+only while the key is absent. The one whose transaction holds is the LEADER; the others stand by
+(STANDBY), watching the key, and campaign again the moment it is deleted (its lease ended: revoked by
+a leader that stopped, or expired).
+
+**Fencing.** The leader renews its lease every ``ttl / 10`` s (each renewal on a thread of its own,
+so a member that hangs delays none of the others). A renewal sent at ``t`` that succeeds proves the
+lease lasts until at least ``t + ttl`` (etcd counts the TTL from when it receives the renewal), so
+``t`` is a *safe moment*. With ``S`` the last safe moment:
+
+- at ``S + ttl / 2`` without a newer one, the leader fences itself (:attr:`on_fence`): it stops
+  answering commands that change state, and its owner stops its modules through the ladder, killing
+  whatever is left by the deadline ``S + ttl - max(0.5, ttl / 10)``, before the lease can expire
+  and a standby win;
+- a renewal that says the lease is gone, or a journal write refused because the key is no longer
+  ours (:meth:`deposed`), fences at once.
+
+**No quorum.** A failed renewal whose every member was tried and that proves no majority of the
+members can be working anywhere (:attr:`shmooze.cluster.etcd.CoordinationError.no_majority_anywhere`:
+too many members refused the connection, their process being down, or answered that they have no
+leader or cannot commit) also counts as a safe moment: without a majority no lease can expire and no
+one can be elected, and when a majority forms again its new etcd leader renews every lease for a
+full TTL (etcd's lessor, with lease checkpoints off: etcd's default). So the leader keeps its modules
+and keeps answering reads, refusing what changes state with "no quorum" (503), and carries on when
+the quorum is back. A failure that proves nothing (members silent, or unreachable from this host:
+this host may be the one cut off while a majority elsewhere expires the lease) is no safe moment.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import asdict
+from typing import Any, Callable
+
+from shmooze.cluster.etcd import CoordinationError, Entry, Etcd, NoQuorum, decode, put_op, range_op, when
+from shmooze.cluster.keys import Registration
+
+log = logging.getLogger(__name__)
+
+LEADER, STANDBY = "LEADER", "STANDBY"
+MAX_RENEWALS_IN_FLIGHT = 4
+
+
+class Timings:
+    """The leader's clock, from the lease's TTL (see the module's docstring)."""
+
+    def __init__(self, ttl: int):
+        self.ttl = ttl
+        self.renew_every = max(0.1, ttl / 10)
+        self.fence_after = ttl / 2
+        self.stop_by = ttl - max(0.5, ttl / 10)
+
+
+class Leadership:
+    """The election of one service among its candidates, from this process.
+
+    ``on_elected(create_revision)`` runs (on a thread of its own) once this process leads;
+    ``on_fence(reason, deadline)`` once it must stop leading: its modules must all be gone by the
+    monotonic ``deadline``. Both at most once: a fenced process does not campaign again (its owner
+    ends it; a fresh process stands by)."""
+
+    def __init__(self, etcd: Etcd, watch_etcd: Etcd, key: str, registration: Registration, ttl: int,
+                 on_elected: Callable[[int], None], on_fence: Callable[[str, float], None]):
+        self.etcd, self.watch_etcd, self.key, self.registration = etcd, watch_etcd, key, registration
+        self.timings = Timings(ttl)
+        self.on_elected, self.on_fence = on_elected, on_fence
+        self.role = STANDBY
+        self.fenced: str | None = None  # why, once fenced
+        #: The registration of the leader as last seen (this process's own while it leads).
+        self.leader: Registration | None = None
+        #: What etcd said last when it could not do what was asked (None: it answers).
+        self.problem: str | None = None
+        #: Whether etcd can commit (False: no quorum; state-changing commands are refused).
+        self.quorum = True
+        self.create_revision = 0
+        self.lease = 0
+        self.elected_at: float | None = None  # (monotonic)
+        self._safe = 0.0  # the last safe moment (monotonic; see the module's docstring)
+        self._lock = threading.Lock()
+        self._vacant = threading.Event()  # the key was deleted: campaign now
+        self._stopped = threading.Event()
+        self._in_flight = 0
+        self._watch: Any = None
+        self._thread = threading.Thread(target=self._run, name="leadership", daemon=True)
+
+    # -- what the service asks ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._watch = self.watch_etcd.watch_prefix(self.key, self._heard, idle=max(1.0, self.timings.ttl / 2))
+        self._thread.start()
+
+    def refusal(self) -> str | None:
+        """Why a command that changes state is refused here now (None: it is taken)."""
+        name = self.key.rsplit("/", 1)[-1]
+        if self.fenced:
+            return f"{name} here is no longer the leader ({self.fenced}): it stands by; try again"
+        if self.role != LEADER:
+            leader = self.leader
+            where = f"the leader is {leader.url} on {leader.host}" if leader else "no leader is elected yet"
+            return f"{name} here is a standby: {where}"
+        if not self.quorum:
+            return f"no quorum: etcd cannot commit ({self.problem}); changes are refused until a majority of " \
+                   "its members is back, reads are answered"
+        return None
+
+    def status(self) -> dict[str, Any]:
+        leader = self.leader
+        return {"role": self.role, "leader": asdict(leader) if leader else None, "quorum": self.quorum,
+                "etcd_problem": self.problem, "fenced": self.fenced, "lease_ttl": self.timings.ttl}
+
+    def gauges(self) -> list:
+        return [("shmooze_leader", "1 while this process is its service's elected leader, else 0 (standby)", "gauge",
+                 {}, 1.0 if self.role == LEADER else 0.0),
+                ("shmooze_etcd_quorum", "1 while etcd can commit, as this process last saw it", "gauge", {},
+                 1.0 if self.quorum else 0.0)]
+
+    def deposed(self, reason: str) -> None:
+        """The key is not ours any more (a journal write refused for it): fence now."""
+        self._fence(reason)
+
+    def coordination_failed(self, exc: CoordinationError) -> None:
+        """A write through etcd failed (the journal): what it says about the quorum, at once."""
+        self.problem = str(exc)
+        if isinstance(exc, NoQuorum):
+            self.quorum = False
+
+    def stop(self) -> None:
+        """Stop campaigning and renewing (the lease runs out, unless :meth:`resign` ends it now)."""
+        self._stopped.set()
+        self._vacant.set()
+        if self._watch is not None:
+            self._watch.stop()
+
+    def resign(self) -> None:
+        """Once this process's modules are stopped: end its lease now, so a standby takes over at once."""
+        self.stop()
+        if self.role == LEADER and self.lease:
+            try:
+                self.etcd.revoke(self.lease)
+            except CoordinationError as exc:
+                log.warning("could not end the lease of %s (a standby takes over once it runs out): %s", self.key, exc)
+
+    # -- campaigning ---------------------------------------------------------------------------------
+
+    def _heard(self, key: str, entry: Entry | None, revision: int) -> None:
+        if key != self.key:
+            return  # (another service whose name starts with this one's)
+        if entry is None:
+            self._vacant.set()
+        elif self.role != LEADER:
+            self.leader = Registration.decode(entry.value)
+
+    def _run(self) -> None:
+        try:
+            if self._campaign():
+                self._lead()
+        except Exception:
+            log.exception("%s: the election failed", self.key)
+            self._fence("the election failed (see the log)")
+
+    def _campaign(self) -> bool:
+        """Campaign until elected (True) or stopped (False)."""
+        ttl = self.timings.ttl
+        while not self._stopped.is_set():
+            self._vacant.clear()
+            sent = time.monotonic()
+            try:
+                lease = self.etcd.grant(ttl)
+                won, answer = self.etcd.txn([when(self.key, "CREATE", "EQUAL", 0)],
+                                            [put_op(self.key, self.registration.encode(), lease)],
+                                            [range_op(self.key)])
+            except CoordinationError as exc:
+                self._saw(exc)
+                self._vacant.wait(self.timings.renew_every * 5)
+                continue
+            self.problem, self.quorum = None, True
+            if won:
+                with self._lock:
+                    self.role, self.lease, self._safe = LEADER, lease, sent
+                    self.create_revision = int(answer["header"]["revision"])
+                    self.leader, self.elected_at = self.registration, time.monotonic()
+                log.info("%s: elected leader (lease %x of %d s, revision %d)", self.key, lease, ttl,
+                         self.create_revision)
+                threading.Thread(target=self.on_elected, args=(self.create_revision,), name="elected",
+                                 daemon=True).start()
+                return True
+            self.leader = _holder(answer)
+            try:
+                self.etcd.revoke(lease)
+            except CoordinationError:
+                pass  # it runs out on its own
+            # Campaign again when the key goes (the watch), or after a while (a watch that missed it).
+            self._vacant.wait(max(1.0, ttl / 2))
+        return False
+
+    def _saw(self, exc: CoordinationError) -> None:
+        self.problem = str(exc)
+        self.quorum = not isinstance(exc, NoQuorum) and self.quorum
+
+    # -- leading ---------------------------------------------------------------------------------------
+
+    def _lead(self) -> None:
+        timings = self.timings
+        while not self._stopped.wait(timings.renew_every) and not self.fenced:
+            with self._lock:
+                late = time.monotonic() - self._safe
+                start = self._in_flight < MAX_RENEWALS_IN_FLIGHT
+                if start:
+                    self._in_flight += 1
+            if late > timings.fence_after:
+                self._fence(f"its lease could not be renewed for {late:.1f} s ({self.problem})")
+                return
+            if start:
+                threading.Thread(target=self._renew, name="renew", daemon=True).start()
+
+    def _renew(self) -> None:
+        sent = time.monotonic()
+        try:
+            left = self.etcd.refresh(self.lease)
+        except CoordinationError as exc:
+            self._saw(exc)
+            if exc.no_majority_anywhere:  # no one can be elected, no lease can expire: as good as renewed
+                with self._lock:
+                    self._safe = max(self._safe, sent)
+            return
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+        if left <= 0:
+            self._fence("its lease expired")
+            return
+        with self._lock:
+            self._safe = max(self._safe, sent)
+        self.problem, self.quorum = None, True
+
+    def _fence(self, reason: str) -> None:
+        with self._lock:
+            if self.fenced is not None:
+                return
+            self.fenced = reason
+            was_leader = self.role == LEADER
+            self.role = STANDBY
+            deadline = self._safe + self.timings.stop_by
+        self.stop()
+        log.warning("%s: fenced: %s; its modules stop by the deadline (%.1f s from now)", self.key, reason,
+                    deadline - time.monotonic())
+        if was_leader:
+            self.on_fence(reason, deadline)
+
+
+def _holder(answer: dict[str, Any]) -> Registration | None:
+    """The registration a failed campaign's transaction read (the leader's)."""
+    for response in answer.get("responses", []):
+        for kv in response.get("response_range", {}).get("kvs", []):
+            return Registration.decode(decode(kv.get("value", "")))
+    return None
+
+
+def host_name() -> str:
+    return socket.gethostname()
