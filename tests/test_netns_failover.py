@@ -260,11 +260,19 @@ def host_of(world, registration: Registration | None) -> str | None:
     return next(h for h in CANDIDATES if world["hosts"].addresses[h] == address)
 
 
-def listing(world) -> tuple[list[str], str | None]:
+def listing(world, gateway: str = "gw1") -> tuple[list[str], str | None]:
     """The queue's uids in order and its background's, asked through a gateway."""
-    status, answer = world["probe"].ask("gw1", [{"cmd": "queue"}, {"cmd": "bg"}])
-    assert status == 200, answer
-    queue, bg = (item["result"] for item in answer)
+    found = try_listing(world, gateway)
+    assert found is not None, "the queue did not answer its listing"
+    return found
+
+
+def try_listing(world, gateway: str = "gw1") -> tuple[list[str], str | None] | None:
+    status, answer = world["probe"].ask(gateway, [{"cmd": "queue"}, {"cmd": "bg"}])
+    if status != 200 or not all(item.get("success") for item in answer):
+        log.info("listing through %s: %s %s", gateway, status, answer)
+        return None
+    queue, bg = answer[0]["result"], answer[1].get("result")  # (no background: no result)
     return [m["uid"] for m in queue], bg["uid"] if bg else None
 
 
@@ -302,11 +310,16 @@ def takeover(world, lose: Callable[[], None], what: str, restore: Callable[[], N
         wait_for(lambda: host_of(world, probe.leader()) == new_host, LEASE_TTL + 15, interval=0.05,
                  what=f"{new_host} to be elected after {what}")
         new = probe.leader()
-        running = wait_for(lambda: modules.first_time(lost_at, new_host, expected), GOAL + 20, interval=0.1,
-                           what=f"every module restored on {new_host}")
+        # restored: every module's process on the new host, and the queue as it was (same uids, order and
+        # background) answered through both gateways
+        for gateway in ("gw1", "gw2"):
+            wait_for(lambda gateway=gateway: try_listing(world, gateway) == (uids, bg), GOAL + 20, interval=0.05,
+                     what=f"the same queue through {gateway} from {new_host}")
+        listed = time.monotonic()
+        running = max(listed, wait_for(lambda: modules.first_time(lost_at, new_host, expected), 10, interval=0.1,
+                                       what=f"every module restored on {new_host}"))
         answered = wait_for(lambda: probe.first_answer(lost_at, new.pid), 10, interval=0.05,
                             what="a gateway to answer from the new leader")
-        assert listing(world) == (uids, bg), "the new leader restored another queue"
     finally:
         restore()
     figures = {"first answer": answered - lost_at, "all running": running - lost_at}
@@ -368,11 +381,13 @@ def test_services_found_and_taken_over_through_etcd(world, browser):
         import subprocess
 
         out = subprocess.run(["ip", "netns", "pids", hosts.ns("q1")], capture_output=True, text=True).stdout
-        for pid in (int(p) for p in out.split() if p.isdigit()):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        pids = [int(p) for p in out.split() if p.isdigit()]
+        for sig in (signal.SIGSTOP, signal.SIGKILL):  # frozen first: all at once, as a host that dies
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
 
     def restart_q1() -> None:
         world["retired"].append(procs["q1"])

@@ -73,6 +73,7 @@ class DeclaredReadOnly:
         self.failure = "not asked yet"  # why ``known`` is None
         self._answered_at = float("-inf")
         self._asked_at = float("-inf")
+        self._moves = 0  # times the service moved (moved()): an ask begun before the last move tells nothing
         self._lock = threading.Lock()
 
     def only_reads(self, items: list[protocol.Item], ask: bool = True) -> bool:
@@ -112,6 +113,7 @@ class DeclaredReadOnly:
 
     def moved(self) -> None:
         """The service is served elsewhere now (another process): ask it at the next request."""
+        self._moves += 1
         self._answered_at = self._asked_at = float("-inf")
 
     def _should_ask(self, items: list[protocol.Item]) -> bool:
@@ -129,10 +131,12 @@ class DeclaredReadOnly:
         with self._lock:
             if self._asked_at != asked:
                 return None  # another caller asked meanwhile
+            moves = self._moves
             try:
                 return self._ask()
             finally:
-                self._asked_at = time.monotonic()  # min_interval counts from the end of the ask
+                if moves == self._moves:  # (else it asked where the service was: ask again at once)
+                    self._asked_at = time.monotonic()  # min_interval counts from the end of the ask
 
     def _ask(self) -> ForwardError | None:
         try:

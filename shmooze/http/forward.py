@@ -403,13 +403,14 @@ class ServiceProxy:
         for attempt in (0, 1):
             if self.vacancy is not None:
                 raise ForwardError(503, self.vacancy)
+            host, port = self.host, self.port  # (what the messages name, should it move meanwhile)
             try:
                 conn, reused = self._take()
             except (ConnectionRefusedError, FileNotFoundError):
-                raise ForwardError(502, f"service {self.name!r} is down (nothing listens on port {self.port})") from None
+                raise ForwardError(502, f"service {self.name!r} is down (nothing listens on port {port})") from None
             except (socket.timeout, TimeoutError):
                 raise ForwardError(502, f"service {self.name!r} cannot be reached: no connection to "
-                                        f"{self.host} within {self.connect_timeout:g} s (connect_timeout)") from None
+                                        f"{host} within {self.connect_timeout:g} s (connect_timeout)") from None
             except OSError as exc:
                 raise ForwardError(502, f"service {self.name!r} cannot be reached: {exc.strerror or exc}") from exc
             sent = False
