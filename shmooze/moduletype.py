@@ -31,6 +31,8 @@ class ModuleType:
     ``limit_memory`` (bytes), ``limit_cpu`` (seconds of CPU time), ``limit_cpu_rate`` (CPUs: 0.5 is half
     of one core), ``limit_files`` and ``limit_processes`` bound what one module may use. Settings
     override these per type name (``module_types``: :func:`with_settings`).
+    ``place``: the address, among its service's candidate hosts (``hosts``), of the one host where
+    modules of this type may run (the speaker in one room); on any other host they are kept stopped.
     """
 
     name: str
@@ -55,6 +57,7 @@ class ModuleType:
     limit_files: int | None = None
     limit_processes: int | None = None
     limit_cpu_rate: float | None = None
+    place: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -117,7 +120,7 @@ SETTABLE: dict[str, str] = {
     "restart": "text", "restart_delay": "seconds", "restart_max_delay": "seconds",
     "restart_max_starts": "count", "restart_window": "seconds",
     "limit_memory": "bytes", "limit_cpu": "seconds", "limit_cpu_rate": "cpus", "limit_files": "count",
-    "limit_processes": "count",
+    "limit_processes": "count", "place": "text",
 }
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 

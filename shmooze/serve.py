@@ -119,6 +119,7 @@ def _configure_host(host: ModuleHost, settings: Settings, name: str) -> None:
     if settings.given("module_limits"):
         host.limits_mode = settings.module_limits
     _configure_module_types(settings, host)
+    _configure_places(settings, host, name)
     if settings.given("durability"):
         host.durability = settings.durability  # when a command is answered: see journal
     log_path = settings.log_database_path
@@ -163,6 +164,18 @@ def _configure_module_types(settings: Settings, host: ModuleHost) -> None:
                 raise SettingsError(f"{settings.path}: {exc}") from None
     for types, name, mtype in changed:  # (all or nothing)
         types[name] = mtype
+
+
+def _configure_places(settings: Settings, host: ModuleHost, name: str) -> None:
+    """This host's address among the service's candidates; every type bound to a ``place`` must name one."""
+    host.here = settings.own_address(name)
+    candidates = settings.candidates(name)
+    for types in host.type_tables().values():
+        for mtype in types.values():
+            if mtype.place is not None and mtype.place not in candidates:
+                raise SettingsError(f"{settings.path}: module type {mtype.name!r} of {name!r} is bound to the host "
+                                    f"{mtype.place!r} (its place), which is not among the candidates of {name!r} in "
+                                    f"'hosts' ({', '.join(candidates) or 'none'})")
 
 
 def _keep_module_output(settings: Settings, name: str, ops: Any) -> None:

@@ -40,3 +40,17 @@ def test_services_on_other_hosts_show_their_address_or_down():
     rows = {line.split()[0]: line.split()[1:] for line in format_status(report).splitlines()[1:] if line.strip()}
     assert rows["queue"][:2] == ["REMOTE", "(10.0.0.2)"]
     assert rows["pool"][:2] == ["DOWN", "(10.0.0.3)"]
+
+
+def test_a_service_with_candidates_shows_its_role_and_its_leader():
+    leader = {"url": "http://10.0.0.21:8081", "host": "a", "pid": 7, "since": 0}
+    report = {"services": {
+        "queue": {"state": "RUNNING", "pid": 30, "answering": True, "status": {
+            "pid": 33, "role": "STANDBY", "leader": leader, "quorum": False, "etcd_problem": "etcd cannot commit",
+            "held": [{"uid": "q-1", "reason": "type 'speaker' is bound to the host 10.0.0.21"}]}},
+    }}
+    text = format_status(report)
+    assert text.splitlines()[1].split()[:3] == ["queue", "RUNNING", "STANDBY"]
+    assert ("queue: STANDBY: leader http://10.0.0.21:8081 on a (pid 7); NO QUORUM: etcd cannot commit (changes "
+            "refused, reads answered); 1 module(s) kept stopped here: q-1 (type 'speaker' is bound to the host "
+            "10.0.0.21)") in text

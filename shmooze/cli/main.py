@@ -98,6 +98,7 @@ def cmd_status(opts: argparse.Namespace) -> int:
     from shmooze.deploy import runner
 
     settings = _load_settings(opts.settings)
+    _own_address(opts.address or runner.run_address(settings))  # (where this host's services are asked)
     try:
         report = runner.status(settings)
     except runner.NotRunning:
@@ -209,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="show every service and module")
     p.add_argument("--settings", default=None, help=settings_help)
+    p.add_argument("--address", default=None, metavar="ADDRESS[,ADDRESS]",
+                   help="this host's address among the candidates in 'hosts' (default: what 'shmooze run' was given)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
 

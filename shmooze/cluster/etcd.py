@@ -13,6 +13,7 @@ Both are :class:`CoordinationError`, a :class:`~shmooze.errors.ShmoozeError`.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import json
 import logging
 import threading
@@ -29,21 +30,7 @@ REQUEST_TIMEOUT = 2.0  # a commit that takes longer has no quorum behind it
 
 
 class CoordinationError(ShmoozeError):
-    """etcd could not do what was asked.
-
-    ``members``: how many members were tried; ``out_of_quorum``: how many of them are known to be in no
-    working majority (their port refused, so their process is down; or they answered that they have
-    no leader or cannot commit). See :attr:`no_majority_anywhere`."""
-
-    members = 0
-    out_of_quorum = 0
-
-    @property
-    def no_majority_anywhere(self) -> bool:
-        """Whether no majority of the members can be working anywhere (so no one can be elected, no
-        lease can expire): too few members are left that could form one. A member that timed out
-        on connecting, or is unreachable from here, may be in a majority elsewhere: it is not counted."""
-        return self.members > 0 and self.members - self.out_of_quorum < self.members // 2 + 1
+    """etcd could not do what was asked."""
 
 
 class Unreachable(CoordinationError):
@@ -129,7 +116,6 @@ class Etcd:
         with self._lock:
             start = self._current
         timed_out = False
-        out = 0  # members known to be in no working majority (see CoordinationError)
         for step in range(len(self.clients)):
             index = (start + step) % len(self.clients)
             client = self.clients[index]
@@ -139,16 +125,11 @@ class Etcd:
                 # refused, reset, or 503 from a member that is cut off from the leader
                 if "no leader" in str(exc) or "timed out" in str(exc):
                     timed_out = True
-                    out += 1
-                elif "refused" in str(exc).lower():
-                    out += 1  # nothing listens on its port: the member is down
                 log.debug("etcd member %s:%s: %s", client.host, client.port, exc)
                 continue
             except exceptions.ConnectionTimeoutError as exc:
                 # a connect timeout (a silent link) or a request the member could not commit in time
-                if "connect" not in str(exc).lower():
-                    timed_out = True
-                    out += 1
+                timed_out = timed_out or "connect" not in str(exc).lower()
                 log.debug("etcd member %s:%s timed out: %s", client.host, client.port, exc)
                 continue
             except exceptions.Etcd3Exception as exc:
@@ -156,13 +137,9 @@ class Etcd:
             with self._lock:
                 self._current = index
             return answer
-        error: CoordinationError
         if timed_out:
-            error = NoQuorum(f"etcd cannot commit (no quorum): {path} timed out on every member that answered")
-        else:
-            error = Unreachable(f"no etcd member answered ({', '.join(f'{c.host}:{c.port}' for c in self.clients)})")
-        error.members, error.out_of_quorum = len(self.clients), out
-        raise error
+            raise NoQuorum(f"etcd cannot commit (no quorum): {path} timed out on every member that answered")
+        raise Unreachable(f"no etcd member answered ({', '.join(f'{c.host}:{c.port}' for c in self.clients)})")
 
     # -- keys --------------------------------------------------------------------------------------
 
@@ -216,6 +193,34 @@ class Etcd:
     def revoke(self, lease: int) -> None:
         """End ``lease`` now: every key bound to it is deleted."""
         self.call("lease/revoke", {"ID": lease})
+
+    # -- the quorum ----------------------------------------------------------------------------------
+
+    def out_of_quorum(self, timeout: float = 0.5) -> int:
+        """How many members are known to be in no working majority now: those that answer (from their
+        own state, no quorum needed) that they have no leader, and those whose port refuses connections
+        (nothing listens: the member is down). A member that does not answer in ``timeout`` may be in a
+        majority elsewhere (this host may be the one cut off): it is not counted."""
+        import requests
+
+        def out(client: Any) -> bool:
+            try:
+                answer = client.session.post(client.get_url("maintenance/status"), json={},
+                                             timeout=(min(CONNECT_TIMEOUT, timeout), timeout))
+                return answer.status_code == 200 and not answer.json().get("leader")
+            except requests.ConnectionError as exc:
+                return "refused" in str(exc).lower() and not isinstance(exc, requests.Timeout)
+            except (requests.RequestException, ValueError):
+                return False
+
+        with concurrent.futures.ThreadPoolExecutor(len(self.clients), thread_name_prefix="etcd-quorum") as pool:
+            return sum(pool.map(out, self.clients))
+
+    def no_majority_anywhere(self, timeout: float = 0.5) -> bool:
+        """Whether no majority of the members can be working anywhere now (see :meth:`out_of_quorum`):
+        then no one can be elected and no lease can expire until a majority forms again."""
+        members = len(self.clients)
+        return members - self.out_of_quorum(timeout) < members // 2 + 1
 
     # -- watching ----------------------------------------------------------------------------------
 

@@ -11,22 +11,24 @@ so a member that hangs delays none of the others). A renewal sent at ``t`` that 
 lease lasts until at least ``t + ttl`` (etcd counts the TTL from when it receives the renewal), so
 ``t`` is a *safe moment*. With ``S`` the last safe moment:
 
-- at ``S + ttl / 2`` without a newer one, the leader fences itself (:attr:`on_fence`): it stops
+- at ``S + 0.6 ttl`` without a newer one, the leader fences itself (:attr:`on_fence`): it stops
   answering commands that change state, and its owner stops its modules through the ladder, killing
   whatever is left by the deadline ``S + ttl - max(0.5, ttl / 10)``, before the lease can expire
   and a standby win;
 - a renewal that says the lease is gone, or a journal write refused because the key is no longer
   ours (:meth:`deposed`), fences at once.
 
-**No quorum.** A failed renewal whose every member was tried and that proves no majority of the
-members can be working anywhere (:attr:`shmooze.cluster.etcd.CoordinationError.no_majority_anywhere`:
-too many members refused the connection, their process being down, or answered that they have no
-leader or cannot commit) also counts as a safe moment: without a majority no lease can expire and no
+**No quorum.** After a failed renewal the leader asks every member for its own state; when that
+proves no majority of the members can be working anywhere (:meth:`shmooze.cluster.etcd.Etcd.no_majority_anywhere`:
+too many members answer that they have no leader, or refuse the connection, their process being
+down), the moment of that probe counts as a safe moment too: without a majority no lease can expire and no
 one can be elected, and when a majority forms again its new etcd leader renews every lease for a
 full TTL (etcd's lessor, with lease checkpoints off: etcd's default). So the leader keeps its modules
 and keeps answering reads, refusing what changes state with "no quorum" (503), and carries on when
 the quorum is back. A failure that proves nothing (members silent, or unreachable from this host:
 this host may be the one cut off while a majority elsewhere expires the lease) is no safe moment.
+A refused connection is taken for a member down: a firewall between the hosts must drop etcd's
+packets, not reject them (a rejection looks like a member down and would keep a cut-off leader going).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class Timings:
     def __init__(self, ttl: int):
         self.ttl = ttl
         self.renew_every = max(0.1, ttl / 10)
-        self.fence_after = ttl / 2
+        self.fence_after = ttl * 0.6
         self.stop_by = ttl - max(0.5, ttl / 10)
 
 
@@ -66,8 +68,12 @@ class Leadership:
     ends it; a fresh process stands by)."""
 
     def __init__(self, etcd: Etcd, watch_etcd: Etcd, key: str, registration: Registration, ttl: int,
-                 on_elected: Callable[[int], None], on_fence: Callable[[str, float], None]):
+                 on_elected: Callable[[int], None], on_fence: Callable[[str, float], None],
+                 on_change: Callable[[dict[str, Any]], object] | None = None):
         self.etcd, self.watch_etcd, self.key, self.registration = etcd, watch_etcd, key, registration
+        #: Called with :meth:`status` when the role, the quorum or whether etcd answers changed.
+        self.on_change = on_change
+        self._seen: tuple = ()
         self.timings = Timings(ttl)
         self.on_elected, self.on_fence = on_elected, on_fence
         self.role = STANDBY
@@ -107,12 +113,22 @@ class Leadership:
         if not self.quorum:
             return f"no quorum: etcd cannot commit ({self.problem}); changes are refused until a majority of " \
                    "its members is back, reads are answered"
+        if self.problem:
+            return f"etcd does not answer ({self.problem}): changes are refused until it does, reads are answered"
         return None
 
     def status(self) -> dict[str, Any]:
         leader = self.leader
         return {"role": self.role, "leader": asdict(leader) if leader else None, "quorum": self.quorum,
                 "etcd_problem": self.problem, "fenced": self.fenced, "lease_ttl": self.timings.ttl}
+
+    def announce(self) -> None:
+        """Call :attr:`on_change` if the role, the quorum or whether etcd answers changed since last time."""
+        now = (self.role, self.quorum, self.problem is None, self.fenced)
+        if now != self._seen:
+            self._seen = now
+            if self.on_change is not None:
+                self.on_change(self.status())
 
     def gauges(self) -> list:
         return [("shmooze_leader", "1 while this process is its service's elected leader, else 0 (standby)", "gauge",
@@ -126,9 +142,7 @@ class Leadership:
 
     def coordination_failed(self, exc: CoordinationError) -> None:
         """A write through etcd failed (the journal): what it says about the quorum, at once."""
-        self.problem = str(exc)
-        if isinstance(exc, NoQuorum):
-            self.quorum = False
+        self._saw(exc)
 
     def stop(self) -> None:
         """Stop campaigning and renewing (the lease runs out, unless :meth:`resign` ends it now)."""
@@ -202,6 +216,7 @@ class Leadership:
     def _saw(self, exc: CoordinationError) -> None:
         self.problem = str(exc)
         self.quorum = not isinstance(exc, NoQuorum) and self.quorum
+        self.announce()
 
     # -- leading ---------------------------------------------------------------------------------------
 
@@ -214,7 +229,8 @@ class Leadership:
                 if start:
                     self._in_flight += 1
             if late > timings.fence_after:
-                self._fence(f"its lease could not be renewed for {late:.1f} s ({self.problem})")
+                self._fence(f"its lease could not be renewed for {late:.1f} s "
+                            f"({self.problem or 'no renewal answered'})")
                 return
             if start:
                 threading.Thread(target=self._renew, name="renew", daemon=True).start()
@@ -225,9 +241,12 @@ class Leadership:
             left = self.etcd.refresh(self.lease)
         except CoordinationError as exc:
             self._saw(exc)
-            if exc.no_majority_anywhere:  # no one can be elected, no lease can expire: as good as renewed
+            probed = time.monotonic()
+            if self.etcd.no_majority_anywhere():  # no one can be elected, no lease can expire: as good as renewed
                 with self._lock:
-                    self._safe = max(self._safe, sent)
+                    self._safe = max(self._safe, probed)
+                self.quorum = False
+                self.announce()
             return
         finally:
             with self._lock:
@@ -238,6 +257,7 @@ class Leadership:
         with self._lock:
             self._safe = max(self._safe, sent)
         self.problem, self.quorum = None, True
+        self.announce()
 
     def _fence(self, reason: str) -> None:
         with self._lock:
@@ -248,6 +268,7 @@ class Leadership:
             self.role = STANDBY
             deadline = self._safe + self.timings.stop_by
         self.stop()
+        self.announce()
         log.warning("%s: fenced: %s; its modules stop by the deadline (%.1f s from now)", self.key, reason,
                     deadline - time.monotonic())
         if was_leader:

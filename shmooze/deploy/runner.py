@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from shmooze.deploy import logs
 from shmooze.errors import NotTheService, ShmoozeError, exception_line
 from shmooze.polling import wait_until
-from shmooze.settings import Settings, exposure_warning, is_loopback
+from shmooze.settings import Settings, exposure_warning, is_loopback, own_addresses
 from shmooze.system import procutil
 from shmooze.system.private import OPEN_FLAGS, NotPrivate, check_private_dir, open_private, private_dir, write_private
 
@@ -97,7 +97,13 @@ class RunPaths:
         private_dir(self.logs)
 
     #: What a run writes for itself alone, removed when it ends (a run writes them anew).
-    TRANSIENT = ("supervisord.conf", "supervisord.pid", "supervisor.sock", "gateway-metrics")
+    TRANSIENT = ("supervisord.conf", "supervisord.pid", "supervisor.sock", "gateway-metrics", "address")
+
+    @property
+    def address(self) -> Path:
+        """This host's address among the services' candidates, as ``shmooze run --address`` named it (for
+        ``shmooze status``, which asks this host's services there)."""
+        return self.root / "address"
 
     def clean_after_stop(self, settings: Settings) -> None:
         """Remove what the run made that no later command reads. A folder in the temp directory (the
@@ -573,6 +579,8 @@ class Runner:
             conf_path = Path(self.conf) if self.conf else self.paths.conf
             if not self.conf:
                 write_private(conf_path, supervisord_conf(self.settings, self.paths, self.services))
+            if own_addresses():
+                write_private(self.paths.address, ",".join(own_addresses()))
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, self._record)
             self.say(out, f"starting {', '.join(self.services)}; "
@@ -744,6 +752,14 @@ def status(settings: Settings) -> dict[str, Any]:
         entry["worker_pid"] = (entry.get("status") or {}).get("pid")
         services[name] = entry
     return {"running": True, "runner_pid": holder_pid(paths.lock), "services": services}
+
+
+def run_address(settings: Settings) -> str | None:
+    """The ``--address`` the running ``shmooze run`` was given (None: none, or not running)."""
+    try:
+        return RunPaths.for_settings(settings).address.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def stopped_report(settings: Settings) -> dict[str, Any]:

@@ -41,7 +41,8 @@ class Candidacy:
         self.key = keys.service_key(settings, name)
         registration = keys.Registration.now(settings.url(name, settings.reached_at(name)), host_name(), os.getpid())
         self.leadership = Leadership(self.etcd, self.watch_etcd, self.key, registration, settings.etcd_lease_ttl,
-                                     self._elected, self._fence)
+                                     self._elected, self._fence,
+                                     lambda status: service.changed("role", **status))
         service.leadership = self.leadership
         self._stopping = threading.Event()
         if isinstance(service, ModuleHost):
@@ -81,12 +82,14 @@ class Candidacy:
         if self._stopping.is_set() or self.leadership.fenced:
             return
         service.start()  # a module host restores its journal's modules now
-        service.changed("role", role="LEADER")
+        self.leadership.announce()
 
     def _fence(self, reason: str, deadline: float) -> None:
         """Stop the modules by ``deadline`` (the ladder, then SIGKILL), then end this process."""
         service = self.service
-        service.changed("role", role="STANDBY", reason=reason)
+        if isinstance(service, ModuleHost) and service.journal is not None:
+            journal, service.journal = service.journal, None  # nothing more is written, nor waited for
+            cast(EtcdJournal, journal).abandon()
         stopping = threading.Thread(target=service.stop, name="fence", daemon=True)
         stopping.start()
         stopping.join(max(0.0, deadline - time.monotonic()))

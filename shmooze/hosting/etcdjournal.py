@@ -95,6 +95,7 @@ class EtcdJournal:
         self.writes = 0
         self.compactions = 0
         self.failures = 0
+        self._abandoned = False
         self._writer = BatchWriter(f"{service}-etcd-journal", self._write_batch, timeout=self._idle_time)
 
     # -- what the service records (never blocks on etcd) ------------------------------------------
@@ -136,6 +137,10 @@ class EtcdJournal:
     def close(self) -> None:
         self._writer.close()
 
+    def abandon(self) -> None:
+        """This leader is fenced: write nothing more (what is pending fails at once, no etcd call waited for)."""
+        self._abandoned = True
+
     def status(self) -> dict[str, Any]:
         return {"path": self.path, "modules": len(self._state.entries), "pending": self._writer.pending,
                 "writes": self.writes, "compactions": self.compactions, "recovered": len(self.recovered),
@@ -149,6 +154,8 @@ class EtcdJournal:
         return max(0.0, self._params_due - time.monotonic()) if self._dirty else self.params_interval
 
     def _write_batch(self, items: list[Any], last: bool) -> None:
+        if self._abandoned:
+            raise WriteFailed(f"not kept: {self.service} here is no longer the leader")
         records = [self._record(item) for item in items if item is not _SYNC]
         if self._dirty and (last or len(records) < len(items) or time.monotonic() >= self._params_due):
             for uid in list(self._dirty):

@@ -38,6 +38,7 @@ class Host(Protocol):
     journal: Journal | None
     restore_hook: Callable[[Entry], bool] | None
     restore_concurrency: int
+    held: list[dict[str, Any]]
     table: ModuleTable
     keys: ClientKeys
     recorder: CommandRecorder
@@ -53,6 +54,8 @@ class Host(Protocol):
     def settle(self, modules: list[ModuleProcess]) -> None: ...
 
     def after_restore(self) -> None: ...
+
+    def place_refusal(self, mtype: ModuleType) -> str | None: ...
 
 
 class Restorer:
@@ -127,6 +130,11 @@ class Restorer:
                 why = f"type {mtype.name!r} is not restored (restore=False)"
             elif self.host.restore_hook is not None and not self.host.restore_hook(dict(entry)):
                 why = "the application's restore hook declined it"
+            elif (held := self.host.place_refusal(mtype)) is not None:  # kept in the journal for its own place
+                log.info("%s: not starting module %s here: %s", self.host.name, entry.get("uid"), held)
+                self.host.held.append({"uid": entry["uid"], "type": mtype.name, "kind": entry.get("kind"),
+                                       "reason": held})
+                continue
             else:
                 wanted.append((entry, mtype))
                 continue

@@ -3,7 +3,8 @@
  *
  * Each service's status is read once, then again whenever the service pushes a change event (a module
  * added, ended, restarted; "figures" while someone watches; "output" naming the modules that printed;
- * "storage" when what it keeps can no longer be written, or can again: its status "problem" shows on its card).
+ * "storage" when what it keeps can no longer be written, or can again: its status "problem" shows on its card;
+ * "role" with etcd, when it is elected, stands by, or etcd loses or regains its quorum).
  * Nothing is polled: with no change, no request is made (uptimes advance on the page's own clock).
  * "Recent changes" lists the modules added, removed and moved since the page opened, and who did it
  * (an event's "by": a signed-in user, or anonymous with the client's address).
@@ -201,6 +202,12 @@
     return how + " · limits: " + (held.length ? held.join(", ") + " in " + info.limits[held[0]] : "rlimits");
   }
 
+  /* "LEADER" or "STANDBY (leader: URL on HOST)", from a status with etcd. */
+  function role(st) {
+    if (st.role === "LEADER" || !st.leader) return st.role + (st.fenced ? " (fenced: " + st.fenced + ")" : "");
+    return st.role + " (leader: " + st.leader.url + " on " + st.leader.host + ")";
+  }
+
   function renderServices() {
     var box = $("services");
     box.textContent = "";
@@ -213,8 +220,11 @@
                   ["memory", bytes(st.rss_bytes)],
                   ["modules", st.modules ? String(st.modules.length) : "-"],
                   ["containment", containment(st.containment)]];
+      if (st.role) rows.unshift(["role", role(st)]);  // with etcd: LEADER or STANDBY among its candidates
+      if (st.held && st.held.length) rows.push(["kept stopped", st.held.map(function (m) { return m.uid + " (" + m.reason + ")"; }).join("; ")]);
       if (!up && entry) rows = [["error", entry.error]];
-      var problem = up && st.problem;  // what keeps it from working as it should (a full disk)
+      // what keeps it from working as it should (a full disk; no quorum in etcd: changes refused)
+      var problem = up && (st.problem || (st.role && st.quorum === false ? "no quorum: " + st.etcd_problem : null));
       var restart = el("button", {className: "danger", "data-restart": name, text: "restart"});
       restart.addEventListener("click", function () { restartService(name); });
       box.appendChild(el("div", {className: "card", "data-service": name}, [
