@@ -331,16 +331,21 @@ def takeover(world, lose: Callable[[], None], what: str, restore: Callable[[], N
     return figures
 
 
-def role_on(world, host: str) -> str | None:
+def status_on(world, host: str) -> dict[str, Any]:
+    """``shmooze status --json`` run on a host."""
     import subprocess
 
     out = subprocess.run(world["hosts"].argv(host, [PYTHON, "-m", "shmooze", "status", "--json", "--settings",
                                                     str(world["tmp"] / f"{host}.json")]),
                          capture_output=True, text=True, timeout=60)
     try:
-        return (json.loads(out.stdout)["services"]["queue"].get("status") or {}).get("role")
-    except (ValueError, KeyError):
-        return None
+        return json.loads(out.stdout)
+    except ValueError:
+        return {"services": {}, "output": out.stdout + out.stderr}
+
+
+def role_on(world, host: str) -> str | None:
+    return ((status_on(world, host)["services"].get("queue") or {}).get("status") or {}).get("role")
 
 
 def test_services_found_and_taken_over_through_etcd(world, browser):
@@ -364,6 +369,9 @@ def test_services_found_and_taken_over_through_etcd(world, browser):
     log.info("gateways followed the move in %.3f s", followed - moved_at)
     assert followed - moved_at < 1.0, f"the gateways took {followed - moved_at:.2f} s to follow"
     wait_for(lambda: set(first) <= modules.now()["q2"], 20, interval=0.1, what="the modules restored on q2")
+    # shmooze status on a gateway host says where the queue runs now (its registration), no settings edited
+    report = status_on(world, "gw1")["services"]["queue"]
+    assert report["state"] == "REMOTE" and report["host"] == world["hosts"].addresses["q2"], report
     procs["q1"] = world["run"]("q1", "queue")
     wait_running(procs["q1"], "q1")
     wait_for(lambda: role_on(world, "q1") == "STANDBY", 30, interval=0.5, what="q1 to stand by")
