@@ -135,18 +135,23 @@ class Hosts:
         return next((h for h in CANDIDATES if f"//{self.hosts.addresses[h]}:" in found.url), None)
 
     def _poll(self) -> None:
-        """``status`` through the gateway every 20 ms: which process answered (None: an error)."""
+        """``status`` through the gateway every 20 ms, each on a thread of its own (one held up by a
+        host that is gone delays none of the next): which process answered (None: an error)."""
         while not self._stop.wait(0.02):
-            conn = http.client.HTTPConnection(self.hosts.addresses["gw"], PORT, timeout=1.0)
-            try:
-                conn.request("POST", "/queue", b'{"cmd": "status"}', {"Content-Type": "application/json"})
-                reply = conn.getresponse()
-                answer = json.loads(reply.read())
-                self.answers.append((time.monotonic(), answer["result"]["pid"] if reply.status == 200 else None))
-            except (OSError, ValueError, KeyError):
-                self.answers.append((time.monotonic(), None))
-            finally:
-                conn.close()
+            if threading.active_count() < 200:
+                threading.Thread(target=self._status, daemon=True).start()  # (in this thread's namespace)
+
+    def _status(self) -> None:
+        conn = http.client.HTTPConnection(self.hosts.addresses["gw"], PORT, timeout=5.0)
+        try:
+            conn.request("POST", "/queue", b'{"cmd": "status"}', {"Content-Type": "application/json"})
+            reply = conn.getresponse()
+            answer = json.loads(reply.read())
+            self.answers.append((time.monotonic(), answer["result"]["pid"] if reply.status == 200 else None))
+        except (OSError, ValueError, KeyError):
+            self.answers.append((time.monotonic(), None))
+        finally:
+            conn.close()
 
     def ask(self, body: Any) -> Any:
         return self.pool.submit(self._ask, body).result(30)
@@ -171,7 +176,7 @@ class Hosts:
         return self.samples[-1][1] if self.samples else self.hosts.module_uids(CANDIDATES)
 
     def stop(self) -> None:
-        from bench.common import stop_all
+        from shmooze.testing import stop_all
 
         self._stop.set()
         if self.directory is not None:

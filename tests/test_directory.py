@@ -12,11 +12,13 @@ import time
 import pytest
 import requests
 
+from shmooze.client import ServiceClient
 from shmooze.cluster import keys
-from shmooze.cluster.directory import Directory, lookup
+from shmooze.cluster.directory import Directory
 from shmooze.cluster.etcd import Etcd
 from shmooze.cluster.keys import Registration
-from shmooze.settings import Settings
+from shmooze.errors import TransportError
+from shmooze.settings import Settings, read
 from shmooze.testing import WebSocketClient
 from shmooze.testing import etcd as etcd_kit
 from tests.helpers import Stack, free_port, start_service, stop_all, wait_for, write_settings
@@ -50,7 +52,6 @@ def test_the_directory_reads_once_then_follows_every_change(cluster) -> None:
     try:
         assert directory.loaded.is_set() and directory.url("queue") == "http://127.0.0.1:1001"
         assert directory.url("junk") is None and directory.url("pool") is None
-        assert lookup(settings, "queue") == first
         # moved: the callback within the watch's delay, url() at once after
         moved = Registration.now("http://127.0.0.1:1002", "b", 12)
         lease = etcd.grant(5)
@@ -136,6 +137,8 @@ def test_the_gateway_follows_a_service_that_moves_and_says_when_it_has_no_leader
         assert answer.status_code == 503 and "has no leader right now" in answer.json()["error"], answer.text
         etcd.put(key, Registration.now(f"http://127.0.0.1:{port_a}", "a", pid_a).encode())
         wait_for(lambda: served_by(stack.url) == pid_a, 5, what="the gateway to reach A")
+        own = ServiceClient.on_port(read(stack.path), "volume", timeout=5)
+        assert own.status()["pid"] == pid_a
 
         with WebSocketClient.connect(stack.ws, timeout=5) as ws:
             ws.send(json.dumps({"id": 1, "subscribe": {"volume": None}}))
@@ -145,11 +148,16 @@ def test_the_gateway_follows_a_service_that_moves_and_says_when_it_has_no_leader
             etcd.put(key, Registration.now(f"http://127.0.0.1:{port_b}", "b", pid_b).encode())
             wait_for(lambda: all(served_by(stack.url) == pid_b for _ in range(20)), 5, what="the gateway to follow")
             follow = time.monotonic() - started
+            # a service's own client (ServiceClient.on_port) follows too, the same object
+            assert wait_for(lambda: own.status()["pid"] == pid_b, 5, what="on_port to follow")
             log.info("the gateway followed a move in %.3f s", follow)
             assert follow < 1.0, f"the gateway took {follow:.2f} s to follow the service"
             # between leaders: 503 saying so; the push watcher backs off meanwhile
             etcd.delete(key)
             wait_for(lambda: "has no leader right now" in str(served_by(stack.url)), 5, what="the 503")
+            with pytest.raises(TransportError, match="has no leader right now") as refused:
+                wait_for(lambda: own.status() and False, 5, what="on_port to hear there is no leader")
+            assert refused.value.status == 503
             # not a reason for a load balancer to take the gateway out: every gateway sees the same
             health = requests.get(stack.url + "healthz", timeout=5)
             assert health.status_code == 200 and "no leader" in health.json()["down"]["volume"], health.text

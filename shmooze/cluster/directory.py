@@ -158,14 +158,17 @@ class Directory:
                 log.exception("directory listener failed on %s", name)
 
 
-def lookup(settings: Settings, name: str) -> Registration | None:
-    """Service ``name``'s registration, read once (a command-line tool's question, no watch)."""
-    etcd = Etcd(settings.etcd)
-    try:
-        try:
-            entry = etcd.get(keys.service_key(settings, name))
-        except NoQuorum:
-            entry = etcd.get(keys.service_key(settings, name), serializable=True)
-    finally:
-        etcd.close()
-    return Registration.decode(entry.value) if entry is not None else None
+_shared: dict[tuple[tuple[str, ...], str], Directory] = {}
+_shared_lock = threading.Lock()
+
+
+def shared(settings: Settings, wait: float = 2.0) -> Directory:
+    """This process's directory of the application's services (one per etcd cluster and prefix), started
+    on first use (given ``wait`` seconds to read once): for clients that follow services as they move."""
+    key = (tuple(settings.etcd), keys.services_prefix(settings))
+    with _shared_lock:
+        directory = _shared.get(key)
+        if directory is None:
+            directory = _shared[key] = Directory.for_settings(settings)
+            directory.start(wait=wait)
+        return directory

@@ -702,9 +702,9 @@ def remote_status(settings: Settings, name: str) -> dict[str, Any]:
     host: str | None = settings.address(name)
     found = None
     try:
-        client = ServiceClient.where_registered(settings, name, settings.connect_timeout)
-        host = urlsplit(client.url).hostname
+        client = ServiceClient.on_port(settings, name, settings.connect_timeout)
         found = client.status()
+        host = urlsplit(client.url).hostname
     except ShmoozeError as exc:
         log.debug("status of %s: %s", name, exc)
         if settings.etcd:
