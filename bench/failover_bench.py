@@ -17,8 +17,8 @@ part: simulated hosts; it is skipped, with the reason, elsewhere).
   queue of 20 (median command), parameter updates (per update, until the service has them all).
 
 Each figure: median with min-max over the rounds. Results go to ``bench/results/failover.json``;
-``--docs`` also writes the failover table into docs/past-one-machine.md between its ``failover:begin``
-and ``failover:end`` marks.
+``--docs`` also writes both tables into docs/past-one-machine.md between its ``failover:begin`` and
+``failover:end`` marks (the page's figures are never typed by hand).
 """
 
 from __future__ import annotations
@@ -298,13 +298,17 @@ def journal_cost(rounds: int, pairs: int, moves: int) -> Section:
     return sec
 
 
-def write_docs(section: Section) -> None:
-    """The failover table into docs/past-one-machine.md, between its marks."""
+def write_docs(sections: list[Section]) -> None:
+    """The tables into docs/past-one-machine.md, between its marks (each title in bold above its table)."""
     text = DOCS.read_text()
     begin, end = text.index(DOCS_BEGIN) + len(DOCS_BEGIN), text.index(DOCS_END)
-    table = markdown(section).split("\n", 2)[2].strip()  # without its title: the page says what it is
+    parts = []
+    for section in sections:
+        title, _, rest = markdown(section).partition("\n")
+        parts.append(f"**{title.removeprefix('### ')}**\n{rest.rstrip()}")
     when = time.strftime("%Y-%m-%d")
-    DOCS.write_text(text[:begin] + f"\n{table}\n\n_Measured {when}; bench/results/failover.json._\n" + text[end:])
+    DOCS.write_text(text[:begin] + "\n" + "\n\n".join(parts) + f"\n\n_Measured {when}; bench/results/failover.json._\n"
+                    + text[end:])
 
 
 def main() -> int:
@@ -327,9 +331,9 @@ def main() -> int:
     else:
         section, _ = failover(opts.rounds)
         sections.append(section)
-        if opts.docs:
-            write_docs(section)
     sections.append(journal_cost(opts.rounds, 20 if opts.quick else 48, 100 if opts.quick else 300))
+    if opts.docs and not why:
+        write_docs(sections)
     for section in sections:
         sys.stdout.write(markdown(section) + "\n")
     save_sections("failover", sections, opts.quick)

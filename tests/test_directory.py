@@ -18,6 +18,8 @@ from shmooze.cluster.directory import Directory
 from shmooze.cluster.etcd import Etcd
 from shmooze.cluster.keys import Registration
 from shmooze.errors import TransportError
+from shmooze.http.forward import ForwardError, ServiceProxy
+from shmooze.servicekey import Signer
 from shmooze.settings import Settings, read
 from shmooze.testing import WebSocketClient
 from shmooze.testing import etcd as etcd_kit
@@ -118,6 +120,13 @@ def served_by(url: str) -> int | str:
     return answer.json()["result"]["pid"]
 
 
+def long_poll(proxy: ServiceProxy, version: int) -> object:
+    try:
+        return proxy.post(json.dumps({"cmd": "changes", "args": {"since": version, "timeout": 20}}).encode())
+    except ForwardError as exc:
+        return exc
+
+
 def test_the_gateway_follows_a_service_that_moves_and_says_when_it_has_no_leader(cluster, tmp_path) -> None:
     prefix = "/t-gw/"
     port_a, port_b = free_port(), free_port()
@@ -176,6 +185,20 @@ def test_the_gateway_follows_a_service_that_moves_and_says_when_it_has_no_leader
             pushed = time.monotonic() - started
             log.info("a push came %.3f s after the service was registered again", pushed)
             assert pushed < 1.0, f"pushes resumed {pushed:.2f} s after the service came back"
+        # a long poll in flight to the old address is cut when the proxy moves (not waited out)
+        proxy = ServiceProxy("volume", "127.0.0.1", port_a, signer=Signer(KEY.encode()))
+        version = json.loads(proxy.post(b'{"cmd": "changes", "args": {"since": 0}}').body)["result"]["version"]
+        outcome: list[object] = []
+        poll = threading.Thread(target=lambda: outcome.append(long_poll(proxy, version)))
+        poll.start()
+        wait_for(lambda: proxy._busy, 5, what="the long poll to be in flight")  # noqa: SLF001
+        started = time.monotonic()
+        assert proxy.retarget("127.0.0.1", port_b)
+        poll.join(5)
+        assert not poll.is_alive() and time.monotonic() - started < 1.0, outcome
+        assert isinstance(outcome[0], ForwardError) and outcome[0].status == 502, outcome
+        assert json.loads(proxy.post(b'{"cmd": "status"}').body)["result"]["pid"] == pid_b
+        proxy.close()
     finally:
         stack.stop()
         stop_all(procs)
