@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import PYTHON, ROOT, Proc, Section, child_env, markdown, rounds_row, save_sections, setup_logging
-from bench.journal_bench import FLOOD, add_rm, run, types
+from bench.journal_bench import FLOOD, add_rm, moves_and_updates, types
 from shmooze.cluster.directory import Directory
 from shmooze.cluster.etcd import Etcd
 from shmooze.cluster.keys import Registration
@@ -255,21 +255,10 @@ def journal_round(mode: str, etcd: Etcd | None, pairs: int, moves: int) -> dict[
     try:
         pair_times: list[float] = []
         add_rm(q, pairs, pair_times)
-        uids = [run(q, "add", type="shout", args={"text": str(i)})["uid"] for i in range(20)]
-        mv_times = []
-        for i in range(moves):
-            t0 = time.perf_counter()
-            run(q, "mv", uids=[uids[i % 20]])
-            mv_times.append(time.perf_counter() - t0)
-        uid = run(q, "add", type="flood")["uid"]
-        t0 = time.perf_counter()
-        while not run(q, "ask_module", uid=uid, parameters=["flood_done"]):
-            time.sleep(0.001)
-        updates = (time.perf_counter() - t0) / FLOOD
+        mv, updates = moves_and_updates(q, moves)
         if q.journal is not None:
             q.journal.flush(30)
-        return {"add_rm_ms": statistics.median(pair_times) * 1000, "mv_ms": statistics.median(mv_times) * 1000,
-                "update_us": updates * 1e6}
+        return {"add_rm_ms": statistics.median(pair_times) * 1000, "mv_ms": mv * 1000, "update_us": updates * 1e6}
     finally:
         q.stop()
         if etcd is not None:
