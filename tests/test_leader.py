@@ -27,6 +27,7 @@ from shmooze.cluster.etcd import Etcd, put_op, when
 from shmooze.errors import SettingsError, ShmoozeError, TransportError
 from shmooze.hosting import etcdjournal as etcd_journal
 from shmooze.hosting.etcdjournal import EtcdJournal, fence_on
+from shmooze.serve import build_service
 from shmooze.settings import Settings, read
 from shmooze.testing import etcd as etcd_kit
 from tests.helpers import Proc, descendants, free_port, port_open, report_line, shmooze_argv, wait_for, write_settings
@@ -125,6 +126,7 @@ def leader_and_standby(candidates: Candidates) -> tuple[str, str]:
     roles = wait_for(lambda: (lambda r: r if sorted(r.values()) == ["LEADER", "STANDBY"] else None)(
         {a: candidates.role(a) for a in (A, B)}), 30, interval=0.1, what="one leader and one standby")
     leader = next(a for a, role in roles.items() if role == "LEADER")
+    leading(candidates, leader)
     return leader, B if leader == A else A
 
 
@@ -189,6 +191,10 @@ def test_settings_errors_are_clear(tmp_path) -> None:
         Settings({"ports": {"q": 1}, "listen": {"nope": "0.0.0.0"}})
     with pytest.raises(SettingsError, match="etcd_lease_ttl"):
         Settings({"ports": {"q": 1}, "etcd_lease_ttl": 1})
+    with pytest.raises(SettingsError, match=r"'slow' of 'queue' is bound to the host '10.255.0.3' \(its place\), which "
+                                            r"is not among the candidates of 'queue' in 'hosts' \(127.0.0.21, 127.0.0.23\)"):
+        build_service(Settings({"ports": {"queue": 1}, "services": {"queue": "tests.apps:make_queue"},
+                                "hosts": {"queue": [A, B]}, "module_types": {"slow": {"place": "10.255.0.3"}}}), "queue")
     path = write_settings(tmp_path / "s.json", ports={"queue": free_port()}, services={"queue": "tests.apps:make_queue"},
                           hosts={"queue": ["10.255.0.1", "10.255.0.2"]}, service_key=KEY)
     done = Proc(shmooze_argv("serve", "queue", "--settings", str(path)), log_path=tmp_path / "serve.log")
@@ -276,11 +282,32 @@ class Link:
 
 
 def leading(candidates: Candidates, address: str) -> None:
-    wait_for(lambda: candidates.role(address) == "LEADER", 30, interval=0.1, what=f"{address} to lead")
+    """Wait until the candidate on ``address`` leads and takes changes (its journal read)."""
+    def serving() -> bool:
+        try:
+            return candidates.status(address).get("serving") is True
+        except ShmoozeError:
+            return False
+    wait_for(serving, 30, interval=0.1, what=f"{address} to lead")
 
 
 def standing_by(candidates: Candidates, address: str) -> None:
     wait_for(lambda: candidates.role(address) == "STANDBY", 30, interval=0.1, what=f"{address} to stand by")
+
+
+def a_leads_b_stands_by(candidates: Candidates) -> None:
+    """Start the candidate on A, wait until it leads, then the one on B, which stands by."""
+    candidates.start(A)
+    leading(candidates, A)
+    candidates.start(B)
+    standing_by(candidates, B)
+
+
+def add_modules(candidates: Candidates, count: int) -> list[str]:
+    """``count`` modules added on the leader A, once their processes run; their uids."""
+    uids = [candidates.client(A).call("add", {"type": "good"})["uid"] for _ in range(count)]
+    wait_for(lambda: len(candidates.modules(A)) == count, 10, what="the leader's modules")
+    return uids
 
 
 def queue_of(candidates: Candidates, address: str) -> tuple[list[str], str | None]:
@@ -290,10 +317,7 @@ def queue_of(candidates: Candidates, address: str) -> tuple[list[str], str | Non
 
 
 def test_the_standby_takes_over_a_killed_leader_with_the_same_modules(candidates, request) -> None:
-    candidates.start(A)
-    leading(candidates, A)
-    candidates.start(B)
-    standing_by(candidates, B)
+    a_leads_b_stands_by(candidates)
     client = candidates.client(A)
     uids = [client.call("add", {"type": "good", "args": {"n": n}})["uid"] for n in range(3)]
     client.call("mv", {"uids": [uids[2], uids[0]]})
@@ -329,12 +353,8 @@ def test_a_leader_cut_off_from_etcd_stops_its_modules_before_the_standby_starts_
     link = Link(cluster.endpoints)
     candidates = Candidates(tmp_path, cluster, etcd_for={A: link.endpoints})
     try:
-        candidates.start(A)
-        leading(candidates, A)
-        candidates.start(B)
-        standing_by(candidates, B)
-        uids = [candidates.client(A).call("add", {"type": "good"})["uid"] for _ in range(2)]
-        wait_for(lambda: len(candidates.modules(A)) == 2, 10, what="the leader's modules")
+        a_leads_b_stands_by(candidates)
+        uids = add_modules(candidates, 2)
         sampler = Sampler(candidates)
         cut = time.monotonic()
         link.cut.set()
@@ -381,12 +401,13 @@ def test_a_deposed_leader_can_write_nothing_and_the_journal_reads_back_whole(clu
         since = journal.tickets
         journal.removed(["q-1"])
         journal.ordered(["q-5", "q-0"])
-        assert journal.sync(since) is None
+        journal.parameters("q-2", lambda: {"volume": 5})  # (coalesced: written within params_interval, or flushed)
+        assert journal.sync(since) is None and journal.flush()
         assert journal.compactions >= 2
         entries, _, _, problem = etcd_journal.read(etcd, prefix)
         assert problem is None
         assert [e["uid"] for e in entries] == ["q-5", "q-0", "q-2", "q-3", "q-4", "q-6", "q-7"]
-        assert entries[1]["args"] == {"n": 0, "big": big}
+        assert entries[1]["args"] == {"n": 0, "big": big} and entries[2]["parameters"] == {"volume": 5}
         # another process wins the key: this one's writes are refused, and it learns it is deposed
         etcd.revoke(lease)
         other = etcd.grant(30)
@@ -407,12 +428,8 @@ def test_no_quorum_refuses_changes_answers_reads_and_restarts_nothing(tmp_path, 
     ttl = 5
     candidates = Candidates(tmp_path, cluster, ttl=ttl)
     try:
-        candidates.start(A)
-        leading(candidates, A)
-        candidates.start(B)
-        standing_by(candidates, B)
-        uids = [candidates.client(A).call("add", {"type": "good"})["uid"] for _ in range(2)]
-        wait_for(lambda: len(candidates.modules(A)) == 2, 10, what="the leader's modules")
+        a_leads_b_stands_by(candidates)
+        uids = add_modules(candidates, 2)
         pids = sorted(candidates.modules(A))
         try:
             cluster.stop_member(1)  # one member lost: nothing changes (changes wait out etcd's own election)
@@ -457,10 +474,7 @@ def test_a_type_bound_to_a_place_is_kept_stopped_elsewhere_and_a_stopped_leader_
         tmp_path, cluster, request) -> None:
     candidates = Candidates(tmp_path, cluster, module_types={"slow": {"place": A}})
     try:
-        candidates.start(A)
-        leading(candidates, A)
-        candidates.start(B)
-        standing_by(candidates, B)
+        a_leads_b_stands_by(candidates)
         good, speaker = (candidates.client(A).call("add", {"type": kind})["uid"] for kind in ("good", "slow"))
         proc = candidates.procs[A]
         for pid in [proc.pid, *descendants(proc.pid)]:
@@ -476,14 +490,15 @@ def test_a_type_bound_to_a_place_is_kept_stopped_elsewhere_and_a_stopped_leader_
         # and the speaker runs again in its room
         candidates.start(A)
         standing_by(candidates, A)
-        stopped = time.monotonic()
+        signalled = time.monotonic()
         candidates.procs[B].stop()
+        stopped = time.monotonic()
         leading(candidates, A)
         handed = time.monotonic() - stopped
         wait_for(lambda: queue_of(candidates, A)[0] == [good, speaker] and len(candidates.modules(A)) == 2, 30,
                  interval=0.05, what="both modules on their own host")
-        report_line(request, f"a leader stopped (SIGTERM): the standby leads {handed:.2f} s after the signal "
-                             f"(lease {TTL} s, not waited for)")
+        report_line(request, f"a leader stopped (SIGTERM): it ended {stopped - signalled:.2f} s after the signal, "
+                             f"the standby leads {handed:.2f} s after that (lease {TTL} s, not waited for)")
         assert handed < TTL
     finally:
         candidates.stop()

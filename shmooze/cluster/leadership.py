@@ -84,9 +84,10 @@ class Leadership:
         self.problem: str | None = None
         #: Whether etcd can commit (False: no quorum; state-changing commands are refused).
         self.quorum = True
+        #: Set by the owner once the elected service is ready for changes (its journal read from etcd).
+        self.serving = False
         self.create_revision = 0
         self.lease = 0
-        self.elected_at: float | None = None  # (monotonic)
         self._safe = 0.0  # the last safe moment (monotonic; see the module's docstring)
         self._lock = threading.Lock()
         self._vacant = threading.Event()  # the key was deleted: campaign now
@@ -110,6 +111,8 @@ class Leadership:
             leader = self.leader
             where = f"the leader is {leader.url} on {leader.host}" if leader else "no leader is elected yet"
             return f"{name} here is a standby: {where}"
+        if not self.serving:
+            return f"{name} here was just elected and is taking over (reading its journal); try again in a moment"
         if not self.quorum:
             return f"no quorum: etcd cannot commit ({self.problem}); changes are refused until a majority of " \
                    "its members is back, reads are answered"
@@ -119,12 +122,13 @@ class Leadership:
 
     def status(self) -> dict[str, Any]:
         leader = self.leader
-        return {"role": self.role, "leader": asdict(leader) if leader else None, "quorum": self.quorum,
+        return {"role": self.role, "leader": asdict(leader) if leader else None, "serving": self.serving,
+                "quorum": self.quorum,
                 "etcd_problem": self.problem, "fenced": self.fenced, "lease_ttl": self.timings.ttl}
 
     def announce(self) -> None:
         """Call :attr:`on_change` if the role, the quorum or whether etcd answers changed since last time."""
-        now = (self.role, self.quorum, self.problem is None, self.fenced)
+        now = (self.role, self.serving, self.quorum, self.problem is None, self.fenced)
         if now != self._seen:
             self._seen = now
             if self.on_change is not None:
@@ -198,15 +202,21 @@ class Leadership:
                 with self._lock:
                     self.role, self.lease, self._safe = LEADER, lease, sent
                     self.create_revision = int(answer["header"]["revision"])
-                    self.leader, self.elected_at = self.registration, time.monotonic()
+                    self.leader = self.registration
                 log.info("%s: elected leader (lease %x of %d s, revision %d)", self.key, lease, ttl,
                          self.create_revision)
+                self.announce()
                 threading.Thread(target=self.on_elected, args=(self.create_revision,), name="elected",
                                  daemon=True).start()
                 return True
-            self.leader = _holder(answer)
+            self.leader, held_by = _holder(answer)
+            self.announce()
+            # An earlier attempt of ours that failed but committed (a timeout after the commit) holds the key
+            # under a lease nobody renews: end that one too rather than wait it out.
+            mine = [lease, held_by] if self.leader == self.registration and held_by else [lease]
             try:
-                self.etcd.revoke(lease)
+                for ended in mine:
+                    self.etcd.revoke(ended)
             except CoordinationError:
                 pass  # it runs out on its own
             # Campaign again when the key goes (the watch), or after a while (a watch that missed it).
@@ -275,12 +285,12 @@ class Leadership:
             self.on_fence(reason, deadline)
 
 
-def _holder(answer: dict[str, Any]) -> Registration | None:
-    """The registration a failed campaign's transaction read (the leader's)."""
+def _holder(answer: dict[str, Any]) -> tuple[Registration | None, int]:
+    """The registration a failed campaign's transaction read (the leader's), and its lease."""
     for response in answer.get("responses", []):
         for kv in response.get("response_range", {}).get("kvs", []):
-            return Registration.decode(decode(kv.get("value", "")))
-    return None
+            return Registration.decode(decode(kv.get("value", ""))), int(kv.get("lease", 0))
+    return None, 0
 
 
 def host_name() -> str:

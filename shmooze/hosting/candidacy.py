@@ -81,7 +81,8 @@ class Candidacy:
             service.journal = cast("Journal", journal)  # (the same interface as the file journal)
         if self._stopping.is_set() or self.leadership.fenced:
             return
-        service.start()  # a module host restores its journal's modules now
+        service.start()  # a module host restores its journal's modules now (commands wait for them)
+        self.leadership.serving = True
         self.leadership.announce()
 
     def _fence(self, reason: str, deadline: float) -> None:

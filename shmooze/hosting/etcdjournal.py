@@ -157,14 +157,16 @@ class EtcdJournal:
         if self._abandoned:
             raise WriteFailed(f"not kept: {self.service} here is no longer the leader")
         records = [self._record(item) for item in items if item is not _SYNC]
+        for record in records:
+            self._state.apply(record)  # (the state holds every change, written or not: see the rewrite)
         if self._dirty and (last or len(records) < len(items) or time.monotonic() >= self._params_due):
             for uid in list(self._dirty):
                 current = self._dirty.pop(uid)
-                if uid in self._state.entries:
-                    records.append({"op": "params", "uid": uid, "parameters": current()})
+                if uid in self._state.entries:  # (one whose add has not come yet is in its add's entry)
+                    record = {"op": "params", "uid": uid, "parameters": current()}
+                    self._state.apply(record)
+                    records.append(record)
             self._params_due = time.monotonic() + self.params_interval
-        for record in records:
-            self._state.apply(record)  # (the state holds every change, written or not: see _failed)
         if not records and not self._rewrite_due:
             return
         try:
