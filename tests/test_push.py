@@ -243,3 +243,71 @@ def test_http_long_polls_wait_at_the_gateway_not_on_service_threads(gateway):
         client.volume.set_volume(level=61)
         results = [f.result(timeout=15) for f in futures]
     assert all(r["version"] > since and r["events"][-1]["level"] == 61 for r in results)
+
+
+class Heard:
+    """A listener of a gateway's watcher: the frames it was pushed."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def push(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+
+def test_a_nudged_watcher_tries_its_service_again_at_once(monkeypatch):
+    """After a failure the watcher pauses before its next try; ``nudge`` (the service's address changed,
+    or it is back) ends the pause: with a pause of a minute, the service is heard within a second."""
+    from werkzeug.serving import make_server
+
+    from shmooze.gateway import fanout
+    from shmooze.http.forward import ServiceProxy
+    from shmooze.http.jsonapp import service_app
+
+    monkeypatch.setattr(fanout, "RETRY_FIRST", 60.0)
+    port = free_port()
+    watcher = fanout.ServiceWatcher(ServiceProxy("sample", "127.0.0.1", port, timeout=30))
+    heard = Heard()
+    watcher.subscribe(heard)
+    assert watcher.current_version() is None  # nothing listens on the port: it failed, and pauses
+    svc = Sample()
+    server = make_server("127.0.0.1", port, service_app(svc), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        nudged = time.monotonic()
+        watcher.nudge()
+        wait_for(lambda: watcher.version is not None, 5, what="the watcher to reach the service")
+        assert time.monotonic() - nudged < 1.0
+        svc.changed("x")
+        wait_for(lambda: heard.frames, 5, what="the event")
+        frame = heard.frames[-1]
+        header = {126: 4, 127: 10}.get(frame[1] & 0x7F, 2)  # (a server's frame: unmasked)
+        assert json.loads(frame[header:])["events"][-1]["kind"] == "x"
+    finally:
+        watcher.unsubscribe(heard)
+        svc.changed("end")  # ends the watcher's long poll: it sees nobody listens and stops
+        server.shutdown()
+        thread.join(5)
+
+
+def test_pushes_resume_within_a_second_of_a_service_restarted_on_its_port(tmp_path):
+    """A refused connection costs microseconds, so the gateway tries a service that went away again every
+    half second at most: a service restarted on its port (real processes) pushes to the WebSockets that
+    stayed subscribed within a second of listening again (the reset first, then its events)."""
+    from shmooze.testing.stack import start_service
+
+    with Stack(tmp_path, {"volume": "jukebox.volume:Volume"}) as stack, \
+            WebSocketClient.connect(stack.ws, timeout=5) as ws:
+        ws.send(json.dumps({"id": 1, "subscribe": {"volume": None}}))
+        assert receive_json(ws)["success"]
+        stack.procs["volume"].stop()
+        wait_for(lambda: "watching volume" in stack.procs["wsgi"].log(), 10, what="the watcher to lose the service")
+        stack.procs["volume"] = start_service(stack.path, "volume", tmp_path)  # (returns once it listens)
+        listening = time.monotonic()
+        reset = receive_json(ws)
+        assert reset["event"] == "change" and reset.get("reset") is True, reset
+        assert time.monotonic() - listening < 1.0, "the restarted service was heard late"
+        Client(stack.url).volume.set_volume(level=21)
+        event = receive_json(ws)
+        assert event["events"][-1]["kind"] == "volume" and event["events"][-1]["level"] == 21
