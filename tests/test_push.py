@@ -311,3 +311,18 @@ def test_pushes_resume_within_a_second_of_a_service_restarted_on_its_port(tmp_pa
         Client(stack.url).volume.set_volume(level=21)
         event = receive_json(ws)
         assert event["events"][-1]["kind"] == "volume" and event["events"][-1]["level"] == 21
+
+
+def test_a_stopping_gateway_tells_its_websockets_it_is_going_away(tmp_path):
+    """Idle WebSockets are held by a loop, not by requests the stopping worker waits for: it still closes
+    each with "going away" (1001) before it exits, so pages reconnect at once (to another gateway)."""
+    with Stack(tmp_path, {"volume": "jukebox.volume:Volume"}) as stack:
+        sockets = [WebSocketClient.connect(stack.ws, timeout=5) for _ in range(6)]
+        for ws in sockets:
+            ws.send(json.dumps({"id": 1, "subscribe": {"volume": None}}))
+            assert receive_json(ws)["success"]
+        stack.procs["wsgi"].stop()
+        for ws in sockets:
+            assert ws.receive(10) is None and ws.closed
+            assert ws.close_code == 1001, (ws.close_code, ws.close_reason)
+            ws.close()

@@ -440,10 +440,14 @@ class Gateway:
                                self.settings.ws_max_in_flight, self.settings.ws_outbox_bytes, caller_of, ended)
 
         s = self.settings
+        loop = socket_loop() if gevent_sockets() else None
+        # Idle WebSockets wait as entries of the worker's loop, at most gateway_connections of them; past
+        # that, one holds a greenlet and a slot of the worker's connections, as a request does.
+        hold = (lambda ws: session(ws).hold(loop)) if loop is not None and len(loop) < s.gateway_connections else None
         return websocket_response(environ, start_response, lambda ws: session(ws).run(), self.allowed_origins or None,
                                   max_message_size=self.max_body_bytes, ping_interval=s.ws_ping_interval,
                                   idle_timeout=s.ws_idle_timeout, message_timeout=s.ws_message_timeout,
-                                  max_pings=s.ws_max_pings, hold=lambda ws: session(ws).hold(socket_loop()))
+                                  max_pings=s.ws_max_pings, hold=hold)
 
     def close_websockets(self) -> None:
         """Tell every open WebSocket the gateway is going away; browsers reconnect elsewhere."""

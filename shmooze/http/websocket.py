@@ -21,7 +21,8 @@ nothing more is written on it (see :func:`finish_request`).
 Only text messages are carried (binary ones close the connection with 1003);
 no extensions (permessage-deflate would cost hundreds of KiB per connection).
 Under gunicorn raise ``--worker-connections`` above the number of WebSocket
-clients you expect: each one holds a connection slot for its whole life.
+clients you expect: each one holds a connection slot for its whole life, unless
+a loop holds it (``hold``, :mod:`shmooze.http.wsloop`: the gateway's way).
 """
 
 from __future__ import annotations

@@ -135,3 +135,15 @@ def socket_loop() -> SocketLoop:
     if _LOOP is None:
         _LOOP = SocketLoop()
     return _LOOP
+
+
+def wait_closed(timeout: float) -> None:
+    """Wait (up to ``timeout`` seconds) until this process holds no WebSocket: a stopping worker lets
+    the held ones finish their close handshake ("going away") before it exits, as it waits for requests."""
+    if _LOOP is None:
+        return
+    import gevent
+
+    deadline = time.monotonic() + timeout
+    while len(_LOOP) and time.monotonic() < deadline:
+        gevent.sleep(0.05)
