@@ -144,6 +144,7 @@ class ServiceWatcher:
         self.proxy = proxy
         self.version: int | None = None
         self._listeners: set[Listener] = set()
+        self._subscribers = 0  # of the listeners, WebSockets (the others are long polls waiting)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -151,7 +152,9 @@ class ServiceWatcher:
 
     def subscribe(self, listener: Listener) -> None:
         with self._lock:
-            self._listeners.add(listener)
+            if listener not in self._listeners:
+                self._listeners.add(listener)
+                self._subscribers += isinstance(listener, Subscriber)
             if self._thread is None:
                 metrics.gateway_stats().watchers.inc()
                 self._ready.clear()
@@ -160,7 +163,9 @@ class ServiceWatcher:
 
     def unsubscribe(self, listener: Listener) -> None:
         with self._lock:
-            self._listeners.discard(listener)
+            if listener in self._listeners:
+                self._listeners.discard(listener)
+                self._subscribers -= isinstance(listener, Subscriber)
 
     def nudge(self) -> None:
         """Try the service again at once, without waiting out the pause after a failure (its address
@@ -217,9 +222,10 @@ class ServiceWatcher:
         message = text_frame(change_message(self.proxy.name, result))  # framed once for everyone
         with self._lock:
             listeners = list(self._listeners)
+            subscribers = self._subscribers
         for listener in listeners:
             listener.push(message)
-        metrics.gateway_stats().events.inc(sum(isinstance(s, Subscriber) for s in listeners))
+        metrics.gateway_stats().events.inc(subscribers)
 
 
 def change_message(service: str, result: dict[str, Any]) -> str:
@@ -228,5 +234,9 @@ def change_message(service: str, result: dict[str, Any]) -> str:
                            "events": result.get("events", [])}
     if result.get("reset"):
         out["reset"] = True
-    return json.dumps(out, separators=(",", ":"))
+    return _ENCODER.encode(out)
+
+
+#: Made once (``json.dumps`` with options makes an encoder at every call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 

@@ -353,7 +353,9 @@ class Endpoint:
         #: Held by a :class:`~shmooze.http.wsloop.SocketLoop` (which reads it, and is told here when the
         #: connection ends): nothing in here then blocks the reader.
         self._release: Callable[[], None] | None = None
-        self._fd = -1
+        self._fd = -1  # (the descriptor, once held: written with os.write)
+        #: Whether a loop holds the connection (so it runs under gevent, see :meth:`hold`).
+        self.held = False
 
     # -- public API
 
@@ -410,11 +412,6 @@ class Endpoint:
             finally:
                 self._recv_lock.release()
 
-    @property
-    def held(self) -> bool:
-        """Whether a loop holds the connection (so it runs under gevent, see :meth:`hold`)."""
-        return self._release is not None
-
     def next_message_waiting(self) -> bool:
         """Whether a whole message has been read and not yet taken."""
         return bool(self._messages)
@@ -442,6 +439,7 @@ class Endpoint:
         self._release = release
         self._owns_socket = True
         self._fd = self._sock.fileno()
+        self.held = True
 
     def keep_alive_tick(self) -> float:
         """For the loop that holds the connection: ping, close an idle one, end a close handshake
@@ -865,7 +863,9 @@ class WebSocket(Endpoint):
         if self._unsent:
             return False
         try:
-            sent = self._write_nowait(frame)
+            sent = os.write(self._fd, frame) if self._release is not None else _send_nowait(self._sock, frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
         except OSError as exc:
             log.debug("websocket send failed: %s", exc)
             self._abort()
