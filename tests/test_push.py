@@ -326,3 +326,38 @@ def test_a_stopping_gateway_tells_its_websockets_it_is_going_away(tmp_path):
             assert ws.receive(10) is None and ws.closed
             assert ws.close_code == 1001, (ws.close_code, ws.close_reason)
             ws.close()
+
+
+def test_idle_watchers_cost_the_gateway_a_few_kilobytes_each(tmp_path):
+    """An idle subscribed WebSocket is an entry of its worker's loop, not a greenlet and a request (which
+    cost about 37 KiB each): 800 more idle watchers add under 16 KiB each to the worker's memory (RSS,
+    measured past the first 400 so that what the first ones bring along is not counted)."""
+    import psutil
+
+    from shmooze.testing.stack import server_workers
+
+    with Stack(tmp_path, {"volume": "jukebox.volume:Volume"}, gateway_workers=1) as stack:
+        (pid,) = wait_for(lambda: server_workers(stack.procs["wsgi"]), 10, what="the gateway's worker")
+        worker = psutil.Process(pid)
+        sockets: list[WebSocketClient] = []
+
+        def watchers(count: int) -> int:
+            """Open ``count`` more subscribed watchers; return the worker's RSS once they are all answered."""
+            opened = [WebSocketClient.connect(stack.ws, timeout=10) for _ in range(count)]
+            sockets.extend(opened)
+            for ws in opened:
+                ws.send(json.dumps({"id": 1, "subscribe": {"volume": None}}))
+            for ws in opened:
+                assert receive_json(ws, 10)["success"]
+            return worker.memory_info().rss
+
+        try:
+            before = watchers(400)
+            after = watchers(800)
+            assert (after - before) / 800 < 16 * 1024, f"{(after - before) / 800 / 1024:.1f} KiB per watcher"
+            Client(stack.url).volume.set_volume(level=3)  # and every one of them hears the next event
+            for ws in sockets:
+                assert receive_json(ws, 10)["events"][-1]["level"] == 3
+        finally:
+            for ws in sockets:
+                ws.drop()  # (no close handshake for each of 1,200)
