@@ -394,7 +394,10 @@ class Gateway:
         # The caller of the upgrade request (its session cookie...) for every message; a message's
         # ``token`` names the token's holder for that message only.
         self.callers.identify(environ)  # (stored in the upgrade's environ, as for every request)
-        upgrade = {k: v for k, v in environ.items() if isinstance(v, str)}  # its headers and peer
+        # Its headers and peer, kept while the socket is open only when the caller is asked again later
+        # (a kilobyte or two, times every idle watcher).
+        asked_again = self.callers.guarded or not self.policy.open_to_all
+        upgrade = {k: v for k, v in environ.items() if isinstance(v, str)} if asked_again else {}
         user, peer = environ.get(USER_ENVIRON), self.clients.address_of(environ)
 
         def authorize(service: str, items: list[protocol.Item], msg: dict[str, Any]) -> str | dict[str, Any] | None:

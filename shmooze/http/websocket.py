@@ -825,7 +825,9 @@ class WebSocket(Endpoint):
             owns_socket=take_over,
         )
         try:
-            sock.sendall(response)
+            sent = sock.send(response)  # (all of it, nearly always: gevent's sendall costs a system call more)
+            if sent < len(response):
+                sock.sendall(response[sent:])
         except OSError as exc:
             ws._abort()
             raise WebSocketClosed(f"handshake failed: {exc}") from exc
