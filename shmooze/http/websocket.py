@@ -985,7 +985,9 @@ def websocket_response(
         return _json_error(
             start_response, "500 Internal Server Error", "websockets need gunicorn or werkzeug"
         )
-    held = hold is not None and green_library(raw_socket(environ)) == "gevent"
+    sock = raw_socket(environ)
+    # Held: a plain gevent socket (a loop reads and writes its descriptor itself: not through TLS).
+    held = hold is not None and green_library(sock) == "gevent" and not hasattr(sock, "do_handshake")
     try:
         ws = WebSocket.accept(
             environ,
