@@ -265,6 +265,7 @@ def test_a_nudged_watcher_tries_its_service_again_at_once(monkeypatch):
     from shmooze.http.jsonapp import service_app
 
     monkeypatch.setattr(fanout, "RETRY_FIRST", 60.0)
+    monkeypatch.setattr(fanout, "RETRY_MAX", 60.0)
     port = free_port()
     watcher = fanout.ServiceWatcher(ServiceProxy("sample", "127.0.0.1", port, timeout=30))
     heard = Heard()
