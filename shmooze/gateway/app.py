@@ -34,6 +34,7 @@ from shmooze.http.jsonapp import JSONHTTPError, json_response, raw_json_response
 from shmooze.http.metrics import gateway_stats, render
 from shmooze.http.slowbodies import READERS
 from shmooze.http.websocket import CLOSE_GOING_AWAY, check_origin, host_name
+from shmooze.http.wsloop import socket_loop
 from shmooze.service import Service, only_reads
 from shmooze.settings import STATIC_DIR, Settings
 from shmooze.system.cooperative import gevent_sockets
@@ -440,7 +441,10 @@ class Gateway:
         # The caller of the upgrade request (its session cookie...) for every message; a message's
         # ``token`` names the token's holder for that message only.
         self.callers.identify(environ)  # (stored in the upgrade's environ, as for every request)
-        upgrade = {k: v for k, v in environ.items() if isinstance(v, str)}  # its headers and peer
+        # Its headers and peer, kept while the socket is open only when the caller is asked again later
+        # (a kilobyte or two, times every idle watcher).
+        asked_again = self.callers.guarded or not self.policy.open_to_all
+        upgrade = {k: v for k, v in environ.items() if isinstance(v, str)} if asked_again else {}
         user, peer = environ.get(USER_ENVIRON), self.clients.address_of(environ)
 
         def authorize(service: str, items: list[protocol.Item], msg: dict[str, Any]) -> str | dict[str, Any] | None:
@@ -472,24 +476,28 @@ class Gateway:
             name = self.callers.identify(dict(upgrade)).name if self.callers.guarded else user
             return self.clients.header(caller.of_client(name, peer))
 
-        def handler(ws: Any) -> None:
+        def session(ws: Any) -> PushSession:
             self.sockets.add(ws)
             sessions = gateway_stats().sessions
             sessions.inc()
-            try:
-                PushSession(ws, self.proxies, self.watchers, authorize,
-                            lambda service, items: self.declared[service].only_reads(items, ask=False),
-                            self.settings.ws_max_in_flight, self.settings.ws_outbox_bytes,
-                            caller_of).run()
-            finally:
+
+            def ended() -> None:
                 sessions.dec()
                 self.sockets.discard(ws)
 
+            return PushSession(ws, self.proxies, self.watchers, authorize,
+                               lambda service, items: self.declared[service].only_reads(items, ask=False),
+                               self.settings.ws_max_in_flight, self.settings.ws_outbox_bytes, caller_of, ended)
+
         s = self.settings
-        return websocket_response(environ, start_response, handler, self.allowed_origins or None,
+        loop = socket_loop() if gevent_sockets() else None
+        # Idle WebSockets wait as entries of the worker's loop, at most gateway_connections of them; past
+        # that, one holds a greenlet and a slot of the worker's connections, as a request does.
+        hold = (lambda ws: session(ws).hold(loop)) if loop is not None and len(loop) < s.gateway_connections else None
+        return websocket_response(environ, start_response, lambda ws: session(ws).run(), self.allowed_origins or None,
                                   max_message_size=self.max_body_bytes, ping_interval=s.ws_ping_interval,
                                   idle_timeout=s.ws_idle_timeout, message_timeout=s.ws_message_timeout,
-                                  max_pings=s.ws_max_pings)
+                                  max_pings=s.ws_max_pings, hold=hold)
 
     def close_websockets(self) -> None:
         """Tell every open WebSocket the gateway is going away; browsers reconnect elsewhere."""

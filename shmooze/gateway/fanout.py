@@ -11,7 +11,6 @@ writer. One that falls too far behind is dropped (its page reconnects and reload
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import threading
@@ -26,6 +25,10 @@ from shmooze.registry import Declared
 log = logging.getLogger(__name__)
 
 POLL_TIMEOUT = 20.0  # seconds a long poll waits at the service
+#: Seconds before a watcher that could not reach its service tries again, doubled up to ``RETRY_MAX``:
+#: a refused connection costs microseconds, so a restarted service is heard again within a second.
+RETRY_FIRST = 0.05
+RETRY_MAX = 0.5
 OUTBOX_LIMIT = 500  # messages a slow browser may be behind before it is dropped
 OUTBOX_BYTES = Declared.ws_outbox_bytes.default  # ... or bytes
 
@@ -49,7 +52,7 @@ class Subscriber:
     def __init__(self, ws: WebSocket, max_bytes: int = OUTBOX_BYTES):
         self.ws = ws
         self.max_bytes = max_bytes
-        self._outbox: collections.deque[bytes] = collections.deque()
+        self._outbox: list[bytes] = []  # (a list: an empty deque is 600 bytes, times every idle watcher)
         self._bytes = 0
         self._writing = False  # a writer owns the connection until the outbox is empty
         self._lock = threading.Lock()
@@ -57,6 +60,22 @@ class Subscriber:
 
     def push(self, frame: bytes) -> None:
         if self.dropped:
+            return
+        if not self._writing and self.ws.held:
+            # Held by a loop, so under gevent: nothing else runs until this returns, and nothing here
+            # waits; the lock is for threads. The usual case, a frame the socket takes at once.
+            try:
+                went = self.ws.offer(frame)
+            except WebSocketClosed:
+                self.dropped = True
+                return
+            if went and not self.ws.unsent:
+                return
+            with self._lock:
+                if not went:
+                    self._queue(frame)
+                self._writing = True
+            threading.Thread(target=self._write_loop, name="ws-writer", daemon=True).start()
             return
         with self._lock:
             direct = not self._writing
@@ -79,7 +98,7 @@ class Subscriber:
                     self._writing = False
                     return
             elif not went:
-                self._outbox.appendleft(frame)  # ahead of what others queued meanwhile
+                self._outbox.insert(0, frame)  # ahead of what others queued meanwhile
                 self._bytes += len(frame)
         threading.Thread(target=self._write_loop, name="ws-writer", daemon=True).start()
 
@@ -110,7 +129,7 @@ class Subscriber:
                     self._bytes = 0
                     self._writing = False
                     return
-                frame = self._outbox.popleft()
+                frame = self._outbox.pop(0)
                 self._bytes -= len(frame)
 
     def stop(self) -> None:
@@ -125,18 +144,17 @@ class ServiceWatcher:
         self.proxy = proxy
         self.version: int | None = None
         self._listeners: set[Listener] = set()
+        self._subscribers = 0  # of the listeners, WebSockets (the others are long polls waiting)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
-        self._nudged = threading.Event()
-
-    def nudge(self) -> None:
-        """Poll again now, not after the backoff: the service is back or moved (its registration changed)."""
-        self._nudged.set()
+        self._nudged = threading.Event()  # ends the wait before the next try (see nudge)
 
     def subscribe(self, listener: Listener) -> None:
         with self._lock:
-            self._listeners.add(listener)
+            if listener not in self._listeners:
+                self._listeners.add(listener)
+                self._subscribers += isinstance(listener, Subscriber)
             if self._thread is None:
                 metrics.gateway_stats().watchers.inc()
                 self._ready.clear()
@@ -145,7 +163,14 @@ class ServiceWatcher:
 
     def unsubscribe(self, listener: Listener) -> None:
         with self._lock:
-            self._listeners.discard(listener)
+            if listener in self._listeners:
+                self._listeners.discard(listener)
+                self._subscribers -= isinstance(listener, Subscriber)
+
+    def nudge(self) -> None:
+        """Try the service again at once, without waiting out the pause after a failure (its address
+        changed, or it is known to be back); an answer already under way is still taken."""
+        self._nudged.set()
 
     def current_version(self, timeout: float = 5.0) -> int | None:
         self._ready.wait(timeout)
@@ -162,7 +187,7 @@ class ServiceWatcher:
         return value
 
     def _run(self) -> None:
-        backoff = 0.0
+        retry = 0.0
         while True:
             with self._lock:
                 if not self._listeners:
@@ -175,14 +200,19 @@ class ServiceWatcher:
                     self.version = self.changes(0, 0)["version"]
                     self._ready.set()
                     continue
-                result = self.changes(self.version, POLL_TIMEOUT)
-                backoff = 0.0
+                # The service answers a poll with nothing new well before the forward timeout cuts it.
+                result = self.changes(self.version, min(POLL_TIMEOUT, self.proxy.timeout / 2))
+                if retry:
+                    log.info("watching %s: the service answers again", self.proxy.name)
+                retry = 0.0
             except (ForwardError, ValueError, KeyError, TypeError) as exc:
-                log.info("watching %s: %s", self.proxy.name, exc)
+                if not retry:  # (one line per outage, not one per try)
+                    log.info("watching %s: %s", self.proxy.name, exc)
                 self._ready.set()
-                backoff = min(5.0, backoff * 2 or 0.25)
-                self._nudged.wait(backoff)
-                self._nudged.clear()
+                retry = min(RETRY_MAX, retry * 2 or RETRY_FIRST)
+                if self._nudged.wait(retry):
+                    self._nudged.clear()
+                    retry = RETRY_FIRST
                 continue
             if result.get("events") or result.get("reset"):
                 self.publish(result)
@@ -192,9 +222,10 @@ class ServiceWatcher:
         message = text_frame(change_message(self.proxy.name, result))  # framed once for everyone
         with self._lock:
             listeners = list(self._listeners)
+            subscribers = self._subscribers
         for listener in listeners:
             listener.push(message)
-        metrics.gateway_stats().events.inc(sum(isinstance(s, Subscriber) for s in listeners))
+        metrics.gateway_stats().events.inc(subscribers)
 
 
 def change_message(service: str, result: dict[str, Any]) -> str:
@@ -203,5 +234,9 @@ def change_message(service: str, result: dict[str, Any]) -> str:
                            "events": result.get("events", [])}
     if result.get("reset"):
         out["reset"] = True
-    return json.dumps(out, separators=(",", ":"))
+    return _ENCODER.encode(out)
+
+
+#: Made once (``json.dumps`` with options makes an encoder at every call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
