@@ -406,6 +406,9 @@ class Gateway:
         (the service, not the caller, is the problem), else a 401 that says whether signing in helps."""
         declared = self.declared[service]
         if declared.known is None:
+            vacancy = self.proxies[service].vacancy
+            if vacancy is not None:  # between two leaders (etcd): say so, never ask to sign in
+                return JSONHTTPError(503, vacancy)
             return JSONHTTPError(502, f"cannot tell what {service}'s commands need: {declared.failure}")
         if self.callers.sessions is None:  # no one signs in here: only the token opens it, as it always did
             return JSONHTTPError(401, refusal(what), {"WWW-Authenticate": "Bearer"})
@@ -466,7 +469,7 @@ class Gateway:
             refused = self.refuse(service, needed)
             if isinstance(refused, SignInRequired):
                 return refused.answer
-            return refused.message if refused.code == 502 else refusal("this command", "send it as 'token'")
+            return refused.message if refused.code in (502, 503) else refusal("this command", "send it as 'token'")
 
         def caller_of(msg: dict[str, Any]) -> bytes:
             """The message's token names its holder; else the upgrade's caller (asked again when users
