@@ -362,3 +362,37 @@ def test_idle_watchers_cost_the_gateway_a_few_kilobytes_each(tmp_path):
         finally:
             for ws in sockets:
                 ws.drop()  # (no close handshake for each of 1,200)
+
+
+def test_a_nudge_leaves_a_question_that_hangs_and_asks_again():
+    """A watcher whose service stopped answering (its host is gone, say) asks again as soon as it is
+    nudged (its address changed), not after the forward timeout: a second connection within a second."""
+    import socket
+
+    from shmooze.gateway import fanout
+    from shmooze.http.forward import ServiceProxy
+
+    silent = socket.create_server(("127.0.0.1", 0))  # takes connections, never answers
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while len(accepted) < 2:
+            accepted.append(silent.accept()[0])
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    watcher = fanout.ServiceWatcher(ServiceProxy("silent", "127.0.0.1", silent.getsockname()[1], timeout=30))
+    heard = Heard()
+    watcher.subscribe(heard)
+    try:
+        wait_for(lambda: len(accepted) == 1, 5, what="the watcher's question")
+        nudged = time.monotonic()
+        watcher.nudge()
+        wait_for(lambda: len(accepted) == 2, 5, what="the question asked again")
+        assert time.monotonic() - nudged < 1.0
+    finally:
+        watcher.unsubscribe(heard)
+        for sock in accepted:
+            sock.close()  # (the questions fail: the watcher sees nobody listens and stops)
+        silent.close()
+        acceptor.join(5)

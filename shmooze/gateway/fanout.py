@@ -149,6 +149,7 @@ class ServiceWatcher:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._nudged = threading.Event()  # ends the wait before the next try (see nudge)
+        self._asking: _Question | None = None  # the question under way (see nudge)
 
     def subscribe(self, listener: Listener) -> None:
         with self._lock:
@@ -168,9 +169,12 @@ class ServiceWatcher:
                 self._subscribers -= isinstance(listener, Subscriber)
 
     def nudge(self) -> None:
-        """Try the service again at once, without waiting out the pause after a failure (its address
-        changed, or it is known to be back); an answer already under way is still taken."""
+        """Ask the service again at once (its address changed, or it is known to be back): the pause
+        after a failure ends, and a question under way is left unanswered (its thread ends on its own)."""
         self._nudged.set()
+        question = self._asking
+        if question is not None:
+            question.abandon()
 
     def current_version(self, timeout: float = 5.0) -> int | None:
         self._ready.wait(timeout)
@@ -197,14 +201,17 @@ class ServiceWatcher:
                     return
             try:
                 if self.version is None:
-                    self.version = self.changes(0, 0)["version"]
+                    self.version = self._ask(0, 0)["version"]
                     self._ready.set()
                     continue
                 # The service answers a poll with nothing new well before the forward timeout cuts it.
-                result = self.changes(self.version, min(POLL_TIMEOUT, self.proxy.timeout / 2))
+                result = self._ask(self.version, min(POLL_TIMEOUT, self.proxy.timeout / 2))
                 if retry:
                     log.info("watching %s: the service answers again", self.proxy.name)
                 retry = 0.0
+            except _Abandoned:
+                self._nudged.clear()
+                continue
             except (ForwardError, ValueError, KeyError, TypeError) as exc:
                 if not retry:  # (one line per outage, not one per try)
                     log.info("watching %s: %s", self.proxy.name, exc)
@@ -218,6 +225,15 @@ class ServiceWatcher:
                 self.publish(result)
             self.version = result["version"]
 
+    def _ask(self, since: int, timeout: float) -> dict[str, Any]:
+        """:meth:`changes`, on a thread of its own that :meth:`nudge` can leave behind."""
+        self._nudged.clear()
+        question = self._asking = _Question(self, since, timeout)
+        try:
+            return question.answer()
+        finally:
+            self._asking = None
+
     def publish(self, result: dict[str, Any]) -> None:
         message = text_frame(change_message(self.proxy.name, result))  # framed once for everyone
         with self._lock:
@@ -226,6 +242,44 @@ class ServiceWatcher:
         for listener in listeners:
             listener.push(message)
         metrics.gateway_stats().events.inc(subscribers)
+
+
+class _Abandoned(Exception):
+    """The question was left unanswered (see :meth:`ServiceWatcher.nudge`)."""
+
+
+class _Question:
+    """One ``changes`` asked on a thread (a greenlet, in a gateway worker) of its own."""
+
+    def __init__(self, watcher: ServiceWatcher, since: int, timeout: float):
+        self._done = threading.Event()
+        self._abandoned = False
+        self._result: dict[str, Any] | None = None
+        self._error: Exception | None = None
+        threading.Thread(target=self._ask, args=(watcher, since, timeout), name=f"ask-{watcher.proxy.name}",
+                         daemon=True).start()
+
+    def _ask(self, watcher: ServiceWatcher, since: int, timeout: float) -> None:
+        try:
+            self._result = watcher.changes(since, timeout)
+        except Exception as exc:  # noqa: BLE001 - handed to the watcher, which tells what it takes
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def abandon(self) -> None:
+        self._abandoned = True
+        self._done.set()
+
+    def answer(self) -> dict[str, Any]:
+        """The service's answer (or what went wrong), once it came or the question was abandoned."""
+        self._done.wait()
+        if self._abandoned:
+            raise _Abandoned()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
 
 
 def change_message(service: str, result: dict[str, Any]) -> str:

@@ -93,10 +93,12 @@ class PushSession:
 
     def _serve_waiting(self) -> None:
         """Start the messages the loop read (as :meth:`run` does), then give the connection back to it."""
-        while (text := self.ws.next_message()) is not None:
-            self._take(text)
-        if self._loop is not None:
-            self._loop.resume(self.ws)
+        try:
+            while (text := self.ws.next_message()) is not None:
+                self._take(text)
+        finally:
+            if self._loop is not None:
+                self._loop.resume(self.ws)
 
     def ended(self) -> None:
         """The connection is over: it hears no more events."""

@@ -61,6 +61,10 @@ class SocketLoop:
     def hold(self, ws: WebSocket, owner: Owner) -> None:
         """Hold ``ws`` (its socket now non-blocking, owned by it) until it ends."""
         fd = ws.fileno()
+        stale = self._held.get(fd)
+        if stale is not None:  # (a connection on this descriptor number ended without being released)
+            log.warning("a held WebSocket's descriptor was reused before it was released")
+            self._forget(fd)
         self._held[fd] = (ws, owner)
         ws.hold(lambda: self._release(fd))
         self._next_tick = min(self._next_tick, time.monotonic() + ws.keep_alive_tick())
@@ -79,15 +83,18 @@ class SocketLoop:
 
     def _release(self, fd: int) -> None:
         """``ws`` ended: out of the loop before its descriptor is closed (and reused)."""
+        entry = self._forget(fd)
+        if entry is not None:
+            threading.Thread(target=entry[1].ended, name="ws-ended", daemon=True).start()
+
+    def _forget(self, fd: int) -> tuple[WebSocket, Owner] | None:
         if fd in self._polled:
             self._polled.discard(fd)
             try:
                 self._epoll.unregister(fd)
             except (OSError, ValueError):
                 pass
-        entry = self._held.pop(fd, None)
-        if entry is not None:
-            threading.Thread(target=entry[1].ended, name="ws-ended", daemon=True).start()
+        return self._held.pop(fd, None)
 
     def _pause(self, fd: int) -> None:
         self._polled.discard(fd)
