@@ -89,6 +89,22 @@ def add_rm(q: Queue, pairs: int, times: list[float] | None = None) -> None:
             times.append(time.perf_counter() - t0)
 
 
+def moves_and_updates(q: Queue, moves: int) -> tuple[float, float]:
+    """Seconds of the median ``mv`` in a queue of 20, and per parameter update of a flood (until the
+    service has them all)."""
+    uids = [run(q, "add", type="shout", args={"text": str(i)})["uid"] for i in range(20)]
+    mv_times = []
+    for i in range(moves):
+        t0 = time.perf_counter()
+        run(q, "mv", uids=[uids[i % 20]])
+        mv_times.append(time.perf_counter() - t0)
+    uid = run(q, "add", type="flood")["uid"]
+    t0 = time.perf_counter()
+    while not run(q, "ask_module", uid=uid, parameters=["flood_done"]):
+        time.sleep(0.001)
+    return statistics.median(mv_times), (time.perf_counter() - t0) / FLOOD
+
+
 def one_round(mode: str, pairs: int, moves: int) -> dict[str, float]:
     """One round of one mode (in its own process: ``--round``)."""
     tmp = tempfile.mkdtemp(prefix="shmooze-journal-bench-")
@@ -106,18 +122,7 @@ def one_round(mode: str, pairs: int, moves: int) -> dict[str, float]:
         for t in threads:
             t.join()
         together = (time.perf_counter() - t0) / (CLIENTS * max(1, pairs // 4))
-        uids = [run(q, "add", type="shout", args={"text": str(i)})["uid"] for i in range(20)]
-        mv_times = []
-        for i in range(moves):
-            t0 = time.perf_counter()
-            run(q, "mv", uids=[uids[i % 20]])
-            mv_times.append(time.perf_counter() - t0)
-        mv = statistics.median(mv_times)
-        uid = run(q, "add", type="flood")["uid"]
-        t0 = time.perf_counter()
-        while not run(q, "ask_module", uid=uid, parameters=["flood_done"]):
-            time.sleep(0.001)
-        updates = (time.perf_counter() - t0) / FLOOD
+        mv, updates = moves_and_updates(q, moves)
         if q.journal is not None:
             q.journal.flush(30)
         syncs = getattr(q.journal, "syncs", None)

@@ -26,7 +26,6 @@ bench/multihost_results.json. Every process started is ended by its pid; the nam
 from __future__ import annotations
 
 import argparse
-import ctypes
 import http.client
 import json
 import logging
@@ -55,7 +54,6 @@ log = logging.getLogger("bench.multihost")
 HOSTS = {"lb": 10, "gw1": 11, "gw2": 12, "svc": 21, "client": 30}
 PORT, QUEUE_PORT = 8080, 8081
 TOKEN = "multihost-bench-token"
-CLONE_NEWNET = 0x40000000
 
 
 def parse_args() -> argparse.Namespace:
@@ -195,17 +193,6 @@ backend gateways
         self.hosts.remove()
 
 
-def enter_namespace(name: str) -> None:
-    """Move this (single-threaded) process's networking into the named namespace."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {name} failed")
-    finally:
-        os.close(fd)
-
-
 def rss(pids: list[int]) -> int:
     total = 0
     for pid in pids:
@@ -323,7 +310,7 @@ def main() -> int:
     rounds: list[dict[str, Any]] = []
     try:
         cluster.start()
-        enter_namespace(cluster.hosts.ns("client"))
+        netns.enter(cluster.hosts.ns("client"))
         deadline = time.monotonic() + 120
         for host in ("gw1", "gw2", "lb"):
             wait_up(cluster.addr[host], deadline)

@@ -32,7 +32,7 @@ BIN = VENV / "bin"
 #: order `dev.py bench` runs them (each prints its tables and saves them in bench/results/; --quick
 #: shortens all); bench.summary then joins them into bench/results.md.
 BENCHMARKS = ["run", "push_bench", "cmdlog_bench", "journal_bench", "servicekey_bench", "who_bench", "users_bench", "containment_bench", "soak",
-              "attack_bench"]
+              "attack_bench", "failover_bench"]
 
 
 def say(text: str) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import secrets
 import socket
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 import requests
@@ -168,12 +168,25 @@ class ServiceClient:
         self.url = url
         self.name = name or url
         self._transport = transport or _Transport(timeout, token, None, key)
+        #: Where the service is now, asked at every request (on_port with etcd), else None: ``url``.
+        self._locate: Callable[[], str] | None = None
 
     @classmethod
     def on_port(cls, settings: Any, name: str, timeout: float = DEFAULT_TIMEOUT) -> ServiceClient:
         """A client of service ``name`` on its own port, with the application's service key (the app's
-        own tools: commands that change state are taken, and answers are proven)."""
-        return cls(f"{settings.url(name)}/", name, timeout=timeout, key=servicekey.load(settings, create=False))
+        own tools, services calling each other: commands that change state are taken, and answers are
+        proven). With the ``etcd`` setting, wherever the service is registered now, followed as it moves
+        (this process's :func:`shmooze.cluster.directory.shared`); a call while it has no registration
+        raises :class:`TransportError` (503)."""
+        key = servicekey.load(settings, create=False)
+        if not settings.etcd:
+            return cls(f"{settings.url(name)}/", name, timeout=timeout, key=key)
+        from shmooze.cluster.directory import shared
+
+        directory = shared(settings)
+        client = cls(directory.url(name) or f"{settings.url(name)}/", name, timeout=timeout, key=key)
+        client._locate = lambda: _registered(directory.url(name), name)
+        return client
 
     def call(self, cmd: str, args: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         """Run one command; return its result or raise :class:`ServiceError`.
@@ -195,6 +208,8 @@ class ServiceClient:
     def post(self, payload: Any, timeout: float | None = None) -> Any:
         """Send one request body (a command, or a batch: a list of them) and return the decoded answer
         (a command's answer is not checked here: see :meth:`call`)."""
+        if self._locate is not None:
+            self.url = self._locate()
         return self._transport.post(self.url, payload, timeout)
 
     def batch(self) -> Batch:
@@ -209,6 +224,12 @@ class ServiceClient:
 
         command.__name__ = cmd
         return command
+
+
+def _registered(url: str | None, name: str) -> str:
+    if url is None:
+        raise TransportError(f"service {name!r} has no leader right now (no registration in etcd)", 503)
+    return f"{url}/"
 
 
 def with_key(cmd: str, args: dict[str, Any]) -> dict[str, Any]:

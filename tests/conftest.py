@@ -106,6 +106,19 @@ def parent():
             assert pid_gone(p.proc.pid)
 
 
+@pytest.fixture(scope="module")
+def cluster():
+    """A real etcd cluster of three members on loopback (shmooze.testing.etcd), for a module's tests."""
+    from shmooze.testing import etcd as etcd_kit
+
+    members = etcd_kit.EtcdCluster(3)
+    try:
+        members.start()
+        yield members
+    finally:
+        members.stop()
+
+
 # The browser tests' fixtures (tests/test_browser.py makes them; importing it skips where no Chromium
 # or Playwright is): here, so that every browser test module has them without importing them.
 

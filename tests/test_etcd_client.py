@@ -14,15 +14,7 @@ from shmooze.testing.processes import free_port
 
 pytestmark = pytest.mark.skipif(etcd_kit.why_not() is not None, reason=str(etcd_kit.why_not()))
 
-
-@pytest.fixture(scope="module")
-def cluster():
-    members = etcd_kit.EtcdCluster(3)
-    try:
-        members.start()
-        yield members
-    finally:
-        members.stop()
+# ``cluster``: three members on loopback (tests/conftest.py)
 
 
 def test_keys_leases_and_transactions(cluster) -> None:

@@ -243,3 +243,156 @@ def test_http_long_polls_wait_at_the_gateway_not_on_service_threads(gateway):
         client.volume.set_volume(level=61)
         results = [f.result(timeout=15) for f in futures]
     assert all(r["version"] > since and r["events"][-1]["level"] == 61 for r in results)
+
+
+class Heard:
+    """A listener of a gateway's watcher: the frames it was pushed."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def push(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+
+def test_a_nudged_watcher_tries_its_service_again_at_once(monkeypatch):
+    """After a failure the watcher pauses before its next try; ``nudge`` (the service's address changed,
+    or it is back) ends the pause: with a pause of a minute, the service is heard within a second."""
+    from werkzeug.serving import make_server
+
+    from shmooze.gateway import fanout
+    from shmooze.http.forward import ServiceProxy
+    from shmooze.http.jsonapp import service_app
+
+    monkeypatch.setattr(fanout, "RETRY_FIRST", 60.0)
+    monkeypatch.setattr(fanout, "RETRY_MAX", 60.0)
+    port = free_port()
+    watcher = fanout.ServiceWatcher(ServiceProxy("sample", "127.0.0.1", port, timeout=30))
+    heard = Heard()
+    watcher.subscribe(heard)
+    assert watcher.current_version() is None  # nothing listens on the port: it failed, and pauses
+    svc = Sample()
+    server = make_server("127.0.0.1", port, service_app(svc), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        nudged = time.monotonic()
+        watcher.nudge()
+        wait_for(lambda: watcher.version is not None, 5, what="the watcher to reach the service")
+        assert time.monotonic() - nudged < 1.0
+        svc.changed("x")
+        wait_for(lambda: heard.frames, 5, what="the event")
+        frame = heard.frames[-1]
+        header = {126: 4, 127: 10}.get(frame[1] & 0x7F, 2)  # (a server's frame: unmasked)
+        assert json.loads(frame[header:])["events"][-1]["kind"] == "x"
+    finally:
+        watcher.unsubscribe(heard)
+        svc.changed("end")  # ends the watcher's long poll: it sees nobody listens and stops
+        server.shutdown()
+        thread.join(5)
+
+
+def test_pushes_resume_within_a_second_of_a_service_restarted_on_its_port(tmp_path):
+    """A refused connection costs microseconds, so the gateway tries a service that went away again every
+    half second at most: a service restarted on its port (real processes) pushes to the WebSockets that
+    stayed subscribed within a second of listening again (the reset first, then its events)."""
+    from shmooze.testing.stack import start_service
+
+    with Stack(tmp_path, {"volume": "jukebox.volume:Volume"}) as stack, \
+            WebSocketClient.connect(stack.ws, timeout=5) as ws:
+        ws.send(json.dumps({"id": 1, "subscribe": {"volume": None}}))
+        assert receive_json(ws)["success"]
+        stack.procs["volume"].stop()
+        wait_for(lambda: "watching volume" in stack.procs["wsgi"].log(), 10, what="the watcher to lose the service")
+        stack.procs["volume"] = start_service(stack.path, "volume", tmp_path)  # (returns once it listens)
+        listening = time.monotonic()
+        reset = receive_json(ws)
+        assert reset["event"] == "change" and reset.get("reset") is True, reset
+        assert time.monotonic() - listening < 1.0, "the restarted service was heard late"
+        Client(stack.url).volume.set_volume(level=21)
+        event = receive_json(ws)
+        assert event["events"][-1]["kind"] == "volume" and event["events"][-1]["level"] == 21
+
+
+def test_a_stopping_gateway_tells_its_websockets_it_is_going_away(tmp_path):
+    """Idle WebSockets are held by a loop, not by requests the stopping worker waits for: it still closes
+    each with "going away" (1001) before it exits, so pages reconnect at once (to another gateway)."""
+    with Stack(tmp_path, {"volume": "jukebox.volume:Volume"}) as stack:
+        sockets = [WebSocketClient.connect(stack.ws, timeout=5) for _ in range(6)]
+        for ws in sockets:
+            ws.send(json.dumps({"id": 1, "subscribe": {"volume": None}}))
+            assert receive_json(ws)["success"]
+        stack.procs["wsgi"].stop()
+        for ws in sockets:
+            assert ws.receive(10) is None and ws.closed
+            assert ws.close_code == 1001, (ws.close_code, ws.close_reason)
+            ws.close()
+
+
+def test_idle_watchers_cost_the_gateway_a_few_kilobytes_each(tmp_path):
+    """An idle subscribed WebSocket is an entry of its worker's loop, not a greenlet and a request (which
+    cost about 37 KiB each): 800 more idle watchers add under 16 KiB each to the worker's memory (RSS,
+    measured past the first 400 so that what the first ones bring along is not counted)."""
+    import psutil
+
+    from shmooze.testing.stack import server_workers
+
+    with Stack(tmp_path, {"volume": "jukebox.volume:Volume"}, gateway_workers=1) as stack:
+        (pid,) = wait_for(lambda: server_workers(stack.procs["wsgi"]), 10, what="the gateway's worker")
+        worker = psutil.Process(pid)
+        sockets: list[WebSocketClient] = []
+
+        def watchers(count: int) -> int:
+            """Open ``count`` more subscribed watchers; return the worker's RSS once they are all answered."""
+            opened = [WebSocketClient.connect(stack.ws, timeout=10) for _ in range(count)]
+            sockets.extend(opened)
+            for ws in opened:
+                ws.send(json.dumps({"id": 1, "subscribe": {"volume": None}}))
+            for ws in opened:
+                assert receive_json(ws, 10)["success"]
+            return worker.memory_info().rss
+
+        try:
+            before = watchers(400)
+            after = watchers(800)
+            assert (after - before) / 800 < 16 * 1024, f"{(after - before) / 800 / 1024:.1f} KiB per watcher"
+            Client(stack.url).volume.set_volume(level=3)  # and every one of them hears the next event
+            for ws in sockets:
+                assert receive_json(ws, 10)["events"][-1]["level"] == 3
+        finally:
+            for ws in sockets:
+                ws.drop()  # (no close handshake for each of 1,200)
+
+
+def test_a_nudge_leaves_a_question_that_hangs_and_asks_again():
+    """A watcher whose service stopped answering (its host is gone, say) asks again as soon as it is
+    nudged (its address changed), not after the forward timeout: a second connection within a second."""
+    import socket
+
+    from shmooze.gateway import fanout
+    from shmooze.http.forward import ServiceProxy
+
+    silent = socket.create_server(("127.0.0.1", 0))  # takes connections, never answers
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while len(accepted) < 2:
+            accepted.append(silent.accept()[0])
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    watcher = fanout.ServiceWatcher(ServiceProxy("silent", "127.0.0.1", silent.getsockname()[1], timeout=30))
+    heard = Heard()
+    watcher.subscribe(heard)
+    try:
+        wait_for(lambda: len(accepted) == 1, 5, what="the watcher's question")
+        nudged = time.monotonic()
+        watcher.nudge()
+        wait_for(lambda: len(accepted) == 2, 5, what="the question asked again")
+        assert time.monotonic() - nudged < 1.0
+    finally:
+        watcher.unsubscribe(heard)
+        for sock in accepted:
+            sock.close()  # (the questions fail: the watcher sees nobody listens and stops)
+        silent.close()
+        acceptor.join(5)

@@ -25,7 +25,7 @@ def format_status(report: dict[str, Any]) -> str:
         if st.get("problem"):
             state += " (PROBLEM)"
         if entry["state"] == "REMOTE":
-            state += f" ({entry['host']})"
+            state += f" ({entry['host'] or 'no leader'})"
         rows.append((name, state, str(st.get("pid") or "-"), str(entry["pid"] or "-"), _duration(entry.get("uptime")),
                      str(len(modules)) if "modules" in st else "-"))
         for m in modules:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from shmooze.deploy import logs
 from shmooze.errors import NotTheService, ShmoozeError, exception_line
@@ -329,6 +330,52 @@ def supervisord_conf(settings: Settings, paths: RunPaths, services: list[str] | 
     return "\n".join(lines)
 
 
+# -- open files: what the settings need, in units and in ``shmooze run`` -----------------------
+
+#: Descriptors a gateway worker needs besides its connections: listening sockets, logs, metrics files,
+#: etcd, the idle pools to services.
+GATEWAY_MARGIN = 1024
+#: A service's besides the gateways' connections: its modules (two TCP connections, output pipes, a pidfd
+#: each: about 8) for some 500 of them, logs, journal, command log.
+SERVICE_MARGIN = 4096
+
+
+def open_files_needed(settings: Settings, name: str) -> int:
+    """Open files one process of ``name`` may need (a limit is per process, and workers inherit it).
+
+    A gateway worker holds up to ``gateway_connections`` clients and, while their commands run, a
+    connection to a service for each: twice that. A service may be waited on by every client connection
+    of every gateway worker (long polls, commands): ``gateway_connections`` x ``gateway_workers``, plus
+    its modules'."""
+    if name == "wsgi":
+        return 2 * settings.gateway_connections + GATEWAY_MARGIN
+    return settings.gateway_connections * settings.gateway_workers + SERVICE_MARGIN
+
+
+def raise_open_files(settings: Settings, services: list[str]) -> tuple[int, str | None]:
+    """Raise this process's soft open-files limit to what ``services`` need (its children inherit it),
+    up to the hard limit; the soft limit now, and what to tell the operator when the hard limit is lower."""
+    import resource
+
+    need = max(open_files_needed(settings, name) for name in services)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return soft, None
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            return soft, f"open files: cannot raise the limit from {soft} to {target}: {exc}"
+    if soft >= need:
+        return soft, None
+    return soft, (f"open files: the settings need {need} per process (gateway_connections "
+                  f"{settings.gateway_connections} x gateway_workers {settings.gateway_workers}, modules, margin) "
+                  f"but the hard limit is {hard}: the soft limit is {soft}; raise the hard limit "
+                  f"(ulimit -Hn, LimitNOFILE=, /etc/security/limits.conf) or lower gateway_connections")
+
+
 # -- systemd units, for hosts that prefer systemd to supervisord ---------------------------
 
 def _systemd_word(text: str) -> str:
@@ -382,6 +429,8 @@ def systemd_units(settings: Settings, services: list[str] | None = None, user: s
             *([f"User={user}"] if user else []),
             "Restart=always",
             "RestartSec=1",
+            # soft and hard: what the settings' connections and modules need (open_files_needed)
+            f"LimitNOFILE={open_files_needed(settings, name)}",
             # SIGTERM to the service alone (it stops its modules through their ladders), then
             # SIGKILL to everything left in the unit's cgroup once the stop timeout is over.
             "KillMode=mixed",
@@ -516,6 +565,11 @@ class Runner:
         if exposed:
             self.say(out, f"warning: {exposed}")
         self.paths.prepare()
+        files, short = raise_open_files(self.settings, self.services)
+        if short:
+            self.say(out, f"warning: {short}")
+        else:
+            log.info("open files: soft limit %s", files)
         lock = InstanceLock(self.paths.lock)
         lock.acquire()
         try:
@@ -641,6 +695,23 @@ def service_status(settings: Settings, name: str, timeout: float = 3.0) -> dict[
         return None
 
 
+def remote_status(settings: Settings, name: str) -> dict[str, Any]:
+    """A service another host runs, asked where it is reached now (with etcd: where it is registered)."""
+    from shmooze.client import ServiceClient
+
+    host: str | None = settings.address(name)
+    found = None
+    try:
+        client = ServiceClient.on_port(settings, name, settings.connect_timeout)
+        found = client.status()
+        host = urlsplit(client.url).hostname
+    except ShmoozeError as exc:
+        log.debug("status of %s: %s", name, exc)
+        if settings.etcd:
+            host = None  # (the settings name candidates, not where it runs)
+    return {"state": "REMOTE", "pid": None, "host": host, "status": found, "answering": found is not None}
+
+
 def local_client(settings: Settings, name: str, timeout: float) -> ServiceClient:
     """A client of service ``name`` as this host runs it: at its own address among its candidates in
     ``hosts`` (another candidate may be the leader), with the application's service key."""
@@ -663,12 +734,9 @@ def status(settings: Settings) -> dict[str, Any]:
         prog = programs.get(name, {})
         if not prog and name == "wsgi":
             continue  # a host that runs services only (``shmooze run --services``)
-        if not prog and not is_loopback(settings.address(name)):
+        if not prog and (settings.etcd or not is_loopback(settings.address(name))):
             # Run by another host (``shmooze run --services`` there): asked over the network.
-            found = service_status(settings, name, timeout=settings.connect_timeout) \
-                if name != "wsgi" else None
-            services[name] = {"state": "REMOTE", "pid": None, "host": settings.address(name),
-                              "status": found, "answering": found is not None}
+            services[name] = remote_status(settings, name)
             continue
         entry: dict[str, Any] = {"state": prog.get("statename", "UNKNOWN"), "pid": prog.get("pid") or None}
         if prog.get("statename") == "RUNNING":

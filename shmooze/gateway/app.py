@@ -19,6 +19,8 @@ from werkzeug.wrappers import Request, Response
 
 from shmooze import caller, protocol, servicekey
 from shmooze.access import AccessToken, host_allowed, refusal
+from shmooze.cluster.directory import Directory
+from shmooze.cluster.keys import Registration
 from shmooze.gateway.callers import TOKEN_HOLDER, USER_ENVIRON, Callers
 from shmooze.gateway.clients import Clients
 from shmooze.gateway.dashboard import Dashboard
@@ -32,6 +34,7 @@ from shmooze.http.jsonapp import JSONHTTPError, json_response, raw_json_response
 from shmooze.http.metrics import gateway_stats, render
 from shmooze.http.slowbodies import READERS
 from shmooze.http.websocket import CLOSE_GOING_AWAY, check_origin, host_name
+from shmooze.http.wsloop import socket_loop
 from shmooze.service import Service, only_reads
 from shmooze.settings import STATIC_DIR, Settings
 from shmooze.system.cooperative import gevent_sockets
@@ -71,6 +74,7 @@ class DeclaredReadOnly:
         self.failure = "not asked yet"  # why ``known`` is None
         self._answered_at = float("-inf")
         self._asked_at = float("-inf")
+        self._moves = 0  # times the service moved (moved()): an ask begun before the last move tells nothing
         self._lock = threading.Lock()
 
     def only_reads(self, items: list[protocol.Item], ask: bool = True) -> bool:
@@ -94,7 +98,7 @@ class DeclaredReadOnly:
         the forward would wait for the same connect timeout again."""
         if self._should_ask([]):
             failure = self.refresh()
-            if failure is not None and failure.status == 502:
+            if failure is not None and failure.status in (502, 503):
                 raise failure
 
     def body_only_reads(self, body: bytes) -> bool:
@@ -107,6 +111,11 @@ class DeclaredReadOnly:
     def forget(self) -> None:
         """The service failed: ask again when next needed."""
         self._answered_at = float("-inf")
+
+    def moved(self) -> None:
+        """The service is served elsewhere now (another process): ask it at the next request."""
+        self._moves += 1
+        self._answered_at = self._asked_at = float("-inf")
 
     def _should_ask(self, items: list[protocol.Item]) -> bool:
         now = time.monotonic()
@@ -123,10 +132,12 @@ class DeclaredReadOnly:
         with self._lock:
             if self._asked_at != asked:
                 return None  # another caller asked meanwhile
+            moves = self._moves
             try:
                 return self._ask()
             finally:
-                self._asked_at = time.monotonic()  # min_interval counts from the end of the ask
+                if moves == self._moves:  # (else it asked where the service was: ask again at once)
+                    self._asked_at = time.monotonic()  # min_interval counts from the end of the ask
 
     def _ask(self) -> ForwardError | None:
         try:
@@ -188,6 +199,8 @@ class Gateway:
         self.allowed_hosts = LOCAL_HOSTS | {host_name(listen)} | {host_name(h) for h in settings.allowed_hosts}
         self.any_ip_host = listen in ("0.0.0.0", "::", "")  # listening everywhere: any address literal
         self.watchers = {name: ServiceWatcher(proxy) for name, proxy in self.proxies.items()}
+        #: With etcd: where each service is reached, followed as it moves (shmooze.cluster.directory).
+        self.directory = self.follow_services() if settings.etcd else None
         self.sockets: set[Any] = set()  # open WebSockets, closed with "going away" when the gateway stops
         #: Extra routes under the prefix: name -> WSGI app.
         # Each returns a Response or bytes.
@@ -273,6 +286,34 @@ class Gateway:
             log.warning("forward to %s: %s", proxy.name, exc.message)
             raise JSONHTTPError(exc.status, exc.message) from None
 
+    # -- discovery: services found through etcd -----------------------------------------------
+
+    def follow_services(self) -> Directory:
+        """Point every proxy where etcd says its service is reached, and keep doing so (a new leader, a
+        service moved): the next request goes there, and pushes resume at once. Until a service has
+        a registration its commands get a 503 that says so."""
+        for name, proxy in self.proxies.items():
+            proxy.retarget(None, vacancy=no_leader(name))
+        directory = Directory.for_settings(self.settings)
+        directory.subscribe(self.service_moved)
+        return directory.start(wait=self.connect_timeout)
+
+    def service_moved(self, name: str, found: Registration | None) -> None:
+        """Service ``name`` is reached at ``found.url`` now (``found`` None: nowhere, between leaders)."""
+        from urllib.parse import urlsplit
+
+        proxy = self.proxies.get(name)
+        if proxy is None:
+            return
+        if found is None:
+            moved = proxy.retarget(None, vacancy=no_leader(name))
+        else:
+            parts = urlsplit(found.url)
+            moved = proxy.retarget(parts.hostname, parts.port or 80)
+        if moved:
+            self.declared[name].moved()
+            self.watchers[name].nudge()
+
     def session(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Response:
         """``{prefix}_session``: sign in, out, or who am I (:meth:`Callers.route`). A sign-in takes from the
         client's rate limit as a command that changes state does: guessing passwords is no faster than
@@ -293,7 +334,9 @@ class Gateway:
         is ``up``, one that takes a connection but not its answer in time is ``slow`` (reached: a
         busy service is no reason to take the gateway out), one that cannot be reached is ``down``.
         One service down is the same for every gateway, so it does not fail the check either (the
-        load balancer would take every gateway out, and the services that work with them).
+        load balancer would take every gateway out, and the services that work with them). Nor does a
+        service with no leader right now (with etcd): the gateway learnt it from etcd, so it is not cut
+        off, and every gateway sees the same.
         """
         import threading
 
@@ -302,6 +345,9 @@ class Gateway:
         found: dict[str, tuple[str, str]] = {}
 
         def ask(name: str, proxy: ServiceProxy) -> None:
+            if proxy.vacancy is not None:
+                found[name] = ("down", proxy.vacancy)
+                return
             probe = ServiceProxy(name, proxy.host, proxy.port, timeout=self.connect_timeout,
                                  connect_timeout=self.connect_timeout, max_idle=0, signer=self.signer)
             try:
@@ -321,7 +367,9 @@ class Gateway:
         up = [name for name, (state, _) in states.items() if state == "up"]
         slow = {name: why for name, (state, why) in states.items() if state == "slow"}
         down = {name: why for name, (state, why) in states.items() if state == "down"}
-        healthy = bool(up or slow) or not self.proxies
+        vacant = self.directory is not None and self.directory.loaded.is_set() and \
+            any(proxy.vacancy is not None for proxy in self.proxies.values())
+        healthy = bool(up or slow or vacant) or not self.proxies
         return json_response({"healthy": healthy, "up": up, "slow": slow, "down": down}, 200 if healthy else 503)
 
     # -- what the dashboard needs (shmooze.gateway.dashboard) ------------------------------------------
@@ -358,6 +406,9 @@ class Gateway:
         (the service, not the caller, is the problem), else a 401 that says whether signing in helps."""
         declared = self.declared[service]
         if declared.known is None:
+            vacancy = self.proxies[service].vacancy
+            if vacancy is not None:  # between two leaders (etcd): say so, never ask to sign in
+                return JSONHTTPError(503, vacancy)
             return JSONHTTPError(502, f"cannot tell what {service}'s commands need: {declared.failure}")
         if self.callers.sessions is None:  # no one signs in here: only the token opens it, as it always did
             return JSONHTTPError(401, refusal(what), {"WWW-Authenticate": "Bearer"})
@@ -393,7 +444,10 @@ class Gateway:
         # The caller of the upgrade request (its session cookie...) for every message; a message's
         # ``token`` names the token's holder for that message only.
         self.callers.identify(environ)  # (stored in the upgrade's environ, as for every request)
-        upgrade = {k: v for k, v in environ.items() if isinstance(v, str)}  # its headers and peer
+        # Its headers and peer, kept while the socket is open only when the caller is asked again later
+        # (a kilobyte or two, times every idle watcher).
+        asked_again = self.callers.guarded or not self.policy.open_to_all
+        upgrade = {k: v for k, v in environ.items() if isinstance(v, str)} if asked_again else {}
         user, peer = environ.get(USER_ENVIRON), self.clients.address_of(environ)
 
         def authorize(service: str, items: list[protocol.Item], msg: dict[str, Any]) -> str | dict[str, Any] | None:
@@ -415,7 +469,7 @@ class Gateway:
             refused = self.refuse(service, needed)
             if isinstance(refused, SignInRequired):
                 return refused.answer
-            return refused.message if refused.code == 502 else refusal("this command", "send it as 'token'")
+            return refused.message if refused.code in (502, 503) else refusal("this command", "send it as 'token'")
 
         def caller_of(msg: dict[str, Any]) -> bytes:
             """The message's token names its holder; else the upgrade's caller (asked again when users
@@ -425,24 +479,28 @@ class Gateway:
             name = self.callers.identify(dict(upgrade)).name if self.callers.guarded else user
             return self.clients.header(caller.of_client(name, peer))
 
-        def handler(ws: Any) -> None:
+        def session(ws: Any) -> PushSession:
             self.sockets.add(ws)
             sessions = gateway_stats().sessions
             sessions.inc()
-            try:
-                PushSession(ws, self.proxies, self.watchers, authorize,
-                            lambda service, items: self.declared[service].only_reads(items, ask=False),
-                            self.settings.ws_max_in_flight, self.settings.ws_outbox_bytes,
-                            caller_of).run()
-            finally:
+
+            def ended() -> None:
                 sessions.dec()
                 self.sockets.discard(ws)
 
+            return PushSession(ws, self.proxies, self.watchers, authorize,
+                               lambda service, items: self.declared[service].only_reads(items, ask=False),
+                               self.settings.ws_max_in_flight, self.settings.ws_outbox_bytes, caller_of, ended)
+
         s = self.settings
-        return websocket_response(environ, start_response, handler, self.allowed_origins or None,
+        loop = socket_loop() if gevent_sockets() else None
+        # Idle WebSockets wait as entries of the worker's loop, at most gateway_connections of them; past
+        # that, one holds a greenlet and a slot of the worker's connections, as a request does.
+        hold = (lambda ws: session(ws).hold(loop)) if loop is not None and len(loop) < s.gateway_connections else None
+        return websocket_response(environ, start_response, lambda ws: session(ws).run(), self.allowed_origins or None,
                                   max_message_size=self.max_body_bytes, ping_interval=s.ws_ping_interval,
                                   idle_timeout=s.ws_idle_timeout, message_timeout=s.ws_message_timeout,
-                                  max_pings=s.ws_max_pings)
+                                  max_pings=s.ws_max_pings, hold=hold)
 
     def close_websockets(self) -> None:
         """Tell every open WebSocket the gateway is going away; browsers reconnect elsewhere."""
@@ -476,6 +534,11 @@ class Gateway:
             return full is not None and os.path.samefile(full, self.settings.path)
         except (OSError, ValueError):
             return False
+
+
+def no_leader(name: str) -> str:
+    """What a client hears while service ``name`` has no registration in etcd (between two leaders)."""
+    return f"service {name!r} has no leader right now; retry in a few seconds"
 
 
 def make_gateway(settings: Settings | None = None) -> Gateway:

@@ -11,11 +11,9 @@ writer. One that falls too far behind is dropped (its page reconnects and reload
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import threading
-import time
 from typing import Any, Protocol
 
 from shmooze import protocol
@@ -27,6 +25,10 @@ from shmooze.registry import Declared
 log = logging.getLogger(__name__)
 
 POLL_TIMEOUT = 20.0  # seconds a long poll waits at the service
+#: Seconds before a watcher that could not reach its service tries again, doubled up to ``RETRY_MAX``:
+#: a refused connection costs microseconds, so a restarted service is heard again within a second.
+RETRY_FIRST = 0.05
+RETRY_MAX = 0.5
 OUTBOX_LIMIT = 500  # messages a slow browser may be behind before it is dropped
 OUTBOX_BYTES = Declared.ws_outbox_bytes.default  # ... or bytes
 
@@ -50,7 +52,7 @@ class Subscriber:
     def __init__(self, ws: WebSocket, max_bytes: int = OUTBOX_BYTES):
         self.ws = ws
         self.max_bytes = max_bytes
-        self._outbox: collections.deque[bytes] = collections.deque()
+        self._outbox: list[bytes] = []  # (a list: an empty deque is 600 bytes, times every idle watcher)
         self._bytes = 0
         self._writing = False  # a writer owns the connection until the outbox is empty
         self._lock = threading.Lock()
@@ -58,6 +60,22 @@ class Subscriber:
 
     def push(self, frame: bytes) -> None:
         if self.dropped:
+            return
+        if not self._writing and self.ws.held:
+            # Held by a loop, so under gevent: nothing else runs until this returns, and nothing here
+            # waits; the lock is for threads. The usual case, a frame the socket takes at once.
+            try:
+                went = self.ws.offer(frame)
+            except WebSocketClosed:
+                self.dropped = True
+                return
+            if went and not self.ws.unsent:
+                return
+            with self._lock:
+                if not went:
+                    self._queue(frame)
+                self._writing = True
+            threading.Thread(target=self._write_loop, name="ws-writer", daemon=True).start()
             return
         with self._lock:
             direct = not self._writing
@@ -80,7 +98,7 @@ class Subscriber:
                     self._writing = False
                     return
             elif not went:
-                self._outbox.appendleft(frame)  # ahead of what others queued meanwhile
+                self._outbox.insert(0, frame)  # ahead of what others queued meanwhile
                 self._bytes += len(frame)
         threading.Thread(target=self._write_loop, name="ws-writer", daemon=True).start()
 
@@ -111,7 +129,7 @@ class Subscriber:
                     self._bytes = 0
                     self._writing = False
                     return
-                frame = self._outbox.popleft()
+                frame = self._outbox.pop(0)
                 self._bytes -= len(frame)
 
     def stop(self) -> None:
@@ -126,13 +144,18 @@ class ServiceWatcher:
         self.proxy = proxy
         self.version: int | None = None
         self._listeners: set[Listener] = set()
+        self._subscribers = 0  # of the listeners, WebSockets (the others are long polls waiting)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._nudged = threading.Event()  # ends the wait before the next try (see nudge)
+        self._asking: _Question | None = None  # the question under way (see nudge)
 
     def subscribe(self, listener: Listener) -> None:
         with self._lock:
-            self._listeners.add(listener)
+            if listener not in self._listeners:
+                self._listeners.add(listener)
+                self._subscribers += isinstance(listener, Subscriber)
             if self._thread is None:
                 metrics.gateway_stats().watchers.inc()
                 self._ready.clear()
@@ -141,7 +164,17 @@ class ServiceWatcher:
 
     def unsubscribe(self, listener: Listener) -> None:
         with self._lock:
-            self._listeners.discard(listener)
+            if listener in self._listeners:
+                self._listeners.discard(listener)
+                self._subscribers -= isinstance(listener, Subscriber)
+
+    def nudge(self) -> None:
+        """Ask the service again at once (its address changed, or it is known to be back): the pause
+        after a failure ends, and a question under way is left unanswered (its thread ends on its own)."""
+        self._nudged.set()
+        question = self._asking
+        if question is not None:
+            question.abandon()
 
     def current_version(self, timeout: float = 5.0) -> int | None:
         self._ready.wait(timeout)
@@ -158,7 +191,7 @@ class ServiceWatcher:
         return value
 
     def _run(self) -> None:
-        backoff = 0.0
+        retry = 0.0
         while True:
             with self._lock:
                 if not self._listeners:
@@ -168,28 +201,85 @@ class ServiceWatcher:
                     return
             try:
                 if self.version is None:
-                    self.version = self.changes(0, 0)["version"]
+                    self.version = self._ask(0, 0)["version"]
                     self._ready.set()
                     continue
-                result = self.changes(self.version, POLL_TIMEOUT)
-                backoff = 0.0
+                # The service answers a poll with nothing new well before the forward timeout cuts it.
+                result = self._ask(self.version, min(POLL_TIMEOUT, self.proxy.timeout / 2))
+                if retry:
+                    log.info("watching %s: the service answers again", self.proxy.name)
+                retry = 0.0
+            except _Abandoned:
+                self._nudged.clear()
+                continue
             except (ForwardError, ValueError, KeyError, TypeError) as exc:
-                log.info("watching %s: %s", self.proxy.name, exc)
+                if not retry:  # (one line per outage, not one per try)
+                    log.info("watching %s: %s", self.proxy.name, exc)
                 self._ready.set()
-                backoff = min(5.0, backoff * 2 or 0.25)
-                time.sleep(backoff)
+                retry = min(RETRY_MAX, retry * 2 or RETRY_FIRST)
+                if self._nudged.wait(retry):
+                    self._nudged.clear()
+                    retry = RETRY_FIRST
                 continue
             if result.get("events") or result.get("reset"):
                 self.publish(result)
             self.version = result["version"]
 
+    def _ask(self, since: int, timeout: float) -> dict[str, Any]:
+        """:meth:`changes`, on a thread of its own that :meth:`nudge` can leave behind."""
+        self._nudged.clear()
+        question = self._asking = _Question(self, since, timeout)
+        try:
+            return question.answer()
+        finally:
+            self._asking = None
+
     def publish(self, result: dict[str, Any]) -> None:
         message = text_frame(change_message(self.proxy.name, result))  # framed once for everyone
         with self._lock:
             listeners = list(self._listeners)
+            subscribers = self._subscribers
         for listener in listeners:
             listener.push(message)
-        metrics.gateway_stats().events.inc(sum(isinstance(s, Subscriber) for s in listeners))
+        metrics.gateway_stats().events.inc(subscribers)
+
+
+class _Abandoned(Exception):
+    """The question was left unanswered (see :meth:`ServiceWatcher.nudge`)."""
+
+
+class _Question:
+    """One ``changes`` asked on a thread (a greenlet, in a gateway worker) of its own."""
+
+    def __init__(self, watcher: ServiceWatcher, since: int, timeout: float):
+        self._done = threading.Event()
+        self._abandoned = False
+        self._result: dict[str, Any] | None = None
+        self._error: Exception | None = None
+        threading.Thread(target=self._ask, args=(watcher, since, timeout), name=f"ask-{watcher.proxy.name}",
+                         daemon=True).start()
+
+    def _ask(self, watcher: ServiceWatcher, since: int, timeout: float) -> None:
+        try:
+            self._result = watcher.changes(since, timeout)
+        except Exception as exc:  # noqa: BLE001 - handed to the watcher, which tells what it takes
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def abandon(self) -> None:
+        self._abandoned = True
+        self._done.set()
+
+    def answer(self) -> dict[str, Any]:
+        """The service's answer (or what went wrong), once it came or the question was abandoned."""
+        self._done.wait()
+        if self._abandoned:
+            raise _Abandoned()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
 
 
 def change_message(service: str, result: dict[str, Any]) -> str:
@@ -198,5 +288,9 @@ def change_message(service: str, result: dict[str, Any]) -> str:
                            "events": result.get("events", [])}
     if result.get("reset"):
         out["reset"] = True
-    return json.dumps(out, separators=(",", ":"))
+    return _ENCODER.encode(out)
+
+
+#: Made once (``json.dumps`` with options makes an encoder at every call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 

@@ -266,6 +266,13 @@ class GatewayWorker(GeventWorker):
 
         answer_worker_error(super().handle_error, req, client, addr, exc)
 
+    def run(self) -> None:
+        """gunicorn's, then (stopping) the WebSockets a loop holds close as its requests did."""
+        super().run()
+        from shmooze.http.wsloop import wait_closed
+
+        wait_closed(float(self.cfg.graceful_timeout))
+
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         lane = self.lane
         if lane is None:

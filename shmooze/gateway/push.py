@@ -28,11 +28,14 @@ from shmooze.gateway.fanout import OUTBOX_BYTES, ServiceWatcher, Subscriber, cha
 from shmooze.gateway.longpoll import wait_for_changes_here
 from shmooze.http.forward import ForwardError, ServiceProxy
 from shmooze.http.websocket import WebSocket, text_frame
+from shmooze.http.wsloop import SocketLoop
 from shmooze.registry import Declared
 
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = Declared.ws_max_in_flight.default  # messages of one WebSocket handled at once
+#: Guards every session's lanes and count of messages running (held for a few lines, never across a wait).
+_LANES_LOCK = threading.Lock()
 LANE_LIMIT = 64  # messages with one id waiting their turn
 
 
@@ -43,8 +46,12 @@ class PushSession:
                  authorize: Callable[[str, list[protocol.Item], dict[str, Any]], str | dict[str, Any] | None],
                  is_read: Callable[[str, list[protocol.Item]], bool],
                  max_in_flight: int = MAX_IN_FLIGHT, outbox_bytes: int = OUTBOX_BYTES,
-                 caller_of: Callable[[dict[str, Any]], bytes] = lambda msg: b""):
+                 caller_of: Callable[[dict[str, Any]], bytes] = lambda msg: b"",
+                 on_end: Callable[[], None] | None = None):
         self.ws = ws
+        #: Called once the connection is over.
+        self.on_end = on_end
+        self._loop: SocketLoop | None = None
         #: Who sends a message's command, as the service is told (:mod:`shmooze.caller`): the socket's
         #: caller, or the holder of a token the message carries.
         self.caller_of = caller_of
@@ -55,9 +62,11 @@ class PushSession:
         self.authorize = authorize
         self.subscriber = Subscriber(ws, outbox_bytes)
         self.subscribed: set[str] = set()
-        self._slots = threading.BoundedSemaphore(max(1, max_in_flight))
+        self.max_in_flight = max(1, max_in_flight)
+        # No semaphore or lock of its own: an idle watcher would hold a kilobyte of them (times 10,000).
+        self._running = 0  # lanes running (at most max_in_flight)
+        self._room: threading.Event | None = None  # made when the reader first waits for a free slot
         self._lanes: dict[str, collections.deque[Any]] = {}  # id -> messages waiting behind the one running
-        self._lanes_lock = threading.Lock()
 
     def run(self) -> None:
         """Read messages and start each on its own greenlet (at most ``max_in_flight`` at once;
@@ -69,16 +78,43 @@ class PushSession:
                     if self.ws.closed:
                         return
                     continue
-                try:
-                    msg: Any = protocol.loads(text)
-                except protocol.BodyError as exc:
-                    self.subscriber.push(text_frame(_reply(None, protocol.error(str(exc)))))
-                    continue
-                self._start(msg)
+                self._take(text)
         finally:
-            for name in self.subscribed:
-                self.watchers[name].unsubscribe(self.subscriber)
-            self.subscriber.stop()
+            self.ended()
+
+    def hold(self, loop: SocketLoop) -> None:
+        """Let ``loop`` hold the connection while nothing comes (instead of :meth:`run`): it hands
+        over the messages that come (:meth:`messages_waiting`) and tells when it ended (:meth:`ended`)."""
+        self._loop = loop
+        loop.hold(self.ws, self)
+
+    def messages_waiting(self) -> None:
+        threading.Thread(target=self._serve_waiting, name="ws-reader", daemon=True).start()
+
+    def _serve_waiting(self) -> None:
+        """Start the messages the loop read (as :meth:`run` does), then give the connection back to it."""
+        try:
+            while (text := self.ws.next_message()) is not None:
+                self._take(text)
+        finally:
+            if self._loop is not None:
+                self._loop.resume(self.ws)
+
+    def ended(self) -> None:
+        """The connection is over: it hears no more events."""
+        for name in list(self.subscribed):
+            self.watchers[name].unsubscribe(self.subscriber)
+        self.subscriber.stop()
+        if self.on_end is not None:
+            self.on_end()
+
+    def _take(self, text: str) -> None:
+        try:
+            msg: Any = protocol.loads(text)
+        except protocol.BodyError as exc:
+            self.subscriber.push(text_frame(_reply(None, protocol.error(str(exc)))))
+            return
+        self._start(msg)
 
     def _start(self, msg: Any) -> None:
         if isinstance(msg, dict) and "subscribe" in msg:
@@ -88,7 +124,7 @@ class PushSession:
             key = json.dumps(mid, sort_keys=True)
         except (TypeError, ValueError, RecursionError):
             key = "null"
-        with self._lanes_lock:
+        with _LANES_LOCK:
             lane = self._lanes.get(key)
             if lane is not None:
                 if len(lane) < LANE_LIMIT:
@@ -101,15 +137,15 @@ class PushSession:
             self.subscriber.push(text_frame(_reply(mid, protocol.error(
                 f"too many messages with id {protocol.short(key, 40)} are waiting; use distinct ids"))))
             return
-        self._slots.acquire()
-        with self._lanes_lock:
+        self._take_slot()
+        with _LANES_LOCK:
             self._lanes[key] = collections.deque([msg])
         threading.Thread(target=self._run_lane, args=(key,), name="ws-message", daemon=True).start()
 
     def _run_lane(self, key: str) -> None:
         try:
             while True:
-                with self._lanes_lock:
+                with _LANES_LOCK:
                     lane = self._lanes[key]
                     if not lane:
                         del self._lanes[key]
@@ -121,7 +157,24 @@ class PushSession:
                     reply = _reply(None, protocol.error(f"message refused: {type(exc).__name__}"))
                 self.subscriber.push(text_frame(reply))
         finally:
-            self._slots.release()
+            with _LANES_LOCK:
+                self._running -= 1
+                room = self._room
+            if room is not None:
+                room.set()
+
+    def _take_slot(self) -> None:
+        """Count one more message running, waiting (the reader) while ``max_in_flight`` are."""
+        while True:
+            with _LANES_LOCK:
+                if self._running < self.max_in_flight:
+                    self._running += 1
+                    return
+                if self._room is None:
+                    self._room = threading.Event()
+                room = self._room
+                room.clear()
+            room.wait()
 
     def handle(self, text: str) -> str:
         """Answer one message (as JSON text)."""

@@ -14,6 +14,11 @@ end-of-stream is already waiting) is dropped before use. A command is sent again
 when it cannot have reached the service (the write itself failed on a connection the
 service had closed) or when it changes nothing; otherwise a service that stops while
 running it is answered with :data:`MAY_HAVE_RUN`, never by running it twice.
+
+A proxy can be pointed elsewhere while in use (:meth:`ServiceProxy.retarget`: a service that moved to
+another host, found through etcd): the next request goes to the new address, and no connection to
+the old one is used again (the idle ones are closed at once, the busy ones are cut: a long poll
+waiting on a host that is gone would otherwise wait for its timeout).
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ MAY_HAVE_RUN = "the service stopped while running this command; it may or may no
 
 
 class ForwardError(Exception):
-    """The service could not be reached or did not answer; ``status`` is 502 or 504. ``impostor``:
+    """The service could not be reached or did not answer; ``status`` is 502 or 504 (503: it has no
+    address right now, see :meth:`ServiceProxy.retarget`). ``impostor``:
     what answered did not prove it holds the service key."""
 
     def __init__(self, status: int, message: str, impostor: bool = False):
@@ -98,6 +104,8 @@ class _Connection:
     def __init__(self, sock: socket.socket, timeout: float | None = None):
         self.sock = sock
         self.buf = b""
+        #: The proxy's target when this connection was made (see ServiceProxy.retarget).
+        self.generation = 0
         self.idle_since = time.monotonic()
         #: The ``Shmooze-Proof`` of the last answer read (None: it had none).
         self.proof: str | None = None
@@ -210,6 +218,10 @@ class ServiceProxy:
         self._lock = threading.Lock()
         self._host_header = f"{host}:{port}".encode("latin-1")
         self.signer = signer
+        #: Why there is no address to send to right now (a service between two leaders), else None.
+        self.vacancy: str | None = None
+        self._generation = 0  # bumped by retarget: older connections are never used again
+        self._busy: set[_Connection] = set()  # connections in an exchange (cut by retarget)
         #: Whether a new connection is checked before use (see _take).
         self._check_first = True
         #: Headers sent with every request.
@@ -220,6 +232,37 @@ class ServiceProxy:
         #: Only a service on another host can vanish without a word (see _notice_lost_hosts).
         self._remote = not is_loopback(host)
 
+    def retarget(self, host: str | None, port: int = 0, vacancy: str = "") -> bool:
+        """Send to ``host:port`` from the next request on (``host`` None: nowhere, every request is a 503
+        saying ``vacancy``); whether the target changed. Connections to the old target are not used again."""
+        if (None if self.vacancy is not None else (self.host, self.port)) == \
+                (None if host is None else (host, port)):
+            self.vacancy = vacancy if host is None else None
+            return False
+        from shmooze.settings import is_loopback
+
+        with self._lock:
+            self._generation += 1
+            idle, self._idle = self._idle, []
+            busy = list(self._busy)
+            if host is None:
+                self.vacancy = vacancy or f"service {self.name!r} has no address right now"
+            else:
+                self.host, self.port = host, port
+                self._host_header = f"{host}:{port}".encode("latin-1")
+                self._heads = {}
+                self._remote = not is_loopback(host)
+                self._check_first = True
+                self.vacancy = None
+        for conn in idle:
+            conn.close()
+        for conn in busy:  # wake whoever waits on it: it hears the connection closed
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return True
+
     def _take(self) -> tuple[_Connection, bool]:
         """A live kept-alive connection (the most recently used), else a new one."""
         stale = []
@@ -227,7 +270,9 @@ class ServiceProxy:
         with self._lock:
             while self._idle:
                 candidate = self._idle.pop()
-                if time.monotonic() - candidate.idle_since > self.idle_timeout:
+                if candidate.generation != self._generation:
+                    stale.append(candidate)
+                elif time.monotonic() - candidate.idle_since > self.idle_timeout:
                     stale.extend(self._idle)  # older still: every one of them has expired too
                     stale.append(candidate)
                     self._idle.clear()
@@ -256,12 +301,14 @@ class ServiceProxy:
         return self._connect(), False
 
     def _connect(self) -> _Connection:
+        generation = self._generation  # (before: a retarget meanwhile leaves this one unused)
         sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._remote:
             _notice_lost_hosts(sock, self.connect_timeout)
         conn = _Connection(sock, self.timeout)
         conn.max_answer_bytes = self.max_answer_bytes
+        conn.generation = generation
         return conn
 
     def _identify(self, conn: _Connection) -> bool:
@@ -319,7 +366,7 @@ class ServiceProxy:
     def _give_back(self, conn: _Connection) -> None:
         conn.idle_since = time.monotonic()
         with self._lock:
-            if len(self._idle) < self.max_idle:
+            if len(self._idle) < self.max_idle and conn.generation == self._generation:
                 self._idle.append(conn)
                 return
         conn.close()
@@ -354,17 +401,21 @@ class ServiceProxy:
             start += AUTH_HEADER.encode() + b": " + auth.encode() + b"\r\n"
         request = start + b"Content-Length: %d\r\n\r\n" % len(body) + body
         for attempt in (0, 1):
+            if self.vacancy is not None:
+                raise ForwardError(503, self.vacancy)
+            host, port = self.host, self.port  # (what the messages name, should it move meanwhile)
             try:
                 conn, reused = self._take()
             except (ConnectionRefusedError, FileNotFoundError):
-                raise ForwardError(502, f"service {self.name!r} is down (nothing listens on port {self.port})") from None
+                raise ForwardError(502, f"service {self.name!r} is down (nothing listens on port {port})") from None
             except (socket.timeout, TimeoutError):
                 raise ForwardError(502, f"service {self.name!r} cannot be reached: no connection to "
-                                        f"{self.host} within {self.connect_timeout:g} s (connect_timeout)") from None
+                                        f"{host} within {self.connect_timeout:g} s (connect_timeout)") from None
             except OSError as exc:
                 raise ForwardError(502, f"service {self.name!r} cannot be reached: {exc.strerror or exc}") from exc
             sent = False
             timer = conn.timer
+            self._busy.add(conn)
             try:
                 if timer is None:
                     conn.sock.settimeout(self.timeout)
@@ -395,6 +446,7 @@ class ServiceProxy:
                 conn.close()
                 raise ForwardError(502, f"service {self.name!r} failed: {exc}") from exc
             finally:
+                self._busy.discard(conn)
                 if timer is not None:
                     timer.cancel()
             if signer is not None and not signer.proven(nonce, reply.status, reply.body, conn.proof):

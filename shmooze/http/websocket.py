@@ -21,7 +21,8 @@ nothing more is written on it (see :func:`finish_request`).
 Only text messages are carried (binary ones close the connection with 1003);
 no extensions (permessage-deflate would cost hundreds of KiB per connection).
 Under gunicorn raise ``--worker-connections`` above the number of WebSocket
-clients you expect: each one holds a connection slot for its whole life.
+clients you expect: each one holds a connection slot for its whole life, unless
+a loop holds it (``hold``, :mod:`shmooze.http.wsloop`: the gateway's way).
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ import base64
 import binascii
 import json
 import logging
+import os
 import select
 import socket
 import struct
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -278,6 +279,34 @@ def _wait_readable(sock: socket.socket, timeout: float | None) -> bool:
     return bool(poller.poll(None if timeout is None else timeout * 1000.0))
 
 
+class _Flag:
+    """``threading.Event`` for a flag that is mostly only read: its lock and condition are made when
+    someone first waits (an idle watcher holds one; an Event costs a kilobyte)."""
+
+    __slots__ = ("_set", "_event")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: threading.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        if self._event is not None:
+            self._event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._set:
+            return True
+        if self._event is None:
+            self._event = threading.Event()
+            if self._set:  # (set between the check and the Event)
+                self._event.set()
+        return self._event.wait(timeout)
+
+
 class Endpoint:
     """Message framing, ping/pong and the close handshake shared by both sides.
 
@@ -304,11 +333,11 @@ class Endpoint:
         self.close_reason: str = ""
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
-        self._done = threading.Event()
-        self._messages: deque[str] = deque()
+        self._done = _Flag()
+        self._messages: list[str] = []  # (not a deque: an empty one is 600 bytes, times every idle watcher)
         self._parts: list[str] = []
         self._size = 0
-        self._pongs: deque[bytes] = deque(maxlen=16)
+        self._pongs: list[bytes] = []  # the last 16 pongs' payloads
         self._unsent = b""  # the end of a frame the socket took only part of (written before anything else)
         self._close_deadline = 0.0
         # Keep-alive and budgets; the server side sets them (None: off).
@@ -321,6 +350,12 @@ class Endpoint:
         self._ping_tokens = 0.0
         self._ping_refilled = time.monotonic()
         self._reads = 0
+        #: Held by a :class:`~shmooze.http.wsloop.SocketLoop` (which reads it, and is told here when the
+        #: connection ends): nothing in here then blocks the reader.
+        self._release: Callable[[], None] | None = None
+        self._fd = -1  # (the descriptor, once held: written with os.write)
+        #: Whether a loop holds the connection (so it runs under gevent, see :meth:`hold`).
+        self.held = False
 
     # -- public API
 
@@ -356,7 +391,7 @@ class Endpoint:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._messages:
-                return self._messages.popleft()
+                return self._messages.pop(0)
             if self._done.is_set():
                 return None
             wait = _remaining(deadline)
@@ -376,6 +411,48 @@ class Endpoint:
                     return None
             finally:
                 self._recv_lock.release()
+
+    def next_message_waiting(self) -> bool:
+        """Whether a whole message has been read and not yet taken."""
+        return bool(self._messages)
+
+    def next_message(self) -> str | None:
+        """The next message already read, if any (never waits)."""
+        return self._messages.pop(0) if self._messages else None
+
+    def read_ready(self, fd: int) -> None:
+        """For the loop that holds the connection (see :meth:`hold`): read what the socket has (it said
+        it is readable; ``fd`` is its descriptor) and act on it, never waiting."""
+        try:
+            data = os.read(fd, RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.debug("websocket receive failed: %s", exc)
+            data = b""
+        self._took(data)
+
+    def hold(self, release: Callable[[], None]) -> None:
+        """A loop reads the connection from now on (it holds the reading lock); ``release`` is called
+        once the connection ends, before its socket is closed."""
+        self._recv_lock.acquire()
+        self._release = release
+        self._owns_socket = True
+        self._fd = self._sock.fileno()
+        self.held = True
+
+    def keep_alive_tick(self) -> float:
+        """For the loop that holds the connection: ping, close an idle one, end a close handshake
+        whose answer is late; return the seconds until this needs doing again."""
+        if self._done.is_set():
+            return 5.0
+        if self._conn.state is not ConnectionState.OPEN:
+            left = self._close_deadline - time.monotonic()
+            if left <= 0:
+                self._finish()
+            return max(0.05, left)
+        tick = self._keep_alive()
+        return 5.0 if tick is None else tick
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Start (or finish) the close handshake and wait up to ``close_timeout`` for it."""
@@ -473,6 +550,53 @@ class Endpoint:
             raise WebSocketClosed(f"websocket send failed: {exc}") from exc
 
     def _send_quietly(self, event: Event) -> None:
+        if self._release is None:
+            self._send_quietly_now(event)
+        elif not self._send_at_once(event):  # on the loop: a greenlet of its own waits for the socket
+            threading.Thread(target=self._send_quietly_now, args=(event,), name="ws-control", daemon=True).start()
+
+    def _send_at_once(self, event: Event) -> bool:
+        """Send a control frame if the connection is free and nothing else waits to go; the end of it that
+        the socket does not take goes from a greenlet of its own. False: nothing was done."""
+        if not self._send_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._unsent or self._done.is_set():
+                return self._done.is_set()
+            try:
+                data = self._conn.send(event)
+                sent = self._write_nowait(data)
+            except LocalProtocolError:
+                return True
+            except OSError as exc:
+                log.debug("websocket send failed: %s", exc)
+                self._abort()
+                return True
+            if sent < len(data):
+                self._unsent = data[sent:]
+                threading.Thread(target=self._flush_quietly, name="ws-control", daemon=True).start()
+            return True
+        finally:
+            self._send_lock.release()
+
+    def _flush_quietly(self) -> None:
+        try:
+            with self._send_lock:
+                if not self._done.is_set():
+                    self._write(b"")
+        except WebSocketClosed:
+            pass
+
+    def _write_nowait(self, data: bytes) -> int:
+        """Write what the socket takes now, never waiting (a held connection's descriptor is non-blocking)."""
+        if self._release is None:
+            return _send_nowait(self._sock, data)
+        try:
+            return os.write(self._fd, data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+    def _send_quietly_now(self, event: Event) -> None:
         try:
             self._send_event(event)
         except WebSocketClosed:
@@ -510,11 +634,16 @@ class Endpoint:
         except (OSError, ValueError) as exc:
             log.debug("websocket receive failed: %s", exc)
             data = b""
+        self._took(data)
+        return True
+
+    def _took(self, data: bytes) -> None:
+        """Act on bytes read (``b""``: the peer closed)."""
         if self._done.is_set():
-            return True
+            return
         if self._conn.state is ConnectionState.CLOSED:
             self._finish()
-            return True
+            return
         now = time.monotonic()
         self._last_heard = now
         if self._partial_since is None:
@@ -525,7 +654,6 @@ class Endpoint:
         self._reads += 1
         if self._reads % READS_BEFORE_YIELD == 0:
             _let_others_run()  # a client that sends without pause must not pin the worker
-        return True
 
     def _process_events(self) -> bool:
         """Act on the events of the data wsproto holds; True if a message, ping, pong or close
@@ -552,6 +680,7 @@ class Endpoint:
             elif isinstance(event, Pong):
                 completed = True
                 self._pongs.append(bytes(event.payload))
+                del self._pongs[:-16]
             elif isinstance(event, CloseConnection):
                 completed = True
                 self._on_close(event)
@@ -599,6 +728,9 @@ class Endpoint:
         self._done.set()
         if self.close_code is None:
             self.close_code = CLOSE_ABNORMAL
+        release, self._release = self._release, None
+        if release is not None:
+            release()
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -639,6 +771,7 @@ class WebSocket(Endpoint):
         send_timeout: float | None = SEND_TIMEOUT,
         close_timeout: float = CLOSE_TIMEOUT,
         environ: Mapping[str, Any] | None = None,
+        owns_socket: bool = False,
     ):
         sock.settimeout(send_timeout)
         super().__init__(
@@ -649,6 +782,7 @@ class WebSocket(Endpoint):
         )
         #: The WSGI environ of the handshake request.
         self.environ: Mapping[str, Any] = environ or {}
+        self._owns_socket = owns_socket
 
     @classmethod
     def accept(
@@ -658,9 +792,12 @@ class WebSocket(Endpoint):
         max_message_size: int = MAX_MESSAGE_BYTES,
         send_timeout: float | None = SEND_TIMEOUT,
         close_timeout: float = CLOSE_TIMEOUT,
+        take_over: bool = False,
     ) -> WebSocket:
         """Answer the handshake (``101``) on the request's raw socket.
 
+        ``take_over`` (a gevent socket only): the WebSocket takes the connection from the server, which
+        then ends its request at once without closing it (see :func:`websocket_response`'s ``hold``).
         Raises :class:`HandshakeError` (status 400, or 500 without a raw socket).
         The Origin is not checked here: use :func:`check_origin` first.
         """
@@ -670,6 +807,8 @@ class WebSocket(Endpoint):
         sock = raw_socket(environ)
         if sock is None:
             raise HandshakeError("the server does not expose the raw socket", status=500)
+        if take_over:
+            sock = _taken_over(sock)
         accept = generate_accept_token(environ["HTTP_SEC_WEBSOCKET_KEY"].strip().encode("ascii"))
         response = (
             b"HTTP/1.1 101 Switching Protocols\r\n"
@@ -682,10 +821,13 @@ class WebSocket(Endpoint):
             max_message_size=max_message_size,
             send_timeout=send_timeout,
             close_timeout=close_timeout,
-            environ=environ,
+            environ={} if take_over else environ,  # (a held connection keeps nothing it need not)
+            owns_socket=take_over,
         )
         try:
-            sock.sendall(response)
+            sent = sock.send(response)  # (all of it, nearly always: gevent's sendall costs a system call more)
+            if sent < len(response):
+                sock.sendall(response[sent:])
         except OSError as exc:
             ws._abort()
             raise WebSocketClosed(f"handshake failed: {exc}") from exc
@@ -708,24 +850,31 @@ class WebSocket(Endpoint):
         so one publisher can offer a frame to thousands of connections in a row. Raises
         :class:`WebSocketClosed` when closed.
         """
+        if self._release is not None:  # held, so under gevent: nothing else runs until this returns
+            return not self._send_lock.locked() and self._offer(frame)
         if not self._send_lock.acquire(blocking=False):
             return False
         try:
-            if self._done.is_set() or self._conn.state is not ConnectionState.OPEN:
-                raise WebSocketClosed("websocket is closed")
-            if self._unsent:
-                return False
-            try:
-                sent = _send_nowait(self._sock, frame)
-            except OSError as exc:
-                log.debug("websocket send failed: %s", exc)
-                self._abort()
-                raise WebSocketClosed(f"websocket send failed: {exc}") from exc
-            if sent and sent < len(frame):
-                self._unsent = frame[sent:]
-            return sent > 0
+            return self._offer(frame)
         finally:
             self._send_lock.release()
+
+    def _offer(self, frame: bytes) -> bool:
+        if self._done.is_set() or self._conn.state is not ConnectionState.OPEN:
+            raise WebSocketClosed("websocket is closed")
+        if self._unsent:
+            return False
+        try:
+            sent = os.write(self._fd, frame) if self._release is not None else _send_nowait(self._sock, frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            log.debug("websocket send failed: %s", exc)
+            self._abort()
+            raise WebSocketClosed(f"websocket send failed: {exc}") from exc
+        if sent and sent < len(frame):
+            self._unsent = frame[sent:]
+        return sent > 0
 
     @property
     def unsent(self) -> bool:
@@ -735,6 +884,15 @@ class WebSocket(Endpoint):
     def ping(self, payload: bytes = b"") -> None:
         """Send a ping (the pong is read by whoever is in :meth:`receive`)."""
         self._send_event(Ping(payload=payload))
+
+
+def _taken_over(sock: Any) -> Any:
+    """A gevent socket of its own on the connection's descriptor; the server's is left closed (its
+    ``close`` then does nothing)."""
+    import gevent.socket
+
+    family, kind, proto = sock.family, sock.type, sock.proto
+    return gevent.socket.socket(family, kind, proto, fileno=sock.detach())
 
 
 def raw_socket(environ: Mapping[str, Any]) -> socket.socket | None:
@@ -797,8 +955,13 @@ def websocket_response(
     idle_timeout: float | None = IDLE_TIMEOUT,
     message_timeout: float | None = MESSAGE_TIMEOUT,
     max_pings: int | None = MAX_PINGS,
+    hold: Handler | None = None,
 ) -> Iterable[bytes]:
     """Serve a WebSocket from a WSGI app: handshake, ``handler(ws)``, then release the connection.
+
+    ``hold``: under gevent, instead of the handler, ``hold(ws)`` hands the connection to a loop that
+    holds it (:class:`shmooze.http.wsloop.SocketLoop`) and returns; the request ends at once and the
+    connection lives on, a loop's entry rather than a greenlet.
 
     While the handler receives, the server pings every ``ping_interval`` seconds and closes
     (1001) a connection it heard nothing from for ``idle_timeout``, closes (1008) one whose
@@ -822,24 +985,32 @@ def websocket_response(
         return _json_error(
             start_response, "500 Internal Server Error", "websockets need gunicorn or werkzeug"
         )
+    sock = raw_socket(environ)
+    # Held: a plain gevent socket (a loop reads and writes its descriptor itself: not through TLS).
+    held = hold is not None and green_library(sock) == "gevent" and not hasattr(sock, "do_handshake")
     try:
         ws = WebSocket.accept(
             environ,
             max_message_size=max_message_size,
             send_timeout=send_timeout,
             close_timeout=close_timeout,
+            take_over=held,
         )
     except WebSocketClosed as exc:
         log.debug("websocket handshake dropped: %s", exc)
         return finish_request(environ)
     ws.keep_alive(ping_interval, idle_timeout, message_timeout, max_pings)
     try:
-        handler(ws)
+        if held and hold is not None:
+            hold(ws)
+        else:
+            handler(ws)
     except Exception:
         log.exception("websocket handler failed (%s)", environ.get("PATH_INFO"))
         ws.close(CLOSE_INTERNAL_ERROR, "internal error")
     finally:
-        ws.close()
+        if not held:
+            ws.close()
     from shmooze.http.jsonapp import close_connection
 
     close_connection(start_response)  # what the peer sent after its last frame is not a request

@@ -102,6 +102,17 @@ class EtcdCluster:
         proc.stop(sig)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
+        if self.hosts is not None:  # members on simulated hosts are reached from inside one of them only
+            from concurrent.futures import ThreadPoolExecutor
+
+            from shmooze.testing.netns import enter
+
+            inside = self.hosts.ns(self.on[min(self.procs)])
+            with ThreadPoolExecutor(1, initializer=enter, initargs=(inside,)) as pool:
+                return pool.submit(self._wait_healthy, timeout).result()
+        return self._wait_healthy(timeout)
+
+    def _wait_healthy(self, timeout: float) -> None:
         from shmooze.cluster.etcd import CoordinationError, Etcd
 
         client = Etcd([self.client_urls[i] for i in sorted(self.procs)])

@@ -15,6 +15,8 @@ import subprocess
 from typing import Iterable
 
 SUBNET = "10.213.77"  # a /24 that exists only inside the test's namespaces
+CLONE_NEWNET = 0x40000000
+MODULE_UID = b"SHMOOZE_MODULE_UID="  # (shmooze.system.containment.MODULE_VAR, in every module's environment)
 
 
 def why_not() -> str | None:
@@ -29,6 +31,20 @@ def why_not() -> str | None:
         return f"'ip netns add' failed: {made.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return None
+
+
+def enter(namespace: str) -> None:
+    """Move the calling thread's networking into ``namespace`` (and that of the threads it starts
+    from then on): a test's or benchmark's own probe on a simulated host."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/var/run/netns/{namespace}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {namespace} failed")
+    finally:
+        os.close(fd)
 
 
 def _ip(*args: str) -> None:
@@ -74,6 +90,27 @@ class Hosts:
     def argv(self, host: str, argv: Iterable[str]) -> list[str]:
         """``argv`` run inside the host (``ip netns exec`` execs it: the pid is the program's)."""
         return ["ip", "netns", "exec", self.ns(host), *argv]
+
+    def module_uids(self, hosts: Iterable[str]) -> dict[str, set[str]]:
+        """Which modules run on each of ``hosts`` now: the uid of every module process (by its
+        environment) whose network namespace is the host's (orphans included)."""
+        inodes = {os.stat(f"/var/run/netns/{self.ns(host)}").st_ino: host for host in hosts}
+        found: dict[str, set[str]] = {host: set() for host in inodes.values()}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                host = inodes.get(os.stat(f"/proc/{entry.name}/ns/net").st_ino)
+                if host is None:
+                    continue
+                with open(f"/proc/{entry.name}/environ", "rb") as f:
+                    environ = f.read().split(b"\0")
+            except OSError:
+                continue
+            uid = next((v[len(MODULE_UID):].decode() for v in environ if v.startswith(MODULE_UID)), None)
+            if uid:
+                found[host].add(uid)
+        return found
 
     def pids(self) -> list[int]:
         found = []
