@@ -39,16 +39,6 @@ KEY = "a-shared-service-key-for-the-leader-tests"
 TTL = 3
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    members = etcd_kit.EtcdCluster(3)
-    try:
-        members.start()
-        yield members
-    finally:
-        members.stop()
-
-
 class Candidates:
     """The queue's two candidates, each ``shmooze serve queue --address``, started and stopped by pid.
     ``etcd_for``: the etcd endpoints one candidate uses (through a :class:`Link` the test can cut)."""
