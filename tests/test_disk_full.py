@@ -185,8 +185,8 @@ def test_a_change_the_full_disk_did_not_take_is_answered_not_kept_then_refused(s
         first = q.dispatch(Command("add", {"type": "good"}))
         assert first["success"], first
         filler = fill(small_disk)
-        # A record larger than what is left of the journal's last page: its write fails.
-        answer = q.dispatch(Command("add", {"type": "good", "args": {"pad": "x" * 8192}}))
+        # A record larger than the zeroed space the journal keeps ahead of its writes: its write fails.
+        answer = q.dispatch(Command("add", {"type": "good", "args": {"pad": "x" * (journal.RESERVE + 8192)}}))
         assert not answer["success"] and "not kept" in answer["error"] and "disk full" in answer["error"], answer
         refused = q.dispatch(Command("rm", {"uids": [first["result"]["uid"]]}))
         assert not refused["success"] and "refused: the change could not be kept" in refused["error"], refused
