@@ -346,10 +346,10 @@ class Journal:
         # (write) Synced within fsync_interval, on a thread of its own: writes never wait for the disk.
         # (fsync) Also what syncs the batches that hold only rows of commands that change nothing kept (log()).
         self._syncer = Syncer(f"{service}-journal-sync", path, fsync_interval)
-        # No gathering delay, and the thread writes a change at once, while the command that made it goes
-        # on (an rm stopping its module, a mv sending play and suspend): its answer finds the sync done or
-        # under way. The changes that arrive while a write (and its sync) run make the next batch.
-        self._writer = BatchWriter(f"{service}-journal", self._write_batch, timeout=self._idle_time, linger=0.0)
+        # A command writes its changes and rows itself, in one batch (no hand-over to another thread); the
+        # changes that arrive while a write (and its sync) run make the next batch. An rm's record is written
+        # by the thread at once (removed()), beside the modules' stop: its answer finds the sync done.
+        self._writer = BatchWriter(f"{service}-journal", self._write_batch, timeout=self._idle_time)
 
     # -- what the service records (never blocks on the disk) ----------------------------
 
@@ -364,6 +364,9 @@ class Journal:
     def removed(self, uids: list[str]) -> None:
         if uids:
             self._put(("rm", list(uids)))
+            # Written and synced now, on the thread, while the modules stop (milliseconds): an rm's command
+            # row was recorded before its removal, so the two share this write and sync.
+            self._writer.start_writing()
 
     def ordered(self, uids: list[str]) -> None:
         """The queue's modules are now in this order."""
