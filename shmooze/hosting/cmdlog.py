@@ -183,7 +183,6 @@ class CommandLog:
         the rows it recovered that the log does not have."""
         journal.carry_log(self._carried)
         self.journal = journal
-        self._writer.linger = 0.05  # nobody waits for the inserts: larger batches, less CPU per row
         if journal.recovered_log:
             rows = [tuple(r) for r in journal.recovered_log]
             try:
