@@ -288,9 +288,10 @@ def test_a_full_disk_is_reported_survived_and_recovered_from(small_disk, tmp_pat
         assert out.returncode == 0 and "PROBLEM" not in out.stdout, out.stdout + out.stderr
 
         filler = fill(small_disk)
-        # Commands go on until the last page of the journal or the command log is used up; then they are refused.
+        # Commands go on until the zeroed space of the journal (which keeps the command log's rows too) or the
+        # command log's last page is used up; then they are refused.
         refusals = []
-        for i in range(200):
+        for i in range(2000):
             try:
                 client.queue.mv(uids=uids[i % 3:] + uids[:i % 3])
             except ServiceError as exc:

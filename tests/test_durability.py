@@ -267,7 +267,8 @@ def test_rows_kept_in_the_journal_that_the_log_missed_are_inserted_at_the_next_s
     j = Journal(str(path), "queue", compact_min=1)
     clog = CommandLog(str(db_path), "queue")
     try:
-        clog.keep_in(j)  # it says the log has them: the journal's next rewrite leaves them out
+        clog.keep_in(j)  # it says the log has them (on the disk: once synced), the journal's next rewrite leaves them out
+        wait_for(lambda: j.status()["log_kept"] == 2, 5, what="the log's sync")
         j.added("a", "keep", {})
         for _ in range(10):
             j.ordered(["a"])  # more records than 4x the state: rewritten

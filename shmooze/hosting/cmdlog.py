@@ -95,8 +95,10 @@ class CommandLog:
         self.path = path
         self.service = service
         self.synchronous = "FULL" if durability == "fsync" else "NORMAL"
+        self._synchronous = self.synchronous  # the writer's connection's
         # (NORMAL) The write-ahead log synced within sync_interval, on a thread of its own (SQLite has no call
         # for that short of a checkpoint; a sync of the file is one), so commits never wait for the disk.
+        self._syncer_interval = sync_interval
         self._syncer = Syncer(f"{service}-cmdlog-sync", path + "-wal", sync_interval) \
             if self.synchronous == "NORMAL" else None
         self.health = health if health is not None else storage.Health()
@@ -183,6 +185,13 @@ class CommandLog:
         the rows it recovered that the log does not have."""
         journal.carry_log(self._carried)
         self.journal = journal
+        # The journal keeps the rows until the log's are on the disk: its commits need not sync (NORMAL,
+        # set by the writer), a thread syncs its write-ahead log and then tells the journal (_insert).
+        if self._syncer is None:
+            self._syncer = Syncer(f"{self.service}-cmdlog-sync", self.path + "-wal", self._syncer_interval)
+        self._syncer.on_synced = journal.log_kept
+        self._writer.linger, self._writer.wake = 0.05, False  # nobody waits: one batch every 50 ms, no wake-ups
+        self.synchronous = "NORMAL"
         if journal.recovered_log:
             rows = [tuple(r) for r in journal.recovered_log]
             try:
@@ -256,11 +265,14 @@ class CommandLog:
         them: committed, or lost for good (named in the log)."""
         carried = [n for n, _ in (i for i in items if isinstance(i[0], int))]
         rows = [i[1] if isinstance(i[0], int) else i for i in items]
+        if self._db is not None and self.journal is not None and self._synchronous != self.synchronous:
+            self._db.execute(f"PRAGMA synchronous={self.synchronous}")  # (kept in the journal: keep_in)
+            self._synchronous = self.synchronous
         try:
             self._write([r for r in rows if r is not None], last)
         finally:
-            if carried and self.journal is not None and (not self._unwritten or last):
-                self.journal.log_kept(max(carried))
+            if carried and self._syncer is not None and (not self._unwritten or last):
+                self._syncer.written(max(carried))  # once synced, the journal may forget them
 
     def _write(self, rows: list[Any], last: bool) -> None:
         """Under the write lock (a waiting command or the writer's thread): prune when due, insert ``rows`` in
