@@ -3,9 +3,13 @@
 A service that keeps a journal keeps its rows there first (:meth:`CommandLog.keep_in`): a row is
 written, and synced, in the same write and sync as the change it records (one write and one sync
 per command, the cheapest the promise allows: :mod:`shmooze.hosting.journal`), and a command is
-answered once that is done. The log's writer thread then inserts the rows into SQLite in batches,
-off the commands' path, and tells the journal which it has; a journal read at start hands back the
-rows the log does not have (a crash between the answer and the insert), and they are inserted then.
+answered once that is done. The log's writer thread then inserts the rows into SQLite in batches
+(every 50 ms, woken by nobody: no wake-up per command), off the commands' path, without syncing;
+a thread syncs the log's write-ahead log and then tells the journal up to which row the log has
+them on the disk, and the journal's next rewrite leaves those out. A journal read at start hands
+back the rows it still holds; those the log does not have (a crash between the answer and the
+insert or its sync) are inserted then, once. So a row is readable in SQLite within about 50 ms of
+its command's answer (:meth:`CommandLog.history` and :meth:`CommandLog.count` wait for it).
 
 Without a journal, :meth:`CommandLog.record` puts the row on an in-memory queue and returns; a service answers a
 command once :meth:`CommandLog.sync` says its rows are committed: the waiting command inserts every
