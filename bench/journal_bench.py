@@ -7,8 +7,8 @@ interleaved rounds (the order rotating):
 - ``fsync`` (the default): journal and command log on; a command is answered once its change is
   synced to the disk (group commit: one write and one sync for the commands of a moment);
 - ``write``: the same, answered once the change is written to the kernel (synced within 50 ms);
-- ``today``: journal and command log on, the code before "acknowledged means kept" (a git ref,
-  extracted to a temporary folder): commands answered before anything is written;
+- ``today``: journal and command log on, older code (``--baseline``: a git ref, extracted to a
+  temporary folder, or a folder), for reference;
 - ``off``: no journal, no command log: the floor.
 
 Measured per round: ``add`` + ``rm`` of a module (bash, the cheapest to start), one pair after the
@@ -55,7 +55,7 @@ CLIENTS = 16
 MODES = ("fsync", "write", "today", "off")
 MAX_RATIO = 1.05  # what keeping a command may cost, against neither journal nor log
 LABELS = {"fsync": "answered once synced (fsync, the default)", "write": "answered once written (write)",
-          "today": "today: answered before writing", "off": "no journal, no command log"}
+          "today": "before (the --baseline code)", "off": "no journal, no command log"}
 
 
 def types() -> list[ModuleType]:
