@@ -182,6 +182,9 @@ class BatchWriter:
                 return
 
 
+_datasync = getattr(os, "fdatasync", os.fsync)
+
+
 class Syncer:
     """Syncs a file to the disk at most every ``interval`` seconds after it was written, on a thread of
     its own: a writer that answers once written to the kernel never waits for the disk.
@@ -227,7 +230,7 @@ class Syncer:
                 log.warning("cannot sync %s: %s", self.path, exc.strerror or exc)
                 continue
             try:
-                os.fsync(fd)
+                _datasync(fd)  # (the data and the size, not the times: no metadata commit for a write in place)
                 self.syncs += 1
                 if self.on_synced is not None and mark is not None:
                     self.on_synced(mark)
