@@ -30,11 +30,13 @@ from wsproto.events import Ping, TextMessage
 
 from bench.common import (
     PYTHON,
+    ForeignMeter,
     Proc,
     Row,
     Section,
     bench_argv,
     child_env,
+    cpu_seconds,
     free_port,
     markdown,
     median,
@@ -50,6 +52,7 @@ HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench.attack")
 ONLY: str | None = None
 
+MAX_RATIO = 3.0  # a normal client's p99 under attack over calm, in every round
 SETTINGS = {"gateway_workers": 2, "service_threads": 8, "read_threads": 8, "ws_ping_interval": 2.0,
             "ws_idle_timeout": 5.0, "ws_message_timeout": 5.0, "body_timeout": 2.0, "body_min_rate": 1000,
             "max_body_bytes": 1 << 20}
@@ -261,9 +264,11 @@ def run(phase_seconds: float, rounds: int) -> dict[str, Any]:
         client = NormalClient(port, pids)
         client.thread.start()
         per_round = []
+        meter = ForeignMeter()
         for r in range(rounds):
             for phase in ("calm", "attack"):
                 before = {k: len(v) for k, v in client.latencies.items()}
+                cpu0, t0 = cpu_seconds(pids), time.monotonic()
                 client.phase = phase
                 # The attackers run in a process of their own, so they take no time from the client.
                 only = ["--only", ONLY] if ONLY else []
@@ -282,7 +287,8 @@ def run(phase_seconds: float, rounds: int) -> dict[str, Any]:
                 got = client.latencies[phase][before[phase]:]
                 per_round.append({"round": r, "phase": phase, "requests": len(got),
                                   "p50_ms": round(percentile(got, 0.5) * 1000, 2),
-                                  "p99_ms": round(percentile(got, 0.99) * 1000, 2)})
+                                  "p99_ms": round(percentile(got, 0.99) * 1000, 2),
+                                  "gateway_cores": round((cpu_seconds(pids) - cpu0) / (time.monotonic() - t0), 3)})
                 log.info("round %d %s: %s", r, phase, per_round[-1])
         client.stop.set()
         client.thread.join(30)
@@ -291,6 +297,7 @@ def run(phase_seconds: float, rounds: int) -> dict[str, Any]:
     attack = [x for x in per_round if x["phase"] == "attack"]
     ratios = [a["p99_ms"] / c["p99_ms"] for a, c in zip(attack, calm)]
     return {"phase_seconds": phase_seconds, "rounds": per_round, "errors": len(client.errors),
+            "other_processes_cores": round(meter.cores(), 2), "p99_ratios": [round(x, 2) for x in ratios],
             "error_samples": client.errors[:5], "gateway_workers_restarted": restarted,
             "p99_ratio_median": round(median(ratios), 2), "p99_ratio_min": round(min(ratios), 2),
             "p99_ratio_max": round(max(ratios), 2),
@@ -322,15 +329,24 @@ def main(argv: list[str] | None = None) -> int:
     sec.add(rounds_row("normal client p50, under attack", [a["p50_ms"] for a in attack], "ms",
                        [c["p50_ms"] for c in calm], "calm"))
     sec.add(rounds_row("normal client p99, under attack", [a["p99_ms"] for a in attack], "ms",
-                       [c["p99_ms"] for c in calm], "calm", max_ratio=3.0))
+                       [c["p99_ms"] for c in calm], "calm", max_ratio=MAX_RATIO))
+    worst = max(result["p99_ratios"])
+    sec.add(Row("normal client p99 under attack over calm, every round (the worst)", worst, "x",
+                compare=f"rounds {', '.join(f'{x:.2f}x' for x in result['p99_ratios'])}; target <= {MAX_RATIO:g}x "
+                        f"in every round", target=f"<= {MAX_RATIO:g}x", verdict="pass" if worst <= MAX_RATIO else "FAIL"))
+    sec.add(rounds_row("gateway workers' CPU, under attack", [a["gateway_cores"] for a in attack], "cores",
+                       [c["gateway_cores"] for c in calm], "calm"))
     sec.add(Row("errors; gateway workers restarted", result["errors"], "count",
                 compare=f"{result['errors']} errors; {result['gateway_workers_restarted']} workers restarted",
                 verdict="pass" if result["errors"] == 0 and result["gateway_workers_restarted"] == 0 else "FAIL"))
-    sec.notes.append("Ratio: median of the attack rounds' p99 over the median of the calm rounds' p99; per round "
-                     f"{result['p99_ratio_min']}-{result['p99_ratio_max']}x.")
+    sec.notes.append("Ratio: median of the attack rounds' p99 over the median of the calm rounds' p99; each round's "
+                     "own: its attack phase's p99 over the calm phase just before it.")
+    sec.notes.append(f"Other processes on the machine used {result['other_processes_cores']:.2f} cores on average "
+                     "while this section ran.")
+    sec.noise_cores = result["other_processes_cores"]
     sys.stdout.write(markdown(sec) + "\n")
     save_sections("attack", [sec], args.quick, result=result)
-    ok = result["errors"] == 0 and result["gateway_workers_restarted"] == 0 and result["p99_ratio_median"] <= 3
+    ok = result["errors"] == 0 and result["gateway_workers_restarted"] == 0 and max(result["p99_ratios"]) <= MAX_RATIO
     return 0 if ok else 1
 
 

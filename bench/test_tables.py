@@ -5,6 +5,7 @@ The benchmarks' own tests: pytest collects them with the project's (``testpaths`
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,65 @@ def test_a_row_against_several_floors_lists_each_with_its_spread_and_ratio_in_or
     monkeypatch.setattr(summary, "RESULTS_DIR", tmp_path)
     common.save_sections("push", [common.Section("Push to 10000 watchers: x", [row])], quick=False)
     assert summary.summary_lines(summary.load())[2:] == [line.replace("| p99 |", "| Push to 10000 watchers: p99 |")]
+
+
+# -- the prose beside the tables: written from them only -------------------------------------------
+
+#: A figure: a number with a unit of measure, or a count of errors (the settings' own words, such as
+#: "1,000 watchers" or "50 modules", are not figures: they say what was run, not what came of it).
+FIGURE = re.compile(r"\b\d[\d,.]*\s*(?:ms|us|µs|s|min|%|x|KiB|MiB|GiB|req/s|ops/s|cores?|errors?)(?![\w-])")
+
+
+def benchmark_prose() -> dict[str, str]:
+    """The benchmark prose of the README (its Benchmarks section) and of docs/benchmarks.md (the whole
+    page), with what stands between the generated marks taken out."""
+    readme = summary.README.read_text()
+    section = readme[readme.index("\n## Benchmarks\n"):]
+    section = section[:section.index("\n## ", 1)]
+    page = summary.PAGE.read_text()
+    texts = {"README.md": section, "docs/benchmarks.md": page}
+    for name, text in texts.items():
+        for begin, end in (summary.README_PROSE, summary.PAGE_PROSE, (summary.README_BEGIN, summary.README_END)):
+            while begin in text:
+                text = text[:text.index(begin)] + text[text.index(end, text.index(begin)) + len(end):]
+        texts[name] = text
+    return texts
+
+
+def test_the_prose_beside_the_table_is_what_the_table_gives() -> None:
+    """The README's paragraph and the page's are written from the page's table (summary.py --readme):
+    regenerated from it, they come out the same, so no figure in them is from another run."""
+    page = summary.PAGE.read_text()
+    readme_para, page_para = summary.prose(summary.between(page, (summary.README_BEGIN, summary.README_END)))
+    assert summary.between(page, summary.PAGE_PROSE) == page_para
+    assert summary.between(summary.README.read_text(), summary.README_PROSE) == readme_para
+    assert readme_para.count(" ms ") >= 1  # (the table's figures are in it: the marks are not empty)
+
+
+def test_no_figure_stands_in_the_benchmark_prose_outside_the_generated_marks() -> None:
+    for name, text in benchmark_prose().items():
+        typed = [m.group(0) for m in FIGURE.finditer(text)]
+        assert not typed, f"{name}: figures typed by hand outside the generated marks: {typed}"
+    assert FIGURE.search("0 errors") and FIGURE.search("1.32x (p99)") and FIGURE.search("took 20.2 ms")
+    assert not FIGURE.search("1,000 watchers") and not FIGURE.search("B5. Many modules")
+
+
+def test_the_prose_names_each_row_it_finds_with_its_cells_and_every_target_missed() -> None:
+    block = "\n".join([
+        "Full run of `python3 scripts/dev.py bench` finished 2026-12-06 18:00 UTC: Python 3.11.7, 2 cores; other "
+        "processes on the machine used 0.1-0.4 cores while the sections ran (the machine is shared).", "",
+        *common.TABLE_HEAD,
+        common.table_line(common.rounds_row("A1. HTTP round trip: through the gateway, p50", [1.0, 1.2, 1.1], "ms",
+                                            [0.7, 0.8, 0.9], "bare WSGI floor")),
+        common.table_line(common.rounds_row("Under attack: normal client p99, under attack", [9.0, 10.0, 11.0], "ms",
+                                            [2.0, 2.0, 2.0], "calm", max_ratio=3.0)),
+    ])
+    readme, page = summary.prose(block)
+    one_line = " ".join(readme.split())
+    assert one_line.startswith("From the last full run (2026-12-06; other processes on the machine used 0.1-0.4 "
+                               "cores), every row in [Benchmarks](docs/benchmarks.md): a command through the gateway "
+                               "1.10 ms p50 against 0.800 ms for a bare WSGI app (1.38x); a normal client's p99 "
+                               "under every attack at once 5.00x calm.")
+    assert one_line.endswith("Targets missed or checks failed: 1 (Under attack: normal client p99, under attack).")
+    assert "push" not in one_line  # a row the run lacks: its phrase is left out
+    assert all(len(line) <= 100 for line in page.splitlines()) and "1.38x" in page
