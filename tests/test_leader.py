@@ -107,7 +107,8 @@ def _is_module(pid: int) -> bool:
 
 @pytest.fixture
 def candidates(tmp_path, cluster):
-    made = Candidates(tmp_path, cluster)
+    # with a command log: its rows are not kept in a journal in etcd (the log commits its own)
+    made = Candidates(tmp_path, cluster, log_database_path=str(tmp_path / "log.sqlite"))
     yield made
     made.stop()
 

@@ -133,8 +133,10 @@ class ModuleHost(Service):
         self._boot()
         if self.journal is None and self.journal_path:
             self.journal = Journal(self.journal_path, self.name, durability=self.durability, health=self.storage)
-        if self.journal is not None and self.command_log is not None:
-            self.command_log.keep_in(self.journal)  # a row in the same write and sync as its change
+        if isinstance(self.journal, Journal) and self.command_log is not None:
+            # a row in the same write and sync as its change (a journal in etcd keeps no rows: the log
+            # then commits its own, as without a journal)
+            self.command_log.keep_in(self.journal)
         self.restorer.begin()
 
     def _boot(self) -> ModuleRuntime:
