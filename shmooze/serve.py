@@ -168,7 +168,7 @@ def _configure_module_types(settings: Settings, host: ModuleHost) -> None:
 
 def _configure_places(settings: Settings, host: ModuleHost, name: str) -> None:
     """This host's address among the service's candidates; every type bound to a ``place`` must name one."""
-    host.here = settings.own_address(name)
+    host.places.here = settings.own_address(name)
     candidates = settings.candidates(name)
     for types in host.type_tables().values():
         for mtype in types.values():

@@ -44,6 +44,7 @@ from shmooze.hosting.moduletable import ModuleTable
 from shmooze.hosting.ops import HostOps
 from shmooze.hosting.originallog import OriginalLog, OriginalLogWriter
 from shmooze.hosting.placement import Placement
+from shmooze.hosting.places import Places
 from shmooze.hosting.playrule import PlayRule
 from shmooze.hosting.restarter import RestartPolicies
 from shmooze.hosting.restore import Restorer
@@ -93,11 +94,7 @@ class ModuleHost(Service):
         self.containment_mode = containment
         self.limits_mode = "auto"  # where module limits go: auto, cgroup or rlimit (shmooze.system.containment)
         self.check_peers = check_peers
-        #: This host's address among the service's candidates (set from ``hosts`` by shmooze.serve): module
-        #: types bound to a ``place`` run only where it is theirs.
-        self.here: str | None = None
-        #: Journaled modules of a type bound to another place: kept (in the journal), not started here.
-        self.held: list[dict[str, Any]] = []
+        self.places = Places()  # module types bound to a place run only where it is theirs
         self.table = ModuleTable(placement)
         self.restorer = Restorer(self)
         self.keys = ClientKeys(key_window, wait=self.restorer.wait_for_key)  # (a retry of an add being restored)
@@ -133,10 +130,8 @@ class ModuleHost(Service):
         self._boot()
         if self.journal is None and self.journal_path:
             self.journal = Journal(self.journal_path, self.name, durability=self.durability, health=self.storage)
-        if isinstance(self.journal, Journal) and self.command_log is not None:
-            # a row in the same write and sync as its change (a journal in etcd keeps no rows: the log
-            # then commits its own, as without a journal)
-            self.command_log.keep_in(self.journal)
+        if isinstance(self.journal, Journal) and self.command_log is not None:  # (one in etcd keeps no rows)
+            self.command_log.keep_in(self.journal)  # a row in the same write and sync as its change
         self.restorer.begin()
 
     def _boot(self) -> ModuleRuntime:
@@ -171,13 +166,6 @@ class ModuleHost(Service):
         """Called once the journal's modules are back (at once when there was nothing to restore).
         Applications override it, e.g. to set a default background only when none was restored."""
 
-    def place_refusal(self, mtype: ModuleType) -> str | None:
-        """Why modules of ``mtype`` are not started on this host (bound to another place), or None."""
-        if mtype.place is None or mtype.place == self.here:
-            return None
-        return f"type {mtype.name!r} is bound to the host {mtype.place} (its place); this is " \
-               f"{self.here or 'another host'}: it is kept stopped here"
-
     def type_tables(self) -> dict[str, dict[str, ModuleType]]:
         """The module types this host starts, by kind ("module"; a queue adds "background")."""
         return {"module": self.types}
@@ -193,9 +181,7 @@ class ModuleHost(Service):
         mtype = types.get(type)
         if mtype is None:
             raise CommandError(f"unknown {kind} type {type!r} (available: {', '.join(sorted(types)) or 'none'})")
-        refusal = self.place_refusal(mtype)
-        if refusal is not None:
-            raise CommandError(f"{self.name}: {refusal}")
+        self.places.check(mtype, self.name)
         with self.table.lock:
             refusal = self.table.refusal(self.max_modules)
             if refusal is not None:
@@ -329,11 +315,7 @@ class ModuleHost(Service):
         """Remove modules (unknown uids are ignored); returns once their processes are stopped."""
         self.restorer.wait_for(uids)  # a module being restored is removed once it is back, not missed
         self.recorder.command("rm", {"uids": uids})
-        held = [m["uid"] for m in self.held if m["uid"] in uids]
-        if held:  # (kept stopped here, bound to another place: removed from the journal too)
-            self.held = [m for m in self.held if m["uid"] not in held]
-            if self.journal is not None:
-                self.journal.removed(held)
+        self.places.release(uids, self.journal)  # (kept stopped here, bound to another place)
         for uid in uids:
             self.restarts.cancel(uid)  # a module waiting to be restarted is removed too
         self._remove(uids, "rm")
@@ -351,7 +333,7 @@ class ModuleHost(Service):
 
     @command(read_only=True)
     def status(self) -> dict[str, Any]:
-        return {**super().status(), **self.ops.host_status(), **({"held": self.held} if self.held else {})}
+        return {**super().status(), **self.ops.host_status(), **self.places.status()}
 
     @command(read_only=True)
     def output(self, uid: str, after: int = 0, lines: int = 200) -> dict:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from shmooze.hosting.lifecycle import Lifecycle
     from shmooze.hosting.moduleprocess import ModuleProcess
     from shmooze.hosting.moduletable import ModuleTable
+    from shmooze.hosting.places import Places
     from shmooze.moduletype import ModuleType
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class Host(Protocol):
     journal: Journal | None
     restore_hook: Callable[[Entry], bool] | None
     restore_concurrency: int
-    held: list[dict[str, Any]]
+    places: Places
     table: ModuleTable
     keys: ClientKeys
     recorder: CommandRecorder
@@ -54,8 +55,6 @@ class Host(Protocol):
     def settle(self, modules: list[ModuleProcess]) -> None: ...
 
     def after_restore(self) -> None: ...
-
-    def place_refusal(self, mtype: ModuleType) -> str | None: ...
 
 
 class Restorer:
@@ -130,10 +129,9 @@ class Restorer:
                 why = f"type {mtype.name!r} is not restored (restore=False)"
             elif self.host.restore_hook is not None and not self.host.restore_hook(dict(entry)):
                 why = "the application's restore hook declined it"
-            elif (held := self.host.place_refusal(mtype)) is not None:  # kept in the journal for its own place
+            elif (held := self.host.places.refusal(mtype)) is not None:  # kept in the journal for its own place
                 log.info("%s: not starting module %s here: %s", self.host.name, entry.get("uid"), held)
-                self.host.held.append({"uid": entry["uid"], "type": mtype.name, "kind": entry.get("kind"),
-                                       "reason": held})
+                self.host.places.hold(entry, mtype, held)
                 continue
             else:
                 wanted.append((entry, mtype))
