@@ -340,6 +340,7 @@ class Endpoint:
         self._pongs: list[bytes] = []  # the last 16 pongs' payloads
         self._unsent = b""  # the end of a frame the socket took only part of (written before anything else)
         self._close_deadline = 0.0
+        self._closing = False  # a close frame was sent, or is on its way
         # Keep-alive and budgets; the server side sets them (None: off).
         self.ping_interval: float | None = None
         self.idle_timeout: float | None = None
@@ -446,7 +447,7 @@ class Endpoint:
         whose answer is late; return the seconds until this needs doing again."""
         if self._done.is_set():
             return 5.0
-        if self._conn.state is not ConnectionState.OPEN:
+        if self._conn.state is not ConnectionState.OPEN or self._closing:
             left = self._close_deadline - time.monotonic()
             if left <= 0:
                 self._finish()
@@ -603,7 +604,10 @@ class Endpoint:
             pass
 
     def _start_close(self, code: int, reason: str) -> None:
-        if self._conn.state is ConnectionState.OPEN:
+        # Once: held, the close frame may wait on a greenlet of its own behind a writer (the state
+        # changes only once it is sent), and the keep-alive must not start it again at every round.
+        if self._conn.state is ConnectionState.OPEN and not self._closing:
+            self._closing = True
             self._close_deadline = time.monotonic() + self.close_timeout
             self._send_quietly(CloseConnection(code=code, reason=reason))
 
