@@ -336,13 +336,14 @@ def test_messages_on_one_websocket_run_concurrently(app):
 def test_a_subscriber_that_stops_reading_is_dropped_without_stalling_others(app):
     url = f"ws://127.0.0.1:{app['port']}/ws"
     with Ordinary(app) as ordinary:
-        stalled = on_every_worker(ordinary.pids, lambda: WebSocketClient.connect(url))
-        readers = on_every_worker(ordinary.pids, lambda: WebSocketClient.connect(url))
-        for ws in stalled + readers:
+        seen: dict[int, float] = {}
+        received: list[int] = []  # bytes each reader has read
+
+        def subscribed() -> WebSocketClient:
+            ws = WebSocketClient.connect(url)
             ws.send(json.dumps({"id": 1, "subscribe": {"traffic": None}}))
             assert receive_json(ws)["success"]
-        seen: dict[int, float] = {}
-        received = [0] * len(readers)  # bytes each reader has read
+            return ws
 
         def read(n: int, ws) -> None:
             while (text := ws.receive(30)) is not None:
@@ -351,9 +352,19 @@ def test_a_subscriber_that_stops_reading_is_dropped_without_stalling_others(app)
                     seen[n] = time.monotonic()
                     return
 
-        threads = [threading.Thread(target=read, args=(n, ws), daemon=True) for n, ws in enumerate(readers)]
-        for t in threads:
-            t.start()
+        threads: list[threading.Thread] = []
+
+        def reader() -> WebSocketClient:
+            # reading from the start: on a loaded machine, opening connections until both workers hold
+            # one can take longer than the idle timeout, which would close a reader not yet reading
+            ws = subscribed()
+            received.append(0)
+            threads.append(threading.Thread(target=read, args=(len(received) - 1, ws), daemon=True))
+            threads[-1].start()
+            return ws
+
+        stalled = on_every_worker(ordinary.pids, subscribed)
+        readers = on_every_worker(ordinary.pids, reader)
         for i in range(60):  # 60 x 200 KB of events; the stalled clients never read again
             post(app["port"], {"cmd": "publish", "args": {"count": 2, "size": 100_000}})
             # The readers keep up (however loaded this machine is), so only the stalled clients
