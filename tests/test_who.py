@@ -28,7 +28,7 @@ from shmooze.gateway.app import Gateway
 from shmooze.gateway.ratelimit import RateLimiter, retry_after
 from shmooze.hosting.cmdlog import CommandLog
 from shmooze.testing import WebSocketClient
-from tests.helpers import Stack
+from tests.helpers import Stack, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -71,7 +71,9 @@ def rows(stack: Stack, cmd: str) -> list[tuple[str, str | None]]:
 
 
 def caller_of(stack: Stack, cmd: str, needle: str) -> str | None:
-    found = [who for text, who in rows(stack, cmd) if needle in text]
+    # a row reaches the SQLite file within about 50 ms of the answer (kept in the journal before it)
+    found = wait_for(lambda: [who for text, who in rows(stack, cmd) if needle in text], 5,
+                     what=f"the command log's row of {cmd} {needle}")
     assert len(found) == 1, (cmd, needle, rows(stack, cmd))
     return found[0]
 

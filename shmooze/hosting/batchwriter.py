@@ -62,6 +62,14 @@ class BatchWriter:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
+    def pace(self, linger: float, wake: bool) -> None:
+        """Change how long items linger and whether a put wakes the thread (see ``wake``). The idle thread
+        is woken to take it at once: asleep until its owner's next periodic work (a minute away, say),
+        it would otherwise write nothing put meanwhile, once puts no longer wake it."""
+        with self._lock:
+            self.linger, self.wake = linger, wake
+            self._work.notify()
+
     @property
     def pending(self) -> int:
         """Items put but not written yet."""

@@ -194,7 +194,7 @@ class CommandLog:
         if self._syncer is None:
             self._syncer = Syncer(f"{self.service}-cmdlog-sync", self.path + "-wal", self._syncer_interval)
         self._syncer.on_synced = journal.log_kept
-        self._writer.linger, self._writer.wake = 0.05, False  # nobody waits: one batch every 50 ms, no wake-ups
+        self._writer.pace(0.05, wake=False)  # nobody waits: one batch every 50 ms, no wake-ups
         self.synchronous = "NORMAL"
         if journal.recovered_log:
             rows = [tuple(r) for r in journal.recovered_log]
