@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from shmooze.cluster.etcd import CoordinationError, Etcd, delete_op, prefix_end, put_op, when
 from shmooze.hosting.batchwriter import BatchWriter, WriteFailed
-from shmooze.hosting.journal import _SYNC, Entry, _State
+from shmooze.hosting.journal import _SYNC, Entry, Records, _State
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def read(etcd: Etcd, prefix: str) -> tuple[list[Entry], int, int, str | None]:
     return list(state.entries.values()), int(head.get("gen", 0)), seq, "; ".join(problems) or None
 
 
-class EtcdJournal:
+class EtcdJournal(Records):
     """The journal of one service in etcd, with the interface of :class:`shmooze.hosting.journal.Journal`.
 
     ``fence``: the compares every write carries (the registration key is still this leader's);
@@ -97,38 +97,6 @@ class EtcdJournal:
         self.failures = 0
         self._abandoned = False
         self._writer = BatchWriter(f"{service}-etcd-journal", self._write_batch, timeout=self._idle_time)
-
-    # -- what the service records (never blocks on etcd) ------------------------------------------
-
-    def added(self, uid: str, type: str, args: dict[str, Any], kind: str = "module", key: str | None = None,
-              parameters: Callable[[], dict[str, Any]] | None = None) -> None:
-        entry: Entry = {"uid": uid, "type": type, "args": args, "kind": kind, "parameters": {}, "time": time.time()}
-        if key is not None:
-            entry["key"] = key
-        self._writer.put(("add", entry, parameters))
-
-    def removed(self, uids: list[str]) -> None:
-        if uids:
-            self._writer.put(("rm", list(uids)))
-
-    def ordered(self, uids: list[str]) -> None:
-        self._writer.put(("order", list(uids)))
-
-    def parameters(self, uid: str, current: Callable[[], dict[str, Any]]) -> None:
-        if not self.closed:
-            self._dirty[uid] = current
-
-    @property
-    def closed(self) -> bool:
-        return self._writer.closed
-
-    @property
-    def tickets(self) -> int:
-        return self._writer.tickets
-
-    def sync(self, since: int = 0, timeout: float = 30.0) -> str | None:
-        """Block until every change recorded so far is committed in etcd (None), else why not."""
-        return self._writer.wait(since, timeout)
 
     def flush(self, timeout: float = 5.0) -> bool:
         self._writer.put(_SYNC)

@@ -261,7 +261,52 @@ def _read_lines(data: bytes) -> tuple[list[Entry], str | None]:
 _SYNC = object()  # queued by flush(): write and fsync everything now (parameters included)
 
 
-class Journal:
+class Records:
+    """What a service records in a journal, on a file or in etcd: each change queued for the journal's
+    writer (``_writer``, a :class:`BatchWriter`), never blocking on the storage; parameters kept as the
+    latest getter per uid (``_dirty``), collected by the writer."""
+
+    _writer: BatchWriter
+    _dirty: dict[str, Callable[[], dict[str, Any]]]
+
+    def added(self, uid: str, type: str, args: dict[str, Any], kind: str = "module", key: str | None = None,
+              parameters: Callable[[], dict[str, Any]] | None = None) -> None:
+        """A module was placed (``kind`` ``background`` replaces the background)."""
+        entry: Entry = {"uid": uid, "type": type, "args": args, "kind": kind, "parameters": {}, "time": time.time()}
+        if key is not None:
+            entry["key"] = key
+        self._writer.put(("add", entry, parameters))
+
+    def removed(self, uids: list[str]) -> None:
+        if uids:
+            self._writer.put(("rm", list(uids)))
+
+    def ordered(self, uids: list[str]) -> None:
+        """The queue's modules are now in this order."""
+        self._writer.put(("order", list(uids)))
+
+    def parameters(self, uid: str, current: Callable[[], dict[str, Any]]) -> None:
+        """A module's parameters changed; ``current()`` gives them all (called later, by the writer)."""
+        if not self.closed:
+            self._dirty[uid] = current
+
+    @property
+    def closed(self) -> bool:
+        return self._writer.closed
+
+    @property
+    def tickets(self) -> int:
+        """Changes recorded so far: pass it to :meth:`sync` as ``since`` before making a change."""
+        return self._writer.tickets
+
+    def sync(self, since: int = 0, timeout: float = 30.0) -> str | None:
+        """Block until every change recorded so far is kept (group commit: one write and one sync serve
+        every change that gathered meanwhile). None when those recorded after ``since`` are; else why
+        not (the write failed, the journal is closed, ``timeout`` passed)."""
+        return self._writer.wait(since, timeout)
+
+
+class Journal(Records):
     """The journal of one service: read on creation, then appended by the commands that wait for it
     (or its writer's thread: what nobody waits for).
 
@@ -319,47 +364,6 @@ class Journal:
         self._syncer = Syncer(f"{service}-journal-sync", path, fsync_interval) if durability == WRITE else None
         # No gathering delay: the changes that arrive while a write (and its sync) run make the next batch.
         self._writer = BatchWriter(f"{service}-journal", self._write_batch, timeout=self._idle_time)
-
-    # -- what the service records (never blocks on the disk) ----------------------------
-
-    def added(self, uid: str, type: str, args: dict[str, Any], kind: str = "module", key: str | None = None,
-              parameters: Callable[[], dict[str, Any]] | None = None) -> None:
-        """A module was placed (``kind`` ``background`` replaces the background)."""
-        entry: Entry = {"uid": uid, "type": type, "args": args, "kind": kind, "parameters": {}, "time": time.time()}
-        if key is not None:
-            entry["key"] = key
-        self._put(("add", entry, parameters))
-
-    def removed(self, uids: list[str]) -> None:
-        if uids:
-            self._put(("rm", list(uids)))
-
-    def ordered(self, uids: list[str]) -> None:
-        """The queue's modules are now in this order."""
-        self._put(("order", list(uids)))
-
-    def parameters(self, uid: str, current: Callable[[], dict[str, Any]]) -> None:
-        """A module's parameters changed; ``current()`` gives them all (called later, by the writer)."""
-        if not self.closed:
-            self._dirty[uid] = current
-
-    @property
-    def closed(self) -> bool:
-        return self._writer.closed
-
-    @property
-    def tickets(self) -> int:
-        """Changes recorded so far: pass it to :meth:`sync` as ``since`` before making a change."""
-        return self._writer.tickets
-
-    def sync(self, since: int = 0, timeout: float = 30.0) -> str | None:
-        """Block until every change recorded so far is kept (group commit: one write and one sync serve
-        every change that gathered meanwhile). None when those recorded after ``since`` are; else why
-        not (the write failed, the journal is closed, ``timeout`` passed)."""
-        return self._writer.wait(since, timeout)
-
-    def _put(self, item: Any) -> None:
-        self._writer.put(item)
 
     # -- writing (the write lock held) ----------------------------------------------------------------
 
@@ -479,7 +483,7 @@ class Journal:
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every change recorded so far is written and synced (parameters included); False when
         that took longer than ``timeout`` or the disk did not take it (see :attr:`health`)."""
-        self._put(_SYNC)
+        self._writer.put(_SYNC)
         return self._writer.flush(timeout) and not self._rewrite_due
 
     def close(self) -> None:
