@@ -216,6 +216,7 @@ class ServiceWatcher:
                 if not retry:  # (one line per outage, not one per try)
                     log.info("watching %s: %s", self.proxy.name, exc)
                 self._ready.set()
+                metrics.gateway_stats().watch_retries.inc()
                 retry = min(RETRY_MAX, retry * 2 or RETRY_FIRST)
                 if self._nudged.wait(retry):
                     self._nudged.clear()

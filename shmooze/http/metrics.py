@@ -180,6 +180,9 @@ class GatewayStats:
                               registry=None, **gauge_options)
         self.events = Counter("shmooze_push_events_sent", "Change messages sent to browsers over WebSockets",
                               registry=None)
+        self.watch_retries = Counter("shmooze_push_watch_retries",
+                                     "Times a watcher could not reach its service and waited before trying again",
+                                     registry=None)
 
     def registry(self, proxies: dict[str, Any]) -> Any:
         """A registry for one scrape: this process's (or every worker's) figures and every service's."""
@@ -191,7 +194,7 @@ class GatewayStats:
 
             multiprocess.MultiProcessCollector(registry)
         else:
-            for metric in (self.sessions, self.watchers, self.events):
+            for metric in (self.sessions, self.watchers, self.events, self.watch_retries):
                 registry.register(metric)
         registry.register(ServicesCollector(proxies))
         return registry
