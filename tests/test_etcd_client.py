@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 
 import pytest
+import requests
 
 from shmooze.cluster.etcd import Entry, Etcd, NoQuorum, Unreachable, delete_op, put_op, when
 from shmooze.errors import SettingsError
@@ -93,6 +97,34 @@ def test_no_quorum_and_unreachable_are_told_apart(cluster) -> None:
     nobody = Etcd([f"http://127.0.0.1:{free_port()}"], timeout=1.0)
     with pytest.raises(Unreachable, match="no etcd member answered"):
         nobody.get("/x")
+
+
+def test_a_lease_is_renewed_through_any_member_while_one_hangs(cluster) -> None:
+    """A renewal goes to every member at once (``call_all``): a member that hangs (a follower frozen here
+    with SIGSTOP, named first so that it is the one tried first) costs it nothing, where one member after
+    the other would first wait out the hanging one's whole timeout."""
+    follower = next(index for index, url in enumerate(cluster.endpoints) if not leads(url))
+    urls = [cluster.endpoints[follower]] + [u for i, u in enumerate(cluster.endpoints) if i != follower]
+    etcd = Etcd(urls, timeout=5.0)
+    lease = etcd.grant(10)
+    frozen = cluster.procs[follower].pid
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert 0 < etcd.refresh(lease) <= 10
+        took = time.monotonic() - started
+        assert took < 4.5, f"the renewal waited {took:.1f} s: the hanging member's timeout is 5 s"
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+        cluster.wait_healthy()
+        etcd.revoke(lease)
+        etcd.close()
+
+
+def leads(url: str) -> bool:
+    """Whether the member at ``url`` is the etcd cluster's leader (from its own status)."""
+    status = requests.post(f"{url}/v3/maintenance/status", json={}, timeout=5).json()
+    return status["leader"] == status["header"]["member_id"]
 
 
 def test_settings_errors_are_clear() -> None:

@@ -97,6 +97,7 @@ class Etcd:
                         for scheme, host, port in check_endpoints(endpoints)]
         self._current = 0
         self._lock = threading.Lock()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # for call_all, made at its first use
 
     def next_member(self) -> None:
         """Talk to the next member from now on (the current one stopped answering)."""
@@ -104,6 +105,8 @@ class Etcd:
             self._current = (self._current + 1) % len(self.clients)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
         for client in self.clients:
             client.session.close()
 
@@ -111,35 +114,60 @@ class Etcd:
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` to ``/v3/<path>`` on the current member, moving on when it cannot be reached."""
-        from etcd3gw import exceptions
-
         with self._lock:
             start = self._current
         timed_out = False
         for step in range(len(self.clients)):
             index = (start + step) % len(self.clients)
-            client = self.clients[index]
-            try:
-                answer = client.post(client.get_url(path), json=body)
-            except exceptions.ConnectionFailedError as exc:
-                # refused, reset, or 503 from a member that is cut off from the leader
-                if "no leader" in str(exc) or "timed out" in str(exc):
-                    timed_out = True
-                log.debug("etcd member %s:%s: %s", client.host, client.port, exc)
-                continue
-            except exceptions.ConnectionTimeoutError as exc:
-                # a connect timeout (a silent link) or a request the member could not commit in time
-                timed_out = timed_out or "connect" not in str(exc).lower()
-                log.debug("etcd member %s:%s timed out: %s", client.host, client.port, exc)
-                continue
-            except exceptions.Etcd3Exception as exc:
-                raise CoordinationError(f"etcd refused {path}: {exc}") from exc
-            with self._lock:
-                self._current = index
-            return answer
+            answer, late = self._attempt(index, path, body)
+            if answer is not None:
+                return answer
+            timed_out = timed_out or late
+        raise self._failed(path, timed_out)
+
+    def call_all(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` to ``/v3/<path>`` on every member at once and take the first answer: for a request
+        any member may serve that is worth sending twice (a lease renewal), so that a member that hangs (no
+        leader for a moment, while the cluster elects one) delays it by nothing."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(4 * len(self.clients), thread_name_prefix="etcd-all")
+            pool = self._pool
+        tries = [pool.submit(self._attempt, index, path, body) for index in range(len(self.clients))]
+        timed_out = False
+        for done in concurrent.futures.as_completed(tries):
+            answer, late = done.result()  # (a refusal, CoordinationError, is raised here)
+            if answer is not None:
+                return answer
+            timed_out = timed_out or late
+        raise self._failed(path, timed_out)
+
+    def _attempt(self, index: int, path: str, body: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+        """One try on member ``index``: its answer, else None and whether it timed out (rather than being
+        down); a request etcd refuses raises :class:`CoordinationError`."""
+        from etcd3gw import exceptions
+
+        client = self.clients[index]
+        try:
+            answer = client.post(client.get_url(path), json=body)
+        except exceptions.ConnectionFailedError as exc:
+            # refused, reset, or 503 from a member that is cut off from the leader
+            log.debug("etcd member %s:%s: %s", client.host, client.port, exc)
+            return None, "no leader" in str(exc) or "timed out" in str(exc)
+        except exceptions.ConnectionTimeoutError as exc:
+            # a connect timeout (a silent link) or a request the member could not commit in time
+            log.debug("etcd member %s:%s timed out: %s", client.host, client.port, exc)
+            return None, "connect" not in str(exc).lower()
+        except exceptions.Etcd3Exception as exc:
+            raise CoordinationError(f"etcd refused {path}: {exc}") from exc
+        with self._lock:
+            self._current = index
+        return answer, False
+
+    def _failed(self, path: str, timed_out: bool) -> CoordinationError:
         if timed_out:
-            raise NoQuorum(f"etcd cannot commit (no quorum): {path} timed out on every member that answered")
-        raise Unreachable(f"no etcd member answered ({', '.join(f'{c.host}:{c.port}' for c in self.clients)})")
+            return NoQuorum(f"etcd cannot commit (no quorum): {path} timed out on every member that answered")
+        return Unreachable(f"no etcd member answered ({', '.join(f'{c.host}:{c.port}' for c in self.clients)})")
 
     # -- keys --------------------------------------------------------------------------------------
 
@@ -187,7 +215,7 @@ class Etcd:
 
     def refresh(self, lease: int) -> int:
         """Keep ``lease`` alive; the seconds it now has left (0 or less: it has expired)."""
-        answer = self.call("lease/keepalive", {"ID": lease})
+        answer = self.call_all("lease/keepalive", {"ID": lease})
         return int(answer.get("result", answer).get("TTL", 0))
 
     def revoke(self, lease: int) -> None:

@@ -7,7 +7,8 @@ only while the key is absent. The one whose transaction holds is the LEADER; the
 a leader that stopped, or expired).
 
 **Fencing.** The leader renews its lease every ``ttl / 10`` s (each renewal on a thread of its own,
-so a member that hangs delays none of the others). A renewal sent at ``t`` that succeeds proves the
+sent to every member at once and taken from the first that answers, so a member that hangs delays
+neither the other renewals nor this one). A renewal sent at ``t`` that succeeds proves the
 lease lasts until at least ``t + ttl`` (etcd counts the TTL from when it receives the renewal), so
 ``t`` is a *safe moment*. With ``S`` the last safe moment:
 
