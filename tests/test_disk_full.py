@@ -185,8 +185,8 @@ def test_a_change_the_full_disk_did_not_take_is_answered_not_kept_then_refused(s
         first = q.dispatch(Command("add", {"type": "good"}))
         assert first["success"], first
         filler = fill(small_disk)
-        # A record larger than what is left of the journal's last page: its write fails.
-        answer = q.dispatch(Command("add", {"type": "good", "args": {"pad": "x" * 8192}}))
+        # A record larger than the zeroed space the journal keeps ahead of its writes: its write fails.
+        answer = q.dispatch(Command("add", {"type": "good", "args": {"pad": "x" * (journal.RESERVE + 8192)}}))
         assert not answer["success"] and "not kept" in answer["error"] and "disk full" in answer["error"], answer
         refused = q.dispatch(Command("rm", {"uids": [first["result"]["uid"]]}))
         assert not refused["success"] and "refused: the change could not be kept" in refused["error"], refused
@@ -288,9 +288,10 @@ def test_a_full_disk_is_reported_survived_and_recovered_from(small_disk, tmp_pat
         assert out.returncode == 0 and "PROBLEM" not in out.stdout, out.stdout + out.stderr
 
         filler = fill(small_disk)
-        # Commands go on until the last page of the journal or the command log is used up; then they are refused.
+        # Commands go on until the zeroed space of the journal (which keeps the command log's rows too) or the
+        # command log's last page is used up; then they are refused.
         refusals = []
-        for i in range(200):
+        for i in range(2000):
             try:
                 client.queue.mv(uids=uids[i % 3:] + uids[:i % 3])
             except ServiceError as exc:
@@ -321,7 +322,8 @@ def test_a_full_disk_is_reported_survived_and_recovered_from(small_disk, tmp_pat
             return None
         status = wait_for(back_with_problem, 60, interval=0.1, what="a new worker answering on the full disk")
         back = time.monotonic() - killed
-        assert {m["uid"] for m in status["modules"]} == set(uids)  # restored from what was written
+        # Restored from what was written (a status that says the restore is over lists them all).
+        assert {m["uid"] for m in status["modules"]} == set(uids), (status["restoring"], status["journal"])
         assert "journal" in status["problem"], status["problem"]  # it could not rewrite its journal at start
         out = shmooze("status", "--settings", str(path), "--json")
         assert out.returncode == 1, out.stdout + out.stderr

@@ -3,7 +3,8 @@
 :func:`answer_when_kept` runs a command, then waits for what it recorded in the journal and the
 command log: written and synced to the disk (durability ``fsync``, the default) or written to the
 kernel (``write``). Its waits share one write and one sync with every command that changed something
-meanwhile (group commit; :class:`shmooze.hosting.batchwriter.BatchWriter`). A success whose change cannot be
+meanwhile (group commit; :class:`shmooze.hosting.batchwriter.BatchWriter`); a command log that keeps
+its rows in the journal (:meth:`CommandLog.keep_in`) is kept by the journal's sync. A success whose change cannot be
 kept is answered an error: a success answer is a promise.
 """
 
@@ -27,7 +28,9 @@ def answer_when_kept(run: Callable[[], dict[str, Any]], command: str, service: s
     if journal is not None and command_log is not None and durability == FSYNC:
         command_log.start_writing()  # its commit's sync beside the journal's, not after it
     problem = journal.sync(since) if journal is not None else None
-    log_problem = command_log.sync(log_since) if command_log is not None else None
+    carried = command_log is not None and command_log.journal is not None and command_log.journal is journal
+    log_problem = command_log.sync(log_since) if command_log is not None and not carried else None  # (carried:
+    # its rows are the journal's, kept by the sync above)
     if problem is not None and answer.get("success"):
         return protocol.error(f"{command} was done but is not kept ({problem}): a restart of {service} "
                               "before it is written would undo it")

@@ -39,17 +39,21 @@ class BatchWriter:
     """
 
     def __init__(self, name: str, write: Callable[[list[Any], bool], None], timeout: Callable[[], float | None],
-                 max_batch: int | None = None, linger: float = 0.005):
+                 max_batch: int | None = None, linger: float = 0.005, wake: bool = True):
         self._write = write
         self._timeout = timeout
         self.max_batch = max_batch
         self.linger = linger
+        #: False: a put does not wake the idle thread, which looks every ``linger`` instead (an owner whose
+        #: items are nearly all written by their waiters: no wake-up, and no GIL taken, per item).
+        self.wake = wake
         self.closed = False
         self._items: collections.deque[Any] = collections.deque()
         self._lock = threading.Lock()  # the queue and the counts
         self._work = threading.Condition(self._lock)  # wakes the thread: an item while it was idle, close
         self._idle = False
         self._urgent = False  # (start_writing) the thread writes what is queued without lingering
+        self._oldest_at = 0.0  # when the oldest item queued was put (monotonic)
         self._writing = threading.Lock()  # whoever holds it takes the next batch and writes it
         self._put = 0
         self._done = 0
@@ -57,6 +61,14 @@ class BatchWriter:
         self._failed: collections.deque[tuple[int, int, str]] = collections.deque(maxlen=1000)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    def pace(self, linger: float, wake: bool) -> None:
+        """Change how long items linger and whether a put wakes the thread (see ``wake``). The idle thread
+        is woken to take it at once: asleep until its owner's next periodic work (a minute away, say),
+        it would otherwise write nothing put meanwhile, once puts no longer wake it."""
+        with self._lock:
+            self.linger, self.wake = linger, wake
+            self._work.notify()
 
     @property
     def pending(self) -> int:
@@ -77,8 +89,10 @@ class BatchWriter:
                 self._failed.append((self._put, self._put, "not written: the writer is closed"))
                 self._done += 1
             else:
+                if not self._items:
+                    self._oldest_at = time.monotonic()
                 self._items.append(item)
-                if self._idle:  # the thread sleeps for long: it writes this unless a waiter does first
+                if self._idle and self.wake:  # the thread sleeps for long: it writes this unless a waiter does first
                     self._idle = False
                     self._work.notify()
             return self._put
@@ -130,6 +144,7 @@ class BatchWriter:
         with self._lock:
             count = len(self._items) if last or self.max_batch is None else min(len(self._items), self.max_batch)
             items = [self._items.popleft() for _ in range(count)]
+            self._oldest_at = time.monotonic()  # (what is left came during the batch, at the latest)
         failed = None
         try:
             self._write(items, last)
@@ -153,19 +168,29 @@ class BatchWriter:
                 due = False
                 if not self._items and not self.closed:
                     self._idle = True
-                    due = not self._work.wait(self._timeout())
+                    timeout = self._timeout()
+                    if not self.wake:
+                        timeout = self.linger if timeout is None else min(timeout, self.linger)
+                    due = not self._work.wait(timeout)
                     self._idle = False
+                    if due and self._items:  # (not waking: an item came meanwhile, not the owner's time)
+                        due = False
                 if not due and not self.closed:
                     if self._items and not self._urgent:
-                        self._work.wait(self.linger)
-                    self._urgent = False
+                        self._work.wait(max(0.0, self._oldest_at + self.linger - time.monotonic()))
+                    urgent, self._urgent = self._urgent, False
                     if not self._items and not self.closed:
                         continue  # their waiters took them (a command writes its own: no hand-over)
+                    if not urgent and not self.closed and time.monotonic() < self._oldest_at + self.linger:
+                        continue  # taken meanwhile, and new ones came: theirs, unless they linger too
                 last = self.closed
             with self._writing:
                 self._write_batch(last)
             if last:
                 return
+
+
+_datasync = getattr(os, "fdatasync", os.fsync)
 
 
 class Syncer:
@@ -175,17 +200,21 @@ class Syncer:
     The file is opened by ``path`` for each sync (a sync through any descriptor of a file is one of the
     file), so a file replaced by a rename, or removed, needs nothing from its writer."""
 
-    def __init__(self, name: str, path: str, interval: float = 0.05):
+    def __init__(self, name: str, path: str, interval: float = 0.05, on_synced: Callable[[Any], None] | None = None):
         self.path = path
         self.interval = interval
+        self.on_synced = on_synced  # called after a sync with the last mark given to written() before it
         self.syncs = 0
+        self._mark: Any = None
         self._written = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def written(self) -> None:
-        """The file was written: sync it within ``interval``."""
+    def written(self, mark: Any = None) -> None:
+        """The file was written: sync it within ``interval`` (then ``on_synced(mark)``, the last mark given)."""
+        if mark is not None:
+            self._mark = mark
         self._written.set()
 
     def close(self) -> None:
@@ -200,6 +229,7 @@ class Syncer:
             if not self._closed:
                 time.sleep(self.interval)  # the writes of the interval share this sync
             self._written.clear()
+            mark = self._mark  # (what was written before now: the sync below covers it)
             try:
                 fd = os.open(self.path, os.O_RDONLY)
             except FileNotFoundError:
@@ -208,8 +238,10 @@ class Syncer:
                 log.warning("cannot sync %s: %s", self.path, exc.strerror or exc)
                 continue
             try:
-                os.fsync(fd)
+                _datasync(fd)  # (the data and the size, not the times: no metadata commit for a write in place)
                 self.syncs += 1
+                if self.on_synced is not None and mark is not None:
+                    self.on_synced(mark)
             except OSError as exc:
                 log.warning("cannot sync %s: %s", self.path, exc.strerror or exc)
             finally:

@@ -1,6 +1,17 @@
 """The command log: every state-changing command and module update, in SQLite.
 
-:meth:`CommandLog.record` puts the row on an in-memory queue and returns; a service answers a
+A service that keeps a journal keeps its rows there first (:meth:`CommandLog.keep_in`): a row is
+written, and synced, in the same write and sync as the change it records (one write and one sync
+per command, the cheapest the promise allows: :mod:`shmooze.hosting.journal`), and a command is
+answered once that is done. The log's writer thread then inserts the rows into SQLite in batches
+(every 50 ms, woken by nobody: no wake-up per command), off the commands' path, without syncing;
+a thread syncs the log's write-ahead log and then tells the journal up to which row the log has
+them on the disk, and the journal's next rewrite leaves those out. A journal read at start hands
+back the rows it still holds; those the log does not have (a crash between the answer and the
+insert or its sync) are inserted then, once. So a row is readable in SQLite within about 50 ms of
+its command's answer (:meth:`CommandLog.history` and :meth:`CommandLog.count` wait for it).
+
+Without a journal, :meth:`CommandLog.record` puts the row on an in-memory queue and returns; a service answers a
 command once :meth:`CommandLog.sync` says its rows are committed: the waiting command inserts every
 row queued in one transaction (group commit: the rows of the commands that arrived meanwhile share
 it; :class:`shmooze.hosting.batchwriter.BatchWriter`), a writer thread what nobody waits for. ``durability`` ``fsync``
@@ -36,10 +47,15 @@ from typing import Any, Callable, NoReturn
 from shmooze.caller import UNKNOWN, current
 from shmooze.errors import CommandError
 from shmooze.hosting.batchwriter import BatchWriter, Syncer, WriteFailed
+from shmooze.hosting.journal import Journal
 from shmooze.hosting.lifecycle import Placed, Subscriber, Updated
 from shmooze.system import private, storage
 
 log = logging.getLogger(__name__)
+
+#: Commands that change nothing a service keeps (a module's answer is the module's): their rows are
+#: written before the answer and synced within the sync interval, not before (:meth:`Journal.log`).
+UNKEPT_COMMANDS = frozenset({"tell_module", "tell_background"})
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (
@@ -83,8 +99,10 @@ class CommandLog:
         self.path = path
         self.service = service
         self.synchronous = "FULL" if durability == "fsync" else "NORMAL"
+        self._synchronous = self.synchronous  # the writer's connection's
         # (NORMAL) The write-ahead log synced within sync_interval, on a thread of its own (SQLite has no call
         # for that short of a checkpoint; a sync of the file is one), so commits never wait for the disk.
+        self._syncer_interval = sync_interval
         self._syncer = Syncer(f"{service}-cmdlog-sync", path + "-wal", sync_interval) \
             if self.synchronous == "NORMAL" else None
         self.health = health if health is not None else storage.Health()
@@ -103,7 +121,9 @@ class CommandLog:
             self._failed(exc, [])
         self._since_prune = 0
         self._next_prune = 0.0
-        self._writer = BatchWriter(f"{service}-cmdlog", self._write, timeout=self._idle_time, max_batch=5000)
+        self.journal: Journal | None = None  # where rows are kept before they are inserted: keep_in
+        # Items: rows, or (number in the journal, row) for those it keeps (see _insert).
+        self._writer = BatchWriter(f"{service}-cmdlog", self._insert, timeout=self._idle_time, max_batch=5000)
 
     def _open(self) -> None:
         private.private_state(self.path, ("-wal", "-shm"))  # folder 0700 when made here; old files 0600
@@ -149,28 +169,81 @@ class CommandLog:
         return db
 
     def record(self, namespace: str, uid: str | None, command: dict[str, Any], result: Any,
-               type: str | None = None, caller: str | None = None) -> None:
-        """Queue one row (``caller``: who sent the command, :mod:`shmooze.caller`); never blocks on the disk."""
+               type: str | None = None, caller: str | None = None, synced: bool = True) -> None:
+        """Queue one row (``caller``: who sent the command, :mod:`shmooze.caller`); never blocks on the disk.
+        Not ``synced``: the row of a command that changes nothing the service keeps (see :meth:`Journal.log`)."""
         try:
             row = (time.time(), self.service, namespace, uid, type, str(command.get("cmd", "")),
                    json.dumps(command, separators=(",", ":")), json.dumps(result, separators=(",", ":")), caller)
         except (TypeError, ValueError):
             self.dropped += 1
             return
-        self._writer.put(row)
+        journal = self.journal
+        if journal is not None and not journal.closed:
+            journal.log(list(row), synced)  # (back to _carried once the journal has written it)
+        else:  # (no journal, or the service stopping: its modules' last rows)
+            self._writer.put(row)
+
+    def keep_in(self, journal: Journal) -> None:
+        """Keep rows in ``journal`` before they are inserted (see the module's docstring); first insert
+        the rows it recovered that the log does not have."""
+        journal.carry_log(self._carried)
+        self.journal = journal
+        # The journal keeps the rows until the log's are on the disk: its commits need not sync (NORMAL,
+        # set by the writer), a thread syncs its write-ahead log and then tells the journal (_insert).
+        if self._syncer is None:
+            self._syncer = Syncer(f"{self.service}-cmdlog-sync", self.path + "-wal", self._syncer_interval)
+        self._syncer.on_synced = journal.log_kept
+        self._writer.pace(0.05, wake=False)  # nobody waits: one batch every 50 ms, no wake-ups
+        self.synchronous = "NORMAL"
+        if journal.recovered_log:
+            rows = [tuple(r) for r in journal.recovered_log]
+            try:
+                have = self._have(rows)
+            except (sqlite3.Error, OSError) as exc:  # (inserted all the same: a row twice beats a row lost)
+                log.warning("command log %s: cannot check the journal's rows against it: %s", self.path, exc)
+                have = set()
+            missing = 0
+            for n, row in enumerate(rows, 1):
+                new = (row[0], row[5], row[6]) not in have
+                missing += new
+                self._writer.put((n, row if new else None))  # (None: the log has it; the journal may forget it)
+            if missing:
+                log.info("command log %s: %d row(s) kept in the journal were not in it (the service stopped "
+                         "before they were inserted): inserting them", self.path, missing)
+            self._writer.flush(30)
+
+    def _carried(self, rows: list[tuple[int, list[Any]]]) -> None:
+        """Rows the journal has written (numbered): insert them (nobody waits for that)."""
+        for n, row in rows:
+            self._writer.put((n, tuple(row)))
+
+    def _have(self, rows: list[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+        """Which of ``rows`` (this service's) the log holds, as (time, cmd, input)."""
+        db = self._connect()
+        try:
+            found = db.execute("SELECT time, cmd, input FROM log WHERE service = ? AND time >= ?",
+                               (self.service, min(r[0] for r in rows))).fetchall()
+        finally:
+            db.close()
+        return {tuple(r) for r in found}
 
     @property
     def tickets(self) -> int:
         """Rows recorded so far: pass it to :meth:`sync` as ``since`` before recording."""
-        return self._writer.tickets
+        return self.journal.tickets if self.journal is not None else self._writer.tickets
 
     def start_writing(self) -> None:
         """Commit what is recorded on the writer's thread now (see :meth:`sync`): beside another sync."""
-        self._writer.start_writing()
+        if self.journal is None:  # (kept in a journal: its sync is theirs)
+            self._writer.start_writing()
 
     def sync(self, since: int = 0, timeout: float = 30.0) -> str | None:
-        """Block until every row recorded so far is committed; None when those after ``since`` are, else
-        why not (such rows are kept in memory and written at the next try; rows lost are named in the log)."""
+        """Block until every row recorded so far is kept: in the journal (:meth:`keep_in`), else committed;
+        None when those after ``since`` are, else why not (such rows are kept in memory and written at the
+        next try; rows lost are named in the log)."""
+        if self.journal is not None:
+            return self.journal.sync(since, timeout)
         return self._writer.wait(since, timeout)
 
     def prune(self, db: sqlite3.Connection) -> int:
@@ -190,6 +263,20 @@ class CommandLog:
             self.pruned += deleted
             log.info("command log %s: pruned %d old row(s)", self.path, deleted)
         return deleted
+
+    def _insert(self, items: list[Any], last: bool) -> None:
+        """Insert a batch (:meth:`_write`), then tell the journal up to which of its rows the log has
+        them: committed, or lost for good (named in the log)."""
+        carried = [n for n, _ in (i for i in items if isinstance(i[0], int))]
+        rows = [i[1] if isinstance(i[0], int) else i for i in items]
+        if self._db is not None and self.journal is not None and self._synchronous != self.synchronous:
+            self._db.execute(f"PRAGMA synchronous={self.synchronous}")  # (kept in the journal: keep_in)
+            self._synchronous = self.synchronous
+        try:
+            self._write([r for r in rows if r is not None], last)
+        finally:
+            if carried and self._syncer is not None and (not self._unwritten or last):
+                self._syncer.written(max(carried))  # once synced, the journal may forget them
 
     def _write(self, rows: list[Any], last: bool) -> None:
         """Under the write lock (a waiting command or the writer's thread): prune when due, insert ``rows`` in
@@ -253,7 +340,9 @@ class CommandLog:
                           "are kept in memory and written once it can be") from None
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything recorded so far is on disk (False when it could not be)."""
+        """Wait until everything recorded so far is committed (False when it could not be)."""
+        if self.journal is not None and self.journal.sync(timeout=timeout) is not None:
+            return False
         return self._writer.flush(timeout) and not self._unwritten and self._db is not None
 
     def close(self) -> None:
@@ -327,7 +416,7 @@ class CommandRecorder(Subscriber):
         command_log = self.command_log()
         if command_log is not None:
             command_log.record(f"client-{self.name()}", uid, {"cmd": cmd, "args": args}, result, type,
-                               caller or current())
+                               caller or current(), synced=cmd not in UNKEPT_COMMANDS)
 
     def placed(self, event: Placed) -> None:
         if event.logged_as is not None:
@@ -339,7 +428,7 @@ class CommandRecorder(Subscriber):
         command_log, module = self.command_log(), event.module
         if command_log is not None and (event.cmd == "rm" or self.log_module_updates() or module.type.log_updates):
             command_log.record("module-update", module.uid, {"cmd": event.cmd, "args": event.args}, None,
-                               module.type.name)
+                               module.type.name, synced=False)  # (kept as the parameters are: Journal.log)
 
     def journaled_adds(self, entries: list[dict[str, Any]]) -> None:
         """Every module in the journal was added; one whose ``add`` has no row (the worker died between

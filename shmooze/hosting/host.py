@@ -130,6 +130,8 @@ class ModuleHost(Service):
         self._boot()
         if self.journal is None and self.journal_path:
             self.journal = Journal(self.journal_path, self.name, durability=self.durability, health=self.storage)
+        if isinstance(self.journal, Journal) and self.command_log is not None:  # (one in etcd keeps no rows)
+            self.command_log.keep_in(self.journal)  # a row in the same write and sync as its change
         self.restorer.begin()
 
     def _boot(self) -> ModuleRuntime:

@@ -149,7 +149,10 @@ class HostOps(Subscriber):
         """What a module host adds to a service's ``status``: its modules (:meth:`modules_status`), module
         types, whether it is restoring, its orphan guard, journal and containment."""
         host = self.host
-        return {**self.modules_status(), "types": sorted(host.types), "restoring": host.restoring,
+        # Read before the modules are listed: a restore that ends while they are (its modules started but
+        # not yet placed are in no list) would otherwise say it is over beside a short list.
+        restoring = host.restoring
+        return {**self.modules_status(), "types": sorted(host.types), "restoring": restoring,
                 "watchdog_pid": host.runtime.watchdog_pid if host.runtime else None,
                 "journal": host.journal.status() if host.journal else None,
                 "containment": host.containment.describe() if host.containment else None}
