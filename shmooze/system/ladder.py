@@ -160,12 +160,10 @@ def _wait_all(stops: list[Stopping], rung: str | None, done: Callable[[list[Stop
 
     watched: dict[int, Stopping] = {}
     for stop in stops:
-        if stop.proc.poll() is not None:
-            continue
-        if stop.pidfd is None:  # (no pidfd from this kernel: a wait of its own, as the ladder of one did)
-            wait_exit(stop.proc, stop.deadline - time.monotonic())
-        else:
+        if stop.pidfd is not None:  # (readable at once if it has ended)
             watched[stop.pidfd] = stop
+        elif stop.proc.poll() is None:  # (no pidfd from this kernel: a wait of its own, as the ladder of one did)
+            wait_exit(stop.proc, stop.deadline - time.monotonic())
     done([end(s) for s in stops if s.pidfd not in watched and s.proc.returncode is not None])
     poller = select.poll()
     for fd in watched:
