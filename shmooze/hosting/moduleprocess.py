@@ -149,8 +149,9 @@ class ModuleProcess:
             why = TRANSITIONS.get((self.state, new))
             if why is None:
                 raise RuntimeError(f"module {self.uid}: no transition from {self.state.value} to {new.value}")
-            log.debug("module %s (%s, pid %s): %s -> %s: %s", self.uid, self.type.name, self.pid,
-                      self.state.value, new.value, why)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("module %s (%s, pid %s): %s -> %s: %s", self.uid, self.type.name, self.pid,
+                          self.state.value, new.value, why)
             self.state = new
 
     @property
@@ -673,6 +674,8 @@ class ModuleProcess:
                 self.loop.remove(_FdObject(fd))
                 os.close(fd)
             for stream in pipes:
+                if stream.closed:  # (its end was read, and it closed, by read_output)
+                    continue
                 # Read what the module wrote last, so its final words reach the log.
                 self.loop.remove(stream)
                 try:
@@ -704,10 +707,12 @@ class ModuleProcess:
         """Close both streams; with ``wait_call``, first let a command in flight get its answer
         (waiting up to that many seconds), so an answer the module sent before leaving is delivered."""
         streams = self._take_streams(wait_call)
+        # While it stops, its ladder waits for its exit: the I/O thread need not watch for it too.
+        exit_fd = self._pidfd if self.state is State.STOPPING else None
         if streams != (None, None):
             # Closed on the I/O thread, after it stops watching them (the fd numbers must not be reused first);
             # both in one call: one wake-up of the I/O thread, not two, per module stopped.
-            self.loop.call_soon(lambda: _unwatch_and_close(self.loop, streams))
+            self.loop.call_soon(lambda: _unwatch_and_close(self.loop, streams, exit_fd))
 
     def _take_streams(self, wait_call: float = 0.0) -> tuple[socket.socket | None, socket.socket | None]:
         """Both streams taken from it (the command stream shut down: that wakes a caller still blocked on
@@ -835,12 +840,15 @@ def _run_each(fns: list[Callable[[], None]]) -> None:
             log.exception("error in I/O callback")
 
 
-def _unwatch_and_close(loop: IOLoop, socks: tuple[socket.socket | None, ...]) -> None:
-    """On the I/O thread: stop watching streams, then close them."""
+def _unwatch_and_close(loop: IOLoop, socks: tuple[socket.socket | None, ...], exit_fd: int | None = None) -> None:
+    """On the I/O thread: stop watching streams, then close them; stop watching ``exit_fd`` (a pidfd,
+    closed later)."""
     for sock in socks:
         if sock is not None:
             loop.remove(sock)
             sock.close()
+    if exit_fd is not None:
+        loop.remove(_FdObject(exit_fd))
 
 
 class _OutputPipe(protocol.LineBuffer):

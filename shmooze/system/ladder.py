@@ -1,4 +1,5 @@
-"""The stop ladder: ask, wait, SIGTERM, wait, SIGKILL, reap. One function, every rung recorded.
+"""The stop ladder: ask, wait, SIGTERM, wait, SIGKILL, reap; of one process or of many at once, on one
+thread (:func:`stop_ladders`); every rung recorded.
 
 A module runs in its own session, so its pid is also its process group id and
 every signal goes to the whole group: processes the module started are stopped
