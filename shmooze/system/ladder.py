@@ -159,8 +159,8 @@ def _wait_all(stops: list[Stopping], rung: str | None, done: Callable[[list[Stop
         stop.rung = rung or stop.first_rung
         return stop
 
-    watched: dict[int, Stopping] = {}
-    for stop in stops:
+    watched: dict[int, Stopping] = {}  # in the order of their deadlines: the first is the soonest
+    for stop in sorted(stops, key=lambda s: s.deadline):
         if stop.pidfd is not None:  # (readable at once if it has ended)
             watched[stop.pidfd] = stop
         elif stop.proc.poll() is None:  # (no pidfd from this kernel: a wait of its own, as the ladder of one did)
@@ -171,14 +171,13 @@ def _wait_all(stops: list[Stopping], rung: str | None, done: Callable[[list[Stop
         poller.register(fd, select.POLLIN)
     while watched:
         now = time.monotonic()
-        soonest = min(stop.deadline for stop in watched.values())
-        if soonest <= now:
-            late = [fd for fd, stop in watched.items() if stop.deadline <= now]
-            for fd in late:
-                poller.unregister(fd)
-                stop = watched.pop(fd)
-                if stop.proc.poll() is not None:
-                    done([end(stop)])
+        fd, first = next(iter(watched.items()))
+        soonest = first.deadline
+        if soonest <= now:  # (the first whose wait is over: ended now, or left for the next rung)
+            poller.unregister(fd)
+            del watched[fd]
+            if first.proc.poll() is not None:
+                done([end(first)])
             continue
         try:
             events = poller.poll(max(1, int((soonest - now) * 1000 + 0.999)))
