@@ -334,6 +334,12 @@ class ModuleProcess:
         self._cmd_watched = sock
         self.loop.add_reader(sock, self._on_command_readable)
 
+    def _unwatch_command_stream(self) -> None:
+        """(I/O thread) Stop watching the command stream: a stop reads the answer to its ``rm`` itself."""
+        sock, self._cmd_watched = self._cmd_watched, None
+        if sock is not None:
+            self.loop.remove(sock)
+
     def _on_command_readable(self) -> None:
         sock, self._cmd_watched = self._cmd_watched, None
         if sock is None:
@@ -813,10 +819,41 @@ def _ladders(modules: list[ModuleProcess], send_rm: bool,
             if module.proc is None:
                 module.ended_by = ladder.EXITED
         end([m for m in modules if m.proc is None])
+        if len(modules) > 1:
+            _unwatch_commands([m for m in modules if m.proc is not None])
         ladder.stop_ladders([m._stopping(send_rm) for m in modules if m.proc is not None],  # noqa: SLF001
                             ended=ladder_ended)
     finally:
         end([m for m in modules if id(m) not in done])  # (the ladder failed: they are stopped all the same)
+
+
+def _unwatch_commands(modules: list[ModuleProcess], wait: float = 1.0) -> None:
+    """The I/O thread stops watching these modules' command streams, in one call (waited for, at most
+    ``wait``): their answers to ``rm`` are read by their ladders, and the I/O thread is not woken by each."""
+    calls: list[threading.Event] = []
+    for loop, group in _by_loop(modules).items():
+        if not loop.thread.is_alive():
+            continue
+        unwatched = threading.Event()
+
+        def unwatch(group: list[ModuleProcess] = group, unwatched: threading.Event = unwatched) -> None:
+            try:
+                for module in group:
+                    module._unwatch_command_stream()  # noqa: SLF001
+            finally:
+                unwatched.set()
+
+        loop.call_soon(unwatch)
+        calls.append(unwatched)
+    for unwatched in calls:
+        unwatched.wait(wait)  # (a busy I/O thread: it notices an answer as before, and leaves it unread)
+
+
+def _by_loop(modules: list[ModuleProcess]) -> dict[IOLoop, list[ModuleProcess]]:
+    groups: dict[IOLoop, list[ModuleProcess]] = {}
+    for module in modules:
+        groups.setdefault(module.loop, []).append(module)
+    return groups
 
 
 def _each(modules: list[ModuleProcess], step: Callable[[ModuleProcess], None]) -> None:
