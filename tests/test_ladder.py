@@ -232,6 +232,41 @@ def test_sweep_group_of_an_exited_leader(procs):
     assert ladder.sweep_group(p.pid) == 0
 
 
+@pytest.mark.parametrize("use_pidfd", [False, True])
+def test_many_ladders_at_once_each_rung_recorded_and_waits_not_added_up(procs, use_pidfd):
+    """stop_ladders: one that exits on request, three that wait for SIGTERM and one that ignores it, on one
+    thread; each gets its own rung, the waits run together (one after another would take 3 x 1 s more),
+    each group is heard as it ends (the quick one first, the SIGKILLed one last) and every group is swept."""
+    asking = spawn([sys.executable, "-c", group_script(IGNORE_TERM)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    child = int(asking.stdout.readline())
+    asking.stdout.close()
+    sleepers = [spawn(["sleep", "60"]) for _ in range(3)]
+    stubborn = ready(spawn([sys.executable, "-c", IGNORE_TERM], stdout=subprocess.PIPE))
+    everyone = [asking, *sleepers, stubborn]
+    procs.extend(everyone)
+    fds = [pidfd(p.pid) if use_pidfd else None for p in everyone]
+    asked, heard, ended = [], [], []
+    stops = [ladder.Stopping(p, 1.0, 1.0, pidfd=fd, tag=i,
+                             ask=lambda i=i: asked.append(i), hear=lambda i=i: heard.append((i, list(asked))))
+             for i, (p, fd) in enumerate(zip(everyone, fds))]
+    stops[0].hear = asking.stdin.close  # (it exits once asked)
+    try:
+        t0 = time.monotonic()
+        ladder.stop_ladders(stops, kill_timeout=5, ended=lambda group: ended.append([s.tag for s in group]))
+        took = time.monotonic() - t0
+    finally:
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
+    assert [s.rung for s in stops] == [ladder.RM, ladder.SIGTERM, ladder.SIGTERM, ladder.SIGTERM, ladder.SIGKILL]
+    assert asked == [0, 1, 2, 3, 4]
+    assert [i for i, _ in heard] == [1, 2, 3, 4] and all(seen == [0, 1, 2, 3, 4] for _, seen in heard)  # all asked first
+    assert 2.0 <= took < 4.0, took  # rm wait and SIGTERM wait of 1 s each, together
+    assert ended[0] == [0] and ended[-1] == [4] and sorted(sum(ended, [])) == [0, 1, 2, 3, 4]
+    assert [p.returncode for p in sleepers] == [-signal.SIGTERM] * 3 and stubborn.returncode == -signal.SIGKILL
+    wait_for(lambda: gone(child), 5, what="the group member of the one that exited on request to end")
+
+
 def test_wait_exit(procs):
     p = spawn(["sleep", "60"])
     procs.append(p)
@@ -241,6 +276,30 @@ def test_wait_exit(procs):
     p.terminate()
     assert ladder.wait_exit(p, 5) is True
     assert p.returncode == -signal.SIGTERM
+
+
+def test_io_loop_runs_every_call_from_many_threads(loop):
+    """call_soon wakes the loop only when no call is waiting already: none is left waiting for a wake-up."""
+    import threading
+
+    ran_all: list[bool] = []
+
+    def caller() -> None:
+        for _ in range(300):
+            ran = threading.Event()
+            loop.call_soon(ran.set)
+            loop.call_soon(lambda: None)  # (a second call while the first waits: no wake-up of its own)
+            if not ran.wait(5):
+                ran_all.append(False)
+                return
+        ran_all.append(True)
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert ran_all == [True] * 4
 
 
 def test_io_loop_removes_closed_and_rewrapped_objects(loop):

@@ -7,6 +7,7 @@ restart policies, change events): when it hears an event, each of those has alre
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -16,7 +17,7 @@ from shmooze.moduletype import ModuleType
 from shmooze.pool import Pool
 from shmooze.queue import Queue
 from shmooze.system.ioloop import IOLoop
-from tests.helpers import ROOT, Driver, wait_for
+from tests.helpers import ROOT, Driver, gone, wait_for
 
 MISBEHAVE = str(ROOT / "tests" / "modules" / "misbehave.py")
 
@@ -157,3 +158,37 @@ def test_a_start_that_fails_is_heard_as_failed_then_ended_never_placed(queue):
         heard = [(h, e) for h, e, _ in recorder.heard if h in ("start_failed", "ended", "placed", "started")]
     assert [h for h, _ in heard] == ["start_failed", "ended"]
     assert heard[1][1].rung == "exited" and heard[1][1].module.start_failed
+
+
+def test_modules_removed_at_once_stop_together_each_with_its_rung(tmp_path):
+    """One rm of four modules: one leaves on rm, one has a command in flight (answered, then rm), one
+    ignores rm (SIGTERM), one ignores SIGTERM too (SIGKILL). Each ends with its own rung and its end heard
+    once, the quick one's before the SIGKILLed one's; their waits run together, not one after another
+    (rm and SIGTERM waits of 0.5 s, a command of 1.5 s: about 1.5 s together, 2.5 s or more in turn)."""
+    host = Pool([mtype("m"), mtype("slow", "--record", "--slow-command", "1.5"), mtype("stubborn", "--ignore-rm"),
+                 mtype("deaf", "--ignore-term")], journal=str(tmp_path / "pool.journal"))
+    recorder = Recorder(host)
+    host.lifecycle.subscribe(recorder)
+    host.start()
+    try:
+        d = Driver(host)
+        uids = {name: d.add(name) for name in ("m", "slow", "stubborn", "deaf")}
+        pids = {name: host.table.find(uid).pid for name, uid in uids.items()}
+        answer: list = []
+        command = threading.Thread(target=lambda: answer.append(d.ok("tell_module", uid=uids["slow"], cmd="slow")))
+        command.start()
+        wait_for(lambda: "do_slow" in (d.param(uids["slow"], "log") or []), 10, what="the slow command in flight")
+        t0 = time.monotonic()
+        d.ok("rm", uids=list(uids.values()))
+        took = time.monotonic() - t0
+        command.join(10)
+        assert answer == [{"slept": 1.5}]  # the command in flight got its answer before the module went
+        rungs = {name: d.ended(uid)["ended_by"] for name, uid in uids.items()}
+        assert rungs == {"m": "rm", "slow": "rm", "stubborn": "sigterm", "deaf": "sigkill"}, rungs
+        assert took < 2.2, took
+        ends = [event.module.uid for handler, event, _ in recorder.heard if handler == "ended"]
+        assert sorted(ends) == sorted(uids.values())  # each end heard once
+        assert ends.index(uids["m"]) < ends.index(uids["deaf"])
+        assert all(gone(pid) for pid in pids.values())
+    finally:
+        host.stop()

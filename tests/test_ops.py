@@ -4,6 +4,7 @@ restart policies, resource limits, and the metrics command."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -74,6 +75,21 @@ def test_output_is_kept_per_module_and_numbered(make_host, tmp_path):
     # Output is announced by (coalesced) change events that name the modules.
     wait_for(lambda: any(e["kind"] == "output" and uid in e["lines"] for e in d.ok("changes", since=0)["events"]),
              5, what="an output event")
+
+
+def test_modules_removed_together_keep_their_last_words(make_host):
+    """One rm of several modules: once it is answered, what each printed on its way out (on stdout and
+    stderr, after the rm reached it) is in its output, as for a module removed alone, even when the I/O
+    thread that reads it is late (busy for a while as the rm begins)."""
+    d = make_host(Pool, [otype("ops")])
+    uids = [d.add("ops", bye=f"bye {i}") for i in range(6)]
+    d.svc.loop.call_soon(lambda: time.sleep(2.0))  # (longer than the ladder waits for it; shorter than a flush)
+    d.ok("rm", uids=uids)
+    for i, uid in enumerate(uids):
+        lines = {(line["text"], line.get("stream")) for line in d.ok("output", uid=uid)["lines"]}
+        texts = {text for text, _ in lines}
+        assert {f"bye {i} on stdout", f"bye {i} on stderr"} <= texts, lines
+        assert d.ended(uid)["ended_by"] == ladder.RM
 
 
 def test_restart_on_failure_with_backoff_then_gives_up(make_host):

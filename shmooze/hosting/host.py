@@ -4,7 +4,7 @@ A host keeps its modules in a :class:`~shmooze.hosting.moduletable.ModuleTable` 
 whose placement policy (:mod:`shmooze.hosting.placement`: the queue's order, the pool's set) says where a
 module goes and what it is told. Each step of a module's life is one method here: :meth:`spawn`
 starts it, :meth:`start_and_place` puts it in place, :meth:`_remove` takes modules out and
-:meth:`stop_module` is the one stop path of every module (its ladder, then its end). Each step is
+:meth:`stop_modules` is the one stop path of every module (its ladder, then its end). Each step is
 published as a lifecycle event (:mod:`shmooze.hosting.lifecycle`) to the journal, the command log, the
 operations figures, the restart policies and the change events, in the order declared in
 :meth:`ModuleHost.__init__`. Processes run in a :class:`~shmooze.hosting.runtime.ModuleRuntime`; the journal's
@@ -39,7 +39,7 @@ from shmooze.hosting.lifecycle import (
     Updated,
 )
 from shmooze.hosting.modulechanges import ModuleChanges
-from shmooze.hosting.moduleprocess import ModuleBroken, ModuleError, ModuleProcess
+from shmooze.hosting.moduleprocess import ModuleBroken, ModuleError, ModuleProcess, stop_all
 from shmooze.hosting.moduletable import ModuleTable
 from shmooze.hosting.ops import HostOps
 from shmooze.hosting.originallog import OriginalLog, OriginalLogWriter
@@ -152,7 +152,7 @@ class ModuleHost(Service):
         try:
             self.restorer.join(60)  # it sees closing, starts nothing more and stops what it started
             if self.runtime is not None:
-                self.runtime.close(self.stop_module)
+                self.runtime.close(self.stop_modules)
             self.lifecycle.close()  # the command logs
             super().stop()
         finally:
@@ -241,28 +241,49 @@ class ModuleHost(Service):
         self._stop_taken(removed, reason, send_rm, wait)
 
     def _stop_taken(self, modules: list[ModuleProcess], reason: str, send_rm: bool, wait: bool) -> None:
-        """:meth:`stop_module` modules taken out of place, each on a thread of its own, and apply the rule
-        again; with ``wait``, return once they are reaped."""
+        """:meth:`stop_modules` modules taken out of place, together on a thread, and apply the rule again;
+        with ``wait``, return once they are reaped."""
         if not modules:
             return
-        futures = [self.in_thread(self.stop_module, module, reason, send_rm) for module in modules]
+        future = self.in_thread(self.stop_modules, modules, reason, send_rm)
         if wait:
             self.rule.apply()
-            concurrent.futures.wait(futures)
+            concurrent.futures.wait([future])
         else:
             self.in_thread(self.rule.apply)
 
     def stop_module(self, module: ModuleProcess, reason: str, send_rm: bool) -> None:
-        """The one stop path: the module's ladder (once, whoever asks), then its end published, here only."""
+        """The one stop path of one module (see :meth:`stop_modules`)."""
+        self.stop_modules([module], reason, send_rm)
+
+    def stop_modules(self, modules: list[ModuleProcess], reason: str, send_rm: bool) -> None:
+        """The one stop path: the modules' ladders, together on this thread (once each, whoever asks), then
+        each one's end published as it ends, here only."""
+        published: set[int] = set()
+
+        def ended(group: list[ModuleProcess]) -> None:
+            for module in group:
+                published.add(id(module))
+                self._end(module)
+
         try:
-            module.stop(reason, send_rm=send_rm)
+            stop_all(modules, reason, send_rm, ended)
         except Exception:
-            log.exception("stopping module %s failed", module.uid)
-        module.wait_stopped(60)
-        self.table.stopped(module)
-        if module.pid and self.runtime is not None:
-            self.runtime.forget(module.pid)
-        self.lifecycle.publish(Ended(module))
+            log.exception("stopping module(s) %s failed", ", ".join(m.uid for m in modules))
+        for module in modules:
+            if id(module) not in published:
+                module.wait_stopped(60)
+                self._end(module)
+
+    def _end(self, module: ModuleProcess) -> None:
+        """A module is stopped: out of the table and the guard's watch, its end published."""
+        try:
+            self.table.stopped(module)
+            if module.pid and self.runtime is not None:
+                self.runtime.forget(module.pid)
+            self.lifecycle.publish(Ended(module))
+        except Exception:
+            log.exception("publishing the end of module %s failed", module.uid)
 
     def _told(self, module: ModuleProcess, cmd: str) -> None:
         self.lifecycle.publish(Told(module, cmd))

@@ -13,6 +13,7 @@ Its life is a small state machine; every transition goes through
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import logging
 import os
@@ -83,7 +84,7 @@ class ModuleProcess:
     __slots__ = ("type", "uid", "loop", "on_update", "on_gone", "on_answer", "on_spawn", "on_output", "extra_env", "max_line",
                  "host", "box", "check_peers", "refused", "state", "parameters", "proc", "pid", "started_at",
                  "started_mono", "stopped_at", "ended_by", "stop_reason", "start_failed", "returncode", "told",
-                 "gone_reason", "restart_plan", "_cmd_sock", "_cmd_buf", "_upd_sock", "_upd_buf", "_upd_chan",
+                 "gone_reason", "restart_plan", "output_read", "_cmd_sock", "_cmd_buf", "_upd_sock", "_upd_buf", "_upd_chan",
                  "_pidfd", "_pipes", "_lock", "_cmd_lock", "_cmd_watched", "_running", "_start_stderr")
 
     def __init__(self, mtype: ModuleType, uid: str, loop: IOLoop, *,
@@ -122,6 +123,7 @@ class ModuleProcess:
         self.told: str | None = None  # last of play/suspend sent
         self.gone_reason: str | None = None
         self.restart_plan: dict[str, Any] | None = None  # what a restart starts again (see shmooze.hosting.ops)
+        self.output_read = False  # (stopped) its output's last words were read, on the I/O thread
         self._cmd_sock: socket.socket | None = None
         self._cmd_buf = protocol.LineBuffer(max_line)
         self._upd_sock: socket.socket | None = None
@@ -147,8 +149,9 @@ class ModuleProcess:
             why = TRANSITIONS.get((self.state, new))
             if why is None:
                 raise RuntimeError(f"module {self.uid}: no transition from {self.state.value} to {new.value}")
-            log.debug("module %s (%s, pid %s): %s -> %s: %s", self.uid, self.type.name, self.pid,
-                      self.state.value, new.value, why)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("module %s (%s, pid %s): %s -> %s: %s", self.uid, self.type.name, self.pid,
+                          self.state.value, new.value, why)
             self.state = new
 
     @property
@@ -194,7 +197,7 @@ class ModuleProcess:
         ``can't open file ...``), once the I/O thread has read what the stopped process wrote last."""
         if self.proc is not None and self.loop.thread.is_alive():  # (else nothing was or will be read)
             read = threading.Event()
-            self.loop.call_soon(read.set)  # after the last reads that stop() queued (see _release)
+            self.loop.call_soon(read.set)  # after the last reads that stop() queued (see _detach)
             read.wait(wait)
         lines, self._start_stderr = self._start_stderr or [], None
         return telling_line(lines)
@@ -330,6 +333,12 @@ class ModuleProcess:
             return
         self._cmd_watched = sock
         self.loop.add_reader(sock, self._on_command_readable)
+
+    def _unwatch_command_stream(self) -> None:
+        """(I/O thread) Stop watching the command stream: a stop reads the answer to its ``rm`` itself."""
+        sock, self._cmd_watched = self._cmd_watched, None
+        if sock is not None:
+            self.loop.remove(sock)
 
     def _on_command_readable(self) -> None:
         sock, self._cmd_watched = self._cmd_watched, None
@@ -508,26 +517,54 @@ class ModuleProcess:
         if not starting and self.state is not State.RUNNING:
             raise ModuleBroken(f"module {self.uid} is {self.state.value}")
         limit = self.type.command_timeout if timeout is None else timeout
-        line = protocol.encode_line({**protocol.Command(cmd, args or {}).to_json(), **(extra or {})})
         with self._cmd_lock:
-            sock = self._cmd_sock
-            if sock is None:
-                raise ModuleBroken(f"module {self.uid} has no command stream")
-            deadline = time.monotonic() + limit
-            try:
-                self._check_nothing_unasked(sock, cmd)
-                sock.settimeout(limit)
-                sock.sendall(line)
-                raw = self._read_line(sock, deadline, cmd)
-            except (socket.timeout, TimeoutError):
-                self._heard(cmd, args, None)
-                raise ModuleBroken(f"no answer to {cmd} within {limit:g} s") from None
-            except OSError as exc:
-                self._heard(cmd, args, None)
-                raise ModuleBroken(f"command stream failed during {cmd}: {exc.strerror or exc}") from None
-            finally:
-                if self.state is not State.STOPPING:  # (its rm: the stream is closed next, not watched)
-                    self.loop.call_soon(self._watch_command_stream)
+            raw = self._receive(cmd, args, limit, *self._send(cmd, args, limit, extra))
+        return self._answer(cmd, args, raw)
+
+    def _send(self, cmd: str, args: dict[str, Any] | None, limit: float,
+              extra: dict[str, Any] | None = None) -> tuple[socket.socket, float]:
+        """(The command lock held.) Send one command line; the stream and the answer's deadline, for
+        :meth:`_receive`. A failure is :class:`ModuleBroken` (and the stream watched again)."""
+        line = protocol.encode_line({**protocol.Command(cmd, args or {}).to_json(), **(extra or {})})
+        sock = self._cmd_sock
+        if sock is None:
+            raise ModuleBroken(f"module {self.uid} has no command stream")
+        deadline = time.monotonic() + limit
+        sent = False
+        try:
+            self._check_nothing_unasked(sock, cmd)
+            sock.settimeout(limit)
+            sock.sendall(line)
+            sent = True
+        except OSError as exc:
+            raise self._broken(exc, cmd, args, limit) from None
+        finally:
+            if not sent:
+                self._watch_again()
+        return sock, deadline
+
+    def _receive(self, cmd: str, args: dict[str, Any] | None, limit: float, sock: socket.socket,
+                 deadline: float) -> bytes:
+        """(The command lock held.) The answer line to the command :meth:`_send` sent."""
+        try:
+            return self._read_line(sock, deadline, cmd)
+        except OSError as exc:
+            raise self._broken(exc, cmd, args, limit) from None
+        finally:
+            self._watch_again()
+
+    def _broken(self, exc: OSError, cmd: str, args: dict[str, Any] | None, limit: float) -> ModuleBroken:
+        """What a command stream that failed or timed out raises (``on_answer`` hears of no answer)."""
+        self._heard(cmd, args, None)
+        if isinstance(exc, (socket.timeout, TimeoutError)):
+            return ModuleBroken(f"no answer to {cmd} within {limit:g} s")
+        return ModuleBroken(f"command stream failed during {cmd}: {exc.strerror or exc}")
+
+    def _watch_again(self) -> None:
+        if self.state is not State.STOPPING:  # (its rm: the stream is closed next, not watched)
+            self.loop.call_soon(self._watch_command_stream)
+
+    def _answer(self, cmd: str, args: dict[str, Any] | None, raw: bytes) -> Any:
         try:
             answer = json.loads(raw)
         except (ValueError, RecursionError):
@@ -580,50 +617,112 @@ class ModuleProcess:
 
     def stop(self, reason: str, send_rm: bool = True) -> str:
         """Run the stop ladder once (later callers wait for it); return the rung that ended the process."""
+        stop_all([self], reason, send_rm)
+        return self.ended_by or ladder.EXITED
+
+    def _begin_stop(self, reason: str) -> bool:
+        """Enter stopping; False when another caller stopped it first (then wait for it)."""
         with self._lock:
-            first = self.state not in (State.STOPPING, State.STOPPED)
-            if first:
-                self._enter(State.STOPPING)
-                self.stop_reason = reason
-        if not first:
-            self.wait_stopped()
-            return self.ended_by or ladder.EXITED
-        try:
-            if self.proc is None:
-                self.ended_by = ladder.EXITED
-            else:
-                leaving = self.gone_reason is not None
-                ask = send_rm and not leaving and self._cmd_sock is not None
+            if self.state in (State.STOPPING, State.STOPPED):
+                return False
+            self._enter(State.STOPPING)
+            self.stop_reason = reason
+            return True
 
-                def request() -> None:
-                    if ask:
+    def _stopping(self, send_rm: bool) -> ladder.Stopping:
+        """Its process's way down the ladder. The request: ``rm`` sent (``ask``), then its answer read and
+        both streams closed (``hear``); the command stream stays locked between the two. When a command
+        is in flight at ``ask``, ``hear`` sends ``rm`` once it is answered, as any command."""
+        assert self.proc is not None
+        leaving = self.gone_reason is not None
+        asking = send_rm and not leaving and self._cmd_sock is not None
+        limit = self.type.command_timeout
+        sent: list[tuple[socket.socket, float] | None] = []  # what ask sent (None: it failed), the lock held
+
+        def ask() -> None:
+            if asking and self._cmd_lock.acquire(blocking=False):
+                try:
+                    sent.append(self._send("rm", None, limit))
+                except CommandError:
+                    self._cmd_lock.release()
+                    sent.append(None)
+
+        def hear() -> None:
+            try:
+                if sent:
+                    exchange = sent[0]
+                    if exchange is not None:
                         try:
-                            self.call("rm", timeout=self.type.command_timeout, starting=True)
-                        except CommandError:
-                            pass
-                    self._close_streams(wait_call=self.type.command_timeout)
+                            self._answer("rm", None, self._receive("rm", None, limit, *exchange))
+                        finally:
+                            self._cmd_lock.release()
+                elif asking:
+                    self.call("rm", timeout=limit, starting=True)
+            except CommandError:
+                pass
+            self._close_streams(wait_call=limit)
 
-                self.ended_by = ladder.stop_ladder(
-                    self.proc, request, self.type.rm_timeout, self.type.term_timeout,
-                    pidfd=self._pidfd, first_rung=ladder.EXITED if leaving else ladder.RM,
-                    sweep=self.box.sweep)
+        return ladder.Stopping(self.proc, self.type.rm_timeout, self.type.term_timeout, ask=ask, hear=hear,
+                               pidfd=self._pidfd, first_rung=ladder.EXITED if leaving else ladder.RM,
+                               sweep=self.box.sweep, tag=self)
+
+    def _detach(self) -> Callable[[], None]:
+        """Its streams, pidfd and output pipes taken from it; what closes them on the I/O thread (reading
+        the output's last words first). A command in flight gets the answer the module sent before it left
+        (the ladder's request waits for it the same way; a module found gone at once skipped that step)."""
+        streams = self._take_streams(wait_call=self.type.command_timeout)
+        fd, self._pidfd = self._pidfd, None
+        pipes, self._pipes = self._pipes, []
+
+        def close_all() -> None:
+            _unwatch_and_close(self.loop, streams)
+            if fd is not None:
+                self.loop.remove(_FdObject(fd))
+                os.close(fd)
+            for stream in pipes:
+                if stream.closed:  # (its end was read, and it closed, by read_output)
+                    continue
+                # Read what the module wrote last, so its final words reach the log.
+                self.loop.remove(stream)
+                try:
+                    rest = stream.read() or b""
+                except (OSError, ValueError):
+                    rest = b""
+                level = logging.WARNING if self.proc is not None and stream is self.proc.stderr else logging.INFO
+                for line in rest.splitlines():
+                    self._log_output(level, line)
+                stream.close()
+            self.output_read = True
+
+        return close_all
+
+    def _stopped(self) -> None:
+        """The ladder is over (its end detached, see :meth:`_detach`): free its box, enter stopped."""
+        try:
+            if self.proc is not None and self.ended_by is not None:
                 self.returncode = self.proc.returncode
-        finally:
-            # A command in flight gets the answer the module sent before it left (the ladder's request
-            # waits for it the same way; a module found gone at once skipped that step).
-            self._close_streams(wait_call=self.type.command_timeout)
-            self._release()
             self.box.release()
+        finally:
             self.stopped_at = time.time()
             self._enter(State.STOPPED)
             self._running.release()
         log.info("module %s (%s, pid %s) stopped: %s (%s)", self.uid, self.type.name, self.pid,
-                      self.ended_by, reason)
-        return self.ended_by
+                 self.ended_by, self.stop_reason)
 
     def _close_streams(self, wait_call: float = 0.0) -> None:
         """Close both streams; with ``wait_call``, first let a command in flight get its answer
         (waiting up to that many seconds), so an answer the module sent before leaving is delivered."""
+        streams = self._take_streams(wait_call)
+        # While it stops, its ladder waits for its exit: the I/O thread need not watch for it too.
+        exit_fd = self._pidfd if self.state is State.STOPPING else None
+        if streams != (None, None):
+            # Closed on the I/O thread, after it stops watching them (the fd numbers must not be reused first);
+            # both in one call: one wake-up of the I/O thread, not two, per module stopped.
+            self.loop.call_soon(lambda: _unwatch_and_close(self.loop, streams, exit_fd))
+
+    def _take_streams(self, wait_call: float = 0.0) -> tuple[socket.socket | None, socket.socket | None]:
+        """Both streams taken from it (the command stream shut down: that wakes a caller still blocked on
+        it), to be closed on the I/O thread; see :meth:`_close_streams`."""
         upd, self._upd_sock = self._upd_sock, None
         locked = self._cmd_lock.acquire(timeout=wait_call) if wait_call > 0 else False
         try:
@@ -636,32 +735,7 @@ class ModuleProcess:
                 cmd.shutdown(socket.SHUT_RDWR)  # wakes a caller still blocked on it
             except OSError:
                 pass
-        if upd is not None or cmd is not None:
-            # Closed on the I/O thread, after it stops watching them (the fd numbers must not be reused first);
-            # both in one call: one wake-up of the I/O thread, not two, per module stopped.
-            self.loop.call_soon(lambda: _unwatch_and_close(self.loop, (upd, cmd)))
-
-    def _release(self) -> None:
-        fd, self._pidfd = self._pidfd, None
-        pipes, self._pipes = self._pipes, []
-
-        def close_all() -> None:
-            if fd is not None:
-                self.loop.remove(_FdObject(fd))
-                os.close(fd)
-            for stream in pipes:
-                # Read what the module wrote last, so its final words reach the log.
-                self.loop.remove(stream)
-                try:
-                    rest = stream.read() or b""
-                except (OSError, ValueError):
-                    rest = b""
-                level = logging.WARNING if self.proc is not None and stream is self.proc.stderr else logging.INFO
-                for line in rest.splitlines():
-                    self._log_output(level, line)
-                stream.close()
-
-        self.loop.call_soon(close_all)
+        return upd, cmd
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         if not self._running.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
@@ -689,12 +763,129 @@ class ModuleProcess:
         return info
 
 
-def _unwatch_and_close(loop: IOLoop, socks: tuple[socket.socket | None, ...]) -> None:
-    """On the I/O thread: stop watching streams, then close them."""
+def stop_all(modules: list[ModuleProcess], reason: str, send_rm: bool = True,
+             ended: Callable[[list[ModuleProcess]], None] | None = None) -> None:
+    """Stop modules at once, on this thread: their ladders together, rung by rung (see
+    :func:`shmooze.system.ladder.stop_ladders`); a module that another caller is stopping is waited for.
+    ``ended(group)`` hears each group of modules that ended together, stopped, the last words of their
+    output queued to be read on the I/O thread before anything queued after (in one call for the group)."""
+    first: list[ModuleProcess] = []
+    others: list[ModuleProcess] = []
+    for module in modules:
+        (first if module._begin_stop(reason) else others).append(module)  # noqa: SLF001 - its own class's
+    # A module with a command in flight is sent rm once that command is answered (up to its timeout): its
+    # ladder runs on a thread of its own, so that the others' waits do not wait for that answer.
+    aside = [m for m in first if m._cmd_lock.locked()] if len(first) > 1 else []  # noqa: SLF001
+    threads = [threading.Thread(target=_ladders, args=([m], send_rm, ended), name=f"stop-{m.uid}", daemon=True)
+               for m in aside]
+    for thread in threads:
+        thread.start()
+    _ladders([m for m in first if m not in aside], send_rm, ended)
+    for thread in threads:
+        thread.join()
+    for module in others:
+        module.wait_stopped()
+    if others and ended is not None:
+        ended(others)
+
+
+def _ladders(modules: list[ModuleProcess], send_rm: bool,
+             ended: Callable[[list[ModuleProcess]], None] | None) -> None:
+    """The ladders of modules this caller began to stop (see :func:`stop_all`)."""
+    done: set[int] = set()
+
+    def end(group: list[ModuleProcess]) -> None:
+        if not group:
+            return
+        done.update(id(m) for m in group)
+        closers: dict[IOLoop, list[Callable[[], None]]] = {}
+        try:
+            for module in group:
+                closers.setdefault(module.loop, []).append(module._detach())  # noqa: SLF001
+        finally:
+            for loop, fns in closers.items():  # one wake-up of the I/O thread for the group
+                loop.call_soon(functools.partial(_run_each, fns))
+            _each(group, ModuleProcess._stopped)  # noqa: SLF001
+        if ended is not None:
+            ended(group)
+
+    def ladder_ended(group: list[ladder.Stopping]) -> None:
+        for stop in group:
+            stop.tag.ended_by = stop.rung
+        end([stop.tag for stop in group])
+
+    try:
+        for module in modules:
+            if module.proc is None:
+                module.ended_by = ladder.EXITED
+        end([m for m in modules if m.proc is None])
+        if len(modules) > 1:
+            _unwatch_commands([m for m in modules if m.proc is not None])
+        ladder.stop_ladders([m._stopping(send_rm) for m in modules if m.proc is not None],  # noqa: SLF001
+                            ended=ladder_ended)
+    finally:
+        end([m for m in modules if id(m) not in done])  # (the ladder failed: they are stopped all the same)
+
+
+def _unwatch_commands(modules: list[ModuleProcess], wait: float = 1.0) -> None:
+    """The I/O thread stops watching these modules' command streams, in one call (waited for, at most
+    ``wait``): their answers to ``rm`` are read by their ladders, and the I/O thread is not woken by each."""
+    calls: list[threading.Event] = []
+    for loop, group in _by_loop(modules).items():
+        if not loop.thread.is_alive():
+            continue
+        unwatched = threading.Event()
+
+        def unwatch(group: list[ModuleProcess] = group, unwatched: threading.Event = unwatched) -> None:
+            try:
+                for module in group:
+                    module._unwatch_command_stream()  # noqa: SLF001
+            finally:
+                unwatched.set()
+
+        loop.call_soon(unwatch)
+        calls.append(unwatched)
+    for unwatched in calls:
+        unwatched.wait(wait)  # (a busy I/O thread: it notices an answer as before, and leaves it unread)
+
+
+def _by_loop(modules: list[ModuleProcess]) -> dict[IOLoop, list[ModuleProcess]]:
+    groups: dict[IOLoop, list[ModuleProcess]] = {}
+    for module in modules:
+        groups.setdefault(module.loop, []).append(module)
+    return groups
+
+
+def _each(modules: list[ModuleProcess], step: Callable[[ModuleProcess], None]) -> None:
+    """``step`` of every module, even when one fails (the first failure is raised after)."""
+    failure: BaseException | None = None
+    for module in modules:
+        try:
+            step(module)
+        except BaseException as exc:  # noqa: BLE001 - raised once every module had its step
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+
+
+def _run_each(fns: list[Callable[[], None]]) -> None:
+    """(I/O thread) Each of ``fns``, a failure logged: the others still run."""
+    for fn in fns:
+        try:
+            fn()
+        except Exception:
+            log.exception("error in I/O callback")
+
+
+def _unwatch_and_close(loop: IOLoop, socks: tuple[socket.socket | None, ...], exit_fd: int | None = None) -> None:
+    """On the I/O thread: stop watching streams, then close them; stop watching ``exit_fd`` (a pidfd,
+    closed later)."""
     for sock in socks:
         if sock is not None:
             loop.remove(sock)
             sock.close()
+    if exit_fd is not None:
+        loop.remove(_FdObject(exit_fd))
 
 
 class _OutputPipe(protocol.LineBuffer):

@@ -208,7 +208,7 @@ class HostOps(Subscriber):
         """The module's ladder is over: name a limit that ended it (before anything else reads its rung),
         count its end, and keep its snapshot among the recently ended."""
         module = event.module
-        if self.host.loop is not None:  # let the I/O thread read the module's last words first
+        if self.host.loop is not None and not module.output_read:  # let the I/O thread read its last words first
             flushed = threading.Event()
             self.host.loop.call_soon(flushed.set)
             flushed.wait(2)

@@ -113,13 +113,14 @@ class ModuleRuntime:
         with self._work_lock:
             self._work.discard(future)
 
-    def close(self, stop: Callable[[ModuleProcess, str, bool], None]) -> None:
-        """Stop every module of the table, all at once (each with ``stop``, its host's one stop path), wait
+    def close(self, stop: Callable[[list[ModuleProcess], str, bool], None]) -> None:
+        """Stop every module of the table, all at once (with ``stop``, its host's one stop path), wait
         for the work in threads, then close the guard (it sweeps what escaped the ladders, by cgroup and by
         token), the containment, the threads and the I/O thread."""
         modules = self.table.live()
         log.info("%s stopping: %d module(s)", self.name, len(modules))
-        concurrent.futures.wait([self.in_thread(stop, m, "service stopping", True) for m in modules])
+        if modules:
+            concurrent.futures.wait([self.in_thread(stop, modules, "service stopping", True)])
         for m in self.table.stopping():
             m.wait_stopped()
         with self._work_lock:

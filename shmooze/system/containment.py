@@ -235,6 +235,7 @@ class CgroupBox(Box):
     def __init__(self, uid: str, path: Path):
         super().__init__(uid, None)
         self.path = path
+        self.removed = False  # its folder is gone already (the sweep's rmdir): nothing to remove at release
 
     def wrap(self, argv: list[str]) -> list[str]:
         return cgroup.launch_argv([self.path, *self.v1_folders], argv)
@@ -285,6 +286,7 @@ class CgroupBox(Box):
     def sweep(self, pgid: int, grace: float = 1.0) -> int:
         if not self.held:  # no limit's figures to read first: the usual end is one rmdir (empty, so gone)
             if cgroup.remove_empty(self.path):
+                self.removed = True
                 return 0
         elif not cgroup.populated(self.path):  # (one read: no live process in it or below, the usual end)
             return 0
@@ -306,7 +308,8 @@ class CgroupBox(Box):
 
     def release(self) -> None:
         self._read_hits()
-        cgroup.remove(self.path)  # (kills what is left: the v1 folders hold the same processes)
+        if not self.removed:
+            cgroup.remove(self.path)  # (kills what is left: the v1 folders hold the same processes)
         self._remove_v1()
 
 

@@ -70,6 +70,8 @@ class IOLoop:
     def call_soon(self, fn: Callback) -> None:
         with self._lock:
             self._calls.append(fn)
+            if len(self._calls) > 1:  # a wake-up is on its way already (the loop takes the calls after it)
+                return
         try:
             self._wake_w.send(b"x")
         except (BlockingIOError, OSError):

@@ -3,7 +3,7 @@
 ``init`` args: ``exit_after`` (seconds; then exit with ``exit_code``), ``spin`` (seconds of busy
 CPU right after init, on a timer), ``alloc_mb`` (allocate that much after init, on a timer),
 ``forks`` (start that many ``sleep`` children; crash when one cannot start), ``bomb`` (start a
-fork bomb beside it).
+fork bomb beside it), ``bye`` (a line it prints on stdout and stderr when it gets ``rm``).
 """
 
 import os
@@ -25,8 +25,10 @@ while True:
 
 
 class OpsModule(Module):
-    def on_init(self, exit_after=None, exit_code=1, spin=0, alloc_mb=0, files=0, forks=0, bomb=False, **_):
+    def on_init(self, exit_after=None, exit_code=1, spin=0, alloc_mb=0, files=0, forks=0, bomb=False, bye=None,
+                **_):
         print(f"opsmod {os.getpid()} started", flush=True)
+        self.bye = bye
         if exit_after is not None:
             self.call_later(float(exit_after), lambda: self._leave(int(exit_code)))
         if spin:
@@ -77,6 +79,12 @@ class OpsModule(Module):
         traceback.print_exc()
         sys.stderr.flush()
         os._exit(1)
+
+    def on_rm(self, **_):
+        if self.bye:  # its last words, on both streams, as it goes
+            print(f"{self.bye} on stdout", flush=True)
+            sys.stderr.write(f"{self.bye} on stderr\n")
+            sys.stderr.flush()
 
     def do_say(self, text=""):
         print(text, flush=True)
