@@ -563,3 +563,30 @@ def test_64_clients_and_a_killed_worker_lose_no_acknowledged_change(tmp_path, re
         for t in threads:
             t.join(30)
         run.kill_everything()
+
+
+def test_a_removed_modules_parameters_are_let_go_with_its_removal(tmp_path: Path) -> None:
+    """The parameters' getter a module gave the journal (bound to the module: its process, streams and
+    buffers) goes with the module's removal, not seconds later (it kept 59 of 60 removed modules alive)."""
+    import gc
+    import weakref
+
+    class Module:  # (stands for the module's handle: what the getter is bound to)
+        def parameters(self) -> dict:
+            return {"level": 1}
+
+    j = Journal(str(tmp_path / "q.journal"), "queue")
+    try:
+        module = Module()
+        held = weakref.ref(module)
+        j.added("a", "keep", {})
+        j.parameters("a", module.parameters)
+        assert j.flush()  # the parameters are written: the getter waits for the next change
+        j.parameters("a", module.parameters)
+        j.removed(["a"])
+        assert j.flush()
+        del module
+        gc.collect()
+        assert held() is None, "the journal still holds the removed module"
+    finally:
+        j.close()

@@ -485,6 +485,9 @@ class Journal(Records):
                 record = {"op": "add", "entry": entry}
             elif op == "rm":
                 record = {"op": "rm", "uids": item[1]}
+                for uid in item[1]:  # its parameters' getter holds the whole module (process, buffers): let go
+                    self._dirty.pop(uid, None)
+                    self._unplaced.pop(uid, None)
             elif op == "log":
                 self._log_seq += 1
                 self._log_rows[self._log_seq] = item[1]
