@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from shmooze.events import ChangeLog
 from shmooze.moduletype import python_module
@@ -48,3 +49,25 @@ def test_adding_and_removing_many_modules_does_not_grow_the_retained_heap(make_q
     # (rounds swing by 30 KiB either way); about one small object (60 bytes) per module is still unexplained.
     assert grown < 100 * 1024, f"the heap grew by {grown} bytes over 100 modules added and removed"
     assert q.ok("status")["modules"] == []
+
+
+def test_removed_modules_are_let_go_at_once(make_queue, tmp_path):
+    """Once removed, a module's handle (its process, streams, buffers) is let go at once: nothing keeps it
+    until something else happens (the I/O loop kept the last calls it ran while it waited; with a journal,
+    the module's pending parameters were kept 5 s more)."""
+    from shmooze.hosting.moduleprocess import ModuleProcess
+    from tests.helpers import wait_for
+
+    keeper = str(Path(__file__).parent / "modules" / "keeper.py")
+    q = make_queue([python_module("keeper", keeper)], journal=str(tmp_path / "queue.journal"))
+    uids = [q.add("keeper", n=n) for n in range(10)]
+    for uid in uids:
+        q.wait_param(uid, "args")
+
+    def alive() -> int:
+        gc.collect()
+        return sum(isinstance(o, ModuleProcess) for o in gc.get_objects())
+
+    assert alive() >= 10
+    q.ok("rm", uids=uids)
+    wait_for(lambda: alive() == 0, 2, interval=0.1, what="the removed modules to be let go")

@@ -168,30 +168,40 @@ class IOLoop:
                 if exc.errno != errno.EBADF:
                     log.exception("selector failed")
                 continue
-            for key, events in ready:
-                chan = key.data
-                if chan is None:
-                    try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except (BlockingIOError, OSError):
-                        pass
-                    continue
-                if events & selectors.EVENT_WRITE:
-                    self._flush(chan)
-                if events & selectors.EVENT_READ:
-                    self._guard(chan.on_readable)
-            with self._lock:
-                calls, self._calls = self._calls, []
-            for fn in calls:
-                self._guard(fn)
-            now = time.monotonic()
-            while self._timers and self._timers[0][0] <= now:
-                _, _, fn = heapq.heappop(self._timers)
-                self._guard(fn)
+            self._dispatch(ready)
+            ready = []
+            self._run_due()
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
+
+    def _dispatch(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
+        """Serve the ready channels (and drain the wake-up socket)."""
+        for key, events in ready:
+            chan = key.data
+            if chan is None:
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass
+                continue
+            if events & selectors.EVENT_WRITE:
+                self._flush(chan)
+            if events & selectors.EVENT_READ:
+                self._guard(chan.on_readable)
+
+    def _run_due(self) -> None:
+        """Run the calls handed over and the timers due. (A method of its own: what they hold, a stopped
+        module's handle for one, is let go on return, not kept by the loop's locals while it waits.)"""
+        with self._lock:
+            calls, self._calls = self._calls, []
+        for fn in calls:
+            self._guard(fn)
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, fn = heapq.heappop(self._timers)
+            self._guard(fn)
 
     @staticmethod
     def _guard(fn: Callback) -> None:
