@@ -80,6 +80,8 @@ def test_a_page_on_the_original_api_works_without_jquery(page, jukebox, original
 
 
 def test_the_demo_shows_its_original_api_banner(page, jukebox):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     from tests.test_browser import open_demo
 
     open_demo(page, jukebox["url"])
@@ -88,9 +90,18 @@ def test_the_demo_shows_its_original_api_banner(page, jukebox):
     page.click("#add-button")
     item = page.wait_for_selector("#now-body[data-uid]")  # playing at once: "Now playing"
     assert item.query_selector(".tag").inner_text() == "banner"
-    # Its thread scrolls the text across: the page follows the frames it pushes.
-    page.wait_for_function("""(() => {
-        const label = document.querySelector('#now-body .title');
-        return label && /^\\[ *port/.test(label.textContent);
-    })""")
+    # Its thread scrolls the text across: the page follows the frames it pushes. Every text the label
+    # shows is kept as it changes (a poll of the page, slowed on a loaded machine, can miss a frame).
+    page.evaluate("""(() => {
+        window.seenLabels = [];
+        new MutationObserver(() => {
+            const label = document.querySelector('#now-body .title');
+            if (label) window.seenLabels.push(label.textContent);
+        }).observe(document.body, {subtree: true, childList: true, characterData: true});
+    })()""")
+    try:
+        page.wait_for_function("window.seenLabels.some(text => /^\\[ *port/.test(text))")
+    except PlaywrightTimeout:
+        raise AssertionError(f"the banner's frames did not show; the label showed {page.evaluate('window.seenLabels')!r}, "
+                             f"the item is {page.evaluate('document.querySelector(`#now-body`).outerHTML')!r}") from None
     jukebox["client"].queue.rm(uids=[item.get_attribute("data-uid")])
