@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterable
 
-from shmooze import servicekey, settings
+from shmooze import caller, servicekey, settings
 
 ANSWER = b'{"success":true,"result":{"level":50,"muted":false}}'
 HEADERS = [("Content-Type", "application/json"), ("Content-Length", str(len(ANSWER))),
@@ -19,6 +19,8 @@ HEADERS = [("Content-Type", "application/json"), ("Content-Length", str(len(ANSW
 _KEY = servicekey.load(settings.load()) if os.environ.get(settings.ENV_VAR) else None
 VERIFIER = servicekey.Verifier(_KEY) if _KEY else None
 AUTH_ENVIRON = "HTTP_" + servicekey.AUTH_HEADER.upper().replace("-", "_")
+#: The gateway names the caller of a forwarded command in a header its signature covers.
+CALLER_ENVIRON = "HTTP_" + caller.HEADER.upper().replace("-", "_")
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -29,6 +31,6 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     if auth is None or VERIFIER is None:
         start_response("200 OK", HEADERS)
         return [ANSWER]
-    nonce = VERIFIER.check(auth, environ.get("PATH_INFO") or "/", body)
+    nonce = VERIFIER.check(auth, environ.get("PATH_INFO") or "/", body, environ.get(CALLER_ENVIRON, ""))
     start_response("200 OK", [*HEADERS, (servicekey.PROOF_HEADER, VERIFIER.proof(nonce, 200, ANSWER))])
     return [ANSWER]
