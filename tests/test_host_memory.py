@@ -90,7 +90,7 @@ def test_removed_modules_are_freed_without_the_cycle_collector(make_queue):
     try:
         assert sum(isinstance(o, ModuleProcess) for o in gc.get_objects()) >= 10
         q.ok("rm", uids=uids)
-        wait_for(lambda: not any(isinstance(o, ModuleProcess) for o in gc.get_objects()), 3, interval=0.1,
+        wait_for(lambda: not any(isinstance(o, ModuleProcess) for o in gc.get_objects()), 5, interval=0.1,
                  what="the removed modules' handles to be freed without a collection")
     finally:
         gc.enable()
