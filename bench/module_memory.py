@@ -18,9 +18,15 @@ With ``--served``, it runs ``shmooze serve pool`` instead (gunicorn, as in B5) a
 shmooze side: rounds of 1 (after a warm-up), 50 and 200 modules added over HTTP by 16 clients, and
 the RSS growth of the service's worker per module, from a baseline read after one cycle of 16
 modules, in each 200 round: the B5 memory row's shmooze figures without the peers (a minute instead
-of ten).
+of ten), and the worker's CPU per module added and removed. With ``--trace`` too, the served process
+reports after each 200 round (all removed): the cyclic garbage it held, pymalloc's and malloc's figures
+(``mallinfo2``), the live objects by type, and (unless ``SHMOOZE_MODMEM_FRAMES=0``) its Python heap
+compared with the previous round by traceback.
 
-Usage: ``.venv/bin/python -m bench.module_memory [--modules 200] [--top 15] [--frames 6] [--served | --retained]``
+With ``--floor``, the floor: a bare Python process (one malloc arena) holding COUNT ``Popen`` children.
+
+Usage: ``.venv/bin/python -m bench.module_memory [--modules 200] [--top 15] [--frames 6]
+[--served [--trace] | --retained | --floor]``
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from typing import Any
 
 import psutil
 
-from bench.common import PYTHON, Proc, child_env, free_port, median, setup_logging
+from bench.common import PYTHON, Proc, child_env, free_port, median, setup_logging, wait_until
 
 CONCURRENT_ADDS = 16
 
@@ -143,14 +149,98 @@ def _print_top(title: str, stats: list[Any], count: int, top: int) -> None:
         print(f"  {stat.size_diff / count:8.0f} B/module  {stat.count_diff / count:6.2f} blocks/module  {where}")
 
 
-def served(folder: Path, count: int, rounds: int, old_baseline: bool) -> None:
+TRACE_FIFO = "SHMOOZE_MODMEM_TRACE"  # (environment) with --served --trace: the served pool's request pipe
+
+
+def traced_pool() -> Any:
+    """The benchmark's pool, in a process that takes a tracemalloc snapshot whenever the bench asks: a
+    thread reads file names from the pipe named by ``$SHMOOZE_MODMEM_TRACE``, collects the garbage (counting
+    what only the cycle collector frees) and dumps a snapshot there (none if ``$SHMOOZE_MODMEM_FRAMES`` is 0),
+    with the live objects by type and the figures of pymalloc and malloc (``NAME.types.json``)."""
+    from collections import Counter
+
+    from bench.benchapps import make_pool
+
+    frames = int(os.environ.get("SHMOOZE_MODMEM_FRAMES", "8"))
+    if frames:
+        tracemalloc.start(frames)
+
+    def answer() -> None:
+        while True:
+            with open(os.environ[TRACE_FIFO]) as requests:
+                for line in requests:
+                    target = line.strip()
+                    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds, kept to be counted
+                    gc.collect()
+                    gc.set_debug(0)
+                    cyclic = Counter(type(o).__qualname__ for o in gc.garbage)
+                    gc.garbage.clear()
+                    gc.collect()
+                    if frames:
+                        tracemalloc.take_snapshot().dump(target)
+                    types = Counter(type(o).__qualname__ for o in gc.get_objects())
+                    stats = {"types": types, "cyclic": cyclic, "pymalloc": _pymalloc(), "malloc": _mallinfo()}
+                    Path(target + ".types.json").write_text(json.dumps(stats))
+                    Path(target + ".done").touch()
+
+    threading.Thread(target=answer, name="modmem-trace", daemon=True).start()
+    return make_pool()
+
+
+class _Tracer:
+    """The bench's side of :func:`traced_pool`: snapshots of the served process, compared round to round."""
+
+    def __init__(self, folder: Path, top: int):
+        self.folder = folder
+        self.fifo = folder / "trace.fifo"
+        os.mkfifo(self.fifo)
+        self.top = top
+        self.taken: list[tuple[tracemalloc.Snapshot | None, dict[str, int]]] = []
+
+    def take(self, label: str) -> None:
+        target = self.folder / f"snap{len(self.taken)}"
+        with open(self.fifo, "w") as f:
+            f.write(f"{target}\n")
+        deadline = time.monotonic() + 60
+        while not Path(f"{target}.done").exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the served pool took no snapshot in 60 s")
+            time.sleep(0.05)
+        stats = json.loads(Path(f"{target}.types.json").read_text())
+        types = stats["types"]
+        py, libc = stats["pymalloc"], stats["malloc"]
+        print(f"  {label}: pymalloc {py['arenas']} arenas, {py['allocated'] / 1024:.0f} KiB in blocks, "
+              f"{(py['free blocks'] + py['free pools']) / 1024:.0f} KiB free in them; malloc: "
+              + ", ".join(f"{k} {v / 1024:.0f} KiB" if k != "free chunks" else f"{k} {v}" for k, v in libc.items()),
+              flush=True)
+        cyclic = stats["cyclic"]
+        print(f"    cyclic garbage (freed by this collection only): {sum(cyclic.values())} objects; "
+              + ", ".join(f"{k} {v}" for k, v in sorted(cyclic.items(), key=lambda kv: -kv[1])[:8]))
+        snap = tracemalloc.Snapshot.load(str(target)) if Path(target).exists() else None
+        if self.taken:
+            old, old_types = self.taken[-1]
+            print("    objects grown: " + ", ".join(
+                f"{k} {v - old_types.get(k, 0):+d}" for k, v in
+                sorted(types.items(), key=lambda kv: old_types.get(kv[0], 0) - kv[1])[:12]
+                if v != old_types.get(k, 0)))
+            if snap is not None and old is not None:
+                grown = [s for s in snap.compare_to(old, "traceback") if s.size_diff > 0]
+                total = sum(s.size_diff for s in snap.compare_to(old, "filename"))
+                print(f"    the Python heap {total / 1024:+.1f} KiB since the last snapshot")
+                _print_top(f"  grown since the last snapshot ({label})", grown, 1, self.top)
+        self.taken.append((snap, types))
+
+
+def served(folder: Path, count: int, rounds: int, old_baseline: bool, tracer: _Tracer | None = None) -> None:
     """B5's shmooze side alone: the pool service under gunicorn, modules added over HTTP."""
-    from bench.peers_bench import Shmooze, _rss
+    from bench.peers_bench import Shmooze, _cpu, _gone, _rss
 
     port = free_port()
     path = folder / "settings.json"
-    path.write_text(json.dumps({"ports": {"pool": port}, "services": {"pool": "bench.benchapps:make_pool"}}))
-    proc = Proc("pool", [PYTHON, "-m", "shmooze", "serve", "pool", "--settings", str(path)], child_env(),
+    factory = "bench.module_memory:traced_pool" if tracer else "bench.benchapps:make_pool"
+    path.write_text(json.dumps({"ports": {"pool": port}, "services": {"pool": factory}}))
+    env = child_env({TRACE_FIFO: str(tracer.fifo)} if tracer else None)
+    proc = Proc("pool", [PYTHON, "-m", "shmooze", "serve", "pool", "--settings", str(path)], env,
                 folder / "pool.log")
     try:
         proc.wait_port(port, 60)
@@ -160,24 +250,91 @@ def served(folder: Path, count: int, rounds: int, old_baseline: bool) -> None:
         if not old_baseline:  # as B5: the baseline after one cycle at full concurrency
             pool.start(CONCURRENT_ADDS)
             pool.stop(CONCURRENT_ADDS)
+        if tracer:
+            tracer.take("baseline")
         before, kinds = _rss(pool.pid), rss_by_kind(pool.pid)
         print(f"before: RSS {before / 2**20:.1f} MiB, {len(psutil.Process(pool.pid).threads())} threads")
-        figures = []
+        figures, cpu = [], []
         for n, warm in ((1, 1), (count // 4, 0), (count, 0)):
             for r in range(rounds + warm):
+                base = {p.pid for p in psutil.Process(pool.pid).children()}
+                c0 = _cpu(pool.pid)
                 pool.start(n)
+                c1 = _cpu(pool.pid)
+                started = [p.pid for p in psutil.Process(pool.pid).children() if p.pid not in base]
                 if n == count:
                     figures.append((_rss(pool.pid) - before) / n / 1024)
                     print(f"{n} modules, round {r + 1}: {figures[-1]:.2f} KiB per module "
                           f"({_kinds_diff(kinds, rss_by_kind(pool.pid), n)}); "
                           f"{len(psutil.Process(pool.pid).threads())} threads", flush=True)
                     pool.sample(n)  # as B5 does next: status and pool queries
+                c2 = _cpu(pool.pid)
                 pool.stop(n)
+                if n == count:
+                    wait_until(lambda pids=started: _gone(pids), 60, "the modules to be reaped", 0.005)
+                    cpu.append(((c1 - c0) + (_cpu(pool.pid) - c2)) * 1000 / n)
+                if tracer and n == count:
+                    time.sleep(1)  # (the removed modules' ends are handled)
+                    tracer.take(f"after round {r + 1}")
         print(f"memory per module in the pool's worker, {count} modules: {median(figures):.2f} KiB "
-              f"({min(figures):.2f}-{max(figures):.2f})")
+              f"({min(figures):.2f}-{max(figures):.2f}); its CPU per module added and removed: {median(cpu):.2f} ms "
+              f"({min(cpu):.2f}-{max(cpu):.2f})")
         pool.close()
     finally:
         proc.stop()
+
+
+def _mallinfo() -> dict[str, int]:
+    """glibc's malloc figures (``mallinfo2``): bytes in the heap (``arena``), in use, free in it, in mmapped blocks."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]
+
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "mallinfo2"):
+        return {}
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    return {"heap": info.arena, "in use": info.uordblks, "free": info.fordblks, "mmapped": info.hblkhd,
+            "free chunks": info.ordblks}
+
+
+def floor(count: int, rounds: int) -> None:
+    """The floor of memory per child in a Python process: this process (one malloc arena, as a service) holding
+    COUNT ``Popen`` children with three unbuffered pipes each, started by 16 threads, and nothing else: its RSS
+    growth per child with COUNT running, from a baseline read after one cycle of 16, in each of ROUNDS rounds."""
+    import subprocess
+
+    from shmooze import serve
+
+    serve.one_malloc_arena()
+
+    def start(n: int) -> list[subprocess.Popen[bytes]]:
+        pipe = subprocess.PIPE
+        with ThreadPoolExecutor(min(CONCURRENT_ADDS, n)) as pool:
+            return list(pool.map(lambda _i: subprocess.Popen(["cat"], stdin=pipe, stdout=pipe, stderr=pipe,
+                                                             bufsize=0), range(n)))
+
+    def stop(children: list[subprocess.Popen[bytes]]) -> None:
+        for child in children:
+            child.communicate(timeout=30)
+
+    stop(start(CONCURRENT_ADDS))
+    gc.collect()
+    rss0, kinds0 = _rss(), rss_by_kind()
+    figures = []
+    for r in range(rounds):
+        children = start(count)
+        figures.append((_rss() - rss0) / count / 1024)
+        print(f"round {r + 1}: {figures[-1]:.2f} KiB per child ({_kinds_diff(kinds0, rss_by_kind(), count)})",
+              flush=True)
+        stop(children)
+        del children
+    print(f"floor: a Python process holding {count} Popen children: {median(figures):.2f} KiB per child "
+          f"({min(figures):.2f}-{max(figures):.2f})")
 
 
 def _pymalloc() -> dict[str, int]:
@@ -256,6 +413,10 @@ def main() -> None:
     parser.add_argument("--served", action="store_true", help="B5's shmooze side: the pool under gunicorn")
     parser.add_argument("--retained", action="store_true",
                         help="what the service keeps once modules are removed: the heap, pymalloc and RSS by round")
+    parser.add_argument("--floor", action="store_true",
+                        help="the floor: RSS per child of a bare Python process holding COUNT Popen children")
+    parser.add_argument("--trace", action="store_true",
+                        help="with --served: tracemalloc in the served pool, its heap compared after each round")
     parser.add_argument("--old-baseline", action="store_true",
                         help="with --served: the baseline before any module (as B5 read it before issue 14)")
     opts = parser.parse_args()
@@ -263,8 +424,12 @@ def main() -> None:
     setup_logging(30)
     count = opts.modules
     with tempfile.TemporaryDirectory(prefix="shmooze-modmem-") as tmp:
+        if opts.floor:
+            floor(count, opts.rounds)
+            return
         if opts.served:
-            served(Path(tmp), count, opts.rounds, opts.old_baseline)
+            tracer = _Tracer(Path(tmp), opts.top) if opts.trace else None
+            served(Path(tmp), count, opts.rounds, opts.old_baseline, tracer)
             return
         service = _build(Path(tmp))
         if opts.retained:

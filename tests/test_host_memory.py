@@ -71,3 +71,26 @@ def test_removed_modules_are_let_go_at_once(make_queue, tmp_path):
     assert alive() >= 10
     q.ok("rm", uids=uids)
     wait_for(lambda: alive() == 0, 2, interval=0.1, what="the removed modules to be let go")
+
+
+def test_removed_modules_are_freed_without_the_cycle_collector(make_queue):
+    """A removed module's handle is freed as soon as the last reference goes, by reference counting: no
+    cycle keeps it (its update channel's reader, a method of the handle, did), for a busy service collects
+    its oldest generation seldom, and the served pool grew round after round by the handles it kept."""
+    from shmooze.hosting.moduleprocess import ModuleProcess
+    from tests.helpers import wait_for
+
+    keeper = str(Path(__file__).parent / "modules" / "keeper.py")
+    q = make_queue([python_module("keeper", keeper)])
+    uids = [q.add("keeper", n=n) for n in range(10)]
+    for uid in uids:
+        q.wait_param(uid, "args")
+    gc.collect()
+    gc.disable()  # what is freed now is freed by reference counting alone
+    try:
+        assert sum(isinstance(o, ModuleProcess) for o in gc.get_objects()) >= 10
+        q.ok("rm", uids=uids)
+        wait_for(lambda: not any(isinstance(o, ModuleProcess) for o in gc.get_objects()), 5, interval=0.1,
+                 what="the removed modules' handles to be freed without a collection")
+    finally:
+        gc.enable()
