@@ -18,7 +18,7 @@ import itertools
 import json
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 #: 2024-01-01 UTC: epochs count from here, so that versions stay far below 2**53 for centuries.
 _ORIGIN = 1704067200.0
@@ -58,6 +58,8 @@ class ChangeLog:
         self._keep = keep
         self._cond = threading.Condition()
         self._closed = False
+        #: Kept streams (:meth:`follow`): each is handed every batch as one line, under the lock.
+        self._streams: list[Callable[[bytes], None]] = []
 
     def publish(self, kind: str, **details: Any) -> int:
         """Record one change; wake every waiter; return the new version."""
@@ -68,6 +70,7 @@ class ChangeLog:
         return the last new version."""
         with self._cond:
             now = time.time()
+            first = len(self._events)
             for details in each:
                 self.version += 1
                 event = {"version": self.version, "kind": kind, "time": now, **details}
@@ -75,11 +78,41 @@ class ChangeLog:
                 self._events.append(event)
                 self._sizes.append(size)
                 self._bytes += size
+            if self._streams:
+                self._stream(list(itertools.islice(self._events, first, None)), sum(
+                    itertools.islice(self._sizes, first, None)))
             while len(self._events) > self._keep or (self._bytes > self.max_bytes and len(self._events) > 1):
                 self._events.popleft()
                 self._bytes -= self._sizes.popleft()
             self._cond.notify_all()
             return self.version
+
+    def follow(self, since: int, deliver: Callable[[bytes], None]) -> bytes:
+        """Start a kept stream after version ``since``: the first line (what :meth:`since` answers now,
+        without waiting) is returned, and every later batch is handed to ``deliver`` as one more line,
+        on the publishing thread, in order, with nothing between (both under the lock). ``deliver``
+        must not block. Lines are JSON answers as :meth:`since`'s, each ending in a newline."""
+        with self._cond:
+            first = self.since(since)
+            self._streams.append(deliver)
+        return line(first)
+
+    def unfollow(self, deliver: Callable[[bytes], None]) -> None:
+        with self._cond:
+            if deliver in self._streams:
+                self._streams.remove(deliver)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _stream(self, events: list[dict[str, Any]], size: int) -> None:
+        if size > self.max_answer_bytes:  # (as :meth:`since` would: too much for one answer, reload)
+            batch = line({"version": self.version, "events": [], "reset": True})
+        else:
+            batch = line({"version": self.version, "events": events})
+        for deliver in list(self._streams):
+            deliver(batch)
 
     def close(self) -> None:
         """Wake every waiter and make later waits return at once (the service is stopping)."""
@@ -121,6 +154,14 @@ class ChangeLog:
 #: Made once: ``json.dumps`` with options builds a new encoder for every call, a good part of
 #: publishing a small event.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str, check_circular=False)
+
+
+def line(answer: dict[str, Any]) -> bytes:
+    """One line of a kept stream (see :meth:`ChangeLog.follow`)."""
+    try:
+        return _ENCODER.encode(answer).encode() + b"\n"
+    except (TypeError, ValueError, RecursionError):  # an event that is not JSON: the follower reloads
+        return b'{"version":%d,"events":[],"reset":true}\n' % answer["version"]
 
 
 def _size(event: dict[str, Any]) -> int:

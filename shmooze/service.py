@@ -219,8 +219,10 @@ class Service:
         }
 
     @command(read_only=True)
-    def changes(self, since: int = 0, timeout: float = 0.0) -> dict[str, Any]:
-        """Change events after version ``since``, waiting up to ``timeout`` seconds (at most 60)."""
+    def changes(self, since: int = 0, timeout: float = 0.0, stream: bool = False) -> dict[str, Any]:
+        """Change events after version ``since``, waiting up to ``timeout`` seconds (at most 60). With
+        ``stream`` on a gunicorn worker, the answer is instead a kept stream of them, one line of JSON per
+        batch (:mod:`shmooze.http.changestream`); elsewhere ``stream`` changes nothing."""
         return self.events.since(since, min(max(timeout, 0.0), self.max_changes_wait))
 
     @command(quick=True)

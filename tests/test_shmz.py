@@ -88,7 +88,7 @@ def test_commands_show_arguments_types_and_defaults(app):
     assert "set_volume(level: int)" in lines
     assert "step(by: int = 5)" in lines
     assert "mute(muted: bool = true)" in lines
-    assert "changes(since: int = 0, timeout: float = 0.0)" in lines
+    assert "changes(since: int = 0, timeout: float = 0.0, stream: bool = false)" in lines
     assert lines[lines.index("set_volume(level: int)") + 1] == "    Set the level; it must be from 0 to 100."
     raw = json.loads(shmz(app["url"], "--json", "volume", "commands").stdout)
     assert raw["step"] == {"args": [{"name": "by", "type": "int", "required": False, "default": 5}],

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 from shmooze import protocol
 from shmooze.http import metrics
-from shmooze.http.forward import ForwardError, ServiceProxy
-from shmooze.http.websocket import CLOSE_POLICY, WebSocket, WebSocketClosed, text_frame
+from shmooze.http.forward import ForwardError, ServiceProxy, Stream
+from shmooze.http.websocket import CLOSE_POLICY, WebSocket, WebSocketClosed, text_frame, utf8_frame
 from shmooze.registry import Declared
 
 log = logging.getLogger(__name__)
@@ -204,11 +204,11 @@ class ServiceWatcher:
                     self.version = self._ask(0, 0)["version"]
                     self._ready.set()
                     continue
-                # The service answers a poll with nothing new well before the forward timeout cuts it.
-                result = self._ask(self.version, min(POLL_TIMEOUT, self.proxy.timeout / 2))
-                if retry:
-                    log.info("watching %s: the service answers again", self.proxy.name)
+                answer = self._follow(retry)
                 retry = 0.0
+                if answer is None:  # the stream ended while nobody listened, or was cut: ask again
+                    continue
+                result = answer  # the service answered as a long poll
             except _Abandoned:
                 self._nudged.clear()
                 continue
@@ -226,6 +226,39 @@ class ServiceWatcher:
                 self.publish(result)
             self.version = result["version"]
 
+    def _follow(self, retry: float) -> dict[str, Any] | None:
+        """Follow the service's kept stream of changes from :attr:`version` (see
+        :mod:`shmooze.http.changestream`), publishing each batch, until nobody listens (None), or return
+        its answer when it answered as a long poll instead (a server that keeps no stream)."""
+        self._nudged.clear()
+        # The service answers a poll with nothing new well before the forward timeout cuts it.
+        body = protocol.dumps({"cmd": "changes", "args": {"since": self.version, "stream": True,
+                                                          "timeout": min(POLL_TIMEOUT, self.proxy.timeout / 2)}})
+        opened = self.proxy.stream(body)
+        if retry:
+            log.info("watching %s: the service answers again", self.proxy.name)
+        if not isinstance(opened, Stream):
+            ok, value = protocol.parse_answer(json.loads(opened.body))
+            if not ok:
+                raise ForwardError(502, f"changes failed: {value}")
+            return value
+        prefix = b'{"event":"change","service":' + json.dumps(self.proxy.name).encode() + b","
+        try:
+            while self._listeners:
+                line = opened.next_line()
+                if not line:  # (the service is there; nothing happened)
+                    continue
+                result = json.loads(line)
+                if not isinstance(result, dict) or not isinstance(result.get("version"), int):
+                    raise ForwardError(502, "the service's change stream sent a line that is not an answer")
+                if result.get("events") or result.get("reset"):
+                    # framed as it came: the line is the message's tail (no second encoding)
+                    self._publish_frame(utf8_frame(prefix + line[line.index(b"{") + 1:]))
+                self.version = result["version"]
+        finally:
+            opened.close()
+        return None
+
     def _ask(self, since: int, timeout: float) -> dict[str, Any]:
         """:meth:`changes`, on a thread of its own that :meth:`nudge` can leave behind."""
         self._nudged.clear()
@@ -236,7 +269,9 @@ class ServiceWatcher:
             self._asking = None
 
     def publish(self, result: dict[str, Any]) -> None:
-        message = text_frame(change_message(self.proxy.name, result))  # framed once for everyone
+        self._publish_frame(text_frame(change_message(self.proxy.name, result)))  # framed once for everyone
+
+    def _publish_frame(self, message: bytes) -> None:
         with self._lock:
             listeners = list(self._listeners)
             subscribers = self._subscribers

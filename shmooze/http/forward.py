@@ -23,6 +23,7 @@ waiting on a host that is gone would otherwise wait for its timeout).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -30,10 +31,10 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 from shmooze.caller import HEADER as CALLER_HEADER
-from shmooze.http.heads import HeadError, head_end, parse_response
+from shmooze.http.heads import HeadError, ResponseHead, head_end, parse_response
 from shmooze.servicekey import AUTH_HEADER, HELLO, Signer
 from shmooze.system.cooperative import gevent_sockets, native_poll
 
@@ -109,6 +110,7 @@ class _Connection:
         self.idle_since = time.monotonic()
         #: The ``Shmooze-Proof`` of the last answer read (None: it had none).
         self.proof: str | None = None
+        self.head_size = 0  # (see read_head)
         self._poll = native_poll()  # registered once: looks_closed is one system call
         self._poll.register(sock.fileno(), select.POLLIN | select.POLLPRI)
         #: Under gevent one timer bounds each exchange (``timeout`` s): a socket timeout would cost a
@@ -136,8 +138,23 @@ class _Connection:
         except OSError:
             pass
 
-    def read_reply(self) -> tuple[Reply, bool]:
-        """Read one answer; return it and whether the connection may be used again."""
+    @contextlib.contextmanager
+    def bounded(self, timeout: float) -> Iterator[None]:
+        """What is done within is bounded by ``timeout`` seconds (this connection's gevent timer, set to
+        it, else the socket's timeout)."""
+        if self.timer is None:
+            self.sock.settimeout(timeout)
+            yield
+            return
+        self.timer.start()
+        try:
+            yield
+        finally:
+            self.timer.cancel()
+
+    def read_head(self) -> ResponseHead:
+        """Read until the end of an answer's head and parse it, leaving it in the buffer (for
+        :meth:`read_reply`); its end is :attr:`head_size` bytes in."""
         buf = self.buf
         try:
             while (end := head_end(buf, MAX_HEADER_BYTES)) < 0:
@@ -148,11 +165,19 @@ class _Connection:
             head = parse_response(buf, end, MAX_HEADER_BYTES)
         except HeadError as exc:
             raise ForwardError(502, f"the service answered something that is not HTTP/1.1: {exc}") from None
+        self.buf = buf
+        self.head_size = end + 4
+        proof = head.fields.get(b"shmooze-proof")
+        self.proof = proof.decode("latin-1") if proof is not None else None
+        return head
+
+    def read_reply(self) -> tuple[Reply, bool]:
+        """Read one answer; return it and whether the connection may be used again."""
+        head = self.read_head()
+        buf, end = self.buf, self.head_size - 4
         if head.chunked:
             raise ForwardError(502, "the service answered without a Content-Length")
         fields = head.fields
-        proof = fields.get(b"shmooze-proof")
-        self.proof = proof.decode("latin-1") if proof is not None else None
         raw_type = fields.get(b"content-type")
         content_type = raw_type.decode("latin-1") if raw_type is not None else "application/json"
         status, length, keep = head.status, head.content_length, head.keep_alive
@@ -190,6 +215,46 @@ def _notice_lost_hosts(sock: socket.socket, timeout: float) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, ms)
     except (AttributeError, OSError):  # not Linux: the forward timeout still bounds every wait
         pass
+
+
+#: The content type of a kept stream of change events (:mod:`shmooze.http.changestream`).
+STREAM_TYPE = b"application/x-ndjson"
+
+
+class Stream:
+    """A kept stream of change events from a service: one line of JSON per batch (see
+    :meth:`ServiceProxy.stream`). Each wait for a line is bounded by the proxy's timeout: the service
+    sends an empty line every few seconds while nothing happens."""
+
+    def __init__(self, proxy: ServiceProxy, conn: _Connection):
+        self.proxy = proxy
+        self.conn = conn
+        conn.buf = conn.buf[conn.head_size:]
+
+    def next_line(self) -> bytes:
+        """The next line, without its newline (empty: the service is there, nothing happened); a
+        :class:`ForwardError` once the stream has ended (closed, cut by a retarget, silent too long)."""
+        conn = self.conn
+        buf = conn.buf
+        try:
+            while (end := buf.find(b"\n")) < 0:
+                if len(buf) > conn.max_answer_bytes:
+                    raise ForwardError(502, f"a line of the service's change stream is over the limit of "
+                                            f"{conn.max_answer_bytes} bytes")
+                with conn.bounded(self.proxy.timeout):
+                    chunk = conn.sock.recv(65536)
+                if not chunk:
+                    raise ForwardError(502, f"service {self.proxy.name!r} ended its change stream")
+                buf += chunk
+        except (socket.timeout, TimeoutError, _TimedOut):
+            raise ForwardError(504, f"service {self.proxy.name!r} sent nothing for {self.proxy.timeout:g} s") from None
+        except OSError as exc:
+            raise ForwardError(502, f"service {self.proxy.name!r}: its change stream broke: {exc}") from None
+        conn.buf = buf[end + 1:]
+        return buf[:end]
+
+    def close(self) -> None:
+        self.proxy._drop(self.conn)  # noqa: SLF001 - the stream is the proxy's own
 
 
 class ServiceProxy:
@@ -385,34 +450,11 @@ class ServiceProxy:
         connection after taking the request
         is a :class:`ForwardError` 502 with :data:`MAY_HAVE_RUN`.
         """
-        start = self._heads.get(content_type) if path == "/" and not headers else None
-        if start is None:
-            extra = self._fixed_headers + "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-            start = (f"POST {path} HTTP/1.1\r\nHost: ".encode("latin-1") + self._host_header
-                     + f"\r\nContent-Type: {content_type}\r\n{extra}".encode("latin-1"))
-            if path == "/" and not headers and len(self._heads) < 8:
-                self._heads[content_type] = start  # the same few heads every time: built once
-        signer = self.signer
-        nonce = b""
-        if caller:
-            start += _CALLER + caller + b"\r\n"
-        if signer is not None:
-            auth, nonce = signer.sign(body, path, caller)
-            start += AUTH_HEADER.encode() + b": " + auth.encode() + b"\r\n"
-        request = start + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        request, nonce = self._request(body, content_type, path, headers, caller)
         for attempt in (0, 1):
             if self.vacancy is not None:
                 raise ForwardError(503, self.vacancy)
-            host, port = self.host, self.port  # (what the messages name, should it move meanwhile)
-            try:
-                conn, reused = self._take()
-            except (ConnectionRefusedError, FileNotFoundError):
-                raise ForwardError(502, f"service {self.name!r} is down (nothing listens on port {port})") from None
-            except (socket.timeout, TimeoutError):
-                raise ForwardError(502, f"service {self.name!r} cannot be reached: no connection to "
-                                        f"{host} within {self.connect_timeout:g} s (connect_timeout)") from None
-            except OSError as exc:
-                raise ForwardError(502, f"service {self.name!r} cannot be reached: {exc.strerror or exc}") from exc
+            conn, reused = self._take_or_fail()
             sent = False
             timer = conn.timer
             self._busy.add(conn)
@@ -449,15 +491,88 @@ class ServiceProxy:
                 self._busy.discard(conn)
                 if timer is not None:
                     timer.cancel()
-            if signer is not None and not signer.proven(nonce, reply.status, reply.body, conn.proof):
-                conn.close()
-                raise ForwardError(502, self.impostor(), impostor=True)
-            if keep:
-                self._give_back(conn)
-            else:
-                conn.close()
-            return reply
+            return self._taken(conn, reply, keep, nonce)
         raise AssertionError("unreachable")
+
+    def _taken(self, conn: _Connection, reply: Reply, keep: bool, nonce: bytes) -> Reply:
+        """``reply`` once proven (else the impostor's 502), its connection kept for the next or closed."""
+        if self.signer is not None and not self.signer.proven(nonce, reply.status, reply.body, conn.proof):
+            conn.close()
+            raise ForwardError(502, self.impostor(), impostor=True)
+        if keep:
+            self._give_back(conn)
+        else:
+            conn.close()
+        return reply
+
+    def _request(self, body: bytes, content_type: str = "application/json", path: str = "/",
+                 headers: dict[str, str] | None = None, caller: bytes = b"") -> tuple[bytes, bytes]:
+        """The whole request for ``body``, signed when there is a signer, and its nonce (else empty)."""
+        start = self._heads.get(content_type) if path == "/" and not headers else None
+        if start is None:
+            extra = self._fixed_headers + "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+            start = (f"POST {path} HTTP/1.1\r\nHost: ".encode("latin-1") + self._host_header
+                     + f"\r\nContent-Type: {content_type}\r\n{extra}".encode("latin-1"))
+            if path == "/" and not headers and len(self._heads) < 8:
+                self._heads[content_type] = start  # the same few heads every time: built once
+        nonce = b""
+        if caller:
+            start += _CALLER + caller + b"\r\n"
+        if self.signer is not None:
+            auth, nonce = self.signer.sign(body, path, caller)
+            start += AUTH_HEADER.encode() + b": " + auth.encode() + b"\r\n"
+        return start + b"Content-Length: %d\r\n\r\n" % len(body) + body, nonce
+
+    def _take_or_fail(self) -> tuple[_Connection, bool]:
+        """:meth:`_take`, its failures told as :class:`ForwardError` (502)."""
+        host, port = self.host, self.port  # (what the messages name, should it move meanwhile)
+        try:
+            return self._take()
+        except (ConnectionRefusedError, FileNotFoundError):
+            raise ForwardError(502, f"service {self.name!r} is down (nothing listens on port {port})") from None
+        except (socket.timeout, TimeoutError):
+            raise ForwardError(502, f"service {self.name!r} cannot be reached: no connection to "
+                                    f"{host} within {self.connect_timeout:g} s (connect_timeout)") from None
+        except OSError as exc:
+            raise ForwardError(502, f"service {self.name!r} cannot be reached: {exc.strerror or exc}") from exc
+
+    def stream(self, body: bytes) -> Stream | Reply:
+        """Send ``body`` (``changes`` with ``stream``) and return the kept stream its answer opens
+        (:mod:`shmooze.http.changestream`), or the plain answer of a service that answered it as a long poll.
+        The stream's connection is its own until :meth:`Stream.close`; :meth:`retarget` cuts it."""
+        if self.vacancy is not None:
+            raise ForwardError(503, self.vacancy)
+        request, nonce = self._request(body)
+        conn = self._take_or_fail()[0]
+        self._busy.add(conn)
+        try:
+            with conn.bounded(self.timeout):
+                conn.sock.sendall(request)
+                head = conn.read_head()
+        except (socket.timeout, TimeoutError, _TimedOut):
+            self._drop(conn)
+            raise ForwardError(504, f"service {self.name!r} did not answer within {self.timeout:g} s") from None
+        except (_Closed, OSError, ValueError) as exc:
+            self._drop(conn)
+            raise ForwardError(502, f"service {self.name!r} closed the connection: {exc or 'closed'}") from None
+        if self.signer is not None and not self.signer.proven(nonce, head.status, b"", conn.proof) \
+                and head.fields.get(b"content-type") == STREAM_TYPE:
+            self._drop(conn)
+            raise ForwardError(502, self.impostor(), impostor=True)
+        if head.fields.get(b"content-type") == STREAM_TYPE and head.status == 200:
+            return Stream(self, conn)
+        try:  # a plain answer (a long poll): read as any
+            with conn.bounded(self.timeout):
+                reply, keep = conn.read_reply()
+        except (socket.timeout, TimeoutError, _TimedOut, _Closed, OSError, ForwardError) as exc:
+            self._drop(conn)
+            raise ForwardError(502, f"service {self.name!r} failed: {exc or 'closed'}") from None
+        self._busy.discard(conn)
+        return self._taken(conn, reply, keep, nonce)
+
+    def _drop(self, conn: _Connection) -> None:
+        self._busy.discard(conn)
+        conn.close()
 
     def close(self) -> None:
         with self._lock:

@@ -23,7 +23,7 @@ from shmooze import caller, protocol
 from shmooze.http.heads import json_answer, reason
 from shmooze.http.slowbodies import READERS, Shed
 from shmooze.servicekey import PROOF_HEADER
-from shmooze.system.cooperative import gevent_sockets
+from shmooze.system.cooperative import gevent_sockets, green_library
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,30 @@ def close_connection(start_response: Callable[..., Any]) -> None:
     request = getattr(response, "req", None)
     if request is not None and hasattr(request, "must_close"):
         request.must_close = True  # what gevent's keep-alive loop looks at before parsing again
+
+
+def finish_request(environ: dict[str, Any]) -> Iterable[bytes]:
+    """Hand the connection back to the server after a WebSocket; return its result.
+
+    gunicorn's gevent (and eventlet) workers: returns ``ALREADY_HANDLED``, the
+    sentinel with which their ``handle_request`` returns without writing a
+    response. The WebSocket already shut the socket down, so the keep-alive
+    loop reads end-of-stream at once and gunicorn closes the connection.
+
+    Other gunicorn workers (sync, gthread): raises ``StopIteration``, which each
+    of them takes as "close this connection, write nothing". The Werkzeug dev
+    server: raises ``ConnectionError``, which it treats as a dropped client.
+    """
+    sock = environ.get("gunicorn.socket")
+    if sock is not None:
+        if green_library(sock) is not None:
+            from gunicorn.workers.base_async import ALREADY_HANDLED
+
+            return ALREADY_HANDLED
+        raise StopIteration("websocket finished")
+    if environ.get("werkzeug.socket") is not None:
+        raise ConnectionError("websocket finished")
+    return []
 
 
 def serve_json_errors(run: Callable[[], Any], environ: dict[str, Any], start_response: Callable[..., Any],
@@ -263,6 +287,10 @@ def encode_or_fail(request: protocol.Request, answers: list[dict[str, Any]]) -> 
         return b"[" + b",".join(parts) + b"]" if request.batch else parts[0]
 
 
+#: What :meth:`CommandApp.answer` returns for a request it answered with a kept stream.
+STREAMED: Any = object()
+
+
 class CommandApp:
     """WSGI app that answers command requests with ``handler(parsed_request) -> answers``.
 
@@ -272,8 +300,11 @@ class CommandApp:
 
     def __init__(self, handler: Callable[[protocol.Request], list[dict[str, Any]]], max_body_bytes: int = 1 << 20,
                  max_answer_bytes: int = 16 << 20, guard: Any = None,
-                 quick: Callable[[protocol.Request], bool] | None = None):
+                 quick: Callable[[protocol.Request], bool] | None = None, events: Any = None):
         self.handler = handler
+        #: The service's :class:`~shmooze.events.ChangeLog`: ``changes`` with ``stream`` is then a kept
+        #: stream (:mod:`shmooze.http.changestream`) on a server that lends its socket (gunicorn).
+        self.events = events
         self.max_body_bytes = max_body_bytes
         self.max_answer_bytes = max_answer_bytes
         self.guard = guard
@@ -295,8 +326,11 @@ class CommandApp:
         return self.quick(parsed)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        return serve_json_errors(lambda: self.answer(environ, start_response), environ, start_response,
-                                 "internal error")
+        answer = serve_json_errors(lambda: self.answer(environ, start_response), environ, start_response,
+                                   "internal error")
+        if answer is STREAMED:  # the connection was a kept stream: the server closes it, writing nothing
+            return finish_request(environ)
+        return answer
 
     def answer(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         """Read, run and answer one command request (errors are raised, see :func:`serve_json_errors`)."""
@@ -308,6 +342,9 @@ class CommandApp:
         try:
             parsed = self._parse(body)
             who = guard.admit(parsed, environ, nonce is not None) if guard is not None else None
+            since = self._stream_from(parsed, environ)
+            if since is not None:
+                return self._stream(environ, since, nonce)
             if who is None:
                 answers = self.handler(parsed)
             else:
@@ -327,6 +364,28 @@ class CommandApp:
             answer = too_big_answer(parsed, len(answer), self.max_answer_bytes)
         proof = (PROOF_HEADER, guard.proof(nonce, 200, answer)) if nonce is not None else None
         return raw_json_response(start_response, answer, 200, proof)
+
+    def _stream_from(self, parsed: protocol.Request, environ: dict[str, Any]) -> int | None:
+        """The version a ``changes`` request with ``"stream": true`` asks from, when it can be a kept stream
+        here (else None: answered as a long poll)."""
+        if self.events is None or parsed.batch or environ.get("gunicorn.socket") is None:
+            return None
+        item = parsed.items[0]
+        if not isinstance(item, protocol.Command) or item.cmd != "changes" or item.args.get("stream") is not True:
+            return None
+        since = item.args.get("since", 0)
+        return since if isinstance(since, int) and not isinstance(since, bool) and since >= 0 else None
+
+    def _stream(self, environ: dict[str, Any], since: int, nonce: bytes | None) -> Any:
+        from shmooze.http import changestream
+
+        guard = self.guard
+
+        def proof() -> tuple[str, str] | None:
+            return (PROOF_HEADER, guard.proof(nonce, 200, b"")) if nonce is not None else None
+
+        changestream.serve_stream(environ["gunicorn.socket"], self.events, since, proof)
+        return STREAMED
 
     def _parse(self, body: bytes) -> protocol.Request:
         last = getattr(self._parsed, "last", None)
@@ -351,4 +410,4 @@ def too_big_answer(request: protocol.Request, size: int, limit: int) -> bytes:
 def service_app(service: Any, max_body_bytes: int = 1 << 20, max_answer_bytes: int = 16 << 20,
                 guard: Any = None) -> CommandApp:
     """The WSGI app of a :class:`shmooze.service.Service` (``guard``: see :class:`CommandApp`)."""
-    return CommandApp(service.handle, max_body_bytes, max_answer_bytes, guard, service.is_quick)
+    return CommandApp(service.handle, max_body_bytes, max_answer_bytes, guard, service.is_quick, service.events)

@@ -55,6 +55,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
 from shmooze.errors import ShmoozeError
+from shmooze.http.jsonapp import finish_request
 from shmooze.registry import Declared
 from shmooze.system.cooperative import green_library, pollers
 
@@ -749,7 +750,11 @@ def text_frame(text: str) -> bytes:
     Server frames are the same bytes for every connection, so an event pushed to
     1,000 watchers is framed once and written 1,000 times (:meth:`WebSocket.send_frame`).
     """
-    payload = text.encode("utf-8")
+    return utf8_frame(text.encode("utf-8"))
+
+
+def utf8_frame(payload: bytes) -> bytes:
+    """:func:`text_frame` of text already encoded (UTF-8)."""
     size = len(payload)
     if size < 126:
         header = struct.pack("!BB", 0x81, size)
@@ -902,30 +907,6 @@ def _taken_over(sock: Any) -> Any:
 def raw_socket(environ: Mapping[str, Any]) -> socket.socket | None:
     """The client connection's socket: gunicorn's, else the Werkzeug dev server's."""
     return environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
-
-
-def finish_request(environ: Mapping[str, Any]) -> Iterable[bytes]:
-    """Hand the connection back to the server after a WebSocket; return its result.
-
-    gunicorn's gevent (and eventlet) workers: returns ``ALREADY_HANDLED``, the
-    sentinel with which their ``handle_request`` returns without writing a
-    response. The WebSocket already shut the socket down, so the keep-alive
-    loop reads end-of-stream at once and gunicorn closes the connection.
-
-    Other gunicorn workers (sync, gthread): raises ``StopIteration``, which each
-    of them takes as "close this connection, write nothing". The Werkzeug dev
-    server: raises ``ConnectionError``, which it treats as a dropped client.
-    """
-    sock = environ.get("gunicorn.socket")
-    if sock is not None:
-        if green_library(sock) is not None:
-            from gunicorn.workers.base_async import ALREADY_HANDLED
-
-            return ALREADY_HANDLED
-        raise StopIteration("websocket finished")
-    if environ.get("werkzeug.socket") is not None:
-        raise ConnectionError("websocket finished")
-    return []
 
 
 def _json_error(
