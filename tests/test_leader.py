@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 
 from shmooze.client import ServiceClient
 from shmooze.cluster import keys
@@ -450,6 +451,90 @@ def test_no_quorum_refuses_changes_answers_reads_and_restarts_nothing(tmp_path, 
         report_line(request, f"no quorum: changes refused (503), reads answered, nothing restarted; changes taken "
                              f"again {time.monotonic() - back:.2f} s after the quorum was back")
         assert set(pids) <= set(candidates.modules(A)) and candidates.role(A) == "LEADER"
+    finally:
+        candidates.stop()
+
+
+def member_status(url: str) -> tuple[int, int] | None:
+    """The etcd member at ``url``: its id and its leader's (0: none), from its own status; None if it does not answer."""
+    try:
+        status = requests.post(f"{url}/v3/maintenance/status", json={}, timeout=1).json()
+        return int(status["header"]["member_id"]), int(status.get("leader", 0))
+    except (requests.RequestException, ValueError, KeyError):
+        return None
+
+
+def has_no_leader(url: str) -> bool:
+    found = member_status(url)
+    return found is not None and found[1] == 0
+
+
+def test_a_member_frozen_and_two_down_prove_nothing_the_leader_fences(tmp_path, cluster, request) -> None:
+    """The etcd leader frozen (SIGSTOP: its port takes connections, nothing answers), the two others SIGKILLed:
+    two members down seemed to prove that no majority could be working, but the frozen one may be a leader
+    paused. When it wakes, its lessor finds the lease unrenewed for longer than its TTL and proposes its
+    revocation, before etcd's own check makes it step down; elected again once a member is back, it commits
+    that revocation first: the standby wins while the old leader, which had counted on no lease expiring,
+    still runs its modules (seen before the fix, in 2 of 4 runs with a 2 s lease: "fenced: its lease expired",
+    the standby elected 12 ms later). So nothing is proven while a member is silent: the leader fences in time."""
+    ttl = 3
+    candidates = Candidates(tmp_path, cluster, ttl=ttl)
+    try:
+        a_leads_b_stands_by(candidates)
+        add_modules(candidates, 1)
+        leader = next(index for index, url in enumerate(cluster.endpoints)
+                      if (found := member_status(url)) and found[0] == found[1])
+        frozen = cluster.procs[leader].pid
+        sampler = Sampler(candidates)
+        try:
+            os.kill(frozen, signal.SIGSTOP)
+            for member in sorted(set(cluster.procs) - {leader}):
+                cluster.stop_member(member)
+            lost = time.monotonic()
+            wait_for(lambda: candidates.modules(A) == [], ttl, interval=0.05, what="the leader to stop its modules")
+            report_line(request, f"a member frozen, two down: the leader's modules gone {time.monotonic() - lost:.2f} s "
+                                 f"after (lease {ttl} s)")
+            assert "fenced: its lease could not be renewed" in candidates.procs[A].log()
+        finally:
+            os.kill(frozen, signal.SIGCONT)
+            for member in range(len(cluster.endpoints)):
+                if member not in cluster.procs:
+                    cluster.start_member(member)
+            cluster.wait_healthy()
+        # etcd back: whoever leads now, the two never ran modules at once
+        leader_and_standby(candidates)
+        samples = sampler.stop()
+        both = [sample for sample in samples if sample[1] and sample[2]]
+        assert not both, f"both candidates ran modules at once: {both[:5]}"
+    finally:
+        candidates.stop()
+
+
+def test_members_that_take_connections_and_answer_nothing_prove_nothing(tmp_path, cluster) -> None:
+    """Two members frozen (SIGSTOP: their ports take connections, nothing answers, as members that are starting
+    look until they elect a leader), the third without a leader: the two may be a majority working without the
+    third (two members restarted together elect a leader in some 60 ms while the third still answers that it has
+    none), so nothing is proven and the leader fences itself: its modules are gone, by its deadline."""
+    ttl = 3
+    candidates = Candidates(tmp_path, cluster, ttl=ttl)
+    frozen = [cluster.procs[member].pid for member in (0, 1)]
+    try:
+        a_leads_b_stands_by(candidates)
+        add_modules(candidates, 1)
+        try:
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
+            wait_for(lambda: has_no_leader(cluster.endpoints[2]), 15, interval=0.05, what="member 2 without a leader")
+            lost = time.monotonic()
+            # fenced 0.6 x the lease after its last safe moment, its modules killed by 0.9 x the lease after it
+            wait_for(lambda: candidates.modules(A) == [], ttl, interval=0.05, what="the leader to stop its modules")
+            log = candidates.procs[A].log()
+            assert "fenced: its lease could not be renewed" in log, log[-2000:]
+            assert time.monotonic() - lost < ttl
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+            cluster.wait_healthy()
     finally:
         candidates.stop()
 

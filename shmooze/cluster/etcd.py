@@ -98,6 +98,7 @@ class Etcd:
         self._current = 0
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # for call_all, made at its first use
+        self._member_ids: dict[int, int] = {}  # each member's id, as it last said (etcd's status names its leader by id)
 
     def next_member(self) -> None:
         """Talk to the next member from now on (the current one stopped answering)."""
@@ -224,31 +225,38 @@ class Etcd:
 
     # -- the quorum ----------------------------------------------------------------------------------
 
-    def out_of_quorum(self, timeout: float = 0.5) -> int:
-        """How many members are known to be in no working majority now: those that answer (from their
-        own state, no quorum needed) that they have no leader, and those whose port refuses connections
-        (nothing listens: the member is down). A member that does not answer in ``timeout`` may be in a
-        majority elsewhere (this host may be the one cut off): it is not counted."""
+    def member_states(self, timeout: float = 0.5) -> list[tuple[str, int]]:
+        """Each member's own state, answered without quorum: ("down", 0) when its port refuses connections
+        (nothing listens), ("answers", the id of the leader it knows, 0 for none), or ("silent", 0) when it does
+        not answer in ``timeout``. The members' ids are kept (a status names its leader by id)."""
         import requests
 
-        def out(client: Any) -> bool:
+        def state(index: int) -> tuple[str, int]:
+            client = self.clients[index]
             try:
                 answer = client.session.post(client.get_url("maintenance/status"), json={},
                                              timeout=(min(CONNECT_TIMEOUT, timeout), timeout))
-                return answer.status_code == 200 and not answer.json().get("leader")
+                found = answer.json() if answer.status_code == 200 else None
             except requests.ConnectionError as exc:
-                return "refused" in str(exc).lower() and not isinstance(exc, requests.Timeout)
+                return "down" if "refused" in str(exc).lower() and not isinstance(exc, requests.Timeout) else "silent", 0
             except (requests.RequestException, ValueError):
-                return False
+                return "silent", 0
+            if not isinstance(found, dict):
+                return "silent", 0
+            self._member_ids[index] = int(found.get("header", {}).get("member_id", 0))
+            return "answers", int(found.get("leader", 0))
 
-        with concurrent.futures.ThreadPoolExecutor(len(self.clients), thread_name_prefix="etcd-quorum") as pool:
-            return sum(pool.map(out, self.clients))
+        with concurrent.futures.ThreadPoolExecutor(len(self.clients), thread_name_prefix="etcd-status") as pool:
+            return list(pool.map(state, range(len(self.clients))))
 
-    def no_majority_anywhere(self, timeout: float = 0.5) -> bool:
-        """Whether no majority of the members can be working anywhere now (see :meth:`out_of_quorum`):
-        then no one can be elected and no lease can expire until a majority forms again."""
-        members = len(self.clients)
-        return members - self.out_of_quorum(timeout) < members // 2 + 1
+    def no_leader_anywhere(self, timeout: float = 0.5) -> bool:
+        """Whether no member can be the cluster's leader now (see :meth:`member_states`): each is down, or
+        answers that it has no leader or that its leader is a member that is down. A member that does not
+        answer proves nothing, nor do the others then: it may lead a majority elsewhere (this host may be the
+        one cut off), or be a leader paused that revokes, when it wakes, every lease whose renewals it missed."""
+        states = self.member_states(timeout)
+        down = {self._member_ids.get(index) for index, (kind, _) in enumerate(states) if kind == "down"}
+        return all(kind == "down" or (kind == "answers" and (leader == 0 or leader in down)) for kind, leader in states)
 
     # -- watching ----------------------------------------------------------------------------------
 

@@ -19,17 +19,27 @@ lease lasts until at least ``t + ttl`` (etcd counts the TTL from when it receive
 - a renewal that says the lease is gone, or a journal write refused because the key is no longer
   ours (:meth:`deposed`), fences at once.
 
-**No quorum.** After a failed renewal the leader asks every member for its own state; when that
-proves no majority of the members can be working anywhere (:meth:`shmooze.cluster.etcd.Etcd.no_majority_anywhere`:
-too many members answer that they have no leader, or refuse the connection, their process being
-down), the moment of that probe counts as a safe moment too: without a majority no lease can expire and no
-one can be elected, and when a majority forms again its new etcd leader renews every lease for a
-full TTL (etcd's lessor, with lease checkpoints off: etcd's default). So the leader keeps its modules
-and keeps answering reads, refusing what changes state with "no quorum" (503), and carries on when
-the quorum is back. A failure that proves nothing (members silent, or unreachable from this host:
-this host may be the one cut off while a majority elsewhere expires the lease) is no safe moment.
-A refused connection is taken for a member down: a firewall between the hosts must drop etcd's
-packets, not reject them (a rejection looks like a member down and would keep a cut-off leader going).
+**No quorum.** At every tick while its renewals are late (the last one that succeeded was sent more
+than 1.5 ticks ago), whether or not one has failed yet, the leader asks every member for its own state
+(:meth:`shmooze.cluster.etcd.Etcd.no_leader_anywhere`). When every member refuses the connection (its
+process is down) or answers that it has no leader, or that its leader is a member that is down, no
+member leads: the moment of that question counts as a safe moment. etcd's guarantees make it one:
+only etcd's leader expires a lease, through a revocation a majority commits, and a newly elected etcd
+leader first renews every lease for its TTL plus the election timeout (its lessor's ``Promote``, with
+lease checkpoints off: etcd's default; etcd-io/etcd#9395), so with no leader at ``P`` the next one
+cannot expire the lease before ``P + ttl``. So the leader keeps its modules and keeps answering reads,
+refusing what changes state with "no quorum" (503), and carries on when the quorum is back.
+
+A member that does not answer proves nothing, nor do the others then: it may lead a majority this host
+is cut off from, or it may be an etcd leader paused (or hung) that, when it wakes, finds the lease
+unrenewed for longer than its TTL and proposes its revocation before it steps down; elected again once
+a member is back, it commits that first (tests/test_leader.py: the standby won while the old leader,
+having counted two members down as proof, still ran its modules). Members starting are silent too (an
+etcd member takes connections before it serves: it serves once it has published itself through a
+leader of a majority), and two of them can be that majority; a member that names a new leader proves
+nothing about when it was elected: only the renewal that then succeeds counts. A refused connection is
+taken for a member down: a firewall between the hosts must drop etcd's packets, not reject them (a
+rejection looks like a member down and would keep a cut-off leader going).
 """
 
 from __future__ import annotations
@@ -57,6 +67,8 @@ class Timings:
         self.ttl = ttl
         self.renew_every = max(0.1, ttl / 10)
         self.fence_after = ttl * 0.6
+        #: The members are asked for their state at every tick once the last renewal that succeeded is older.
+        self.probe_after = self.renew_every * 1.5
         self.stop_by = ttl - max(0.5, ttl / 10)
 
 
@@ -90,6 +102,8 @@ class Leadership:
         self.create_revision = 0
         self.lease = 0
         self._safe = 0.0  # the last safe moment (monotonic; see the module's docstring)
+        self._renewed = 0.0  # when the last renewal that succeeded was sent
+        self._probing = False  # a probe of the members' state is under way
         self._lock = threading.Lock()
         self._vacant = threading.Event()  # the key was deleted: campaign now
         self._stopped = threading.Event()
@@ -201,7 +215,7 @@ class Leadership:
             self.problem, self.quorum = None, True
             if won:
                 with self._lock:
-                    self.role, self.lease, self._safe = LEADER, lease, sent
+                    self.role, self.lease, self._safe, self._renewed = LEADER, lease, sent, sent
                     self.create_revision = int(answer["header"]["revision"])
                     self.leader = self.registration
                 log.info("%s: elected leader (lease %x of %d s, revision %d)", self.key, lease, ttl,
@@ -209,6 +223,9 @@ class Leadership:
                 self.announce()
                 threading.Thread(target=self.on_elected, args=(self.create_revision,), name="elected",
                                  daemon=True).start()
+                # the members' ids while they answer: a member that later names a leader that is down proves that
+                # no one leads only if that leader's id is known
+                threading.Thread(target=self.etcd.member_states, name="etcd members", daemon=True).start()
                 return True
             self.leader, held_by = _holder(answer)
             self.announce()
@@ -234,17 +251,24 @@ class Leadership:
     def _lead(self) -> None:
         timings = self.timings
         while not self._stopped.wait(timings.renew_every) and not self.fenced:
+            now = time.monotonic()
             with self._lock:
-                late = time.monotonic() - self._safe
+                late = now - self._safe
                 start = self._in_flight < MAX_RENEWALS_IN_FLIGHT
                 if start:
                     self._in_flight += 1
+                # renewals late (the one sent a tick ago unanswered): ask the members at every tick, so the last
+                # safe moment is as late as their answers allow, however long the renewals take to fail
+                probe = now - self._renewed > timings.probe_after and not self._probing
+                self._probing = self._probing or probe
             if late > timings.fence_after:
                 self._fence(f"its lease could not be renewed for {late:.1f} s "
                             f"({self.problem or 'no renewal answered'})")
                 return
             if start:
                 threading.Thread(target=self._renew, name="renew", daemon=True).start()
+            if probe:
+                threading.Thread(target=self._probe, name="quorum probe", daemon=True).start()
 
     def _renew(self) -> None:
         sent = time.monotonic()
@@ -252,12 +276,6 @@ class Leadership:
             left = self.etcd.refresh(self.lease)
         except CoordinationError as exc:
             self._saw(exc)
-            probed = time.monotonic()
-            if self.etcd.no_majority_anywhere():  # no one can be elected, no lease can expire: as good as renewed
-                with self._lock:
-                    self._safe = max(self._safe, probed)
-                self.quorum = False
-                self.announce()
             return
         finally:
             with self._lock:
@@ -267,8 +285,22 @@ class Leadership:
             return
         with self._lock:
             self._safe = max(self._safe, sent)
+            self._renewed = max(self._renewed, sent)
         self.problem, self.quorum = None, True
         self.announce()
+
+    def _probe(self) -> None:
+        """Ask every member for its own state: a moment when no member leads is a safe one."""
+        probed = time.monotonic()
+        try:
+            if self.etcd.no_leader_anywhere():  # the next leader renews every lease first: as good as renewed
+                with self._lock:
+                    self._safe = max(self._safe, probed)
+                self.quorum = False
+                self.announce()
+        finally:
+            with self._lock:
+                self._probing = False
 
     def _fence(self, reason: str) -> None:
         with self._lock:
