@@ -438,7 +438,15 @@ def test_services_found_and_taken_over_through_etcd(world, browser):
         etcd.start_member(0)
         etcd.start_member(1)
     etcd.wait_healthy()
+    back = wait_for(probe.leader, 30, interval=0.1, what="a leader once the quorum is back")
+    if back != leader:
+        # Restarted members take connections and answer nothing until they have elected a leader, and
+        # while one is silent nothing proves that no lease can expire (shmooze.cluster.leadership): when
+        # their restart and election outlast the fencing budget (0.6 x the lease; seen on loaded
+        # simulated hosts), the leader fences, failing closed. The hand-over must then be clean: never a
+        # module on both hosts (below), the page served. (test_leader asserts that it stays when the
+        # members are back in time.)
+        log.warning("quorum lost and back: the leader fenced on the way back; %s leads now", back)
     page_still_serves(page, loaded_at)
-    assert probe.leader() == leader, "quorum lost and back: the leader changed"
     assert not modules.both, f"a module ran on both hosts at once: {modules.both[:3]}"
     assert not page.errors, page.errors
