@@ -19,6 +19,7 @@ from shmooze.cli import shmz as shmz_cli
 from shmooze.commands import command
 from shmooze.errors import ServiceError, TransportError
 from shmooze.service import Service
+from shmooze.testing.processes import stuck_state
 from tests.helpers import PYTHON, ROOT, Stack, free_port
 
 
@@ -182,7 +183,10 @@ def test_the_readmes_terminal_example_works_and_shows_something_lasting(app):
                     seen.append(event["set"]["remaining"])
         assert len(seen) == 3 and seen == sorted(seen, reverse=True), seen
         popen.send_signal(signal.SIGINT)
-        assert popen.wait(timeout=10) == 0
+        try:
+            assert popen.wait(timeout=10) == 0
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"shmz watch did not stop within 10 s of SIGINT: {stuck_state(popen.pid)}") from None
     finally:
         if popen.poll() is None:
             popen.kill()

@@ -62,6 +62,22 @@ def started_at(pid: int) -> int | None:
     return int(fields[19]) if fields and len(fields) > 19 else None
 
 
+def stuck_state(pid: int) -> str:
+    """What the kernel says of a process that did not stop: its state, its signals pending, blocked,
+    ignored and caught (hexadecimal masks), its threads, and where each waits (``wchan``)."""
+    wanted = ("State", "Threads", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = [line.strip().replace(":\t", " ") for line in f if line.split(":")[0] in wanted]
+        waits = []
+        for tid in sorted(os.listdir(f"/proc/{pid}/task"))[:8]:
+            with open(f"/proc/{pid}/task/{tid}/wchan") as f:
+                waits.append(f.read().strip() or "-")
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    return "; ".join(fields) + f"; waiting in {waits}"
+
+
 def shmooze_argv(*args: str) -> list[str]:
     """``python -m shmooze ARGS...`` with this interpreter."""
     return [PYTHON, "-m", "shmooze", *args]
@@ -131,8 +147,10 @@ class Process:
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
+                state = stuck_state(self.pid)
                 self.kill_everything()
-                raise AssertionError(f"{self.name} did not stop within {timeout:g} s after signal {sig}") from None
+                raise AssertionError(f"{self.name} did not stop within {timeout:g} s after signal {sig}; "
+                                     f"it was {state}; its output ended {self.log()[-600:]!r}") from None
         try:
             wait_until(lambda: not self.left_behind(), 10, f"what {self.name} started to end", error=AssertionError)
         except AssertionError:
