@@ -29,6 +29,14 @@ def test_targets_on_the_ratio_or_on_the_median_say_pass_or_fail() -> None:
     assert common.rounds_row("p99", [60, 55, 45], "ms", at_most=50).verdict == "FAIL"
 
 
+def test_a_floor_of_zero_up_to_float_noise_gives_no_ratio() -> None:
+    # (a load figure that is a difference of two equal readings: 1e-12 once gave a ratio of 4e10)
+    alone = common.rounds_row("other processes", [0.042], "cores", [1e-12], "floor")
+    assert "ratio" not in alone.detail and alone.compare == ""
+    row = common.anchored_row("other processes", [0.042], "cores", [("a", [1e-12]), ("b", [0.03])])
+    assert row.compare == "- / 1.40x"
+
+
 def test_one_round_has_no_spread_and_no_floor_leaves_the_column_empty() -> None:
     assert common.table_line(common.rounds_row("memory", [19.0], "KiB")) == "| memory | 19.0 KiB |  |  |"
 
@@ -156,6 +164,8 @@ def test_the_prose_names_each_row_it_finds_with_its_cells_and_every_target_misse
                                "cores), every row in [Benchmarks](docs/benchmarks.md): a command through the gateway "
                                "1.10 ms p50 against 0.800 ms for a bare WSGI app (1.38x); a normal client's p99 "
                                "under every attack at once 5.00x calm.")
-    assert one_line.endswith("Targets missed or checks failed: 1 (Under attack: normal client p99, under attack).")
+    assert one_line.endswith("Targets missed or checks failed: 1, each named there.")
+    assert " ".join(page.split()).endswith("Targets missed or checks failed: 1 (Under attack: normal client p99, "
+                                           "under attack).")
     assert "push" not in one_line  # a row the run lacks: its phrase is left out
     assert all(len(line) <= 100 for line in page.splitlines()) and "1.38x" in page
