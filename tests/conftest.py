@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +27,14 @@ os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="shmooze-test-state-")
 atexit.register(shutil.rmtree, os.environ["XDG_STATE_HOME"], True)
 
 procutil.become_subreaper()
+
+# A suite started in the background (a shell's `cmd &`, nohup) inherits SIGINT and SIGQUIT ignored, and
+# so would every process it starts: a test that stops a command with Ctrl-C (SIGINT) would then wait
+# for a process that cannot hear it. They are put back as an interactive start has them.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.client
 import signal
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +34,25 @@ def test_a_process_deaf_to_sigterm_fails_its_stop_and_is_killed(tmp_path):
     with pytest.raises(AssertionError, match="deaf did not stop within 0.5 s after signal 15"):
         proc.stop(signal.SIGTERM, timeout=0.5)
     assert proc.popen.returncode == -signal.SIGKILL and gone(proc.pid)
+
+
+def test_a_python_process_stops_on_ctrl_c(tmp_path):
+    proc = Process([PYTHON, "-c", "import time\nprint('ready', flush=True)\ntime.sleep(60)\n"], log_path=tmp_path / "sleeper.log",
+                   name="sleeper")
+    assert wait_for_line(proc) == "ready"
+    assert proc.stop(signal.SIGINT, timeout=10) == -signal.SIGINT  # (KeyboardInterrupt, uncaught)
+
+
+def test_ctrl_c_reaches_what_a_suite_started_in_the_background_starts():
+    """A shell's `cmd &` (and nohup) starts the suite with SIGINT and SIGQUIT ignored, which every
+    process it starts would inherit: `shmooze logs -f` and `shmz watch` then never heard the Ctrl-C of
+    the tests that stop them (their /proc status said SigIgn 0x1001007). tests/conftest.py puts them
+    back; here the test above runs in a suite started that way."""
+    root = Path(__file__).resolve().parent.parent
+    test = f"{Path(__file__).relative_to(root)}::test_a_python_process_stops_on_ctrl_c"
+    run = subprocess.run(["bash", "-c", 'trap "" INT QUIT; exec "$@"', "bash", PYTHON, "-m", "pytest", "-q",
+                          "-p", "no:cacheprovider", test], cwd=root, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
 
 
 def test_a_process_that_stops_cleanly_gives_its_status():
