@@ -221,6 +221,36 @@ def test_parameter_changes_are_pushed_without_polling(page, jukebox):
     assert len(pushed) >= 4
 
 
+def test_an_update_that_overtakes_a_reload_is_kept(page, jukebox):
+    """Pushes can overtake a reload's answer: the demo once lost a banner's "showing" state set right
+    after its "added" event asked for a reload, when the answer came from before the update, and then
+    showed its text instead of its frames (the reload's answer replaced what the update had set). Here
+    the page's queue answer is held and made older than the update that comes meanwhile."""
+    open_demo(page, jukebox["url"])
+    page.evaluate("""() => {
+        const ep = shmooze.endpoints.queue, send = ep.deferQuery.bind(ep);
+        window.heldAnswers = [];
+        ep.deferQuery = function (data, onResult, onError) {
+            if (data.cmd !== "queue") return send(data, onResult, onError);
+            return send(data, r => window.heldAnswers.push(() => onResult(
+                [{uid: "overtaken", type: "banner", parameters: {text: "older answer"}}])), onError);
+        };
+        const version = shmooze.endpoints.queue.version;
+        shmooze.endpoints.queue._deliver({event: "change", service: "queue", version: version + 1,
+            events: [{version: version + 1, kind: "added", uid: "overtaken", type: "banner"}]});
+    }""")
+    page.wait_for_function("window.heldAnswers.length === 1")  # the reload's answer came and is held
+    page.evaluate("""() => {
+        const version = shmooze.endpoints.queue.version;
+        shmooze.endpoints.queue._deliver({event: "change", service: "queue", version: version + 1,
+            events: [{version: version + 1, kind: "parameters", uid: "overtaken",
+                      set: {state: "showing", shown: "newer frame"}}]});
+        window.heldAnswers.forEach(answer => answer());
+    }""")
+    assert page.inner_text("#now-body .title") == "[newer frame]"
+    page.evaluate("jukebox.model.queue = []; jukebox.render()")  # (the made-up item goes)
+
+
 def test_deferred_queries_are_batched_over_the_websocket(page, jukebox):
     open_demo(page, jukebox["url"])
     start_requests = len(page.net.requests)

@@ -267,17 +267,38 @@
 
   // -- loading -----------------------------------------------------------------------------
 
+  /* Pushes can overtake a reload's answer: a parameter event that comes while a reload is on its way
+     may be newer than the lists the answer brings (a module that sets its state as it starts, right
+     after its "added" event asked for the reload). Each reload keeps the parameter events that come
+     meanwhile, and applies them again, in order, to each list its answer brings. */
+  var kept = {queue: null, pool: null};
+
+  function keepWhileLoading(name, answers) {
+    var events = kept[name] = [];
+    return function (items) {
+      events.forEach(function (e) { setParameters(items, e); });
+      if (--answers === 0 && kept[name] === events) kept[name] = null;
+    };
+  }
+
   function loadQueue() {
-    var q = endpoints.queue;
-    q.deferQuery({cmd: "queue", args: {parameters: QUEUE_PARAMS}}, function (r) { model.queue = r; renderNow(); renderQueue(); });
-    q.deferQuery({cmd: "bg", args: {parameters: BG_PARAMS}}, function (r) { model.bg = r; renderBg(); });
+    var q = endpoints.queue, caughtUp = keepWhileLoading("queue", 2);
+    q.deferQuery({cmd: "queue", args: {parameters: QUEUE_PARAMS}}, function (r) {
+      caughtUp(r); model.queue = r; renderNow(); renderQueue();
+    });
+    q.deferQuery({cmd: "bg", args: {parameters: BG_PARAMS}}, function (r) {
+      caughtUp(r ? [r] : []); model.bg = r; renderBg();
+    });
     q.deferQuery({cmd: "history", args: {limit: 8}}, function (r) { model.history = r; renderHistory(); },
                  function () { model.history = []; renderHistory(); });
   }
 
   function loadLights() {
     if (!endpoints.pool) return;
-    endpoints.pool.deferQuery({cmd: "pool", args: {parameters: LIGHT_PARAMS}}, function (r) { model.lights = r; renderLights(); });
+    var caughtUp = keepWhileLoading("pool", 1);
+    endpoints.pool.deferQuery({cmd: "pool", args: {parameters: LIGHT_PARAMS}}, function (r) {
+      caughtUp(r); model.lights = r; renderLights();
+    });
   }
 
   /* Reads of the volume may be answered out of order (messages run concurrently): an answer to an
@@ -298,23 +319,33 @@
     $("volume-level").textContent = v.muted ? "muted" : v.level + "%";
   }
 
-  /* Apply parameter events in place; anything else means reloading that service's lists. */
-  function applyEvents(items, event, reload) {
+  function setParameters(items, e) {
+    items.forEach(function (item) {
+      if (item.uid !== e.uid) return;
+      item.parameters = item.parameters || {};
+      Object.keys(e.set || {}).forEach(function (k) { item.parameters[k] = e.set[k]; });
+      (e.unset || []).forEach(function (k) { delete item.parameters[k]; });
+    });
+  }
+
+  /* Apply parameter events in place; anything else means reloading that service's lists. The
+     parameter events are kept for a reload on its way, and for the one this batch asks for. */
+  function applyEvents(name, items, event, reload) {
     if (event.reset) { reload(); return; }
-    var structural = false;
+    var structural = false, updates = [];
     event.events.forEach(function (e) {
       if (e.kind === "parameters") {
-        items().forEach(function (item) {
-          if (item.uid !== e.uid) return;
-          item.parameters = item.parameters || {};
-          Object.keys(e.set || {}).forEach(function (k) { item.parameters[k] = e.set[k]; });
-          (e.unset || []).forEach(function (k) { delete item.parameters[k]; });
-        });
+        setParameters(items(), e);
+        updates.push(e);
       } else if (e.kind !== "told" && e.kind !== "stopped" && e.kind !== "output" && e.kind !== "figures") {
         structural = true;
       }
     });
-    if (structural) reload();
+    if (kept[name]) kept[name].push.apply(kept[name], updates);
+    if (structural) {
+      reload();
+      if (kept[name]) kept[name].push.apply(kept[name], updates);
+    }
     return !structural;
   }
 
@@ -391,12 +422,12 @@
     loadQueue(); loadLights(); loadVolume();
     setupControls();
     endpoints.queue.on("change", function (event) {
-      if (applyEvents(function () { return model.queue.concat(model.bg ? [model.bg] : []); }, event, loadQueue)) {
+      if (applyEvents("queue", function () { return model.queue.concat(model.bg ? [model.bg] : []); }, event, loadQueue)) {
         renderNow(); renderQueue(); renderBg();
       }
     });
     if (endpoints.pool) endpoints.pool.on("change", function (event) {
-      if (applyEvents(function () { return model.lights; }, event, loadLights)) renderLights();
+      if (applyEvents("pool", function () { return model.lights; }, event, loadLights)) renderLights();
     });
     if (endpoints.volume) endpoints.volume.on("change", function () { loadVolume(); });
     window.jukeboxReady = true;
