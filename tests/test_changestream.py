@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import sys
 import threading
 import time
 
 import pytest
 
+from shmooze import servicekey
 from shmooze.client import Client
 from shmooze.events import ChangeLog
 from shmooze.http import changestream
 from shmooze.http.forward import ForwardError, ServiceProxy
-from shmooze.servicekey import Signer
+from shmooze.servicekey import AUTH_HEADER, Signer
+from shmooze.settings import read as read_settings
 from shmooze.testing import WebSocketClient
 from shmooze.testing.stack import Stack, start_service
 from tests.helpers import free_port, wait_for, write_settings
 
 
-def open_stream(port: int, since: int = 0) -> socket.socket:
-    """A raw connection asking ``changes`` with ``stream`` (not signed: a read)."""
+def open_stream(port: int, since: int = 0, key: bytes | None = None) -> socket.socket:
+    """A raw connection asking ``changes`` with ``stream``, signed with ``key`` (as a gateway asks it)."""
     body = json.dumps({"cmd": "changes", "args": {"since": since, "stream": True}}).encode()
+    auth = f"{AUTH_HEADER}: {Signer(key).sign(body)[0]}\r\n".encode() if key else b""
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + auth
+                 + b"Content-Length: %d\r\n\r\n" % len(body) + body)
     return sock
 
 
@@ -64,8 +69,9 @@ def test_a_service_streams_each_batch_on_one_connection_and_ends_it_when_it_stop
     path = write_settings(tmp_path / "s.json", ports={"wsgi": free_port(), "volume": port},
                           services={"volume": "jukebox.volume:Volume"})
     proc = start_service(path, "volume", tmp_path)
+    key = servicekey.load(read_settings(path))
     try:
-        lines = Lines(open_stream(port))
+        lines = Lines(open_stream(port, key=key))
         head = lines.head()
         assert head.startswith(b"HTTP/1.1 200") and b"application/x-ndjson" in head, head
         first = json.loads(lines.next())
@@ -77,7 +83,7 @@ def test_a_service_streams_each_batch_on_one_connection_and_ends_it_when_it_stop
             assert batch["version"] == version + 1 and batch["events"][-1]["level"] == level, batch
             version = batch["version"]
         # a client that was behind catches up from its version on a new stream, in its first line
-        behind = Lines(open_stream(port, since=version - 3))
+        behind = Lines(open_stream(port, since=version - 3, key=key))
         behind.head()
         assert [e["level"] for e in json.loads(behind.next())["events"]] == [18, 19, 20]
         behind.sock.close()
@@ -187,3 +193,33 @@ def test_the_gateway_follows_the_stream_instead_of_asking_after_each_batch(tmp_p
                     assert message["service"] == "volume"
                     break
         assert changes_asked(client) - asked < 3, "the gateway asked changes again after each batch"
+
+
+STREAM_ASKED = r"""
+import json, sys, urllib.request
+body = json.dumps({"cmd": "changes", "args": {"since": 0, "stream": True}}).encode()
+request = urllib.request.Request(sys.argv[1], body, {"Content-Type": "application/json"})
+with urllib.request.urlopen(request, timeout=10) as answer:
+    print(answer.headers["Content-Type"], answer.read().decode())
+"""
+
+
+def test_only_a_gateway_gets_a_kept_stream(tmp_path) -> None:
+    """A stream holds one of the service's threads for as long as its reader stays: a reader without the
+    service key (another local user on the service's port: reads are open to it) and a client through the
+    gateway (which signs what it forwards) are answered as a long poll, at once."""
+    import shutil
+    import subprocess
+
+    with Stack(tmp_path, {"volume": "jukebox.volume:Volume"}, gateway_workers=1) as stack:
+        asks = {"through the gateway": [sys.executable, "-c", STREAM_ASKED, stack.url + "volume"],
+                "unsigned, on the service's port": [sys.executable, "-c", STREAM_ASKED, stack.direct("volume")]}
+        if os.geteuid() == 0 and shutil.which("setpriv"):
+            asks["as another user (uid 65534)"] = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                                   "/usr/bin/python3", "-c", STREAM_ASKED, stack.direct("volume")]
+        for who, argv in asks.items():
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            content_type, _, body = out.stdout.partition(" ")
+            assert out.returncode == 0 and content_type.startswith("application/json"), (who, out.stdout, out.stderr)
+            answer = json.loads(body)
+            assert answer["success"] and answer["result"]["events"] == [], (who, answer)

@@ -41,7 +41,8 @@ def wait_for_change(watcher: ServiceWatcher, since: int, timeout: float) -> None
 
 def wait_for_changes_here(watcher: ServiceWatcher, body: bytes) -> bytes:
     """If ``body`` is a long poll (``changes`` with a timeout), wait for it on the gateway's watcher
-    and return the same question without the wait; any other body is returned as it is."""
+    and return the same question without the wait; any other body is returned as it is, but for a
+    ``changes`` that asks for a kept stream: that is asked without it."""
     if b'"changes"' not in body:
         return body
     try:
@@ -49,7 +50,14 @@ def wait_for_changes_here(watcher: ServiceWatcher, body: bytes) -> bytes:
     except protocol.BodyError:
         return body
     item = request.items[0] if len(request.items) == 1 and not request.batch else None
-    if not isinstance(item, protocol.Command) or item.cmd != "changes" or set(item.args) - {"since", "timeout"}:
+    if not isinstance(item, protocol.Command) or item.cmd != "changes":
+        return body
+    if "stream" in item.args:
+        # A kept stream is the gateway's own way to follow a service; asked for by a client, it would hold
+        # one of the service's threads (the gateway signs what it forwards) until the forward timeout.
+        item = protocol.Command("changes", {k: v for k, v in item.args.items() if k != "stream"})
+        body = protocol.dumps({"cmd": "changes", "args": item.args})
+    if set(item.args) - {"since", "timeout"}:
         return body
     since, timeout = item.args.get("since", 0), item.args.get("timeout", 0)
     if not _is_int(since) or not (_is_int(timeout) or isinstance(timeout, float)) or timeout <= 0:

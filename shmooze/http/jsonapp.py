@@ -342,7 +342,10 @@ class CommandApp:
         try:
             parsed = self._parse(body)
             who = guard.admit(parsed, environ, nonce is not None) if guard is not None else None
-            since = self._stream_from(parsed, environ)
+            # A kept stream holds one of the service's threads for as long as its reader stays: only a signed
+            # request (a gateway following the service) gets one; any other reader (reads are open to other
+            # local users) is answered as a long poll.
+            since = self._stream_from(parsed, environ) if nonce is not None or guard is None else None
             if since is not None:
                 return self._stream(environ, since, nonce)
             if who is None:
