@@ -294,7 +294,7 @@ def rounds_row(measure: str, rounds: Sequence[float], unit: str, floor_rounds: S
     row = Row(measure, value, unit, floor, floor_label, detail=dict(detail), rounds=list(rounds),
               floor_rounds=list(floor_rounds))
     parts = []
-    if floor and abs(floor) > ZERO:
+    if floor is not None and abs(floor) > ZERO:
         ratio = value / floor
         row.detail["ratio"] = ratio
         parts.append(f"{ratio:.2f}x")
@@ -334,7 +334,7 @@ def anchored_row(measure: str, rounds: Sequence[float], unit: str,
     for label, r in anchors:
         value = median(r) if r else None
         entry: dict[str, Any] = {"label": label, "value": value, "rounds": list(r)}
-        if value and abs(value) > ZERO and row.value is not None:
+        if value is not None and abs(value) > ZERO and row.value is not None:
             entry["ratio"] = row.value / value
         ratios.append(f"{entry['ratio']:.2f}x" if "ratio" in entry else "-")
         row.anchors.append(entry)

@@ -18,19 +18,16 @@ HEADERS = [("Content-Type", "application/json"), ("Content-Length", str(len(ANSW
            ("Cache-Control", "no-store")]
 _KEY = servicekey.load(settings.load()) if os.environ.get(settings.ENV_VAR) else None
 VERIFIER = servicekey.Verifier(_KEY) if _KEY else None
-AUTH_ENVIRON = "HTTP_" + servicekey.AUTH_HEADER.upper().replace("-", "_")
-#: The gateway names the caller of a forwarded command in a header its signature covers.
-CALLER_ENVIRON = "HTTP_" + caller.HEADER.upper().replace("-", "_")
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """Read the request body (as a real service must), answer the fixed document (proven when signed)."""
     length = int(environ.get("CONTENT_LENGTH") or 0)
     body = environ["wsgi.input"].read(length) if length else b""
-    auth = environ.get(AUTH_ENVIRON)
+    auth = environ.get(servicekey.AUTH_ENVIRON)
     if auth is None or VERIFIER is None:
         start_response("200 OK", HEADERS)
         return [ANSWER]
-    nonce = VERIFIER.check(auth, environ.get("PATH_INFO") or "/", body, environ.get(CALLER_ENVIRON, ""))
+    nonce = VERIFIER.check(auth, environ.get("PATH_INFO") or "/", body, environ.get(caller.ENVIRON, ""))
     start_response("200 OK", [*HEADERS, (servicekey.PROOF_HEADER, VERIFIER.proof(nonce, 200, ANSWER))])
     return [ANSWER]

@@ -201,11 +201,7 @@ class _Tracer:
         target = self.folder / f"snap{len(self.taken)}"
         with open(self.fifo, "w") as f:
             f.write(f"{target}\n")
-        deadline = time.monotonic() + 60
-        while not Path(f"{target}.done").exists():
-            if time.monotonic() > deadline:
-                raise TimeoutError("the served pool took no snapshot in 60 s")
-            time.sleep(0.05)
+        wait_until(Path(f"{target}.done").exists, 60, "the served pool's snapshot", 0.05)
         stats = json.loads(Path(f"{target}.types.json").read_text())
         types = stats["types"]
         py, libc = stats["pymalloc"], stats["malloc"]

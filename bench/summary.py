@@ -153,8 +153,10 @@ def prose(block: str) -> tuple[str, str]:
     run = f"the last full run ({when.group(1) if when else 'date unknown'}"
     run += f"; other processes on the machine used {load.group(1)} cores)" if load else ")"
     body = "; ".join(phrases) + "."
-    listed = f" Targets missed or checks failed: {len(missed)} ({'; '.join(missed)})." if missed else " Every target was met."
-    counted = f" Targets missed or checks failed: {len(missed)}, each named there." if missed else " Every target was met."
+    listed = counted = " Every target was met."
+    if missed:
+        tally = f" Targets missed or checks failed: {len(missed)}"
+        listed, counted = f"{tally} ({'; '.join(missed)}).", f"{tally}, each named there."
     readme = f"From {run}, every row in [Benchmarks](docs/benchmarks.md): {body}{counted}"
     page = (f"In {run}, where shmooze stands against its floors and peers (every figure a row of the table above): "
             f"{body}{listed}")
